@@ -1,0 +1,1 @@
+"""graftline.console: the Textual cockpit and the command line."""

@@ -1,0 +1,1 @@
+"""graftline.engine: headless training engine. Never imports Textual."""

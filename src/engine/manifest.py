@@ -1,0 +1,109 @@
+"""The checkpoint manifest, `graftline.json`: the truth about a checkpoint, travelling with it.
+
+A checkpoint starts `partial` and becomes `complete` only after every file is written and every
+check has passed, so a directory cut short by a crash or a full disk is never mistaken for a good
+one.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from graftline import __version__
+from graftline.engine import atomic
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST = "graftline.json"
+METRICS = "metrics.json"
+EVALUATION = "evaluation.json"
+
+Kind = Literal["base", "adapter", "merged", "combined", "export"]
+Relation = Literal["trained_on", "continued_from", "merged_from", "combined_from", "exported_from"]
+Status = Literal["partial", "complete", "failed"]
+
+
+class Parent(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    relation: Relation
+    path: str
+    id: str | None = None
+
+
+class LoraSpec(BaseModel):
+    """What identifies an adapter's shape: continuing an adapter must keep all of it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    r: int
+    alpha: int
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+    use_rslora: bool = False
+    use_dora: bool = False
+
+
+class CheckResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    status: Literal["pass", "warn", "fail"]
+    message: str
+    stage: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
+    kind: Kind
+    name: str = ""
+    parents: list[Parent] = Field(default_factory=list)
+    base: str | None = None  # the full model an adapter applies to (resolved path or hub id)
+    stage: str | None = None
+    stage_kind: str | None = None
+    run: str | None = None
+    lora: LoraSpec | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    evaluation: dict[str, float] = Field(default_factory=dict)
+    checks: list[CheckResult] = Field(default_factory=list)
+    bytes: int = 0
+    status: Status = "partial"
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    graftline_version: str = __version__
+
+
+def directory_bytes(path: Path) -> int:
+    """Bytes on disk under `path`, from stat only (never reads weights, never follows links)."""
+    total = 0
+    for root, _dirs, files in os.walk(path, followlinks=False):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+def read(directory: Path) -> Manifest | None:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def write(directory: Path, manifest: Manifest) -> None:
+    atomic.write_json(Path(directory) / MANIFEST, manifest.model_dump(mode="json"))
+
+
+def complete(directory: Path, manifest: Manifest) -> Manifest:
+    """Mark complete, with the final size. Call last, after every other file is on disk."""
+    done = manifest.model_copy(update={"status": "complete"})
+    done.bytes = directory_bytes(Path(directory))
+    write(directory, done)
+    return done

@@ -1,0 +1,43 @@
+"""Problems found in a pipeline file: each names the file, line, stage and field, and a fix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Problem:
+    message: str
+    file: str
+    line: int | None = None
+    stage: str | None = None
+    field: str | None = None
+    fix: str | None = None
+    severity: Literal["error", "warning"] = "error"
+
+    @property
+    def where(self) -> str:
+        place = self.file + (f":{self.line}" if self.line else "")
+        parts = [place]
+        if self.stage:
+            parts.append(f"stage '{self.stage}'")
+        if self.field:
+            parts.append(f"field '{self.field}'")
+        return ", ".join(parts)
+
+    def __str__(self) -> str:
+        text = f"{self.where}: {self.severity}: {self.message}"
+        return text + (f"\n    fix: {self.fix}" if self.fix else "")
+
+
+class PipelineError(Exception):
+    """Raised when a pipeline file cannot be used; carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]

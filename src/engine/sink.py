@@ -1,0 +1,34 @@
+"""Where a running stage reports: one interface, several destinations.
+
+Stages never know whether they report to an event log, a test's list or a progress bar.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Sink(Protocol):
+    def emit(self, type: str, stage: str | None = None, **data: Any) -> object: ...
+
+
+class ListSink:
+    """Keeps every event in memory: for tests and rehearsals."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str | None, dict[str, Any]]] = []
+
+    def emit(self, type: str, stage: str | None = None, **data: Any) -> None:
+        self.events.append((type, stage, data))
+
+    def of_type(self, type: str) -> list[dict[str, Any]]:
+        return [data for t, _stage, data in self.events if t == type]
+
+
+class TeeSink:
+    def __init__(self, *sinks: Sink) -> None:
+        self.sinks = sinks
+
+    def emit(self, type: str, stage: str | None = None, **data: Any) -> None:
+        for sink in self.sinks:
+            sink.emit(type, stage, **data)

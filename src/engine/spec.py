@@ -1,0 +1,182 @@
+"""The pipeline file, as pydantic models.
+
+Written for people who type these by hand: every field has an obvious default, unknown keys are
+errors (with a "did you mean"), and each stage kind accepts only the fields that mean something
+for it. Defaults from `[defaults]` are merged into each stage by `pipeline_file.py` before these
+models see it; a `continue` stage inherits its LoRA shape from the adapter it continues.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+STAGE_NAME = r"^[A-Za-z][A-Za-z0-9_.-]*$"
+TRAINING_KINDS = frozenset({"sft", "dpo", "grpo"})
+ADAPTER_KINDS = TRAINING_KINDS | {"combine"}
+# What TRL 1.15's DPOTrainer accepts as loss_type.
+DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair",
+              "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft")
+COMBINE_METHODS = ("cat", "svd", "linear", "ties", "ties_svd", "dare_linear", "dare_ties",
+                   "dare_linear_svd", "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Lora(Strict):
+    r: int = Field(16, ge=1, le=4096)
+    alpha: int | None = Field(None, ge=1, description="defaults to 2·r")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    use_rslora: bool = False
+    use_dora: bool = False
+
+    @property
+    def lora_alpha(self) -> int:
+        return self.alpha if self.alpha is not None else 2 * self.r
+
+
+class Train(Strict):
+    max_steps: int | None = Field(None, ge=1)
+    epochs: float | None = Field(None, gt=0)
+    lr: float = Field(2e-4, gt=0, lt=1)
+    lr_multiplier: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    warmup: int = Field(0, ge=0, description="warmup steps")
+    max_length: int = Field(512, ge=8)
+    save_steps: int | None = Field(None, ge=1, description="Trainer checkpoints for crash resume")
+    scheduler: str = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    logging_steps: int = Field(1, ge=1)
+    gradient_checkpointing: bool = False
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr * self.lr_multiplier
+
+
+class StageBase(Strict):
+    name: str = Field(pattern=STAGE_NAME)
+    from_: str | None = Field(None, alias="from", description="a stage name or 'base'")
+    note: str = ""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class TrainingStage(StageBase):
+    adapter: Literal["new", "continue"] | None = None
+    lora: Lora | None = None
+    train: Train = Train()
+    data: str
+    eval_data: str | None = None
+
+
+class SFTStage(TrainingStage):
+    kind: Literal["sft"]
+    assistant_only_loss: bool = False
+
+
+class DPOStage(TrainingStage):
+    kind: Literal["dpo"]
+    loss: Literal[DPO_LOSSES] = "sigmoid"  # type: ignore[valid-type]
+    beta: float = Field(0.1, gt=0)
+    precompute_ref: bool = True
+
+
+class GRPOStage(TrainingStage):
+    kind: Literal["grpo"]
+    reward: list[str] = Field(default_factory=lambda: ["exact_match"], min_length=1)
+    reward_weights: list[float] | None = None
+    num_generations: int = Field(8, ge=2)
+    max_completion_length: int = Field(8, ge=1)
+    beta: float = Field(0.0, ge=0)
+    temperature: float = Field(1.0, gt=0)
+
+    @field_validator("reward", mode="before")
+    @classmethod
+    def _one_reward(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+
+class MergeStage(StageBase):
+    kind: Literal["merge"]
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class CombineStage(StageBase):
+    kind: Literal["combine"]
+    adapters: list[str] = Field(min_length=2)
+    weights: list[float]
+    method: Literal[COMBINE_METHODS] = "cat"  # type: ignore[valid-type]
+    normalize: bool = False
+    svd_rank: int | None = Field(None, ge=1)
+    density: float | None = Field(None, gt=0, le=1)
+
+
+class GenerateStage(StageBase):
+    kind: Literal["generate"]
+    prompts: str
+    max_new_tokens: int = Field(16, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    num_samples: int = Field(1, ge=1)
+    keep: Literal["all", "correct"] = "all"
+
+
+class EvalStage(StageBase):
+    kind: Literal["eval"]
+    data: str
+    metrics: list[Literal["loss", "exact_match"]] = Field(
+        default_factory=lambda: ["loss", "exact_match"])
+    limit: int | None = Field(None, ge=1)
+
+
+class ExportStage(StageBase):
+    kind: Literal["export"]
+    out: str
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    formats: list[Literal["safetensors", "gguf", "ollama"]] = Field(
+        default_factory=lambda: ["safetensors"])
+    shard_size: str = "5GB"
+    force: bool = False
+
+
+Stage = Annotated[
+    SFTStage | DPOStage | GRPOStage | MergeStage | CombineStage | GenerateStage | EvalStage
+    | ExportStage,
+    Field(discriminator="kind"),
+]
+STAGE_MODELS: dict[str, type[StageBase]] = {
+    "sft": SFTStage, "dpo": DPOStage, "grpo": GRPOStage, "merge": MergeStage,
+    "combine": CombineStage, "generate": GenerateStage, "eval": EvalStage, "export": ExportStage,
+}
+
+
+class Header(Strict):
+    name: str = Field(pattern=STAGE_NAME)
+    base: str = Field(min_length=1, description="local path, hub id, or toy:addition")
+    backend: Literal["auto", "hf", "unsloth"] = "auto"
+    runs_dir: str = "runs"
+    seed: int = 0
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    probes: list[str] = Field(default_factory=list, description="probe prompts for checks")
+
+
+class Defaults(Strict):
+    lora: Lora = Lora()
+    train: Train = Train()
+
+
+class Pipeline(Strict):
+    pipeline: Header
+    defaults: Defaults = Defaults()
+    stage: list[Stage] = Field(min_length=1)
+
+    def by_name(self, name: str) -> StageBase:
+        for stage in self.stage:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)

@@ -1,0 +1,1 @@
+"""Offline toy models and data: a tiny Llama that really learns two-digit addition on CPU."""
