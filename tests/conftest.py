@@ -1,0 +1,35 @@
+"""Shared fixtures: the tiny offline base model is built once (cached by recipe) and reused."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Two cores: more threads than cores only adds contention for these tiny models.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def toy_base() -> Path:
+    """The pre-trained tiny Llama (two-digit addition), saved with save_pretrained."""
+    from graftline.engine.toy.model import build_base
+
+    return build_base()
+
+
+@pytest.fixture(scope="session")
+def toy_base_tied() -> Path:
+    """The same tiny model with tied input/output embeddings (for export tests)."""
+    from graftline.engine.toy.model import ToyRecipe, build_base
+
+    return build_base(ToyRecipe(tie_word_embeddings=True))
