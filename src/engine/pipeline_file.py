@@ -114,9 +114,16 @@ def _model_at(kind: str | None, loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return spec.STAGE_MODELS.get(kind or "")
 
 
-def _translate(exc: ValidationError, *, file: str, block: Block, stage: str | None,
-               kind: str | None, model: type[BaseModel] | None = None,
-               prefix: str = "") -> Iterator[Problem]:
+def _translate(
+    exc: ValidationError,
+    *,
+    file: str,
+    block: Block,
+    stage: str | None,
+    kind: str | None,
+    model: type[BaseModel] | None = None,
+    prefix: str = "",
+) -> Iterator[Problem]:
     for err in exc.errors():
         loc = tuple(err["loc"])
         # the discriminated union puts the kind first in the location; it is not a field
@@ -132,19 +139,36 @@ def _translate(exc: ValidationError, *, file: str, block: Block, stage: str | No
             owner = model or _model_at(kind, loc)
             choices = _fields(owner) if owner else []
             word = str(loc[-1])
-            yield Problem(f"unknown key '{word}'", **where,
-                          fix=_did_you_mean(word, [c for c in choices if c != "kind"]))
+            yield Problem(
+                f"unknown key '{word}'",
+                **where,
+                fix=_did_you_mean(word, [c for c in choices if c != "kind"]),
+            )
         elif kind_of_error == "missing":
-            yield Problem(f"missing required field '{loc[-1]}'", **where,
-                          fix=f"add `{loc[-1]} = …` to this table")
+            yield Problem(
+                f"missing required field '{loc[-1]}'",
+                **where,
+                fix=f"add `{loc[-1]} = …` to this table",
+            )
         elif kind_of_error == "union_tag_invalid":
             given = err["ctx"]["tag"]
-            yield Problem(f"unknown stage kind '{given}'", file=file, line=block.line_of("kind"),
-                          stage=stage, field="kind",
-                          fix=_did_you_mean(given, list(spec.STAGE_MODELS)))
+            yield Problem(
+                f"unknown stage kind '{given}'",
+                file=file,
+                line=block.line_of("kind"),
+                stage=stage,
+                field="kind",
+                fix=_did_you_mean(given, list(spec.STAGE_MODELS)),
+            )
         elif kind_of_error == "union_tag_not_found":
-            yield Problem("the stage has no kind", file=file, line=block.header, stage=stage,
-                          field="kind", fix=f"add kind = one of {', '.join(spec.STAGE_MODELS)}")
+            yield Problem(
+                "the stage has no kind",
+                file=file,
+                line=block.header,
+                stage=stage,
+                field="kind",
+                fix=f"add kind = one of {', '.join(spec.STAGE_MODELS)}",
+            )
         else:
             yield Problem(f"{err['msg']} (got {err.get('input')!r})", **where)
 
@@ -166,8 +190,9 @@ def _substitute(value: Any, variables: dict[str, Any]) -> Any:
     return value
 
 
-def _expand_foreach(raw: dict[str, Any], blocks: dict[str, list[Block]], file: str,
-                    problems: list[Problem]) -> tuple[list[tuple[dict, Block, str | None]], dict]:
+def _expand_foreach(
+    raw: dict[str, Any], blocks: dict[str, list[Block]], file: str, problems: list[Problem]
+) -> tuple[list[tuple[dict, Block, str | None]], dict]:
     """The stage tables in file order with their blocks, foreach groups expanded in place."""
     stage_blocks = iter(blocks.get("stage", []))
     foreach_blocks = iter(blocks.get("foreach", []))
@@ -191,19 +216,38 @@ def _expand_foreach(raw: dict[str, Any], blocks: dict[str, list[Block]], file: s
             continue
         for key in group:
             if key not in FOREACH_KEYS:
-                problems.append(Problem(f"unknown key '{key}' in [[foreach]]", file, gblock.line_of(key),
-                                        field=key, fix=_did_you_mean(key, list(FOREACH_KEYS))))
+                problems.append(
+                    Problem(
+                        f"unknown key '{key}' in [[foreach]]",
+                        file,
+                        gblock.line_of(key),
+                        field=key,
+                        fix=_did_you_mean(key, list(FOREACH_KEYS)),
+                    )
+                )
         values = group.get("values")
         templates = group.get("stage", [])
         tblocks = [next(template_blocks, gblock) for _ in templates]
         if not isinstance(values, list) or not values:
-            problems.append(Problem("[[foreach]] needs a non-empty list `values`", file,
-                                    gblock.line_of("values"), field="values",
-                                    fix='values = ["topic_a", "topic_b"]'))
+            problems.append(
+                Problem(
+                    "[[foreach]] needs a non-empty list `values`",
+                    file,
+                    gblock.line_of("values"),
+                    field="values",
+                    fix='values = ["topic_a", "topic_b"]',
+                )
+            )
             continue
         if not templates:
-            problems.append(Problem("[[foreach]] has no [[foreach.stage]] tables", file,
-                                    gblock.header, fix="add [[foreach.stage]] tables under it"))
+            problems.append(
+                Problem(
+                    "[[foreach]] has no [[foreach.stage]] tables",
+                    file,
+                    gblock.header,
+                    fix="add [[foreach.stage]] tables under it",
+                )
+            )
             continue
         var = group.get("as", "item")
         for value in values:
@@ -222,28 +266,54 @@ def parse(text: str, path: Path | str = "<pipeline>") -> PipelineFile:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
-        raise PipelineError([Problem(f"TOML syntax error: {exc}", file,
-                                     int(match.group(1)) if match else None,
-                                     fix="check quotes, brackets and `key = value` on that line")]) from None
+        raise PipelineError(
+            [
+                Problem(
+                    f"TOML syntax error: {exc}",
+                    file,
+                    int(match.group(1)) if match else None,
+                    fix="check quotes, brackets and `key = value` on that line",
+                )
+            ]
+        ) from None
     blocks = _scan_blocks(text)
     problems: list[Problem] = []
     for key in raw:
         if key not in TOP_LEVEL:
             line = next((b.header for b in blocks.get(key, [])), None)
-            problems.append(Problem(f"unknown top-level table '{key}'", file, line,
-                                    fix=_did_you_mean(key, list(TOP_LEVEL))))
+            problems.append(
+                Problem(
+                    f"unknown top-level table '{key}'",
+                    file,
+                    line,
+                    fix=_did_you_mean(key, list(TOP_LEVEL)),
+                )
+            )
 
     header_block = (blocks.get("pipeline") or [Block(1)])[0]
     header = None
     if "pipeline" not in raw:
-        problems.append(Problem("missing [pipeline] table", file, 1,
-                                fix='add [pipeline] with name = "…" and base = "…"'))
+        problems.append(
+            Problem(
+                "missing [pipeline] table",
+                file,
+                1,
+                fix='add [pipeline] with name = "…" and base = "…"',
+            )
+        )
     else:
         try:
             header = spec.Header.model_validate(raw["pipeline"])
         except ValidationError as exc:
-            problems += _translate(exc, file=file, block=header_block, stage=None, kind=None,
-                                   model=spec.Header, prefix="pipeline.")
+            problems += _translate(
+                exc,
+                file=file,
+                block=header_block,
+                stage=None,
+                kind=None,
+                model=spec.Header,
+                prefix="pipeline.",
+            )
 
     raw_defaults = raw.get("defaults", {}) if isinstance(raw.get("defaults", {}), dict) else {}
     defaults_block = (blocks.get("defaults") or [Block(1)])[0]
@@ -255,13 +325,23 @@ def parse(text: str, path: Path | str = "<pipeline>") -> PipelineFile:
             loc = tuple(err["loc"])
             owner = {"train": spec.Train, "lora": spec.Lora}.get(str(loc[0])) if loc else None
             sub = ValidationError.from_exception_data(exc.title, [err])
-            problems += _translate(sub, file=file, block=defaults_block, stage=None, kind=None,
-                                   model=owner or spec.Defaults, prefix="defaults.")
+            problems += _translate(
+                sub,
+                file=file,
+                block=defaults_block,
+                stage=None,
+                kind=None,
+                model=owner or spec.Defaults,
+                prefix="defaults.",
+            )
 
     tables, origins = _expand_foreach(raw, blocks, file, problems)
     if not tables and not problems:
-        problems.append(Problem("the pipeline has no stages", file, None,
-                                fix="add at least one [[stage]] table"))
+        problems.append(
+            Problem(
+                "the pipeline has no stages", file, None, fix="add at least one [[stage]] table"
+            )
+        )
     stages = []
     seen: dict[str, int] = {}
     for index, (table, block, _template) in enumerate(tables, start=1):
@@ -280,9 +360,16 @@ def parse(text: str, path: Path | str = "<pipeline>") -> PipelineFile:
             problems += _translate(exc, file=file, block=block, stage=name, kind=kind)
             continue
         if stage.name in seen:
-            problems.append(Problem(f"stage name '{stage.name}' is used twice (first at line "
-                                    f"{seen[stage.name]})", file, block.line_of("name"),
-                                    stage=stage.name, field="name", fix="give each stage its own name"))
+            problems.append(
+                Problem(
+                    f"stage name '{stage.name}' is used twice (first at line {seen[stage.name]})",
+                    file,
+                    block.line_of("name"),
+                    stage=stage.name,
+                    field="name",
+                    fix="give each stage its own name",
+                )
+            )
         seen.setdefault(stage.name, block.line_of("name"))
         stages.append((stage, block))
 
@@ -290,8 +377,9 @@ def parse(text: str, path: Path | str = "<pipeline>") -> PipelineFile:
         raise PipelineError(problems)
     assert header is not None
     pipeline = spec.Pipeline(pipeline=header, defaults=defaults, stage=[s for s, _ in stages])
-    return PipelineFile(Path(path), text, pipeline, origins=origins,
-                        blocks={s.name: b for s, b in stages})
+    return PipelineFile(
+        Path(path), text, pipeline, origins=origins, blocks={s.name: b for s, b in stages}
+    )
 
 
 def load(path: Path | str) -> PipelineFile:
@@ -299,8 +387,15 @@ def load(path: Path | str) -> PipelineFile:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise PipelineError([Problem("no such pipeline file", str(path),
-                                     fix="check the path; examples/ has pipelines to start from")]) from None
+        raise PipelineError(
+            [
+                Problem(
+                    "no such pipeline file",
+                    str(path),
+                    fix="check the path; examples/ has pipelines to start from",
+                )
+            ]
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PipelineError([Problem(f"cannot read the file: {exc}", str(path))]) from None
     return parse(text, path)

@@ -32,7 +32,7 @@ class Problem:
 
 
 class PipelineError(Exception):
-    """Raised when a pipeline file cannot be used; carries every problem found, not just the first."""
+    """A pipeline file cannot be used. Carries every problem found, not just the first."""
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems

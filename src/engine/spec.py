@@ -16,10 +16,35 @@ STAGE_NAME = r"^[A-Za-z][A-Za-z0-9_.-]*$"
 TRAINING_KINDS = frozenset({"sft", "dpo", "grpo"})
 ADAPTER_KINDS = TRAINING_KINDS | {"combine"}
 # What TRL 1.15's DPOTrainer accepts as loss_type.
-DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair",
-              "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft")
-COMBINE_METHODS = ("cat", "svd", "linear", "ties", "ties_svd", "dare_linear", "dare_ties",
-                   "dare_linear_svd", "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd")
+DPO_LOSSES = (
+    "sigmoid",
+    "ipo",
+    "hinge",
+    "robust",
+    "exo_pair",
+    "nca_pair",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+)
+COMBINE_METHODS = (
+    "cat",
+    "svd",
+    "linear",
+    "ties",
+    "ties_svd",
+    "dare_linear",
+    "dare_ties",
+    "dare_linear_svd",
+    "dare_ties_svd",
+    "magnitude_prune",
+    "magnitude_prune_svd",
+)
 
 
 class Strict(BaseModel):
@@ -130,7 +155,8 @@ class EvalStage(StageBase):
     kind: Literal["eval"]
     data: str
     metrics: list[Literal["loss", "exact_match"]] = Field(
-        default_factory=lambda: ["loss", "exact_match"])
+        default_factory=lambda: ["loss", "exact_match"]
+    )
     limit: int | None = Field(None, ge=1)
 
 
@@ -139,19 +165,32 @@ class ExportStage(StageBase):
     out: str
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     formats: list[Literal["safetensors", "gguf", "ollama"]] = Field(
-        default_factory=lambda: ["safetensors"])
+        default_factory=lambda: ["safetensors"]
+    )
     shard_size: str = "5GB"
     force: bool = False
 
 
 Stage = Annotated[
-    SFTStage | DPOStage | GRPOStage | MergeStage | CombineStage | GenerateStage | EvalStage
+    SFTStage
+    | DPOStage
+    | GRPOStage
+    | MergeStage
+    | CombineStage
+    | GenerateStage
+    | EvalStage
     | ExportStage,
     Field(discriminator="kind"),
 ]
 STAGE_MODELS: dict[str, type[StageBase]] = {
-    "sft": SFTStage, "dpo": DPOStage, "grpo": GRPOStage, "merge": MergeStage,
-    "combine": CombineStage, "generate": GenerateStage, "eval": EvalStage, "export": ExportStage,
+    "sft": SFTStage,
+    "dpo": DPOStage,
+    "grpo": GRPOStage,
+    "merge": MergeStage,
+    "combine": CombineStage,
+    "generate": GenerateStage,
+    "eval": EvalStage,
+    "export": ExportStage,
 }
 
 

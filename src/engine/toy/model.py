@@ -49,7 +49,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("GRAFTLINE_CACHE", Path.home() / ".cache" / "graftline"))
 
 
-def model_config(recipe: ToyRecipe, vocab_size: int, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+def model_config(
+    recipe: ToyRecipe, vocab_size: int, tokenizer: PreTrainedTokenizerFast
+) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=recipe.hidden_size,
@@ -80,11 +82,19 @@ def generation_config(tokenizer: PreTrainedTokenizerFast) -> GenerationConfig:
 def _plain_batch(tokenizer: PreTrainedTokenizerFast, rng: random.Random, size: int) -> dict:
     pool = tasks.train_sums()
     texts = [f"{s.question}={s.answer}" for s in (rng.choice(pool) for _ in range(size))]
-    enc = tokenizer([tokenizer.bos_token + t + tokenizer.eos_token for t in texts], padding=True,
-                    return_tensors="pt", add_special_tokens=False)
+    enc = tokenizer(
+        [tokenizer.bos_token + t + tokenizer.eos_token for t in texts],
+        padding=True,
+        return_tensors="pt",
+        add_special_tokens=False,
+    )
     labels = enc["input_ids"].clone()
     labels[enc["attention_mask"] == 0] = -100
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+    return {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "labels": labels,
+    }
 
 
 def pretrain(recipe: ToyRecipe, progress: Callable[[int, float], None] | None = None):
@@ -117,8 +127,12 @@ def pretrain(recipe: ToyRecipe, progress: Callable[[int, float], None] | None = 
     return model, tokenizer
 
 
-def build_base(recipe: ToyRecipe = ToyRecipe(), *, cache: Path | None = None,
-               progress: Callable[[int, float], None] | None = None) -> Path:
+def build_base(
+    recipe: ToyRecipe = ToyRecipe(),
+    *,
+    cache: Path | None = None,
+    progress: Callable[[int, float], None] | None = None,
+) -> Path:
     """The cached base directory for `recipe`, building it the first time.
 
     Concurrent builders (pytest-xdist workers, two demos) race safely: each builds into its own
@@ -151,13 +165,20 @@ def resolve_base(base: str, *, cache: Path | None = None) -> str:
 
 
 def chat_prompt(tokenizer: PreTrainedTokenizerFast, question: str) -> str:
-    return tokenizer.apply_chat_template(tasks.user(question), tokenize=False,
-                                         add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        tasks.user(question), tokenize=False, add_generation_prompt=True
+    )
 
 
 @torch.no_grad()
-def answer(model, tokenizer: PreTrainedTokenizerFast, questions: list[str], *, chat: bool = True,
-           max_new_tokens: int = 5) -> list[str]:
+def answer(
+    model,
+    tokenizer: PreTrainedTokenizerFast,
+    questions: list[str],
+    *,
+    chat: bool = True,
+    max_new_tokens: int = 5,
+) -> list[str]:
     """Greedy answers to `questions`, decoded without special tokens."""
     if chat:
         texts = [chat_prompt(tokenizer, q) for q in questions]
@@ -170,20 +191,30 @@ def answer(model, tokenizer: PreTrainedTokenizerFast, questions: list[str], *, c
     finally:
         tokenizer.padding_side = old_side
     enc = {k: v.to(model.device) for k, v in enc.items()}
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                         pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=[tokenizer.convert_tokens_to_ids(END), tokenizer.eos_token_id])
-    new = out[:, enc["input_ids"].shape[1]:]
+    out = model.generate(
+        **enc,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=[tokenizer.convert_tokens_to_ids(END), tokenizer.eos_token_id],
+    )
+    new = out[:, enc["input_ids"].shape[1] :]
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
 
 
-def accuracy(model, tokenizer: PreTrainedTokenizerFast, *, chat: bool = True,
-             limit: int | None = None, batch: int = 256) -> float:
+def accuracy(
+    model,
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    chat: bool = True,
+    limit: int | None = None,
+    batch: int = 256,
+) -> float:
     """Exact-match accuracy on the held-out sums."""
     sums = tasks.eval_sums()[:limit]
     right = 0
     for i in range(0, len(sums), batch):
-        chunk = sums[i:i + batch]
+        chunk = sums[i : i + batch]
         got = answer(model, tokenizer, [s.question for s in chunk], chat=chat)
         right += sum(g == s.answer for g, s in zip(got, chunk, strict=True))
     return right / len(sums)

@@ -58,7 +58,9 @@ def sample(pool: list[Sum], n: int, seed: int) -> list[Sum]:
 def wrong_answer(s: Sum, rng: random.Random) -> str:
     """A plausible wrong answer: off by one in a digit, or a carry forgotten."""
     right = s.a + s.b
-    candidates = {right + d for d in (-10, -1, 1, 10)} | {(s.a % 10 + s.b % 10) % 10 + 10 * (s.a // 10 + s.b // 10)}
+    candidates = {right + d for d in (-10, -1, 1, 10)} | {
+        (s.a % 10 + s.b % 10) % 10 + 10 * (s.a // 10 + s.b // 10)
+    }
     candidates.discard(right)
     return str(rng.choice(sorted(c for c in candidates if c >= 0)))
 
