@@ -106,6 +106,7 @@ def describe(base: str, search_dir: Path | None = None) -> ModelInfo | None:
     """What we can know about `base` without downloading anything; None when unknown."""
     if base.startswith("toy:"):
         from graftline.engine.toy.model import ToyRecipe
+        from graftline.engine.toy.tokenizer import CHARACTERS, SPECIAL_TOKENS
 
         recipe = ToyRecipe(tie_word_embeddings="tied=1" in base)
         return ModelInfo(
@@ -116,7 +117,7 @@ def describe(base: str, search_dir: Path | None = None) -> ModelInfo | None:
             recipe.heads,
             recipe.heads,
             recipe.hidden_size // recipe.heads,
-            103,
+            len(SPECIAL_TOKENS) + len(CHARACTERS),
             tied=recipe.tie_word_embeddings,
             dtype="float32",
         )

@@ -53,7 +53,7 @@ class Block:
 @dataclass(frozen=True)
 class PipelineFile:
     path: Path
-    text: str
+    text: str = field(repr=False)
     pipeline: spec.Pipeline
     warnings: tuple[Problem, ...] = ()
     origins: dict[str, str] = field(default_factory=dict)  # expanded stage → foreach template

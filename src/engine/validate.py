@@ -1,0 +1,263 @@
+"""Everything that can be checked before a single step runs, reported all at once.
+
+Structure and types come from `pipeline_file.parse`; this module adds what needs the outside
+world: datasets on disk and their columns, reward functions, the adapter flow (from `plan`),
+export targets, the runs directory, and the disk forecast.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from graftline.engine import spec
+from graftline.engine.pipeline_file import PipelineFile, load
+from graftline.engine.plan import Plan, build_plan
+from graftline.engine.problems import PipelineError, Problem
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+def runs_dir(pf: PipelineFile) -> Path:
+    return pf.resolve(pf.pipeline.pipeline.runs_dir)
+
+
+def plan_of(pf: PipelineFile) -> Plan:
+    return build_plan(
+        pf.pipeline,
+        file=str(pf.path),
+        search_dir=pf.directory,
+        runs_dir=runs_dir(pf),
+        origins=pf.origins,
+        lines={name: block.header for name, block in pf.blocks.items()},
+    )
+
+
+def _data_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
+    from graftline.engine.datasets_io import DatasetError, columns_of, missing_columns
+
+    earlier: dict[str, str] = {}
+    for step in plan.steps:
+        stage = step.stage
+        fields = [
+            ("data", getattr(stage, "data", None)),
+            ("eval_data", getattr(stage, "eval_data", None)),
+        ]
+        if isinstance(stage, spec.GenerateStage):
+            fields = [("prompts", stage.prompts)]
+        for fieldname, value in fields:
+            if value is None:
+                continue
+            line = pf.line(stage.name, fieldname)
+            at = dict(file=str(pf.path), line=line, stage=stage.name, field=fieldname)
+            if value.startswith("@"):
+                source = value[1:]
+                if earlier.get(source) != "generate":
+                    yield Problem(
+                        f"'{value}' names no earlier generate stage",
+                        **at,
+                        fix="put a generate stage with that name above this one",
+                    )
+                continue
+            path = pf.resolve(value)
+            if not path.exists():
+                yield Problem(
+                    f"dataset not found: {path}",
+                    **at,
+                    fix="check the path; it is relative to the pipeline file",
+                )
+                continue
+            try:
+                columns = columns_of(path)
+            except DatasetError as exc:
+                yield Problem(f"cannot read dataset {path}: {exc.message}", **at, fix=exc.fix)
+                continue
+            kind = (
+                "generate"
+                if fieldname == "prompts"
+                else "eval"
+                if fieldname == "eval_data"
+                else step.kind
+            )
+            missing = missing_columns(kind, columns)
+            if missing:
+                yield Problem(
+                    f"{path.name} has columns {sorted(columns)}; {missing}",
+                    **at,
+                    fix="rename or add the columns, or point at the right file",
+                )
+        earlier[stage.name] = step.kind
+
+
+def _reward_problems(pf: PipelineFile) -> Iterator[Problem]:
+    from graftline.engine.rewards import RewardError, resolve_reward
+
+    for stage in pf.pipeline.stage:
+        if not isinstance(stage, spec.GRPOStage):
+            continue
+        for name in stage.reward:
+            try:
+                resolve_reward(name, search_path=pf.directory)
+            except RewardError as exc:
+                yield Problem(
+                    f"reward '{name}': {exc.message}",
+                    str(pf.path),
+                    pf.line(stage.name, "reward"),
+                    stage.name,
+                    "reward",
+                    exc.fix,
+                )
+        if stage.reward_weights is not None and len(stage.reward_weights) != len(stage.reward):
+            yield Problem(
+                f"{len(stage.reward_weights)} reward_weights for {len(stage.reward)} rewards",
+                str(pf.path),
+                pf.line(stage.name, "reward_weights"),
+                stage.name,
+                "reward_weights",
+                "give one weight per reward function",
+            )
+        per_step = stage.train.batch_size * stage.train.grad_accum
+        if per_step % stage.num_generations:
+            yield Problem(
+                f"batch_size × grad_accum = {per_step} is not a multiple of num_generations "
+                f"= {stage.num_generations}",
+                str(pf.path),
+                pf.line(stage.name, "num_generations"),
+                stage.name,
+                "num_generations",
+                "GRPO groups completions per prompt: make the batch a multiple of num_generations",
+            )
+
+
+def _stage_problems(pf: PipelineFile) -> Iterator[Problem]:
+    for stage in pf.pipeline.stage:
+        at = dict(file=str(pf.path), stage=stage.name)
+        if isinstance(stage, spec.CombineStage) and stage.method == "linear":
+            yield Problem(
+                "PEFT's 'linear' scales A and B by √w separately: the result is not the weighted "
+                "sum of the adapters' deltas",
+                line=pf.line(stage.name, "method"),
+                field="method",
+                severity="warning",
+                fix='use method = "cat" for the exact weighted sum',
+                **at,
+            )
+        if isinstance(stage, spec.ExportStage):
+            out = pf.resolve(stage.out)
+            if out.exists() and (not out.is_dir() or any(out.iterdir())) and not stage.force:
+                yield Problem(
+                    f"export target {out} exists and is not empty",
+                    line=pf.line(stage.name, "out"),
+                    field="out",
+                    fix="choose an empty directory, or set force = true to overwrite it",
+                    **at,
+                )
+        train = getattr(stage, "train", None)
+        if train is not None and train.max_steps is None and train.epochs is None:
+            yield Problem(
+                "neither max_steps nor epochs is set",
+                line=pf.line(stage.name, "train"),
+                field="train",
+                fix="set train.max_steps (or train.epochs) here or in [defaults]",
+                **at,
+            )
+
+
+def _environment_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
+    header = pf.pipeline.pipeline
+    base = header.base
+    line = pf.line(None)
+    if not base.startswith("toy:"):
+        local = pf.resolve(base)
+        looks_local = base.startswith((".", "/", "~")) or local.exists()
+        if looks_local and not (local / "config.json").is_file():
+            yield Problem(
+                f"base model directory {local} has no config.json"
+                if local.exists()
+                else f"base model not found: {local}",
+                str(pf.path),
+                line,
+                None,
+                "pipeline.base",
+                "point base at a model directory (config.json + weights) or a hub id",
+            )
+        elif not looks_local and plan.model is None:
+            yield Problem(
+                f"'{base}' is not in the local Hugging Face cache; sizes are unknown and the run "
+                "will download it",
+                str(pf.path),
+                line,
+                None,
+                "pipeline.base",
+                "download it first (huggingface-cli download) on a machine with access",
+                severity="warning",
+            )
+    runs = runs_dir(pf)
+    probe = runs
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        yield Problem(
+            f"runs directory {runs} is not writable (checked {probe})",
+            str(pf.path),
+            None,
+            None,
+            "pipeline.runs_dir",
+            "set runs_dir to a directory you can write to",
+        )
+    total, free = plan.total_bytes, plan.free_bytes
+    if total is not None and free is not None and total > free:
+        yield Problem(
+            f"the run will write about {_human(total)} but only {_human(free)} is free on "
+            f"the runs volume",
+            str(pf.path),
+            None,
+            None,
+            "pipeline.runs_dir",
+            "free disk (graftline cleanup), or point runs_dir at a larger volume",
+        )
+    if header.quantization != "none":
+        import torch
+
+        if not torch.cuda.is_available():
+            yield Problem(
+                f"quantization = {header.quantization} without a CUDA GPU: bitsandbytes runs "
+                "on CPU but slowly, and 4-bit ruins tiny models' accuracy",
+                str(pf.path),
+                None,
+                None,
+                "pipeline.quantization",
+                'use quantization = "none" on CPU',
+                severity="warning",
+            )
+
+
+def validate(pf: PipelineFile) -> list[Problem]:
+    """Every problem in a parsed pipeline file (errors and warnings), in stage order."""
+    plan = plan_of(pf)
+    problems = [
+        *plan.problems,
+        *_stage_problems(pf),
+        *_data_problems(pf, plan),
+        *_reward_problems(pf),
+        *_environment_problems(pf, plan),
+    ]
+    order = {s.name: i for i, s in enumerate(pf.pipeline.stage)}
+    return sorted(problems, key=lambda p: (order.get(p.stage or "", -1), p.line or 0))
+
+
+def validate_file(path: Path | str) -> tuple[PipelineFile | None, list[Problem]]:
+    """Parse and validate; never raises for a bad file."""
+    try:
+        pf = load(path)
+    except PipelineError as exc:
+        return None, exc.problems
+    return pf, validate(pf)
