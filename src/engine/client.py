@@ -1,16 +1,37 @@
 """The engine's public client API: everything the console and the CLI need to know about runs.
 
 The console imports this module (and the engine's pure planners: lineage, cleanup, export plans),
-never a trainer. Owned by the background-engine work (issue 4); signatures agreed here.
+never a trainer. Nothing here imports torch, transformers, trl or peft: attaching to a run costs
+a file read, not a model load.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graftline.engine.events import Event, follow, read_events  # noqa: F401  (re-exported)
+from graftline.engine import control, runstate
+from graftline.engine.control import ControlError  # noqa: F401  (re-exported)
+from graftline.engine.events import (  # noqa: F401  (re-exported)
+    EVENTS,
+    Event,
+    follow,
+    read_events,
+    read_raw,
+)
+from graftline.engine.launch import (  # noqa: F401  (re-exported)
+    LaunchError,
+    create_run,
+    resume_run,
+    start_run,
+)
+
+RUNS_DIR_ENV = "GRAFTLINE_RUNS_DIR"
 
 
 @dataclass(frozen=True)
@@ -18,27 +39,250 @@ class RunInfo:
     run_id: str
     path: Path
     pipeline: str
-    status: str  # starting | running | paused | finished | failed | stopped | crashed
+    status: str  # starting | running | paused | stopping | finished | failed | stopped | crashed
     stage: str | None
     progress: float | None  # 0..1 over all stages, when known
     started: float | None
     heartbeat: float | None
     pid: int | None
+    message: str = ""
+
+    @property
+    def live(self) -> bool:
+        return self.status in runstate.LIVE
+
+    @property
+    def age(self) -> float | None:
+        return None if self.started is None else max(0.0, time.time() - self.started)
+
+
+def default_runs_dir() -> Path:
+    return Path(os.environ.get(RUNS_DIR_ENV, "runs")).expanduser()
+
+
+def is_run_dir(path: Path) -> bool:
+    path = Path(path)
+    return (path / runstate.STATE).is_file() or (path / EVENTS).is_file()
+
+
+def read_state(run_dir: Path) -> RunInfo:
+    """The run as a reader should show it: a live status whose engine is dead reads `crashed`."""
+    run_dir = Path(run_dir)
+    state = runstate.read(run_dir)
+    if state is None:
+        # Created but never started (or state.json lost): say what we can from the events.
+        return RunInfo(run_dir.name, run_dir, "", "unknown", None, None, None, None, None)
+    return RunInfo(
+        run_id=state.run_id, path=run_dir, pipeline=state.pipeline,
+        status=runstate.effective_status(state), stage=state.stage, progress=state.progress,
+        started=state.started, heartbeat=state.heartbeat, pid=state.pid, message=state.message,
+    )
 
 
 def list_runs(runs_dir: Path) -> list[RunInfo]:
     """Every run under `runs_dir`, newest first. A dead engine shows as `crashed`."""
-    raise NotImplementedError
-
-
-def read_state(run_dir: Path) -> RunInfo:
-    raise NotImplementedError
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    infos = []
+    for child in runs_dir.iterdir():
+        # never follow a symlink out of the runs directory
+        if child.is_symlink() or not child.is_dir() or not is_run_dir(child):
+            continue
+        infos.append(read_state(child))
+    return sorted(infos, key=lambda info: (info.started or 0.0, info.run_id), reverse=True)
 
 
 def latest_run(runs_dir: Path) -> Path | None:
-    raise NotImplementedError
+    runs = list_runs(runs_dir)
+    return runs[0].path if runs else None
+
+
+def find_run(ref: str | Path | None, runs_dir: Path) -> Path:
+    """A run given as a path, a run id under `runs_dir`, a unique id prefix, or None (latest)."""
+    runs_dir = Path(runs_dir)
+    if ref is None:
+        latest = latest_run(runs_dir)
+        if latest is None:
+            raise LookupError(f"no runs under {runs_dir}; start one with `graftline run FILE`")
+        return latest
+    as_path = Path(ref).expanduser()
+    if is_run_dir(as_path):
+        return as_path
+    if is_run_dir(runs_dir / str(ref)):
+        return runs_dir / str(ref)
+    matches = [info.path for info in list_runs(runs_dir) if info.run_id.startswith(str(ref))]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        names = ", ".join(p.name for p in matches[:5])
+        raise LookupError(f"'{ref}' matches several runs ({names}); give more of the id")
+    raise LookupError(f"no run '{ref}' under {runs_dir} (see `graftline ls --runs-dir DIR`)")
 
 
 def send_command(run_dir: Path, command: str, timeout: float = 5.0) -> dict[str, Any]:
-    """stop | pause | resume | save_now over the run's owner-only Unix socket; the JSON reply."""
-    raise NotImplementedError
+    """stop | pause | resume | save_now | status over the run's owner-only Unix socket; the JSON
+    reply. Raises ControlError when the engine cannot be reached."""
+    return control.send(Path(run_dir), command, timeout)
+
+
+def follow_run(run_dir: Path, offset: int = 0, *, poll: float = 0.25,
+               stop: threading.Event | None = None, until_finished: bool = True
+               ) -> Iterator[list[Event]]:
+    """Batches of events from `offset` as the log grows; ends after `run_finished` (or when the
+    engine is dead and the log has nothing more), unless `until_finished` is False."""
+    path = Path(run_dir) / EVENTS
+    quiet_since = time.monotonic()
+    while stop is None or not stop.is_set():
+        events, offset = read_events(path, offset)
+        if events:
+            quiet_since = time.monotonic()
+            yield events
+            if until_finished and any(e.type == "run_finished" for e in events):
+                return
+            continue
+        if until_finished and time.monotonic() - quiet_since > 2.0:
+            if not read_state(run_dir).live:
+                events, offset = read_events(path, offset)
+                if events:
+                    yield events
+                return
+            quiet_since = time.monotonic()
+        time.sleep(poll)
+
+
+# --- the history, ready for display -------------------------------------------------------------
+
+@dataclass
+class StageView:
+    """One stage as the log tells it. Mutable: folded from events as they arrive."""
+
+    name: str
+    kind: str = ""
+    index: int | None = None
+    status: str = "pending"  # pending | running | complete | failed | stopped | skipped
+    max_steps: int | None = None
+    global_step_offset: int = 0
+    step: int | None = None
+    started: float | None = None
+    finished: float | None = None
+    seconds: float | None = None
+    action: str | None = None
+    reference: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class History:
+    """Everything a run's log says, folded for display: stages, metric rows, checkpoints, checks,
+    warnings, the latest telemetry. `apply` folds further rows, so a follower keeps it current.
+
+    Metric rows are kept as the decoded dicts; `series(key)` builds the chart's x/y columns on
+    first use and extends them as rows arrive, so loading pays for the keys that are shown only.
+    """
+
+    offset: int = 0
+    last_seq: int = 0
+    run: dict[str, Any] = field(default_factory=dict)
+    stages: dict[str, StageView] = field(default_factory=dict)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    log: list[dict[str, Any]] = field(default_factory=list)  # every event but metrics/telemetry
+    telemetry: dict[str, Any] | None = None
+    gpu_reason: str | None = None
+    finished: dict[str, Any] | None = None
+    resumes: int = 0
+    _series: dict[str, tuple[list[float], list[float], int]] = field(default_factory=dict)
+
+    def apply(self, rows: list[dict[str, Any]]) -> None:
+        metrics = self.metrics
+        for row in rows:
+            kind = row.get("type")
+            if kind == "metrics":
+                metrics.append(row)
+                continue
+            if kind == "telemetry":
+                self.telemetry = row.get("data") or {}
+                if self.telemetry.get("gpu_reason"):
+                    self.gpu_reason = self.telemetry["gpu_reason"]
+                continue
+            self._apply_other(kind, row)
+        if rows:
+            self.last_seq = rows[-1].get("seq", self.last_seq)
+
+    def _apply_other(self, kind: str | None, row: dict[str, Any]) -> None:
+        data = row.get("data") or {}
+        name = row.get("stage")
+        self.log.append(row)
+        if kind == "run_started":
+            if self.run:
+                self.resumes += 1
+            self.run = data
+            self.finished = None
+            for index, stage in enumerate(data.get("stages") or []):
+                view = self.stages.setdefault(stage["name"], StageView(stage["name"]))
+                view.kind = stage.get("kind", view.kind)
+                view.index = index
+                view.max_steps = stage.get("max_steps", view.max_steps)
+                view.action = stage.get("action", view.action)
+                view.reference = stage.get("reference", view.reference)
+        elif kind == "stage_started" and name:
+            view = self.stages.setdefault(name, StageView(name))
+            view.status = "running"
+            view.started = row.get("time")
+            for key in ("kind", "index", "max_steps", "global_step_offset", "action", "reference"):
+                if data.get(key) is not None:
+                    setattr(view, key, data[key])
+        elif kind == "stage_finished" and name:
+            view = self.stages.setdefault(name, StageView(name))
+            view.status = data.get("status", "complete")
+            view.finished = row.get("time")
+            view.seconds = data.get("seconds")
+            view.summary = data.get("metrics") or {}
+            view.evaluation = data.get("evaluation") or {}
+        elif kind == "checkpoint_saved":
+            self.checkpoints.append(row)
+        elif kind == "check_result":
+            self.checks.append(row)
+        elif kind == "run_finished":
+            self.finished = data
+
+    def series(self, key: str, stage: str | None = None) -> tuple[list[float], list[float]]:
+        """(global steps, values) of one logged metric, in log order (a resumed stage's steps
+        continue where the checkpoint left them, so x may step back once after a crash)."""
+        cache_key = f"{stage}\0{key}"
+        xs, ys, done = self._series.get(cache_key, ([], [], 0))
+        for row in self.metrics[done:]:
+            if stage is not None and row.get("stage") != stage:
+                continue
+            data = row["data"]
+            value = data.get(key)
+            if value is not None:
+                xs.append(data.get("global_step", data.get("step", 0)))
+                ys.append(value)
+        self._series[cache_key] = (xs, ys, len(self.metrics))
+        return xs, ys
+
+    @property
+    def boundaries(self) -> list[tuple[int, str]]:
+        """(global step where a stage starts, stage name) for the chart's stage markers."""
+        return sorted((view.global_step_offset, name) for name, view in self.stages.items()
+                      if view.status != "pending")
+
+    @property
+    def latest_metrics(self) -> dict[str, Any]:
+        return self.metrics[-1]["data"] if self.metrics else {}
+
+    @property
+    def warnings(self) -> list[dict[str, Any]]:
+        return [row for row in self.log if row.get("type") in ("warning", "error")]
+
+
+def load_history(run_dir: Path, history: History | None = None) -> History:
+    """The run's full history from its log (or what was added since `history` was loaded)."""
+    history = history or History()
+    rows, history.offset = read_raw(Path(run_dir) / EVENTS, history.offset)
+    history.apply(rows)
+    return history

@@ -1,0 +1,276 @@
+"""The background engine: `python -m graftline.engine.daemon RUN_DIR [--resume]`.
+
+Started by `launch.spawn` in its own process session. It owns the run directory while it lives:
+an exclusive lock (`engine.lock`) so two engines never drive one run, `state.json` with a
+heartbeat, the control socket, the telemetry thread, and the event log the runner reports into.
+
+Signals: SIGHUP is ignored (the terminal that launched us may close); SIGTERM and SIGINT ask for
+a graceful stop (the runner saves a Trainer checkpoint and stops), the same as `graftline stop`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from graftline.engine import launch, runstate
+from graftline.engine.control import ControlServer
+from graftline.engine.events import EventWriter
+from graftline.engine.run_control import RunControl
+from graftline.engine.runstate import RunState, StateKeeper
+from graftline.engine.telemetry import TelemetryThread, forecast_bytes
+
+LOCK = "engine.lock"
+EXIT_BUSY = 3
+EXIT_BAD_RUN = 2
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+class EngineSink:
+    """The sink the runner reports into: the event log, plus what the state file and the disk
+    guard need to know (current stage, global step, which stages are done)."""
+
+    def __init__(self, writer: EventWriter, keeper: StateKeeper, control: RunControl,
+                 run_dir: Path, plan: Any) -> None:
+        self.writer = writer
+        self.keeper = keeper
+        self.control = control
+        self.run_dir = run_dir
+        self.plan = plan
+        self.order = [step.name for step in plan.steps] if plan is not None else []
+        self.done: set[str] = set()
+        self.current: str | None = None
+        self.saw_run_finished = False
+
+    def emit(self, type: str, stage: str | None = None, **data: Any) -> object:
+        event = self.writer.emit(type, stage, **data)
+        if type == "run_started":
+            steps = [s.get("max_steps") or 0 for s in data.get("stages") or []]
+            self.keeper.note(total_steps=sum(steps) or None)
+        elif type == "stage_started":
+            self.current = stage
+            self.keeper.update(stage=stage, stage_index=data.get("index"),
+                               global_step=data.get("global_step_offset"))
+        elif type == "metrics":
+            # no file write per step: the heartbeat carries the step to state.json
+            self.keeper.note(global_step=data.get("global_step"))
+        elif type == "stage_finished":
+            if data.get("status") in ("complete", "skipped") and stage:
+                self.done.add(stage)
+                self.check_disk(before=self._next_stage(stage))
+        elif type == "run_finished":
+            self.saw_run_finished = True
+        return event
+
+    def _next_stage(self, stage: str) -> str | None:
+        try:
+            index = self.order.index(stage)
+        except ValueError:
+            return None
+        return self.order[index + 1] if index + 1 < len(self.order) else None
+
+    def remaining(self) -> list[str]:
+        return [name for name in self.order if name not in self.done]
+
+    def forecast(self) -> int | None:
+        if self.plan is None:
+            return None
+        return forecast_bytes(self.plan, self.remaining())
+
+    def mark_done(self, stages: list[str]) -> None:
+        self.done.update(stages)
+
+    def check_disk(self, before: str | None) -> bool:
+        """Pause (with a warning) when the remaining stages will not fit on the runs volume;
+        a run that stops between stages is resumable, one that dies mid-save is not."""
+        if before is None:
+            return True
+        need = self.forecast()
+        free = shutil.disk_usage(self.run_dir).free
+        if need is None or need <= free:
+            return True
+        self.control.paused.set()
+        self.keeper.update(status="paused",
+                           message=f"paused before '{before}': disk forecast exceeds free space")
+        self.writer.emit(
+            "warning", before,
+            message=(f"paused before stage '{before}': the remaining stages will write about "
+                     f"{_human(need)} but only {_human(free)} is free on {self.run_dir}"),
+            fix="free space (graftline cleanup) and `graftline resume` via the console or "
+                "send `resume` (the run continues where it paused)",
+            forecast_bytes=need, disk_free=free)
+        return False
+
+
+def _lock(run_dir: Path) -> int | None:
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _completed_stages(run_dir: Path, names: list[str]) -> list[str]:
+    from graftline.engine import manifest
+
+    done = []
+    for name in names:
+        try:
+            found = manifest.read(run_dir / "stages" / name)
+        except Exception:  # a corrupt manifest is not complete
+            found = None
+        if found is not None and found.status == "complete":
+            done.append(name)
+    return done
+
+
+def _handler(control: RunControl, keeper: StateKeeper, writer: EventWriter):
+    def handle(command: str, request: dict[str, Any]) -> dict[str, Any]:
+        if command == "stop":
+            control.stop.set()
+            control.paused.clear()  # a paused run must wake up to stop
+            keeper.update(status="stopping", message="stop requested")
+            writer.emit("info", keeper.state.stage, message="stop requested: saving, then stopping")
+        elif command == "pause":
+            control.paused.set()
+            keeper.update(status="paused", message="paused by request")
+            writer.emit("info", keeper.state.stage, message="paused")
+        elif command == "resume":
+            control.paused.clear()
+            keeper.update(status="running", message="")
+            writer.emit("info", keeper.state.stage, message="resumed")
+        elif command == "save_now":
+            control.save_now.set()
+            writer.emit("info", keeper.state.stage, message="checkpoint requested")
+        state = keeper.state
+        return {"status": state.status, "stage": state.stage, "global_step": state.global_step,
+                "pid": state.pid}
+    return handle
+
+
+def run(run_dir: Path, *, resume: bool = False) -> int:
+    from graftline.engine import pipeline_file
+
+    run_dir = Path(run_dir).resolve()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    lock = _lock(run_dir)
+    if lock is None:
+        print(f"graftline: another engine is already running {run_dir}", file=sys.stderr)
+        return EXIT_BUSY
+    meta = launch.read_meta(run_dir)
+    text = (run_dir / launch.PIPELINE_COPY).read_text(encoding="utf-8")
+    if launch.sha256_text(text) != meta.get("sha256"):
+        print(f"graftline: {run_dir / launch.PIPELINE_COPY} no longer matches its hash; "
+              "the run was started from a different file. Start a new run instead.",
+              file=sys.stderr)
+        return EXIT_BAD_RUN
+    # Parsed under the original file's path: data paths stay relative to where the user wrote it.
+    pf = pipeline_file.parse(text, meta["source"])
+    names = [stage.name for stage in pf.pipeline.stage]
+
+    prior = runstate.read(run_dir)
+    pid, pid_started = runstate.this_process()
+    now = time.time()
+    state = RunState(
+        run_id=meta["run_id"], pipeline=pf.pipeline.pipeline.name, status="running", pid=pid,
+        pid_started=pid_started, started=(prior.started if prior and prior.started else now),
+        heartbeat=now, stages=len(names), resumes=(prior.resumes + 1 if resume and prior else 0),
+        stage=prior.stage if resume and prior else None,
+        stage_index=prior.stage_index if resume and prior else None,
+        global_step=prior.global_step if resume and prior else None,
+        total_steps=prior.total_steps if prior else None,
+    )
+    keeper = StateKeeper(run_dir, state)
+    keeper.update()
+    keeper.start_heartbeat()
+    writer = EventWriter(run_dir)
+    control = RunControl()
+
+    try:
+        from graftline.engine.validate import plan_of
+
+        plan = plan_of(pf)
+    except Exception as exc:  # the forecast is advisory; training does not depend on it
+        print(f"graftline: no disk forecast: {exc}", flush=True)
+        plan = None
+    sink = EngineSink(writer, keeper, control, run_dir, plan)
+    if resume:
+        sink.mark_done(_completed_stages(run_dir, names))
+
+    def on_signal(signum: int, _frame: object) -> None:
+        control.stop.set()
+        control.paused.clear()
+        keeper.update(status="stopping", message=f"{signal.Signals(signum).name}: stopping")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server = ControlServer(run_dir, _handler(control, keeper, writer)).start()
+    telemetry = TelemetryThread(sink, run_dir, sink.forecast, stage=lambda: sink.current).start()
+    print(f"graftline: engine pid {pid} {'resuming' if resume else 'starting'} {run_dir}",
+          flush=True)
+
+    status, message = "failed", ""
+    try:
+        first = next((n for n in names if n not in sink.done), None)
+        sink.check_disk(before=first)
+        control.wait_while_paused()
+        from graftline.engine.runner import run_pipeline
+
+        result = run_pipeline(pf, run_dir, sink, control, resume=resume)
+        status = str(getattr(result, "status", "finished"))
+        message = str(getattr(result, "message", "") or "")
+    except BaseException as exc:
+        status, message = "failed", f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        writer.emit("error", sink.current, message=message,
+                    fix=f"see {run_dir / launch.ENGINE_LOG}; fix the cause, then "
+                        f"`graftline resume {run_dir.name}`")
+    finally:
+        telemetry.close()
+        server.close()
+        keeper.stop_heartbeat()
+    if status not in ("finished", "failed", "stopped"):
+        status = "stopped" if control.stop.is_set() else "finished"
+    if not sink.saw_run_finished:
+        writer.emit("run_finished", None, status=status, message=message)
+    keeper.update(status=status, message=message)
+    writer.close()
+    os.close(lock)
+    print(f"graftline: engine {status}{': ' + message if message else ''}", flush=True)
+    return 0 if status in ("finished", "stopped") else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m graftline.engine.daemon",
+                                     description="Run a prepared graftline run directory.")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--resume", action="store_true",
+                        help="skip complete stages; resume the interrupted one from its checkpoint")
+    args = parser.parse_args(argv)
+    return run(args.run_dir, resume=args.resume)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

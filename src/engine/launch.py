@@ -1,0 +1,139 @@
+"""Creating a run directory and starting (or resuming) its engine as a background process.
+
+The engine runs as `python -m graftline.engine.daemon RUN_DIR [--resume]` in a new process
+session (`start_new_session=True`): no controlling terminal, stdin from /dev/null, stdout and
+stderr appended to `<run_dir>/engine.log`. Closing the terminal, SIGHUP to the launching
+session, or quitting the console does not reach it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from graftline.engine import runstate
+from graftline.engine.pipeline_file import PipelineFile
+from graftline.engine.problems import PipelineError, Problem
+
+PIPELINE_COPY = "pipeline.toml"
+PIPELINE_HASH = "pipeline.sha256"
+RUN_META = "run.json"
+ENGINE_LOG = "engine.log"
+
+
+class LaunchError(RuntimeError):
+    """The run could not be started; `problems` holds validation problems when there were any."""
+
+    def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def new_run_id(name: str, runs_dir: Path, now: datetime | None = None) -> str:
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    run_id = f"{name}-{stamp}"
+    suffix = 2
+    while (runs_dir / run_id).exists():
+        run_id = f"{name}-{stamp}-{suffix}"
+        suffix += 1
+    return run_id
+
+
+def create_run(pf: PipelineFile, runs_dir: Path) -> Path:
+    """A fresh run directory holding the pipeline's copy, its hash, and a `starting` state."""
+    runs_dir = Path(runs_dir).expanduser().resolve()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    name = pf.pipeline.pipeline.name
+    while True:
+        run_id = new_run_id(name, runs_dir)
+        try:
+            (runs_dir / run_id).mkdir()
+            break
+        except FileExistsError:  # a second launch in the same second took the name
+            continue
+    run_dir = runs_dir / run_id
+    digest = sha256_text(pf.text)
+    (run_dir / PIPELINE_COPY).write_text(pf.text, encoding="utf-8")
+    (run_dir / PIPELINE_HASH).write_text(f"{digest}  {pf.path.name}\n", encoding="utf-8")
+    meta = {"run_id": run_id, "source": str(Path(pf.path).resolve()), "sha256": digest,
+            "cwd": os.getcwd(), "created": time.time()}
+    (run_dir / RUN_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    runstate.write(run_dir, runstate.RunState(run_id, name, status="starting",
+                                              stages=len(pf.pipeline.stage)))
+    return run_dir
+
+
+def read_meta(run_dir: Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / RUN_META).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LaunchError(
+            f"{run_dir} is not a graftline run directory ({RUN_META}: {exc})") from None
+
+
+def spawn(run_dir: Path, *, resume: bool = False) -> int:
+    """Start the engine for `run_dir` in its own session; its pid. Returns at once."""
+    run_dir = Path(run_dir).resolve()
+    meta = read_meta(run_dir)
+    cwd = meta.get("cwd")
+    cwd = cwd if cwd and Path(cwd).is_dir() else str(run_dir)
+    command = [sys.executable, "-m", "graftline.engine.daemon", str(run_dir)]
+    if resume:
+        command.append("--resume")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(run_dir / ENGINE_LOG, "ab") as log:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                                cwd=cwd, env=env)
+    return proc.pid
+
+
+def start_run(pipeline_path: Path, runs_dir: Path | None = None, *,
+              check: bool = True) -> Path:
+    """Validate the pipeline file, create its run directory, start the engine; the run directory.
+
+    Raises LaunchError (with the problems) when validation finds errors: nothing is created then.
+    """
+    from graftline.engine import pipeline_file
+
+    try:
+        pf = pipeline_file.load(pipeline_path)
+    except PipelineError as exc:
+        raise LaunchError(f"{pipeline_path} has problems", exc.problems) from None
+    if check:
+        from graftline.engine.validate import validate
+
+        problems = validate(pf)
+        errors = [p for p in problems if p.severity == "error"]
+        if errors:
+            raise LaunchError(f"{pipeline_path} has problems", errors)
+    if runs_dir is None:
+        runs_dir = pf.resolve(pf.pipeline.pipeline.runs_dir)
+    run_dir = create_run(pf, runs_dir)
+    spawn(run_dir)
+    return run_dir
+
+
+def resume_run(run_dir: Path) -> int:
+    """Start a new engine on a run that is not running (crashed, stopped, failed); its pid."""
+    run_dir = Path(run_dir).resolve()
+    read_meta(run_dir)
+    state = runstate.read(run_dir)
+    if state is not None:
+        status = runstate.effective_status(state)
+        if status in runstate.LIVE:
+            raise LaunchError(f"run {run_dir.name} is {status} (pid {state.pid}); "
+                              f"attach to it, or stop it first with `graftline stop`")
+        if status == "finished":
+            raise LaunchError(f"run {run_dir.name} has already finished; nothing to resume")
+    return spawn(run_dir, resume=True)

@@ -1,0 +1,68 @@
+"""The control socket: owner-only, JSON in and out, sets the run's flags; no TCP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+from graftline.engine import control
+from graftline.engine.control import ControlError, ControlServer
+from graftline.engine.run_control import RunControl
+
+
+def _server(run_dir: Path, flags: RunControl) -> ControlServer:
+    def handle(command: str, request: dict) -> dict:
+        if command == "stop":
+            flags.stop.set()
+        elif command == "pause":
+            flags.paused.set()
+        elif command == "resume":
+            flags.paused.clear()
+        elif command == "save_now":
+            flags.save_now.set()
+        return {"paused": flags.paused.is_set()}
+
+    return ControlServer(run_dir, handle)
+
+
+def test_socket_is_owner_only_and_commands_set_flags(tmp_path: Path) -> None:
+    flags = RunControl()
+    with _server(tmp_path, flags):
+        mode = os.stat(tmp_path / control.SOCKET).st_mode
+        assert stat.S_ISSOCK(mode)
+        assert stat.S_IMODE(mode) == 0o600
+        assert control.send(tmp_path, "pause") == {"ok": True, "command": "pause", "paused": True}
+        assert flags.paused.is_set()
+        assert control.send(tmp_path, "resume")["paused"] is False
+        control.send(tmp_path, "save_now")
+        assert flags.take_save_request() and not flags.save_now.is_set()
+        reply = control.send(tmp_path, "explode")
+        assert reply["ok"] is False and "unknown command" in reply["error"]
+        control.send(tmp_path, "stop")
+        assert flags.stop.is_set()
+    assert not (tmp_path / control.SOCKET).exists()
+    with pytest.raises(ControlError, match="not running"):
+        control.send(tmp_path, "stop")
+
+
+def test_deep_run_directory_still_gets_its_socket(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    flags = RunControl()
+    with _server(deep, flags):
+        assert len(str(deep / control.SOCKET)) > 108
+        assert control.send(deep, "pause")["ok"]
+        assert flags.paused.is_set()
+
+
+def test_garbage_request_gets_an_error_reply(tmp_path: Path) -> None:
+    with _server(tmp_path, RunControl()):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(tmp_path / control.SOCKET))
+        sock.sendall(b"not json\n")
+        reply = sock.recv(4096)
+        sock.close()
+    assert b'"ok": false' in reply
