@@ -27,7 +27,7 @@ def test_thread_emits_telemetry_events_until_closed(tmp_path: Path) -> None:
     done = threading.Event()
 
     class Counting(ListSink):
-        def emit(self, type, stage=None, **data):  # noqa: A002
+        def emit(self, type, stage=None, **data):
             sink.emit(type, stage, **data)
             if len(sink.events) >= 2:
                 done.set()
