@@ -8,6 +8,7 @@ a rank change without a merge).
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -126,7 +127,7 @@ def build_plan(
     search_dir: Path | None = None,
     runs_dir: Path | None = None,
     origins: dict[str, str] | None = None,
-    lines: dict[str, int] | None = None,
+    line_of: Callable[[str, str], int | None] | None = None,
 ) -> Plan:
     """Resolve every stage's parent, adapter action, LoRA shape and reference.
 
@@ -141,7 +142,14 @@ def build_plan(
 
     def problem(stage: spec.StageBase, fieldname: str, message: str, fix: str) -> None:
         problems.append(
-            Problem(message, file, (lines or {}).get(stage.name), stage.name, fieldname, fix)
+            Problem(
+                message,
+                file,
+                line_of(stage.name, fieldname) if line_of else None,
+                stage.name,
+                fieldname,
+                fix,
+            )
         )
 
     for stage in pipeline.stage:

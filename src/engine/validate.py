@@ -7,7 +7,7 @@ export targets, the runs directory, and the disk forecast.
 
 from __future__ import annotations
 
-import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,7 +37,7 @@ def plan_of(pf: PipelineFile) -> Plan:
         search_dir=pf.directory,
         runs_dir=runs_dir(pf),
         origins=pf.origins,
-        lines={name: block.header for name, block in pf.blocks.items()},
+        line_of=pf.line,
     )
 
 
@@ -201,18 +201,16 @@ def _environment_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
                 severity="warning",
             )
     runs = runs_dir(pf)
-    probe = runs
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+    if not _writable(runs):
         yield Problem(
-            f"runs directory {runs} is not writable (checked {probe})",
+            f"runs directory {runs} is not writable",
             str(pf.path),
             None,
             None,
             "pipeline.runs_dir",
             "set runs_dir to a directory you can write to",
         )
+        return
     total, free = plan.total_bytes, plan.free_bytes
     if total is not None and free is not None and total > free:
         yield Problem(
@@ -238,6 +236,20 @@ def _environment_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
                 'use quantization = "none" on CPU',
                 severity="warning",
             )
+
+
+def _writable(path: Path) -> bool:
+    """Try it rather than trust permission bits (root passes os.access on read-only mounts)."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return False
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            return True
+    except OSError:
+        return False
 
 
 def validate(pf: PipelineFile) -> list[Problem]:

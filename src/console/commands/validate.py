@@ -9,6 +9,7 @@ import typer
 from graftline.engine.problems import Problem
 from graftline.engine.validate import _human, plan_of, validate_file
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 FILE = typer.Argument(..., help="The pipeline file (TOML).", show_default=False)
@@ -18,14 +19,16 @@ def _print_problems(console: Console, problems: list[Problem]) -> None:
     for problem in problems:
         colour = "red" if problem.severity == "error" else "yellow"
         console.print(
-            f"[bold]{problem.where}[/bold]: [{colour}]{problem.severity}[/{colour}]: "
-            f"{problem.message}",
+            f"[bold]{escape(problem.where)}[/bold]: [{colour}]{problem.severity}[/{colour}]: "
+            f"{escape(problem.message)}",
             highlight=False,
             markup=True,
             soft_wrap=True,
         )
         if problem.fix:
-            console.print(f"    [dim]fix:[/dim] {problem.fix}", highlight=False, soft_wrap=True)
+            console.print(
+                f"    [dim]fix:[/dim] {escape(problem.fix)}", highlight=False, soft_wrap=True
+            )
 
 
 def validate(
