@@ -1,0 +1,42 @@
+# Two commands for a fresh clone:  `make demo`  and  `make test`.
+# Both create .venv and install graftline into it. Without CUDA (no nvidia-smi) the install is
+# constrained to the CPU build of torch, so it never downloads multi-GB CUDA wheels.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+CONSTRAINTS := $(if $(HAS_CUDA),,-c constraints-cpu.txt)
+EXTRAS := $(if $(HAS_CUDA),dev$(comma)unsloth,dev)
+comma := ,
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(CONSTRAINTS) -e '.[$(EXTRAS)]'
+	@touch $@
+
+setup: $(VENV)/.installed
+
+# The console's end-to-end test drives graftline inside tmux; install it where we can.
+tmux:
+	@command -v tmux >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+	  && (apt-get update -qq && apt-get install -y -qq tmux) >/dev/null 2>&1; } || true
+
+demo: setup
+	$(VENV)/bin/graftline demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+test: setup tmux lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: setup
+	for script in benchmarks/*.py; do $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,68 @@
+"""The engine is headless and the console never touches a trainer: enforced, not hoped for."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SRC = REPO / "src"
+
+
+def _imports(folder: Path) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for path in folder.rglob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(
+                    node.module
+                    if node.module.startswith("graftline")
+                    else node.module.split(".")[0]
+                )
+        found[str(path.relative_to(REPO))] = names
+    return found
+
+
+def test_engine_never_imports_textual_or_the_console() -> None:
+    offenders = {
+        path: names
+        for path, names in _imports(SRC / "engine").items()
+        if "textual" in names or any(n.startswith("graftline.console") for n in names)
+    }
+    assert offenders == {}
+
+
+def test_console_never_imports_trainers() -> None:
+    offenders = {
+        path: names & {"trl", "peft", "unsloth"}
+        for path, names in _imports(SRC / "console").items()
+        if names & {"trl", "peft", "unsloth"}
+    }
+    assert offenders == {}
+
+
+def test_import_linter_contracts_hold() -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_source_package_is_listed_in_pyproject() -> None:
+    listed = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    on_disk = {
+        "graftline." + ".".join(p.parent.relative_to(SRC).parts) if p.parent != SRC else "graftline"
+        for p in SRC.rglob("__init__.py")
+    }
+    assert on_disk <= listed, f"add to pyproject.toml packages: {sorted(on_disk - listed)}"
