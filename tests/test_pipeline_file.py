@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
 from graftline.console.cli import app
 from graftline.engine.pipeline_file import load
 from graftline.engine.toy import tasks
 from graftline.engine.toy.files import write_jsonl
 from graftline.engine.validate import validate_file
-from typer.testing import CliRunner
 
 HEADER = """\
 [pipeline]

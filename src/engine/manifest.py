@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from graftline import __version__
 from graftline.engine import atomic
-from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST = "graftline.json"
 METRICS = "metrics.json"

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
 from graftline.engine import spec
 from graftline.engine.problems import PipelineError, Problem
-from pydantic import BaseModel, TypeAdapter, ValidationError
 
 TOP_LEVEL = ("pipeline", "defaults", "stage", "foreach")
 FOREACH_KEYS = ("as", "values", "stage")

@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 import typer
-from graftline.engine.problems import Problem
-from graftline.engine.validate import _human, plan_of, validate_file
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from graftline.engine.problems import Problem
+from graftline.engine.validate import _human, plan_of, validate_file
 
 FILE = typer.Argument(..., help="The pipeline file (TOML).", show_default=False)
 

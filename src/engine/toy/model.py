@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
 from graftline.engine.toy import tasks
 from graftline.engine.toy.tokenizer import ASSISTANT, END, USER, build_tokenizer
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 TOY_SCHEME = "toy:"
 
