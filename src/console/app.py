@@ -1,0 +1,191 @@
+"""The graftline console: a Textual app over run directories.
+
+It reads runs through `graftline.engine.client` and the event log, and changes them only through
+the control channel (stop/pause), the cleanup executor and the exporter — each behind a confirm.
+`q` detaches: the engine is a separate process session and keeps training.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import locale
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from types import ModuleType
+from typing import ClassVar
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.theme import Theme
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def themes_dir() -> Path:
+    return Path(os.environ.get("GRAFTLINE_THEMES") or REPO / "themes")
+
+
+def _load_theme_module() -> ModuleType | None:
+    """themes/themes.py lives outside the package (users edit it); load it by path."""
+    path = REPO / "themes" / "themes.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("graftline_themes", path)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def default_ascii() -> bool:
+    """Plain glyphs where the terminal cannot draw braille and box characters."""
+    if os.environ.get("GRAFTLINE_ASCII"):
+        return os.environ["GRAFTLINE_ASCII"] not in ("0", "")
+    encoding = (sys.stdout.encoding or locale.getpreferredencoding(False) or "").lower()
+    return os.environ.get("TERM") in ("linux", "dumb", "vt100") or "utf" not in encoding
+
+
+class GraftlineApp(App[str | None]):
+    TITLE = "graftline"
+    CSS_PATH: ClassVar = [p for p in [REPO / "themes" / "graftline.tcss"] if p.is_file()]
+    ENABLE_COMMAND_PALETTE = True
+    BINDINGS: ClassVar = [
+        Binding("q", "detach", "Detach"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("t", "cycle_theme", "Theme"),
+    ]
+
+    def __init__(self, run_dir: Path | None, runs_dir: Path, theme: str | None = None, *,
+                 ascii_only: bool | None = None, launch_dir: Path | None = None) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.runs_dir = Path(runs_dir)
+        self.ascii_only = default_ascii() if ascii_only is None else ascii_only
+        self.launch_dir = Path(launch_dir) if launch_dir is not None else Path.cwd()
+        self.theme_problems: list[str] = []
+        self.cycle: list[str] = []
+        self._requested_theme = theme
+        self._register_themes()
+
+    # -- themes ------------------------------------------------------------------------------
+
+    def _register_themes(self) -> None:
+        module = _load_theme_module()
+        themes: list[Theme] = list(module.BUILTIN) if module is not None else []
+        aliases: dict[str, str] = dict(module.ALIASES) if module is not None else {}
+        if module is not None:
+            user, self.theme_problems = module.load_user_themes(themes_dir())
+            themes += user
+        for theme in themes:
+            self.register_theme(theme)
+        self.cycle = [t.name for t in themes] or ["textual-dark", "textual-light"]
+        name = self._requested_theme or os.environ.get("GRAFTLINE_THEME") or self.cycle[0]
+        name = aliases.get(name, name)
+        if name not in self.available_themes:
+            self.theme_problems.append(
+                f"theme {name!r} not found; choose one of {', '.join(self.cycle)}")
+            name = self.cycle[0]
+        self.theme = name
+
+    def action_cycle_theme(self) -> None:
+        names = self.cycle
+        index = names.index(self.theme) if self.theme in names else -1
+        self.theme = names[(index + 1) % len(names)]
+        self.notify(f"theme: {self.theme}", timeout=1.5)
+
+    # -- screens -----------------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        for problem in self.theme_problems:
+            self.notify(problem, severity="warning", timeout=8)
+        self.push_screen(self.home_screen())
+
+    def home_screen(self) -> Screen[None]:
+        if self.run_dir is not None:
+            return self.dashboard(self.run_dir)
+        from graftline.console.screens.runs import RunsScreen, has_runs
+
+        if has_runs(self.runs_dir):
+            return RunsScreen(self.runs_dir)
+        from graftline.console.screens.launch import LaunchScreen
+
+        return LaunchScreen(self.launch_dir, self.runs_dir)
+
+    def dashboard(self, run_dir: Path) -> Screen[None]:
+        from graftline.console.screens.dashboard import DashboardScreen
+
+        return DashboardScreen(run_dir, ascii_only=self.ascii_only)
+
+    def attach(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.push_screen(self.dashboard(self.run_dir))
+
+    def action_runs(self) -> None:
+        from graftline.console.screens.runs import RunsScreen
+
+        self.push_screen(RunsScreen(self.runs_dir))
+
+    def action_launch(self) -> None:
+        from graftline.console.screens.launch import LaunchScreen
+
+        self.push_screen(LaunchScreen(self.launch_dir, self.runs_dir))
+
+    def action_lineage(self) -> None:
+        from graftline.console.screens.lineage import LineageScreen
+
+        root = self.run_dir if self.run_dir is not None else self.runs_dir
+        self.push_screen(LineageScreen(root, ascii_only=self.ascii_only))
+
+    def action_help(self) -> None:
+        from graftline.console.screens.help import HelpScreen
+
+        if isinstance(self.screen, HelpScreen):
+            return
+        self.push_screen(HelpScreen(self.screen))
+
+    def action_detach(self) -> None:
+        self.exit(self.detach_message())
+
+    def detach_message(self) -> str:
+        from graftline.console.follower import read_engine_state
+
+        if self.run_dir is None:
+            return "graftline closed."
+        name = self.run_dir.name
+        state = read_engine_state(self.run_dir)
+        if state is not None and state.status in ("running", "paused", "starting"):
+            return (f"Detached from run {name}: training keeps running in the background.\n"
+                    f"Re-attach with: graftline attach {name}")
+        return f"graftline closed (run {name} is not running)."
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Runs", "Every run with its status; Enter attaches", self.action_runs)
+        yield SystemCommand("Launch", "Pick a pipeline file, validate, plan, launch",
+                            self.action_launch)
+        yield SystemCommand("Lineage", "Checkpoint tree, sizes, cleanup planner",
+                            self.action_lineage)
+        yield SystemCommand("Cycle theme", "dark → light → low-colour → your themes",
+                            self.action_cycle_theme)
+        yield SystemCommand("Detach", "Leave the console; training keeps running",
+                            self.action_detach)
+        dashboard = screen if hasattr(screen, "action_export") else None
+        if dashboard is not None:
+            yield SystemCommand("Export", "Export the selected stage's checkpoint",
+                                dashboard.action_export)  # type: ignore[attr-defined]
+            yield SystemCommand("Stop run…", "Stop the engine after a confirmation",
+                                dashboard.action_stop)  # type: ignore[attr-defined]
+            yield SystemCommand("Next chart metric", "loss, margins, reward, KL, lr, grad norm",
+                                dashboard.action_next_metric)  # type: ignore[attr-defined]
+
+
+def run_console(run_dir: Path | None, runs_dir: Path, theme: str | None = None) -> None:
+    """Open the console (attached to `run_dir`, or on the runs/launch screen) until `q`."""
+    app = GraftlineApp(run_dir, runs_dir, theme)
+    message = app.run()
+    if message:
+        print(message)

@@ -1,0 +1,433 @@
+"""Fold a run's events into the console's view model: stages, curves, latest metrics, resources.
+
+Pure and incremental: `RunModel.apply(events)` may be called with the whole history at once or
+with each new batch as the log grows, and gives the same model either way. No Textual, no I/O,
+so every rule about what the console shows is unit-tested without a terminal.
+
+Curves are kept per metric on the run's global-step axis in flat `array('d')` columns: a million
+points cost 16 MB and the chart reads them without copying (numpy `frombuffer`).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from graftline.engine.events import Event
+
+# Metrics the chart can show, in the order the `m` key cycles them.
+CHART_METRICS: tuple[str, ...] = (
+    "loss", "rewards/margins", "rewards/accuracies", "reward", "kl", "learning_rate", "grad_norm",
+)
+# What a stage of each kind is judged by, in the pipeline table and as the chart's default.
+KEY_METRIC: dict[str, str] = {"sft": "loss", "dpo": "rewards/margins", "grpo": "reward"}
+TRAINING_KINDS = frozenset(KEY_METRIC)
+LOG_LINES = 500
+
+STAGE_STATUSES = ("pending", "running", "complete", "failed", "stopped", "skipped")
+
+
+@dataclass
+class CheckView:
+    name: str
+    status: str  # pass | warn | fail
+    message: str
+
+
+@dataclass
+class StageView:
+    name: str
+    kind: str
+    index: int
+    action: str | None = None
+    reference: str | None = None
+    max_steps: int | None = None
+    status: str = "pending"
+    step: int = 0
+    global_step_offset: int = 0
+    seconds: float | None = None
+    latest: dict[str, float] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    checks: list[CheckView] = field(default_factory=list)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def progress(self) -> float | None:
+        if self.status in ("complete", "skipped"):
+            return 1.0
+        if not self.max_steps:
+            return None
+        return min(1.0, self.step / self.max_steps)
+
+    @property
+    def key_metric(self) -> tuple[str, float] | None:
+        name = KEY_METRIC.get(self.kind)
+        if name is None:
+            return None
+        value = self.latest.get(name)
+        if value is None:
+            value = self.summary.get(name) if isinstance(self.summary.get(name), float) else None
+        return (name, value) if value is not None else None
+
+    @property
+    def action_label(self) -> str:
+        """'new r16', 'continue', 'merge' … as the pipeline table shows it."""
+        if self.kind in ("merge", "combine", "export", "eval", "generate"):
+            return self.action or self.kind
+        return self.action or "—"
+
+
+@dataclass(frozen=True)
+class LogLine:
+    time: float  # seconds since the run started: deterministic, host-independent
+    level: str  # info | warning | error | check
+    stage: str | None
+    text: str
+
+
+class Series:
+    """One metric's points on the global-step axis, append-only."""
+
+    __slots__ = ("steps", "values")
+
+    def __init__(self) -> None:
+        self.steps = array("d")
+        self.values = array("d")
+
+    def append(self, step: float, value: float) -> None:
+        self.steps.append(step)
+        self.values.append(value)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+@dataclass
+class Telemetry:
+    gpus: list[dict[str, Any]] | None = None
+    gpu_reason: str | None = None
+    proc_gpu_bytes: int | None = None
+    rss: int | None = None
+    ram_used: int | None = None
+    ram_total: int | None = None
+    cpu_percent: float | None = None
+    disk_free: int | None = None
+    forecast_bytes: int | None = None
+    seen: bool = False
+
+
+class RunModel:
+    """Everything the dashboard shows, folded from events. Mutated only through `apply`."""
+
+    def __init__(self) -> None:
+        self.run: str | None = None
+        self.pipeline: str | None = None
+        self.backend: str | None = None
+        self.status: str = "waiting"  # waiting | running | finished | failed | stopped
+        self.message: str | None = None
+        self.started: float | None = None
+        self.last_time: float | None = None
+        self.finished_time: float | None = None
+        self.stages: list[StageView] = []
+        self._by_name: dict[str, StageView] = {}
+        self.current: str | None = None
+        self.series: dict[str, Series] = {}
+        self.boundaries: list[tuple[int, str]] = []  # (global step where a stage starts, name)
+        self.throughput: dict[str, float] = {}
+        self.telemetry = Telemetry()
+        self.log: deque[LogLine] = deque(maxlen=LOG_LINES)
+        self.events_seen = 0
+        self.last_seq = 0
+        self.version = 0  # bumped on every apply that changed something
+
+    # -- folding ---------------------------------------------------------------------------
+
+    def apply(self, events: Iterable[Event]) -> bool:
+        changed = False
+        for event in events:
+            if event.seq and event.seq <= self.last_seq:
+                continue  # a re-read of what we already folded (e.g. after a reader restart)
+            self.last_seq = event.seq or self.last_seq
+            self.events_seen += 1
+            handler = _HANDLERS.get(event.type)
+            if self.started is None:
+                self.started = event.time
+            self.last_time = event.time
+            if handler is not None:
+                handler(self, event)
+            changed = True
+        if changed:
+            self.version += 1
+        return changed
+
+    def stage(self, name: str | None, kind: str = "?") -> StageView | None:
+        if name is None:
+            return None
+        view = self._by_name.get(name)
+        if view is None:
+            view = StageView(name=name, kind=kind, index=len(self.stages))
+            self.stages.append(view)
+            self._by_name[name] = view
+        return view
+
+    def _log(self, event: Event, level: str, text: str) -> None:
+        since = event.time - self.started if self.started is not None else 0.0
+        self.log.append(LogLine(since, level, event.stage, text))
+
+    # -- questions the widgets ask ---------------------------------------------------------
+
+    @property
+    def current_stage(self) -> StageView | None:
+        return self._by_name.get(self.current) if self.current else None
+
+    def default_metric(self) -> str:
+        stage = self.current_stage
+        if stage is None:
+            for candidate in reversed(self.stages):
+                if candidate.kind in KEY_METRIC and candidate.status != "pending":
+                    stage = candidate
+                    break
+        metric = KEY_METRIC.get(stage.kind, "loss") if stage else "loss"
+        return metric if metric in self.series or not self.series else next(iter(self.series))
+
+    def chart_metrics(self) -> list[str]:
+        """The metrics that have data, in the chart's cycling order (known ones first)."""
+        known = [m for m in CHART_METRICS if m in self.series]
+        return known or sorted(self.series)
+
+    def elapsed(self, now: float | None = None) -> float | None:
+        if self.started is None:
+            return None
+        if self.finished_time is not None:
+            return self.finished_time - self.started
+        end = now if now is not None else self.last_time
+        return None if end is None else max(0.0, end - self.started)
+
+    def eta(self) -> float | None:
+        """The current stage's ETA plus the remaining training stages at the current speed."""
+        if self.status != "running":
+            return None
+        stage = self.current_stage
+        total = 0.0
+        known = False
+        if stage is not None and stage.status == "running" and "eta_s" in stage.latest:
+            total += stage.latest["eta_s"]
+            known = True
+        rate = self.throughput.get("steps_per_s")
+        for other in self.stages:
+            pending = other.status == "pending" and other.kind in TRAINING_KINDS
+            if pending and other.max_steps and rate:
+                total += other.max_steps / rate
+                known = True
+        return total if known else None
+
+    def progress(self) -> float | None:
+        steps = [(s.max_steps or 0, s.progress or 0.0) for s in self.stages if s.max_steps]
+        whole = sum(m for m, _ in steps)
+        if not whole:
+            return None
+        return sum(m * p for m, p in steps) / whole
+
+
+# -- event handlers ------------------------------------------------------------------------
+
+
+def _run_started(model: RunModel, event: Event) -> None:
+    data = event.data
+    model.run = data.get("run") or model.run
+    model.pipeline = data.get("pipeline") or model.pipeline
+    model.backend = data.get("backend") or model.backend
+    model.status = "running"
+    model.finished_time = None
+    for index, raw in enumerate(data.get("stages") or []):
+        view = model.stage(raw.get("name"), raw.get("kind", "?"))
+        if view is None:
+            continue
+        view.kind = raw.get("kind", view.kind)
+        view.index = index
+        view.action = raw.get("action", view.action)
+        view.reference = raw.get("reference", view.reference)
+        view.max_steps = raw.get("max_steps", view.max_steps)
+    resumed = " (resumed)" if data.get("resumed") else ""
+    model._log(event, "info", f"run {model.run or ''} started on {model.backend or '?'}{resumed}")
+
+
+def _stage_started(model: RunModel, event: Event) -> None:
+    data = event.data
+    view = model.stage(event.stage, data.get("kind", "?"))
+    if view is None:
+        return
+    view.kind = data.get("kind", view.kind)
+    view.status = "running"
+    view.max_steps = data.get("max_steps", view.max_steps)
+    view.global_step_offset = int(data.get("global_step_offset") or 0)
+    view.action = data.get("action", view.action)
+    view.reference = data.get("reference", view.reference)
+    model.current = view.name
+    if view.kind in TRAINING_KINDS and not any(n == view.name for _, n in model.boundaries):
+        model.boundaries.append((view.global_step_offset, view.name))
+    model._log(event, "info", f"{view.name}: {view.kind} started")
+
+
+def _metrics(model: RunModel, event: Event) -> None:
+    data = event.data
+    view = model.stage(event.stage)
+    global_step = data.get("global_step")
+    if view is not None:
+        if view.status == "pending":
+            view.status = "running"
+        step = data.get("step")
+        if isinstance(step, int | float):
+            view.step = int(step)
+        if data.get("max_steps"):
+            view.max_steps = int(data["max_steps"])
+        if global_step is None and isinstance(step, int | float):
+            global_step = view.global_step_offset + step
+    for key, value in data.items():
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if key in ("step", "global_step", "max_steps", "epoch"):
+            continue
+        if key in ("tokens_per_s", "steps_per_s"):
+            model.throughput[key] = float(value)
+        if view is not None:
+            view.latest[key] = float(value)
+        if global_step is not None and key not in ("tokens_per_s", "steps_per_s", "eta_s"):
+            series = model.series.get(key)
+            if series is None:
+                series = model.series[key] = Series()
+            series.append(float(global_step), float(value))
+
+
+def _checkpoint_saved(model: RunModel, event: Event) -> None:
+    data = event.data
+    view = model.stage(event.stage)
+    if view is not None:
+        view.checkpoints.append(dict(data))
+    if data.get("kind") != "trainer":
+        size = _bytes(data.get("bytes"))
+        model._log(event, "info", f"saved {data.get('kind', 'checkpoint')} {size}".rstrip())
+
+
+def _check_result(model: RunModel, event: Event) -> None:
+    data = event.data
+    check = CheckView(str(data.get("name", "?")), str(data.get("status", "?")),
+                      str(data.get("message", "")))
+    view = model.stage(event.stage)
+    if view is not None:
+        view.checks = [c for c in view.checks if c.name != check.name] + [check]
+    if check.status != "pass":
+        level = "error" if check.status == "fail" else "warning"
+        model._log(event, level, f"check {check.name}: {check.message}")
+
+
+def _warning(model: RunModel, event: Event) -> None:
+    fix = event.data.get("fix")
+    text = str(event.data.get("message", "")) + (f" — fix: {fix}" if fix else "")
+    model._log(event, "warning" if event.type == "warning" else "error", text)
+
+
+def _stage_finished(model: RunModel, event: Event) -> None:
+    data = event.data
+    view = model.stage(event.stage, data.get("kind", "?"))
+    if view is None:
+        return
+    view.status = str(data.get("status", "complete"))
+    view.seconds = data.get("seconds")
+    view.summary = dict(data.get("metrics") or {})
+    view.evaluation = dict(data.get("evaluation") or {})
+    if view.status == "complete" and view.max_steps:
+        view.step = max(view.step, view.max_steps)
+    secs = f" in {view.seconds:.0f}s" if isinstance(view.seconds, int | float) else ""
+    level = "info" if view.status in ("complete", "skipped") else "error"
+    model._log(event, level, f"{view.name}: {view.status}{secs}")
+
+
+def _telemetry(model: RunModel, event: Event) -> None:
+    data = event.data
+    tel = model.telemetry
+    tel.seen = True
+    tel.gpus = data.get("gpus") or None
+    tel.gpu_reason = data.get("gpu_reason")
+    for key in ("proc_gpu_bytes", "rss", "ram_used", "ram_total", "disk_free", "forecast_bytes"):
+        if key in data:
+            setattr(tel, key, data[key])
+    if "cpu_percent" in data:
+        tel.cpu_percent = data["cpu_percent"]
+
+
+def _run_finished(model: RunModel, event: Event) -> None:
+    model.status = str(event.data.get("status", "finished"))
+    model.message = event.data.get("message")
+    model.finished_time = event.time
+    model.current = None
+    for view in model.stages:
+        if view.status == "running":
+            view.status = "stopped" if model.status == "stopped" else "failed"
+    tail = f": {model.message}" if model.message else ""
+    model._log(event, "info" if model.status == "finished" else "error",
+               f"run {model.status}{tail}")
+
+
+def _info(model: RunModel, event: Event) -> None:
+    message = event.data.get("message")
+    if message:
+        model._log(event, "info", str(message))
+
+
+_HANDLERS = {
+    "run_started": _run_started,
+    "stage_started": _stage_started,
+    "metrics": _metrics,
+    "checkpoint_saved": _checkpoint_saved,
+    "check_result": _check_result,
+    "warning": _warning,
+    "error": _warning,
+    "stage_finished": _stage_finished,
+    "telemetry": _telemetry,
+    "run_finished": _run_finished,
+    "info": _info,
+}
+
+
+def fold(events: Iterable[Event]) -> RunModel:
+    model = RunModel()
+    model.apply(events)
+    return model
+
+
+def _bytes(value: Any) -> str:
+    return human_bytes(value) if isinstance(value, int | float) else ""
+
+
+def human_bytes(value: float | None) -> str:
+    if value is None:
+        return "—"
+    size = float(value)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(size) < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} PB"
+
+
+def human_seconds(value: float | None) -> str:
+    if value is None:
+        return "—"
+    total = round(value)
+    hours, rest = divmod(total, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def format_metric(value: float | None) -> str:
+    if value is None:
+        return "—"
+    magnitude = abs(value)
+    if magnitude != 0 and (magnitude < 1e-3 or magnitude >= 1e5):
+        return f"{value:.2e}"
+    return f"{value:.4f}" if magnitude < 10 else f"{value:.2f}"

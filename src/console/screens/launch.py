@@ -1,0 +1,181 @@
+"""Pick a pipeline file, read its validation and plan, launch it in the background."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, OptionList, Static
+from textual.widgets.option_list import Option
+
+from graftline.console.run_view import human_bytes
+
+
+def pipeline_files(folder: Path) -> list[Path]:
+    """TOML files in `folder` and in `folder/examples`, in a stable order."""
+    found: list[Path] = []
+    for where in (folder, folder / "examples"):
+        if where.is_dir():
+            found += sorted(p for p in where.glob("*.toml") if p.name != "pyproject.toml")
+    return found
+
+
+def shown_path(path: Path | str, root: Path) -> str:
+    """Paths relative to where the user is: short, and the same on every machine."""
+    text = str(path)
+    for base in (root.resolve(), root):
+        prefix = str(base).rstrip("/") + "/"
+        if text.startswith(prefix):
+            return text[len(prefix):]
+    return text
+
+
+@dataclass(frozen=True)
+class Report:
+    file: Path
+    ok: bool
+    text: Text
+
+
+def check_file(path: Path, root: Path) -> Report:
+    """Validate and plan `path`; everything the launch screen shows about it. Runs in a worker."""
+    from graftline.engine.validate import plan_of, validate_file
+
+    pf, problems = validate_file(path)
+    text = Text()
+    errors = [p for p in problems if p.severity == "error"]
+    if not problems:
+        text.append("✓ valid: no problems found\n", style="bold green")
+    for problem in problems:
+        style = "bold red" if problem.severity == "error" else "yellow"
+        text.append(f"{problem.severity}: ", style=style)
+        text.append(f"{shown_path(problem.where, root)}: {problem.message}\n")
+        if problem.fix:
+            text.append(f"    fix: {problem.fix}\n", style="dim")
+    if pf is not None:
+        plan = plan_of(pf)
+        text.append(f"\nplan — {plan.name} on {shown_path(plan.base, root)}\n", style="bold")
+        for index, step in enumerate(plan.steps, 1):
+            text.append(f"{index:>2}. {step.name} ", style="bold")
+            text.append(f"({step.kind}) ")
+            text.append(f"{step.starts_from}" if step.starts_from else "")
+            text.append("\n")
+            if step.reference:
+                text.append(f"     reference: {step.reference}\n", style="dim")
+            if step.writes:
+                size = f" ({human_bytes(step.bytes)})" if step.bytes is not None else ""
+                text.append(f"     writes: {shown_path(step.writes, root)}{size}\n", style="dim")
+        if plan.total_bytes is not None:
+            text.append(f"\ndisk: {human_bytes(plan.total_bytes)} in all\n")
+        for note in plan.notes:
+            text.append(f"note: {note}\n", style="dim")
+    return Report(path, ok=pf is not None and not errors, text=text)
+
+
+class LaunchScreen(Screen[None]):
+    BINDINGS: ClassVar = [
+        Binding("L", "launch", "Launch"),
+        Binding("r", "runs", "Runs"),
+        Binding("g", "rescan", "Rescan", show=False),
+    ]
+    DEFAULT_CSS = """
+    LaunchScreen #launch-body { height: 1fr; }
+    LaunchScreen #files {
+        width: 1fr; min-width: 24; max-width: 40; border: round $panel-lighten-2;
+    }
+    LaunchScreen #report-box { width: 3fr; border: round $panel-lighten-2; padding: 0 1; }
+    LaunchScreen #launch-title { height: 1; background: $panel; padding: 0 1; }
+    """
+
+    def __init__(self, folder: Path, runs_dir: Path) -> None:
+        super().__init__()
+        self.folder = Path(folder)
+        self.runs_dir = Path(runs_dir)
+        self.files: list[Path] = []
+        self.report: Report | None = None
+        self.checks = 0  # reports shown (tests wait on this)
+
+    def compose(self) -> ComposeResult:
+        yield Static("launch — pick a pipeline file (here and in examples/)", id="launch-title",
+                     markup=False)
+        with Horizontal(id="launch-body"):
+            yield OptionList(id="files")
+            with VerticalScroll(id="report-box"):
+                yield Static("", id="report")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#files").border_title = "pipelines"
+        self.query_one("#report-box").border_title = "validate · plan"
+        self.action_rescan()
+
+    def action_rescan(self) -> None:
+        self.files = pipeline_files(self.folder)
+        options = self.query_one(OptionList)
+        options.clear_options()
+        if not self.files:
+            self.query_one("#report", Static).update(
+                Text(f"No pipeline files in {self.folder.name}/ or examples/. "
+                     "Write one (see examples/demo.toml) and press g.", style="yellow"))
+            return
+        options.add_options(Option(shown_path(p, self.folder), id=str(i))
+                            for i, p in enumerate(self.files))
+        options.highlighted = 0
+        options.focus()
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        if event.option.id is None:
+            return
+        path = self.files[int(event.option.id)]
+        self.query_one("#report", Static).update(Text(f"checking {path.name}…", style="dim"))
+        self._check(path)
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.action_launch()
+
+    @work(thread=True, exclusive=True, group="check", exit_on_error=False)
+    def _check(self, path: Path) -> None:
+        try:
+            report = check_file(path, self.folder)
+        except Exception as exc:  # validate must never take the console down
+            report = Report(path, False, Text(f"cannot check {path.name}: {exc}", style="red"))
+        self.app.call_from_thread(self._show, report)
+
+    def _show(self, report: Report) -> None:
+        self.report = report
+        self.query_one("#report", Static).update(report.text)
+        self.checks += 1
+
+    def action_launch(self) -> None:
+        report = self.report
+        if report is None:
+            self.notify("Pick a pipeline file first.", severity="warning")
+            return
+        if not report.ok:
+            self.notify(f"{report.file.name} has errors: fix them first (listed on the right).",
+                        severity="error")
+            return
+        self.notify(f"launching {report.file.name} in the background…")
+        self._launch(report.file)
+
+    @work(thread=True, exclusive=True, group="launch", exit_on_error=False)
+    def _launch(self, path: Path) -> None:
+        from graftline.console.launcher import launch_background
+
+        try:
+            run_dir = launch_background(path)
+        except Exception as exc:
+            self.app.call_from_thread(self.notify, f"launch failed: {exc}", severity="error",
+                                      timeout=10)
+            return
+        self.app.call_from_thread(self.app.attach, run_dir)  # type: ignore[attr-defined]
+
+    def action_runs(self) -> None:
+        self.app.action_runs()  # type: ignore[attr-defined]

@@ -1,0 +1,61 @@
+"""GPU memory per device and for the engine, or "no GPU" and RAM; CPU; free disk vs forecast."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from graftline.console.run_view import RunModel, Telemetry, human_bytes
+
+
+def gauge(used: float | None, total: float | None, width: int, ascii_only: bool) -> Text:
+    if used is None or not total:
+        return Text("?".center(width), style="dim")
+    fraction = max(0.0, min(1.0, used / total))
+    filled = round(fraction * width)
+    style = "red" if fraction > 0.9 else "yellow" if fraction > 0.75 else "green"
+    full, empty = ("#", "-") if ascii_only else ("█", "░")
+    return Text.assemble((full * filled, style), (empty * (width - filled), "dim"))
+
+
+class ResourceGauges(Static):
+    DEFAULT_CSS = """
+    ResourceGauges { height: auto; border: round $panel-lighten-2; padding: 0 1; }
+    """
+
+    def __init__(self, *, ascii_only: bool = False, id: str | None = None) -> None:
+        super().__init__("", id=id)
+        self.ascii_only = ascii_only
+        self.border_title = "resources"
+
+    def update_from(self, model: RunModel) -> None:
+        self.update(self.render_telemetry(model.telemetry))
+
+    def render_telemetry(self, tel: Telemetry) -> Text:
+        if not tel.seen:
+            return Text("no telemetry yet", style="dim")
+        bar = 10
+        lines: list[Text] = []
+        if tel.gpus:
+            for gpu in tel.gpus:
+                used, total = gpu.get("used"), gpu.get("total")
+                lines.append(Text.assemble(
+                    f"GPU{gpu.get('index', '?')} ", gauge(used, total, bar, self.ascii_only),
+                    f" {human_bytes(used)}/{human_bytes(total)}"))
+            if tel.proc_gpu_bytes is not None:
+                lines.append(Text(f"engine VRAM {human_bytes(tel.proc_gpu_bytes)}"))
+        else:
+            reason = f" ({tel.gpu_reason})" if tel.gpu_reason else ""
+            lines.append(Text(f"no GPU{reason}", style="yellow"))
+        lines.append(Text.assemble("RAM  ", gauge(tel.ram_used, tel.ram_total, bar,
+                                                  self.ascii_only),
+                                   f" {human_bytes(tel.ram_used)}/{human_bytes(tel.ram_total)}"))
+        cpu = f"{tel.cpu_percent:.0f}%" if tel.cpu_percent is not None else "—"
+        lines.append(Text(f"CPU {cpu}  engine RSS {human_bytes(tel.rss)}"))
+        disk = Text(f"disk free {human_bytes(tel.disk_free)}")
+        if tel.forecast_bytes is not None:
+            short = tel.disk_free is not None and tel.forecast_bytes > tel.disk_free
+            disk.append(f", needs {human_bytes(tel.forecast_bytes)}",
+                        style="bold red" if short else "")
+        lines.append(disk)
+        return Text("\n").join(lines)
