@@ -1,0 +1,517 @@
+"""Reference-counted cleanup: a pure planner over the lineage, and a journaled executor.
+
+    lineage = lineage.scan([root])
+    rules = [parse_keep(t) for t in ("final", "last:2", "best:eval/accuracy")]
+    plan = plan_cleanup(lineage, rules)         # pure: nothing on disk changes
+    print(format_plan(plan, lineage))
+    result = execute(plan, lineage)             # deletes plan.delete, journaled
+    finish_pending(root)                        # finishes a cleanup a crash interrupted
+
+Guarantees, whatever the rules say:
+- nothing a kept checkpoint needs to load or export (its whole base chain, `Lineage.needs`) is
+  deleted; each protected checkpoint says why ("merged1 is the base of stage3_dpo, which you
+  keep");
+- nothing outside the roots is deleted, no symlink is followed (a link inside a deleted
+  checkpoint is unlinked, never traversed), and a checkpoint of a running run is refused;
+- a checkpoint nested in a deleted one (Trainer `checkpoint-N` under a stage) stays when kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import secrets
+import stat
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+from graftline.engine import cleanup_journal
+from graftline.engine.cleanup_journal import PendingCleanup, read_journal, removed_by
+from graftline.engine.lineage_model import NEEDED_RELATIONS, Lineage, Node, need_links
+from graftline.engine.lineage_scan import run_is_active, scan
+
+__all__ = [
+    "CleanupError",
+    "CleanupPlan",
+    "CleanupResult",
+    "KeepRule",
+    "PendingCleanup",
+    "execute",
+    "finish_pending",
+    "format_plan",
+    "parse_keep",
+    "pending",
+    "plan_cleanup",
+    "removed_by",
+]
+
+_GLOB = set("*?[")
+_ON_DISK_KINDS = {"base", "adapter", "merged", "combined", "export", "trainer"}
+
+
+class CleanupError(ValueError):
+    """A keep rule or plan that cannot be used; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class KeepRule:
+    """One `--keep` word, parsed.
+
+    Forms: `final` (the final checkpoint of each run), `last:N` (the last N Trainer
+    checkpoints in each folder of `checkpoint-N`s), `best:METRIC[:min|max]` (the best
+    checkpoint of each run by a metric; `min` when the name contains "loss", else `max`),
+    `id:ID`, a glob (`*`, `?`, `[`) over paths relative to a root, or a path, id or name.
+    """
+
+    kind: Literal["final", "last", "best", "id", "glob", "ref"]
+    text: str
+    value: str = ""
+    count: int = 0
+    mode: Literal["min", "max"] = "max"
+
+
+def parse_keep(token: str) -> KeepRule:
+    """Parse one `--keep` word; CleanupError with the fix when it is malformed."""
+    text = token.strip()
+    if not text:
+        raise CleanupError("--keep '': empty; give an id, a path, a glob, final, last:N or best:M")
+    head, _, rest = text.partition(":")
+    if text == "final":
+        return KeepRule("final", text)
+    if head == "last":
+        if not rest.isdigit() or int(rest) < 1:
+            raise CleanupError(f"--keep {text!r}: N must be a whole number ≥ 1, e.g. last:2")
+        return KeepRule("last", text, count=int(rest))
+    if head == "best":
+        metric, _, mode = rest.partition(":")
+        if not metric:
+            raise CleanupError(f"--keep {text!r}: name the metric, e.g. best:eval/accuracy")
+        if mode not in ("", "min", "max"):
+            raise CleanupError(f"--keep {text!r}: the direction is min or max, not {mode!r}")
+        chosen = mode or ("min" if "loss" in metric.lower() else "max")
+        return KeepRule("best", text, value=metric, mode=chosen)  # type: ignore[arg-type]
+    if head == "id" and rest:
+        return KeepRule("id", text, value=rest)
+    if _GLOB & set(text):
+        return KeepRule("glob", text, value=text)
+    return KeepRule("ref", text, value=text)
+
+
+@dataclass(frozen=True)
+class CleanupPlan:
+    """What a cleanup would do. Every on-disk checkpoint inside the roots is in exactly one of
+    `keep`, `protected`, `refused` or `delete`.
+
+    keep:      key -> the rules that keep it
+    protected: key -> why it must stay (a kept or running checkpoint needs it)
+    refused:   key -> why it may not be touched now (its run is running)
+    delete:    keys to delete, deepest first
+    leave:     delete key -> nested checkpoint directories inside it that stay
+    """
+
+    roots: tuple[str, ...]
+    rules: tuple[str, ...]
+    keep: Mapping[str, tuple[str, ...]]
+    protected: Mapping[str, tuple[str, ...]]
+    refused: Mapping[str, str]
+    delete: tuple[str, ...]
+    leave: Mapping[str, tuple[str, ...]]
+    bytes_reclaimed: int
+    bytes_remaining: int
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CleanupResult:
+    cleanup: str
+    removed: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...]  # (path, why)
+    bytes_freed: int
+    resumed: bool = False
+
+
+# -- planning ------------------------------------------------------------------------------------
+
+
+def plan_cleanup(lineage: Lineage, rules: Sequence[KeepRule]) -> CleanupPlan:
+    """Plan a cleanup of `lineage`'s roots keeping what `rules` select. Pure and O(nodes+edges).
+
+    Raises CleanupError when an id/path/glob rule matches nothing (a typo must not turn into
+    "delete everything"); a policy (final, last, best) that matches nothing is a warning.
+    """
+    if not rules:
+        raise CleanupError("say what to keep: --keep final, --keep last:2, an id, a path or a glob")
+    candidates = [n for n in lineage.nodes if n.in_roots and n.kind in _ON_DISK_KINDS]
+    keep: dict[str, list[str]] = {}
+    warnings: list[str] = []
+    for rule in rules:
+        matched = _select(rule, candidates, lineage)
+        if not matched:
+            if rule.kind in ("final", "last", "best"):
+                warnings.append(f"--keep {rule.text}: matched no checkpoint")
+            else:
+                known = ", ".join(sorted(n.id for n in candidates)[:8]) or "none"
+                raise CleanupError(
+                    f"--keep {rule.text!r} matched no checkpoint under "
+                    f"{', '.join(lineage.roots)}; known ids: {known}"
+                )
+        for key in matched:
+            keep.setdefault(key, []).append(rule.text)
+
+    refused: dict[str, str] = {}
+    for node in candidates:
+        if node.running and node.key not in keep:
+            refused[node.key] = f"run {node.run} is running: its files are not touched"
+
+    # One breadth-first pass from everything that stays: the first path that reaches a node
+    # gives its reason.
+    protected: dict[str, list[str]] = {}
+    up = need_links(lineage)
+    queue = deque((key, key) for key in (*keep, *refused))
+    reached: set[str] = set(keep) | set(refused)
+    while queue:
+        key, origin = queue.popleft()
+        for edge in up.get(key, ()):
+            if edge.relation not in NEEDED_RELATIONS:
+                continue
+            parent = lineage.get(edge.parent)
+            if parent is None:
+                continue
+            if parent.key in keep or parent.key in refused:
+                continue
+            reason = _reason(lineage, edge.parent, key, edge.relation, origin, keep, refused)
+            if parent.key not in reached:
+                reached.add(parent.key)
+                queue.append((parent.key, origin))
+            if parent.in_roots and parent.kind in _ON_DISK_KINDS:
+                reasons = protected.setdefault(parent.key, [])
+                if len(reasons) < 3 and reason not in reasons:
+                    reasons.append(reason)
+
+    stays = set(keep) | set(protected) | set(refused)
+    delete = [n for n in candidates if n.key not in stays]
+    delete.sort(key=lambda n: (-(n.path or "").count(os.sep), n.path or ""))
+    delete_keys = tuple(n.key for n in delete)
+    leave = _nested_that_stay(delete, lineage.nodes, set(delete_keys))
+    for root in lineage.journals:
+        warnings.append(f"an interrupted cleanup left a journal in {root}: it is finished first")
+    for link in lineage.symlinks:
+        if link.outside:
+            warnings.append(
+                f"symlink {link.path} -> {link.target} points outside the roots: "
+                "not followed, not deleted through"
+            )
+    reclaimed = sum(n.bytes for n in delete)
+    return CleanupPlan(
+        roots=lineage.roots,
+        rules=tuple(r.text for r in rules),
+        keep=MappingProxyType({k: tuple(v) for k, v in keep.items()}),
+        protected=MappingProxyType({k: tuple(v) for k, v in protected.items()}),
+        refused=MappingProxyType(refused),
+        delete=delete_keys,
+        leave=MappingProxyType(leave),
+        bytes_reclaimed=reclaimed,
+        bytes_remaining=sum(n.bytes for n in candidates) - reclaimed,
+        warnings=tuple(warnings),
+    )
+
+
+def _reason(
+    lineage: Lineage,
+    parent: str,
+    child: str,
+    relation: str,
+    origin: str,
+    keep: Mapping[str, object],
+    refused: Mapping[str, str],
+) -> str:
+    p, c, o = lineage.node(parent), lineage.node(child), lineage.node(origin)
+    link = (f"{p.name} is the base of {c.name}" if relation == "trained_on"
+            else f"{p.name} was merged into {c.name}")
+    if origin in refused:
+        return f"{link}, which running run {o.run} uses"
+    if child == origin:
+        return f"{link}, which you keep"
+    return f"{link}, which {o.name} (kept) needs"
+
+
+def _select(rule: KeepRule, nodes: Sequence[Node], lineage: Lineage) -> list[str]:
+    if rule.kind == "final":
+        return [_latest(group).key for group in _by_run(n for n in nodes if n.kind != "trainer")]
+    if rule.kind == "last":
+        folders: dict[str, list[Node]] = {}
+        for node in nodes:
+            if node.kind == "trainer" and node.step is not None and node.path:
+                folders.setdefault(os.path.dirname(node.path), []).append(node)
+        return [
+            n.key for group in folders.values()
+            for n in sorted(group, key=lambda n: n.step or 0)[-rule.count:]
+        ]
+    if rule.kind == "best":
+        chosen = []
+        for group in _by_run(n for n in nodes if rule.value in n.metrics):
+            sign = 1 if rule.mode == "min" else -1
+            chosen.append(min(group, key=lambda n: sign * n.metrics[rule.value]).key)
+        return chosen
+    if rule.kind == "id":
+        return [n.key for n in nodes if n.id == rule.value]
+    if rule.kind == "glob":
+        return [n.key for n in nodes if any(fnmatch.fnmatchcase(s, rule.value)
+                                            for s in _spellings(n, lineage.roots))]
+    wanted = {n.key for n in nodes}
+    found = [k for k in lineage.find(rule.value) if k in wanted]
+    if found:
+        return found
+    for base in (os.getcwd(), *lineage.roots):
+        path = os.path.realpath(os.path.join(base, os.path.expanduser(rule.value)))
+        if path in wanted:
+            return [path]
+    return []
+
+
+def _spellings(node: Node, roots: Iterable[str]) -> list[str]:
+    out = [node.id, node.name]
+    if node.path:
+        out.append(node.path)
+        for root in roots:
+            if node.path.startswith(root + os.sep):
+                out.append(Path(os.path.relpath(node.path, root)).as_posix())
+    return out
+
+
+def _by_run(nodes: Iterable[Node]) -> list[list[Node]]:
+    groups: dict[str, list[Node]] = {}
+    for node in nodes:
+        if node.run is not None or node.run_dir is not None:
+            groups.setdefault(node.run_dir or node.run or "", []).append(node)
+    return list(groups.values())
+
+
+def _latest(group: list[Node]) -> Node:
+    complete = [n for n in group if n.status == "complete"] or group
+    return max(complete, key=lambda n: (n.created or "", n.written, n.path or ""))
+
+
+def _nested_that_stay(
+    delete: Sequence[Node], nodes: Sequence[Node], deleted: set[str]
+) -> dict[str, tuple[str, ...]]:
+    # Everything not deleted stays, including a base the scan found but did not count as ours.
+    staying = sorted(n.path for n in nodes if n.key not in deleted and n.path)
+    out: dict[str, tuple[str, ...]] = {}
+    for node in delete:
+        prefix = (node.path or "") + os.sep
+        inner = tuple(p for p in staying if p.startswith(prefix))
+        if inner:
+            out[node.key] = inner
+    return out
+
+
+# -- presenting ----------------------------------------------------------------------------------
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def format_plan(plan: CleanupPlan, lineage: Lineage) -> str:
+    """The plan as the text `graftline cleanup` prints."""
+
+    def label(key: str) -> str:
+        node = lineage.node(key)
+        return f"{node.id}  [{node.kind}, {human_bytes(node.bytes)}]"
+
+    lines = [f"Cleanup plan for {', '.join(plan.roots)}  (keep: {' '.join(plan.rules)})", ""]
+    lines.append(f"Keep ({len(plan.keep)}):")
+    lines += [f"  {label(k)}  ← {', '.join(why)}" for k, why in plan.keep.items()]
+    lines.append(f"Protected ({len(plan.protected)}):")
+    lines += [f"  {label(k)}  — {'; '.join(why)}" for k, why in plan.protected.items()]
+    if plan.refused:
+        lines.append(f"Refused ({len(plan.refused)}):")
+        lines += [f"  {label(k)}  — {why}" for k, why in plan.refused.items()]
+    lines.append(f"Delete ({len(plan.delete)}):")
+    for key in plan.delete:
+        stays = plan.leave.get(key, ())
+        note = f"  (keeps nested {', '.join(os.path.basename(s) for s in stays)})" if stays else ""
+        lines.append(f"  {label(key)}{note}")
+    broken = [n for n in lineage.broken() if n.key not in plan.delete]
+    if broken:
+        lines.append("Broken (already unloadable):")
+        lines += [f"  {n.id}: {n.broken}" for n in broken]
+    for warning in plan.warnings:
+        lines.append(f"warning: {warning}")
+    lines.append("")
+    lines.append(
+        f"Reclaims {human_bytes(plan.bytes_reclaimed)}; "
+        f"{human_bytes(plan.bytes_remaining)} stays."
+    )
+    return "\n".join(lines)
+
+
+# -- executing -----------------------------------------------------------------------------------
+
+
+def pending(root: Path) -> PendingCleanup | None:
+    """The cleanup a crash interrupted in `root`, if any (its journal is still there)."""
+    return read_journal(Path(os.path.realpath(root)))
+
+
+def execute(
+    plan: CleanupPlan, lineage: Lineage, *, journal_root: Path | None = None
+) -> CleanupResult:
+    """Delete `plan.delete`, journaled in `journal_root` (default: the first root).
+
+    Each directory is checked again just before it goes (inside a root, not a symlink, its run
+    not running); one that fails is skipped and reported, never forced. Raises CleanupError,
+    deleting nothing, when an interrupted cleanup's journal is still in the root.
+    """
+    root = Path(journal_root or plan.roots[0])
+    if read_journal(root) is not None:
+        raise CleanupError(
+            f"{root}: an interrupted cleanup is not finished; run finish_pending first "
+            "(`graftline cleanup` does it with --yes)"
+        )
+    cleanup_id = f"c-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    entries = []
+    for key in plan.delete:
+        node = lineage.node(key)
+        entries.append({"path": node.path, "id": node.id, "kind": node.kind, "bytes": node.bytes,
+                        "run_dir": node.run_dir, "leave": list(plan.leave.get(key, ()))})
+    return _run(root, plan.roots, cleanup_id, entries, frozenset(), resumed=False)
+
+
+def finish_pending(root: Path) -> CleanupResult | None:
+    """Finish the cleanup a crash interrupted in `root`; None when there is none.
+
+    The lineage is scanned again first: a directory that something new now needs (a checkpoint
+    written since, outside the interrupted plan) is skipped and reported, not deleted.
+    """
+    root = Path(os.path.realpath(root))
+    job = read_journal(root)
+    if job is None:
+        return None
+    lineage = scan([root])
+    planned = {e["path"] for e in job.entries}
+    skipped: list[tuple[str, str]] = []
+    entries = []
+    for entry in job.remaining:
+        path = entry["path"]
+        users = [k for k in lineage.needed_by(path) if k not in planned and k in lineage
+                 and lineage.node(k).kind not in ("missing", "external")]
+        if users:
+            who = lineage.node(users[0]).id
+            skipped.append((path, f"{who} now needs it"))
+            continue
+        entries.append(entry)
+    result = _run(root, (str(root),), job.cleanup, entries, job.done, resumed=True,
+                  already_skipped=skipped, journal_exists=True)
+    return result
+
+
+def _run(
+    root: Path,
+    roots: Sequence[str],
+    cleanup_id: str,
+    entries: list[dict],
+    done: frozenset[str],
+    *,
+    resumed: bool,
+    already_skipped: Sequence[tuple[str, str]] = (),
+    journal_exists: bool = False,
+) -> CleanupResult:
+    journal = root / cleanup_journal.JOURNAL
+    history = root / cleanup_journal.HISTORY
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    if not journal_exists:
+        cleanup_journal.append_line(journal, {"type": "plan", "cleanup": cleanup_id, "time": now,
+                                              "entries": entries})
+    removed: list[str] = []
+    skipped = list(already_skipped)
+    freed = 0
+    for entry in entries:
+        path = entry["path"]
+        if path in done:
+            continue
+        why = _unsafe(path, roots, entry.get("run_dir"))
+        if why is None:
+            freed += _remove_own(path, set(entry.get("leave", ())))
+            removed.append(path)
+            cleanup_journal.append_line(history, {
+                "cleanup": cleanup_id, "time": now, "path": path, "id": entry["id"],
+                "kind": entry["kind"], "bytes": entry["bytes"],
+            })
+        elif why != "gone":
+            skipped.append((path, why))
+        cleanup_journal.append_line(journal, {"type": "done", "path": path})
+    journal.unlink()
+    return CleanupResult(cleanup_id, tuple(removed), tuple(skipped), freed, resumed)
+
+
+def _unsafe(path: str, roots: Sequence[str], run_dir: str | None) -> str | None:
+    """Why `path` may not be deleted now, or None; "gone" when it no longer exists."""
+    parent = os.path.realpath(os.path.dirname(path))
+    real = os.path.join(parent, os.path.basename(path))
+    if not any(real.startswith(r + os.sep) for r in roots):
+        return "outside the roots"
+    try:
+        st = os.lstat(real)
+    except FileNotFoundError:
+        return "gone"
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symlink (never deleted through)"
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a directory"
+    if run_dir and run_is_active(run_dir):
+        return "its run is running"
+    return None
+
+
+def _remove_own(path: str, leave: set[str]) -> int:
+    """Remove `path` except the nested directories in `leave`; never follows a symlink."""
+    freed = 0
+    try:
+        it = os.scandir(path)
+    except FileNotFoundError:
+        return 0
+    with it:
+        entries = list(it)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            if entry.path in leave:
+                continue
+            if any(p.startswith(entry.path + os.sep) for p in leave):
+                freed += _remove_own(entry.path, leave)
+                continue
+            freed += _remove_own(entry.path, set())
+        else:
+            try:
+                freed += entry.stat(follow_symlinks=False).st_size
+                os.unlink(entry.path)  # a symlink: the link goes, its target stays
+            except FileNotFoundError:
+                continue
+    with contextlib.suppress(OSError):  # something that stays is inside it
+        os.rmdir(path)
+    return freed
+
+
+def plan_for_removal(lineage: Lineage, keys: Iterable[str]) -> CleanupPlan:
+    """A plan that keeps everything except `keys` — for the console's "delete this" action.
+
+    Whatever `keys` holds, anything a remaining checkpoint needs stays protected.
+    """
+    drop = set(keys)
+    rules = [KeepRule("ref", n.key, value=n.key) for n in lineage.nodes
+             if n.in_roots and n.kind in _ON_DISK_KINDS and n.key not in drop]
+    if not rules:
+        rules = [KeepRule("final", "final")]
+    return plan_cleanup(lineage, rules)
+

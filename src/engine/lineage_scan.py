@@ -1,0 +1,674 @@
+"""Scanning roots on disk into a `Lineage`.
+
+Reads only small JSON files (graftline.json, adapter_config.json, trainer_state.json, config.json,
+metrics.json, evaluation.json, state.json) and stats everything else: weights are never read,
+except a few bytes of one normalization tensor used to tell whether a hand-made full model is a
+merge of another (see `_infer_merges`). Never follows a symlink: each one is reported instead.
+
+Sizes and parsed JSON are cached in-process by mtime, so the console can rescan cheaply. A file
+rewritten in place without its directory changing keeps its cached size until the directory
+itself changes (every writer we know of writes a new file and renames it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from graftline.engine import cleanup_journal
+from graftline.engine.lineage_model import Edge, Lineage, LoraInfo, Node, Symlink
+from graftline.engine.manifest import MANIFEST, Manifest
+
+ADAPTER_CONFIG = "adapter_config.json"
+TRAINER_STATE = "trainer_state.json"
+MODEL_CONFIG = "config.json"
+RUN_STATE = "state.json"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+_ACTIVE = {"starting", "running", "paused"}
+# config.json keys that differ between a model and its merge without meaning anything.
+_VOLATILE_CONFIG = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache"}
+
+_dir_cache: dict[str, tuple[int, int, float]] = {}  # dir -> (mtime_ns, file bytes, newest mtime)
+_json_cache: dict[str, tuple[int, int, Any]] = {}  # file -> (mtime_ns, size, parsed)
+_fingerprint_cache: dict[str, tuple[int, int, str | None]] = {}
+
+
+class ScanError(ValueError):
+    """A root that cannot be scanned (it does not exist, or is not a directory)."""
+
+
+@dataclass
+class _Dir:
+    path: str
+    names: frozenset[str]
+    subdirs: tuple[str, ...]
+    bytes: int
+    newest: float
+    owner: str | None  # nearest checkpoint directory at or above this one
+
+
+@dataclass
+class _Draft:
+    """A node being assembled; frozen into a `Node` once every edge is known."""
+
+    key: str
+    kind: str
+    source: str
+    path: str | None
+    root: str | None
+    name: str
+    manifest: Manifest | None = None
+    bytes: int = 0
+    newest: float = 0.0
+    fields: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def scan(roots: Sequence[Path | str]) -> Lineage:
+    """Scan `roots` (run directories, a runs directory, any folder) into one lineage.
+
+    Raises ScanError, changing nothing, when a root is missing or not a directory.
+    """
+    real_roots: list[str] = []
+    for root in roots:
+        raw = os.path.abspath(os.path.expanduser(str(root)))
+        if os.path.islink(raw):
+            raise ScanError(f"{raw}: is a symlink; pass the directory it points to")
+        if not os.path.isdir(raw):
+            raise ScanError(
+                f"{raw}: no such directory (pass a runs directory or a checkpoint folder)"
+            )
+        real = os.path.realpath(raw)
+        if real not in real_roots:
+            real_roots.append(real)
+    return _Scanner(tuple(real_roots)).run()
+
+
+class _Scanner:
+    def __init__(self, roots: tuple[str, ...]) -> None:
+        self.roots = roots
+        self.dirs: list[_Dir] = []
+        self.symlinks: list[Symlink] = []
+        self.runs: dict[str, dict[str, Any]] = {}  # run dir -> {"active", "pid", "status"}
+        self.drafts: dict[str, _Draft] = {}
+        self.edges: list[Edge] = []
+        self.history: dict[str, cleanup_journal.Removal] = {}
+        self.journals: list[str] = []
+
+    # -- walking -----------------------------------------------------------------------------
+
+    def run(self) -> Lineage:
+        for root in self.roots:
+            self.history.update(cleanup_journal.read_history(Path(root)))
+            if os.path.lexists(os.path.join(root, cleanup_journal.JOURNAL)):
+                self.journals.append(root)
+            self._walk(root)
+        for d in self.dirs:
+            if d.owner is not None:
+                draft = self.drafts[d.owner]
+                draft.bytes += d.bytes
+                if d.path == draft.path:
+                    draft.newest = d.newest
+        for draft in list(self.drafts.values()):
+            self._link(draft)
+        self._infer_merges()
+        self._flag_in_memory_merges()
+        return self._freeze()
+
+    def _walk(self, root: str) -> None:
+        stack: list[tuple[str, str | None, str | None]] = [(root, None, None)]
+        while stack:
+            path, owner, run_dir = stack.pop()
+            try:
+                it = os.scandir(path)
+            except OSError:
+                continue
+            names: set[str] = set()
+            subdirs: list[str] = []
+            files: list[os.DirEntry[str]] = []
+            with it:
+                for entry in it:
+                    if entry.is_symlink():
+                        self._symlink(entry.path)
+                        files.append(entry)  # the link itself: its own few bytes
+                        names.add(entry.name)
+                    elif entry.is_dir(follow_symlinks=False):
+                        if not entry.name.startswith("."):
+                            subdirs.append(entry.name)
+                    else:
+                        files.append(entry)
+                        names.add(entry.name)
+            size, newest = self._dir_bytes(path, files)
+            if RUN_STATE in names and "stages" in subdirs:
+                run_dir = path
+                self.runs[path] = self._run_state(path)
+            if self._classify(path, root, frozenset(names), run_dir):
+                owner = path
+            self.dirs.append(_Dir(path, frozenset(names), tuple(subdirs), size, newest, owner))
+            for name in sorted(subdirs, reverse=True):
+                stack.append((os.path.join(path, name), owner, run_dir))
+
+    def _dir_bytes(self, path: str, files: list[os.DirEntry[str]]) -> tuple[int, float]:
+        try:
+            mtime = os.lstat(path).st_mtime_ns
+        except OSError:
+            return 0, 0.0
+        cached = _dir_cache.get(path)
+        if cached and cached[0] == mtime:
+            return cached[1], cached[2]
+        total, newest = 0, 0.0
+        for entry in files:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            total += st.st_size
+            newest = max(newest, st.st_mtime)
+        _dir_cache[path] = (mtime, total, newest)
+        return total, newest
+
+    def _symlink(self, path: str) -> None:
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        resolved = os.path.realpath(path)
+        outside = not os.path.exists(resolved) or not self._in_roots(resolved)
+        self.symlinks.append(Symlink(path=path, target=target, outside=outside))
+
+    def _run_state(self, run_dir: str) -> dict[str, Any]:
+        return run_state(run_dir)
+
+    def _in_roots(self, path: str) -> bool:
+        return any(path == r or path.startswith(r + os.sep) for r in self.roots)
+
+    # -- recognising checkpoints ---------------------------------------------------------------
+
+    def _classify(
+        self, path: str, root: str, names: frozenset[str], run_dir: str | None
+    ) -> bool:
+        base = os.path.basename(path)
+        step_match = _CHECKPOINT.match(base)
+        is_trainer = step_match is not None and TRAINER_STATE in names
+        fields: dict[str, Any] = {}
+        manifest: Manifest | None = None
+        if MANIFEST in names:
+            data = _read_json(os.path.join(path, MANIFEST))
+            try:
+                manifest = Manifest.model_validate(data) if data is not None else None
+            except ValueError:
+                manifest = None
+        if manifest is not None:
+            kind, source = manifest.kind, "graftline"
+        elif ADAPTER_CONFIG in names:
+            kind, source = ("trainer", "trainer") if is_trainer else ("adapter", "peft")
+        elif is_trainer:
+            kind, source = "trainer", "trainer"
+        elif MODEL_CONFIG in names and _has_weights(names):
+            kind, source = "base", "transformers"
+        elif MANIFEST in names:
+            kind, source = "adapter", "graftline"
+            fields["broken"] = f"{MANIFEST} cannot be read; fix or remove it"
+        else:
+            return False
+        if step_match is not None:
+            fields["step"] = int(step_match.group(1))
+        if run_dir is not None:
+            fields["run_dir"] = run_dir
+            fields["running"] = self.runs[run_dir]["active"]
+            fields["run"] = os.path.basename(run_dir)
+            stage = _stage_of(path, run_dir)
+            if stage:
+                fields["stage"] = stage
+        name = manifest.name if manifest and manifest.name else base
+        if step_match is not None and (parent_stage := fields.get("stage")):
+            name = f"{parent_stage}/{base}"
+        draft = _Draft(path, kind, source, path, root, name, manifest, fields=fields)
+        draft.fields["names"] = names
+        self.drafts[path] = draft
+        return True
+
+    def _link(self, draft: _Draft) -> None:
+        path = draft.path
+        assert path is not None
+        names: frozenset[str] = draft.fields.pop("names")
+        metrics: dict[str, float] = {}
+        config = _read_json(os.path.join(path, ADAPTER_CONFIG)) if ADAPTER_CONFIG in names else None
+        m = draft.manifest
+        if m is not None:
+            draft.fields.update(
+                created=m.created,
+                status=m.status,
+                stage=m.stage or draft.fields.get("stage"),
+                run=m.run or draft.fields.get("run"),
+            )
+            if m.lora is not None:
+                targets = m.lora.target_modules
+                draft.fields["lora"] = LoraInfo(
+                    m.lora.r, m.lora.alpha,
+                    tuple(targets) if isinstance(targets, list) else targets, m.lora.dropout,
+                )
+            metrics.update(m.metrics)
+            metrics.update({f"eval/{k}": v for k, v in m.evaluation.items()})
+            manifest_bases: set[str] = set()
+            for parent in m.parents:
+                key = self._resolve(parent.path, path, parent.id)
+                self.edges.append(Edge(path, key, parent.relation, "manifest"))
+                if parent.relation == "trained_on":
+                    manifest_bases.add(key)
+            if m.base and draft.kind in ("adapter", "combined") and not manifest_bases:
+                key = self._resolve(m.base, path, None)
+                self.edges.append(Edge(path, key, "trained_on", "manifest"))
+                manifest_bases.add(key)
+            if config is not None and manifest_bases:
+                named = self._resolve(config.get("base_model_name_or_path"), path, None)
+                if named not in manifest_bases:
+                    draft.warnings.append(
+                        f"{ADAPTER_CONFIG} names {config.get('base_model_name_or_path')} but it "
+                        f"was trained on {', '.join(sorted(manifest_bases))} (an in-memory merge "
+                        "keeps the old name): load it on the base its manifest records"
+                    )
+                    self.edges.append(Edge(path, named, "trained_on", "config"))
+        elif config is not None:
+            ref = config.get("base_model_name_or_path")
+            draft.fields["base_ref"] = ref
+            if ref:
+                key = self._resolve(ref, path, None)
+                self.edges.append(Edge(path, key, "trained_on", "config"))
+            else:
+                draft.warnings.append(f"{ADAPTER_CONFIG} names no base_model_name_or_path")
+        if config is not None:
+            draft.fields.setdefault("base_ref", config.get("base_model_name_or_path"))
+            if "lora" not in draft.fields and config.get("r") is not None:
+                targets = config.get("target_modules")
+                draft.fields["lora"] = LoraInfo(
+                    config.get("r"), config.get("lora_alpha"),
+                    tuple(sorted(targets)) if isinstance(targets, list) else targets,
+                    config.get("lora_dropout"),
+                )
+        if TRAINER_STATE in names:
+            state = _read_json(os.path.join(path, TRAINER_STATE)) or {}
+            metrics.update(_trainer_metrics(state))
+        for extra, prefix in (("metrics.json", ""), ("evaluation.json", "eval/")):
+            if extra in names and m is None:
+                data = _read_json(os.path.join(path, extra))
+                if isinstance(data, dict):
+                    metrics.update(
+                        {f"{prefix}{k}": float(v) for k, v in data.items() if _is_number(v)}
+                    )
+        draft.fields["metrics"] = metrics
+
+    def _resolve(self, ref: str | None, where: str, ref_id: str | None) -> str:
+        """The node key `ref` (a path or hub id named in `where`) points at; adds it if new.
+
+        A path that exists wins; then a manifest id (manifests travel with their directory, so
+        a moved checkpoint is still found); then a hub id; otherwise the base is missing.
+        """
+        candidates: list[str] = []
+        if ref:
+            expanded = os.path.expanduser(ref)
+            if os.path.isabs(expanded):
+                candidates = [expanded]
+            else:
+                candidates = [os.path.join(b, expanded) for b in (where, os.getcwd(), *self.roots)]
+            for candidate in candidates:
+                if os.path.isdir(candidate):
+                    return self._existing(os.path.realpath(candidate))
+        if ref_id:
+            for draft in self.drafts.values():
+                if draft.manifest is not None and draft.manifest.id == ref_id:
+                    return draft.key
+        if not ref:
+            return self._missing(os.path.join(where, "<unnamed base>"))
+        for candidate in candidates:
+            if os.path.realpath(candidate) in self.history:
+                return self._missing(os.path.realpath(candidate))
+        if not os.path.isabs(os.path.expanduser(ref)) and _HUB_ID.match(ref):
+            key = f"hub:{ref}"
+            if key not in self.drafts:
+                self.drafts[key] = _Draft(key, "external", "hub", None, None, ref,
+                                          fields={"in_roots": False, "status": "external"})
+            return key
+        return self._missing(os.path.realpath(candidates[0]))
+
+    def _existing(self, path: str) -> str:
+        if path in self.drafts:
+            return path
+        # Every checkpoint inside a root is already a draft, so this is a base outside the
+        # roots (or a folder the scan did not recognise): shown, sized from its top-level
+        # files, never deleted.
+        total, newest = 0, 0.0
+        try:
+            with os.scandir(path) as it:
+                for entry in it:
+                    if entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        total += st.st_size
+                        newest = max(newest, st.st_mtime)
+        except OSError:
+            pass
+        kind = "base"
+        manifest = _read_manifest(path)
+        if manifest is not None:
+            kind = manifest.kind
+        draft = _Draft(path, kind, "graftline" if manifest else "transformers", path, None,
+                       os.path.basename(path), manifest, bytes=total, newest=newest,
+                       fields={"in_roots": False, "status": manifest.status if manifest
+                               else "complete"})
+        self.drafts[path] = draft
+        return path
+
+    def _missing(self, path: str) -> str:
+        if path not in self.drafts:
+            removal = self.history.get(path) or None
+            fields: dict[str, Any] = {"in_roots": self._in_roots(path), "status": "missing"}
+            if removal is not None:
+                fields["removed_by"] = removal.describe()
+            else:
+                by = cleanup_journal.removed_by(Path(path))
+                if by:
+                    fields["removed_by"] = by
+            self.drafts[path] = _Draft(path, "missing", "missing", path, None,
+                                       os.path.basename(path), fields=fields)
+        return path
+
+    # -- hand-made merges ----------------------------------------------------------------------
+
+    def _infer_merges(self) -> None:
+        """Link a hand-made full model to the base it is a merge of.
+
+        A LoRA merge changes only the targeted linear layers, so a merge and its base have the
+        same config and bit-identical normalization weights; the older one is the base. Only for
+        full models without a manifest (a manifest already says where it came from).
+        """
+        models = [
+            d for d in self.drafts.values()
+            if d.kind in ("base", "merged", "export") and d.path and os.path.isdir(d.path)
+        ]
+        orphans = [d for d in models if d.manifest is None and d.fields.get("in_roots", True)]
+        if not orphans or len(models) < 2:
+            return
+        shapes = {d.key: _config_shape(d.path) for d in models}  # type: ignore[arg-type]
+        for merged in orphans:
+            shape = shapes[merged.key]
+            if shape is None:
+                continue
+            older = [
+                d for d in models
+                if d is not merged and shapes[d.key] == shape and d.newest < merged.newest
+            ]
+            mine = _fingerprint(merged.path)  # type: ignore[arg-type]
+            if mine is None:
+                continue
+            for base in sorted(older, key=lambda d: d.newest, reverse=True):
+                if _fingerprint(base.path) == mine:  # type: ignore[arg-type]
+                    merged.kind = "merged"
+                    self.edges.append(Edge(merged.key, base.key, "merged_from", "inferred"))
+                    break
+
+    def _flag_in_memory_merges(self) -> None:
+        """Warn about an adapter whose config names a base that had already been merged.
+
+        PEFT records the in-memory model's `name_or_path`, which a merge does not change, so an
+        adapter trained on `merge_and_unload()`'s result names the OLD base. When a merge of
+        that base was written before the adapter (and the adapter is not what went into it),
+        the adapter probably belongs on the merge: both are then kept for it.
+        """
+        merges_of: dict[str, list[str]] = {}
+        merged_in: dict[str, set[str]] = {}
+        for edge in self.edges:
+            if edge.relation == "merged_from":
+                merged_in.setdefault(edge.child, set()).add(edge.parent)
+                if self.drafts[edge.child].kind == "merged" and self.drafts[edge.parent].kind in (
+                    "base", "merged", "export"
+                ):
+                    merges_of.setdefault(edge.parent, []).append(edge.child)
+        if not merges_of:
+            return
+        for edge in list(self.edges):
+            if edge.relation != "trained_on" or edge.source != "config":
+                continue
+            adapter = self.drafts[edge.child]
+            if adapter.manifest is not None:
+                continue  # the engine recorded the real base; checked in _link
+            candidates = [
+                self.drafts[m] for m in merges_of.get(edge.parent, ())
+                if self.drafts[m].newest < adapter.newest
+                and adapter.key not in merged_in.get(m, ())
+            ]
+            if not candidates:
+                continue
+            merge = max(candidates, key=lambda d: d.newest)
+            adapter.warnings.append(
+                f"{ADAPTER_CONFIG} names {adapter.fields.get('base_ref')}, but {merge.path} (a "
+                "merge of that base) was written before this adapter: if it was trained on the "
+                "merge in memory, PEFT recorded the old base and it must be loaded on "
+                f"{merge.path}; both are kept for it"
+            )
+            self.edges.append(Edge(adapter.key, merge.key, "trained_on", "inferred"))
+
+    # -- freezing ------------------------------------------------------------------------------
+
+    def _freeze(self) -> Lineage:
+        ids: set[str] = set()
+        nodes: list[Node] = []
+        for draft in self.drafts.values():
+            f = draft.fields
+            node_id = draft.manifest.id if draft.manifest is not None else None
+            if node_id is None or node_id in ids:
+                if draft.root is not None and draft.path is not None:
+                    node_id = os.path.relpath(draft.path, draft.root)
+                    node_id = Path(node_id).as_posix() if node_id != "." else draft.name
+                else:
+                    node_id = draft.name if draft.kind == "external" else draft.key
+            ids.add(node_id)
+            created = f.get("created")
+            if created is None and draft.newest:
+                created = datetime.fromtimestamp(draft.newest, UTC).isoformat(timespec="seconds")
+            nodes.append(Node(
+                key=draft.key,
+                id=node_id,
+                kind=draft.kind,  # type: ignore[arg-type]
+                name=draft.name,
+                path=draft.path,
+                source=draft.source,
+                bytes=draft.bytes,
+                created=created,
+                written=draft.newest,
+                stage=f.get("stage"),
+                run=f.get("run"),
+                run_dir=f.get("run_dir"),
+                lora=f.get("lora"),
+                metrics=f.get("metrics", {}),
+                status=f.get("status", "complete" if draft.source != "graftline" else "unknown"),
+                step=f.get("step"),
+                base_ref=f.get("base_ref"),
+                in_roots=f.get("in_roots", True),
+                running=f.get("running", False),
+                broken=f.get("broken"),
+                warnings=tuple(draft.warnings),
+                removed_by=f.get("removed_by"),
+            ))
+        by_key = {n.key: n for n in nodes}
+        # A checkpoint whose base is gone can no longer be loaded or exported: say so loudly.
+        for edge in self.edges:
+            parent = by_key[edge.parent]
+            child = by_key[edge.child]
+            if parent.kind != "missing" or child.broken:
+                continue
+            where = f" (removed by {parent.removed_by})" if parent.removed_by else ""
+            if edge.relation == "trained_on":
+                message = f"BROKEN: its base {parent.path} no longer exists{where}"
+                by_key[edge.child] = replace(child, broken=message)
+            else:
+                note = f"{edge.relation} {parent.path}, which no longer exists{where}"
+                by_key[edge.child] = replace(child, warnings=(*child.warnings, note))
+        edges = tuple(dict.fromkeys(self.edges))
+        return Lineage(
+            roots=self.roots,
+            nodes=tuple(by_key.values()),
+            edges=edges,
+            symlinks=tuple(self.symlinks),
+            journals=tuple(self.journals),
+        )
+
+
+# -- small readers -----------------------------------------------------------------------------
+
+
+def run_state(run_dir: str) -> dict[str, Any]:
+    """{"active", "pid", "status"} from a run's state.json: active means its engine is alive.
+
+    Read fresh every time (never cached): a run can start between a scan and a deletion.
+    """
+    try:
+        with open(os.path.join(run_dir, RUN_STATE), "rb") as handle:
+            state = json.loads(handle.read())
+    except (OSError, ValueError):
+        state = {}
+    if not isinstance(state, dict):
+        state = {}
+    pid, status = state.get("pid"), str(state.get("status", "unknown"))
+    host = state.get("host")
+    active = (
+        status in _ACTIVE
+        and isinstance(pid, int)
+        and host in (None, socket.gethostname())
+        and _alive(pid)
+    )
+    return {"active": active, "pid": pid, "status": status}
+
+
+def run_is_active(run_dir: str) -> bool:
+    return bool(run_state(run_dir)["active"])
+
+
+def _read_json(path: str) -> Any:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    cached = _json_cache.get(path)
+    if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
+        return cached[2]
+    try:
+        with open(path, "rb") as handle:
+            data = json.loads(handle.read())
+    except (OSError, ValueError):
+        data = None
+    _json_cache[path] = (st.st_mtime_ns, st.st_size, data)
+    return data
+
+
+def _read_manifest(path: str) -> Manifest | None:
+    data = _read_json(os.path.join(path, MANIFEST))
+    if data is None:
+        return None
+    try:
+        return Manifest.model_validate(data)
+    except ValueError:
+        return None
+
+
+def _has_weights(names: Iterable[str]) -> bool:
+    return any(
+        n.endswith((".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json", ".pt"))
+        for n in names
+    )
+
+
+def _stage_of(path: str, run_dir: str) -> str | None:
+    rel = Path(os.path.relpath(path, run_dir)).parts
+    if len(rel) >= 2 and rel[0] == "stages":
+        return rel[1]
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _trainer_metrics(state: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if _is_number(state.get("global_step")):
+        out["global_step"] = float(state["global_step"])
+    if _is_number(state.get("best_metric")):
+        out["best_metric"] = float(state["best_metric"])
+    for record in reversed(state.get("log_history") or []):
+        for key in ("loss", "eval_loss", "reward"):
+            if key not in out and _is_number(record.get(key)):
+                out[key] = float(record[key])
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    # A zombie has exited; it only waits for its parent to reap it.
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _config_shape(path: str) -> tuple[tuple[str, str], ...] | None:
+    data = _read_json(os.path.join(path, MODEL_CONFIG))
+    if not isinstance(data, dict):
+        return None
+    return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in data.items()
+                        if k not in _VOLATILE_CONFIG))
+
+
+def _fingerprint(path: str) -> str | None:
+    """The raw bytes of the final normalization weight (a few KB), read from safetensors.
+
+    Cached by the weight file's mtime and size. None when there is no safetensors file or no
+    such tensor (then no merge is inferred: better unlinked than wrongly linked).
+    """
+    index = _read_json(os.path.join(path, "model.safetensors.index.json"))
+    weight_map = index.get("weight_map", {}) if isinstance(index, dict) else {}
+    candidates = [n for n in weight_map if _is_final_norm(n)]
+    filename = weight_map[candidates[0]] if candidates else "model.safetensors"
+    file = os.path.join(path, filename)
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None
+    cached = _fingerprint_cache.get(file)
+    if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
+        return cached[2]
+    result: str | None = None
+    try:
+        with open(file, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length < 100_000_000:
+                header = json.loads(handle.read(length))
+                names = sorted(n for n in header if _is_final_norm(n))
+                if names:
+                    start, end = header[names[0]]["data_offsets"]
+                    handle.seek(8 + length + start)
+                    result = handle.read(min(end - start, 1 << 20)).hex()
+    except (OSError, ValueError, KeyError, struct.error):
+        result = None
+    _fingerprint_cache[file] = (st.st_mtime_ns, st.st_size, result)
+    return result
+
+
+def _is_final_norm(name: str) -> bool:
+    return name.endswith("norm.weight") and ".layers." not in name and ".h." not in name
