@@ -1,0 +1,260 @@
+"""Which weights an export reads: the checkpoint's adapter and the full model it applies to.
+
+A checkpoint is either an adapter directory (`adapter_config.json` + `adapter_model.safetensors`)
+whose base is a full model directory (the original base, or a model merged by an earlier stage),
+or a full model directory itself. The manifest (`graftline.json`) is the truth about the base;
+checkpoints made by other tools are read through `adapter_config.json`'s
+`base_model_name_or_path`. The lineage (every ancestor with its stage and metrics) is collected
+for the model card. Nothing here writes anything.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from graftline.engine import manifest as manifest_io
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+SINGLE_WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+class ExportRefused(ValueError):
+    """Export cannot be done exactly or safely; nothing was written."""
+
+    def __init__(self, message: str, *, path: Path | str | None = None,
+                 fix: str | None = None) -> None:
+        self.message = message
+        self.path = str(path) if path is not None else None
+        self.fix = fix
+        text = message if path is None else f"{path}: {message}"
+        super().__init__(text if fix is None else f"{text}\n  fix: {fix}")
+
+
+@dataclass(frozen=True)
+class LineageNode:
+    path: str
+    kind: str
+    id: str | None = None
+    name: str = ""
+    stage: str | None = None
+    stage_kind: str | None = None
+    run: str | None = None
+    relation: str | None = None  # how the next node (towards the checkpoint) relates to this one
+    metrics: dict[str, float] = field(default_factory=dict)
+    evaluation: dict[str, float] = field(default_factory=dict)
+    lora: dict[str, Any] | None = None
+    exists: bool = True
+
+
+@dataclass(frozen=True)
+class Chain:
+    checkpoint: Path
+    kind: Literal["adapter", "model"]
+    base: Path  # the full-precision model whose weights are read
+    adapter: Path | None
+    manifest: manifest_io.Manifest | None
+    lineage: tuple[LineageNode, ...]  # root first, the checkpoint last
+
+
+def is_adapter_dir(path: Path) -> bool:
+    return (path / ADAPTER_CONFIG).is_file()
+
+
+def weight_files(model_dir: Path) -> list[str] | None:
+    """The safetensors files of a full model directory, or None when it has none."""
+    index = model_dir / WEIGHTS_INDEX
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map") or {}
+        return sorted(set(weight_map.values()))
+    if (model_dir / SINGLE_WEIGHTS).is_file():
+        return [SINGLE_WEIGHTS]
+    return None
+
+
+def is_model_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and weight_files(path) is not None
+
+
+def removed_by(path: Path) -> str | None:
+    """Which cleanup removed `path`, when the cleanup journal knows (the module is optional)."""
+    try:
+        from graftline.engine.cleanup import removed_by as journal_lookup
+    except ImportError:
+        return None
+    try:
+        return journal_lookup(Path(path))
+    except Exception:  # a broken journal must not hide the real refusal
+        return None
+
+
+def _hub_cache_dir(name: str) -> Path | None:
+    """A hub id that is already in the local Hugging Face cache (nothing is downloaded)."""
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        found = try_to_load_from_cache(name, "config.json")
+    except Exception:
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def locate(reference: str, relative_to: Path) -> Path:
+    """A base reference (path, `toy:` name or cached hub id) as a local path that may not exist."""
+    if reference.startswith("toy:"):
+        from graftline.engine.toy.model import resolve_base
+        return Path(resolve_base(reference))
+    candidate = Path(reference).expanduser()
+    if candidate.is_absolute():
+        return candidate
+    for root in (relative_to, Path.cwd()):
+        if (root / candidate).exists():
+            return (root / candidate).resolve()
+    cached = _hub_cache_dir(reference)
+    if cached is not None:
+        return cached
+    return (relative_to / candidate).resolve()
+
+
+def _adapter_base_reference(adapter: Path, manifest: manifest_io.Manifest | None) -> str | None:
+    if manifest is not None and manifest.base:
+        return manifest.base
+    try:
+        config = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ExportRefused(f"unreadable {ADAPTER_CONFIG} ({exc})", path=adapter) from exc
+    return config.get("base_model_name_or_path")
+
+
+def _refuse_missing(base: Path, reference: str, checkpoint: Path) -> ExportRefused:
+    remover = removed_by(base)
+    why = f"; it was removed by cleanup {remover}" if remover else ""
+    return ExportRefused(
+        f"the base model this checkpoint applies to is missing: {base}{why}",
+        path=checkpoint,
+        fix=(f"restore {reference!r} (the lineage needs it), or export a checkpoint whose base "
+             "still exists"))
+
+
+def resolve_chain(checkpoint: Path) -> Chain:
+    checkpoint = Path(checkpoint).expanduser().resolve()
+    if not checkpoint.exists():
+        raise ExportRefused("no such checkpoint directory", path=checkpoint,
+                            fix="pass the path of an adapter or model directory")
+    try:
+        manifest = manifest_io.read(checkpoint)
+    except ValueError as exc:
+        raise ExportRefused(f"unreadable {manifest_io.MANIFEST} ({exc})", path=checkpoint) from exc
+    if manifest is not None and manifest.status != "complete":
+        raise ExportRefused(
+            f"the checkpoint is {manifest.status} (its stage did not finish writing it)",
+            path=checkpoint, fix="export a complete checkpoint, or resume the run first")
+
+    if is_adapter_dir(checkpoint):
+        reference = _adapter_base_reference(checkpoint, manifest)
+        if not reference:
+            raise ExportRefused("the adapter does not say which base it applies to",
+                                path=checkpoint / ADAPTER_CONFIG,
+                                fix="set base_model_name_or_path to the base model's directory")
+        base = locate(reference, checkpoint)
+        if not base.exists():
+            raise _refuse_missing(base, reference, checkpoint)
+        if is_adapter_dir(base):
+            raise ExportRefused(
+                f"the base {base} is itself an adapter; an adapter applies to a full model",
+                path=checkpoint, fix="merge the base adapter first (a `merge` stage), then export")
+        if not (base / "config.json").is_file():
+            raise ExportRefused(f"the base {base} has no config.json", path=checkpoint,
+                                fix="point the adapter at a full model directory")
+        if weight_files(base) is None:
+            raise ExportRefused(
+                f"the base {base} has no safetensors weights (model.safetensors or "
+                f"{WEIGHTS_INDEX})", path=checkpoint,
+                fix="re-save the base with save_pretrained(safe_serialization=True)")
+        kind: Literal["adapter", "model"] = "adapter"
+        adapter: Path | None = checkpoint
+    elif is_model_dir(checkpoint):
+        base, adapter, kind = checkpoint, None, "model"
+    else:
+        raise ExportRefused(
+            "not a checkpoint: neither adapter_config.json nor config.json with safetensors "
+            "weights", path=checkpoint, fix="pass an adapter or full model directory")
+    return Chain(checkpoint, kind, base, adapter, manifest, lineage(checkpoint))
+
+
+def _numbers(data: Any) -> dict[str, float]:
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): float(v) for k, v in data.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _json_numbers(path: Path) -> dict[str, float]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    flat = _numbers(data)
+    if not flat and isinstance(data, dict):  # e.g. {"summary": {...}} or {"final": {...}}
+        for value in data.values():
+            flat.update(_numbers(value))
+    return flat
+
+
+def _node(path: Path, relation: str | None) -> tuple[LineageNode, list[tuple[str, Path]]]:
+    """One lineage node and the (relation, path) edges to its ancestors."""
+    exists = path.exists()
+    try:
+        found = manifest_io.read(path) if exists else None
+    except ValueError:
+        found = None
+    edges: list[tuple[str, Path]] = []
+    if found is not None:
+        for parent in found.parents:
+            edges.append((parent.relation, locate(parent.path, path)))
+        if found.base and not any(p == locate(found.base, path) for _, p in edges):
+            edges.append(("trained_on", locate(found.base, path)))
+        node = LineageNode(
+            path=str(path), kind=found.kind, id=found.id, name=found.name, stage=found.stage,
+            stage_kind=found.stage_kind, run=found.run, relation=relation,
+            metrics=dict(found.metrics) or _json_numbers(path / manifest_io.METRICS),
+            evaluation=dict(found.evaluation) or _json_numbers(path / manifest_io.EVALUATION),
+            lora=found.lora.model_dump() if found.lora else None, exists=True)
+        return node, edges
+    kind = "adapter" if exists and is_adapter_dir(path) else "base"
+    lora = None
+    if kind == "adapter":
+        try:
+            config = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            config = {}
+        if config.get("base_model_name_or_path"):
+            edges.append(("trained_on", locate(config["base_model_name_or_path"], path)))
+        lora = {k: config.get(k) for k in ("r", "lora_alpha", "target_modules", "use_rslora")}
+    node = LineageNode(path=str(path), kind=kind, relation=relation, lora=lora, exists=exists,
+                       metrics=_json_numbers(path / manifest_io.METRICS) if exists else {},
+                       evaluation=_json_numbers(path / manifest_io.EVALUATION) if exists else {})
+    return node, edges
+
+
+def lineage(checkpoint: Path, *, limit: int = 64) -> tuple[LineageNode, ...]:
+    """The checkpoint's ancestors, root first (a topological order of the DAG), itself last."""
+    order: list[LineageNode] = []
+    seen: set[Path] = set()
+
+    def visit(path: Path, relation: str | None, depth: int) -> None:
+        if path in seen or depth > limit:
+            return
+        seen.add(path)
+        node, edges = _node(path, relation)
+        for edge_relation, parent in edges:
+            visit(parent, edge_relation, depth + 1)
+        order.append(node)
+
+    visit(Path(checkpoint).resolve(), None, 0)
+    return tuple(order)

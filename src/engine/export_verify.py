@@ -1,0 +1,129 @@
+"""Proof that an export is the model that was trained: reload it, compare logits, generate.
+
+The reference is the base in full precision with the adapter applied by PEFT (unmerged), exactly
+as it was evaluated in training. Models are loaded one after the other, so verification peaks at
+one model in memory. The tolerance is relative to the logits' scale and depends on the export
+dtype: fp32 must agree to rounding, bf16/fp16 to their precision.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PROBES: tuple[str, ...] = ("12+34", "Hello! Who are you?", "Write one sentence about the sea.")
+# Allowed max |logit diff| per unit of logit scale (max(1, max |reference logit|)).
+RELATIVE_TOLERANCE: dict[str, float] = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+VERIFICATION = "verification.json"
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Verification:
+    passed: bool
+    message: str
+    dtype: str
+    max_abs_diff: float
+    tolerance: float
+    logit_scale: float
+    top1_agreement: float
+    probes: list[str] = field(default_factory=list)
+    reference_generation: list[str] = field(default_factory=list)
+    export_generation: list[str] = field(default_factory=list)
+    generation_matches: bool = False
+    tokenizer_loaded: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def probe_inputs(tokenizer: Any, probes: tuple[str, ...] = PROBES,
+                 max_tokens: int = 48) -> list[torch.Tensor]:
+    """Token ids per probe, in the chat format when the tokenizer has a chat template."""
+    batches = []
+    for text in probes:
+        if getattr(tokenizer, "chat_template", None):
+            rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                     tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        else:
+            ids = tokenizer(text)["input_ids"]
+        batches.append(torch.tensor([ids[-max_tokens:]], dtype=torch.long))
+    return batches
+
+
+@torch.no_grad()
+def _run(model: Any, tokenizer: Any, inputs: list[torch.Tensor],
+         new_tokens: int) -> tuple[list[torch.Tensor], list[str]]:
+    logits, texts = [], []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for ids in inputs:
+        logits.append(model(input_ids=ids).logits.float())
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
+        texts.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=False))
+    return logits, texts
+
+
+def _release(*objects: Any) -> None:
+    del objects
+    gc.collect()
+
+
+def reference_outputs(base: Path, adapter: Path | None, tokenizer: Any,
+                      inputs: list[torch.Tensor], new_tokens: int):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    result = _run(model, tokenizer, inputs, new_tokens)
+    _release(model)
+    return result
+
+
+def verify(export_dir: Path, base: Path, adapter: Path | None, dtype: str, *,
+           probes: tuple[str, ...] = PROBES, new_tokens: int = 8) -> Verification:
+    """Compare the exported model with base + adapter; never raises for a mismatch."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.monotonic()
+    tolerance_rel = RELATIVE_TOLERANCE[dtype]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(export_dir)
+    except Exception as exc:
+        return Verification(False, f"the exported tokenizer does not load: {exc}", dtype,
+                            float("nan"), float("nan"), float("nan"), 0.0,
+                            seconds=time.monotonic() - started)
+    inputs = probe_inputs(tokenizer, probes)
+    ref_logits, ref_text = reference_outputs(base, adapter, tokenizer, inputs, new_tokens)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(export_dir, dtype=_TORCH_DTYPES[dtype])
+        model.eval()
+        got_logits, got_text = _run(model, tokenizer, inputs, new_tokens)
+        _release(model)
+    except Exception as exc:
+        return Verification(False, f"the exported model does not load or run: {exc}", dtype,
+                            float("nan"), float("nan"), float("nan"), 0.0, list(probes),
+                            ref_text, tokenizer_loaded=True, seconds=time.monotonic() - started)
+    diff = max(float((g - r).abs().max()) for g, r in zip(got_logits, ref_logits, strict=True))
+    scale = max(1.0, max(float(r.abs().max()) for r in ref_logits))
+    agree = [(g.argmax(-1) == r.argmax(-1)).float().mean().item()
+             for g, r in zip(got_logits, ref_logits, strict=True)]
+    tolerance = tolerance_rel * scale
+    passed = diff <= tolerance
+    message = (f"max |logit diff| {diff:.3g} ≤ {tolerance:.3g} ({dtype})" if passed else
+               f"max |logit diff| {diff:.3g} exceeds the {dtype} tolerance {tolerance:.3g}: the "
+               "exported weights do not reproduce base + adapter")
+    return Verification(passed, message, dtype, diff, tolerance, scale, sum(agree) / len(agree),
+                        list(probes), ref_text, got_text, ref_text == got_text, True,
+                        time.monotonic() - started)

@@ -1,0 +1,159 @@
+"""Reading and writing safetensors one tensor at a time.
+
+The library's `safe_open` maps the whole file, and every page it touches stays resident until the
+file is closed, so a shard's worth of memory is held while it is processed. Exporting a model
+shard by shard only needs one tensor at a time: the header tells every tensor's dtype, shape and
+byte range, so we read each tensor with one `readinto` into its own buffer, and write an output
+file by laying out its header first (the output dtypes and shapes are known in advance) and then
+streaming the tensors' bytes in order. Peak memory is then about the largest tensor, not a shard.
+The format is the published one (8-byte little-endian header length, JSON header, data).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+_MAX_HEADER = 100 * 1024 * 1024  # the format's own limit
+
+
+class SafetensorsError(ValueError):
+    """A file that is not valid safetensors (or uses a dtype we do not know)."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str  # safetensors dtype name, e.g. "BF16"
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the file
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+def nbytes_of(dtype: str, shape: tuple[int, ...]) -> int:
+    numel = 1
+    for dim in shape:
+        numel *= dim
+    return numel * torch.empty((), dtype=DTYPES[dtype]).element_size()
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Every tensor's layout (in file order) and the file's `__metadata__`; reads the header."""
+    path = Path(path)
+    with path.open("rb") as handle:
+        raw = handle.read(8)
+        if len(raw) != 8:
+            raise SafetensorsError(f"{path}: too short to be a safetensors file")
+        (length,) = struct.unpack("<Q", raw)
+        if length > _MAX_HEADER:
+            raise SafetensorsError(f"{path}: header length {length} is not plausible")
+        try:
+            header = json.loads(handle.read(length))
+        except json.JSONDecodeError as exc:
+            raise SafetensorsError(f"{path}: unreadable header ({exc})") from exc
+    base = 8 + length
+    metadata = header.pop("__metadata__", None) or {}
+    infos: list[TensorInfo] = []
+    for name, entry in header.items():
+        dtype = entry["dtype"]
+        if dtype not in DTYPES:
+            raise SafetensorsError(f"{path}: tensor {name!r} has dtype {dtype}, which export "
+                                   "does not handle")
+        start, end = entry["data_offsets"]
+        info = TensorInfo(name, dtype, tuple(entry["shape"]), base + start, base + end)
+        if info.nbytes != nbytes_of(dtype, info.shape):
+            raise SafetensorsError(f"{path}: tensor {name!r} byte range does not match its shape")
+        infos.append(info)
+    infos.sort(key=lambda info: info.start)
+    return {info.name: info for info in infos}, metadata
+
+
+def read_tensor(handle: BinaryIO, info: TensorInfo) -> torch.Tensor:
+    """One tensor, read straight into its own (writable, contiguous) buffer."""
+    tensor = torch.empty(info.shape, dtype=DTYPES[info.dtype])
+    if info.nbytes == 0:
+        return tensor
+    view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+    handle.seek(info.start)
+    got = 0
+    while got < info.nbytes:
+        n = handle.readinto(view[got:])
+        if not n:
+            raise SafetensorsError(f"{getattr(handle, 'name', '?')}: file ends inside tensor "
+                                   f"{info.name!r}")
+        got += n
+    return tensor
+
+
+@dataclass(frozen=True)
+class OutEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+class StreamWriter:
+    """Writes a safetensors file whose header is known up front; tensors arrive one by one,
+    in the declared order, and are checked against their declaration."""
+
+    def __init__(self, path: Path, entries: list[OutEntry], metadata: dict[str, str] | None = None,
+                 *, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.entries = entries
+        self.fsync = fsync
+        header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
+        offset = 0
+        for entry in entries:
+            size = nbytes_of(entry.dtype, entry.shape)
+            header[entry.name] = {"dtype": entry.dtype, "shape": list(entry.shape),
+                                  "data_offsets": [offset, offset + size]}
+            offset += size
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # data must start 8-byte aligned
+        self.data_bytes = offset
+        self._next = 0
+        self._handle = self.path.open("wb")
+        self._handle.write(struct.pack("<Q", len(blob)))
+        self._handle.write(blob)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        entry = self.entries[self._next]
+        if name != entry.name or tuple(tensor.shape) != entry.shape or \
+                NAMES.get(tensor.dtype) != entry.dtype:
+            raise SafetensorsError(
+                f"{self.path}: expected {entry.name} {entry.dtype}{list(entry.shape)}, got {name} "
+                f"{NAMES.get(tensor.dtype)}{list(tensor.shape)}")
+        if tensor.numel():
+            flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+            self._handle.write(memoryview(flat.numpy()))
+        self._next += 1
+
+    def close(self) -> None:
+        if self._next != len(self.entries):
+            self._handle.close()
+            raise SafetensorsError(f"{self.path}: {len(self.entries) - self._next} tensors "
+                                   "were never written")
+        self._handle.flush()
+        if self.fsync:
+            os.fsync(self._handle.fileno())
+        self._handle.close()
+
+    def abort(self) -> None:
+        self._handle.close()

@@ -1,0 +1,425 @@
+"""The streaming merge: `W + scale · B @ A`, one base tensor at a time, into new safetensors files.
+
+Planning (`analyse_adapter`, `plan_tensors`) reads only headers and configs and refuses what it
+cannot merge exactly. Execution (`write_shards`) reads one tensor, adds its LoRA delta in fp32,
+casts it to the export dtype and streams it to the output file, so peak memory is about the
+largest tensor (plus the small adapter matrices), not the model.
+
+PEFT names adapter weights `base_model.model.<module>.lora_A.weight`; the base stores the same
+module's weight as `<module>.weight`. `modules_to_save` weights are saved under the plain
+`<module>.weight` key (PEFT strips `modules_to_save.<adapter>`), and an adapter that targets an
+embedding also saves the embedding's base layer (`<module>.base_layer.weight`), which PEFT loads
+over the base's: both replace the base tensor here as they do there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from graftline.engine.export_chain import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    WEIGHTS_INDEX,
+    ExportRefused,
+    weight_files,
+)
+from graftline.engine.safetensors_stream import (
+    DTYPES,
+    NAMES,
+    OutEntry,
+    StreamWriter,
+    TensorInfo,
+    nbytes_of,
+    read_header,
+    read_tensor,
+)
+
+PEFT_PREFIX = "base_model.model."
+EXPORT_DTYPES: dict[str, str] = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+_FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+# Initialisations that change the base weights at training time (their adapters only make sense
+# on a residual base), so merging into the original base would be wrong.
+_PLAIN_INITS = (True, False, "gaussian", "orthogonal")
+# PEFT config fields that mean "not a plain LoRA": each is refused with its reason.
+_UNSUPPORTED: dict[str, str] = {
+    "use_dora": "DoRA rescales each merged column by a learned magnitude over the weight norm",
+    "lora_bias": "the adapter trains a bias on lora_B",
+    "target_parameters": "the adapter targets raw parameters (e.g. MoE experts), not modules",
+    "layer_replication": "the adapter replicates base layers",
+    "trainable_token_indices": "the adapter trains individual token embeddings",
+    "alora_invocation_tokens": "an activated LoRA only applies after its invocation tokens",
+    "use_qalora": "QA-LoRA pools inputs in groups",
+    "use_bdlora": "block-diagonal LoRA shards its matrices",
+    "megatron_config": "the adapter was trained with Megatron parallel layers",
+}
+
+
+@dataclass(frozen=True)
+class LoraDelta:
+    """One targeted module: add `scale · B @ A` (transposed where the weight is stored so)."""
+
+    base_key: str
+    a_key: str
+    b_key: str
+    r: int
+    scale: float
+    layout: Literal["linear", "linear_t", "embedding"]  # linear_t: fan_in_fan_out (Conv1D)
+
+
+@dataclass(frozen=True)
+class AdapterPlan:
+    path: Path
+    config: dict[str, Any]
+    deltas: dict[str, LoraDelta]  # by the base tensor it changes
+    replacements: dict[str, str]  # base tensor -> adapter tensor that replaces it
+    headers: dict[str, TensorInfo]
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """What the base's config says about its tensors: names of the embeddings and tying."""
+
+    model_type: str
+    tied: bool
+    input_embedding: str | None  # tensor name, e.g. model.embed_tokens.weight
+    output_embedding: str | None  # e.g. lm_head.weight
+    module_types: dict[str, str]  # module name -> class name (Linear, Embedding, Conv1D, ...)
+
+
+@dataclass(frozen=True)
+class TensorJob:
+    """One output tensor: where its bytes come from and what happens to them."""
+
+    name: str
+    source: Path
+    info: TensorInfo
+    delta: LoraDelta | None
+    dtype: str  # output safetensors dtype
+
+    @property
+    def out_bytes(self) -> int:
+        return nbytes_of(self.dtype, self.info.shape)
+
+
+@dataclass(frozen=True)
+class OutShard:
+    filename: str
+    jobs: tuple[TensorJob, ...]
+
+    @property
+    def bytes(self) -> int:
+        return sum(job.out_bytes for job in self.jobs)
+
+
+def get_pattern_key(pattern_keys: list[str], key: str) -> str:
+    """PEFT's own rule (peft.utils.other.get_pattern_key) for rank_pattern/alpha_pattern."""
+    for pattern in pattern_keys:
+        if re.match(rf"(.*\.)?({pattern})$", key):
+            return pattern
+    return key
+
+
+def base_headers(base: Path) -> dict[str, tuple[Path, TensorInfo]]:
+    """Every base tensor and the file holding it, in the base's own file order."""
+    files = weight_files(base) or []
+    found: dict[str, tuple[Path, TensorInfo]] = {}
+    for name in files:
+        path = base / name
+        if not path.is_file():
+            raise ExportRefused(f"shard {name} listed in {WEIGHTS_INDEX} is missing", path=base,
+                                fix="restore the base model's files")
+        infos, _meta = read_header(path)
+        for key, info in infos.items():
+            found[key] = (path, info)
+    return found
+
+
+def model_layout(base: Path, config: dict[str, Any]) -> ModelLayout:
+    """Module types and embedding names from the architecture, built on the meta device (no
+    memory, no weights). Falls back to the common names when the class is not importable."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
+    model_type = str(config.get("model_type", ""))
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        hf_config = AutoConfig.from_pretrained(base)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(hf_config)
+        names = {id(module): name for name, module in model.named_modules()}
+        types = {name: type(module).__name__ for name, module in model.named_modules() if name}
+        inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+        inp_name = names.get(id(inp)) if inp is not None else None
+        out_name = names.get(id(out)) if out is not None else None
+        tied = bool(getattr(hf_config.get_text_config(), "tie_word_embeddings", tied))
+        return ModelLayout(model_type, tied, inp_name and f"{inp_name}.weight",
+                           out_name and f"{out_name}.weight", types)
+    except Exception:
+        return ModelLayout(model_type, tied, "model.embed_tokens.weight", "lm_head.weight", {})
+
+
+def _refuse_config(adapter: Path, config: dict[str, Any]) -> None:
+    where = adapter / ADAPTER_CONFIG
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ExportRefused(f"peft_type {config.get('peft_type')} is not LoRA; export merges "
+                            "LoRA adapters only", path=where)
+    for field, reason in _UNSUPPORTED.items():
+        if config.get(field):
+            name = "DoRA" if field == "use_dora" else field
+            raise ExportRefused(
+                f"{name} cannot be merged exactly by the streaming export: {reason}", path=where,
+                fix=("merge in memory with PEFT (merge_and_unload) and export that model, or "
+                     "train a plain LoRA adapter"))
+    if config.get("init_lora_weights", True) not in _PLAIN_INITS:
+        raise ExportRefused(
+            f"init_lora_weights={config.get('init_lora_weights')!r} changes the base weights "
+            "at initialisation, so this adapter does not apply to the original base", path=where,
+            fix="convert it to a plain LoRA first (PEFT's "
+                "path_initial_model_for_weight_conversion)")
+
+
+def analyse_adapter(adapter: Path, base_tensors: dict[str, tuple[Path, TensorInfo]],
+                    layout: ModelLayout) -> AdapterPlan:
+    """Map every adapter tensor to the base tensor it changes; refuse anything inexact."""
+    config_path = adapter / ADAPTER_CONFIG
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    _refuse_config(adapter, config)
+    weights = adapter / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        other = "adapter_model.bin (pickle)" if (adapter / "adapter_model.bin").is_file() else \
+            "no adapter weights"
+        raise ExportRefused(f"{ADAPTER_WEIGHTS} is missing ({other} found)", path=adapter,
+                            fix="re-save the adapter with save_pretrained(safe_serialization=True)")
+    headers, _meta = read_header(weights)
+
+    r_default, alpha_default = int(config["r"]), float(config["lora_alpha"])
+    rank_pattern: dict[str, int] = config.get("rank_pattern") or {}
+    alpha_pattern: dict[str, float] = config.get("alpha_pattern") or {}
+    rslora = bool(config.get("use_rslora"))
+    fan_in_fan_out = bool(config.get("fan_in_fan_out"))
+
+    pairs: dict[str, dict[str, str]] = {}
+    replacements: dict[str, str] = {}
+    for key in headers:
+        if not key.startswith(PEFT_PREFIX):
+            raise ExportRefused(f"adapter tensor {key!r} is not under {PEFT_PREFIX!r}",
+                                path=weights, fix="save the adapter with PEFT's save_pretrained")
+        rest = key[len(PEFT_PREFIX):]
+        match = re.fullmatch(r"(.+)\.(lora_A|lora_B)\.weight|(.+)\.(lora_embedding_[AB])", rest)
+        if match:
+            module = match.group(1) or match.group(3)
+            part = (match.group(2) or match.group(4))[-1]  # "A" or "B"
+            pairs.setdefault(module, {})[part] = key
+            continue
+        target = rest.replace(".base_layer.", ".")
+        if re.search(r"\.lora_|lora_magnitude|trainable_tokens|\.modules_to_save\.", rest):
+            raise ExportRefused(f"adapter tensor {key!r} is of a kind export cannot merge "
+                                "exactly", path=weights)
+        replacements[target] = key
+
+    deltas: dict[str, LoraDelta] = {}
+    for module, parts in sorted(pairs.items()):
+        if set(parts) != {"A", "B"}:
+            raise ExportRefused(f"module {module} has lora_{next(iter(parts))} without its pair",
+                                path=weights)
+        base_key = f"{module}.weight"
+        if base_key not in base_tensors and base_key != _untied_output(layout, base_tensors):
+            raise ExportRefused(
+                f"the adapter changes {base_key}, which the base does not store under that name",
+                path=weights, fix="check that the adapter was trained on this base")
+        a, b = headers[parts["A"]], headers[parts["B"]]
+        embedding = "lora_embedding" in parts["A"]
+        r = a.shape[0]
+        expected_r = int(rank_pattern.get(get_pattern_key(list(rank_pattern), module), r_default))
+        if r != expected_r:
+            raise ExportRefused(f"module {module}: lora_A has rank {r} but the config says "
+                                f"{expected_r}", path=weights)
+        alpha = float(alpha_pattern.get(get_pattern_key(list(alpha_pattern), module),
+                                        alpha_default))
+        scale = alpha / math.sqrt(r) if rslora else alpha / r
+        module_type = layout.module_types.get(module, "")
+        base_shape = _base_shape(base_key, base_tensors, layout)
+        if embedding:
+            kind: Literal["linear", "linear_t", "embedding"] = "embedding"
+            delta_shape = (a.shape[1], b.shape[0])
+        elif fan_in_fan_out and (module_type == "Conv1D" or
+                                 (not module_type and base_shape == (a.shape[1], b.shape[0]))):
+            kind, delta_shape = "linear_t", (a.shape[1], b.shape[0])
+        elif module_type and module_type not in ("Linear", "Conv1D") and \
+                not module_type.endswith("Linear"):
+            raise ExportRefused(f"module {module} is a {module_type}; export merges LoRA on "
+                                "linear and embedding layers only", path=weights)
+        else:
+            kind, delta_shape = "linear", (b.shape[0], a.shape[1])
+        if b.shape[1] != r or delta_shape != base_shape:
+            raise ExportRefused(
+                f"module {module}: the adapter's delta has shape {list(delta_shape)} but the base "
+                f"weight is {list(base_shape)}", path=weights,
+                fix="check that the adapter was trained on this base")
+        deltas[base_key] = LoraDelta(base_key, parts["A"], parts["B"], r, scale, kind)
+
+    for target, key in replacements.items():
+        if target not in base_tensors and target != _untied_output(layout, base_tensors):
+            raise ExportRefused(f"the adapter saves {target}, which the base does not have",
+                                path=weights, fix="check that the adapter was trained on this base")
+        if headers[key].shape != _base_shape(target, base_tensors, layout):
+            raise ExportRefused(
+                f"the adapter's {target} has shape {list(headers[key].shape)} but the base's is "
+                f"{list(_base_shape(target, base_tensors, layout))} (a resized vocabulary?)",
+                path=weights, fix="export cannot resize embeddings; merge with PEFT instead")
+
+    if layout.tied and config.get("ensure_weight_tying") and _touches_embeddings(
+            layout, set(deltas) | set(replacements)):
+        raise ExportRefused("ensure_weight_tying shares the adapter between tied embeddings; "
+                            "export cannot reproduce that exactly", path=config_path)
+    return AdapterPlan(adapter, config, deltas, replacements, headers)
+
+
+def _untied_output(layout: ModelLayout, base_tensors: dict[str, Any]) -> str | None:
+    """The output embedding's name when the base ties it (and so does not store it)."""
+    if layout.tied and layout.output_embedding and layout.output_embedding not in base_tensors:
+        return layout.output_embedding
+    return None
+
+
+def _base_shape(key: str, base_tensors: dict[str, tuple[Path, TensorInfo]],
+                layout: ModelLayout) -> tuple[int, ...]:
+    if key in base_tensors:
+        return base_tensors[key][1].shape
+    if key == _untied_output(layout, base_tensors) and layout.input_embedding in base_tensors:
+        return base_tensors[layout.input_embedding][1].shape
+    return ()
+
+
+def _touches_embeddings(layout: ModelLayout, keys: set[str]) -> bool:
+    return bool({layout.input_embedding, layout.output_embedding} & keys)
+
+
+def must_untie(layout: ModelLayout, adapter: AdapterPlan | None) -> bool:
+    """A tied base whose adapter changes one side of the tie: PeftModel applies the change to
+    that side only, so the export stores both embeddings and unties them in config.json."""
+    return adapter is not None and layout.tied and layout.output_embedding is not None and \
+        _touches_embeddings(layout, set(adapter.deltas) | set(adapter.replacements))
+
+
+def plan_tensors(base_tensors: dict[str, tuple[Path, TensorInfo]], adapter: AdapterPlan | None,
+                 layout: ModelLayout, dtype: str, shard_size: int | None) -> tuple[OutShard, ...]:
+    """Every output tensor, grouped into output files.
+
+    Without `shard_size` the export mirrors the base's files (one output file per base shard);
+    with it, tensors are packed in base order into files of at most `shard_size` bytes.
+    """
+    out_dtype = EXPORT_DTYPES[dtype]
+    # The tied side that the base does not store is derived from the input embedding as PeftModel
+    # sees it (including a replacement the adapter loads over it).
+    derived = _untied_output(layout, base_tensors) if must_untie(layout, adapter) else None
+    groups: list[list[TensorJob]] = []
+    current_source: Path | None = None
+    for key, (source, info) in base_tensors.items():
+        jobs = [_job(key, source, info, adapter, out_dtype)]
+        if derived is not None and key == layout.input_embedding:
+            seen = jobs[0]
+            jobs.append(_job(derived, seen.source, seen.info, adapter, out_dtype))
+        if source != current_source:
+            groups.append([])
+            current_source = source
+        groups[-1].extend(jobs)
+    if shard_size is not None:
+        flat = [job for group in groups for job in group]
+        groups = [[]]
+        size = 0
+        for job in flat:
+            if groups[-1] and size + job.out_bytes > shard_size:
+                groups.append([])
+                size = 0
+            groups[-1].append(job)
+            size += job.out_bytes
+    if len(groups) == 1:
+        return (OutShard("model.safetensors", tuple(groups[0])),)
+    n = len(groups)
+    return tuple(OutShard(f"model-{i + 1:05d}-of-{n:05d}.safetensors", tuple(group))
+                 for i, group in enumerate(groups))
+
+
+def _job(key: str, source: Path, info: TensorInfo, adapter: AdapterPlan | None,
+         out_dtype: str) -> TensorJob:
+    if adapter is not None and key in adapter.replacements:
+        source = adapter.path / ADAPTER_WEIGHTS
+        info = adapter.headers[adapter.replacements[key]]
+    delta = adapter.deltas.get(key) if adapter is not None else None
+    dtype = out_dtype if info.dtype in _FLOAT_DTYPES else info.dtype
+    return TensorJob(key, source, info, delta, dtype)
+
+
+def merged_tensor(job: TensorJob, read: Callable[[Path, TensorInfo], torch.Tensor],
+                  adapter_headers: dict[str, TensorInfo],
+                  adapter_file: Path | None) -> torch.Tensor:
+    """The output tensor of one job. LoRA deltas are added in fp32 with one in-place matmul
+    (no separate delta tensor), then cast."""
+    tensor = read(job.source, job.info)
+    if job.delta is not None:
+        assert adapter_file is not None
+        delta = job.delta
+        a = read(adapter_file, adapter_headers[delta.a_key]).float()
+        b = read(adapter_file, adapter_headers[delta.b_key]).float()
+        tensor = tensor.float()
+        if delta.layout == "linear":  # W[out,in] += s · B[out,r] @ A[r,in]
+            tensor.addmm_(b, a, alpha=delta.scale)
+        elif delta.layout == "linear_t":  # Conv1D stores W[in,out]
+            tensor.addmm_(a.t(), b.t(), alpha=delta.scale)
+        else:  # embedding: W[vocab,dim] += s · (B[dim,r] @ A[r,vocab])ᵀ
+            tensor.addmm_(a.t(), b.t(), alpha=delta.scale)
+    target = DTYPES[job.dtype]
+    return tensor if tensor.dtype == target else tensor.to(target)
+
+
+def write_shards(shards: tuple[OutShard, ...], out: Path, adapter: AdapterPlan | None,
+                 on_tensor: Callable[[OutShard, TensorJob, int], None] | None = None,
+                 *, fsync: bool = True) -> dict[str, str]:
+    """Write every output file; returns the weight map (tensor -> file). `on_tensor` is called
+    after each tensor with the bytes written so far."""
+    handles: dict[Path, Any] = {}
+
+    def read(path: Path, info: TensorInfo) -> torch.Tensor:
+        if path not in handles:
+            handles[path] = path.open("rb")
+        return read_tensor(handles[path], info)
+
+    adapter_file = adapter.path / ADAPTER_WEIGHTS if adapter is not None else None
+    adapter_headers = adapter.headers if adapter is not None else {}
+    weight_map: dict[str, str] = {}
+    done = 0
+    try:
+        for shard in shards:
+            entries = [OutEntry(job.name, job.dtype, job.info.shape) for job in shard.jobs]
+            writer = StreamWriter(out / shard.filename, entries, {"format": "pt"}, fsync=fsync)
+            try:
+                for job in shard.jobs:
+                    tensor = merged_tensor(job, read, adapter_headers, adapter_file)
+                    writer.write(job.name, tensor)
+                    del tensor
+                    weight_map[job.name] = shard.filename
+                    done += job.out_bytes
+                    if on_tensor is not None:
+                        on_tensor(shard, job, done)
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+    finally:
+        for handle in handles.values():
+            handle.close()
+    return weight_map
+
+
+__all__ = ["EXPORT_DTYPES", "NAMES", "AdapterPlan", "LoraDelta", "ModelLayout", "OutShard",
+           "TensorJob", "analyse_adapter", "base_headers", "model_layout", "must_untie",
+           "plan_tensors", "write_shards"]
