@@ -133,7 +133,7 @@ def _adapter_base_reference(adapter: Path, manifest: manifest_io.Manifest | None
 
 def _refuse_missing(base: Path, reference: str, checkpoint: Path) -> ExportRefused:
     remover = removed_by(base)
-    why = f"; it was removed by cleanup {remover}" if remover else ""
+    why = f"; it was removed by {remover}" if remover else ""
     return ExportRefused(
         f"the base model this checkpoint applies to is missing: {base}{why}",
         path=checkpoint,
