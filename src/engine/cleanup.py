@@ -18,6 +18,7 @@ Guarantees, whatever the rules say:
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fnmatch
 import os
@@ -306,9 +307,13 @@ def _nested_that_stay(
     out: dict[str, tuple[str, ...]] = {}
     for node in delete:
         prefix = (node.path or "") + os.sep
-        inner = tuple(p for p in staying if p.startswith(prefix))
+        inner = []
+        for path in staying[bisect.bisect_left(staying, prefix):]:
+            if not path.startswith(prefix):
+                break
+            inner.append(path)
         if inner:
-            out[node.key] = inner
+            out[node.key] = tuple(inner)
     return out
 
 

@@ -1,9 +1,190 @@
-"""`graftline` commands: lineage (placeholder until its issue lands)."""
+"""`graftline lineage` and `graftline cleanup`: the checkpoint DAG, and freeing disk safely."""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.tree import Tree
+
+from graftline.engine import cleanup as cleanup_api
+from graftline.engine import lineage as lineage_api
+from graftline.engine.cleanup import human_bytes
+from graftline.engine.lineage_model import Lineage, Node
+
+_KIND_STYLE = {
+    "base": "bold blue", "merged": "bold magenta", "adapter": "green", "combined": "green",
+    "export": "bold cyan", "trainer": "dim", "external": "cyan", "missing": "bold red",
+}
+
+
+def _default_root() -> Path:
+    return Path("runs") if Path("runs").is_dir() else Path(".")
+
+
+def _key_metrics(node: Node, limit: int = 3) -> str:
+    order = sorted(node.metrics, key=lambda k: (not k.startswith("eval/"), k != "loss", k))
+    return " ".join(f"{k}={node.metrics[k]:.4g}" for k in order[:limit])
+
+
+def node_label(node: Node, lineage: Lineage, relation: str | None = None) -> str:
+    """One node as a line of rich markup: kind, size, status, stage/run, LoRA, metrics, needs."""
+    style = _KIND_STYLE.get(node.kind, "")
+    via = f"[dim]{relation} →[/] " if relation else ""
+    if node.kind == "external":
+        return f"{via}[{style}]{escape(node.name)}[/] [dim](hub id, not on this machine)[/]"
+    if node.kind == "missing":
+        by = f" — removed by {escape(node.removed_by)}" if node.removed_by else ""
+        return f"{via}[{style}]MISSING {escape(node.path or node.key)}[/]{by}"
+    parts = [f"{via}[{style}]{escape(node.id)}[/]", f"[dim]{node.kind}[/]",
+             human_bytes(node.bytes)]
+    if node.status not in ("complete", "unknown"):
+        parts.append(f"[yellow]{node.status}[/]")
+    if node.stage or node.run:
+        parts.append(f"[dim]{escape(node.run or '')}/{escape(node.stage or '')}[/]")
+    if node.lora is not None:
+        parts.append(f"r={node.lora.r} α={node.lora.alpha}")
+    if metrics := _key_metrics(node):
+        parts.append(escape(metrics))
+    if not node.in_roots:
+        parts.append("[dim](outside the roots)[/]")
+    if node.running:
+        parts.append("[bold yellow]RUNNING[/]")
+    users = lineage.needed_by(node.key)
+    if users:
+        parts.append(f"[dim]needed by {len(users)}[/]")
+    line = "  ".join(parts)
+    if node.broken:
+        line += f"\n[bold red]{escape(node.broken)}[/]"
+    for warning in node.warnings:
+        line += f"\n[yellow]⚠ {escape(warning)}[/]"
+    return line
+
+
+def render_tree(lineage: Lineage) -> Tree:
+    """The DAG as a rich Tree: each node under its primary parent, other parents as "also"."""
+    tree = Tree(f"[bold]lineage[/] of {escape(', '.join(lineage.roots))}")
+    children: dict[str | None, list[tuple[str, str]]] = {}
+    for node in lineage.nodes:
+        edge = lineage_api.primary_parent(lineage, node.key)
+        parent = edge.parent if edge else None
+        children.setdefault(parent, []).append((node.key, edge.relation if edge else ""))
+
+    def add(branch: Tree, key: str, relation: str, seen: frozenset[str]) -> None:
+        node = lineage.node(key)
+        label = node_label(node, lineage, relation or None)
+        primary = lineage_api.primary_parent(lineage, key)
+        others = [e for e in lineage.parents(key) if e != primary]
+        if others:
+            also = ", ".join(f"{e.relation} {lineage.node(e.parent).id}" for e in others)
+            label += f"\n[dim]also: {escape(also)}[/]"
+        sub = branch.add(label)
+        for child, rel in sorted(children.get(key, []), key=lambda c: lineage.node(c[0]).id):
+            if child not in seen:
+                add(sub, child, rel, seen | {child})
+
+    for key, _ in sorted(children.get(None, []), key=lambda c: lineage.node(c[0]).id):
+        add(tree, key, "", frozenset({key}))
+    if lineage.symlinks:
+        links = tree.add("[bold]symlinks[/] (never followed)")
+        for link in lineage.symlinks:
+            where = "[red]outside the roots[/]" if link.outside else "inside"
+            links.add(f"{escape(link.path)} → {escape(link.target)}  {where}")
+    for root in lineage.journals:
+        tree.add(f"[bold yellow]an interrupted cleanup left a journal in {escape(root)}[/]: "
+                 "`graftline cleanup ROOT --keep … --yes` finishes it")
+    return tree
+
+
+def _scan_or_exit(roots: list[Path]) -> Lineage:
+    try:
+        return lineage_api.scan(roots)
+    except lineage_api.ScanError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def lineage_command(
+    root: Path | None = typer.Argument(None, help="A runs directory, a run, or any folder "
+                                       "(default: ./runs, else the current folder)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Show the checkpoint lineage: what each checkpoint was made from and what needs it."""
+    lineage = _scan_or_exit([root or _default_root()])
+    if as_json:
+        sys.stdout.write(json.dumps(lineage_api.to_json(lineage), indent=2) + "\n")
+        return
+    Console().print(render_tree(lineage))
+    broken = lineage.broken()
+    if broken:
+        Console(stderr=True).print(f"[bold red]{len(broken)} broken checkpoint(s)[/]: their base "
+                                   "no longer exists; they cannot be loaded or exported.")
+
+
+def cleanup_command(
+    root: Path = typer.Argument(..., help="The folder to clean (a runs directory or a run)."),
+    keep: list[str] = typer.Option(
+        [], "--keep",
+        help="What to keep (repeatable): final | last:N | best:METRIC[:min|max] | id:ID | "
+             "a path | a glob. Everything else that nothing kept needs is deleted.",
+    ),
+    dry_run: bool = typer.Option(True, "--dry-run/--no-dry-run",
+                                 help="Only print the plan (the default)."),
+    yes: bool = typer.Option(False, "--yes", help="Delete without asking."),
+) -> None:
+    """Plan a cleanup and print it; delete only with --yes (or --no-dry-run and a confirmation)."""
+    console = Console()
+    real_root = Path(os.path.realpath(root))
+    try:
+        rules = [cleanup_api.parse_keep(token) for token in keep]
+    except cleanup_api.CleanupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    lineage = _scan_or_exit([root])
+    interrupted = cleanup_api.pending(real_root)
+    if interrupted is not None:
+        console.print(
+            f"[bold yellow]Cleanup {interrupted.cleanup} (started {interrupted.started}) was "
+            f"interrupted[/]: {len(interrupted.remaining)} of {len(interrupted.entries)} "
+            "directories not yet removed."
+        )
+        if yes:
+            result = cleanup_api.finish_pending(real_root)
+            if result is not None:
+                _print_result(console, result)
+            lineage = _scan_or_exit([root])
+        else:
+            console.print("It is finished first when you run this again with --yes.")
+    try:
+        plan = cleanup_api.plan_cleanup(lineage, rules)
+    except cleanup_api.CleanupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    console.print(escape(cleanup_api.format_plan(plan, lineage)), highlight=False)
+    if not plan.delete:
+        console.print("Nothing to delete.")
+        return
+    go = yes or (not dry_run and typer.confirm(f"Delete {len(plan.delete)} directories?"))
+    if not go:
+        console.print("Dry run: nothing deleted. Add --yes to delete.")
+        return
+    _print_result(console, cleanup_api.execute(plan, lineage))
+
+
+def _print_result(console: Console, result: cleanup_api.CleanupResult) -> None:
+    verb = "finished" if result.resumed else "done"
+    console.print(f"Cleanup {result.cleanup} {verb}: removed {len(result.removed)} directories, "
+                  f"freed {human_bytes(result.bytes_freed)}.")
+    for path, why in result.skipped:
+        console.print(f"[yellow]skipped[/] {escape(path)}: {escape(why)}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
+    app.command("lineage")(lineage_command)
+    app.command("cleanup")(cleanup_command)
