@@ -100,7 +100,7 @@ def main() -> None:
         size = path.stat().st_size
 
         history = client_load(run_dir)
-        xs, ys = history.series("loss")
+        xs, _ = history.series("loss")
         assert len(xs) == n and history.stages["sft"].status == "complete"
         assert len(baseline_load(path)) == lines
 

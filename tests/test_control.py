@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from graftline.engine import control
 from graftline.engine.control import ControlError, ControlServer
 from graftline.engine.run_control import RunControl

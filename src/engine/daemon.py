@@ -69,6 +69,9 @@ class EngineSink:
             self.current = stage
             self.keeper.update(stage=stage, stage_index=data.get("index"),
                                global_step=data.get("global_step_offset"))
+            # A pause asked for between stages (or by the disk guard) holds here, before the
+            # stage loads anything; inside a stage the trainer callback pauses at step ends.
+            self.control.wait_while_paused()
         elif type == "metrics":
             # no file write per step: the heartbeat carries the step to state.json
             self.keeper.note(global_step=data.get("global_step"))

@@ -69,6 +69,7 @@ def create_run(pf: PipelineFile, runs_dir: Path) -> Path:
             "cwd": os.getcwd(), "created": time.time()}
     (run_dir / RUN_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     runstate.write(run_dir, runstate.RunState(run_id, name, status="starting",
+                                              heartbeat=time.time(),
                                               stages=len(pf.pipeline.stage)))
     return run_dir
 

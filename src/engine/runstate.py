@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
 from graftline.engine import atomic
 
 STATE = "state.json"
@@ -107,6 +108,10 @@ def effective_status(state: RunState, now: float | None = None) -> str:
     now = time.time() if now is None else now
     if state.heartbeat is not None and now - state.heartbeat > STALE_AFTER:
         return "crashed"
+    if state.pid is None:
+        # created by the launcher, engine not yet up: only the heartbeat (the creation time)
+        # can tell a slow start from a failed one
+        return state.status if state.heartbeat is not None else "crashed"
     if state.host == socket.gethostname() and not process_alive(state.pid, state.pid_started):
         return "crashed"
     return state.status

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
 from graftline.engine.plan import Plan
 from graftline.engine.sink import Sink
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+
 from graftline.engine import client
 from graftline.engine.events import Event
 
@@ -210,8 +211,9 @@ def register(app: typer.Typer) -> None:
         typer.echo("it keeps running when this terminal closes.")
         typer.echo(_attach_hint(run_dir))
         if info.status in ("crashed", "failed"):
-            typer.echo(f"graftline: the engine did not start; see {run_dir / 'engine.log'}",
-                       err=True)
+            reason = f": {info.message}" if info.message else ""
+            typer.echo(f"graftline: the engine {info.status}{reason}\n  see "
+                       f"{run_dir / 'engine.log'}", err=True)
             raise typer.Exit(1)
         if not detach and _interactive():
             _open_console(run_dir, run_dir.parent)
