@@ -1,0 +1,119 @@
+"""The one Backend interface and the `auto` choice between backends."""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from graftline.engine import spec
+
+# What "all-linear" means for the decoder-only families Unsloth patches (it wants a list).
+DECODER_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                       "down_proj"]
+
+
+class BackendError(Exception):
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.message} (fix: {self.fix})" if self.fix else self.message
+
+
+class Backend(ABC):
+    """Loads models and adapters for the stages; the stages drive TRL themselves."""
+
+    name: str = ""
+
+    @abstractmethod
+    def load_model(self, path: str | Path, *, quantization: str = "none",
+                   dtype: torch.dtype | None = None, max_length: int = 2048) -> tuple[Any, Any]:
+        """(model, tokenizer) for a full model directory or hub id."""
+
+    @abstractmethod
+    def new_adapter(self, model: Any, lora: spec.Lora, seed: int = 0) -> tuple[Any, Any]:
+        """(model, peft_config_for_trl): a fresh `default` adapter, either applied here (and no
+        config for TRL) or described by a LoraConfig that TRL applies — never both."""
+
+    def load_adapter(self, model: Any, adapter_dir: str | Path, *, trainable: bool = True) -> Any:
+        """The saved adapter as the one trainable `default` adapter of a PeftModel."""
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable,
+                                         adapter_name="default")
+
+    def trainer_defaults(self) -> dict[str, Any]:
+        """TrainingArguments the device needs (TRL's defaults assume a bf16 GPU)."""
+        if not torch.cuda.is_available():
+            return {"use_cpu": True, "bf16": False, "fp16": False}
+        return {"bf16": torch.cuda.is_bf16_supported(), "fp16": not torch.cuda.is_bf16_supported()}
+
+    def for_inference(self, model: Any) -> Any:
+        model.eval()
+        return model
+
+    def save_merged(self, model: Any, tokenizer: Any, out: Path) -> None:
+        """Save a full model that `load_model(out)` reads back with its tokenizer and template."""
+        model.save_pretrained(str(out), safe_serialization=True)
+        tokenizer.save_pretrained(str(out))
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def unsloth_importable() -> bool:
+    """Whether `import unsloth` will work. Only tried with a GPU present: importing unsloth
+    patches transformers and TRL process-wide, and some releases raise without a GPU."""
+    if importlib.util.find_spec("unsloth") is None:
+        return False
+    try:
+        import unsloth  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def choose_backend(requested: str, *, cuda: bool, unsloth: bool) -> str:
+    """The pure choice: `auto` → unsloth only with CUDA and an importable unsloth."""
+    if requested == "hf":
+        return "hf"
+    if requested == "unsloth":
+        if not cuda:
+            raise BackendError("backend = \"unsloth\" needs a CUDA GPU, and none is visible",
+                               'use backend = "auto" or "hf" on this machine')
+        if not unsloth:
+            raise BackendError("backend = \"unsloth\" but unsloth cannot be imported",
+                               "pip install 'graftline[unsloth]', or use backend = \"auto\"")
+        return "unsloth"
+    if requested == "auto":
+        return "unsloth" if cuda and unsloth else "hf"
+    raise BackendError(f"unknown backend '{requested}'", 'use "auto", "hf" or "unsloth"')
+
+
+def select_backend(requested: str) -> Backend:
+    cuda = cuda_available()
+    # Never import unsloth on a CPU box: auto would not pick it anyway.
+    name = choose_backend(requested, cuda=cuda,
+                          unsloth=cuda and requested != "hf" and unsloth_importable())
+    if name == "unsloth":
+        from graftline.engine.backends.unsloth import UnslothBackend
+
+        return UnslothBackend()
+    from graftline.engine.backends.hf import HFBackend
+
+    return HFBackend()
+
+
+def lora_config(lora: spec.Lora) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.dropout,
+                      target_modules=lora.target_modules, use_rslora=lora.use_rslora,
+                      use_dora=lora.use_dora, bias="none", task_type="CAUSAL_LM")

@@ -1,0 +1,56 @@
+"""transformers + peft: CPU or GPU, bitsandbytes 4/8-bit where asked and possible."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from graftline.engine import spec
+from graftline.engine.backends.base import Backend, BackendError, lora_config
+
+
+def _quantization_config(quantization: str) -> Any:
+    if quantization == "none":
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise BackendError(f"quantization = \"{quantization}\" needs bitsandbytes",
+                           "pip install bitsandbytes, or set quantization = \"none\"") from None
+    if quantization == "4bit":
+        compute = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() \
+            else torch.float32
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+class HFBackend(Backend):
+    name = "hf"
+
+    def load_model(self, path: str | Path, *, quantization: str = "none",
+                   dtype: torch.dtype | None = None, max_length: int = 2048) -> tuple[Any, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
+        quant = _quantization_config(quantization)
+        if quant is not None:
+            kwargs["quantization_config"] = quant
+            if torch.cuda.is_available():
+                kwargs["device_map"] = {"": 0}
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if quant is not None:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        return model, tokenizer
+
+    def new_adapter(self, model: Any, lora: spec.Lora, seed: int = 0) -> tuple[Any, Any]:
+        # TRL applies it: the trainer then owns exactly one adapter, `default`.
+        return model, lora_config(lora)

@@ -1,0 +1,439 @@
+"""Health checks before and after every stage: the failures users keep hitting, caught here.
+
+Each check returns a `CheckResult` (pass / warn / fail) that goes into the checkpoint's manifest
+and the event log. `CheckLog.record` raises `StageFailed` on a fail, with the stage, what was
+seen, the likely cause and the fix, so a bad stage stops the run instead of feeding the next.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from graftline.engine.manifest import CheckResult, LoraSpec
+from graftline.engine.sink import Sink
+
+ADAPTER = "default"
+# TRL's frozen copy of the adapter, the reference of DPO/GRPO on a continued adapter.
+REFERENCE_ADAPTER = "ref"
+MERGE_TOLERANCE = 1e-4
+START_TOLERANCE = 0.05
+FINGERPRINT_SAMPLES = 4096
+
+
+class StageFailed(Exception):
+    def __init__(self, stage: str, seen: str, cause: str = "", fix: str = "",
+                 check: str | None = None) -> None:
+        self.stage, self.seen, self.cause, self.fix, self.check = stage, seen, cause, fix, check
+        parts = [f"stage '{stage}' failed: {seen}"]
+        if cause:
+            parts.append(f"likely cause: {cause}")
+        if fix:
+            parts.append(f"fix: {fix}")
+        super().__init__(". ".join(parts))
+
+
+def _result(name: str, status: str, message: str, *, cause: str = "", fix: str = "",
+            **data: Any) -> CheckResult:
+    if cause:
+        data["cause"] = cause
+    if fix:
+        data["fix"] = fix
+    return CheckResult(name=name, status=status, message=message, data=data)  # type: ignore[arg-type]
+
+
+class CheckLog:
+    """The checks of one stage: emitted as they run, kept for the manifest, fatal on fail."""
+
+    def __init__(self, stage: str, sink: Sink) -> None:
+        self.stage, self.sink = stage, sink
+        self.results: list[CheckResult] = []
+        self.seconds = 0.0
+
+    def record(self, result: CheckResult) -> CheckResult:
+        result = result.model_copy(update={"stage": self.stage})
+        self.results.append(result)
+        self.sink.emit("check_result", self.stage, name=result.name, status=result.status,
+                       message=result.message, data=result.data)
+        if result.status == "warn":
+            self.sink.emit("warning", self.stage, message=result.message,
+                           fix=result.data.get("fix", ""))
+        if result.status == "fail":
+            raise StageFailed(self.stage, result.message, result.data.get("cause", ""),
+                              result.data.get("fix", ""), check=result.name)
+        return result
+
+
+# ---------------------------------------------------------------- adapters and trainable weights
+
+def _peft_config(model: Any) -> dict[str, Any]:
+    return dict(getattr(model, "peft_config", None) or {})
+
+
+def _is_lora_param(name: str, adapter: str = ADAPTER) -> bool:
+    return ("lora_" in name or "modules_to_save" in name) and f".{adapter}" in name
+
+
+def adapters(model: Any, *, allowed_frozen: Sequence[str] = (REFERENCE_ADAPTER,)) -> CheckResult:
+    """Exactly one trainable adapter, named `default`, and it is the active one."""
+    names = list(_peft_config(model))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not names:
+        return _result("single_adapter", "fail", "the model has no LoRA adapter",
+                       cause="the LoRA was never applied (a plain model reached the trainer)",
+                       fix="give the trainer a peft_config for a new adapter, or a PeftModel "
+                           "loaded with is_trainable=True to continue one",
+                       adapters=names)
+    extra = [n for n in names if n != ADAPTER and n not in allowed_frozen]
+    if extra:
+        return _result("single_adapter", "fail",
+                       f"stacked adapters: the model carries {names}, not one `default` adapter",
+                       cause="an adapter was loaded with transformers' load_adapter (or a "
+                             "PeftModel was wrapped again) and the trainer added a second LoRA",
+                       fix="to continue an adapter load it with PeftModel.from_pretrained(model, "
+                           "path, is_trainable=True, adapter_name='default') and pass no "
+                           "peft_config; to change the rank, merge first",
+                       adapters=names)
+    if ADAPTER not in names:
+        return _result("single_adapter", "fail", f"no adapter named `default` (have {names})",
+                       cause="the adapter was loaded under another name, which TRL does not train",
+                       fix="load it with adapter_name='default'", adapters=names)
+    active = getattr(model, "active_adapter", None)
+    active = active if isinstance(active, str) else (list(active or []) or [None])[0]
+    if active != ADAPTER:
+        return _result("single_adapter", "fail", f"the active adapter is '{active}', not `default`",
+                       cause="set_adapter was called with another adapter",
+                       fix="model.set_adapter('default') before training", adapters=names)
+    in_default = [n for n in trainable if _is_lora_param(n)]
+    if not in_default:
+        return _result("single_adapter", "fail",
+                       "frozen adapter: no parameter of the `default` adapter requires grad",
+                       cause="the adapter was loaded without is_trainable=True (training would "
+                             "fail with 'element 0 of tensors does not require grad')",
+                       fix="PeftModel.from_pretrained(model, path, is_trainable=True)",
+                       adapters=names)
+    frozen_ref = [n for n in trainable if f".{REFERENCE_ADAPTER}." in n]
+    if frozen_ref:
+        return _result("single_adapter", "fail",
+                       "the reference adapter `ref` is trainable: the reference would drift",
+                       cause="set_adapter(['default', 'ref']) or a manual requires_grad",
+                       fix="leave `ref` frozen; only `default` trains", adapters=names)
+    return _result("single_adapter", "pass", "one trainable adapter, `default`, active",
+                   adapters=names)
+
+
+def trainable_fraction(model: Any) -> CheckResult:
+    """Only LoRA weights train; a LoRA that was never applied trains 100%."""
+    total = trainable = stray = 0
+    stray_names: list[str] = []
+    for name, param in model.named_parameters():
+        count = param.numel()
+        total += count
+        if param.requires_grad:
+            trainable += count
+            if not _is_lora_param(name):
+                stray += count
+                if len(stray_names) < 5:
+                    stray_names.append(name)
+    fraction = trainable / total if total else 0.0
+    data = {"trainable": trainable, "total": total, "fraction": round(fraction, 6)}
+    if trainable and stray == trainable:
+        return _result("trainable_fraction", "fail",
+                       f"LoRA never applied: {fraction:.0%} of the parameters are trainable and "
+                       "none of them is a LoRA weight",
+                       cause="the model reached the trainer without its adapter (no peft_config, "
+                             "or get_peft_model was skipped)",
+                       fix="pass a LoraConfig as peft_config (new adapter) or load the adapter "
+                           "with is_trainable=True (continue)", **data)
+    if stray:
+        return _result("trainable_fraction", "fail",
+                       f"{stray} base-model parameters are trainable besides the LoRA "
+                       f"(e.g. {', '.join(stray_names)})",
+                       cause="requires_grad was set on base weights, so the base would change",
+                       fix="freeze the base (peft does this) or list the modules in "
+                           "modules_to_save on purpose", **data)
+    if fraction > 0.5:
+        return _result("trainable_fraction", "warn",
+                       f"{fraction:.1%} of the parameters train: large for a LoRA",
+                       fix="a smaller rank is usually enough", **data)
+    return _result("trainable_fraction", "pass", f"{fraction:.2%} trainable, all LoRA", **data)
+
+
+def lora_config_kept(expected: LoraSpec, model: Any) -> CheckResult:
+    """A continued adapter keeps the shape it was trained with."""
+    config = _peft_config(model).get(ADAPTER)
+    if config is None:
+        return _result("lora_config_kept", "fail", "no `default` adapter to compare")
+    got = {"r": config.r, "alpha": config.lora_alpha}
+    want = {"r": expected.r, "alpha": expected.alpha}
+    if got != want:
+        return _result("lora_config_kept", "fail",
+                       f"the continued adapter has r={got['r']} α={got['alpha']}, its parent "
+                       f"was saved with r={want['r']} α={want['alpha']}",
+                       cause="a different LoRA config replaced the continued one",
+                       fix="continue with the parent's config, or merge and start a new adapter",
+                       got=got, expected=want)
+    return _result("lora_config_kept", "pass", f"r={got['r']} α={got['alpha']} as the parent")
+
+
+# ---------------------------------------------------------------- base weights
+
+def _base_name(name: str) -> str:
+    return name.removeprefix("base_model.model.").replace(".base_layer", "")
+
+
+@torch.no_grad()
+def fingerprint(model: Any) -> dict[str, tuple[float, float]]:
+    """(sum, weighted sum) over a strided sample of every base tensor: cheap for any size, and a
+    change to any sampled element changes it."""
+    prints: dict[str, tuple[float, float]] = {}
+    for name, param in model.named_parameters():
+        if "lora_" in name or "modules_to_save" in name or f".{REFERENCE_ADAPTER}." in name:
+            continue
+        flat = param.detach().reshape(-1)
+        if flat.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+            flat = flat.to(torch.float32) if flat.is_floating_point() else flat.float()
+        stride = max(1, flat.numel() // FINGERPRINT_SAMPLES)
+        sample = flat[::stride].to(torch.float64)
+        weights = torch.arange(1, sample.numel() + 1, dtype=torch.float64, device=sample.device)
+        prints[_base_name(name)] = (float(sample.sum()), float((sample * weights).sum()))
+    return prints
+
+
+def base_unchanged(before: dict[str, tuple[float, float]],
+                   after: dict[str, tuple[float, float]]) -> CheckResult:
+    changed = [n for n in before if n in after and not _close(before[n], after[n])]
+    if changed:
+        return _result("base_unchanged", "fail",
+                       f"{len(changed)} base tensors changed during the stage "
+                       f"(e.g. {', '.join(changed[:3])})",
+                       cause="base weights were trainable or were written in place (a merge into "
+                             "the live model, or requires_grad on base layers)",
+                       fix="train only the adapter; merge in a merge stage, which saves a new "
+                           "model", changed=changed[:20])
+    return _result("base_unchanged", "pass", f"{len(before)} base tensors unchanged",
+                   tensors=len(before))
+
+
+def _close(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    return all(math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9) for x, y in zip(a, b, strict=True))
+
+
+# ---------------------------------------------------------------- losses and references
+
+def loss_continuity(previous_stage: str, previous_last: float | None,
+                    first: float | None, *, ratio: float = 1.5) -> CheckResult:
+    if previous_last is None or first is None:
+        return _result("loss_continuity", "pass", "no losses to compare")
+    data = {"previous_last": previous_last, "first": first}
+    if first > previous_last * ratio + 0.05:
+        return _result("loss_continuity", "warn",
+                       f"first loss {first:.4f} vs {previous_last:.4f} at the end of "
+                       f"'{previous_stage}': the model did not pick up where it left off",
+                       fix="check that the stage continues the right adapter/merged model and "
+                           "that the data format matches", **data)
+    return _result("loss_continuity", "pass",
+                   f"first loss {first:.4f} continues '{previous_stage}' ({previous_last:.4f})",
+                   **data)
+
+
+def reference_start(kind: str, first_logs: dict[str, float], reference: str | None
+                    ) -> CheckResult:
+    """DPO/GRPO start at zero margin / zero KL when the reference is the policy at the start."""
+    keys = ("rewards/chosen", "rewards/rejected", "rewards/margins") if kind == "dpo" \
+        else ("kl",)
+    seen = {k: float(first_logs[k]) for k in keys if k in first_logs}
+    if not seen:
+        return _result("reference_start", "pass",
+                       "no reference term logged (e.g. GRPO with beta = 0)")
+    worst = max(abs(v) for v in seen.values())
+    what = "margin" if kind == "dpo" else "KL"
+    if worst > START_TOLERANCE:
+        return _result("reference_start", "fail",
+                       f"{kind.upper()} starts at a nonzero {what} ("
+                       + ", ".join(f"{k}={v:.4f}" for k, v in seen.items())
+                       + f"); the planned reference was {reference or 'the policy at the start'}",
+                       cause="the reference is not the policy as it was when the stage started "
+                             "(e.g. the adapter disabled = the base model, instead of a frozen "
+                             "copy of the adapter)",
+                       fix="continue the adapter as a PeftModel named `default` with ref_model="
+                           "None, so TRL makes the frozen `ref` copy", **seen)
+    return _result("reference_start", "pass", f"starts at {what} ≈ 0 ({worst:.2e})", **seen)
+
+
+# ---------------------------------------------------------------- generation sanity
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    tokens: tuple[int, ...]
+    ended: bool  # an end token came before max_new_tokens
+
+
+def probe_texts(tokenizer: Any, probes: Sequence[str]) -> list[str]:
+    if getattr(tokenizer, "chat_template", None):
+        return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                              add_generation_prompt=True) for p in probes]
+    return list(probes)
+
+
+def _end_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = list(ids) if isinstance(ids, list | tuple) else ([ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+@torch.no_grad()
+def generate(model: Any, tokenizer: Any, probes: Sequence[str], max_new_tokens: int = 12
+             ) -> list[Generation]:
+    was_training = model.training
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(probe_texts(tokenizer, probes), return_tensors="pt", padding=True,
+                        add_special_tokens=not getattr(tokenizer, "chat_template", None))
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        ends = _end_ids(model, tokenizer)
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=ends or None)
+    finally:
+        tokenizer.padding_side = side
+        if was_training:
+            model.train()
+    new = out[:, enc["input_ids"].shape[1]:].tolist()
+    results = []
+    for row in new:
+        tokens = []
+        ended = False
+        for t in row:
+            if t in ends:
+                ended = True
+                break
+            if t == tokenizer.pad_token_id:
+                continue
+            tokens.append(t)
+        results.append(Generation(tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                                  tuple(tokens), ended))
+    return results
+
+
+def degenerate(gen: Generation, max_new_tokens: int) -> str | None:
+    """Why an output looks collapsed: empty (all end tokens), or one short pattern repeating."""
+    if not gen.text:
+        return "empty"
+    tokens = gen.tokens
+    if not gen.ended and len(tokens) >= min(max_new_tokens, 6):
+        tail = tokens[-6:]
+        for period in (1, 2):
+            if all(tail[i] == tail[i % period] for i in range(len(tail))):
+                return "repeating"
+    return None
+
+
+def generation_sanity(before: list[Generation], after: list[Generation], probes: Sequence[str],
+                      max_new_tokens: int = 12) -> CheckResult:
+    """Collapse = most probes degenerate now while they were not at the start of the stage."""
+    bad_after = [degenerate(g, max_new_tokens) for g in after]
+    bad_before = [degenerate(g, max_new_tokens) for g in before]
+    samples = {p: g.text for p, g in zip(probes, after, strict=False)}
+    n_after = sum(b is not None for b in bad_after)
+    n_before = sum(b is not None for b in bad_before)
+    if n_after * 2 > len(after) and n_after > n_before:
+        kinds = sorted({b for b in bad_after if b})
+        return _result("generation_sanity", "fail",
+                       f"collapse: {n_after} of {len(after)} probe prompts give {'/'.join(kinds)} "
+                       f"output (was {n_before} at the start of the stage)",
+                       cause="the stage drove the model to a degenerate output (too high a "
+                             "learning rate, a reward that pays for empty/short answers, or bad "
+                             "data with empty completions)",
+                       fix="lower the learning rate or the steps, check the data and rewards, "
+                           "and rerun the stage", samples=samples)
+    if n_after * 2 > len(after):
+        return _result("generation_sanity", "warn",
+                       f"{n_after} of {len(after)} probes give degenerate output, as they did "
+                       "before the stage", samples=samples)
+    return _result("generation_sanity", "pass",
+                   f"{len(after) - n_after}/{len(after)} probes answer", samples=samples)
+
+
+# ---------------------------------------------------------------- merges and saved adapters
+
+@torch.no_grad()
+def merge_equal(merged: Any, expected_logits: torch.Tensor, input_ids: torch.Tensor,
+                *, tolerance: float = MERGE_TOLERANCE, name: str = "merge_equal") -> CheckResult:
+    """After a merge: no leftover peft_config, and the merged model's logits equal the adapter
+    model's (computed before merging, in fp32)."""
+    if hasattr(merged, "peft_config"):
+        return _result(name, "fail", "the merged model still has a peft_config",
+                       cause="the adapter was not merged and unloaded (merge_and_unload)",
+                       fix="call merge_and_unload() and save the returned model")
+    got = merged(input_ids=input_ids.to(merged.device)).logits.float().cpu()
+    diff = float((got - expected_logits.float().cpu()).abs().max())
+    if not diff <= tolerance:
+        return _result(name, "fail",
+                       f"merged logits differ from the adapter's by {diff:.2e} (> {tolerance})",
+                       cause="the merge was done in a lossy dtype or into a quantized base",
+                       fix="merge in float32 into the full-precision base", max_abs_diff=diff)
+    return _result(name, "pass", f"merged logits = adapter logits (max |Δ| {diff:.1e})",
+                   max_abs_diff=diff)
+
+
+@torch.no_grad()
+def logits(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    return model(input_ids=input_ids.to(model.device)).logits.float().cpu()
+
+
+def probe_ids(tokenizer: Any, probes: Sequence[str]) -> torch.Tensor:
+    """One padded-free batch of probe prompts for logit comparisons (same length: truncate)."""
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"]
+            for t in probe_texts(tokenizer, probes)]
+    width = min(len(r) for r in rows)
+    return torch.tensor([r[:width] for r in rows])
+
+
+def no_stray_ref(adapter_dir: Path) -> CheckResult:
+    stray = Path(adapter_dir) / REFERENCE_ADAPTER
+    if stray.exists():
+        return _result("no_stray_ref", "fail", f"the saved adapter has a stray '{stray.name}/' "
+                       "directory (TRL's reference copy)",
+                       cause="save_model() after DPO/GRPO saves every adapter",
+                       fix="delete the `ref` adapter and save selected_adapters=['default']")
+    return _result("no_stray_ref", "pass", "only the `default` adapter was saved")
+
+
+def adapter_base(adapter_dir: Path, expected: str | Path) -> CheckResult:
+    """The saved adapter names the model it was trained on (after a merge: the merged model)."""
+    config_path = Path(adapter_dir) / "adapter_config.json"
+    if not config_path.is_file():
+        return _result("adapter_base", "fail", "no adapter_config.json was saved",
+                       fix="save the adapter with save_pretrained")
+    named = json.loads(config_path.read_text()).get("base_model_name_or_path")
+    if not _same_model(named, expected):
+        return _result("adapter_base", "fail",
+                       f"the adapter records base '{named}', but it was trained on '{expected}'",
+                       cause="the adapter was trained on a model merged in memory, which keeps "
+                             "the old base's name_or_path",
+                       fix="save the merged model and load it from disk before adding the next "
+                           "adapter (a merge stage does this)", named=named, expected=str(expected))
+    return _result("adapter_base", "pass", f"adapter records its base {expected}")
+
+
+def _same_model(named: str | None, expected: str | Path) -> bool:
+    if named is None:
+        return False
+    if named == str(expected):
+        return True
+    try:
+        return Path(named).resolve() == Path(expected).resolve()
+    except OSError:
+        return False

@@ -1,0 +1,257 @@
+"""Runs a pipeline's stages in order, in this process.
+
+Each stage writes `<run_dir>/stages/<stage>/` with `graftline.json` (partial → complete,
+atomically), `metrics.json` and `evaluation.json`, and reports through the sink. With
+`resume=True` complete stages are skipped and the interrupted one continues from its last
+Trainer checkpoint (optimizer, scheduler, RNG, global step), so a crash loses at most one
+`save_steps` interval. Global steps in `metrics` events run on across stages.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from graftline.engine import atomic, checks
+from graftline.engine import manifest as mf
+from graftline.engine.backends.base import Backend, BackendError, select_backend
+from graftline.engine.pipeline_file import PipelineFile
+from graftline.engine.run_control import RunControl
+from graftline.engine.sink import Sink
+from graftline.engine.stages import StageContext, StageHooks, StageOutcome, runner_for
+from graftline.engine.stages.common import DONE, stage_dir
+from graftline.engine.stages.trainer_args import TRAINER_DIR
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    status: str  # finished | failed | stopped
+    message: str
+    run_dir: Path
+    stages: dict[str, str] = field(default_factory=dict)  # name → complete/skipped/failed/…
+    failed_stage: str | None = None
+
+
+def resolve_base(pf: PipelineFile) -> str:
+    from graftline.engine.toy.model import resolve_base as toy
+
+    base = pf.pipeline.pipeline.base
+    resolved = toy(base)
+    if resolved != base:
+        return resolved
+    local = pf.resolve(base)
+    return str(local) if local.exists() else base
+
+
+def latest_trainer_checkpoint(directory: Path) -> Path | None:
+    root = directory / TRAINER_DIR
+    if not root.is_dir() or root.is_symlink():
+        return None
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := CHECKPOINT.match(p.name)) and p.is_dir() and not p.is_symlink()
+             and (p / "trainer_state.json").is_file()]
+    return max(found)[1] if found else None
+
+
+def _stage_done(directory: Path) -> dict[str, Any] | None:
+    """{'steps': n} for a stage that completed earlier, else None."""
+    found = mf.read(directory) if (directory / mf.MANIFEST).is_file() else None
+    if found is not None and found.status == "complete":
+        return {"steps": int(found.metrics.get("steps", 0))}
+    marker = directory / DONE
+    if marker.is_file():
+        data = json.loads(marker.read_text())
+        if data.get("status") == "complete":
+            return {"steps": int(data.get("steps", 0))}
+    return None
+
+
+def _fresh_stage_dir(run_dir: Path, directory: Path, keep_trainer: bool) -> None:
+    """Empty a stage directory left by an earlier attempt, inside the run directory only."""
+    runs = Path(run_dir).resolve()
+    if directory.is_symlink():
+        directory.unlink()
+    if directory.exists():
+        if runs not in directory.resolve().parents:
+            raise RuntimeError(f"refusing to clear {directory}: outside {runs}")
+        for child in directory.iterdir():
+            if keep_trainer and child.name == TRAINER_DIR and not child.is_symlink():
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+
+
+def _max_steps(step: Any) -> int | None:
+    train = step.train
+    return train.max_steps if train is not None else None
+
+
+def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunControl | None = None,
+                 *, resume: bool = False, backend: Backend | None = None,
+                 hooks: Mapping[str, StageHooks] | None = None) -> RunResult:
+    """Run every stage in file order. Never raises for a stage's failure: it is reported through
+    the sink (`error`, `stage_finished` failed, `run_finished` failed) and in the result."""
+    from graftline.engine.plan import resolve
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    control = control or RunControl()
+    pipeline = pf.pipeline
+    header = pipeline.pipeline
+    steps = resolve(pipeline)
+    statuses: dict[str, str] = {}
+
+    try:
+        backend = backend or select_backend(header.backend)
+    except BackendError as exc:
+        sink.emit("error", None, message=exc.message, fix=exc.fix)
+        sink.emit("run_finished", None, status="failed", message=exc.message)
+        return RunResult("failed", exc.message, run_dir)
+
+    sink.emit("run_started", None, run=run_dir.name, pipeline=header.name,
+              stages=[{"name": s.name, "kind": s.kind, "action": s.action,
+                       "reference": s.reference, "max_steps": _max_steps(s)} for s in steps],
+              backend=backend.name, resumed=resume)
+    try:
+        base_path = resolve_base(pf)
+    except Exception as exc:  # the base could not be built or found
+        message = f"cannot resolve the base model '{header.base}': {exc}"
+        sink.emit("error", None, message=message, fix="check [pipeline] base")
+        sink.emit("run_finished", None, status="failed", message=message)
+        return RunResult("failed", message, run_dir)
+
+    from transformers import set_seed
+
+    offset = 0
+    for index, step in enumerate(steps):
+        directory = stage_dir(run_dir, step.name)
+        done = _stage_done(directory) if resume else None
+        if done is not None:
+            statuses[step.name] = "skipped"
+            sink.emit("stage_finished", step.name, kind=step.kind, status="skipped", seconds=0.0,
+                      metrics={}, evaluation={})
+            offset += done["steps"]
+            continue
+        if control.stop.is_set():
+            sink.emit("run_finished", None, status="stopped", message="stopped before "
+                      f"stage '{step.name}'")
+            return RunResult("stopped", "stopped", run_dir, statuses)
+        resume_from = latest_trainer_checkpoint(directory) if resume else None
+        _fresh_stage_dir(run_dir, directory, keep_trainer=resume_from is not None)
+        set_seed(header.seed + index)
+        ctx = StageContext(
+            stage=step.stage, step=step, index=index, run_dir=run_dir, run_id=run_dir.name,
+            base_path=base_path, backend=backend, sink=sink, control=control,
+            quantization=header.quantization, seed=header.seed, probes=tuple(header.probes),
+            global_step_offset=offset, resume_from=resume_from, search_dir=pf.directory,
+            hooks=(hooks or {}).get(step.name, StageHooks()),
+        )
+        sink.emit("stage_started", step.name, kind=step.kind, index=index,
+                  max_steps=_max_steps(step), global_step_offset=offset, action=step.action,
+                  reference=step.reference,
+                  resumed_from=str(resume_from) if resume_from else None)
+        result = _run_stage(ctx)
+        statuses[step.name] = result.status
+        if result.status == "failed":
+            sink.emit("run_finished", None, status="failed", message=result.message)
+            return RunResult("failed", result.message, run_dir, statuses, step.name)
+        if result.status == "stopped":
+            message = f"stopped during '{step.name}'; `graftline resume` continues from its " \
+                      "last Trainer checkpoint"
+            sink.emit("run_finished", None, status="stopped", message=message)
+            return RunResult("stopped", message, run_dir, statuses, step.name)
+        offset += result.steps
+    sink.emit("run_finished", None, status="finished", message=f"{len(steps)} stages done")
+    return RunResult("finished", "finished", run_dir, statuses)
+
+
+@dataclass(frozen=True)
+class _StageResult:
+    status: str
+    message: str = ""
+    steps: int = 0
+
+
+def _partial_manifest(ctx: StageContext) -> mf.Manifest | None:
+    kind = {"sft": "adapter", "dpo": "adapter", "grpo": "adapter", "merge": "merged",
+            "combine": "combined"}.get(ctx.kind)
+    if kind is None:
+        return None
+    found = mf.Manifest(kind=kind, name=ctx.name, stage=ctx.name, stage_kind=ctx.kind,
+                        run=ctx.run_id)
+    mf.write(ctx.stage_dir, found)
+    return found
+
+
+def _run_stage(ctx: StageContext) -> _StageResult:
+    began = time.perf_counter()
+    partial = _partial_manifest(ctx)
+    outcome: StageOutcome | None = None
+    try:
+        outcome = runner_for(ctx.kind)(ctx)
+    except checks.StageFailed as exc:
+        return _failed(ctx, partial, str(exc), exc.fix, began)
+    except Exception as exc:  # a library error: report it whole, with where it happened
+        traceback.print_exc()
+        return _failed(ctx, partial, f"stage '{ctx.name}' failed: {type(exc).__name__}: {exc}",
+                       "see engine.log for the traceback", began)
+    seconds = time.perf_counter() - began
+    if outcome.status == "stopped":
+        ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="stopped",
+                      seconds=seconds, metrics=outcome.metrics, evaluation={})
+        return _StageResult("stopped", steps=outcome.steps)
+    _write_outputs(ctx, outcome, partial, seconds)
+    ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="complete", seconds=seconds,
+                  metrics=outcome.metrics, evaluation=outcome.evaluation)
+    return _StageResult("complete", steps=outcome.steps)
+
+
+def _failed(ctx: StageContext, partial: mf.Manifest | None, message: str, fix: str,
+            began: float) -> _StageResult:
+    ctx.sink.emit("error", ctx.name, message=message, fix=fix)
+    if partial is not None and ctx.stage_dir.is_dir():
+        mf.write(ctx.stage_dir, partial.model_copy(update={"status": "failed"}))
+    ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="failed",
+                  seconds=time.perf_counter() - began, metrics={}, evaluation={})
+    return _StageResult("failed", message)
+
+
+def _write_outputs(ctx: StageContext, outcome: StageOutcome, partial: mf.Manifest | None,
+                   seconds: float) -> None:
+    directory = ctx.stage_dir
+    metrics = {**outcome.metrics, "seconds": seconds, "steps": float(outcome.steps)}
+    atomic.write_json(directory / mf.METRICS, {"summary": metrics, "history": outcome.history})
+    atomic.write_json(directory / mf.EVALUATION, outcome.evaluation)
+    results = outcome.checks.results if outcome.checks else []
+    if outcome.kind is None or outcome.kind == "export":
+        atomic.write_json(directory / DONE, {"stage": ctx.name, "kind": ctx.kind,
+                                             "status": "complete", "steps": outcome.steps,
+                                             "seconds": seconds, **outcome.extra})
+    if outcome.kind is None:
+        return
+    target = outcome.out_dir or directory
+    fields = dict(kind=outcome.kind, name=ctx.name, stage=ctx.name, stage_kind=ctx.kind,
+                  run=ctx.run_id, parents=outcome.parents, base=outcome.base, lora=outcome.lora,
+                  metrics={k: float(v) for k, v in metrics.items()},
+                  evaluation=outcome.evaluation, checks=results, **outcome.extra)
+    found = (partial.model_copy(update=fields) if partial is not None and target == directory
+             else mf.Manifest(**fields))
+    mf.write(target, found)
+    if target != directory:
+        atomic.write_json(target / mf.METRICS, {"summary": metrics, "history": outcome.history})
+        atomic.write_json(target / mf.EVALUATION, outcome.evaluation)
+    done = mf.complete(target, found)
+    ctx.sink.emit("checkpoint_saved", ctx.name, path=str(target), kind=outcome.kind, id=done.id,
+                  bytes=done.bytes)

@@ -1,0 +1,161 @@
+"""What a stage is given and what it gives back, and loading the model a checkpoint stands for."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from graftline.engine import manifest as mf
+from graftline.engine import spec
+from graftline.engine.backends.base import Backend
+from graftline.engine.checks import CheckLog
+from graftline.engine.run_control import RunControl
+from graftline.engine.sink import Sink
+
+STAGES = "stages"
+DONE = "stage.json"  # the completion marker of stages that write no checkpoint (eval, generate)
+
+
+@dataclass(frozen=True)
+class StageHooks:
+    """Seams for tests that plant faults; a real run leaves them empty."""
+
+    prepare_model: Callable[[Any, StageContext], tuple[Any, Any]] | None = None
+    before_train: Callable[[Any], None] | None = None
+    load_model: Callable[[str | Path], tuple[Any, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class StageContext:
+    stage: spec.StageBase
+    step: Any  # plan.StepPlan
+    index: int
+    run_dir: Path
+    run_id: str
+    base_path: str  # the pipeline's base model, resolved
+    backend: Backend
+    sink: Sink
+    control: RunControl
+    quantization: str = "none"
+    seed: int = 0
+    probes: tuple[str, ...] = ()
+    global_step_offset: int = 0
+    resume_from: Path | None = None
+    search_dir: Path = Path(".")
+    hooks: StageHooks = StageHooks()
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+    @property
+    def kind(self) -> str:
+        return self.stage.kind  # type: ignore[attr-defined]
+
+    @property
+    def stage_dir(self) -> Path:
+        return stage_dir(self.run_dir, self.name)
+
+    def dir_of(self, stage_name: str | None) -> Path | None:
+        return None if stage_name is None else stage_dir(self.run_dir, stage_name)
+
+    def model_path(self) -> str:
+        """The full model a training stage's adapter sits on: the base, or a merge's output."""
+        model_stage = self.step.model_stage
+        return self.base_path if model_stage is None else str(stage_dir(self.run_dir, model_stage))
+
+    def resolve(self, relative: str) -> Path:
+        path = Path(relative).expanduser()
+        return path if path.is_absolute() else (self.search_dir / path).resolve()
+
+    def data_path(self, ref: str) -> Path:
+        from graftline.engine.datasets_io import resolve_data
+
+        return resolve_data(ref, self.search_dir, self.run_dir)
+
+
+@dataclass
+class StageOutcome:
+    status: str = "complete"  # complete | stopped
+    kind: mf.Kind | None = None  # checkpoint kind written to the stage dir; None: no checkpoint
+    parents: list[mf.Parent] = field(default_factory=list)
+    base: str | None = None
+    lora: mf.LoraSpec | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    evaluation: dict[str, float] = field(default_factory=dict)
+    checks: CheckLog | None = None
+    steps: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path | None = None  # where the checkpoint lives, when not the stage dir (export)
+
+
+def stage_dir(run_dir: Path, name: str) -> Path:
+    return Path(run_dir) / STAGES / name
+
+
+def parent_ref(ctx: StageContext, relation: mf.Relation, stage_name: str | None) -> mf.Parent:
+    if stage_name is None:
+        return mf.Parent(relation=relation, path=ctx.base_path)
+    directory = stage_dir(ctx.run_dir, stage_name)
+    found = mf.read(directory)
+    return mf.Parent(relation=relation, path=str(directory), id=found.id if found else None)
+
+
+def lora_spec_from_config(config: Any) -> mf.LoraSpec:
+    targets = config.target_modules
+    targets = sorted(targets) if isinstance(targets, set | list | tuple) else str(targets)
+    return mf.LoraSpec(r=int(config.r), alpha=int(config.lora_alpha),
+                       dropout=float(config.lora_dropout), target_modules=targets,
+                       use_rslora=bool(config.use_rslora), use_dora=bool(config.use_dora))
+
+
+def load_full(ctx: StageContext, path: str | Path, *, for_merge: bool = False) -> tuple[Any, Any]:
+    """A full model. Merges and exports always load full precision with plain transformers:
+    merging into a (de)quantized copy is lossy (FINDINGS.md)."""
+    if ctx.hooks.load_model is not None:
+        return ctx.hooks.load_model(path)
+    if for_merge:
+        from graftline.engine.backends.hf import HFBackend
+
+        return HFBackend().load_model(path, dtype=torch.float32)
+    return ctx.backend.load_model(path, quantization=ctx.quantization)
+
+
+def load_checkpoint_model(ctx: StageContext, stage_name: str | None, *, for_merge: bool = False
+                          ) -> tuple[Any, Any, mf.Manifest | None]:
+    """The model a stage's checkpoint stands for: base, merged model, or base + adapter."""
+    if stage_name is None:
+        model, tokenizer = load_full(ctx, ctx.base_path, for_merge=for_merge)
+        return model, tokenizer, None
+    directory = stage_dir(ctx.run_dir, stage_name)
+    found = mf.read(directory)
+    if found is None or found.status != "complete":
+        raise FileNotFoundError(f"stage '{stage_name}' has no complete checkpoint in {directory}")
+    if found.kind in ("adapter", "combined"):
+        from peft import PeftModel
+
+        model, tokenizer = load_full(ctx, found.base or ctx.base_path, for_merge=for_merge)
+        model = PeftModel.from_pretrained(model, str(directory), adapter_name="default")
+        return model, tokenizer, found
+    model, tokenizer = load_full(ctx, directory, for_merge=for_merge)
+    return model, tokenizer, found
+
+
+def probe_prompts(ctx: StageContext, rows: Any = None, count: int = 4) -> list[str]:
+    """The pipeline's probes, or the first prompts of the stage's own data."""
+    if ctx.probes:
+        return list(ctx.probes)
+    found: list[str] = []
+    if rows is not None and "prompt" in rows.column_names:
+        for prompt in rows.select(range(min(count, len(rows))))["prompt"]:
+            if isinstance(prompt, list):
+                users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
+                found.append(users[-1] if users else "")
+            else:
+                found.append(str(prompt))
+    return [p for p in found if p] or ["Hello", "1+1"]

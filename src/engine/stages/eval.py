@@ -1,0 +1,90 @@
+"""Eval: held-out loss on the completions and exact-match accuracy, into evaluation.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from graftline.engine.datasets_io import load_rows
+from graftline.engine.rewards import completion_text
+from graftline.engine.stages.common import StageContext, StageOutcome, load_checkpoint_model
+from graftline.engine.stages.generate import complete, prompt_text
+
+BATCH = 64
+
+
+def _pair(tokenizer: Any, row: dict[str, Any]) -> tuple[str, str]:
+    """(prompt text, full text) of a row in any of the accepted formats."""
+    if "messages" in row:
+        messages = row["messages"]
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False,
+                                               add_generation_prompt=True)
+        return prompt, tokenizer.apply_chat_template(messages, tokenize=False)
+    if "text" in row:
+        return "", row["text"]
+    prompt, completion = row["prompt"], row["completion"]
+    if isinstance(prompt, list):
+        return (prompt_text(tokenizer, prompt),
+                tokenizer.apply_chat_template(prompt + completion, tokenize=False))
+    return str(prompt), str(prompt) + str(completion)
+
+
+@torch.no_grad()
+def completion_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> float:
+    """Mean token cross-entropy over the completion tokens only (the whole text for `text`)."""
+    model.eval()
+    total, count = 0.0, 0
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    for i in range(0, len(rows), BATCH):
+        ids_list, labels_list = [], []
+        for row in rows[i:i + BATCH]:
+            prompt, full = _pair(tokenizer, row)
+            p_ids = tokenizer(prompt, add_special_tokens=not chat)["input_ids"] if prompt else []
+            f_ids = tokenizer(full, add_special_tokens=not chat)["input_ids"]
+            labels = [-100] * len(p_ids) + f_ids[len(p_ids):]
+            ids_list.append(f_ids)
+            labels_list.append(labels)
+        width = max(len(x) for x in ids_list)
+        pad = tokenizer.pad_token_id
+        ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids_list])
+        labels = torch.tensor([x + [-100] * (width - len(x)) for x in labels_list])
+        mask = (torch.arange(width)[None, :] < torch.tensor([len(x) for x in ids_list])[:, None])
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        shift = logits[:, :-1].float().cpu()
+        target = labels[:, 1:]
+        loss = torch.nn.functional.cross_entropy(shift.reshape(-1, shift.shape[-1]),
+                                                 target.reshape(-1), ignore_index=-100,
+                                                 reduction="sum")
+        total += float(loss)
+        count += int((target != -100).sum())
+    return total / max(1, count)
+
+
+def expected_answer(row: dict[str, Any]) -> str | None:
+    if "answer" in row:
+        return str(row["answer"]).strip()
+    if "completion" in row:
+        return completion_text(row["completion"]).strip()
+    return None
+
+
+def run(ctx: StageContext) -> StageOutcome:
+    stage = ctx.stage
+    model, tokenizer, _ = load_checkpoint_model(ctx, ctx.step.parent)
+    rows = load_rows(ctx.data_path(stage.data)).to_list()  # type: ignore[attr-defined]
+    if stage.limit:  # type: ignore[attr-defined]
+        rows = rows[:stage.limit]  # type: ignore[attr-defined]
+    evaluation: dict[str, float] = {"rows": float(len(rows))}
+    if "loss" in stage.metrics:  # type: ignore[attr-defined]
+        evaluation["loss"] = completion_loss(model, tokenizer, rows)
+    answers = [expected_answer(r) for r in rows]
+    if "exact_match" in stage.metrics and "prompt" in rows[0] and all(  # type: ignore[attr-defined]
+            a is not None for a in answers):
+        longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+        got = complete(model, tokenizer, [r["prompt"] for r in rows],
+                       max_new_tokens=longest + 2)
+        evaluation["exact_match"] = sum(g == a for g, a in zip(got, answers, strict=True)) \
+            / max(1, len(rows))
+    outcome = StageOutcome(kind=None, evaluation=evaluation)
+    return outcome

@@ -1,0 +1,147 @@
+"""The part every training stage (sft, dpo, grpo) shares: start model and adapter, checks around
+the trainer, the save that leaves exactly one `default` adapter on disk.
+
+Adapter flow (FINDINGS.md): `new` → a plain model plus a LoraConfig that TRL applies; `continue`
+→ the parent adapter loaded with is_trainable=True as `default` and NO peft_config (a PeftModel
+plus a peft_config is a ValueError, or a silent second adapter). After DPO/GRPO TRL's frozen
+`ref` copy is deleted before saving.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from graftline.engine import checks
+from graftline.engine import manifest as mf
+from graftline.engine.datasets_io import load_rows
+from graftline.engine.stages import trl_compat
+from graftline.engine.stages.callbacks import StageCallback, summarize
+from graftline.engine.stages.common import (
+    StageContext,
+    StageOutcome,
+    lora_spec_from_config,
+    parent_ref,
+    probe_prompts,
+)
+
+BuildTrainer = Callable[[Any, Any, Any, Any, Any, StageCallback], Any]
+PROBE_TOKENS = 12
+
+
+def start_model(ctx: StageContext) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, peft_config for TRL or None)."""
+    if ctx.hooks.prepare_model is not None:
+        return ctx.hooks.prepare_model(ctx)  # type: ignore[return-value]
+    model, tokenizer = ctx.backend.load_model(ctx.model_path(), quantization=ctx.quantization,
+                                              max_length=ctx.step.train.max_length)
+    if ctx.step.action == "continue":
+        parent_dir = ctx.dir_of(ctx.step.parent)
+        model = ctx.backend.load_adapter(model, parent_dir, trainable=True)
+        return model, tokenizer, None
+    model, peft_config = ctx.backend.new_adapter(model, ctx.step.lora, seed=ctx.seed)
+    return model, tokenizer, peft_config
+
+
+def _previous_sft_loss(ctx: StageContext) -> tuple[str, float | None] | None:
+    """The last loss of the SFT stage this SFT stage picks up from (continued, or merged)."""
+    if ctx.kind != "sft" or ctx.step.parent is None:
+        return None
+    parent = ctx.step.parent
+    found = mf.read(ctx.dir_of(parent))
+    if found is not None and found.kind == "merged" and found.parents:
+        parent = found.parents[0].path.rsplit("/", 1)[-1]
+        found = mf.read(ctx.dir_of(parent))
+    if found is None or found.stage_kind != "sft":
+        return None
+    return parent, found.metrics.get("loss_last")
+
+
+def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
+    stage, step = ctx.stage, ctx.step
+    log = checks.CheckLog(ctx.name, ctx.sink)
+    spent = 0.0
+    rows = load_rows(ctx.data_path(stage.data))  # type: ignore[attr-defined]
+    eval_rows = load_rows(ctx.data_path(stage.eval_data)) if getattr(stage, "eval_data", None) \
+        else None
+    trl_compat.install()
+    model, tokenizer, peft_config = start_model(ctx)
+    previous = _previous_sft_loss(ctx)
+
+    def first_log(logs: dict[str, Any]) -> None:
+        nonlocal spent
+        began = time.perf_counter()
+        if ctx.kind in ("dpo", "grpo") and ctx.resume_from is None:
+            log.record(checks.reference_start(ctx.kind, logs, step.reference))
+        if previous is not None and ctx.resume_from is None:
+            log.record(checks.loss_continuity(previous[0], previous[1], logs.get("loss")))
+        spent += time.perf_counter() - began
+
+    callback = StageCallback(ctx.name, ctx.sink, ctx.control, ctx.global_step_offset,
+                             on_first_log=first_log)
+    trainer = build(model, tokenizer, peft_config, rows, eval_rows, callback)
+    # progress goes through the sink; the Trainer's own printer would flood engine.log
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+
+    began = time.perf_counter()
+    allowed = (checks.REFERENCE_ADAPTER,) if ctx.kind in ("dpo", "grpo") else ()
+    before = checks.fingerprint(policy)
+    log.record(checks.adapters(policy, allowed_frozen=allowed))
+    log.record(checks.trainable_fraction(policy))
+    if step.action == "continue":
+        parent = mf.read(ctx.dir_of(step.parent))
+        if parent is not None and parent.lora is not None:
+            log.record(checks.lora_config_kept(parent.lora, policy))
+    probes = probe_prompts(ctx, rows)
+    said_before = checks.generate(policy, tokenizer, probes, PROBE_TOKENS)
+    spent += time.perf_counter() - began
+
+    if ctx.hooks.before_train is not None:
+        ctx.hooks.before_train(trainer)
+    resume = str(ctx.resume_from) if ctx.resume_from is not None else None
+    trainer.train(resume_from_checkpoint=resume)
+
+    outcome = StageOutcome(kind="adapter", checks=log, history=callback.history)
+    outcome.metrics = summarize(callback.history, callback.summary)
+    outcome.steps = int(trainer.state.global_step)
+    if callback.stopped:
+        outcome.status = "stopped"
+        return outcome
+
+    began = time.perf_counter()
+    log.record(checks.base_unchanged(before, checks.fingerprint(policy)))
+    log.record(checks.adapters(policy, allowed_frozen=allowed))
+    if checks.REFERENCE_ADAPTER in getattr(policy, "peft_config", {}):
+        policy.delete_adapter(checks.REFERENCE_ADAPTER)
+    spent += time.perf_counter() - began
+
+    out = ctx.stage_dir
+    policy.save_pretrained(str(out), selected_adapters=[checks.ADAPTER])
+    tokenizer.save_pretrained(str(out))
+    ctx.sink.emit("info", ctx.name, message=f"adapter saved to {out}")
+
+    began = time.perf_counter()
+    log.record(checks.no_stray_ref(out))
+    log.record(checks.adapter_base(out, ctx.model_path()))
+    said_after = checks.generate(policy, tokenizer, probes, PROBE_TOKENS)
+    log.record(checks.generation_sanity(said_before, said_after, probes, PROBE_TOKENS))
+    spent += time.perf_counter() - began
+
+    if eval_rows is not None:
+        outcome.evaluation = {k: float(v) for k, v in trainer.evaluate().items()
+                              if isinstance(v, int | float)}
+    outcome.lora = lora_spec_from_config(policy.peft_config[checks.ADAPTER])
+    outcome.base = ctx.model_path()
+    relation = "continued_from" if step.action == "continue" else "trained_on"
+    source = step.parent if step.action == "continue" else step.model_stage
+    outcome.parents = [parent_ref(ctx, relation, source)]
+    if step.action == "continue" and step.model_stage is not None:
+        outcome.parents.append(parent_ref(ctx, "trained_on", step.model_stage))
+    outcome.metrics["checks_seconds"] = spent
+    outcome.extra = {"action": step.action, "reference": step.reference}
+    return outcome
