@@ -1,0 +1,84 @@
+"""Loading stage data from every supported format, and the column checks the validator uses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+
+from graftline.engine.datasets_io import (
+    DatasetError,
+    columns_of,
+    load_rows,
+    missing_columns,
+    resolve_data,
+)
+from graftline.engine.toy import tasks
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_jsonl_parquet_csv_and_saved_directory_load_the_same_rows(tmp_path: Path) -> None:
+    rows = list(tasks.grpo_rows(5, seed=1))
+    flat = [{"prompt": r["prompt"][0]["content"], "answer": r["answer"]} for r in rows]
+    jsonl = _jsonl(tmp_path / "d.jsonl", rows)
+    datasets.Dataset.from_list(flat).to_parquet(str(tmp_path / "d.parquet"))
+    datasets.Dataset.from_list(flat).to_csv(str(tmp_path / "d.csv"), index=False)
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(
+        str(tmp_path / "dd"))
+
+    assert columns_of(jsonl) == ["prompt", "answer"]
+    for name in ("d.parquet", "d.csv", "saved", "dd"):
+        assert sorted(columns_of(tmp_path / name)) == ["answer", "prompt"], name
+    assert load_rows(jsonl)["prompt"][0] == rows[0]["prompt"]  # chat messages stay nested
+    assert load_rows(tmp_path / "d.parquet")["answer"] == [r["answer"] for r in flat]
+    assert [str(a) for a in load_rows(tmp_path / "d.csv")["answer"]] == [r["answer"] for r in flat]
+    assert len(load_rows(tmp_path / "saved")) == 5
+    assert len(load_rows(tmp_path / "dd")) == 5
+
+
+@pytest.mark.parametrize(("kind", "columns", "ok"), [
+    ("sft", ["prompt", "completion"], True),
+    ("sft", ["messages"], True),
+    ("sft", ["text"], True),
+    ("sft", ["prompt"], False),
+    ("dpo", ["prompt", "chosen", "rejected"], True),
+    ("dpo", ["prompt", "chosen"], False),
+    ("grpo", ["prompt", "answer"], True),
+    ("grpo", ["question"], False),
+    ("eval", ["messages"], True),
+])
+def test_missing_columns(kind: str, columns: list[str], ok: bool) -> None:
+    problem = missing_columns(kind, columns)
+    assert (problem is None) == ok
+    if not ok:
+        assert kind in problem and ", ".join(columns) in problem
+
+
+def test_bad_inputs_name_the_file_and_a_fix(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError) as missing:
+        columns_of(tmp_path / "nope.jsonl")
+    assert "nope.jsonl" in missing.value.message and missing.value.fix
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DatasetError, match="empty"):
+        columns_of(tmp_path / "empty.jsonl")
+    (tmp_path / "list.jsonl").write_text("[1, 2]\n")
+    with pytest.raises(DatasetError, match="not a JSON object"):
+        columns_of(tmp_path / "list.jsonl")
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(DatasetError, match="unknown data format"):
+        columns_of(tmp_path / "x.txt")
+
+
+def test_at_stage_resolves_to_the_generate_stage_output(tmp_path: Path) -> None:
+    expected = tmp_path / "run/stages/gen/data.jsonl"
+    assert resolve_data("@gen", tmp_path, tmp_path / "run") == expected
+    assert resolve_data("d.jsonl", tmp_path) == (tmp_path / "d.jsonl").resolve()
+    with pytest.raises(DatasetError):
+        resolve_data("@gen", tmp_path, None)

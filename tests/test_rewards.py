@@ -1,0 +1,39 @@
+"""Reward functions by name and by `module:function`, with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from graftline.engine.rewards import RewardError, exact_match, named, resolve_reward
+
+
+def test_exact_match_on_both_completion_formats() -> None:
+    conv = [[{"role": "assistant", "content": "46"}], [{"role": "assistant", "content": "47"}]]
+    assert exact_match(["a", "b"], conv, answer=["46", "46"]) == [1.0, 0.0]
+    assert exact_match(["a"], [" 46 "], answer=["46"]) == [1.0]
+    assert resolve_reward("exact_match") is exact_match
+
+
+def test_module_function_import_from_the_pipeline_directory(tmp_path: Path) -> None:
+    (tmp_path / "my_rewards_mod.py").write_text(
+        "def short(prompts, completions, **kwargs):\n"
+        "    return [1.0 / (1 + len(str(c))) for c in completions]\n"
+        "def bad(completions):\n    return []\n")
+    fn = resolve_reward("my_rewards_mod:short", search_path=tmp_path)
+    assert fn(["p"], ["abc"]) == [0.25]
+    assert named(fn, "my_rewards_mod:short").__name__ == "my_rewards_mod.short"
+    with pytest.raises(RewardError) as wrong:
+        resolve_reward("my_rewards_mod:bad", search_path=tmp_path)
+    assert "prompts, completions" in wrong.value.message and "**kwargs" in wrong.value.fix
+    with pytest.raises(RewardError, match="no function"):
+        resolve_reward("my_rewards_mod:nothing", search_path=tmp_path)
+
+
+def test_unknown_and_unimportable_rewards() -> None:
+    with pytest.raises(RewardError) as unknown:
+        resolve_reward("exact_mach")
+    assert "exact_match" in unknown.value.fix
+    with pytest.raises(RewardError, match="cannot import"):
+        resolve_reward("no_such_module_xyz:f")
