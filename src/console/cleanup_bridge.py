@@ -1,0 +1,76 @@
+"""The console's words for the engine's cleanup planner: plan from marks, describe, execute.
+
+Only presentation lives here; what is deleted and what is protected is decided by
+`graftline.engine.cleanup` alone (the same planner `graftline cleanup` uses).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+
+from graftline.console.run_view import human_bytes
+
+
+def plan(lineage: Any, keep_keys: list[str]) -> Any:
+    """Keep exactly the marked checkpoints (and, by the planner's rule, all they need)."""
+    from graftline.engine import cleanup
+
+    rules = [cleanup.KeepRule("ref", key, value=key) for key in keep_keys]
+    return cleanup.plan_cleanup(lineage, rules)
+
+
+def verdict(plan: Any, key: str) -> str:
+    if key in plan.delete:
+        return "delete"
+    if key in plan.protected:
+        return "protect"
+    if key in plan.keep:
+        return "keep"
+    if key in plan.refused:
+        return "refused"
+    return ""
+
+
+def deletions(plan: Any) -> list[str]:
+    return list(plan.delete)
+
+
+def _name(lineage: Any, key: str) -> str:
+    node = lineage.get(key)
+    return node.name if node is not None else Path(key).name
+
+
+def summary(plan: Any, lineage: Any) -> str:
+    return (f"delete {len(plan.delete)} checkpoint(s), reclaim {human_bytes(plan.bytes_reclaimed)}"
+            f"; keep {len(plan.keep)}, protect {len(plan.protected)}"
+            + (f", refuse {len(plan.refused)}" if plan.refused else ""))
+
+
+def describe_plan(plan: Any, lineage: Any, root: Path) -> Text:
+    text = Text("cleanup plan\n", style="bold")
+    text.append(summary(plan, lineage) + "\n")
+    for key in plan.delete:
+        text.append("  delete  ", style="bold red")
+        text.append(f"{_name(lineage, key)} ({human_bytes(lineage.node(key).bytes)})\n")
+    for key, why in plan.protected.items():
+        text.append("  protect ", style="bold green")
+        text.append(f"{_name(lineage, key)}: {'; '.join(why)}\n")
+    for key, why in plan.refused.items():
+        text.append("  refuse  ", style="yellow")
+        text.append(f"{_name(lineage, key)}: {why}\n")
+    for warning in plan.warnings:
+        text.append(f"  warning: {warning}\n", style="yellow")
+    return text
+
+
+def execute(plan: Any, lineage: Any) -> str:
+    """Run the engine's executor (it re-checks every directory just before it goes)."""
+    from graftline.engine import cleanup
+
+    result = cleanup.execute(plan, lineage)
+    skipped = f"; skipped {len(result.skipped)}: {result.skipped[0][1]}" if result.skipped else ""
+    return (f"cleanup {result.cleanup}: removed {len(result.removed)} checkpoint(s), "
+            f"freed {human_bytes(result.bytes_freed)}{skipped}")

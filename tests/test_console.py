@@ -1,0 +1,279 @@
+"""The console under Textual's Pilot, on a run recorded by the real engine (tests/fixtures)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from console_support import install_recorded_run, recorded_meta, screen_text, wait_for
+from textual.widgets import Input, Tree
+
+from graftline.console.app import GraftlineApp
+from graftline.console.screens.confirm import ConfirmModal
+from graftline.console.screens.dashboard import DashboardScreen
+from graftline.console.screens.export import ExportModal
+from graftline.console.screens.help import HelpScreen
+from graftline.console.screens.launch import LaunchScreen
+from graftline.console.screens.lineage import LineageScreen
+from graftline.console.screens.runs import RunsScreen
+from graftline.console.widgets.chart import MetricChart
+from graftline.console.widgets.checks_panel import ChecksPanel
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+from synthetic_run import write_synthetic_run
+
+pytestmark = pytest.mark.asyncio
+WIDE = (120, 40)
+
+
+@pytest.fixture()
+def recorded(tmp_path: Path, toy_base: Path) -> Path:
+    return install_recorded_run(tmp_path / "runs", toy_base)
+
+
+def make_app(run_dir: Path | None, runs_dir: Path, **kw) -> GraftlineApp:  # type: ignore[no-untyped-def]
+    return GraftlineApp(run_dir, runs_dir, ascii_only=kw.pop("ascii_only", False), **kw)
+
+
+async def loaded_dashboard(pilot) -> DashboardScreen:  # type: ignore[no-untyped-def]
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, DashboardScreen)
+                   and pilot.app.screen.loaded, what="the dashboard to load")
+    return pilot.app.screen
+
+
+async def test_dashboard_shows_the_recorded_run(recorded: Path) -> None:
+    app = make_app(recorded, recorded.parent)
+    async with app.run_test(size=WIDE) as pilot:
+        screen = await loaded_dashboard(pilot)
+        text = screen_text(app)
+        assert recorded_meta()["run_id"] in text and "FINISHED" in text
+        for stage in ("sft", "merged", "sft_r8", "ipo"):
+            assert stage in text
+        assert "complete" in text and "new r8" in text
+        assert "loss" in text and "no GPU" in text and "run finished" in text
+        model = screen.follower.model
+        assert [s.status for s in model.stages] == ["complete"] * 4
+        assert len(model.series["loss"]) >= 10
+
+
+async def test_navigate_stages_updates_the_checks_panel(recorded: Path) -> None:
+    app = make_app(recorded, recorded.parent)
+    async with app.run_test(size=WIDE) as pilot:
+        screen = await loaded_dashboard(pilot)
+        assert screen.selected_stage == "sft"
+        await pilot.press("down", "down")
+        assert screen.selected_stage == "sft_r8"
+        checks = app.screen.query_one(ChecksPanel)
+        assert "sft_r8" in str(checks.border_title)
+        await pilot.press("up")
+        assert screen.selected_stage == "merged"
+
+
+async def test_switch_chart_metric(recorded: Path) -> None:
+    app = make_app(recorded, recorded.parent)
+    async with app.run_test(size=WIDE) as pilot:
+        await loaded_dashboard(pilot)
+        chart = app.screen.query_one(MetricChart)
+        first = chart.shown_metric
+        assert first in chart.metrics and len(chart.metrics) >= 3
+        await pilot.press("m")
+        second = chart.shown_metric
+        assert second != first and second in screen_text(app)
+        for _ in range(len(chart.metrics) - 1):
+            await pilot.press("m")
+        assert chart.shown_metric == first
+
+
+async def test_ascii_fallback_draws_no_braille(recorded: Path) -> None:
+    app = make_app(recorded, recorded.parent, ascii_only=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await loaded_dashboard(pilot)
+        chart_text = app.screen.query_one(MetricChart).render().plain
+        assert "*" in chart_text
+        assert not any(0x2800 <= ord(c) <= 0x28FF for c in chart_text)
+
+
+async def test_help_theme_cycle_and_detach(recorded: Path) -> None:
+    app = make_app(recorded, recorded.parent)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await loaded_dashboard(pilot)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        assert "Detach" in screen_text(app) and "keeps running" in screen_text(app)
+        await pilot.press("escape")
+        assert isinstance(app.screen, DashboardScreen)
+        assert app.theme == "graftline-dark"
+        await pilot.press("t")
+        assert app.theme == "graftline-light"
+        await pilot.press("t", "t")
+        assert app.theme == "graftline-dark"
+        await pilot.press("q")
+    assert app.return_value is not None and "not running" in app.return_value
+
+
+async def test_stop_needs_a_confirmation(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "runs" / "live", stop_in="ipo", finish=False)
+    app = make_app(run, run.parent)
+    async with app.run_test(size=WIDE) as pilot:
+        await loaded_dashboard(pilot)
+        await pilot.press("s")
+        assert isinstance(app.screen, ConfirmModal)
+        await pilot.press("n")
+        assert isinstance(app.screen, DashboardScreen)
+        assert any("Not stopped" in n.message for n in app._notifications)
+        await pilot.press("s")
+        await pilot.press("y")
+        # No engine behind this run: the command is really sent and really fails, loudly.
+        await wait_for(pilot, lambda: any("stop failed" in n.message
+                                          for n in app._notifications), what="stop reply")
+
+
+async def test_user_theme_file_and_bad_theme(tmp_path: Path, monkeypatch, recorded: Path) -> None:  # type: ignore[no-untyped-def]
+    themes = tmp_path / "themes"
+    themes.mkdir()
+    (themes / "ocean.toml").write_text('primary = "#0087af"\nbackground = "#001f2f"\n')
+    (themes / "broken.toml").write_text('primary = "#0087af"\ncolour = "red"\n')
+    monkeypatch.setenv("GRAFTLINE_THEMES", str(themes))
+    app = make_app(recorded, recorded.parent, theme="ocean")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await loaded_dashboard(pilot)
+        assert app.theme == "ocean" and "ocean" in app.cycle
+        assert any("broken.toml" in p and "colour" in p for p in app.theme_problems)
+    app = make_app(recorded, recorded.parent, theme="nope")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await loaded_dashboard(pilot)
+        assert app.theme == "graftline-dark"
+        assert any("'nope' not found" in p for p in app.theme_problems)
+
+
+async def wait_lineage(pilot) -> LineageScreen:  # type: ignore[no-untyped-def]
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, LineageScreen)
+                   and pilot.app.screen.scans > 0, what="the lineage scan")
+    return pilot.app.screen
+
+
+def select_node(screen: LineageScreen, name: str) -> None:
+    tree = screen.query_one(Tree)
+    stack = list(tree.root.children)
+    while stack:
+        node = stack.pop()
+        if screen.lineage.node(node.data).name == name:
+            tree.move_cursor(node)
+            return
+        stack.extend(node.children)
+    raise AssertionError(f"{name} not in the tree")
+
+
+async def test_lineage_plan_cleanup_cancel_then_confirm(recorded: Path) -> None:
+    app = make_app(recorded, recorded.parent)
+    async with app.run_test(size=WIDE) as pilot:
+        await loaded_dashboard(pilot)
+        await pilot.press("l")
+        screen = await wait_lineage(pilot)
+        names = {n.name: n for n in screen.lineage.nodes}
+        assert {"sft", "merged", "sft_r8", "ipo"} <= set(names)
+        select_node(screen, "merged")
+        await pilot.pause()
+        detail = screen_text(app)
+        assert "needed by" in detail and "ipo" in detail
+        await pilot.press("c")
+        select_node(screen, "ipo")
+        await pilot.pause()
+        await pilot.press("space", "x")
+        plan = screen.plan
+        assert plan is not None
+        merged = names["merged"].key
+        assert merged in plan.protected  # the kept adapter's base is never deleted
+        doomed = [screen.lineage.node(k).name for k in plan.delete]
+        assert "sft_r8" in doomed and "merged" not in doomed
+        assert "reclaim" in screen_text(app)
+        sft_r8 = Path(names["sft_r8"].path)
+        await pilot.press("D")
+        assert isinstance(app.screen, ConfirmModal)
+        await pilot.press("n")
+        assert sft_r8.exists()  # cancelled: nothing deleted
+        await pilot.press("D")
+        await pilot.press("y")
+        await wait_for(pilot, lambda: screen.deleted == 1 and screen.scans >= 2,
+                       what="the cleanup and rescan")
+        assert not sft_r8.exists()
+        assert Path(names["merged"].path).exists() and Path(names["ipo"].path).exists()
+        await pilot.press("escape", "escape")
+        assert isinstance(app.screen, DashboardScreen)
+
+
+async def test_export_a_tiny_model_from_lineage(recorded: Path, tmp_path: Path) -> None:
+    app = make_app(recorded, recorded.parent)
+    async with app.run_test(size=WIDE) as pilot:
+        await loaded_dashboard(pilot)
+        await pilot.press("l")
+        screen = await wait_lineage(pilot)
+        select_node(screen, "ipo")
+        await pilot.pause()
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, ExportModal)
+                       and app.screen.planned > 0, what="the export plan")
+        modal = app.screen
+        assert modal.plan is not None, screen_text(app)
+        text = screen_text(app)
+        assert "merged" in text and "ipo" in text  # the chain that will be applied
+        out = tmp_path / "exported"
+        modal.query_one("#out", Input).value = str(out)
+        await wait_for(pilot, lambda: modal.plan is not None and modal.plan.out == out,
+                       what="the re-plan")
+        await pilot.press("ctrl+e")
+        await wait_for(pilot, lambda: modal.finished > 0, timeout=240, what="the export")
+        assert modal.result is not None and modal.result.ok, screen_text(app)
+        assert "verified" in screen_text(app)
+        assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
+        await pilot.press("escape")
+        assert isinstance(app.screen, LineageScreen)
+
+
+async def test_export_key_on_dashboard_opens_the_modal(recorded: Path) -> None:
+    app = make_app(recorded, recorded.parent)
+    async with app.run_test(size=WIDE) as pilot:
+        screen = await loaded_dashboard(pilot)
+        await pilot.press("down", "down", "down")
+        assert screen.selected_stage == "ipo"
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, ExportModal)
+                       and app.screen.planned > 0, what="the export plan")
+        assert app.screen.checkpoint.name == "ipo"
+        await pilot.press("escape")
+        assert isinstance(app.screen, DashboardScreen)
+
+
+async def test_runs_screen_lists_and_attaches(recorded: Path) -> None:
+    app = make_app(None, recorded.parent)
+    async with app.run_test(size=WIDE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen)
+                       and app.screen.listed > 0, what="the runs list")
+        assert recorded.name in screen_text(app) and "finished" in screen_text(app)
+        await pilot.press("enter")
+        screen = await loaded_dashboard(pilot)
+        assert screen.run_dir == recorded
+
+
+async def test_launch_screen_validates_plans_and_refuses_errors(tmp_path: Path) -> None:
+    folder = tmp_path / "work"
+    (folder / "examples").mkdir(parents=True)
+    good = (Path(__file__).parent / "fixtures" / "recorded.toml").read_text()
+    good = good.replace("../../examples/data", str(Path(__file__).parents[1] / "examples/data"))
+    (folder / "examples" / "good.toml").write_text(good)
+    (folder / "bad.toml").write_text(good.replace('kind = "dpo"', 'kind = "dpoo"'))
+    app = make_app(None, tmp_path / "empty-runs", launch_dir=folder)
+    async with app.run_test(size=WIDE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, LaunchScreen)
+                       and app.screen.checks > 0, what="the first check")
+        screen = app.screen
+        assert [p.name for p in screen.files] == ["bad.toml", "good.toml"]
+        assert screen.report.file.name == "bad.toml" and not screen.report.ok
+        assert "error" in screen_text(app) and "dpoo" in screen_text(app)
+        await pilot.press("L")
+        assert any("has errors" in n.message for n in app._notifications)
+        await pilot.press("down")
+        await wait_for(pilot, lambda: screen.report.file.name == "good.toml", what="good")
+        assert screen.report.ok
+        assert "plan" in screen_text(app) and "sft_r8" in screen_text(app)

@@ -1,0 +1,103 @@
+"""End to end in a real terminal: `graftline demo` in tmux, read the screen, detach, and check the
+engine keeps training and finishes on its own."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TMUX = shutil.which("tmux")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install -y tmux)"),
+]
+
+# The CLI with `demo` registered; works before and after cli.py wires the command in.
+CLI = (
+    "import typer\n"
+    "from graftline.console import cli\n"
+    "from graftline.console.commands import demo\n"
+    "names = {c.name or c.callback.__name__ for c in cli.app.registered_commands}\n"
+    "None if 'demo' in names else demo.register(cli.app)\n"
+    "cli.main()\n"
+)
+
+
+def small_demo(tmp_path: Path) -> Path:
+    """examples/demo.toml with fewer steps, its runs and export under tmp_path."""
+    text = (REPO / "examples" / "demo.toml").read_text()
+    for old, new in (("max_steps = 300", "max_steps = 30"), ("max_steps = 100", "max_steps = 12"),
+                     ("max_steps = 60", "max_steps = 6"), ("max_steps = 120", "max_steps = 4"),
+                     ('runs_dir = "../runs"', f'runs_dir = "{tmp_path / "runs"}"'),
+                     ('out = "../runs/exports/demo"', f'out = "{tmp_path / "export"}"'),
+                     ('"data/', f'"{REPO / "examples" / "data"}/')):
+        text = text.replace(old, new)
+    path = tmp_path / "demo.toml"
+    path.write_text(text)
+    return path
+
+
+def tmux(*args: str) -> str:
+    return subprocess.run([TMUX, *args], capture_output=True, text=True, check=True).stdout
+
+
+def capture(session: str) -> str:
+    return tmux("capture-pane", "-p", "-t", session)
+
+
+def wait_screen(session: str, pattern: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    screen = ""
+    while time.monotonic() < deadline:
+        screen = capture(session)
+        if re.search(pattern, screen):
+            return screen
+        time.sleep(0.5)
+    raise AssertionError(f"{pattern!r} never appeared; the screen was:\n{screen}")
+
+
+def test_demo_in_tmux_detach_keeps_training(tmp_path: Path, toy_base: Path) -> None:
+    from graftline.engine import client
+
+    pipeline = small_demo(tmp_path)
+    script = tmp_path / "cli.py"
+    script.write_text(CLI)
+    session = f"graftline-test-{tmp_path.name}"[:60]
+    command = (f"{sys.executable} {script} demo --pipeline {pipeline} --theme low; "
+               "echo CONSOLE-EXITED; sleep 600")
+    tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40",
+         "-e", "TERM=screen-256color", "-e", "GRAFTLINE_ASCII=0", command)
+    try:
+        screen = wait_screen(session, r"loss\s+\d+\.\d{4}", timeout=240)
+        for stage in ("sft", "merged", "sft_r16", "ipo", "grpo", "export"):
+            assert stage in screen
+        assert "RUNNING" in screen
+        runs = list((tmp_path / "runs").iterdir())
+        assert len(runs) == 1
+        run_dir = runs[0]
+        tmux("send-keys", "-t", session, "q")
+        screen = wait_screen(session, "CONSOLE-EXITED", timeout=30)
+        assert "training keeps running" in screen
+        info = client.read_state(run_dir)
+        assert info.live, f"the engine stopped when the console quit: {info}"
+        deadline = time.monotonic() + 600
+        while client.read_state(run_dir).live and time.monotonic() < deadline:
+            time.sleep(2)
+        info = client.read_state(run_dir)
+        assert info.status == "finished", (run_dir / "engine.log").read_text()[-3000:]
+        assert (tmp_path / "export" / "config.json").is_file()
+    finally:
+        for run_dir in (tmp_path / "runs").glob("demo-*"):
+            if client.read_state(run_dir).live:  # a failed assertion must not leave it training
+                with contextlib.suppress(Exception):
+                    client.send_command(run_dir, "stop")
+        subprocess.run([TMUX, "kill-session", "-t", session], capture_output=True, check=False)

@@ -1,0 +1,116 @@
+"""The console's pure parts: folding events into the view model, and the chart rasteriser."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from graftline.console.plot import downsample, rasterise
+from graftline.console.run_view import RunModel, fold, format_metric, human_bytes, human_seconds
+from graftline.engine.events import read_events
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+from synthetic_run import write_synthetic_run
+
+
+def test_fold_whole_history_equals_fold_in_batches(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "r", steps_per_stage=20)
+    events, _ = read_events(run / "events.jsonl")
+    whole = fold(events)
+    batched = RunModel()
+    for start in range(0, len(events), 7):
+        batched.apply(events[start:start + 7])
+    assert [(s.name, s.status, s.step) for s in whole.stages] == \
+        [(s.name, s.status, s.step) for s in batched.stages]
+    assert list(whole.series["loss"].values) == list(batched.series["loss"].values)
+    # A re-read of the same events (a reader restarted at offset 0) changes nothing.
+    assert not batched.apply(events)
+
+
+def test_stages_curves_and_boundaries_on_the_global_axis(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "r", steps_per_stage=20)
+    model = fold(read_events(run / "events.jsonl")[0])
+    assert model.status == "finished"
+    assert [s.name for s in model.stages] == ["sft", "merged", "sft_r16", "ipo", "grpo"]
+    assert all(s.status == "complete" for s in model.stages)
+    assert model.boundaries == [(0, "sft"), (20, "sft_r16"), (40, "ipo"), (60, "grpo")]
+    loss = model.series["loss"]
+    assert list(loss.steps)[:3] == [1.0, 2.0, 3.0] and max(loss.steps) == 80.0
+    assert model.stages[3].key_metric[0] == "rewards/margins"
+    assert model.chart_metrics()[0] == "loss" and "reward" in model.chart_metrics()
+    assert model.stages[0].checks[0].status == "pass"
+    assert model.log[-1].text.startswith("run finished")
+    assert model.telemetry.gpus is None and model.telemetry.gpu_reason
+
+
+def test_live_run_progress_eta_and_default_metric(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "r", steps_per_stage=20, stop_in="ipo", finish=False)
+    model = fold(read_events(run / "events.jsonl")[0])
+    assert model.status == "running" and model.current == "ipo"
+    ipo = model.current_stage
+    assert ipo.status == "running" and ipo.step == 10 and ipo.progress == 0.5
+    assert model.default_metric() == "rewards/margins"
+    # ETA: the rest of ipo (10 steps at 4/s) + grpo (20 steps at 4/s).
+    assert abs(model.eta() - (10 / 4 + 20 / 4)) < 1e-6
+    assert model.stages[-1].status == "pending"
+
+
+def test_failed_check_and_warning_go_to_the_log() -> None:
+    from graftline.engine.events import Event
+
+    model = fold([
+        Event(1, 100.0, "run_started", None,
+              {"run": "r", "stages": [{"name": "a", "kind": "sft"}]}),
+        Event(2, 101.0, "stage_started", "a", {"kind": "sft", "max_steps": 4}),
+        Event(3, 102.0, "warning", "a", {"message": "loss jumped", "fix": "lower lr"}),
+        Event(4, 103.0, "check_result", "a", {"name": "collapse", "status": "fail",
+                                              "message": "all-EOS output"}),
+        Event(5, 104.0, "stage_finished", "a", {"kind": "sft", "status": "failed"}),
+        Event(6, 105.0, "run_finished", None, {"status": "failed", "message": "check failed"}),
+    ])
+    levels = [(line.level, line.text) for line in model.log]
+    assert ("warning", "loss jumped — fix: lower lr") in levels
+    assert ("error", "check collapse: all-EOS output") in levels
+    assert model.log[-1].time == 5.0  # seconds since the start, not a wall clock
+    assert model.status == "failed" and model.stages[0].status == "failed"
+
+
+def test_downsample_keeps_spikes_and_orders_resumed_steps() -> None:
+    steps = np.arange(1, 100_001, dtype=float)
+    values = np.ones_like(steps)
+    values[54_321] = 50.0  # one spike in 100k points
+    buckets = downsample(steps, values, 0, 100_000, 80)
+    assert buckets.columns.size == 80
+    assert buckets.high.max() == 50.0 and buckets.low.min() == 1.0
+    # a resumed run logs a step twice, out of order: still one sorted column per bucket
+    again = downsample(np.array([1, 2, 3, 2, 3, 4.0]), np.arange(6.0), 0, 4, 5)
+    assert list(again.columns) == sorted(set(again.columns.tolist()))
+
+
+def test_rasterise_braille_and_ascii_with_boundaries() -> None:
+    steps = np.arange(0, 200, dtype=float)
+    values = np.linspace(2.0, 0.5, 200)
+    lines, (low, high) = rasterise(steps, values, x0=0, x1=200, width=40, height=8,
+                                   current_from=100, boundaries=(100.0,))
+    text = ["".join(chunk for chunk, _ in line) for line in lines]
+    assert len(text) == 8 and all(len(row) == 40 for row in text)
+    assert any("│" in row for row in text)
+    assert all(0x2800 <= ord(c) <= 0x28FF or c in " │" for row in text for c in row)
+    roles = {role for line in lines for _, role in line}
+    assert {"past", "current"} <= roles
+    assert low == 0.5 and high == 2.0
+    ascii_lines, _ = rasterise(steps, values, x0=0, x1=200, width=40, height=8,
+                               boundaries=(100.0,), ascii_only=True)
+    flat = "".join(chunk for line in ascii_lines for chunk, _ in line)
+    assert set(flat) <= {"*", " ", "|"} and "*" in flat
+    # a falling curve: the first column's mark is near the top, the last one's near the bottom
+    first_row = next(r for r, row in enumerate(ascii_lines) if "".join(c for c, _ in row)[0] == "*")
+    assert first_row <= 1
+
+
+def test_formatting_helpers() -> None:
+    assert human_bytes(1_500_000) == "1.5 MB" and human_bytes(None) == "—"
+    assert human_seconds(3725) == "1:02:05" and human_seconds(65) == "1:05"
+    assert format_metric(0.123456) == "0.1235" and format_metric(1e-6) == "1.00e-06"
