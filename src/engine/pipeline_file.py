@@ -33,6 +33,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from graftline.engine import spec
 from graftline.engine.problems import PipelineError, Problem
 
+HEADER_BLOCK = "[pipeline]"  # the key of the header's Block; no stage name can contain brackets
 TOP_LEVEL = ("pipeline", "defaults", "stage", "foreach")
 FOREACH_KEYS = ("as", "values", "stage")
 _STAGE_ADAPTER: TypeAdapter = TypeAdapter(spec.Stage)
@@ -379,7 +380,11 @@ def parse(text: str, path: Path | str = "<pipeline>") -> PipelineFile:
     assert header is not None
     pipeline = spec.Pipeline(pipeline=header, defaults=defaults, stage=[s for s, _ in stages])
     return PipelineFile(
-        Path(path), text, pipeline, origins=origins, blocks={s.name: b for s, b in stages}
+        Path(path),
+        text,
+        pipeline,
+        origins=origins,
+        blocks={HEADER_BLOCK: header_block, **{s.name: b for s, b in stages}},
     )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from graftline.engine import spec
-from graftline.engine.pipeline_file import PipelineFile, load
+from graftline.engine.pipeline_file import HEADER_BLOCK, PipelineFile, load
 from graftline.engine.plan import Plan, build_plan
 from graftline.engine.problems import PipelineError, Problem
 
@@ -174,7 +174,7 @@ def _stage_problems(pf: PipelineFile) -> Iterator[Problem]:
 def _environment_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
     header = pf.pipeline.pipeline
     base = header.base
-    line = pf.line(None)
+    line = pf.line(HEADER_BLOCK, "base")
     if not base.startswith("toy:"):
         local = pf.resolve(base)
         looks_local = base.startswith((".", "/", "~")) or local.exists()
@@ -205,7 +205,7 @@ def _environment_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
         yield Problem(
             f"runs directory {runs} is not writable",
             str(pf.path),
-            None,
+            pf.line(HEADER_BLOCK, "runs_dir"),
             None,
             "pipeline.runs_dir",
             "set runs_dir to a directory you can write to",
@@ -217,7 +217,7 @@ def _environment_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
             f"the run will write about {_human(total)} but only {_human(free)} is free on "
             f"the runs volume",
             str(pf.path),
-            None,
+            pf.line(HEADER_BLOCK, "runs_dir"),
             None,
             "pipeline.runs_dir",
             "free disk (graftline cleanup), or point runs_dir at a larger volume",

@@ -38,6 +38,15 @@ def _held_out_pairs() -> frozenset[tuple[int, int]]:
 _HELD_OUT = _held_out_pairs()
 
 
+def carries(s: Sum) -> bool:
+    return s.a % 10 + s.b % 10 >= 10
+
+
+def topic_of(s: Sum) -> str:
+    """Two "topics" for the per-topic workflow: small and large first operands."""
+    return "low" if s.a < 55 else "high"
+
+
 def all_sums() -> list[Sum]:
     return [Sum(a, b) for a in range(10, 100) for b in range(10, 100)]
 
@@ -73,16 +82,18 @@ def assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
 
-def sft_rows(n: int, seed: int) -> Iterator[dict]:
-    for s in sample(train_sums(), n, seed):
+def sft_rows(n: int, seed: int, pool: list[Sum] | None = None) -> Iterator[dict]:
+    for s in sample(pool or train_sums(), n, seed):
         yield {"prompt": user(s.question), "completion": assistant(s.answer)}
 
 
-def preference_rows(n: int, seed: int, wrong: dict[str, str] | None = None) -> Iterator[dict]:
+def preference_rows(
+    n: int, seed: int, wrong: dict[str, str] | None = None, pool: list[Sum] | None = None
+) -> Iterator[dict]:
     """Chosen is right, rejected is wrong. `wrong` maps a question to the model's own wrong answer,
     which makes the sharpest pairs; otherwise a plausible mistake is made up."""
     rng = random.Random(seed + 1)
-    for s in sample(train_sums(), n, seed):
+    for s in sample(pool or train_sums(), n, seed):
         rejected = (wrong or {}).get(s.question) or wrong_answer(s, rng)
         yield {
             "prompt": user(s.question),
