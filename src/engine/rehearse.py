@@ -1,0 +1,517 @@
+"""Rehearse a pipeline: every stage, a handful of steps, on a tiny twin of the base, on CPU.
+
+The rehearsal pipeline is derived from the real one by a pure function (`derive`): the same
+stages, adapter flow, references, reward functions, chat template, export and cleanup policy,
+with `max_steps` a handful, small batches, GRPO groups of 2, each dataset sampled to a few dozen
+rows in a scratch directory (paths rewritten, `@generate` references kept), generate stages on a
+few prompts, the export written into the scratch directory, and `runs_dir` = the scratch
+directory. Then (`rehearse`) the twin is built, the samples written, each stage's data, chat
+template and reward functions checked, and the pipeline run through the real runner with all its
+health checks. The report says, per stage, passed or failed with the error and the fix, the
+time, and what this machine cannot rehearse. The scratch directory is removed unless kept.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from graftline.engine import spec
+from graftline.engine.pipeline_file import PipelineFile
+from graftline.engine.plan import StepPlan, build_plan
+from graftline.engine.problems import Problem
+from graftline.engine.rehearse_preflight import Finding
+
+DEFAULT_STEPS = 3
+SAMPLE_ROWS = 32
+GENERATE_PROMPTS = 8
+EVAL_ROWS = 8
+MAX_BATCH = 4
+MAX_LENGTH = 512
+MAX_NEW_TOKENS = 16
+NUM_GENERATIONS = 2
+SCRATCH = ".rehearsals"  # inside the pipeline's runs directory
+RUN_NAME = "rehearsal"
+
+PASSED, FAILED, NOT_RUN = "passed", "failed", "not run"
+
+
+@dataclass(frozen=True)
+class CleanupPolicy:
+    """The cleanup a user means to run between stages (`graftline cleanup --keep …`):
+    after each stage named in `after` (every stage when empty), keep what `keep` selects."""
+
+    keep: tuple[str, ...]
+    after: tuple[str, ...] = ()
+
+    def applies_after(self, stage: str) -> bool:
+        return not self.after or stage in self.after
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One dataset of the real pipeline and where its rehearsal sample goes."""
+
+    source: Path
+    target: Path
+    rows: int
+    uses: tuple[tuple[str, str, str], ...]  # (stage, field, kind reading it)
+
+
+@dataclass(frozen=True)
+class Derived:
+    pipeline: spec.Pipeline
+    samples: tuple[Sample, ...]
+    notes: tuple[str, ...]  # what is not rehearsed as it will run, and why
+
+
+@dataclass(frozen=True)
+class StageReport:
+    name: str
+    kind: str
+    status: str = NOT_RUN  # passed | failed | not run
+    seconds: float = 0.0
+    error: str = ""
+    fix: str = ""
+    checks: tuple[tuple[str, str], ...] = ()  # (check, pass|warn|fail)
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RehearsalReport:
+    file: str
+    stages: tuple[StageReport, ...]
+    problems: tuple[Problem, ...] = ()  # the validator's errors: nothing ran
+    twin: str = ""
+    notes: tuple[str, ...] = ()
+    seconds: float = 0.0
+    scratch: str | None = None  # kept scratch directory, if asked to keep it
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(s.status == PASSED for s in self.stages)
+
+    @property
+    def failures(self) -> list[StageReport]:
+        return [s for s in self.stages if s.status == FAILED]
+
+
+# ---------------------------------------------------------------- the pure part
+
+def _sample_name(index: int, source: Path) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in source.stem)[:40]
+    return f"{index:02d}-{stem}.jsonl"
+
+
+def _train(train: spec.Train, steps: int, *, multiple_of: int = 1) -> spec.Train:
+    batch = min(train.batch_size, MAX_BATCH)
+    batch = max(multiple_of, batch - batch % multiple_of)
+    return train.model_copy(update={
+        "max_steps": steps, "epochs": None, "batch_size": batch, "grad_accum": 1,
+        "warmup": min(train.warmup, 1), "logging_steps": 1,
+        "max_length": min(train.max_length, MAX_LENGTH),
+        "save_steps": steps if train.save_steps else None,
+    })
+
+
+def _processes(model: Any) -> int:
+    value = getattr(model, "processes", None)
+    return int(value) if isinstance(value, int) else 1
+
+
+def derive(pf: PipelineFile, *, base: str, scratch: Path, steps: int = DEFAULT_STEPS,
+           cuda: bool = False) -> Derived:
+    """The rehearsal pipeline for `pf`, with every path inside `scratch`. Pure: reads nothing."""
+    pipeline = pf.pipeline
+    header = pipeline.pipeline
+    notes: list[str] = []
+    samples: dict[Path, Sample] = {}
+    data_dir = scratch / "data"
+
+    def sampled(value: str | None, stage: str, fieldname: str, kind: str, rows: int
+                ) -> str | None:
+        if value is None or value.startswith("@"):
+            return value  # a generate stage's output: made in the rehearsal run itself
+        source = pf.resolve(value)
+        known = samples.get(source)
+        target = known.target if known else data_dir / _sample_name(len(samples), source)
+        uses = (*(known.uses if known else ()), (stage, fieldname, kind))
+        samples[source] = Sample(source, target, max(rows, known.rows if known else 0), uses)
+        return str(target)
+
+    stages: list[spec.StageBase] = []
+    for stage in pipeline.stage:
+        kind = stage.kind  # type: ignore[attr-defined]
+        update: dict[str, Any] = {}
+        if isinstance(stage, spec.TrainingStage):
+            group = NUM_GENERATIONS if isinstance(stage, spec.GRPOStage) else 1
+            update["train"] = _train(stage.train, steps, multiple_of=group)
+            update["data"] = sampled(stage.data, stage.name, "data", kind, SAMPLE_ROWS)
+            update["eval_data"] = sampled(stage.eval_data, stage.name, "eval_data", "eval",
+                                          EVAL_ROWS)
+            if isinstance(stage, spec.GRPOStage):
+                update["num_generations"] = NUM_GENERATIONS
+                update["max_completion_length"] = min(stage.max_completion_length,
+                                                      MAX_NEW_TOKENS)
+        elif isinstance(stage, spec.GenerateStage):
+            update["prompts"] = sampled(stage.prompts, stage.name, "prompts", "generate",
+                                        GENERATE_PROMPTS)
+            update["max_new_tokens"] = min(stage.max_new_tokens, MAX_NEW_TOKENS)
+            update["num_samples"] = 1
+            if stage.keep == "correct":
+                update["keep"] = "all"
+                notes.append(f"'{stage.name}': keep = \"correct\" is rehearsed as \"all\" (a "
+                             "random twin is never correct, and the next stage needs rows)")
+        elif isinstance(stage, spec.EvalStage):
+            update["data"] = sampled(stage.data, stage.name, "data", "eval", EVAL_ROWS)
+            update["limit"] = min(stage.limit or EVAL_ROWS, EVAL_ROWS)
+        elif isinstance(stage, spec.ExportStage):
+            update["out"] = str(scratch / "exports" / stage.name)
+            update["force"] = True
+        if _processes(stage) > 1:
+            update["processes"] = 1
+            notes.append(f"'{stage.name}': processes = {_processes(stage)} (multi-GPU) is "
+                         "rehearsed in one process; the DDP/FSDP/DeepSpeed launch is not")
+        stages.append(stage.model_copy(update=update))
+
+    head: dict[str, Any] = {"base": base, "runs_dir": str(scratch / "runs")}
+    if header.quantization != "none" and not cuda:
+        head["quantization"] = "none"
+        notes.append(f"quantization = \"{header.quantization}\" needs a CUDA GPU: rehearsed in "
+                     "full precision, so the bitsandbytes load is not rehearsed")
+    if header.backend == "unsloth" and not cuda:
+        head["backend"] = "hf"
+        notes.append("backend = \"unsloth\" needs CUDA: rehearsed with transformers + peft + "
+                     "trl, so Unsloth's loading and patching are not rehearsed")
+    elif header.backend == "auto" and not cuda:
+        notes.append("backend = \"auto\" picks transformers + peft + trl on this machine (no "
+                     "CUDA); on a GPU box with unsloth installed it picks Unsloth, whose path "
+                     "is not rehearsed here")
+    if _processes(header) > 1:
+        head["processes"] = 1
+        notes.append(f"processes = {_processes(header)} (multi-GPU) is rehearsed in one process")
+    derived = pipeline.model_copy(update={
+        "pipeline": header.model_copy(update=head), "stage": stages,
+    })
+    return Derived(derived, tuple(samples.values()), tuple(notes))
+
+
+def needed_dirs(steps: list[StepPlan], run_dir: Path) -> dict[str, dict[Path, str]]:
+    """Stage → {checkpoint directory it reads: why}. Pure: what a cleanup must leave for later
+    stages (graftline's cleanup protects what *kept* checkpoints need, not what stages that have
+    not run yet will read)."""
+    from graftline.engine.stages.common import stage_dir
+
+    by_name = {s.name: s for s in steps}
+    needs: dict[str, dict[Path, str]] = {}
+    for step in steps:
+        found: dict[Path, str] = {}
+
+        def need(name: str | None, why: str, found: dict[Path, str] = found) -> None:
+            if name is not None and name in by_name:
+                found.setdefault(stage_dir(run_dir, name), why)
+
+        if step.action == "continue" or step.kind in ("merge", "generate", "eval", "export"):
+            need(step.parent, "the checkpoint it starts from")
+            parent = by_name.get(step.parent or "")
+            if parent is not None and parent.produces_adapter:
+                need(parent.model_stage, f"the base model '{step.parent}' applies to")
+        need(step.model_stage if step.kind != "merge" else None, "its base model")
+        for name in getattr(step.stage, "adapters", []) or []:
+            need(name, "an adapter it combines")
+        for attr in ("data", "eval_data", "prompts"):
+            value = getattr(step.stage, attr, None)
+            if isinstance(value, str) and value.startswith("@"):
+                need(value[1:], "its generated data")
+        needs[step.name] = found
+    return needs
+
+
+# ---------------------------------------------------------------- the side effects
+
+class RehearsalSink:
+    """Records each stage's outcome from the runner's events; runs the cleanup policy between
+    stages on the scratch run, as a user's `graftline cleanup` would."""
+
+    def __init__(self, steps: list[StepPlan], run_dir: Path, cleanup: CleanupPolicy | None,
+                 on_event: Callable[[str, str | None, dict[str, Any]], None] | None = None
+                 ) -> None:
+        self.run_dir, self.cleanup, self.on_event = run_dir, cleanup, on_event
+        self.order = [s.name for s in steps]
+        self.needs = needed_dirs(steps, run_dir)
+        self.stages: dict[str, dict[str, Any]] = {s.name: {"kind": s.kind} for s in steps}
+        self.cleanup_breaks: dict[str, tuple[str, str]] = {}  # stage → (message, fix)
+        self.errors: list[tuple[str, str]] = []  # run-level errors (no stage)
+
+    def emit(self, type: str, stage: str | None = None, **data: Any) -> None:
+        record = self.stages.get(stage or "")
+        if type == "error":
+            if record is None:
+                self.errors.append((str(data.get("message", "")), str(data.get("fix", ""))))
+            else:
+                record["error"], record["fix"] = data.get("message", ""), data.get("fix", "")
+        elif record is not None and type == "check_result":
+            record.setdefault("checks", []).append((data.get("name"), data.get("status")))
+        elif record is not None and type == "warning":
+            record.setdefault("warnings", []).append(str(data.get("message", "")))
+        elif record is not None and type == "stage_finished":
+            record["status"] = data.get("status")
+            record["seconds"] = float(data.get("seconds") or 0.0)
+        if self.on_event is not None:
+            self.on_event(type, stage, data)
+        if type == "stage_finished" and data.get("status") == "complete" and stage is not None \
+                and self.cleanup is not None and self.cleanup.applies_after(stage):
+            self._clean_after(stage)
+
+    def _clean_after(self, stage: str) -> None:
+        from graftline.engine.cleanup import CleanupError, execute, parse_keep, plan_cleanup
+        from graftline.engine.lineage_scan import scan
+
+        assert self.cleanup is not None
+        rules = "keep " + ", ".join(self.cleanup.keep)
+        record = self.stages[stage]
+        try:
+            lineage = scan([self.run_dir])
+            plan = plan_cleanup(lineage, [parse_keep(k) for k in self.cleanup.keep])
+        except CleanupError as exc:
+            record.setdefault("warnings", []).append(f"cleanup after '{stage}' ({rules}): {exc}")
+            return
+        doomed = {Path(lineage.node(k).path or "").resolve(): k for k in plan.delete}
+        later = self.order[self.order.index(stage) + 1:]
+        for name in later:
+            for directory, why in self.needs.get(name, {}).items():
+                if directory.resolve() in doomed and name not in self.cleanup_breaks:
+                    self.cleanup_breaks[name] = (
+                        f"the cleanup after '{stage}' ({rules}) deletes "
+                        f"{directory.relative_to(self.run_dir)}, which '{name}' needs "
+                        f"({why})",
+                        f"keep it: add '{directory.name}' to the keep rules, or run this "
+                        "cleanup only after the last stage; graftline's cleanup protects what "
+                        "kept checkpoints need, not what later stages will read")
+        execute(plan, lineage)
+        if self.on_event is not None:
+            self.on_event("cleanup", stage, {"deleted": len(plan.delete), "rules": rules})
+
+
+def _scratch(pf: PipelineFile, parent: Path | None) -> Path:
+    from graftline.engine.validate import runs_dir
+
+    root = Path(parent) if parent is not None else runs_dir(pf) / SCRATCH
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{pf.pipeline.pipeline.name}-", dir=root)).resolve()
+
+
+def _remove(scratch: Path) -> None:
+    """Only the directory this rehearsal made, never through a symlink."""
+    if scratch.is_symlink() or not scratch.is_dir():
+        return
+    shutil.rmtree(scratch)
+
+
+def write_samples(derived: Derived) -> list[Finding]:
+    """Write each sample; scan every row of the full datasets for empty required fields."""
+    from graftline.engine.datasets_io import DatasetError, load_rows, write_jsonl
+    from graftline.engine.rehearse_preflight import data_finding
+
+    findings: list[Finding] = []
+    for sample in derived.samples:
+        try:
+            rows = load_rows(sample.source).to_list()
+        except DatasetError as exc:
+            findings += [Finding(stage, fieldname, exc.message, fix=exc.fix)
+                         for stage, fieldname, _kind in sample.uses]
+            continue
+        for stage, fieldname, kind in sample.uses:
+            found = data_finding(stage, fieldname, sample.source.name, kind, rows)
+            if found is not None:
+                findings.append(found)
+        stride = max(1, len(rows) // sample.rows)  # spread over the file, not just its head
+        sample.target.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(sample.target, rows[::stride][:sample.rows])
+    return findings
+
+
+def _rows(path: str | None) -> list[dict[str, Any]]:
+    if path is None or path.startswith("@"):
+        return []
+    from graftline.engine.datasets_io import load_rows
+
+    return load_rows(Path(path)).to_list()
+
+
+def preflight(pf: PipelineFile, derived: Derived, tokenizer: Any) -> list[Finding]:
+    """Chat template and reward checks on each stage's sampled data."""
+    from graftline.engine.rehearse_preflight import reward_finding, template_finding
+    from graftline.engine.rewards import RewardError, resolve_reward
+
+    findings: list[Finding] = []
+    for stage in derived.pipeline.stage:
+        kind = stage.kind  # type: ignore[attr-defined]
+        fields = [("prompts", "generate")] if kind == "generate" else \
+            [("data", "eval" if kind == "eval" else kind), ("eval_data", "eval")]
+        for fieldname, reading in fields:
+            rows = _rows(getattr(stage, fieldname, None))
+            if not rows or kind in ("merge", "combine", "export"):
+                continue
+            found = template_finding(stage.name, fieldname, reading, tokenizer, rows,
+                                     assistant_only_loss=getattr(stage, "assistant_only_loss",
+                                                                 False))
+            if found is not None:
+                findings.append(found)
+                break
+        if isinstance(stage, spec.GRPOStage):
+            rows = _rows(stage.data)
+            for name in stage.reward:
+                try:
+                    fn = resolve_reward(name, search_path=pf.directory)
+                except RewardError as exc:
+                    findings.append(Finding(stage.name, "reward", exc.message, fix=exc.fix))
+                    continue
+                found = reward_finding(stage.name, name, fn, tokenizer, rows)
+                if found is not None:
+                    findings.append(found)
+    return findings
+
+
+def _load_tokenizer(base: str) -> Any:
+    from transformers import AutoTokenizer
+
+    from graftline.engine.toy.model import resolve_base
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base(base), local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _problems_report(path: str, pf: PipelineFile | None, errors: list[Problem],
+                     began: float) -> RehearsalReport:
+    stages = []
+    for stage in pf.pipeline.stage if pf is not None else []:
+        mine = [p for p in errors if p.stage == stage.name]
+        if mine:
+            stages.append(StageReport(stage.name, stage.kind, FAILED,  # type: ignore[attr-defined]
+                                      error=f"{mine[0].where}: {mine[0].message}",
+                                      fix=mine[0].fix or ""))
+        else:
+            stages.append(StageReport(stage.name, stage.kind))  # type: ignore[attr-defined]
+    return RehearsalReport(path, tuple(stages), tuple(errors),
+                           seconds=time.perf_counter() - began,
+                           notes=("the validator found errors: nothing was rehearsed",))
+
+
+def rehearse(path: Path | str, *, steps: int = DEFAULT_STEPS, keep: bool = False,
+             scratch_parent: Path | None = None, cleanup: CleanupPolicy | None = None,
+             on_event: Callable[[str, str | None, dict[str, Any]], None] | None = None
+             ) -> RehearsalReport:
+    """Validate, build the twin, sample the data, check each stage's data, template and rewards,
+    run every stage for `steps` steps, and report. Never raises for a fault in the pipeline."""
+    from graftline.engine.backends.base import cuda_available
+    from graftline.engine.runner import run_pipeline
+    from graftline.engine.twin import build_twin
+    from graftline.engine.validate import validate, validate_file
+
+    began = time.perf_counter()
+    pf, problems = validate_file(path)
+    errors = [p for p in problems if p.severity == "error"]
+    if pf is None or errors:
+        return _problems_report(str(path), pf, errors, began)
+    cleanup = cleanup or _file_cleanup(pf)
+    scratch = _scratch(pf, scratch_parent)
+    try:
+        twin = build_twin(pf.pipeline.pipeline.base, scratch / "twin", search_dir=pf.directory,
+                          seed=pf.pipeline.pipeline.seed)
+        if on_event is not None:
+            on_event("twin", None, {"describe": twin.describe, "notes": list(twin.notes)})
+        derived = derive(pf, base=twin.base, scratch=scratch, steps=steps,
+                         cuda=cuda_available())
+        notes = [*twin.notes, *derived.notes,
+                 f"each dataset sampled to at most {SAMPLE_ROWS} rows (every row of the full "
+                 "file scanned for empty required fields); "
+                 f"{steps} steps per training stage",
+                 "the twin's weights are random: the checks test the plumbing (adapters, "
+                 "references, merges, saves), not the model's quality"]
+        twin_pf = PipelineFile(path=pf.path, text=pf.text, pipeline=derived.pipeline,
+                               origins=pf.origins, blocks=pf.blocks)
+        (scratch / "rehearsal.json").write_text(
+            json.dumps(derived.pipeline.model_dump(mode="json", by_alias=True), indent=2))
+        findings = write_samples(derived)
+        own = [p for p in validate(twin_pf) if p.severity == "error"]
+        findings += preflight(pf, derived, _load_tokenizer(twin.base))
+        for problem in own:  # the derivation itself must be valid; say so if it is not
+            findings.append(Finding(problem.stage or derived.pipeline.stage[0].name,
+                                    problem.field or "", f"rehearsal derivation: "
+                                    f"{problem.message}", fix=problem.fix or ""))
+        report = _run(twin_pf, scratch, findings, cleanup, on_event, run_pipeline)
+        return RehearsalReport(str(path), report, (), twin.describe, tuple(notes),
+                               time.perf_counter() - began, str(scratch) if keep else None)
+    finally:
+        if not keep:
+            _remove(scratch)
+
+
+def _file_cleanup(pf: PipelineFile) -> CleanupPolicy | None:
+    """A `[cleanup]` table, when the pipeline format has one (keep = [...], after = [...])."""
+    found = getattr(pf.pipeline, "cleanup", None)
+    if found is None:
+        return None
+    return CleanupPolicy(tuple(getattr(found, "keep", ())), tuple(getattr(found, "after", ())))
+
+
+def _run(pf: PipelineFile, scratch: Path, findings: list[Finding],
+         cleanup: CleanupPolicy | None,
+         on_event: Callable[[str, str | None, dict[str, Any]], None] | None,
+         run_pipeline: Callable[..., Any]) -> tuple[StageReport, ...]:
+    """Run the stages before the first one a preflight finding stops; report every stage."""
+    pipeline = pf.pipeline
+    names = [s.name for s in pipeline.stage]
+    first_bad = min((names.index(f.stage) for f in findings if f.stage in names),
+                    default=len(names))
+    steps = list(build_plan(pipeline).steps)
+    sink = RehearsalSink(steps, scratch / "runs" / RUN_NAME, cleanup, on_event)
+    run_errors: list[tuple[str, str]] = []
+    if first_bad > 0:
+        runnable = pf.__class__(path=pf.path, text=pf.text, origins=pf.origins,
+                                blocks=pf.blocks, pipeline=pipeline.model_copy(
+                                    update={"stage": list(pipeline.stage[:first_bad])}))
+        run_pipeline(runnable, sink.run_dir, sink)
+        run_errors = sink.errors
+    reports = []
+    for step in steps:
+        record = sink.stages[step.name]
+        mine = [f for f in findings if f.stage == step.name]
+        broke = sink.cleanup_breaks.get(step.name)
+        checks = tuple(record.get("checks", ()))
+        warnings = tuple(record.get("warnings", ()))
+        seconds = record.get("seconds", 0.0)
+        if mine:
+            first = mine[0]
+            error = "; ".join(f.message for f in mine)
+            cause = f" (likely cause: {first.cause})" if first.cause else ""
+            reports.append(StageReport(step.name, step.kind, FAILED, 0.0, error + cause,
+                                       first.fix, checks, warnings))
+        elif broke is not None:
+            detail = record.get("error")
+            error = broke[0] + (f"; the stage then failed: {detail}" if detail else "")
+            reports.append(StageReport(step.name, step.kind, FAILED, seconds, error, broke[1],
+                                       checks, warnings))
+        elif record.get("status") == "complete":
+            reports.append(StageReport(step.name, step.kind, PASSED, seconds, checks=checks,
+                                       warnings=warnings))
+        elif record.get("status") == "failed" or record.get("error"):
+            reports.append(StageReport(step.name, step.kind, FAILED, seconds,
+                                       str(record.get("error", "")), str(record.get("fix", "")),
+                                       checks, warnings))
+        elif run_errors and not any(r.status == FAILED for r in reports):
+            message, fix = run_errors[0]
+            reports.append(StageReport(step.name, step.kind, FAILED, 0.0, message, fix))
+        else:
+            reports.append(StageReport(step.name, step.kind, NOT_RUN, seconds, checks=checks,
+                                       warnings=warnings))
+    return tuple(reports)
