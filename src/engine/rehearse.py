@@ -285,15 +285,17 @@ class RehearsalSink:
         doomed = {Path(lineage.node(k).path or "").resolve(): k for k in plan.delete}
         later = self.order[self.order.index(stage) + 1:]
         for name in later:
-            for directory, why in self.needs.get(name, {}).items():
-                if directory.resolve() in doomed and name not in self.cleanup_breaks:
-                    self.cleanup_breaks[name] = (
-                        f"the cleanup after '{stage}' ({rules}) deletes "
-                        f"{directory.relative_to(self.run_dir)}, which '{name}' needs "
-                        f"({why})",
-                        f"keep it: add '{directory.name}' to the keep rules, or run this "
-                        "cleanup only after the last stage; graftline's cleanup protects what "
-                        "kept checkpoints need, not what later stages will read")
+            lost = [(d, why) for d, why in self.needs.get(name, {}).items()
+                    if d.resolve() in doomed]
+            if lost and name not in self.cleanup_breaks:
+                what = " and ".join(f"{d.relative_to(self.run_dir)} ({why})" for d, why in lost)
+                keep = ", ".join(f"'{d.name}'" for d, _ in lost)
+                self.cleanup_breaks[name] = (
+                    f"the cleanup after '{stage}' ({rules}) deletes {what}, which '{name}' "
+                    "needs",
+                    f"keep {keep} (add to the keep rules, or keep 'final'), or run this cleanup "
+                    "only after the last stage; graftline's cleanup protects what kept "
+                    "checkpoints need, not what later stages will read")
         execute(plan, lineage)
         if self.on_event is not None:
             self.on_event("cleanup", stage, {"deleted": len(plan.delete), "rules": rules})
