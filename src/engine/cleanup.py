@@ -449,6 +449,7 @@ def _run(
         why = _unsafe(path, roots, entry.get("run_dir"))
         if why is None:
             freed += _remove_own(path, set(entry.get("leave", ())))
+            _prune_empty_parents(path, roots)
             removed.append(path)
             cleanup_journal.append_line(history, {
                 "cleanup": cleanup_id, "time": now, "path": path, "id": entry["id"],
@@ -478,6 +479,17 @@ def _unsafe(path: str, roots: Sequence[str], run_dir: str | None) -> str | None:
     if run_dir and run_is_active(run_dir):
         return "its run is running"
     return None
+
+
+def _prune_empty_parents(path: str, roots: Sequence[str]) -> None:
+    """Remove folders the deletion left empty (a stage's `trainer/`), never a root itself."""
+    parent = os.path.dirname(path)
+    while any(parent.startswith(r + os.sep) for r in roots):
+        try:
+            os.rmdir(parent)  # only ever succeeds on an empty directory
+        except OSError:
+            return
+        parent = os.path.dirname(parent)
 
 
 def _remove_own(path: str, leave: set[str]) -> int:
