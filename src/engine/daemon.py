@@ -61,6 +61,10 @@ class EngineSink:
         self.saw_run_finished = False
 
     def emit(self, type: str, stage: str | None = None, **data: Any) -> object:
+        if type == "run_finished":
+            # state first: whoever reads `run_finished` in the log finds the final state too
+            self.keeper.update(status=str(data.get("status", "finished")),
+                               message=str(data.get("message", "") or ""))
         event = self.writer.emit(type, stage, **data)
         if type == "run_started":
             steps = [s.get("max_steps") or 0 for s in data.get("stages") or []]
@@ -123,13 +127,20 @@ class EngineSink:
         return False
 
 
-def _lock(run_dir: Path) -> int | None:
+def _lock(run_dir: Path, wait: float = 0.0) -> int | None:
+    """The run's exclusive lock, or None when another engine holds it (after `wait` seconds:
+    a resume may start while the previous engine is still writing its last lines)."""
     fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.2)
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
@@ -178,7 +189,7 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
 
     run_dir = Path(run_dir).resolve()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    lock = _lock(run_dir)
+    lock = _lock(run_dir, wait=30.0 if resume else 0.0)
     if lock is None:
         print(f"graftline: another engine is already running {run_dir}", file=sys.stderr)
         return EXIT_BUSY
