@@ -25,7 +25,8 @@ from typing import Any
 
 from graftline.engine import cleanup_journal
 from graftline.engine.lineage_model import Edge, Lineage, LoraInfo, Node, Symlink
-from graftline.engine.manifest import MANIFEST, Manifest
+from graftline.engine.manifest import MANIFEST
+from graftline.engine.manifest_view import ManifestView, view
 
 ADAPTER_CONFIG = "adapter_config.json"
 TRAINER_STATE = "trainer_state.json"
@@ -40,20 +41,11 @@ _VOLATILE_CONFIG = {"_name_or_path", "transformers_version", "dtype", "torch_dty
 _dir_cache: dict[str, tuple[int, int, float]] = {}  # dir -> (mtime_ns, file bytes, newest mtime)
 _json_cache: dict[str, tuple[int, int, Any]] = {}  # file -> (mtime_ns, size, parsed)
 _fingerprint_cache: dict[str, tuple[int, int, str | None]] = {}
+_known_stat: dict[str, tuple[int, int]] = {}  # this scan's stats of .json files, by path
 
 
 class ScanError(ValueError):
     """A root that cannot be scanned (it does not exist, or is not a directory)."""
-
-
-@dataclass
-class _Dir:
-    path: str
-    names: frozenset[str]
-    subdirs: tuple[str, ...]
-    bytes: int
-    newest: float
-    owner: str | None  # nearest checkpoint directory at or above this one
 
 
 @dataclass
@@ -66,7 +58,7 @@ class _Draft:
     path: str | None
     root: str | None
     name: str
-    manifest: Manifest | None = None
+    manifest: ManifestView | None = None
     bytes: int = 0
     newest: float = 0.0
     fields: dict[str, Any] = field(default_factory=dict)
@@ -96,7 +88,6 @@ def scan(roots: Sequence[Path | str]) -> Lineage:
 class _Scanner:
     def __init__(self, roots: tuple[str, ...]) -> None:
         self.roots = roots
-        self.dirs: list[_Dir] = []
         self.symlinks: list[Symlink] = []
         self.runs: dict[str, dict[str, Any]] = {}  # run dir -> {"active", "pid", "status"}
         self.drafts: dict[str, _Draft] = {}
@@ -107,17 +98,17 @@ class _Scanner:
     # -- walking -----------------------------------------------------------------------------
 
     def run(self) -> Lineage:
+        try:
+            return self._run()
+        finally:
+            _known_stat.clear()
+
+    def _run(self) -> Lineage:
         for root in self.roots:
             self.history.update(cleanup_journal.read_history(Path(root)))
             if os.path.lexists(os.path.join(root, cleanup_journal.JOURNAL)):
                 self.journals.append(root)
             self._walk(root)
-        for d in self.dirs:
-            if d.owner is not None:
-                draft = self.drafts[d.owner]
-                draft.bytes += d.bytes
-                if d.path == draft.path:
-                    draft.newest = d.newest
         for draft in list(self.drafts.values()):
             self._link(draft)
         self._infer_merges()
@@ -151,9 +142,12 @@ class _Scanner:
             if RUN_STATE in names and "stages" in subdirs:
                 run_dir = path
                 self.runs[path] = self._run_state(path)
-            if self._classify(path, root, frozenset(names), run_dir):
+            if self._classify(path, root, names, run_dir):
                 owner = path
-            self.dirs.append(_Dir(path, frozenset(names), tuple(subdirs), size, newest, owner))
+                self.drafts[path].newest = newest
+            if owner is not None:
+                # A folder's files belong to the nearest checkpoint at or above it.
+                self.drafts[owner].bytes += size
             for name in sorted(subdirs, reverse=True):
                 stack.append((os.path.join(path, name), owner, run_dir))
 
@@ -173,6 +167,9 @@ class _Scanner:
                 continue
             total += st.st_size
             newest = max(newest, st.st_mtime)
+            if entry.name.endswith(".json"):
+                # Saves _read_json its own stat of the same file.
+                _known_stat[entry.path] = (st.st_mtime_ns, st.st_size)
         _dir_cache[path] = (mtime, total, newest)
         return total, newest
 
@@ -194,19 +191,15 @@ class _Scanner:
     # -- recognising checkpoints ---------------------------------------------------------------
 
     def _classify(
-        self, path: str, root: str, names: frozenset[str], run_dir: str | None
+        self, path: str, root: str, names: set[str], run_dir: str | None
     ) -> bool:
         base = os.path.basename(path)
         step_match = _CHECKPOINT.match(base)
         is_trainer = step_match is not None and TRAINER_STATE in names
         fields: dict[str, Any] = {}
-        manifest: Manifest | None = None
+        manifest: ManifestView | None = None
         if MANIFEST in names:
-            data = _read_json(os.path.join(path, MANIFEST))
-            try:
-                manifest = Manifest.model_validate(data) if data is not None else None
-            except ValueError:
-                manifest = None
+            manifest = view(_read_json(os.path.join(path, MANIFEST)))
         if manifest is not None:
             kind, source = manifest.kind, "graftline"
         elif ADAPTER_CONFIG in names:
@@ -240,7 +233,7 @@ class _Scanner:
     def _link(self, draft: _Draft) -> None:
         path = draft.path
         assert path is not None
-        names: frozenset[str] = draft.fields.pop("names")
+        names: set[str] = draft.fields.pop("names")
         metrics: dict[str, float] = {}
         config = _read_json(os.path.join(path, ADAPTER_CONFIG)) if ADAPTER_CONFIG in names else None
         m = draft.manifest
@@ -252,11 +245,7 @@ class _Scanner:
                 run=m.run or draft.fields.get("run"),
             )
             if m.lora is not None:
-                targets = m.lora.target_modules
-                draft.fields["lora"] = LoraInfo(
-                    m.lora.r, m.lora.alpha,
-                    tuple(targets) if isinstance(targets, list) else targets, m.lora.dropout,
-                )
+                draft.fields["lora"] = m.lora
             metrics.update(m.metrics)
             metrics.update({f"eval/{k}": v for k, v in m.evaluation.items()})
             manifest_bases: set[str] = set()
@@ -315,11 +304,15 @@ class _Scanner:
         """
         candidates: list[str] = []
         if ref:
-            expanded = os.path.expanduser(ref)
+            expanded = os.path.expanduser(ref) if ref.startswith("~") else ref
             if os.path.isabs(expanded):
                 candidates = [expanded]
             else:
                 candidates = [os.path.join(b, expanded) for b in (where, os.getcwd(), *self.roots)]
+            for candidate in candidates:
+                # Checkpoints found by the walk are keyed by real paths: no syscall needed.
+                if (known := os.path.normpath(candidate)) in self.drafts:
+                    return known
             for candidate in candidates:
                 if os.path.isdir(candidate):
                     return self._existing(os.path.realpath(candidate))
@@ -423,27 +416,28 @@ class _Scanner:
         that base was written before the adapter (and the adapter is not what went into it),
         the adapter probably belongs on the merge: both are then kept for it.
         """
-        merges_of: dict[str, list[str]] = {}
+        # Only hand-made merges: the engine saves a merge and reloads it before the next stage,
+        # so its own merges never have this problem (and flagging them would cry wolf on every
+        # later run that starts from the same base).
+        merges_of: dict[str, list[_Draft]] = {}
         merged_in: dict[str, set[str]] = {}
         for edge in self.edges:
             if edge.relation == "merged_from":
                 merged_in.setdefault(edge.child, set()).add(edge.parent)
-                if self.drafts[edge.child].kind == "merged" and self.drafts[edge.parent].kind in (
-                    "base", "merged", "export"
-                ):
-                    merges_of.setdefault(edge.parent, []).append(edge.child)
+                child = self.drafts[edge.child]
+                if child.kind == "merged" and child.manifest is None:
+                    merges_of.setdefault(edge.parent, []).append(child)
         if not merges_of:
             return
         for edge in list(self.edges):
             if edge.relation != "trained_on" or edge.source != "config":
                 continue
             adapter = self.drafts[edge.child]
-            if adapter.manifest is not None:
+            if adapter.manifest is not None or adapter.fields.get("run_dir"):
                 continue  # the engine recorded the real base; checked in _link
             candidates = [
-                self.drafts[m] for m in merges_of.get(edge.parent, ())
-                if self.drafts[m].newest < adapter.newest
-                and adapter.key not in merged_in.get(m, ())
+                m for m in merges_of.get(edge.parent, ())
+                if m.newest < adapter.newest and adapter.key not in merged_in.get(m.key, ())
             ]
             if not candidates:
                 continue
@@ -466,8 +460,7 @@ class _Scanner:
             node_id = draft.manifest.id if draft.manifest is not None else None
             if node_id is None or node_id in ids:
                 if draft.root is not None and draft.path is not None:
-                    node_id = os.path.relpath(draft.path, draft.root)
-                    node_id = Path(node_id).as_posix() if node_id != "." else draft.name
+                    node_id = draft.path[len(draft.root) + 1:].replace(os.sep, "/") or draft.name
                 else:
                     node_id = draft.name if draft.kind == "external" else draft.key
             ids.add(node_id)
@@ -553,30 +546,27 @@ def run_is_active(run_dir: str) -> bool:
 
 
 def _read_json(path: str) -> Any:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
+    known = _known_stat.pop(path, None)
+    if known is None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        known = (st.st_mtime_ns, st.st_size)
     cached = _json_cache.get(path)
-    if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
+    if cached and cached[0] == known[0] and cached[1] == known[1]:
         return cached[2]
     try:
         with open(path, "rb") as handle:
             data = json.loads(handle.read())
     except (OSError, ValueError):
         data = None
-    _json_cache[path] = (st.st_mtime_ns, st.st_size, data)
+    _json_cache[path] = (known[0], known[1], data)
     return data
 
 
-def _read_manifest(path: str) -> Manifest | None:
-    data = _read_json(os.path.join(path, MANIFEST))
-    if data is None:
-        return None
-    try:
-        return Manifest.model_validate(data)
-    except ValueError:
-        return None
+def _read_manifest(path: str) -> ManifestView | None:
+    return view(_read_json(os.path.join(path, MANIFEST)))
 
 
 def _has_weights(names: Iterable[str]) -> bool:
@@ -587,7 +577,7 @@ def _has_weights(names: Iterable[str]) -> bool:
 
 
 def _stage_of(path: str, run_dir: str) -> str | None:
-    rel = Path(os.path.relpath(path, run_dir)).parts
+    rel = path[len(run_dir) + 1:].split(os.sep)
     if len(rel) >= 2 and rel[0] == "stages":
         return rel[1]
     return None
@@ -603,9 +593,10 @@ def _trainer_metrics(state: dict[str, Any]) -> dict[str, float]:
         out["global_step"] = float(state["global_step"])
     if _is_number(state.get("best_metric")):
         out["best_metric"] = float(state["best_metric"])
-    for record in reversed(state.get("log_history") or []):
+    # The latest value of each; the newest records are enough (a log can hold thousands).
+    for record in (state.get("log_history") or [])[-200:][::-1]:
         for key in ("loss", "eval_loss", "reward"):
-            if key not in out and _is_number(record.get(key)):
+            if key not in out and key in record and _is_number(record[key]):
                 out[key] = float(record[key])
     return out
 
