@@ -1,13 +1,13 @@
 """Export: the checkpoint's full model, merged, in a complete model directory.
 
-Hands over to `graftline.engine.export.run_export` (streaming, shard by shard, verified) when
-that module provides it; otherwise a plain merged save in float32 merge → dtype, reloaded and
-compared with the adapter model's logits.
+Hands over to `graftline.engine.export` (streaming merge shard by shard into the original
+full-precision base, verified, with a model card) when it is installed and the stage exports a
+checkpoint; otherwise (or for the bare base) a plain merged save: float32 merge, cast to the
+dtype, reloaded and compared with the adapter model's logits.
 """
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import torch
@@ -23,14 +23,6 @@ from graftline.engine.stages.common import (
     probe_prompts,
 )
 from graftline.engine.stages.merge import DTYPES
-
-
-def _run_export():  # type: ignore[no-untyped-def]
-    try:
-        from graftline.engine.export import run_export
-    except ImportError:
-        return None
-    return run_export
 
 
 def plain_export(ctx: StageContext, out: Path) -> StageOutcome:
@@ -59,16 +51,46 @@ def plain_export(ctx: StageContext, out: Path) -> StageOutcome:
     return outcome
 
 
+def streaming_export(ctx: StageContext, out: Path) -> StageOutcome | None:
+    """The export engine's streaming merge and verification; None where it is not installed."""
+    try:
+        from graftline.engine.export import plan_export, run_export
+        from graftline.engine.export_chain import ExportRefused
+    except ImportError:
+        return None
+    stage = ctx.stage
+    checkpoint = ctx.dir_of(ctx.step.parent)
+    try:
+        plan = plan_export(checkpoint, out, dtype=stage.dtype,  # type: ignore[attr-defined]
+                           formats=tuple(stage.formats), force=stage.force,  # type: ignore[attr-defined]
+                           shard_size=stage.shard_size)  # type: ignore[attr-defined]
+    except ExportRefused as exc:
+        raise checks.StageFailed(ctx.name, f"export refused: {exc.message}", "",
+                                 exc.fix or "") from None
+    result = run_export(plan, sink=ctx.sink, stage=ctx.name)
+    if not result.ok:
+        raise checks.StageFailed(ctx.name, f"export verification failed: {result.problems[0]}",
+                                 "the merged export does not reproduce the adapter model",
+                                 "do not ship this export; check the adapter chain")
+    # the exporter wrote and completed the manifest in `out`; the stage keeps a marker only
+    outcome = StageOutcome(kind=None)
+    outcome.extra = {"out": str(out), "export_id": result.manifest.id,
+                     "dtype": stage.dtype}  # type: ignore[attr-defined]
+    outcome.metrics = {"bytes": float(result.bytes), "export_seconds": result.seconds}
+    return outcome
+
+
 def run(ctx: StageContext) -> StageOutcome:
     stage = ctx.stage
     out = ctx.resolve(stage.out)  # type: ignore[attr-defined]
+    if ctx.step.parent is not None:
+        streamed = streaming_export(ctx, out)
+        if streamed is not None:
+            return streamed
     if out.exists() and any(out.iterdir()) and not stage.force:  # type: ignore[attr-defined]
         found = mf.read(out)
         if found is None or found.kind != "export":
             raise checks.StageFailed(ctx.name, f"the export directory {out} exists and is not "
                                      "an earlier export", "", "choose another `out`, or set "
                                      "force = true to write into it")
-    handover = _run_export()
-    if handover is not None and "checkpoint" in inspect.signature(handover).parameters:
-        ctx.sink.emit("info", ctx.name, message="exporting with the streaming exporter")
     return plain_export(ctx, out)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import datasets
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from graftline.engine import checks
@@ -68,6 +69,8 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
     eval_rows = load_rows(ctx.data_path(stage.eval_data)) if getattr(stage, "eval_data", None) \
         else None
     trl_compat.install()
+    # progress reaches the console through the sink; bars would only fill engine.log
+    datasets.disable_progress_bars()
     model, tokenizer, peft_config = start_model(ctx)
     previous = _previous_sft_loss(ctx)
 

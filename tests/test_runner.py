@@ -1,0 +1,197 @@
+"""The in-process runner: events, manifests and lineage on disk, global steps, stop and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from stage_helpers import pipeline, write_data
+
+from graftline.engine import manifest as mf
+from graftline.engine.events import EventWriter, read_events
+from graftline.engine.run_control import RunControl
+from graftline.engine.runner import run_pipeline
+from graftline.engine.sink import ListSink
+
+TWO_SFT = """
+[defaults.train]
+batch_size = 8
+lr = 3e-3
+
+[[stage]]
+name = "a"
+kind = "sft"
+data = "sft.jsonl"
+lora = { r = 4 }
+train = { max_steps = 6 }
+
+[[stage]]
+name = "b"
+kind = "sft"
+data = "sft2.jsonl"
+train = { max_steps = 4, lr_multiplier = 0.5 }
+
+[[stage]]
+name = "check"
+kind = "eval"
+data = "eval.jsonl"
+limit = 32
+"""
+
+
+def test_events_manifests_and_global_steps(tmp_path: Path, toy_base: Path) -> None:
+    root = write_data(tmp_path)
+    run_dir = root / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    with EventWriter(run_dir) as writer:
+        result = run_pipeline(pipeline(root, TWO_SFT), run_dir, writer)
+    assert result.status == "finished", result.message
+    events, _ = read_events(run_dir / "events.jsonl")
+    types = [e.type for e in events]
+    assert types[0] == "run_started" and types[-1] == "run_finished"
+    started = events[0].data
+    assert [s["name"] for s in started["stages"]] == ["a", "b", "check"]
+    assert [s["action"] for s in started["stages"]] == ["new", "continue", "none"]
+    assert started["backend"] == "hf" and started["resumed"] is False
+
+    starts = {e.stage: e.data for e in events if e.type == "stage_started"}
+    assert starts["a"]["global_step_offset"] == 0 and starts["b"]["global_step_offset"] == 6
+    metrics = [e for e in events if e.type == "metrics"]
+    assert [m.data["global_step"] for m in metrics] == list(range(1, 11))
+    assert [m.data["step"] for m in metrics if m.stage == "b"] == [1, 2, 3, 4]
+    for m in metrics:
+        assert m.data["max_steps"] in (6, 4) and "loss" in m.data and "eta_s" in m.data
+    b_lr = [m.data["learning_rate"] for m in metrics if m.stage == "b"]
+    assert max(b_lr) <= 1.5e-3 + 1e-12  # lr × lr_multiplier, fresh schedule
+    checks = [e.data for e in events if e.type == "check_result"]
+    assert {c["name"] for c in checks} >= {"single_adapter", "trainable_fraction",
+                                            "base_unchanged", "lora_config_kept",
+                                            "generation_sanity", "no_stray_ref",
+                                            "adapter_base", "loss_continuity"}
+    assert all(c["status"] != "fail" for c in checks)
+    finished = {e.stage: e.data for e in events if e.type == "stage_finished"}
+    assert all(f["status"] == "complete" for f in finished.values())
+
+    a = mf.read(run_dir / "stages/a")
+    b = mf.read(run_dir / "stages/b")
+    assert a.status == b.status == "complete" and a.kind == b.kind == "adapter"
+    assert a.parents[0].relation == "trained_on" and a.parents[0].path == str(toy_base)
+    assert b.parents[0].relation == "continued_from" and b.parents[0].id == a.id
+    assert a.base == b.base == str(toy_base) and a.lora == b.lora and a.lora.r == 4
+    assert a.run == "r1" and b.stage_kind == "sft" and b.bytes > 0
+    assert {c.name for c in b.checks} >= {"lora_config_kept", "base_unchanged"}
+    saved = {e.data["path"] for e in events if e.type == "checkpoint_saved"}
+    assert str(run_dir / "stages/a") in saved
+    history = json.loads((run_dir / "stages/b/metrics.json").read_text())
+    assert len(history["history"]) == 4 and history["summary"]["steps"] == 4
+    evaluation = json.loads((run_dir / "stages/check/evaluation.json").read_text())
+    assert evaluation["rows"] == 32 and 0 <= evaluation["exact_match"] <= 1
+    assert evaluation["loss"] > 0
+    assert not (run_dir / "stages/b/ref").exists()
+
+
+RESUMABLE = """
+[[stage]]
+name = "a"
+kind = "sft"
+data = "sft.jsonl"
+lora = { r = 4 }
+train = { max_steps = 3, batch_size = 8 }
+
+[[stage]]
+name = "long"
+kind = "sft"
+data = "sft2.jsonl"
+train = { max_steps = 40, batch_size = 8, save_steps = 4 }
+"""
+
+CHILD = """
+import sys
+from pathlib import Path
+from graftline.engine.events import EventWriter
+from graftline.engine.pipeline_file import load
+from graftline.engine.runner import run_pipeline
+run_dir = Path(sys.argv[2])
+run_dir.mkdir(parents=True, exist_ok=True)
+with EventWriter(run_dir) as writer:
+    run_pipeline(load(sys.argv[1]), run_dir, writer)
+"""
+
+
+def test_a_killed_run_resumes_from_its_last_trainer_checkpoint(tmp_path: Path,
+                                                               toy_base: Path) -> None:
+    root = write_data(tmp_path)
+    pf = pipeline(root, RESUMABLE)
+    run_dir = root / "runs" / "r"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(pf.path), str(run_dir)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    trainer_dir = run_dir / "stages/long/trainer"
+    deadline = time.monotonic() + 600
+    try:
+        while not (trainer_dir / "checkpoint-8" / "trainer_state.json").exists():
+            assert child.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    assert mf.read(run_dir / "stages/long").status == "partial"
+
+    with EventWriter(run_dir) as writer:
+        result = run_pipeline(pf, run_dir, writer, resume=True)
+    assert result.status == "finished", result.message
+    assert result.stages == {"a": "skipped", "long": "complete"}
+    events, _ = read_events(run_dir / "events.jsonl")
+    resumed = [i for i, e in enumerate(events) if e.type == "run_started"][-1]
+    after = events[resumed:]
+    start = next(e for e in after if e.type == "stage_started" and e.stage == "long")
+    checkpoint = int(start.data["resumed_from"].rsplit("-", 1)[1])
+    assert checkpoint >= 8
+    metrics = [e.data for e in after if e.type == "metrics"]
+    assert metrics[0]["step"] == checkpoint + 1  # at most one save interval lost
+    assert metrics[0]["global_step"] == 3 + checkpoint + 1
+    assert metrics[-1]["step"] == 40
+    done = mf.read(run_dir / "stages/long")
+    assert done.status == "complete" and done.metrics["steps"] == 40
+
+
+class StopAfter(ListSink):
+    """Sets the stop flag once the named stage has logged `steps` steps, like the control socket."""
+
+    def __init__(self, control: RunControl, stage: str, steps: int) -> None:
+        super().__init__()
+        self.control, self.stage, self.steps = control, stage, steps
+
+    def emit(self, type: str, stage: str | None = None, **data: object) -> None:
+        super().emit(type, stage, **data)
+        if type == "metrics" and stage == self.stage and data["step"] >= self.steps:
+            self.control.stop.set()
+
+
+@pytest.mark.slow
+def test_stop_saves_a_checkpoint_and_resume_finishes(tmp_path: Path, toy_base: Path) -> None:
+    root = write_data(tmp_path)
+    pf = pipeline(root, RESUMABLE)
+    run_dir = root / "runs" / "r"
+    control = RunControl()
+    sink = StopAfter(control, "long", 5)
+    result = run_pipeline(pf, run_dir, sink, control)
+    assert result.status == "stopped" and result.failed_stage == "long"
+    assert sink.of_type("run_finished")[-1]["status"] == "stopped"
+    assert [d["status"] for d in sink.of_type("stage_finished")] == ["complete", "stopped"]
+    saved = [d for d in sink.of_type("checkpoint_saved") if d["kind"] == "trainer"]
+    assert saved and saved[-1]["path"].endswith("checkpoint-5")
+    assert mf.read(run_dir / "stages/long").status == "partial"
+
+    again = ListSink()
+    result = run_pipeline(pf, run_dir, again, RunControl(), resume=True)
+    assert result.status == "finished"
+    assert again.of_type("metrics")[0]["step"] == 6
+    assert mf.read(run_dir / "stages/long").status == "complete"
