@@ -66,8 +66,14 @@ class StageCallback(TrainerCallback):
         self.sink.emit("metrics", self.stage, **record)
         if len(self.history) == 1 and self.on_first_log is not None:
             self.on_first_log(record)
+        return self._obey(control)
 
     def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        return self._obey(control)
+
+    def _obey(self, control):  # type: ignore[no-untyped-def]
+        """Apply the run's control flags. Called after each step and after each log, so a stop
+        asked while a step's metrics were being written saves that very step."""
         if self.control is None:
             return control
         self.control.wait_while_paused()
