@@ -178,7 +178,10 @@ def test_full_size_gpt_oss_pipeline_rehearses_on_a_moe_twin(tmp_path: Path) -> N
           f'base = "{CONFIGS / "gpt-oss-20b"}"')
     report = rehearse(folder / "coding_tui.toml", steps=STEPS, scratch_parent=tmp_path / "s",
                       keep=True)
-    assert report.ok, [(s.name, s.error) for s in report.failures]
+    assert [s.status for s in report.stages] == [PASSED] * len(report.stages), \
+        [(s.name, s.error) for s in report.failures]
+    # 20B weights: the real run's disk forecast may not fit here; it is reported, not rehearsed
+    assert all(p.field == "pipeline.runs_dir" for p in report.problems)
     assert "gpt_oss twin" in report.twin and "4 experts" in report.twin
     exported = Path(report.scratch) / "exports" / "export" / "config.json"
     config = json.loads(exported.read_text())

@@ -36,6 +36,7 @@ MAX_BATCH = 4
 MAX_LENGTH = 512
 MAX_NEW_TOKENS = 16
 NUM_GENERATIONS = 2
+RANDOM_LR_SCALE = 0.01
 SCRATCH = ".rehearsals"  # inside the pipeline's runs directory
 RUN_NAME = "rehearsal"
 
@@ -109,11 +110,13 @@ def _sample_name(index: int, source: Path) -> str:
     return f"{index:02d}-{stem}.jsonl"
 
 
-def _train(train: spec.Train, steps: int, *, multiple_of: int = 1) -> spec.Train:
+def _train(train: spec.Train, steps: int, *, multiple_of: int = 1, lr_scale: float = 1.0
+           ) -> spec.Train:
     batch = min(train.batch_size, MAX_BATCH)
     batch = max(multiple_of, batch - batch % multiple_of)
     return train.model_copy(update={
         "max_steps": steps, "epochs": None, "batch_size": batch, "grad_accum": 1,
+        "lr": train.lr * lr_scale,
         "warmup": min(train.warmup, 1), "logging_steps": 1,
         "max_length": min(train.max_length, MAX_LENGTH),
         "save_steps": steps if train.save_steps else None,
@@ -126,8 +129,12 @@ def _processes(model: Any) -> int:
 
 
 def derive(pf: PipelineFile, *, base: str, scratch: Path, steps: int = DEFAULT_STEPS,
-           cuda: bool = False) -> Derived:
-    """The rehearsal pipeline for `pf`, with every path inside `scratch`. Pure: reads nothing."""
+           cuda: bool = False, random_twin: bool = False) -> Derived:
+    """The rehearsal pipeline for `pf`, with every path inside `scratch`. Pure: reads nothing.
+
+    On a randomly initialised twin the learning rates are scaled by `RANDOM_LR_SCALE`: a random
+    model's logits are nearly uniform, so a few full-size steps flip its greedy output to the end
+    token, which the collapse check rightly reads as a collapse — of a model nobody will use."""
     pipeline = pf.pipeline
     header = pipeline.pipeline
     notes: list[str] = []
@@ -151,7 +158,8 @@ def derive(pf: PipelineFile, *, base: str, scratch: Path, steps: int = DEFAULT_S
         update: dict[str, Any] = {}
         if isinstance(stage, spec.TrainingStage):
             group = NUM_GENERATIONS if isinstance(stage, spec.GRPOStage) else 1
-            update["train"] = _train(stage.train, steps, multiple_of=group)
+            update["train"] = _train(stage.train, steps, multiple_of=group,
+                                     lr_scale=RANDOM_LR_SCALE if random_twin else 1.0)
             update["data"] = sampled(stage.data, stage.name, "data", kind, SAMPLE_ROWS)
             update["eval_data"] = sampled(stage.eval_data, stage.name, "eval_data", "eval",
                                           EVAL_ROWS)
@@ -180,6 +188,9 @@ def derive(pf: PipelineFile, *, base: str, scratch: Path, steps: int = DEFAULT_S
                          "rehearsed in one process; the DDP/FSDP/DeepSpeed launch is not")
         stages.append(stage.model_copy(update=update))
 
+    if random_twin:
+        notes.append(f"learning rates × {RANDOM_LR_SCALE} on the twin's random weights, so the "
+                     "collapse check sees plumbing faults, not a random model tipping over")
     head: dict[str, Any] = {"base": base, "runs_dir": str(scratch / "runs")}
     if header.quantization != "none" and not cuda:
         head["quantization"] = "none"
@@ -422,7 +433,9 @@ def rehearse(path: Path | str, *, steps: int = DEFAULT_STEPS, keep: bool = False
     began = time.perf_counter()
     pf, problems = validate_file(path)
     errors = [p for p in problems if p.severity == "error"]
-    if pf is None or errors:
+    # The disk forecast is the real run's, not the rehearsal's: report it, rehearse anyway.
+    disk = [p for p in errors if _disk_forecast(p)]
+    if pf is None or len(errors) > len(disk):
         return _problems_report(str(path), pf, errors, began)
     cleanup = cleanup or _file_cleanup(pf)
     scratch = _scratch(pf, scratch_parent)
@@ -432,7 +445,7 @@ def rehearse(path: Path | str, *, steps: int = DEFAULT_STEPS, keep: bool = False
         if on_event is not None:
             on_event("twin", None, {"describe": twin.describe, "notes": list(twin.notes)})
         derived = derive(pf, base=twin.base, scratch=scratch, steps=steps,
-                         cuda=cuda_available())
+                         cuda=cuda_available(), random_twin=twin.source == "config")
         notes = [*twin.notes, *derived.notes,
                  f"each dataset sampled to at most {SAMPLE_ROWS} rows (every row of the full "
                  "file scanned for empty required fields); "
@@ -451,11 +464,16 @@ def rehearse(path: Path | str, *, steps: int = DEFAULT_STEPS, keep: bool = False
                                     problem.field or "", f"rehearsal derivation: "
                                     f"{problem.message}", fix=problem.fix or ""))
         report = _run(twin_pf, scratch, findings, cleanup, on_event, run_pipeline)
-        return RehearsalReport(str(path), report, (), twin.describe, tuple(notes),
+        return RehearsalReport(str(path), report, tuple(disk), twin.describe, tuple(notes),
                                time.perf_counter() - began, str(scratch) if keep else None)
     finally:
         if not keep:
             _remove(scratch)
+
+
+def _disk_forecast(problem: Problem) -> bool:
+    return problem.stage is None and problem.field == "pipeline.runs_dir" and \
+        "is free on the runs volume" in problem.message
 
 
 def _file_cleanup(pf: PipelineFile) -> CleanupPolicy | None:
