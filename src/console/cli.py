@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from graftline import __version__
-from graftline.console.commands import background, export, lineage, rehearse, validate
+from graftline.console.commands import background, demo, export, lineage, rehearse, validate
 
 app = typer.Typer(
     name="graftline",
@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (validate, background, lineage, export, rehearse):
+for module in (validate, background, demo, lineage, export, rehearse):
     module.register(app)
 
 
