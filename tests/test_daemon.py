@@ -210,9 +210,11 @@ def test_kill_resume_pause_stop_keep_one_curve_and_truthful_manifests(pipeline: 
     _assert_manifests_truthful(run_dir)
 
     # 4. resume to the end
+    before = len(_rows(run_dir))
     _cli("resume", run_dir.name, "--runs-dir", "runs", "--detach", cwd=cwd)
-    rows = _wait(run_dir, "the end", lambda rows: _finished(rows) and
-                 rows[-1]["data"]["status"] == "finished")
+    rows = _wait(run_dir, "the end", lambda rows: _finished(rows[before:]))
+    assert [r["data"]["status"] for r in rows[before:] if r["type"] == "run_finished"] == [
+        "finished"]
     _assert_manifests_truthful(run_dir)
     for stage in ("one", "two"):
         assert manifest.read(run_dir / "stages" / stage).status == "complete"

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -137,4 +138,9 @@ def resume_run(run_dir: Path) -> int:
                               f"attach to it, or stop it first with `graftline stop`")
         if status == "finished":
             raise LaunchError(f"run {run_dir.name} has already finished; nothing to resume")
+    if state is not None:
+        # Written before the engine starts (no race with its own first write): readers see a run
+        # that is starting, not the crash it is recovering from.
+        runstate.write(run_dir, replace(state, status="starting", pid=None, pid_started=None,
+                                        heartbeat=time.time(), message="resuming"))
     return spawn(run_dir, resume=True)
