@@ -28,6 +28,16 @@ def _quantization_config(quantization: str) -> Any:
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
+def _no_cpu_repacking(model: Any) -> None:
+    """bitsandbytes repacks 4-bit weights in place for CPU inference (on CPUs with AVX512-BF16):
+    it needs in_features divisible by the quantization block (64), fails otherwise, and rewrites
+    the base weights under the trainer between steps. Training and our checks want them as
+    loaded."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 class HFBackend(Backend):
     name = "hf"
 
@@ -45,6 +55,8 @@ class HFBackend(Backend):
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+        if quant is not None and not torch.cuda.is_available():
+            _no_cpu_repacking(model)
         if quant is not None:
             from peft import prepare_model_for_kbit_training
 
