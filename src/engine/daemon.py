@@ -121,8 +121,8 @@ class EngineSink:
             "warning", before,
             message=(f"paused before stage '{before}': the remaining stages will write about "
                      f"{_human(need)} but only {_human(free)} is free on {self.run_dir}"),
-            fix="free space (graftline cleanup) and `graftline resume` via the console or "
-                "send `resume` (the run continues where it paused)",
+            fix=f"free space (e.g. `graftline cleanup`), then `graftline resume "
+                f"{self.run_dir.name}`: the run continues where it paused",
             forecast_bytes=need, disk_free=free)
         return False
 

@@ -290,6 +290,20 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"graftline: still {info.status} after {timeout:g} s", err=True)
         raise typer.Exit(1)
 
+    @app.command("pause")
+    def pause_cmd(
+        run: str | None = typer.Argument(None, help="run id, path, or id prefix (default: latest)"),
+        runs_dir: Path | None = typer.Option(None, "--runs-dir", help=RUNS_DIR_HELP),
+    ) -> None:
+        """Pause a run at the next step boundary (`graftline resume RUN` continues it)."""
+        run_dir = _find(run, runs_dir)
+        try:
+            reply = client.send_command(run_dir, "pause")
+        except client.ControlError as exc:
+            typer.echo(f"graftline: {exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"run {run_dir.name}: {reply.get('status')}")
+
     @app.command("logs")
     def logs_cmd(
         run: str | None = typer.Argument(None, help="run id, path, or id prefix (default: latest)"),
@@ -307,9 +321,17 @@ def register(app: typer.Typer) -> None:
         detach: bool = typer.Option(False, "--detach", "-d", help="do not open the console"),
         runs_dir: Path | None = typer.Option(None, "--runs-dir", help=RUNS_DIR_HELP),
     ) -> None:
-        """Continue a crashed or stopped run: complete stages are skipped, the interrupted one
-        resumes from its last checkpoint with optimizer state."""
+        """Continue a crashed or stopped run (complete stages are skipped, the interrupted one
+        resumes from its last checkpoint with optimizer state), or un-pause a paused one."""
         run_dir = _find(run, runs_dir)
+        if client.read_state(run_dir).status == "paused":
+            try:
+                reply = client.send_command(run_dir, "resume")
+            except client.ControlError as exc:
+                typer.echo(f"graftline: {exc}", err=True)
+                raise typer.Exit(1) from None
+            typer.echo(f"run {run_dir.name} un-paused: {reply.get('status')}")
+            return
         try:
             pid = client.resume_run(run_dir)
         except client.LaunchError as exc:
