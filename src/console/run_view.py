@@ -10,6 +10,7 @@ points cost 16 MB and the chart reads them without copying (numpy `frombuffer`).
 
 from __future__ import annotations
 
+import re
 from array import array
 from collections import deque
 from collections.abc import Iterable
@@ -72,6 +73,17 @@ class StageView:
         if value is None:
             value = self.summary.get(name) if isinstance(self.summary.get(name), float) else None
         return (name, value) if value is not None else None
+
+    @property
+    def reference_label(self) -> str:
+        """The engine's sentence shortened to a table cell: "sft_r8 (frozen)"."""
+        if not self.reference:
+            return ""
+        quoted = re.search(r"'([^']+)'", self.reference)
+        if quoted is None:
+            return self.reference
+        frozen = " (frozen)" if "frozen" in self.reference else ""
+        return quoted.group(1) + frozen
 
     @property
     def action_label(self) -> str:
@@ -185,6 +197,9 @@ class RunModel:
         return self._by_name.get(self.current) if self.current else None
 
     def default_metric(self) -> str:
+        """Live: the current stage's key metric. Ended: loss, the one curve spanning stages."""
+        if self.status != "running" and "loss" in self.series:
+            return "loss"
         stage = self.current_stage
         if stage is None:
             for candidate in reversed(self.stages):

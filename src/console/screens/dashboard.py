@@ -67,7 +67,7 @@ class DashboardScreen(Screen[None]):
                 yield ResourceGauges(ascii_only=self.ascii_only, id="gauges")
                 yield ChecksPanel(ascii_only=self.ascii_only, id="checks")
         yield MetricChart(ascii_only=self.ascii_only, id="chart")
-        yield LogTail(id="log")
+        yield LogTail(root=self.run_dir.parent, id="log")
         yield Footer()
 
     def on_mount(self) -> None:

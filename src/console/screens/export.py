@@ -51,7 +51,7 @@ class ExportModal(ModalScreen[Path | None]):
     """
     BINDINGS: ClassVar = [
         Binding("escape", "close", "Close"),
-        Binding("ctrl+e", "start", "Export"),
+        Binding("ctrl+e", "start", "Export", priority=True),
     ]
 
     def __init__(self, checkpoint: Path, *, root: Path) -> None:
@@ -91,7 +91,9 @@ class ExportModal(ModalScreen[Path | None]):
 
     def on_mount(self) -> None:
         self.query_one("#plan-box").border_title = "merge chain and output"
-        self.query_one("#out", Input).focus()
+        target = self.query_one("#out", Input)
+        target.cursor_blink = False  # steady over SSH, and the same in every screenshot
+        target.focus()
         self._replan()
 
     # -- options -----------------------------------------------------------------------------

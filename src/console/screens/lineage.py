@@ -1,13 +1,14 @@
 """Lineage: the checkpoint DAG as a tree, a detail panel, and the cleanup planner.
 
 The scan and the cleanup are the engine's (`graftline.engine.lineage`, `graftline.engine.cleanup`);
-this screen only shows them. Cleanup mode: mark what to keep (space), see the plan (what is
+this screen only shows them. Cleanup mode: mark what to keep (k), see the plan (what is
 deleted, what is protected and why, bytes reclaimed), then confirm in a modal before the engine's
 executor deletes anything. Everything that touches the disk runs in a worker thread.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,6 +39,9 @@ def short_path(path: str | None, root: Path) -> str:
             return "."
         if path.startswith(base.rstrip("/") + "/"):
             return path[len(base.rstrip("/")) + 1:]
+    home = os.path.expanduser("~")
+    if home not in ("", "/") and path.startswith(home + "/"):
+        return "~/" + path[len(home) + 1:]
     return path
 
 
@@ -46,7 +50,7 @@ class LineageScreen(Screen[None]):
         Binding("escape", "back", "Back"),
         Binding("e", "export", "Export"),
         Binding("c", "cleanup_mode", "Cleanup"),
-        Binding("space", "toggle_keep", "Keep", show=False),
+        Binding("k", "toggle_keep", "Keep", show=False),
         Binding("x", "plan", "Plan", show=False),
         Binding("D", "delete", "Delete…", show=False),
         Binding("g", "rescan", "Rescan"),
@@ -91,7 +95,7 @@ class LineageScreen(Screen[None]):
     def _title(self) -> Text:
         text = Text(f"lineage of {self.root.name}/", style="bold")
         if self.cleanup:
-            text.append("  CLEANUP: space keeps, x plans, D deletes (asks first)", style="yellow")
+            text.append("  CLEANUP: k keeps, x plans, D deletes (asks first)", style="yellow")
         return text
 
     # -- scanning ----------------------------------------------------------------------------
@@ -263,7 +267,7 @@ class LineageScreen(Screen[None]):
         self.set_class(self.cleanup, "-cleanup")
         self.plan = None
         if self.cleanup:
-            self.notify("Cleanup: mark checkpoints to keep with space, then x to plan.")
+            self.notify("Cleanup: mark checkpoints to keep with k, then x to plan.")
         self._relabel()
 
     def action_toggle_keep(self) -> None:
@@ -279,7 +283,7 @@ class LineageScreen(Screen[None]):
         if self.lineage is None:
             return
         if not self.keep:
-            self.notify("Mark at least one checkpoint to keep (space) before planning.",
+            self.notify("Mark at least one checkpoint to keep (k) before planning.",
                         severity="warning")
             return
         try:

@@ -92,9 +92,9 @@ class MetricChart(Widget):
     def render(self) -> Text:
         variables = self.app.theme_variables
         styles = {
-            "past": Style.parse(variables.get("chart-past", "grey50")),
-            "current": Style.parse(variables.get("chart-current", "cyan")),
-            "boundary": Style.parse(variables.get("chart-boundary", "grey30")),
+            "past": _style(variables.get("chart-past", "grey50")),
+            "current": _style(variables.get("chart-current", "cyan")),
+            "boundary": _style(variables.get("chart-boundary", "grey30")),
             "": Style(),
         }
         title = Text.assemble((self._shown, "bold"), "  latest ",
@@ -118,11 +118,21 @@ class MetricChart(Widget):
                 label = format_metric((low + high) / 2)
             else:
                 label = ""
-            out.append("\n" + label.rjust(AXIS - 2)[: AXIS - 2] + (" |" if self.ascii_only
-                                                                     else " ┤"))
+            tick = ("+" if label else "|") if self.ascii_only else ("┤" if label else "│")
+            out.append("\n" + label.rjust(AXIS - 2)[: AXIS - 2] + " " + tick)
             for chunk, role in runs:
                 out.append(chunk, styles[role])
         width = max(0, self.content_size.width - AXIS)
         left, right = "0", f"{self._x1:,.0f} steps"
         out.append("\n" + " " * AXIS + left + right.rjust(max(0, width - len(left))), "dim")
         return out
+
+
+def _style(colour: str) -> Style:
+    """A theme colour as a Rich style: hex, a Rich name, or Textual's `ansi_*` names."""
+    try:
+        return Style.parse(colour.removeprefix("ansi_"))
+    except Exception:  # a colour Rich cannot name: let Textual parse it
+        from textual.color import Color
+
+        return Style(color=Color.parse(colour).rich_color)

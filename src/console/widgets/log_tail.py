@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.text import Text
 from textual.widget import Widget
 
@@ -15,8 +17,9 @@ class LogTail(Widget):
     LogTail { height: 8; border: round $panel-lighten-2; padding: 0 1; }
     """
 
-    def __init__(self, *, id: str | None = None) -> None:
+    def __init__(self, *, root: Path | None = None, id: str | None = None) -> None:
         super().__init__(id=id)
+        self.root = root  # paths under it are shown relative to it
         self.lines: list[LogLine] = []
         self.border_title = "log"
 
@@ -25,6 +28,13 @@ class LogTail(Widget):
         if tail != self.lines:
             self.lines = tail
             self.refresh()
+
+    def _short(self, text: str) -> str:
+        if self.root is None:
+            return text
+        for base in {str(self.root), str(self.root.resolve())}:
+            text = text.replace(base.rstrip("/") + "/", "")
+        return text
 
     def render(self) -> Text:
         height = max(1, self.content_size.height)
@@ -41,5 +51,5 @@ class LogTail(Widget):
             out.append(stamp, style="dim")
             if line.level in ("warning", "error"):
                 out.append(f"{line.level.upper()} ", style=LEVEL_STYLE[line.level])
-            out.append(line.text, style=LEVEL_STYLE.get(line.level, ""))
+            out.append(self._short(line.text), style=LEVEL_STYLE.get(line.level, ""))
         return out

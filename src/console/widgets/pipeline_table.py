@@ -80,7 +80,7 @@ class PipelineTable(DataTable):
         key = stage.key_metric
         metric = f"{_short(key[0])} {format_metric(key[1])}" if key else ""
         return (stage.name, stage.kind, status, progress, metric,
-                stage.action_label, stage.reference or "")
+                stage.action_label, stage.reference_label)
 
 
 def _short(metric: str) -> str:

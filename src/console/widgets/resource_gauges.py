@@ -45,8 +45,9 @@ class ResourceGauges(Static):
             if tel.proc_gpu_bytes is not None:
                 lines.append(Text(f"engine VRAM {human_bytes(tel.proc_gpu_bytes)}"))
         else:
-            reason = f" ({tel.gpu_reason})" if tel.gpu_reason else ""
-            lines.append(Text(f"no GPU{reason}", style="yellow"))
+            reason = (tel.gpu_reason or "").split(": ")[-1]
+            lines.append(Text(f"no GPU ({reason})" if reason else "no GPU", style="yellow",
+                              no_wrap=True, overflow="ellipsis"))
         lines.append(Text.assemble("RAM  ", gauge(tel.ram_used, tel.ram_total, bar,
                                                   self.ascii_only),
                                    f" {human_bytes(tel.ram_used)}/{human_bytes(tel.ram_total)}"))
