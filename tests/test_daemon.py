@@ -151,6 +151,10 @@ def test_engine_survives_sighup_of_the_session_that_started_it(pipeline: Path) -
         assert found is not None and found.status == "complete" and found.bytes > 0
     steps = _global_steps(rows)
     assert steps == list(range(1, 2 * STEPS + 1))
+    assert rows[0]["type"] == "run_started"
+    telemetry = [r["data"] for r in rows if r["type"] == "telemetry"]
+    assert telemetry and all(t["rss"] > 0 and t["disk_free"] > 0 for t in telemetry)
+    assert all(t["gpus"] or t["gpu_reason"] for t in telemetry)  # a GPU, or why there is none
     _wait_exit(run_dir)
     assert not (run_dir / control.SOCKET).exists()
 
@@ -188,7 +192,8 @@ def test_kill_resume_pause_stop_keep_one_curve_and_truthful_manifests(pipeline: 
     paused_at = len(_global_steps(_rows(run_dir)))
     time.sleep(3)
     assert len(_global_steps(_rows(run_dir))) == paused_at
-    assert client.send_command(run_dir, "resume")["status"] == "running"
+    unpaused = _cli("resume", run_dir.name, "--runs-dir", "runs", cwd=cwd)
+    assert "un-paused: running" in unpaused.stdout, unpaused.stdout + unpaused.stderr
     _wait(run_dir, "steps after un-pausing",
           lambda rows: len(_global_steps(rows)) > paused_at)
     _kill(run_dir)

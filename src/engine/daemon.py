@@ -59,6 +59,7 @@ class EngineSink:
         self.done: set[str] = set()
         self.current: str | None = None
         self.saw_run_finished = False
+        self.telemetry: TelemetryThread | None = None  # started once the log has run_started
 
     def emit(self, type: str, stage: str | None = None, **data: Any) -> object:
         if type == "run_finished":
@@ -69,6 +70,8 @@ class EngineSink:
         if type == "run_started":
             steps = [s.get("max_steps") or 0 for s in data.get("stages") or []]
             self.keeper.note(total_steps=sum(steps) or None)
+            if self.telemetry is not None and not self.telemetry.started:
+                self.telemetry.start()
         elif type == "stage_started":
             self.current = stage
             self.keeper.update(stage=stage, stage_index=data.get("index"),
@@ -241,7 +244,8 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server = ControlServer(run_dir, _handler(control, keeper, writer)).start()
-    telemetry = TelemetryThread(sink, run_dir, sink.forecast, stage=lambda: sink.current).start()
+    telemetry = TelemetryThread(sink, run_dir, sink.forecast, stage=lambda: sink.current)
+    sink.telemetry = telemetry
     print(f"graftline: engine pid {pid} {'resuming' if resume else 'starting'} {run_dir}",
           flush=True)
 

@@ -121,6 +121,10 @@ class TelemetryThread:
         self._thread = threading.Thread(target=self._run, name="graftline-telemetry", daemon=True)
         self.probe = GpuProbe()
 
+    @property
+    def started(self) -> bool:
+        return self._thread.ident is not None
+
     def start(self) -> TelemetryThread:
         psutil.cpu_percent(interval=None)  # primes the counter; the first real sample is meaningful
         self._thread.start()
