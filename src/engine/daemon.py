@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -199,9 +200,12 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
     meta = launch.read_meta(run_dir)
     text = (run_dir / launch.PIPELINE_COPY).read_text(encoding="utf-8")
     if launch.sha256_text(text) != meta.get("sha256"):
-        print(f"graftline: {run_dir / launch.PIPELINE_COPY} no longer matches its hash; "
-              "the run was started from a different file. Start a new run instead.",
-              file=sys.stderr)
+        message = (f"{run_dir / launch.PIPELINE_COPY} no longer matches its hash; the run was "
+                   "started from a different file. Start a new run instead.")
+        print(f"graftline: {message}", file=sys.stderr)
+        prior = runstate.read(run_dir)
+        if prior is not None:
+            runstate.write(run_dir, replace(prior, status="failed", message=message))
         return EXIT_BAD_RUN
     # Parsed under the original file's path: data paths stay relative to where the user wrote it.
     pf = pipeline_file.parse(text, meta["source"])

@@ -123,7 +123,8 @@ class StateKeeper:
     def __init__(self, run_dir: Path, state: RunState, *, every: float = HEARTBEAT_EVERY) -> None:
         self.run_dir = Path(run_dir)
         self._state = state
-        self._lock = threading.Lock()
+        # re-entrant: the SIGTERM handler updates the state and may interrupt an update
+        self._lock = threading.RLock()
         self._every = every
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
