@@ -161,7 +161,7 @@ def test_engine_survives_sighup_of_the_session_that_started_it(pipeline: Path) -
 
 def test_kill_resume_pause_stop_keep_one_curve_and_truthful_manifests(pipeline: Path) -> None:
     cwd = pipeline.parent
-    started = _cli("run", "p.toml", "--detach", cwd=cwd)
+    started = _cli("run", "p.toml", "--detach", "--no-rehearse", cwd=cwd)
     assert started.returncode == 0, started.stderr
     run_dir = client.latest_run(cwd / "runs")
 

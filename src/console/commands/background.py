@@ -185,6 +185,19 @@ def _wait_started(run_dir: Path, timeout: float = 20.0) -> client.RunInfo:
     return info
 
 
+def _rehearsal_passes(file: Path) -> bool:
+    """The "rehearse first" gate. A file with static errors goes straight to `start_run`, which
+    reports them; rehearsing it would only say the same thing more slowly."""
+    from graftline.console.commands.rehearse import rehearse_or_exit
+    from graftline.engine.validate import validate_file
+
+    _pf, problems = validate_file(file)
+    if any(p.severity == "error" for p in problems):
+        return True
+    typer.echo(f"rehearsing {file} on a tiny twin first (--no-rehearse skips this)")
+    return rehearse_or_exit(file)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
 
@@ -197,8 +210,17 @@ def register(app: typer.Typer) -> None:
         runs_dir: Path | None = typer.Option(None, "--runs-dir",
                                              help="where to create the run (default: the "
                                                   "pipeline's runs_dir, relative to the file)"),
+        rehearse: bool = typer.Option(True, "--rehearse/--no-rehearse",
+                                      help="first run every stage for a few steps on a tiny twin "
+                                           "of the base, on CPU (minutes), and start only if all "
+                                           "pass"),
     ) -> None:
-        """Validate FILE, start it as a background engine, and attach (unless --detach)."""
+        """Validate FILE, rehearse it, start it as a background engine, and attach (unless
+        --detach). The engine keeps training when this terminal or SSH session closes."""
+        if rehearse and not _rehearsal_passes(file):
+            typer.echo("graftline: not started: the rehearsal failed (above); fix it, or skip "
+                       "it with --no-rehearse", err=True)
+            raise typer.Exit(1)
         try:
             run_dir = client.start_run(file, runs_dir)
         except client.LaunchError as exc:
