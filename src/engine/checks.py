@@ -251,7 +251,7 @@ def reference_start(kind: str, first_logs: dict[str, float], reference: str | No
     seen = {k: float(first_logs[k]) for k in keys if k in first_logs}
     if not seen:
         return _result("reference_start", "pass",
-                       "no reference term logged (e.g. GRPO with beta = 0)")
+                       "no reference term logged (GRPO with beta = 0 has none)")
     worst = max(abs(v) for v in seen.values())
     what = "margin" if kind == "dpo" else "KL"
     if worst > START_TOLERANCE:

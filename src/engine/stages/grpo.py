@@ -35,6 +35,8 @@ def build_trainer(ctx: StageContext, model: Any, tokenizer: Any, peft_config: An
                       fix="set batch_size to a multiple of num_generations")
     args["per_device_train_batch_size"] = batch
     args["per_device_eval_batch_size"] = batch
+    # reward functions read dataset columns (e.g. `answer`): keep them in the batches
+    args["remove_unused_columns"] = False
     rewards = [named(resolve_reward(n, ctx.search_dir), n) for n in stage.reward]  # type: ignore[attr-defined]
     config = GRPOConfig(
         **args,
