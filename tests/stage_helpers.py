@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
 from graftline.engine.pipeline_file import PipelineFile, parse
 from graftline.engine.toy import tasks
 
@@ -43,3 +46,14 @@ def pipeline(directory: Path, stages: str, name: str = "pipeline.toml") -> Pipel
     path = directory / name
     path.write_text(text)
     return parse(text, path)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the tiny model: its matrices are too small to gain from two, and on
+    a shared 2-core box two OpenMP threads spin against other processes (measured 40× slower
+    under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, PeftModel
-from stage_helpers import pipeline, write_data
+from stage_helpers import one_thread, pipeline, write_data  # noqa: F401
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from graftline.engine import manifest as mf
@@ -33,6 +33,8 @@ train = { max_steps = 12, batch_size = 16, lr = 3e-3 }
 name = "merge1"
 kind = "merge"
 """
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from stage_helpers import pipeline, write_data
+from stage_helpers import one_thread, pipeline, write_data  # noqa: F401
 
 from graftline.engine import manifest as mf
 from graftline.engine.events import EventWriter, read_events
@@ -43,6 +43,8 @@ kind = "eval"
 data = "eval.jsonl"
 limit = 32
 """
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_events_manifests_and_global_steps(tmp_path: Path, toy_base: Path) -> None:
@@ -113,6 +115,8 @@ train = { max_steps = 40, batch_size = 8, save_steps = 4 }
 
 CHILD = """
 import sys
+import torch
+torch.set_num_threads(1)
 from pathlib import Path
 from graftline.engine.events import EventWriter
 from graftline.engine.pipeline_file import load

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
-from stage_helpers import pipeline, write_data, write_jsonl
+from stage_helpers import one_thread, pipeline, write_data, write_jsonl  # noqa: F401
 from transformers import AutoModelForCausalLM
 
 from graftline.engine import manifest as mf
@@ -59,6 +60,8 @@ data = "@gen"
 lora = { r = 4 }
 train = { max_steps = 2 }
 """
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_combine_cat_is_the_exact_weighted_sum_and_generate_feeds_a_stage(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from stage_helpers import pipeline, write_data
+import pytest
+from stage_helpers import one_thread, pipeline, write_data  # noqa: F401
 
 from graftline.engine import manifest as mf
 from graftline.engine.runner import run_pipeline
@@ -33,6 +34,8 @@ max_completion_length = 4
 lora = { r = 4 }
 train = { max_steps = 2, batch_size = 6, lr = 1e-3 }
 """
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_grpo_rewards_get_columns_and_log_per_function(tmp_path: Path, toy_base: Path,

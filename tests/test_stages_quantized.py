@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stage_helpers import HEADER, write_data
+import pytest
+from stage_helpers import HEADER, one_thread, write_data  # noqa: F401
 
 from graftline.engine import manifest as mf
 from graftline.engine.backends.hf import HFBackend
@@ -26,6 +27,8 @@ train = { max_steps = 2, batch_size = 4 }
 name = "m"
 kind = "merge"
 """
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_4bit_load_trains_an_adapter_and_merges_in_full_precision(tmp_path: Path,
