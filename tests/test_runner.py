@@ -179,7 +179,6 @@ class StopAfter(ListSink):
             self.control.stop.set()
 
 
-@pytest.mark.slow
 def test_stop_saves_a_checkpoint_and_resume_finishes(tmp_path: Path, toy_base: Path) -> None:
     root = write_data(tmp_path)
     pf = pipeline(root, RESUMABLE)
