@@ -106,11 +106,17 @@ def main() -> None:
         data = write_data(root, 2000)
         for round_ in range(args.rounds):
             began = time.perf_counter()
-            bare.append(bare_trl(base, data, root / f"bare{round_}", args.steps, args.batch))
-            rate, checks, seconds = graftline_stage(data, root / "runs" / f"r{round_}",
-                                                    args.steps, args.batch)
-            ours.append(rate)
-            shares.append(checks / seconds)
+            # alternate which goes first, so a load change mid-round hits both alike
+            order = ("bare", "ours") if round_ % 2 == 0 else ("ours", "bare")
+            for which in order:
+                if which == "bare":
+                    bare.append(bare_trl(base, data, root / f"bare{round_}", args.steps,
+                                         args.batch))
+                else:
+                    rate, checks, seconds = graftline_stage(data, root / "runs" / f"r{round_}",
+                                                            args.steps, args.batch)
+                    ours.append(rate)
+                    shares.append(checks / seconds)
             print(f"round {round_ + 1}: bare TRL {bare[-1]:.2f} steps/s, graftline "
                   f"{ours[-1]:.2f} steps/s, checks {checks:.2f} s of {seconds:.1f} s "
                   f"({time.perf_counter() - began:.0f} s)", flush=True)
