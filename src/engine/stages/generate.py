@@ -56,7 +56,7 @@ def complete(model: Any, tokenizer: Any, prompts: list[Any], *, max_new_tokens: 
 def run(ctx: StageContext) -> StageOutcome:
     stage = ctx.stage
     model, tokenizer, _ = load_checkpoint_model(ctx, ctx.step.parent)
-    rows = load_rows(ctx.resolve(stage.prompts)).to_list()  # type: ignore[attr-defined]
+    rows = load_rows(ctx.data_path(stage.prompts)).to_list()  # type: ignore[attr-defined]
     prompts = [r["prompt"] for r in rows]
     written: list[dict[str, Any]] = []
     for sample in range(stage.num_samples):  # type: ignore[attr-defined]
