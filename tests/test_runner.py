@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -115,6 +116,7 @@ train = { max_steps = 40, batch_size = 8, save_steps = 4 }
 
 CHILD = """
 import sys
+import threading
 import torch
 torch.set_num_threads(1)
 from pathlib import Path
@@ -198,3 +200,45 @@ def test_stop_saves_a_checkpoint_and_resume_finishes(tmp_path: Path, toy_base: P
     assert result.status == "finished"
     assert again.of_type("metrics")[0]["step"] == 6
     assert mf.read(run_dir / "stages/long").status == "complete"
+
+
+class SaveAndPause(ListSink):
+    """At step 2 asks for a save now; at step 3 pauses, looks a while later, then resumes."""
+
+    def __init__(self, control: RunControl) -> None:
+        super().__init__()
+        self.control = control
+        self.seen_while_paused: int | None = None
+        self.watcher: threading.Thread | None = None
+
+    def emit(self, type: str, stage: str | None = None, **data: object) -> None:
+        super().emit(type, stage, **data)
+        if type != "metrics" or stage != "long":
+            return
+        if data["step"] == 2:
+            self.control.save_now.set()
+        if data["step"] == 3:
+            self.control.paused.set()
+            self.watcher = threading.Thread(target=self._watch)
+            self.watcher.start()
+
+    def _watch(self) -> None:
+        time.sleep(1.0)
+        self.seen_while_paused = len([d for d in self.of_type("metrics")
+                                      if d["step"] > 3 and d["max_steps"] == 6])
+        self.control.paused.clear()
+
+
+def test_save_now_and_pause(tmp_path: Path, toy_base: Path) -> None:
+    root = write_data(tmp_path)
+    stages = RESUMABLE.replace("max_steps = 40, batch_size = 8, save_steps = 4",
+                               "max_steps = 6, batch_size = 8")
+    control = RunControl()
+    sink = SaveAndPause(control)
+    result = run_pipeline(pipeline(root, stages), root / "runs" / "r", sink, control)
+    sink.watcher.join()
+    assert result.status == "finished", result.message
+    saved = [d["path"] for d in sink.of_type("checkpoint_saved") if d["kind"] == "trainer"]
+    assert [Path(p).name for p in saved] == ["checkpoint-2"]  # no save_steps: only the asked one
+    assert sink.seen_while_paused == 0  # no step ran while paused
+    assert [d["step"] for d in sink.of_type("metrics")][-3:] == [4, 5, 6]
