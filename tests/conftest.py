@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-# Two cores: more threads than cores only adds contention for these tiny models.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: these models are so small that a second thread only adds synchronisation, and on
+# a busy 2-core machine it made a training step 40× slower. Engines started as subprocesses by
+# the tests inherit the same setting through the environment.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+torch.set_num_threads(1)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
