@@ -97,6 +97,7 @@ def build(work: Path, layers: int, shard_bytes: int) -> tuple[Path, Path]:
 JOBS = {
     "graftline": """
 from graftline.engine.export import plan_export, run_export
+from transformers import AutoModelForCausalLM  # imported before t0, as in the PEFT job
 t0 = time.perf_counter()
 run_export(plan_export(Path(a.adapter), Path(a.out), dtype="bfloat16", verify=False))
 """,

@@ -129,20 +129,45 @@ class StreamWriter:
         blob += b" " * (-len(blob) % 8)  # data must start 8-byte aligned
         self.data_bytes = offset
         self._next = 0
-        self._handle = self.path.open("wb")
-        self._handle.write(struct.pack("<Q", len(blob)))
-        self._handle.write(blob)
+        # Unbuffered: tensors are written in one call each, and `copy_from` moves the file
+        # position behind Python's back, which a buffered writer would not notice.
+        self._handle = self.path.open("wb", buffering=0)
+        self._write_all(memoryview(struct.pack("<Q", len(blob)) + blob))
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def _write_all(self, view: memoryview) -> None:
+        while len(view):
+            view = view[self._handle.write(view):]
+
+    def _expect(self, name: str, dtype: str | None, shape: tuple[int, ...]) -> None:
         entry = self.entries[self._next]
-        if name != entry.name or tuple(tensor.shape) != entry.shape or \
-                NAMES.get(tensor.dtype) != entry.dtype:
+        if name != entry.name or shape != entry.shape or dtype != entry.dtype:
             raise SafetensorsError(
                 f"{self.path}: expected {entry.name} {entry.dtype}{list(entry.shape)}, got {name} "
-                f"{NAMES.get(tensor.dtype)}{list(tensor.shape)}")
+                f"{dtype}{list(shape)}")
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        self._expect(name, NAMES.get(tensor.dtype), tuple(tensor.shape))
         if tensor.numel():
             flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
-            self._handle.write(memoryview(flat.numpy()))
+            self._write_all(memoryview(flat.numpy()))
+        self._next += 1
+
+    def copy_from(self, name: str, source: BinaryIO, info: TensorInfo) -> None:
+        """A tensor whose bytes do not change, copied file to file inside the kernel
+        (copy_file_range): it never enters this process's memory."""
+        self._expect(name, info.dtype, info.shape)
+        offset, left = info.start, info.nbytes
+        try:
+            while left:
+                n = os.copy_file_range(source.fileno(), self._handle.fileno(), left, offset)
+                if n == 0:
+                    raise SafetensorsError(f"{getattr(source, 'name', '?')}: file ends inside "
+                                           f"tensor {info.name!r}")
+                offset, left = offset + n, left - n
+        except OSError:  # a filesystem or kernel without it: read and write instead
+            done = info.nbytes - left
+            rest = TensorInfo(info.name, "U8", (left,), info.start + done, info.end)
+            self._write_all(memoryview(read_tensor(source, rest).numpy()))
         self._next += 1
 
     def close(self) -> None:

@@ -403,9 +403,14 @@ def write_shards(shards: tuple[OutShard, ...], out: Path, adapter: AdapterPlan |
             writer = StreamWriter(out / shard.filename, entries, {"format": "pt"}, fsync=fsync)
             try:
                 for job in shard.jobs:
-                    tensor = merged_tensor(job, read, adapter_headers, adapter_file)
-                    writer.write(job.name, tensor)
-                    del tensor
+                    if job.delta is None and job.dtype == job.info.dtype:
+                        if job.source not in handles:
+                            handles[job.source] = job.source.open("rb")
+                        writer.copy_from(job.name, handles[job.source], job.info)
+                    else:
+                        tensor = merged_tensor(job, read, adapter_headers, adapter_file)
+                        writer.write(job.name, tensor)
+                        del tensor
                     weight_map[job.name] = shard.filename
                     done += job.out_bytes
                     if on_tensor is not None:
