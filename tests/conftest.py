@@ -33,7 +33,8 @@ def toy_base() -> Path:
 
 @pytest.fixture(scope="session")
 def toy_base_tied() -> Path:
-    """The same tiny model with tied input/output embeddings (for export tests)."""
+    """A tiny model with tied input/output embeddings, for export tests: they compare logits, not
+    accuracy, so a short pre-training keeps the first (uncached) build cheap."""
     from graftline.engine.toy.model import ToyRecipe, build_base
 
-    return build_base(ToyRecipe(tie_word_embeddings=True))
+    return build_base(ToyRecipe(tie_word_embeddings=True, steps=150))
