@@ -83,7 +83,7 @@ def test_coding_tui_cleanup_protects_the_merged_base_and_export_still_works(tmp_
     deleted = {Path(lineage.node(k).path).name for k in the_plan.delete}
     protected = {Path(lineage.node(k).path).name for k in the_plan.protected}
     assert "merged_tools" in protected and "merged_tools" not in deleted
-    assert {"tool_sft", "agent_sft", "ipo"} <= deleted
+    assert {"agent_sft", "ipo"} <= deleted
     execute(the_plan, lineage)
     assert (stages / "merged_tools" / "config.json").is_file()
     assert not (stages / "agent_sft").exists()
@@ -152,11 +152,28 @@ def test_per_topic_loop_keeps_one_adapter_at_a_time(tmp_path: Path) -> None:
 
 
 def test_per_topic_collapse_stops_the_run_at_that_topic(tmp_path: Path) -> None:
-    """A DPO with a destructive learning rate collapses the model; the generation check stops the
-    run at that topic's DPO and says so, and no later stage runs."""
+    """A planted data bug: the first topic's preference data prefers the empty answer. DPO learns
+    to stop at once; the generation check stops the run at that topic's DPO and says so, and no
+    later stage runs."""
     calm = "train = { max_steps = 20, lr = 1e-3, batch_size = 16 }"
-    wild = "train = { max_steps = 20, lr = 1.0, batch_size = 16, warmup = 0 }"
-    pf = _copy_example("per_topic", tmp_path, {calm: wild})
+    wild = "train = { max_steps = 40, lr = 5e-3, batch_size = 16, warmup = 0 }"
+    pf = _copy_example(
+        "per_topic",
+        tmp_path,
+        {calm: wild, "data/topics/{topic}_prefs.jsonl": "data/planted/{topic}_prefs.jsonl"},
+    )
+    planted = tmp_path / "data" / "planted"
+    planted.mkdir()
+    for topic in ("low", "high"):
+        rows = [
+            json.loads(line)
+            for line in (tmp_path / "data" / "topics" / f"{topic}_prefs.jsonl")
+            .read_text()
+            .splitlines()
+        ]
+        if topic == "low":
+            rows = [{**r, "chosen": [{"role": "assistant", "content": ""}]} for r in rows]
+        (planted / f"{topic}_prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     result, _sink, run_dir = _run(pf, tmp_path)
     assert result.status == "failed"
     assert result.failed_stage == "dpo_low"

@@ -26,6 +26,9 @@ def common_args(ctx: StageContext, train: spec.Train) -> dict[str, Any]:
         "lr_scheduler_type": train.scheduler,
         "weight_decay": train.weight_decay,
         "logging_steps": train.logging_steps,
+        # The reference and loss-continuity checks read the first log: it must be step 1's,
+        # taken before any update, whatever logging_steps the user chose.
+        "logging_first_step": True,
         "gradient_checkpointing": train.gradient_checkpointing,
         "report_to": [],
         "disable_tqdm": True,
