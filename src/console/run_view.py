@@ -44,6 +44,7 @@ class StageView:
     kind: str
     index: int
     action: str | None = None
+    lora_r: int | None = None
     reference: str | None = None
     max_steps: int | None = None
     status: str = "pending"
@@ -90,6 +91,8 @@ class StageView:
         """'new r16', 'continue', 'merge' … as the pipeline table shows it."""
         if self.kind in ("merge", "combine", "export", "eval", "generate"):
             return self.action or self.kind
+        if self.action == "new" and self.lora_r:
+            return f"new r{self.lora_r}"
         return self.action or "—"
 
 
@@ -265,6 +268,7 @@ def _run_started(model: RunModel, event: Event) -> None:
         view.kind = raw.get("kind", view.kind)
         view.index = index
         view.action = raw.get("action", view.action)
+        view.lora_r = raw.get("lora_r", view.lora_r)
         view.reference = raw.get("reference", view.reference)
         view.max_steps = raw.get("max_steps", view.max_steps)
     resumed = " (resumed)" if data.get("resumed") else ""
