@@ -14,6 +14,8 @@ from pathlib import Path
 
 import datasets
 
+from graftline.engine.problems import FixableError
+
 GENERATED = "data.jsonl"
 
 # Each kind accepts any one of these column sets (TRL's standard and conversational formats).
@@ -26,14 +28,8 @@ REQUIRED_COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 
 
-class DatasetError(Exception):
-    def __init__(self, message: str, fix: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.fix = fix
-
-    def __str__(self) -> str:
-        return f"{self.message} (fix: {self.fix})" if self.fix else self.message
+class DatasetError(FixableError):
+    """Raised with the fix a user needs; see FixableError."""
 
 
 def resolve_data(ref: str, base_dir: Path, run_dir: Path | None = None) -> Path:

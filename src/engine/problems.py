@@ -31,6 +31,18 @@ class Problem:
         return text + (f"\n    fix: {self.fix}" if self.fix else "")
 
 
+class FixableError(Exception):
+    """An error that knows its fix: what went wrong, and what the user should do about it."""
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.message} (fix: {self.fix})" if self.fix else self.message
+
+
 class PipelineError(Exception):
     """A pipeline file cannot be used. Carries every problem found, not just the first."""
 

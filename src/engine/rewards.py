@@ -14,15 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from graftline.engine.problems import FixableError
 
-class RewardError(Exception):
-    def __init__(self, message: str, fix: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.fix = fix
 
-    def __str__(self) -> str:
-        return f"{self.message} (fix: {self.fix})" if self.fix else self.message
+class RewardError(FixableError):
+    """Raised with the fix a user needs; see FixableError."""
 
 
 def completion_text(completion: Any) -> str:

@@ -10,20 +10,15 @@ from typing import Any
 import torch
 
 from graftline.engine import spec
+from graftline.engine.problems import FixableError
 
 # What "all-linear" means for the decoder-only families Unsloth patches (it wants a list).
 DECODER_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                        "down_proj"]
 
 
-class BackendError(Exception):
-    def __init__(self, message: str, fix: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.fix = fix
-
-    def __str__(self) -> str:
-        return f"{self.message} (fix: {self.fix})" if self.fix else self.message
+class BackendError(FixableError):
+    """Raised with the fix a user needs; see FixableError."""
 
 
 class Backend(ABC):
