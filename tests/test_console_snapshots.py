@@ -30,6 +30,10 @@ def recorded(tmp_path: Path, toy_base: Path) -> Path:
 async def _dashboard(pilot) -> None:  # type: ignore[no-untyped-def]
     await wait_for(pilot, lambda: isinstance(pilot.app.screen, DashboardScreen)
                    and pilot.app.screen.loaded, what="dashboard")
+    # let the table's rebuild and the chart's resize settle before the picture is taken
+    await pilot.pause()
+    await pilot.wait_for_scheduled_animations()
+    await pilot.pause()
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")

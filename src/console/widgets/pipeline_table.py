@@ -45,19 +45,18 @@ class PipelineTable(DataTable):
         if signature == self._signature:
             return
         self._signature = signature
+        # Rebuilt whole on every change (a few rows, at most a few times a second): column
+        # widths then fit the current content exactly, instead of depending on which
+        # intermediate states the follower happened to deliver.
         cursor = self.cursor_row
-        names = [stage.name for stage in model.stages]
-        if names != self._names:
-            self.clear()
-            for name, row in zip(names, rows, strict=True):
-                self.add_row(*row, key=name)
-            self._names = names
-            if self.row_count:
-                self.move_cursor(row=min(cursor, self.row_count - 1))
-        else:
-            for name, row in zip(names, rows, strict=True):
-                for label, cell in zip(self.COLUMNS, row, strict=True):
-                    self.update_cell(name, label, cell)
+        self.clear(columns=True)
+        for label in self.COLUMNS:
+            self.add_column(label, key=label)
+        self._names = [stage.name for stage in model.stages]
+        for name, row in zip(self._names, rows, strict=True):
+            self.add_row(*row, key=name)
+        if self.row_count:
+            self.move_cursor(row=min(max(cursor, 0), self.row_count - 1))
 
     @property
     def selected_stage(self) -> str | None:
