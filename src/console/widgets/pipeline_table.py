@@ -50,8 +50,11 @@ class PipelineTable(DataTable):
         # intermediate states the follower happened to deliver.
         cursor = self.cursor_row
         self.clear(columns=True)
-        for label in self.COLUMNS:
-            self.add_column(label, key=label)
+        # explicit widths: the header is then drawn at its final width from the first frame
+        for index, label in enumerate(self.COLUMNS):
+            width = max([len(label), *(Text.from_markup(c).cell_len if isinstance(c, str)
+                                        else c.cell_len for c in (r[index] for r in rows))])
+            self.add_column(label, key=label, width=width)
         self._names = [stage.name for stage in model.stages]
         for name, row in zip(self._names, rows, strict=True):
             self.add_row(*row, key=name)
