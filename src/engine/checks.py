@@ -303,8 +303,19 @@ def generate(model: Any, tokenizer: Any, probes: Sequence[str], max_new_tokens: 
                         add_special_tokens=not getattr(tokenizer, "chat_template", None))
         enc = {k: v.to(model.device) for k, v in enc.items()}
         ends = _end_ids(model, tokenizer)
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=ends or None)
+        # TRL turns router logits on for MoE models (for its aux loss); with padding and a cache
+        # transformers' load-balancing loss then fails inside generate. Probes need no aux loss.
+        configs = [c for c in (getattr(model, "config", None),
+                               getattr(getattr(model, "base_model", None), "config", None))
+                   if c is not None and getattr(c, "output_router_logits", False)]
+        for config in configs:
+            config.output_router_logits = False
+        try:
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=ends or None)
+        finally:
+            for config in configs:
+                config.output_router_logits = True
     finally:
         tokenizer.padding_side = side
         if was_training:
