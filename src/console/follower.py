@@ -44,8 +44,8 @@ def read_engine_state(run_dir: Path) -> EngineState | None:
 class Follower:
     """Owns the model and the lock; `run()` is the worker body (call it in a thread)."""
 
-    def __init__(self, run_dir: Path, notify: Callable[[], None], *, poll: float = 0.25,
-                 min_interval: float = 0.25) -> None:
+    def __init__(self, run_dir: Path, notify: Callable[[], None], *, poll: float = 0.5,
+                 min_interval: float = 0.5) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / EVENTS
         self.model = RunModel()

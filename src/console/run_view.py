@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from graftline.engine import units
 from graftline.engine.events import Event
 
 # Metrics the chart can show, in the order the `m` key cycles them.
@@ -424,14 +425,7 @@ def _bytes(value: Any) -> str:
 
 
 def human_bytes(value: float | None) -> str:
-    if value is None:
-        return "—"
-    size = float(value)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(size) < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} PB"
+    return units.human_bytes(value, unknown="—")
 
 
 def human_seconds(value: float | None) -> str:

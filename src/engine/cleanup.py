@@ -36,6 +36,7 @@ from graftline.engine import cleanup_journal
 from graftline.engine.cleanup_journal import PendingCleanup, read_journal, removed_by
 from graftline.engine.lineage_model import NEEDED_RELATIONS, Lineage, Node, need_links
 from graftline.engine.lineage_scan import run_is_active, scan
+from graftline.engine.units import human_bytes
 
 __all__ = [
     "CleanupError",
@@ -318,14 +319,6 @@ def _nested_that_stay(
 
 
 # -- presenting ----------------------------------------------------------------------------------
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 def format_plan(plan: CleanupPlan, lineage: Lineage) -> str:

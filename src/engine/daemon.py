@@ -28,21 +28,11 @@ from graftline.engine.events import EventWriter
 from graftline.engine.run_control import RunControl
 from graftline.engine.runstate import RunState, StateKeeper
 from graftline.engine.telemetry import TelemetryThread, forecast_bytes
+from graftline.engine.units import human_bytes
 
 LOCK = "engine.lock"
 EXIT_BUSY = 3
 EXIT_BAD_RUN = 2
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return "unknown"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
 
 
 class EngineSink:
@@ -124,7 +114,7 @@ class EngineSink:
         self.writer.emit(
             "warning", before,
             message=(f"paused before stage '{before}': the remaining stages will write about "
-                     f"{_human(need)} but only {_human(free)} is free on {self.run_dir}"),
+                     f"{human_bytes(need)} but only {human_bytes(free)} is free on {self.run_dir}"),
             fix=f"free space (e.g. `graftline cleanup`), then `graftline resume "
                 f"{self.run_dir.name}`: the run continues where it paused",
             forecast_bytes=need, disk_free=free)

@@ -15,15 +15,7 @@ from graftline.engine import spec
 from graftline.engine.pipeline_file import HEADER_BLOCK, PipelineFile, load
 from graftline.engine.plan import Plan, build_plan
 from graftline.engine.problems import PipelineError, Problem
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
+from graftline.engine.units import human_bytes
 
 
 def runs_dir(pf: PipelineFile) -> Path:
@@ -214,8 +206,8 @@ def _environment_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
     total, free = plan.total_bytes, plan.free_bytes
     if total is not None and free is not None and total > free:
         yield Problem(
-            f"the run will write about {_human(total)} but only {_human(free)} is free on "
-            f"the runs volume",
+            f"the run will write about {human_bytes(total)} but only {human_bytes(free)} is free "
+            "on the runs volume",
             str(pf.path),
             pf.line(HEADER_BLOCK, "runs_dir"),
             None,

@@ -14,8 +14,8 @@ from rich.tree import Tree
 
 from graftline.engine import cleanup as cleanup_api
 from graftline.engine import lineage as lineage_api
-from graftline.engine.cleanup import human_bytes
 from graftline.engine.lineage_model import Lineage, Node
+from graftline.engine.units import human_bytes
 
 _KIND_STYLE = {
     "base": "bold blue", "merged": "bold magenta", "adapter": "green", "combined": "green",

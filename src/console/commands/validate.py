@@ -11,7 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from graftline.engine.problems import Problem
-from graftline.engine.validate import _human, plan_of, validate_file
+from graftline.engine.units import human_bytes
+from graftline.engine.validate import plan_of, validate_file
 
 FILE = typer.Argument(..., help="The pipeline file (TOML).", show_default=False)
 
@@ -123,7 +124,7 @@ def plan(
         if step.train is not None:
             steps = step.train.max_steps or f"{step.train.epochs} epochs"
             starts += f"\n[dim]{steps} steps, lr {step.train.lr:g}[/dim]"
-        size = _human(step.bytes) if step.bytes is not None else "unknown"
+        size = human_bytes(step.bytes) if step.bytes is not None else "unknown"
         table.add_row(str(index), name, step.kind, action, starts, step.writes, size)
     console.print(table)
     console.print(
@@ -135,14 +136,14 @@ def plan(
     if total is None:
         console.print("disk: [yellow]unknown[/yellow] — " + "; ".join(the_plan.notes))
     else:
-        line = f"disk: writes about {_human(total)}"
+        line = f"disk: writes about {human_bytes(total)}"
         if the_plan.merged_bytes:
             line += (
-                f" ({_human(total - the_plan.merged_bytes)} adapters and data, "
-                f"{_human(the_plan.merged_bytes)} merged models)"
+                f" ({human_bytes(total - the_plan.merged_bytes)} adapters and data, "
+                f"{human_bytes(the_plan.merged_bytes)} merged models)"
             )
         if free is not None:
-            line += f"; {_human(free)} free on the runs volume"
+            line += f"; {human_bytes(free)} free on the runs volume"
         console.print(line, highlight=False)
     if problems:
         console.print()
