@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -40,6 +41,13 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"demo started: run {run_dir.name}\nrun directory: {run_dir}")
         if not attach:
             typer.echo(f"attach with: graftline attach {run_dir.name}")
+            return
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            # no terminal to draw on (a pipe, CI, a script): follow the log to the end instead
+            from graftline.console.commands.background import show_logs
+
+            typer.echo("no terminal: following the event log until the run finishes")
+            show_logs(run_dir, follow=True)
             return
         from graftline.console.app import run_console
 
