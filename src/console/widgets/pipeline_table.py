@@ -34,6 +34,7 @@ class PipelineTable(DataTable):
         self.ascii_only = ascii_only
         self._signature: tuple[object, ...] = ()
         self._names: list[str] = []
+        self._widths: tuple[int, ...] = ()
 
     def on_mount(self) -> None:
         for label in self.COLUMNS:
@@ -45,19 +46,25 @@ class PipelineTable(DataTable):
         if signature == self._signature:
             return
         self._signature = signature
-        # Rebuilt whole on every change (a few rows, at most a few times a second): column
-        # widths then fit the current content exactly, instead of depending on which
-        # intermediate states the follower happened to deliver.
+        names = [stage.name for stage in model.stages]
+        widths = tuple(max([len(label), *(_width(r[i]) for r in rows)])
+                       for i, label in enumerate(self.COLUMNS))
+        if names == self._names and widths == self._widths:
+            # the common case while training: a progress or metric cell changed in place, which
+            # repaints those cells without a new layout
+            for name, row in zip(names, rows, strict=True):
+                for label, cell in zip(self.COLUMNS, row, strict=True):
+                    self.update_cell(name, label, cell)
+            return
+        # Rebuilt with explicit widths when the shape changes: the header is then drawn at the
+        # content's width from the first frame, whatever states the follower delivered before.
         cursor = self.cursor_row
         self.clear(columns=True)
-        # explicit widths: the header is then drawn at its final width from the first frame
-        for index, label in enumerate(self.COLUMNS):
-            width = max([len(label), *(Text.from_markup(c).cell_len if isinstance(c, str)
-                                        else c.cell_len for c in (r[index] for r in rows))])
+        for label, width in zip(self.COLUMNS, widths, strict=True):
             self.add_column(label, key=label, width=width)
-        self._names = [stage.name for stage in model.stages]
-        for name, row in zip(self._names, rows, strict=True):
+        for name, row in zip(names, rows, strict=True):
             self.add_row(*row, key=name)
+        self._names, self._widths = names, widths
         if self.row_count:
             self.move_cursor(row=min(max(cursor, 0), self.row_count - 1))
 
@@ -83,6 +90,12 @@ class PipelineTable(DataTable):
         metric = f"{_short(key[0])} {format_metric(key[1])}" if key else ""
         return (stage.name, stage.kind, status, progress, metric,
                 stage.action_label, stage.reference_label)
+
+
+def _width(cell: object) -> int:
+    if isinstance(cell, Text):
+        return cell.cell_len
+    return Text.from_markup(str(cell)).cell_len
 
 
 def _short(metric: str) -> str:
