@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
 
 from graftline.console.run_view import RunModel
+from graftline.console.widgets.quiet_static import QuietStatic
 
 MARK = {"pass": ("✓", "green"), "warn": ("!", "yellow"), "fail": ("✗", "bold red")}
 MARK_ASCII = {"pass": ("ok", "green"), "warn": ("!!", "yellow"), "fail": ("XX", "bold red")}
 
 
-class ChecksPanel(Static):
+class ChecksPanel(QuietStatic):
     DEFAULT_CSS = """
     ChecksPanel { height: auto; border: round $panel-lighten-2; padding: 0 1; }
     """
@@ -28,11 +28,11 @@ class ChecksPanel(Static):
         if stage is None:
             stage = model.current_stage or (model.stages[-1] if model.stages else None)
         if stage is None:
-            self.update(Text("no checks yet", style="dim"))
+            self.show(Text("no checks yet", style="dim"))
             return
         self.border_title = f"checks · {stage.name}"
         if not stage.checks:
-            self.update(Text("no checks yet" if stage.status in ("pending", "running")
+            self.show(Text("no checks yet" if stage.status in ("pending", "running")
                              else "no checks for this stage", style="dim"))
             return
         lines = []
@@ -42,4 +42,4 @@ class ChecksPanel(Static):
             if check.status != "pass":
                 line.append(f" {check.message}", style=style)
             lines.append(line)
-        self.update(Text("\n").join(lines))
+        self.show(Text("\n").join(lines))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
 
 from graftline.console.run_view import RunModel, Telemetry, human_bytes
+from graftline.console.widgets.quiet_static import QuietStatic
 
 
 def gauge(used: float | None, total: float | None, width: int, ascii_only: bool) -> Text:
@@ -18,7 +18,7 @@ def gauge(used: float | None, total: float | None, width: int, ascii_only: bool)
     return Text.assemble((full * filled, style), (empty * (width - filled), "dim"))
 
 
-class ResourceGauges(Static):
+class ResourceGauges(QuietStatic):
     DEFAULT_CSS = """
     ResourceGauges { height: auto; border: round $panel-lighten-2; padding: 0 1; }
     """
@@ -29,7 +29,7 @@ class ResourceGauges(Static):
         self.border_title = "resources"
 
     def update_from(self, model: RunModel) -> None:
-        self.update(self.render_telemetry(model.telemetry))
+        self.show(self.render_telemetry(model.telemetry))
 
     def render_telemetry(self, tel: Telemetry) -> Text:
         if not tel.seen:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 from rich.text import Text
-from textual.widgets import Static
 
 from graftline.console.follower import EngineState
 from graftline.console.run_view import RunModel, human_seconds
+from graftline.console.widgets.quiet_static import QuietStatic
 
 STATUS_STYLE = {
     "running": "bold green", "paused": "bold yellow", "finished": "bold blue",
@@ -25,7 +25,7 @@ def run_status(model: RunModel, engine: EngineState | None) -> str:
     return model.status
 
 
-class RunHeader(Static):
+class RunHeader(QuietStatic):
     DEFAULT_CSS = """
     RunHeader { height: 1; background: $panel; color: $foreground; padding: 0 1; }
     """
@@ -54,4 +54,4 @@ class RunHeader(Static):
             text.append(f"  {tps or 0:,.0f} tok/s  {sps or 0:.2f} step/s", style="dim")
         if model.backend:
             text.append(f"  [{model.backend}]", style="dim")
-        self.update(text)
+        self.show(text)
