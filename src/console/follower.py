@@ -45,7 +45,7 @@ class Follower:
     """Owns the model and the lock; `run()` is the worker body (call it in a thread)."""
 
     def __init__(self, run_dir: Path, notify: Callable[[], None], *, poll: float = 0.5,
-                 min_interval: float = 0.5) -> None:
+                 min_interval: float = 1.0) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / EVENTS
         self.model = RunModel()
