@@ -20,7 +20,6 @@ order, and `graftline plan` shows them expanded.
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from graftline.engine import spec
-from graftline.engine.problems import PipelineError, Problem
+from graftline.engine.problems import PipelineError, Problem, did_you_mean
 
 HEADER_BLOCK = "[pipeline]"  # the key of the header's Block; no stage name can contain brackets
 TOP_LEVEL = ("pipeline", "defaults", "stage", "foreach")
@@ -99,11 +98,6 @@ def _scan_blocks(text: str) -> dict[str, list[Block]]:
     return blocks
 
 
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else f"expected one of: {', '.join(choices)}"
-
-
 def _fields(model: type[BaseModel]) -> list[str]:
     return [f.alias or name for name, f in model.model_fields.items()]
 
@@ -144,7 +138,7 @@ def _translate(
             yield Problem(
                 f"unknown key '{word}'",
                 **where,
-                fix=_did_you_mean(word, [c for c in choices if c != "kind"]),
+                fix=did_you_mean(word, [c for c in choices if c != "kind"]),
             )
         elif kind_of_error == "missing":
             yield Problem(
@@ -160,7 +154,7 @@ def _translate(
                 line=block.line_of("kind"),
                 stage=stage,
                 field="kind",
-                fix=_did_you_mean(given, list(spec.STAGE_MODELS)),
+                fix=did_you_mean(given, list(spec.STAGE_MODELS)),
             )
         elif kind_of_error == "union_tag_not_found":
             yield Problem(
@@ -224,7 +218,7 @@ def _expand_foreach(
                         file,
                         gblock.line_of(key),
                         field=key,
-                        fix=_did_you_mean(key, list(FOREACH_KEYS)),
+                        fix=did_you_mean(key, list(FOREACH_KEYS)),
                     )
                 )
         values = group.get("values")
@@ -288,7 +282,7 @@ def parse(text: str, path: Path | str = "<pipeline>") -> PipelineFile:
                     f"unknown top-level table '{key}'",
                     file,
                     line,
-                    fix=_did_you_mean(key, list(TOP_LEVEL)),
+                    fix=did_you_mean(key, list(TOP_LEVEL)),
                 )
             )
 

@@ -15,7 +15,7 @@ from typing import Literal
 
 from graftline.engine import spec
 from graftline.engine.modelinfo import ModelInfo, describe
-from graftline.engine.problems import Problem
+from graftline.engine.problems import Problem, did_you_mean
 
 Action = Literal["new", "continue", "merge", "combine", "none"]
 MODEL_KINDS = frozenset({"sft", "dpo", "grpo", "merge", "combine"})
@@ -178,13 +178,11 @@ def build_plan(
                     f"move '{parent}' above '{stage.name}'",
                 )
             else:
-                from graftline.engine.pipeline_file import _did_you_mean
-
                 problem(
                     stage,
                     "from",
                     f"no stage named '{parent}'",
-                    _did_you_mean(parent, [*names, "base"]),
+                    did_you_mean(parent, [*names, "base"]),
                 )
             parent = None
         up = by_name.get(parent) if parent else None
