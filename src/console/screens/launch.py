@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -82,6 +85,7 @@ def check_file(path: Path, root: Path) -> Report:
 class LaunchScreen(Screen[None]):
     BINDINGS: ClassVar = [
         Binding("L", "launch", "Launch"),
+        Binding("R", "toggle_rehearse", "Rehearse first"),
         Binding("r", "runs", "Runs"),
         Binding("g", "rescan", "Rescan", show=False),
     ]
@@ -153,6 +157,12 @@ class LaunchScreen(Screen[None]):
         self.query_one("#report", Static).update(report.text)
         self.checks += 1
 
+    rehearse_first: bool = True
+
+    def action_toggle_rehearse(self) -> None:
+        self.rehearse_first = not self.rehearse_first
+        self.notify("rehearse first: " + ("on" if self.rehearse_first else "off"))
+
     def action_launch(self) -> None:
         report = self.report
         if report is None:
@@ -162,13 +172,25 @@ class LaunchScreen(Screen[None]):
             self.notify(f"{report.file.name} has errors: fix them first (listed on the right).",
                         severity="error")
             return
-        self.notify(f"launching {report.file.name} in the background…")
-        self._launch(report.file)
+        first = " after a rehearsal on a tiny twin (R turns it off)" if self.rehearse_first else ""
+        self.notify(f"launching {report.file.name} in the background{first}…")
+        self._launch(report.file, self.rehearse_first)
 
     @work(thread=True, exclusive=True, group="launch", exit_on_error=False)
-    def _launch(self, path: Path) -> None:
+    def _launch(self, path: Path, rehearse_first: bool) -> None:
         from graftline.console.launcher import launch_background
 
+        if rehearse_first:
+            # in its own process: the console never holds a trainer, and a rehearsal's imports
+            # and training stay out of the UI's memory
+            done = subprocess.run([sys.executable, "-m", "graftline", "rehearse", str(path)],
+                                  capture_output=True, text=True, env={**os.environ,
+                                                                       "COLUMNS": "100"})
+            if done.returncode != 0:
+                tail = " / ".join(done.stdout.strip().splitlines()[-3:])
+                self.app.call_from_thread(self.notify, f"not launched: the rehearsal failed: "
+                                          f"{tail}", severity="error", timeout=20)
+                return
         try:
             run_dir = launch_background(path)
         except Exception as exc:
