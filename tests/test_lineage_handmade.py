@@ -79,6 +79,11 @@ def tree(toy_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.rmtree(root / "base2")
     _trainer_checkpoints(base, root / "sft-out")
     os.symlink(outside, root / "link-out")
+    # A config that is a symlink out of the root: never read through.
+    shutil.copytree(adapters / "a2", adapters / "linked-config", symlinks=True)
+    (outside / "adapter_config.json").write_text(json.dumps(config))
+    os.unlink(adapters / "linked-config" / "adapter_config.json")
+    os.symlink(outside / "adapter_config.json", adapters / "linked-config" / "adapter_config.json")
     return root
 
 
@@ -122,6 +127,9 @@ def test_scan_shows_each_case(tree: Path) -> None:
     links = {Path(s.path).name: s for s in lin.symlinks}
     assert links["link-out"].outside and links["notes"].outside
     assert not any("outside" in (n.path or "") for n in lin.nodes)
+    linked = by_id["adapters/linked-config"]
+    assert any("symlink" in w for w in linked.warnings)
+    assert f"hub:{HUB}" not in {e.parent for e in lin.parents(linked.key)}
     # Sizes are stat-only and add up per directory.
     for name in ("adapters/a1", "merged", "sft-out/checkpoint-2"):
         assert by_id[name].bytes == sum(files_under(tree / name).values())
@@ -154,7 +162,7 @@ def test_cleanup_keeps_what_kept_adapters_need(tree: Path) -> None:
     root = str(tree.resolve())
     deleted = {os.path.relpath(k, root) for k in plan.delete}
     assert deleted == {"adapters/a1", "adapters/a2", "adapters/hub", "adapters/orphan",
-                       "sft-out/checkpoint-1", "sft-out/checkpoint-2"}
+                       "adapters/linked-config", "sft-out/checkpoint-1", "sft-out/checkpoint-2"}
     assert {os.path.relpath(k, root) for k in plan.protected} == {"base", "merged"}
     assert any("link-out" in w for w in plan.warnings)
 
@@ -164,6 +172,7 @@ def test_cleanup_keeps_what_kept_adapters_need(tree: Path) -> None:
         assert not (tree / rel).exists()
     # Nothing outside the root was touched, not even through links.
     assert (tree.parent / "outside" / "precious.bin").stat().st_size == 1000
+    assert (tree.parent / "outside" / "adapter_config.json").is_file()
     assert (tree / "link-out").is_symlink()
     # Every kept adapter still loads on what it needs and runs.
     on_base = forward_with(tree / "base", tree / "sft-out" / "checkpoint-3")

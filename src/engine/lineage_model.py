@@ -36,7 +36,7 @@ EdgeSource = Literal["manifest", "config", "inferred"]
 NEEDED_RELATIONS: frozenset[str] = frozenset({"trained_on", "merged_from"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LoraInfo:
     r: int | None
     alpha: float | None
@@ -44,7 +44,7 @@ class LoraInfo:
     dropout: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Node:
     """One checkpoint (or a model a checkpoint refers to).
 
@@ -76,7 +76,7 @@ class Node:
     removed_by: str | None = None  # kind == missing: "cleanup <id> at <time>" when known
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Edge:
     """`child` was made from `parent` by `relation`."""
 

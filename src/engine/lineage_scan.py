@@ -17,9 +17,9 @@ import os
 import re
 import socket
 import struct
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,6 @@ _VOLATILE_CONFIG = {"_name_or_path", "transformers_version", "dtype", "torch_dty
 _dir_cache: dict[str, tuple[int, int, float]] = {}  # dir -> (mtime_ns, file bytes, newest mtime)
 _json_cache: dict[str, tuple[int, int, Any]] = {}  # file -> (mtime_ns, size, parsed)
 _fingerprint_cache: dict[str, tuple[int, int, str | None]] = {}
-_known_stat: dict[str, tuple[int, int]] = {}  # this scan's stats of .json files, by path
 
 
 class ScanError(ValueError):
@@ -98,12 +97,6 @@ class _Scanner:
     # -- walking -----------------------------------------------------------------------------
 
     def run(self) -> Lineage:
-        try:
-            return self._run()
-        finally:
-            _known_stat.clear()
-
-    def _run(self) -> Lineage:
         for root in self.roots:
             self.history.update(cleanup_journal.read_history(Path(root)))
             if os.path.lexists(os.path.join(root, cleanup_journal.JOURNAL)):
@@ -116,40 +109,40 @@ class _Scanner:
         return self._freeze()
 
     def _walk(self, root: str) -> None:
-        stack: list[tuple[str, str | None, str | None]] = [(root, None, None)]
+        stack: list[tuple[str, str, str | None, str | None]] = [
+            (root, os.path.basename(root), None, None)
+        ]
         while stack:
-            path, owner, run_dir = stack.pop()
+            path, base, owner, run_dir = stack.pop()
             try:
                 it = os.scandir(path)
             except OSError:
                 continue
-            names: set[str] = set()
-            subdirs: list[str] = []
+            subdirs: list[os.DirEntry[str]] = []
             files: list[os.DirEntry[str]] = []
             with it:
                 for entry in it:
-                    if entry.is_symlink():
-                        self._symlink(entry.path)
-                        files.append(entry)  # the link itself: its own few bytes
-                        names.add(entry.name)
-                    elif entry.is_dir(follow_symlinks=False):
+                    if entry.is_dir(follow_symlinks=False):
                         if not entry.name.startswith("."):
-                            subdirs.append(entry.name)
-                    else:
-                        files.append(entry)
-                        names.add(entry.name)
+                            subdirs.append(entry)
+                        continue
+                    if entry.is_symlink():
+                        self._symlink(entry.path)  # counted below as its own few bytes
+                    files.append(entry)
             size, newest = self._dir_bytes(path, files)
-            if RUN_STATE in names and "stages" in subdirs:
+            jsons = {e.name: e for e in files if e.name.endswith(".json")}
+            names = {e.name for e in files}
+            if RUN_STATE in names and any(d.name == "stages" for d in subdirs):
                 run_dir = path
                 self.runs[path] = self._run_state(path)
-            if self._classify(path, root, names, run_dir):
+            if self._classify(path, base, root, names, jsons, run_dir):
                 owner = path
                 self.drafts[path].newest = newest
             if owner is not None:
                 # A folder's files belong to the nearest checkpoint at or above it.
                 self.drafts[owner].bytes += size
-            for name in sorted(subdirs, reverse=True):
-                stack.append((os.path.join(path, name), owner, run_dir))
+            for sub in sorted(subdirs, key=lambda e: e.name, reverse=True):
+                stack.append((sub.path, sub.name, owner, run_dir))
 
     def _dir_bytes(self, path: str, files: list[os.DirEntry[str]]) -> tuple[int, float]:
         try:
@@ -167,9 +160,6 @@ class _Scanner:
                 continue
             total += st.st_size
             newest = max(newest, st.st_mtime)
-            if entry.name.endswith(".json"):
-                # Saves _read_json its own stat of the same file.
-                _known_stat[entry.path] = (st.st_mtime_ns, st.st_size)
         _dir_cache[path] = (mtime, total, newest)
         return total, newest
 
@@ -191,15 +181,20 @@ class _Scanner:
     # -- recognising checkpoints ---------------------------------------------------------------
 
     def _classify(
-        self, path: str, root: str, names: set[str], run_dir: str | None
+        self,
+        path: str,
+        base: str,
+        root: str,
+        names: set[str],
+        jsons: dict[str, os.DirEntry[str]],
+        run_dir: str | None,
     ) -> bool:
-        base = os.path.basename(path)
         step_match = _CHECKPOINT.match(base)
         is_trainer = step_match is not None and TRAINER_STATE in names
         fields: dict[str, Any] = {}
         manifest: ManifestView | None = None
-        if MANIFEST in names:
-            manifest = view(_read_json(os.path.join(path, MANIFEST)))
+        if MANIFEST in jsons:
+            manifest = view(_read_entry(jsons[MANIFEST]))
         if manifest is not None:
             kind, source = manifest.kind, "graftline"
         elif ADAPTER_CONFIG in names:
@@ -226,16 +221,24 @@ class _Scanner:
         if step_match is not None and (parent_stage := fields.get("stage")):
             name = f"{parent_stage}/{base}"
         draft = _Draft(path, kind, source, path, root, name, manifest, fields=fields)
-        draft.fields["names"] = names
+        draft.fields["jsons"] = jsons
         self.drafts[path] = draft
         return True
 
     def _link(self, draft: _Draft) -> None:
         path = draft.path
         assert path is not None
-        names: set[str] = draft.fields.pop("names")
+        jsons: dict[str, os.DirEntry[str]] = draft.fields.pop("jsons")
         metrics: dict[str, float] = {}
-        config = _read_json(os.path.join(path, ADAPTER_CONFIG)) if ADAPTER_CONFIG in names else None
+        config = None
+        if ADAPTER_CONFIG in jsons:
+            config = _read_entry(jsons[ADAPTER_CONFIG])
+            if not isinstance(config, dict):
+                config = None
+                draft.warnings.append(
+                    f"{ADAPTER_CONFIG} cannot be read (not JSON, or a symlink, which the scan "
+                    "never follows): its base is unknown"
+                )
         m = draft.manifest
         if m is not None:
             draft.fields.update(
@@ -284,12 +287,12 @@ class _Scanner:
                     tuple(sorted(targets)) if isinstance(targets, list) else targets,
                     config.get("lora_dropout"),
                 )
-        if TRAINER_STATE in names:
-            state = _read_json(os.path.join(path, TRAINER_STATE)) or {}
+        if TRAINER_STATE in jsons:
+            state = _read_entry(jsons[TRAINER_STATE]) or {}
             metrics.update(_trainer_metrics(state))
         for extra, prefix in (("metrics.json", ""), ("evaluation.json", "eval/")):
-            if extra in names and m is None:
-                data = _read_json(os.path.join(path, extra))
+            if extra in jsons and m is None:
+                data = _read_entry(jsons[extra])
                 if isinstance(data, dict):
                     metrics.update(
                         {f"{prefix}{k}": float(v) for k, v in data.items() if _is_number(v)}
@@ -311,6 +314,8 @@ class _Scanner:
                 candidates = [os.path.join(b, expanded) for b in (where, os.getcwd(), *self.roots)]
             for candidate in candidates:
                 # Checkpoints found by the walk are keyed by real paths: no syscall needed.
+                if candidate in self.drafts:
+                    return candidate
                 if (known := os.path.normpath(candidate)) in self.drafts:
                     return known
             for candidate in candidates:
@@ -466,7 +471,7 @@ class _Scanner:
             ids.add(node_id)
             created = f.get("created")
             if created is None and draft.newest:
-                created = datetime.fromtimestamp(draft.newest, UTC).isoformat(timespec="seconds")
+                created = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(draft.newest))
             nodes.append(Node(
                 key=draft.key,
                 id=node_id,
@@ -546,23 +551,55 @@ def run_is_active(run_dir: str) -> bool:
 
 
 def _read_json(path: str) -> Any:
-    known = _known_stat.pop(path, None)
-    if known is None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        known = (st.st_mtime_ns, st.st_size)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _parse_cached(path, st, os.O_RDONLY)
+
+
+def _read_entry(entry: os.DirEntry[str]) -> Any:
+    """Like `_read_json` for a file inside the roots, with the stat the walk already made (a
+    DirEntry keeps it). A symlinked JSON file there is not followed: it reads as None."""
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except OSError:
+        return None
+    return _parse_cached(entry.path, st, os.O_RDONLY | os.O_NOFOLLOW)
+
+
+def _parse_cached(path: str, st: os.stat_result, flags: int) -> Any:
     cached = _json_cache.get(path)
-    if cached and cached[0] == known[0] and cached[1] == known[1]:
+    if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
         return cached[2]
     try:
-        with open(path, "rb") as handle:
-            data = json.loads(handle.read())
+        data = json.loads(_read_small(path, st.st_size, flags))
     except (OSError, ValueError):
         data = None
-    _json_cache[path] = (known[0], known[1], data)
+    _json_cache[path] = (st.st_mtime_ns, st.st_size, data)
     return data
+
+
+def _read_small(path: str, size: int, flags: int) -> bytes | str:
+    """The whole file, in one read of the size a stat just gave.
+
+    A buffered `open()` costs twice as much for a file this small, and a cold scan reads
+    thousands of them.
+    """
+    fd = os.open(path, flags)
+    try:
+        raw = os.read(fd, size + 1)
+        if len(raw) > size:  # it grew since the stat
+            chunks = [raw]
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            raw = b"".join(chunks)
+    finally:
+        os.close(fd)
+    try:
+        return raw.decode()  # skips json's encoding detection for the usual UTF-8
+    except UnicodeDecodeError:
+        return raw
 
 
 def _read_manifest(path: str) -> ManifestView | None:
