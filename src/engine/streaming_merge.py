@@ -31,6 +31,7 @@ from graftline.engine.export_chain import (
     ExportRefused,
     weight_files,
 )
+from graftline.engine.ordered_io import OrderedIO
 from graftline.engine.safetensors_stream import (
     DTYPES,
     NAMES,
@@ -359,69 +360,96 @@ def _job(key: str, source: Path, info: TensorInfo, adapter: AdapterPlan | None,
     return TensorJob(key, source, info, delta, dtype)
 
 
+# fp32 rows merged at a time: small enough to stay in cache between the load, the product and
+# the store, so the tensor is never materialised in fp32 (which costs more than the product).
+_BLOCK_ELEMENTS = 1 << 18
+
+
 def merged_tensor(job: TensorJob, read: Callable[[Path, TensorInfo], torch.Tensor],
                   adapter_headers: dict[str, TensorInfo],
                   adapter_file: Path | None) -> torch.Tensor:
-    """The output tensor of one job. LoRA deltas are added in fp32 with one in-place matmul
-    (no separate delta tensor), then cast."""
+    """The output tensor of one job: the base tensor plus its LoRA delta, added in fp32, cast."""
     tensor = read(job.source, job.info)
-    if job.delta is not None:
-        assert adapter_file is not None
-        delta = job.delta
-        a = read(adapter_file, adapter_headers[delta.a_key]).float()
-        b = read(adapter_file, adapter_headers[delta.b_key]).float()
-        tensor = tensor.float()
-        if delta.layout == "linear":  # W[out,in] += s · B[out,r] @ A[r,in]
-            tensor.addmm_(b, a, alpha=delta.scale)
-        elif delta.layout == "linear_t":  # Conv1D stores W[in,out]
-            tensor.addmm_(a.t(), b.t(), alpha=delta.scale)
-        else:  # embedding: W[vocab,dim] += s · (B[dim,r] @ A[r,vocab])ᵀ
-            tensor.addmm_(a.t(), b.t(), alpha=delta.scale)
     target = DTYPES[job.dtype]
-    return tensor if tensor.dtype == target else tensor.to(target)
+    if job.delta is None:
+        return tensor if tensor.dtype == target else tensor.to(target)
+    assert adapter_file is not None
+    delta = job.delta
+    a = read(adapter_file, adapter_headers[delta.a_key]).float()
+    b = read(adapter_file, adapter_headers[delta.b_key]).float()
+    # W[i, :] += s · left[i, :] @ right, row by row of the stored weight:
+    if delta.layout == "linear":  # W[out,in] += s · B[out,r] @ A[r,in]
+        left, right = b, a
+    else:  # Conv1D stores W[in,out], an embedding W[vocab,dim]: both add s · Aᵀ @ Bᵀ
+        left, right = a.t().contiguous(), b.t()
+    if tensor.dtype == torch.float32:
+        tensor.addmm_(left, right, alpha=delta.scale)
+        return tensor if target == torch.float32 else tensor.to(target)
+    out = tensor if tensor.dtype == target else torch.empty(tensor.shape, dtype=target)
+    rows, cols = tensor.shape
+    step = max(1, _BLOCK_ELEMENTS // max(cols, 1))
+    scratch = torch.empty((min(step, rows), cols), dtype=torch.float32)
+    for i in range(0, rows, step):
+        j = min(i + step, rows)
+        block = scratch[: j - i]
+        block.copy_(tensor[i:j])
+        block.addmm_(left[i:j], right, alpha=delta.scale)
+        out[i:j].copy_(block)
+    return out
 
 
 def write_shards(shards: tuple[OutShard, ...], out: Path, adapter: AdapterPlan | None,
                  on_tensor: Callable[[OutShard, TensorJob, int], None] | None = None,
                  *, fsync: bool = True) -> dict[str, str]:
     """Write every output file; returns the weight map (tensor -> file). `on_tensor` is called
-    after each tensor with the bytes written so far."""
-    handles: dict[Path, Any] = {}
+    after each tensor with the bytes merged so far.
 
-    def read(path: Path, info: TensorInfo) -> torch.Tensor:
+    Merging happens here; writing, kernel copies and fsyncs run behind it on one I/O thread
+    (`OrderedIO`), at most a few tensors behind.
+    """
+    # Separate handles per thread: the merge seeks and reads while the I/O thread copies.
+    reads: dict[Path, Any] = {}
+    copies: dict[Path, Any] = {}
+
+    def handle(handles: dict[Path, Any], path: Path) -> Any:
         if path not in handles:
             handles[path] = path.open("rb")
-        return read_tensor(handles[path], info)
+        return handles[path]
+
+    def read(path: Path, info: TensorInfo) -> torch.Tensor:
+        return read_tensor(handle(reads, path), info)
 
     adapter_file = adapter.path / ADAPTER_WEIGHTS if adapter is not None else None
     adapter_headers = adapter.headers if adapter is not None else {}
     weight_map: dict[str, str] = {}
+    writers: list[StreamWriter] = []
     done = 0
     try:
-        for shard in shards:
-            entries = [OutEntry(job.name, job.dtype, job.info.shape) for job in shard.jobs]
-            writer = StreamWriter(out / shard.filename, entries, {"format": "pt"}, fsync=fsync)
-            try:
+        with OrderedIO(max_in_flight=3) as io:
+            for shard in shards:
+                entries = [OutEntry(job.name, job.dtype, job.info.shape) for job in shard.jobs]
+                writer = StreamWriter(out / shard.filename, entries, {"format": "pt"},
+                                      fsync=fsync)
+                writers.append(writer)
                 for job in shard.jobs:
                     if job.delta is None and job.dtype == job.info.dtype:
-                        if job.source not in handles:
-                            handles[job.source] = job.source.open("rb")
-                        writer.copy_from(job.name, handles[job.source], job.info)
+                        io.submit(writer.copy_from, job.name, handle(copies, job.source),
+                                  job.info)
                     else:
-                        tensor = merged_tensor(job, read, adapter_headers, adapter_file)
-                        writer.write(job.name, tensor)
-                        del tensor
+                        io.submit(writer.write, job.name,
+                                  merged_tensor(job, read, adapter_headers, adapter_file))
                     weight_map[job.name] = shard.filename
                     done += job.out_bytes
                     if on_tensor is not None:
                         on_tensor(shard, job, done)
-                writer.close()
-            except BaseException:
-                writer.abort()
-                raise
+                io.submit(writer.close)
+    except BaseException:
+        for writer in writers:
+            writer.abort()
+        raise
     finally:
-        for handle in handles.values():
-            handle.close()
+        for h in (*reads.values(), *copies.values()):
+            h.close()
     return weight_map
 
 
