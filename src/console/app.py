@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import locale
 import os
+import site
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,13 +25,24 @@ from textual.theme import Theme
 REPO = Path(__file__).resolve().parents[2]
 
 
+def bundled_themes() -> Path:
+    """The shipped themes/: beside the source in a checkout or an editable install; a wheel
+    installs the same files under <prefix>/share/graftline/themes (pyproject's data-files)."""
+    checkout = REPO / "themes"
+    if (checkout / "graftline.tcss").is_file():
+        return checkout
+    installed = [Path(base) / "share" / "graftline" / "themes"
+                 for base in (sys.prefix, site.getuserbase())]  # a venv, or `pip install --user`
+    return next((p for p in installed if (p / "graftline.tcss").is_file()), installed[0])
+
+
 def themes_dir() -> Path:
-    return Path(os.environ.get("GRAFTLINE_THEMES") or REPO / "themes")
+    return Path(os.environ.get("GRAFTLINE_THEMES") or bundled_themes())
 
 
 def _load_theme_module() -> ModuleType | None:
     """themes/themes.py lives outside the package (users edit it); load it by path."""
-    path = REPO / "themes" / "themes.py"
+    path = bundled_themes() / "themes.py"
     if not path.is_file():
         return None
     spec = importlib.util.spec_from_file_location("graftline_themes", path)
@@ -51,7 +63,7 @@ def default_ascii() -> bool:
 
 class GraftlineApp(App[str | None]):
     TITLE = "graftline"
-    CSS_PATH: ClassVar = [p for p in [REPO / "themes" / "graftline.tcss"] if p.is_file()]
+    CSS_PATH: ClassVar = [p for p in [bundled_themes() / "graftline.tcss"] if p.is_file()]
     ENABLE_COMMAND_PALETTE = True
     BINDINGS: ClassVar = [
         Binding("q", "detach", "Detach"),

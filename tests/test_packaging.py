@@ -1,0 +1,43 @@
+"""What a non-editable install carries: the console's themes live outside the package."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from graftline.console import app
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_wheel_carries_the_themes(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(REPO)],
+        capture_output=True, text=True, check=False, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = tmp_path.glob("graftline-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for theme_file in ("graftline.tcss", "themes.py"):
+        assert any(n.endswith(f".data/data/share/graftline/themes/{theme_file}") for n in names)
+    assert "graftline/console/app.py" in names
+
+
+def test_an_installed_console_finds_its_themes_under_the_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix = tmp_path / "venv"
+    shared = prefix / "share" / "graftline" / "themes"
+    shared.mkdir(parents=True)
+    for name in ("graftline.tcss", "themes.py"):
+        (shared / name).write_bytes((REPO / "themes" / name).read_bytes())
+    monkeypatch.setattr(app, "REPO", tmp_path / "site-packages")  # no themes/ beside it
+    monkeypatch.setattr(sys, "prefix", str(prefix))
+    assert app.bundled_themes() == shared
+    module = app._load_theme_module()
+    assert module is not None and module.BUILTIN
