@@ -7,13 +7,12 @@ a rank change without a merge).
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from graftline.engine import spec
+from graftline.engine import disk, spec
 from graftline.engine.modelinfo import ModelInfo, describe
 from graftline.engine.problems import Problem, did_you_mean
 
@@ -322,7 +321,7 @@ def build_plan(
         steps.append(step)
         by_name[stage.name] = step
 
-    free = _free_bytes(runs_dir) if runs_dir is not None else None
+    free = disk.free_bytes(runs_dir) if runs_dir is not None else None
     notes = (
         ()
         if info is not None
@@ -366,16 +365,6 @@ def _writes(kind: str, lora: spec.Lora | None, stage: spec.StageBase) -> str:
         "eval": "evaluation.json",
         "export": f"exported model → {getattr(stage, 'out', '')}",
     }.get(kind, "")
-
-
-def _free_bytes(path: Path) -> int | None:
-    probe = Path(path).resolve()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        return shutil.disk_usage(probe).free
-    except OSError:
-        return None
 
 
 def resolve(pipeline: spec.Pipeline) -> list[StepPlan]:

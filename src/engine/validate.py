@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from graftline.engine import spec
+from graftline.engine.disk import nearest_existing
 from graftline.engine.pipeline_file import HEADER_BLOCK, PipelineFile, load
 from graftline.engine.plan import Plan, build_plan
 from graftline.engine.problems import PipelineError, Problem
@@ -232,9 +233,7 @@ def _environment_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
 
 def _writable(path: Path) -> bool:
     """Try it rather than trust permission bits (root passes os.access on read-only mounts)."""
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = nearest_existing(path)
     if not probe.is_dir():
         return False
     try:
