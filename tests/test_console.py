@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from synthetic_run import write_synthetic_run
 
 pytestmark = pytest.mark.asyncio
 WIDE = (120, 40)
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
@@ -277,3 +279,40 @@ async def test_launch_screen_validates_plans_and_refuses_errors(tmp_path: Path) 
         await wait_for(pilot, lambda: screen.report.file.name == "good.toml", what="good")
         assert screen.report.ok
         assert "plan" in screen_text(app) and "sft_r8" in screen_text(app)
+
+
+async def test_launch_rehearses_first_and_refuses_what_the_rehearsal_catches(
+    tmp_path: Path,
+) -> None:
+    """Validation cannot see inside the rows; the rehearsal trains on them, so a preference row
+    with no rejected answer stops the launch before a run exists."""
+    folder = tmp_path / "work"
+    (folder / "data").mkdir(parents=True)
+    rows = [json.loads(line) for line in
+            (REPO / "examples" / "data" / "prefs.jsonl").read_text().splitlines()[:40]]
+    rows[4]["rejected"] = None
+    (folder / "data" / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "prefs.toml").write_text(
+        '[pipeline]\nname = "prefs"\nbase = "toy:addition"\nruns_dir = "../runs"\n\n'
+        '[[stage]]\nname = "ipo"\nkind = "dpo"\nloss = "ipo"\ndata = "data/prefs.jsonl"\n'
+        "lora = { r = 4 }\ntrain = { max_steps = 20, batch_size = 4, max_length = 32 }\n")
+    runs = tmp_path / "runs"
+    app = make_app(None, runs, launch_dir=folder)
+    async with app.run_test(size=WIDE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, LaunchScreen)
+                       and app.screen.report is not None, what="the check")
+        screen = app.screen
+        assert screen.report.ok, screen_text(app)  # validation passes: the fault is in the data
+        assert screen.rehearse_first
+        await pilot.press("L")
+
+        def refused() -> bool:
+            return any("not launched: the rehearsal failed" in n.message
+                       for n in app._notifications)
+
+        await wait_for(pilot, refused, timeout=240, what="the rehearsal's verdict")
+        message = next(n.message for n in app._notifications if "rehearsal failed" in n.message)
+        assert "ipo (dpo): " in message and "rejected" in message and "Fix:" in message
+        assert isinstance(app.screen, LaunchScreen)  # still here: nothing to attach to
+    made = [p.name for p in runs.iterdir()] if runs.exists() else []
+    assert [name for name in made if not name.startswith(".")] == []  # no run was started

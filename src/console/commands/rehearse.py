@@ -6,6 +6,8 @@ call by default: it prints the same report and returns whether the launch may go
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,18 +88,30 @@ def print_report(console: Console, report: RehearsalReport) -> None:
                       f"{report.seconds:.0f} s", highlight=False)
 
 
+def report_json(report: RehearsalReport) -> dict[str, Any]:
+    """The report for scripts (and the console's launch screen): `ok`, then what went wrong."""
+    data = asdict(report)
+    data["ok"] = report.ok
+    data["failures"] = [s.name for s in report.failures]
+    return data
+
+
 def run_rehearsal(path: Path, *, steps: int | None = None, keep: bool = False,
                   cleanup_keep: list[str] | None = None, cleanup_after: list[str] | None = None,
-                  console: Console | None = None) -> RehearsalReport:
+                  console: Console | None = None, as_json: bool = False) -> RehearsalReport:
     from graftline.engine.rehearse import DEFAULT_STEPS, CleanupPolicy, rehearse
 
     console = console or Console()
     policy = CleanupPolicy(tuple(cleanup_keep), tuple(cleanup_after or ())) \
         if cleanup_keep else None
-    console.print(f"rehearsing {escape(str(path))} on a tiny twin …", highlight=False)
+    if not as_json:
+        console.print(f"rehearsing {escape(str(path))} on a tiny twin …", highlight=False)
     report = rehearse(path, steps=steps or DEFAULT_STEPS, keep=keep, cleanup=policy,
-                      on_event=_live(console))
-    print_report(console, report)
+                      on_event=None if as_json else _live(console))
+    if as_json:
+        print(json.dumps(report_json(report)))  # one line, the last: easy to pick out
+    else:
+        print_report(console, report)
     return report
 
 
@@ -118,6 +132,8 @@ def rehearse_command(
     cleanup_after: list[str] = typer.Option(
         [], "--cleanup-after", help="Run that cleanup only after these stages (default: after "
         "every stage); repeatable."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (no live "
+                                 "progress): ok, stages with status/error/fix, problems."),
 ) -> None:
     """Rehearse a pipeline on a tiny twin of its base, on CPU, in minutes.
 
@@ -128,7 +144,7 @@ def rehearse_command(
     error and the fix, and the time. Exit status 1 on any failure, so it can gate a launch.
     """
     report = run_rehearsal(file, steps=steps, keep=keep, cleanup_keep=cleanup_keep,
-                           cleanup_after=cleanup_after)
+                           cleanup_after=cleanup_after, as_json=as_json)
     if not report.ok:
         raise typer.Exit(1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -80,6 +81,28 @@ def check_file(path: Path, root: Path) -> Report:
         for note in plan.notes:
             text.append(f"note: {note}\n", style="dim")
     return Report(path, ok=pf is not None and not errors, text=text)
+
+
+def rehearsal_verdict(done: subprocess.CompletedProcess[str]) -> str:
+    """What a failed `graftline rehearse --json` found, in one line: the first failing stage's
+    error and fix (or the file's first problem); the process's own error if it printed no
+    report."""
+    lines = done.stdout.strip().splitlines()
+    try:
+        report = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        report = None
+    if not isinstance(report, dict):
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        return " / ".join(tail) or f"exit status {done.returncode}"
+    for stage in report.get("stages", []):
+        if stage.get("status") == "failed":
+            fix = f" Fix: {stage['fix']}" if stage.get("fix") else ""
+            return f"{stage['name']} ({stage['kind']}): {stage['error']}{fix}"
+    for problem in report.get("problems", []):
+        fix = f" Fix: {problem['fix']}" if problem.get("fix") else ""
+        return f"{problem['message']}{fix}"
+    return "see `graftline rehearse` for the report"
 
 
 class LaunchScreen(Screen[None]):
@@ -183,13 +206,13 @@ class LaunchScreen(Screen[None]):
         if rehearse_first:
             # in its own process: the console never holds a trainer, and a rehearsal's imports
             # and training stay out of the UI's memory
-            done = subprocess.run([sys.executable, "-m", "graftline", "rehearse", str(path)],
-                                  capture_output=True, text=True, env={**os.environ,
-                                                                       "COLUMNS": "100"})
+            done = subprocess.run(
+                [sys.executable, "-m", "graftline", "rehearse", "--json", str(path)],
+                capture_output=True, text=True, env=os.environ.copy())
             if done.returncode != 0:
-                tail = " / ".join(done.stdout.strip().splitlines()[-3:])
-                self.app.call_from_thread(self.notify, f"not launched: the rehearsal failed: "
-                                          f"{tail}", severity="error", timeout=20)
+                self.app.call_from_thread(
+                    self.notify, f"not launched: the rehearsal failed: {rehearsal_verdict(done)}",
+                    severity="error", timeout=30)
                 return
         try:
             run_dir = launch_background(path)
