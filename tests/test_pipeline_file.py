@@ -340,6 +340,30 @@ CASES: list[tuple[str, str, list[str], str | None]] = [
         ["base model not found"],
         "pipeline.base",
     ),
+    (
+        "cleanup-bad-keep-word",
+        HEADER + SFT + '\n[cleanup]\nkeep = ["final", "last:0"]  # <-\n',
+        ["keep 'last:0'", "whole number"],
+        "cleanup.keep",
+    ),
+    (
+        "cleanup-after-unknown-stage",
+        HEADER + SFT + MERGE + '\n[cleanup]\nkeep = ["final"]\nafter = ["sft2"]  # <-\n',
+        ["after names 'sft2'", "did you mean 'sft'"],
+        "cleanup.after",
+    ),
+    (
+        "cleanup-unknown-key",
+        HEADER + SFT + '\n[cleanup]\nkeep = ["final"]\nwhen = "always"  # <-\n',
+        ["unknown key 'when'", "keep, after"],
+        "cleanup.when",
+    ),
+    (
+        "cleanup-keeps-nothing",
+        HEADER + SFT + '\n[cleanup]\nkeep = []  # <-\n',
+        ["at least 1 item"],
+        "cleanup.keep",
+    ),
 ]
 
 

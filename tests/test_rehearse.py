@@ -136,6 +136,20 @@ def test_cleanup_that_deletes_the_base_the_export_needs(tmp_path: Path) -> None:
     assert "'merged'" in export.fix
 
 
+def test_the_same_policy_in_the_file_is_safe_because_the_engine_runs_it(tmp_path: Path) -> None:
+    """In [cleanup] the engine runs that policy between stages knowing what is still to come:
+    the merged base survives for the export, and the rehearsal passes."""
+    folder = _copy_examples(tmp_path)
+    path = _trimmed_demo(folder)
+    path.write_text(path.read_text() + '\n[cleanup]\nkeep = ["sft"]\nafter = ["sft_r16"]\n')
+    seen: list[str] = []
+    report = rehearse(path, steps=STEPS, scratch_parent=tmp_path / "s",
+                      on_event=lambda kind, stage, data: seen.append(str(data.get("message"))))
+    assert report.ok, [(s.name, s.error) for s in report.failures]
+    (cleanup,) = [m for m in seen if m.startswith("cleanup after 'sft_r16'")]
+    assert "kept for later stages: stages/sft_r16: 'export' reads it" in cleanup
+
+
 @pytest.mark.slow
 def test_cli_rehearses_with_a_cleanup_keeping_the_latest(tmp_path: Path) -> None:
     """A cleanup that keeps only the latest checkpoint after every stage protects the merged

@@ -141,11 +141,14 @@ class CleanupResult:
 # -- planning ------------------------------------------------------------------------------------
 
 
-def plan_cleanup(lineage: Lineage, rules: Sequence[KeepRule]) -> CleanupPlan:
+def plan_cleanup(lineage: Lineage, rules: Sequence[KeepRule], *,
+                 own_run: str | None = None) -> CleanupPlan:
     """Plan a cleanup of `lineage`'s roots keeping what `rules` select. Pure and O(nodes+edges).
 
     Raises CleanupError when an id/path/glob rule matches nothing (a typo must not turn into
     "delete everything"); a policy (final, last, best) that matches nothing is a warning.
+    `own_run` is the run directory of the engine asking, between two of its stages: its
+    checkpoints are not in use then, so they are not refused as a running run's.
     """
     if not rules:
         raise CleanupError("say what to keep: --keep final, --keep last:2, an id, a path or a glob")
@@ -168,7 +171,7 @@ def plan_cleanup(lineage: Lineage, rules: Sequence[KeepRule]) -> CleanupPlan:
 
     refused: dict[str, str] = {}
     for node in candidates:
-        if node.running and node.key not in keep:
+        if node.running and node.key not in keep and node.run_dir != own_run:
             refused[node.key] = f"run {node.run} is running: its files are not touched"
 
     # One breadth-first pass from everything that stays: the first path that reaches a node
@@ -364,7 +367,8 @@ def pending(root: Path) -> PendingCleanup | None:
 
 
 def execute(
-    plan: CleanupPlan, lineage: Lineage, *, journal_root: Path | None = None
+    plan: CleanupPlan, lineage: Lineage, *, journal_root: Path | None = None,
+    own_run: str | None = None,
 ) -> CleanupResult:
     """Delete `plan.delete`, journaled in `journal_root` (default: the first root).
 
@@ -384,10 +388,11 @@ def execute(
         node = lineage.node(key)
         entries.append({"path": node.path, "id": node.id, "kind": node.kind, "bytes": node.bytes,
                         "run_dir": node.run_dir, "leave": list(plan.leave.get(key, ()))})
-    return _run(root, plan.roots, cleanup_id, entries, frozenset(), resumed=False)
+    return _run(root, plan.roots, cleanup_id, entries, frozenset(), resumed=False,
+                own_run=own_run)
 
 
-def finish_pending(root: Path) -> CleanupResult | None:
+def finish_pending(root: Path, *, own_run: str | None = None) -> CleanupResult | None:
     """Finish the cleanup a crash interrupted in `root`; None when there is none.
 
     The lineage is scanned again first: a directory that something new now needs (a checkpoint
@@ -411,7 +416,7 @@ def finish_pending(root: Path) -> CleanupResult | None:
             continue
         entries.append(entry)
     result = _run(root, (str(root),), job.cleanup, entries, job.done, resumed=True,
-                  already_skipped=skipped, journal_exists=True)
+                  already_skipped=skipped, journal_exists=True, own_run=own_run)
     return result
 
 
@@ -425,6 +430,7 @@ def _run(
     resumed: bool,
     already_skipped: Sequence[tuple[str, str]] = (),
     journal_exists: bool = False,
+    own_run: str | None = None,
 ) -> CleanupResult:
     journal = root / cleanup_journal.JOURNAL
     history = root / cleanup_journal.HISTORY
@@ -439,7 +445,8 @@ def _run(
         path = entry["path"]
         if path in done:
             continue
-        why = _unsafe(path, roots, entry.get("run_dir"))
+        run_dir = entry.get("run_dir")
+        why = _unsafe(path, roots, None if run_dir == own_run else run_dir)
         if why is None:
             freed += _remove_own(path, set(entry.get("leave", ())))
             _prune_empty_parents(path, roots)

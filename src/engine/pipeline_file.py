@@ -33,7 +33,8 @@ from graftline.engine import spec
 from graftline.engine.problems import PipelineError, Problem, did_you_mean
 
 HEADER_BLOCK = "[pipeline]"  # the key of the header's Block; no stage name can contain brackets
-TOP_LEVEL = ("pipeline", "defaults", "stage", "foreach")
+CLEANUP_BLOCK = "[cleanup]"
+TOP_LEVEL = ("pipeline", "defaults", "stage", "foreach", "cleanup")
 FOREACH_KEYS = ("as", "values", "stage")
 _STAGE_ADAPTER: TypeAdapter = TypeAdapter(spec.Stage)
 _HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]\]?")
@@ -331,6 +332,22 @@ def parse(text: str, path: Path | str = "<pipeline>") -> PipelineFile:
                 prefix="defaults.",
             )
 
+    cleanup_block = (blocks.get("cleanup") or [Block(1)])[0]
+    cleanup = None
+    if "cleanup" in raw:
+        try:
+            cleanup = spec.Cleanup.model_validate(raw["cleanup"])
+        except ValidationError as exc:
+            problems += _translate(
+                exc,
+                file=file,
+                block=cleanup_block,
+                stage=None,
+                kind=None,
+                model=spec.Cleanup,
+                prefix="cleanup.",
+            )
+
     tables, origins = _expand_foreach(raw, blocks, file, problems)
     if not tables and not problems:
         problems.append(
@@ -372,13 +389,19 @@ def parse(text: str, path: Path | str = "<pipeline>") -> PipelineFile:
     if problems:
         raise PipelineError(problems)
     assert header is not None
-    pipeline = spec.Pipeline(pipeline=header, defaults=defaults, stage=[s for s, _ in stages])
+    pipeline = spec.Pipeline(
+        pipeline=header, defaults=defaults, stage=[s for s, _ in stages], cleanup=cleanup
+    )
     return PipelineFile(
         Path(path),
         text,
         pipeline,
         origins=origins,
-        blocks={HEADER_BLOCK: header_block, **{s.name: b for s, b in stages}},
+        blocks={
+            HEADER_BLOCK: header_block,
+            CLEANUP_BLOCK: cleanup_block,
+            **{s.name: b for s, b in stages},
+        },
     )
 
 

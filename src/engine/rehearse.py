@@ -27,6 +27,7 @@ from graftline.engine.pipeline_file import PipelineFile
 from graftline.engine.plan import StepPlan, build_plan
 from graftline.engine.problems import Problem
 from graftline.engine.rehearse_preflight import Finding
+from graftline.engine.stage_cleanup import needed_dirs
 
 DEFAULT_STEPS = 3
 SAMPLE_ROWS = 32
@@ -211,37 +212,6 @@ def derive(pf: PipelineFile, *, base: str, scratch: Path, steps: int = DEFAULT_S
         "pipeline": header.model_copy(update=head), "stage": stages,
     })
     return Derived(derived, tuple(samples.values()), tuple(notes))
-
-
-def needed_dirs(steps: list[StepPlan], run_dir: Path) -> dict[str, dict[Path, str]]:
-    """Stage → {checkpoint directory it reads: why}. Pure: what a cleanup must leave for later
-    stages (graftline's cleanup protects what *kept* checkpoints need, not what stages that have
-    not run yet will read)."""
-    from graftline.engine.stages.common import stage_dir
-
-    by_name = {s.name: s for s in steps}
-    needs: dict[str, dict[Path, str]] = {}
-    for step in steps:
-        found: dict[Path, str] = {}
-
-        def need(name: str | None, why: str, found: dict[Path, str] = found) -> None:
-            if name is not None and name in by_name:
-                found.setdefault(stage_dir(run_dir, name), why)
-
-        if step.action == "continue" or step.kind in ("merge", "generate", "eval", "export"):
-            need(step.parent, "the checkpoint it starts from")
-            parent = by_name.get(step.parent or "")
-            if parent is not None and parent.produces_adapter:
-                need(parent.model_stage, f"the base model '{step.parent}' applies to")
-        need(step.model_stage if step.kind != "merge" else None, "its base model")
-        for name in getattr(step.stage, "adapters", []) or []:
-            need(name, "an adapter it combines")
-        for attr in ("data", "eval_data", "prompts"):
-            value = getattr(step.stage, attr, None)
-            if isinstance(value, str) and value.startswith("@"):
-                need(value[1:], "its generated data")
-        needs[step.name] = found
-    return needs
 
 
 # ---------------------------------------------------------------- the side effects
@@ -437,7 +407,6 @@ def rehearse(path: Path | str, *, steps: int = DEFAULT_STEPS, keep: bool = False
     disk = [p for p in errors if _disk_forecast(p)]
     if pf is None or len(errors) > len(disk):
         return _problems_report(str(path), pf, errors, began)
-    cleanup = cleanup or _file_cleanup(pf)
     scratch = _scratch(pf, scratch_parent)
     try:
         twin = build_twin(pf.pipeline.pipeline.base, scratch / "twin", search_dir=pf.directory,
@@ -474,14 +443,6 @@ def rehearse(path: Path | str, *, steps: int = DEFAULT_STEPS, keep: bool = False
 def _disk_forecast(problem: Problem) -> bool:
     return problem.stage is None and problem.field == "pipeline.runs_dir" and \
         "is free on the runs volume" in problem.message
-
-
-def _file_cleanup(pf: PipelineFile) -> CleanupPolicy | None:
-    """A `[cleanup]` table, when the pipeline format has one (keep = [...], after = [...])."""
-    found = getattr(pf.pipeline, "cleanup", None)
-    if found is None:
-        return None
-    return CleanupPolicy(tuple(getattr(found, "keep", ())), tuple(getattr(found, "after", ())))
 
 
 def _run(pf: PipelineFile, scratch: Path, findings: list[Finding],

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graftline.engine import atomic, checks
+from graftline.engine import atomic, checks, stage_cleanup
 from graftline.engine import manifest as mf
 from graftline.engine.backends.base import Backend, BackendError, select_backend
 from graftline.engine.pipeline_file import PipelineFile
@@ -188,6 +188,9 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
             sink.emit("run_finished", None, status="stopped", message=message)
             return RunResult("stopped", message, run_dir, statuses, step.name)
         offset += result.steps
+        if pipeline.cleanup is not None and stage_cleanup.applies_after(pipeline.cleanup,
+                                                                         step.name):
+            stage_cleanup.clean_after(step.name, pipeline.cleanup, steps, run_dir, sink)
     sink.emit("run_finished", None, status="finished", message=f"{len(steps)} stages done")
     return RunResult("finished", "finished", run_dir, statuses)
 

@@ -209,10 +209,20 @@ class Defaults(Strict):
     train: Train = Train()
 
 
+class Cleanup(Strict):
+    """Disk cleanup between stages, done by the engine: after each stage in `after` (every stage
+    when empty) it deletes the run's checkpoints that `keep` does not select, never one that a
+    kept checkpoint needs to load or export, nor one that a later stage will read."""
+
+    keep: list[str] = Field(min_length=1, description="`graftline cleanup --keep` words")
+    after: list[str] = Field(default_factory=list, description="stage names; empty: every stage")
+
+
 class Pipeline(Strict):
     pipeline: Header
     defaults: Defaults = Defaults()
     stage: list[Stage] = Field(min_length=1)
+    cleanup: Cleanup | None = None
 
     def by_name(self, name: str) -> StageBase:
         for stage in self.stage:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from graftline.engine import spec
 from graftline.engine.disk import nearest_existing
-from graftline.engine.pipeline_file import HEADER_BLOCK, PipelineFile, load
+from graftline.engine.pipeline_file import CLEANUP_BLOCK, HEADER_BLOCK, PipelineFile, load
 from graftline.engine.plan import Plan, build_plan
-from graftline.engine.problems import PipelineError, Problem
+from graftline.engine.problems import PipelineError, Problem, did_you_mean
 from graftline.engine.units import human_bytes
 
 
@@ -243,6 +243,39 @@ def _writable(path: Path) -> bool:
         return False
 
 
+def _cleanup_problems(pf: PipelineFile) -> list[Problem]:
+    """[cleanup]: each keep word parses as `graftline cleanup --keep` would, each `after` names a
+    stage; and a policy that would delete the run's own result is called out."""
+    from graftline.engine.cleanup import CleanupError, parse_keep
+
+    policy = pf.pipeline.cleanup
+    if policy is None:
+        return []
+    file = str(pf.path)
+    problems: list[Problem] = []
+    for word in policy.keep:
+        try:
+            parse_keep(word)
+        except CleanupError as exc:
+            problems.append(Problem(str(exc).replace("--keep ", "keep "), file,
+                                    pf.line(CLEANUP_BLOCK, "keep"), field="cleanup.keep",
+                                    fix="final, last:N, best:METRIC[:min|max], id:ID, a stage's "
+                                        "path under the run, or a glob"))
+    names = [s.name for s in pf.pipeline.stage]
+    for name in policy.after:
+        if name not in names:
+            problems.append(Problem(f"[cleanup] after names '{name}', which is not a stage", file,
+                                    pf.line(CLEANUP_BLOCK, "after"), field="cleanup.after",
+                                    fix=did_you_mean(name, names)))
+    if "final" not in policy.keep and (not policy.after or names[-1] in policy.after):
+        problems.append(Problem(
+            "[cleanup] keep has no 'final' and it runs after the last stage: the run's newest "
+            "checkpoint would be deleted unless another word keeps it", file,
+            pf.line(CLEANUP_BLOCK, "keep"), field="cleanup.keep", severity="warning",
+            fix='add "final" to keep'))
+    return problems
+
+
 def validate(pf: PipelineFile) -> list[Problem]:
     """Every problem in a parsed pipeline file (errors and warnings), in stage order."""
     plan = plan_of(pf)
@@ -252,6 +285,7 @@ def validate(pf: PipelineFile) -> list[Problem]:
         *_data_problems(pf, plan),
         *_reward_problems(pf),
         *_environment_problems(pf, plan),
+        *_cleanup_problems(pf),
     ]
     order = {s.name: i for i, s in enumerate(pf.pipeline.stage)}
     return sorted(problems, key=lambda p: (order.get(p.stage or "", -1), p.line or 0))

@@ -1,0 +1,135 @@
+"""`[cleanup]` in the pipeline file: the engine cleans between its own stages, and never deletes
+what a kept checkpoint or a later stage needs. A real run on the toy base, with the run marked
+live in state.json by this very process, as the background engine marks it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from stage_helpers import one_thread, pipeline, write_data  # noqa: F401
+from transformers import AutoModelForCausalLM
+
+from graftline.engine import lineage
+from graftline.engine.events import EventWriter, read_events
+from graftline.engine.manifest import directory_bytes
+from graftline.engine.runner import run_pipeline
+
+CHAIN = """
+[cleanup]
+keep = ["final"]
+
+[defaults.train]
+batch_size = 8
+lr = 3e-3
+
+[[stage]]
+name = "sft"
+kind = "sft"
+data = "sft.jsonl"
+lora = { r = 4 }
+train = { max_steps = 6, save_steps = 2 }
+
+[[stage]]
+name = "merged"
+kind = "merge"
+
+[[stage]]
+name = "sft_r8"
+kind = "sft"
+adapter = "new"
+data = "sft2.jsonl"
+lora = { r = 8 }
+train = { max_steps = 4, save_steps = 2 }
+
+[[stage]]
+name = "export"
+kind = "export"
+from = "sft_r8"
+out = "runs/exported"
+dtype = "float32"
+"""
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_the_engine_cleans_between_stages_and_keeps_what_later_stages_need(
+    tmp_path: Path, toy_base: Path
+) -> None:
+    root = write_data(tmp_path)
+    run_dir = root / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "state.json").write_text(json.dumps({"pid": os.getpid(), "status": "running"}))
+    with EventWriter(run_dir) as writer:
+        result = run_pipeline(pipeline(root, CHAIN), run_dir, writer)
+    assert result.status == "finished", result.message
+    stages = run_dir / "stages"
+
+    # Trainer checkpoints are what the policy does not keep: gone, after each training stage.
+    assert not list(stages.glob("*/trainer/checkpoint-*"))
+    events, _ = read_events(run_dir / "events.jsonl")
+    cleanups = [e for e in events if e.type == "info" and "cleanup after" in e.data["message"]]
+    assert [e.stage for e in cleanups] == ["sft", "merged", "sft_r8", "export"]
+    first = cleanups[0].data
+    # (the Trainer itself keeps the newest two)
+    assert sorted(first["removed"]) == [f"stages/sft/trainer/checkpoint-{n}" for n in (4, 6)]
+    assert first["freed"] > 0
+    assert "deleted 0 checkpoint(s)" in cleanups[1].data["message"]  # nothing left to take
+    assert not [e for e in events if e.type == "warning" and "cleanup" in e.data["message"]]
+
+    # What must stay, stayed: the adapter still loads on its merged base, the export exists.
+    assert (stages / "merged" / "config.json").is_file()
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(stages / "merged"),
+                                      stages / "sft_r8")
+    assert model(input_ids=__import__("torch").tensor([[1, 2, 3]])).logits.shape[-1] > 0
+    assert directory_bytes(root / "runs" / "exported") > 0
+    # The lineage remembers which cleanup removed what.
+    lin = lineage.scan([run_dir])
+    assert not lin.broken()
+    gone = run_dir / "stages" / "sft" / "trainer" / "checkpoint-6"
+    from graftline.engine.cleanup import removed_by
+
+    assert (removed_by(gone) or "").startswith(f"cleanup {first['cleanup']}")
+
+
+SFT_THEN_MERGE = """
+[cleanup]
+keep = ["last:1"]
+after = ["sft"]
+
+[[stage]]
+name = "sft"
+kind = "sft"
+data = "sft.jsonl"
+lora = { r = 4 }
+train = { max_steps = 4, save_steps = 2, batch_size = 8 }
+
+[[stage]]
+name = "merged"
+kind = "merge"
+"""
+
+
+def test_a_checkpoint_only_a_later_stage_reads_is_kept_for_it(
+    tmp_path: Path, toy_base: Path
+) -> None:
+    """`last:1` alone selects a Trainer checkpoint, not the stage's adapter; a hand-run
+    `graftline cleanup --keep last:1` would delete the adapter the merge is about to read. The
+    engine knows the merge is next and keeps it, and says so."""
+    root = write_data(tmp_path)
+    run_dir = root / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "state.json").write_text(json.dumps({"pid": os.getpid(), "status": "running"}))
+    with EventWriter(run_dir) as writer:
+        result = run_pipeline(pipeline(root, SFT_THEN_MERGE), run_dir, writer)
+    assert result.status == "finished", result.message
+    events, _ = read_events(run_dir / "events.jsonl")
+    (cleanup,) = [e for e in events if e.type == "info" and "cleanup after" in e.data["message"]]
+    assert "kept for later stages: stages/sft: 'merged' reads it" in cleanup.data["message"]
+    assert cleanup.data["removed"] == ["stages/sft/trainer/checkpoint-2"]
+    assert (run_dir / "stages" / "sft" / "trainer" / "checkpoint-4").is_dir()  # last:1
+    assert (run_dir / "stages" / "merged" / "config.json").is_file()  # the merge had its input
