@@ -103,6 +103,7 @@ def plan(
                         }
                         for s in the_plan.steps
                     ],
+                    "cleanup": pf.pipeline.cleanup.model_dump() if pf.pipeline.cleanup else None,
                     "problems": [p.__dict__ for p in problems],
                 },
                 indent=2,
@@ -145,6 +146,11 @@ def plan(
         if free is not None:
             line += f"; {human_bytes(free)} free on the runs volume"
         console.print(line, highlight=False)
+    policy = pf.pipeline.cleanup
+    if policy is not None:
+        when = "after " + ", ".join(policy.after) if policy.after else "after every stage"
+        console.print(f"cleanup: {when}, keep {', '.join(policy.keep)} [dim](and whatever a "
+                      "kept checkpoint or a later stage needs)[/dim]", highlight=False)
     if problems:
         console.print()
         _print_problems(console, problems)
