@@ -92,6 +92,26 @@ def test_plan_invariants(n: int, seed: int) -> None:
     assert depths == sorted(depths, reverse=True)
 
 
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 40), st.integers(0, 2**32))
+def test_between_its_own_stages_an_engine_touches_only_its_own_run(n: int, seed: int) -> None:
+    lineage, rules = build_case(n, seed)
+    own = f"{ROOT}/runA"
+    plan = plan_cleanup(lineage, rules, own_run=own)
+    delete = set(plan.delete)
+    for key in set(plan.keep) | set(plan.refused):
+        assert not delete & set(lineage.needs(key)), key
+    for key in delete:
+        node = lineage.node(key)
+        assert node.in_roots
+        assert not node.running or node.run_dir == own  # another live run is never touched
+    # Its own checkpoints are not refused as a running run's; every other live one is.
+    assert all(lineage.node(k).run_dir != own for k in plan.refused)
+    running_elsewhere = {nd.key for nd in lineage.nodes if nd.running and nd.run_dir != own
+                         and nd.in_roots and nd.kind in DISK_KINDS and nd.key not in plan.keep}
+    assert running_elsewhere <= set(plan.refused)
+
+
 def _chain() -> Lineage:
     base = Node(key="/r/base", id="base", kind="base", name="base", path="/r/base")
     sft1 = Node(key="/r/run/stages/sft1", id="s1", kind="adapter", name="sft1",

@@ -171,7 +171,8 @@ def plan_cleanup(lineage: Lineage, rules: Sequence[KeepRule], *,
 
     refused: dict[str, str] = {}
     for node in candidates:
-        if node.running and node.key not in keep and node.run_dir != own_run:
+        between_own_stages = own_run is not None and node.run_dir == own_run
+        if node.running and node.key not in keep and not between_own_stages:
             refused[node.key] = f"run {node.run} is running: its files are not touched"
 
     # One breadth-first pass from everything that stays: the first path that reaches a node
@@ -446,7 +447,8 @@ def _run(
         if path in done:
             continue
         run_dir = entry.get("run_dir")
-        why = _unsafe(path, roots, None if run_dir == own_run else run_dir)
+        between_own_stages = own_run is not None and run_dir == own_run
+        why = _unsafe(path, roots, None if between_own_stages else run_dir)
         if why is None:
             freed += _remove_own(path, set(entry.get("leave", ())))
             _prune_empty_parents(path, roots)

@@ -25,7 +25,7 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -35,6 +35,7 @@ from graftline.engine.problems import PipelineError, Problem, did_you_mean
 HEADER_BLOCK = "[pipeline]"  # the key of the header's Block; no stage name can contain brackets
 CLEANUP_BLOCK = "[cleanup]"
 TOP_LEVEL = ("pipeline", "defaults", "stage", "foreach", "cleanup")
+_Model = TypeVar("_Model", bound=BaseModel)
 FOREACH_KEYS = ("as", "values", "stage")
 _STAGE_ADAPTER: TypeAdapter = TypeAdapter(spec.Stage)
 _HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]\]?")
@@ -97,6 +98,17 @@ def _scan_blocks(text: str) -> dict[str, list[Block]]:
         if key and current is not None:
             current[1].setdefault(key.group(1), number)
     return blocks
+
+
+def _table(model: type[_Model], raw: Any, name: str, block: Block, file: str,
+           problems: list[Problem]) -> _Model | None:
+    """A top-level table as its model; None, with its problems added, when it does not fit."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems += _translate(exc, file=file, block=block, stage=None, kind=None, model=model,
+                               prefix=f"{name}.")
+        return None
 
 
 def _fields(model: type[BaseModel]) -> list[str]:
@@ -299,18 +311,7 @@ def parse(text: str, path: Path | str = "<pipeline>") -> PipelineFile:
             )
         )
     else:
-        try:
-            header = spec.Header.model_validate(raw["pipeline"])
-        except ValidationError as exc:
-            problems += _translate(
-                exc,
-                file=file,
-                block=header_block,
-                stage=None,
-                kind=None,
-                model=spec.Header,
-                prefix="pipeline.",
-            )
+        header = _table(spec.Header, raw["pipeline"], "pipeline", header_block, file, problems)
 
     raw_defaults = raw.get("defaults", {}) if isinstance(raw.get("defaults", {}), dict) else {}
     defaults_block = (blocks.get("defaults") or [Block(1)])[0]
@@ -335,18 +336,7 @@ def parse(text: str, path: Path | str = "<pipeline>") -> PipelineFile:
     cleanup_block = (blocks.get("cleanup") or [Block(1)])[0]
     cleanup = None
     if "cleanup" in raw:
-        try:
-            cleanup = spec.Cleanup.model_validate(raw["cleanup"])
-        except ValidationError as exc:
-            problems += _translate(
-                exc,
-                file=file,
-                block=cleanup_block,
-                stage=None,
-                kind=None,
-                model=spec.Cleanup,
-                prefix="cleanup.",
-            )
+        cleanup = _table(spec.Cleanup, raw["cleanup"], "cleanup", cleanup_block, file, problems)
 
     tables, origins = _expand_foreach(raw, blocks, file, problems)
     if not tables and not problems:
