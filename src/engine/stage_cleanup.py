@@ -84,9 +84,14 @@ def clean_after(stage: str, policy: spec.Cleanup, steps: list[StepPlan], run_dir
         rules += [KeepRule("ref", key, value=key) for key in later]  # a path, never a glob
         plan = plan_cleanup(lineage, rules, own_run=own)
         result = execute(plan, lineage, own_run=own)
-    except (CleanupError, OSError) as exc:
+    except CleanupError as exc:
         sink.emit("warning", stage, message=f"cleanup after '{stage}' (keep {words}) did not "
                   f"run: {exc}", fix="fix [cleanup] keep; nothing was deleted by it")
+        return
+    except OSError as exc:
+        sink.emit("warning", stage, message=f"cleanup after '{stage}' (keep {words}) stopped: "
+                  f"{exc}", fix="its journal in the run directory is finished by the next "
+                  "cleanup (or `graftline cleanup RUN --yes`)")
         return
     # What only the later stages kept: the keep words alone would have deleted it.
     kept_for_later = [f"{os.path.relpath(k, own)}: {why}" for k, why in later.items()
