@@ -133,3 +133,20 @@ def test_a_checkpoint_only_a_later_stage_reads_is_kept_for_it(
     assert cleanup.data["removed"] == ["stages/sft/trainer/checkpoint-2"]
     assert (run_dir / "stages" / "sft" / "trainer" / "checkpoint-4").is_dir()  # last:1
     assert (run_dir / "stages" / "merged" / "config.json").is_file()  # the merge had its input
+
+
+def test_a_keep_word_that_matches_nothing_deletes_nothing_and_the_run_goes_on(
+    tmp_path: Path, toy_base: Path
+) -> None:
+    root = write_data(tmp_path)
+    run_dir = root / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    text = SFT_THEN_MERGE.replace('keep = ["last:1"]', 'keep = ["final", "stages/sft_v2"]')
+    with EventWriter(run_dir) as writer:
+        result = run_pipeline(pipeline(root, text), run_dir, writer)
+    assert result.status == "finished", result.message
+    events, _ = read_events(run_dir / "events.jsonl")
+    (warning,) = [e for e in events if e.type == "warning" and "cleanup" in e.data["message"]]
+    assert "'stages/sft_v2' matched no checkpoint" in warning.data["message"]
+    assert "nothing was deleted" in warning.data["fix"]
+    assert len(list((run_dir / "stages" / "sft" / "trainer").glob("checkpoint-*"))) == 2
