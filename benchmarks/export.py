@@ -15,7 +15,8 @@ subprocess (so peak RSS is that job's alone):
 Prints peak RSS and wall time of each, and the ratios against the targets:
 peak RSS graftline/PEFT <= 0.4, wall graftline/PEFT <= 1.0, throughput graftline/copy >= 0.5
 (bytes of base processed per second). Wall times are measured inside each subprocess after its
-imports, each after an `os.sync()`. The machine may be shared: the load average is printed.
+imports, each after an `os.sync()`, in two interleaved rounds: the best wall time and the highest
+peak RSS of each are printed. The machine may be shared: the load average is printed.
 
 Run: .venv/bin/python benchmarks/export.py [--layers 8] [--workdir DIR] [--keep]
 """
@@ -34,6 +35,7 @@ from pathlib import Path
 
 HIDDEN, INTERMEDIATE, VOCAB, HEADS, RANK = 2048, 5632, 32000, 16, 64
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ROUNDS = 2
 
 
 def build(work: Path, layers: int, shard_bytes: int) -> tuple[Path, Path]:
@@ -173,13 +175,17 @@ def main() -> None:
               f"in {n_shards} shards; adapter r={RANK} on {', '.join(TARGETS)} "
               f"({directory_bytes(adapter) / 1e6:.0f} MB); built in "
               f"{time.perf_counter() - started:.0f} s")
-        results = {}
-        for name in JOBS:
-            # Each job starts with nothing dirty in the page cache: otherwise the kernel writes
-            # back the previous job's (or the build's) output during it, on the same 2 cores.
-            os.sync()
-            results[name] = run_job(name, base, adapter, work / f"out-{name}")
-            shutil.rmtree(work / f"out-{name}")  # keep the disk and page cache comparable
+        results: dict[str, dict[str, float]] = {}
+        for _round in range(ROUNDS):  # the best of each: the first pass after the build is slow
+            for name in JOBS:
+                # Each job starts with nothing dirty in the page cache: otherwise the kernel
+                # writes back the previous job's (or the build's) output during it.
+                os.sync()
+                got = run_job(name, base, adapter, work / f"out-{name}")
+                shutil.rmtree(work / f"out-{name}")  # keep the disk and page cache comparable
+                best = results.setdefault(name, got)
+                best["wall"] = min(best["wall"], got["wall"])
+                best["rss"] = max(best["rss"], got["rss"])
         load = os.getloadavg()
     finally:
         if not args.keep:

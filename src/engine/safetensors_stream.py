@@ -132,6 +132,7 @@ class StreamWriter:
         # Unbuffered: tensors are written in one call each, and `copy_from` moves the file
         # position behind Python's back, which a buffered writer would not notice.
         self._handle = self.path.open("wb", buffering=0)
+        self._handed = 0  # bytes already handed to writeback
         self._write_all(memoryview(struct.pack("<Q", len(blob)) + blob))
 
     def _write_all(self, view: memoryview) -> None:
@@ -151,6 +152,7 @@ class StreamWriter:
             flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
             self._write_all(memoryview(flat.numpy()))
         self._next += 1
+        self._start_writeback()
 
     def copy_from(self, name: str, source: BinaryIO, info: TensorInfo) -> None:
         """A tensor whose bytes do not change, copied file to file inside the kernel
@@ -169,6 +171,18 @@ class StreamWriter:
             rest = TensorInfo(info.name, "U8", (left,), info.start + done, info.end)
             self._write_all(memoryview(read_tensor(source, rest).numpy()))
         self._next += 1
+        self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        """Hand what was just written to the disk now (asynchronously), so the fsync at close
+        finds little left and the disk works while the next tensors are merged."""
+        if self.fsync:
+            end = self._handle.tell()
+            # DONTNEED starts writeback of the dirty range and drops the pages already clean
+            # (an export does not read them back: verification loads the directory anew).
+            os.posix_fadvise(self._handle.fileno(), self._handed, end - self._handed,
+                             os.POSIX_FADV_DONTNEED)
+            self._handed = end
 
     def close(self) -> None:
         if self._next != len(self.entries):
