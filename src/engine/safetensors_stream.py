@@ -176,13 +176,17 @@ class StreamWriter:
     def _start_writeback(self) -> None:
         """Hand what was just written to the disk now (asynchronously), so the fsync at close
         finds little left and the disk works while the next tensors are merged."""
-        if self.fsync:
-            end = self._handle.tell()
+        if not self.fsync or not hasattr(os, "posix_fadvise"):  # not on macOS
+            return
+        end = self._handle.tell()
+        try:
             # DONTNEED starts writeback of the dirty range and drops the pages already clean
             # (an export does not read them back: verification loads the directory anew).
             os.posix_fadvise(self._handle.fileno(), self._handed, end - self._handed,
                              os.POSIX_FADV_DONTNEED)
-            self._handed = end
+        except OSError:
+            return  # only a head start: the fsync at close still makes it durable
+        self._handed = end
 
     def close(self) -> None:
         if self._next != len(self.entries):
