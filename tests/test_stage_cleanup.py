@@ -150,3 +150,38 @@ def test_a_keep_word_that_matches_nothing_deletes_nothing_and_the_run_goes_on(
     assert "'stages/sft_v2' matched no checkpoint" in warning.data["message"]
     assert "nothing was deleted" in warning.data["fix"]
     assert len(list((run_dir / "stages" / "sft" / "trainer").glob("checkpoint-*"))) == 2
+
+
+def test_a_cleanup_a_crash_interrupted_is_finished_when_the_run_resumes(
+    tmp_path: Path, toy_base: Path
+) -> None:
+    """The state a crash inside `execute` leaves: the plan journaled, nothing marked done. It is
+    written here by the same journal writer `execute` uses."""
+    from graftline.engine import cleanup, cleanup_journal
+
+    root = write_data(tmp_path)
+    run_dir = root / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    plain = SFT_THEN_MERGE.split("[[stage]]", 1)[1]
+    with EventWriter(run_dir) as writer:
+        assert run_pipeline(pipeline(root, "[[stage]]" + plain), run_dir, writer).status == \
+            "finished"
+    lin = lineage.scan([run_dir])
+    plan = cleanup.plan_cleanup(lin, [cleanup.parse_keep("final")])
+    doomed = [lin.node(k).path for k in plan.delete]
+    assert doomed and all("/trainer/checkpoint-" in p for p in doomed)
+    cleanup_journal.append_line(run_dir / cleanup_journal.JOURNAL, {
+        "type": "plan", "cleanup": "c-crashed", "time": "2026-11-22T00:00:00+00:00",
+        "entries": [{"path": p, "id": lin.node(k).id, "kind": "trainer", "bytes": 1,
+                     "run_dir": lin.node(k).run_dir, "leave": []}
+                    for k, p in zip(plan.delete, doomed, strict=True)]})
+
+    with EventWriter(run_dir) as writer:
+        result = run_pipeline(pipeline(root, SFT_THEN_MERGE), run_dir, writer, resume=True)
+    assert result.status == "finished", result.message
+    assert not (run_dir / cleanup_journal.JOURNAL).exists()
+    assert not any(Path(p).exists() for p in doomed)
+    events, _ = read_events(run_dir / "events.jsonl")
+    assert any(e.type == "info" and "finished cleanup c-crashed" in e.data["message"]
+               for e in events)
+    assert cleanup.removed_by(Path(doomed[0])).startswith("cleanup c-crashed")

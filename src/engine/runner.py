@@ -147,6 +147,7 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
         return RunResult("failed", message, run_dir)
 
     _one_thread_for_tiny_models(base_path)
+    stage_cleanup.finish_interrupted(run_dir, sink)
     from transformers import set_seed
 
     offset = 0

@@ -54,23 +54,37 @@ def applies_after(policy: spec.Cleanup | None, stage: str) -> bool:
     return policy is not None and (not policy.after or stage in policy.after)
 
 
+def finish_interrupted(run_dir: Path, sink: Sink) -> None:
+    """Finish the cleanup a crash interrupted in this run (its journal is still there) before
+    anything else runs; what something now needs is skipped, as `finish_pending` does."""
+    from graftline.engine.cleanup import CleanupError, finish_pending
+
+    own = os.path.realpath(run_dir)
+    try:
+        result = finish_pending(Path(own), own_run=own)
+    except (CleanupError, OSError) as exc:
+        sink.emit("warning", None, message=f"an interrupted cleanup in {own} was not finished: "
+                  f"{exc}", fix=f"`graftline cleanup {own} --yes` finishes it")
+        return
+    if result is None:
+        return
+    sink.emit("info", None, message=f"finished cleanup {result.cleanup}, which was interrupted: "
+              f"deleted {len(result.removed)} checkpoint(s), {human_bytes(result.bytes_freed)} "
+              "freed", cleanup=result.cleanup,
+              removed=[os.path.relpath(p, own) for p in result.removed], freed=result.bytes_freed)
+    for path, why in result.skipped:
+        sink.emit("warning", None, message=f"the interrupted cleanup left {path}: {why}")
+
+
 def clean_after(stage: str, policy: spec.Cleanup, steps: list[StepPlan], run_dir: Path,
                 sink: Sink) -> None:
     """Run `policy` after `stage` finished; reports through `sink` (`info`, or `warning`)."""
-    from graftline.engine.cleanup import (
-        CleanupError,
-        KeepRule,
-        execute,
-        finish_pending,
-        parse_keep,
-        plan_cleanup,
-    )
+    from graftline.engine.cleanup import CleanupError, KeepRule, execute, parse_keep, plan_cleanup
     from graftline.engine.lineage_scan import scan
 
     own = os.path.realpath(run_dir)
     words = ", ".join(policy.keep)
     try:
-        finish_pending(Path(own), own_run=own)  # a crash inside the last one
         lineage = scan([own])
         order = [s.name for s in steps]
         needs = needed_dirs(steps, Path(own))
