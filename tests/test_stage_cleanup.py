@@ -13,7 +13,7 @@ from stage_helpers import one_thread, pipeline, write_data  # noqa: F401
 from transformers import AutoModelForCausalLM
 
 from graftline.engine import lineage
-from graftline.engine.events import EventWriter, read_events
+from graftline.engine.events import Event, EventWriter, read_events
 from graftline.engine.manifest import directory_bytes
 from graftline.engine.runner import run_pipeline
 
@@ -55,21 +55,30 @@ dtype = "float32"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def _run(root: Path, stages: str, *, live: bool = True, resume: bool = False) -> list[Event]:
+    """Run `stages` in root/runs/r1 to the end; its events. `live`: state.json marks the run
+    as this process's, as the background engine does."""
+    run_dir = root / "runs" / "r1"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if live:
+        (run_dir / "state.json").write_text(json.dumps({"pid": os.getpid(),
+                                                        "status": "running"}))
+    with EventWriter(run_dir) as writer:
+        result = run_pipeline(pipeline(root, stages), run_dir, writer, resume=resume)
+    assert result.status == "finished", result.message
+    return read_events(run_dir / "events.jsonl")[0]
+
+
 def test_the_engine_cleans_between_stages_and_keeps_what_later_stages_need(
     tmp_path: Path, toy_base: Path
 ) -> None:
     root = write_data(tmp_path)
+    events = _run(root, CHAIN)
     run_dir = root / "runs" / "r1"
-    run_dir.mkdir(parents=True)
-    (run_dir / "state.json").write_text(json.dumps({"pid": os.getpid(), "status": "running"}))
-    with EventWriter(run_dir) as writer:
-        result = run_pipeline(pipeline(root, CHAIN), run_dir, writer)
-    assert result.status == "finished", result.message
     stages = run_dir / "stages"
 
     # Trainer checkpoints are what the policy does not keep: gone, after each training stage.
     assert not list(stages.glob("*/trainer/checkpoint-*"))
-    events, _ = read_events(run_dir / "events.jsonl")
     cleanups = [e for e in events if e.type == "info" and "cleanup after" in e.data["message"]]
     assert [e.stage for e in cleanups] == ["sft", "merged", "sft_r8", "export"]
     first = cleanups[0].data
@@ -121,13 +130,8 @@ def test_a_checkpoint_only_a_later_stage_reads_is_kept_for_it(
     `graftline cleanup --keep last:1` would delete the adapter the merge is about to read. The
     engine knows the merge is next and keeps it, and says so."""
     root = write_data(tmp_path)
+    events = _run(root, SFT_THEN_MERGE)
     run_dir = root / "runs" / "r1"
-    run_dir.mkdir(parents=True)
-    (run_dir / "state.json").write_text(json.dumps({"pid": os.getpid(), "status": "running"}))
-    with EventWriter(run_dir) as writer:
-        result = run_pipeline(pipeline(root, SFT_THEN_MERGE), run_dir, writer)
-    assert result.status == "finished", result.message
-    events, _ = read_events(run_dir / "events.jsonl")
     (cleanup,) = [e for e in events if e.type == "info" and "cleanup after" in e.data["message"]]
     assert "kept for later stages: stages/sft: 'merged' reads it" in cleanup.data["message"]
     assert cleanup.data["removed"] == ["stages/sft/trainer/checkpoint-2"]
@@ -139,13 +143,9 @@ def test_a_keep_word_that_matches_nothing_deletes_nothing_and_the_run_goes_on(
     tmp_path: Path, toy_base: Path
 ) -> None:
     root = write_data(tmp_path)
-    run_dir = root / "runs" / "r1"
-    run_dir.mkdir(parents=True)
     text = SFT_THEN_MERGE.replace('keep = ["last:1"]', 'keep = ["final", "stages/sft_v2"]')
-    with EventWriter(run_dir) as writer:
-        result = run_pipeline(pipeline(root, text), run_dir, writer)
-    assert result.status == "finished", result.message
-    events, _ = read_events(run_dir / "events.jsonl")
+    events = _run(root, text, live=False)
+    run_dir = root / "runs" / "r1"
     (warning,) = [e for e in events if e.type == "warning" and "cleanup" in e.data["message"]]
     assert "'stages/sft_v2' matched no checkpoint" in warning.data["message"]
     assert "nothing was deleted" in warning.data["fix"]
@@ -161,11 +161,7 @@ def test_a_cleanup_a_crash_interrupted_is_finished_when_the_run_resumes(
 
     root = write_data(tmp_path)
     run_dir = root / "runs" / "r1"
-    run_dir.mkdir(parents=True)
-    plain = SFT_THEN_MERGE.split("[[stage]]", 1)[1]
-    with EventWriter(run_dir) as writer:
-        assert run_pipeline(pipeline(root, "[[stage]]" + plain), run_dir, writer).status == \
-            "finished"
+    _run(root, "[[stage]]" + SFT_THEN_MERGE.split("[[stage]]", 1)[1], live=False)
     lin = lineage.scan([run_dir])
     plan = cleanup.plan_cleanup(lin, [cleanup.parse_keep("final")])
     doomed = [lin.node(k).path for k in plan.delete]
@@ -176,12 +172,9 @@ def test_a_cleanup_a_crash_interrupted_is_finished_when_the_run_resumes(
                      "run_dir": lin.node(k).run_dir, "leave": []}
                     for k, p in zip(plan.delete, doomed, strict=True)]})
 
-    with EventWriter(run_dir) as writer:
-        result = run_pipeline(pipeline(root, SFT_THEN_MERGE), run_dir, writer, resume=True)
-    assert result.status == "finished", result.message
+    events = _run(root, SFT_THEN_MERGE, live=False, resume=True)
     assert not (run_dir / cleanup_journal.JOURNAL).exists()
     assert not any(Path(p).exists() for p in doomed)
-    events, _ = read_events(run_dir / "events.jsonl")
     assert any(e.type == "info" and "finished cleanup c-crashed" in e.data["message"]
                for e in events)
     assert cleanup.removed_by(Path(doomed[0])).startswith("cleanup c-crashed")
