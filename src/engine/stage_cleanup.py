@@ -50,8 +50,8 @@ def needed_dirs(steps: list[StepPlan], run_dir: Path) -> dict[str, dict[Path, st
     return needs
 
 
-def applies_after(policy: spec.Cleanup | None, stage: str) -> bool:
-    return policy is not None and (not policy.after or stage in policy.after)
+def applies_after(policy: spec.Cleanup, stage: str) -> bool:
+    return not policy.after or stage in policy.after
 
 
 def finish_interrupted(run_dir: Path, sink: Sink) -> None:

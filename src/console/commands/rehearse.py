@@ -42,13 +42,17 @@ def _live(console: Console) -> Any:
     return on_event
 
 
+def _trouble(console: Console, head: str, message: str, fix: str | None) -> None:
+    """One failure: `head` (markup) and the message, then its fix indented below."""
+    console.print(f"{head}{escape(message)}", highlight=False, soft_wrap=True)
+    if fix:
+        console.print(f"    [dim]fix:[/dim] {escape(fix)}", highlight=False, soft_wrap=True)
+
+
 def print_report(console: Console, report: RehearsalReport) -> None:
     for problem in report.problems:
-        console.print(f"[bold]{escape(problem.where)}[/bold]: [red]error[/red]: "
-                      f"{escape(problem.message)}", highlight=False, soft_wrap=True)
-        if problem.fix:
-            console.print(f"    [dim]fix:[/dim] {escape(problem.fix)}", highlight=False,
-                          soft_wrap=True)
+        _trouble(console, f"[bold]{escape(problem.where)}[/bold]: [red]error[/red]: ",
+                 problem.message, problem.fix)
     table = Table(title=f"rehearsal of {report.file}", title_justify="left", expand=False)
     table.add_column("stage")
     table.add_column("kind")
@@ -62,11 +66,8 @@ def print_report(console: Console, report: RehearsalReport) -> None:
                       f"{stage.seconds:.1f} s" if stage.status != "not run" else "", checks)
     console.print(table)
     for stage in report.failures:
-        console.print(f"[red]✗[/red] [bold]{escape(stage.name)}[/bold] ({stage.kind}): "
-                      f"{escape(stage.error)}", highlight=False, soft_wrap=True)
-        if stage.fix:
-            console.print(f"    [dim]fix:[/dim] {escape(stage.fix)}", highlight=False,
-                          soft_wrap=True)
+        _trouble(console, f"[red]✗[/red] [bold]{escape(stage.name)}[/bold] ({stage.kind}): ",
+                 stage.error, stage.fix)
     for stage in report.stages:
         for warning in stage.warnings:
             console.print(f"[yellow]![/yellow] {escape(stage.name)}: {escape(warning)}",
