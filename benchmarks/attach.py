@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from graftline.engine.client import load_history
-from graftline.engine.events import EVENTS, EventWriter, read_events
+from graftline.engine.run.client import load_history
+from graftline.engine.run.events import EVENTS, EventWriter, read_events
 
 
 def metrics(step: int, total: int) -> dict:

@@ -27,7 +27,7 @@ import psutil
 WRITER = """
 import math, sys, time
 from pathlib import Path
-from graftline.engine.events import EventWriter
+from graftline.engine.run.events import EventWriter
 run, rate, seconds = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
 steps = int(rate * seconds) + 100
 with EventWriter(run) as w:

@@ -58,9 +58,9 @@ def bare_trl(base: Path, data: Path, out: Path, steps: int, batch: int) -> float
 def graftline_stage(data: Path, run_dir: Path, steps: int,
                     batch: int) -> tuple[float, float, float]:
     """(train steps/s, checks seconds, stage seconds) of one graftline SFT stage."""
-    from graftline.engine.pipeline_file import parse
-    from graftline.engine.runner import run_pipeline
-    from graftline.engine.sink import ListSink
+    from graftline.engine.common.sink import ListSink
+    from graftline.engine.pipeline.file import parse
+    from graftline.engine.run.runner import run_pipeline
 
     text = f"""
 [pipeline]

@@ -100,7 +100,7 @@ def build(work: Path, layers: int, shard_bytes: int) -> tuple[Path, Path]:
 
 JOBS = {
     "graftline": """
-from graftline.engine.export import plan_export, run_export
+from graftline.engine.export.writer import plan_export, run_export
 from transformers import AutoModelForCausalLM  # imported before t0, as in the PEFT job
 t0 = time.perf_counter()
 run_export(plan_export(Path(a.adapter), Path(a.out), dtype="bfloat16", verify=False))
@@ -167,7 +167,7 @@ def main() -> None:
     try:
         started = time.perf_counter()
         base, adapter = build(work, args.layers, args.shard_mb * 10**6)
-        from graftline.engine.manifest import directory_bytes
+        from graftline.engine.lineage.manifest import directory_bytes
 
         base_bytes = sum(p.stat().st_size for p in base.glob("*.safetensors"))
         n_shards = len(list(base.glob("*.safetensors")))

@@ -26,8 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from graftline.engine import cleanup, lineage, lineage_scan
-from graftline.engine.manifest import LoraSpec, Manifest, Parent
+from graftline.engine import lineage
+from graftline.engine.lineage import cleanup
+from graftline.engine.lineage import scan as lineage_scan
+from graftline.engine.lineage.manifest import LoraSpec, Manifest, Parent
 
 ADAPTER_CONFIG = {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"],
                   "peft_type": "LORA", "lora_dropout": 0.0}

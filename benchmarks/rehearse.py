@@ -21,7 +21,7 @@ TARGET_S = 180.0
 
 
 def main() -> int:
-    from graftline.engine.rehearse import DEFAULT_STEPS, rehearse
+    from graftline.engine.rehearse.rehearsal import DEFAULT_STEPS, rehearse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)

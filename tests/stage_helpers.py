@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from graftline.engine.pipeline_file import PipelineFile, parse
+from graftline.engine.pipeline.file import PipelineFile, parse
 from graftline.engine.toy import tasks
 
 PROBES = ["12+34", "50+27", "33+48", "71+19"]

@@ -16,9 +16,9 @@ from peft import LoraConfig, PeftModel
 from stage_helpers import one_thread, pipeline, write_data  # noqa: F401
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from graftline.engine import manifest as mf
-from graftline.engine.runner import run_pipeline
-from graftline.engine.sink import ListSink
+from graftline.engine.common.sink import ListSink
+from graftline.engine.lineage import manifest as mf
+from graftline.engine.run.runner import run_pipeline
 from graftline.engine.stages import StageHooks
 
 FIRST = """

@@ -19,8 +19,9 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from graftline.console.cli import app
-from graftline.engine import cleanup, lineage, manifest
-from graftline.engine.manifest import LoraSpec, Manifest, Parent
+from graftline.engine import lineage
+from graftline.engine.lineage import cleanup, manifest
+from graftline.engine.lineage.manifest import LoraSpec, Manifest, Parent
 
 
 def _write(directory: Path, created: str, **fields: object) -> None:
@@ -176,7 +177,8 @@ def _many_dirs(root: Path, count: int, files: int) -> None:
 
 _CHILD = """
 import sys
-from graftline.engine import cleanup, lineage
+from graftline.engine.lineage import cleanup
+from graftline.engine import lineage
 lin = lineage.scan([sys.argv[1]])
 plan = cleanup.plan_cleanup(lin, [cleanup.parse_keep("keep-me")])
 print("planned", flush=True)
@@ -225,7 +227,7 @@ def test_a_killed_cleanup_is_reported_and_finished_next_time(tmp_path: Path) -> 
     assert f"Cleanup {job.cleanup} finished" in " ".join(done.output.split())
     assert cleanup.pending(root) is None
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["keep-me"]
-    from graftline.engine.cleanup_journal import read_history
+    from graftline.engine.lineage.journal import read_history
 
     history = read_history(root)
     assert {r.cleanup for r in history.values()} == {job.cleanup}

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from graftline.engine.cleanup import CleanupError, KeepRule, parse_keep, plan_cleanup
-from graftline.engine.lineage_model import Edge, Lineage, LoraInfo, Node
+from graftline.engine.lineage.cleanup import CleanupError, KeepRule, parse_keep, plan_cleanup
+from graftline.engine.lineage.model import Edge, Lineage, LoraInfo, Node
 
 RELATIONS = ("trained_on", "continued_from", "merged_from", "combined_from", "exported_from")
 DISK_KINDS = ("base", "adapter", "merged", "combined", "export", "trainer")

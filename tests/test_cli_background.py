@@ -12,11 +12,11 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from graftline.console.cli import app
-from graftline.engine import runstate
-from graftline.engine.events import EventWriter
-from graftline.engine.launch import PIPELINE_COPY, RUN_META, create_run
-from graftline.engine.pipeline_file import parse
-from graftline.engine.runstate import RunState
+from graftline.engine.pipeline.file import parse
+from graftline.engine.run import state as runstate
+from graftline.engine.run.events import EventWriter
+from graftline.engine.run.launch import PIPELINE_COPY, RUN_META, create_run
+from graftline.engine.run.state import RunState
 
 runner = CliRunner()
 

@@ -66,7 +66,7 @@ def wait_screen(session: str, pattern: str, timeout: float) -> str:
 
 
 def test_demo_in_tmux_detach_keeps_training(tmp_path: Path, toy_base: Path) -> None:
-    from graftline.engine import client
+    from graftline.engine.run import client
 
     pipeline = small_demo(tmp_path)
     script = tmp_path / "cli.py"

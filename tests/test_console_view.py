@@ -9,7 +9,7 @@ import numpy as np
 
 from graftline.console.plot import downsample, rasterise
 from graftline.console.run_view import RunModel, fold, format_metric, human_bytes, human_seconds
-from graftline.engine.events import read_events
+from graftline.engine.run.events import read_events
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from synthetic_run import write_synthetic_run
@@ -58,7 +58,7 @@ def test_live_run_progress_eta_and_default_metric(tmp_path: Path) -> None:
 
 
 def test_failed_check_and_warning_go_to_the_log() -> None:
-    from graftline.engine.events import Event
+    from graftline.engine.run.events import Event
 
     model = fold([
         Event(1, 100.0, "run_started", None,

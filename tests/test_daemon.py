@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from graftline.engine import client, control, manifest, runstate
-from graftline.engine.events import EVENTS, read_raw
+from graftline.engine.lineage import manifest
+from graftline.engine.run import client, control
+from graftline.engine.run import state as runstate
+from graftline.engine.run.events import EVENTS, read_raw
 from graftline.engine.toy.tasks import sft_rows
 
 pytestmark = pytest.mark.slow

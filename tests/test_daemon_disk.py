@@ -8,11 +8,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from graftline.engine import runstate
-from graftline.engine.daemon import EngineSink
-from graftline.engine.events import EventWriter, read_raw
-from graftline.engine.run_control import RunControl
-from graftline.engine.runstate import RunState, StateKeeper
+from graftline.engine.run import state as runstate
+from graftline.engine.run.daemon import EngineSink
+from graftline.engine.run.events import EventWriter, read_raw
+from graftline.engine.run.flags import RunControl
+from graftline.engine.run.state import RunState, StateKeeper
 
 
 @dataclass(frozen=True)

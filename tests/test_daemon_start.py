@@ -7,9 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from graftline.engine import daemon, runstate
-from graftline.engine.launch import PIPELINE_COPY, create_run
-from graftline.engine.pipeline_file import parse
+from graftline.engine.pipeline.file import parse
+from graftline.engine.run import daemon
+from graftline.engine.run import state as runstate
+from graftline.engine.run.launch import PIPELINE_COPY, create_run
 
 PIPELINE = """
 [pipeline]
@@ -23,8 +24,10 @@ data = "d.jsonl"
 
 
 def _engine(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "graftline.engine.daemon", str(run_dir), *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "graftline.engine.run.daemon", str(run_dir), *args],
+        capture_output=True, text=True, timeout=120,
+    )
 
 
 def test_a_second_engine_on_a_locked_run_exits_busy(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from graftline.engine.datasets_io import (
+from graftline.engine.pipeline.datasets import (
     DatasetError,
     columns_of,
     load_rows,

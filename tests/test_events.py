@@ -8,13 +8,13 @@ import sys
 import threading
 from pathlib import Path
 
-from graftline.engine.client import History, load_history
-from graftline.engine.events import EVENTS, EventWriter, follow, read_events, read_raw
+from graftline.engine.run.client import History, load_history
+from graftline.engine.run.events import EVENTS, EventWriter, follow, read_events, read_raw
 
 WRITER = """
 import sys, time
 from pathlib import Path
-from graftline.engine.events import EventWriter
+from graftline.engine.run.events import EventWriter
 with EventWriter(Path(sys.argv[1])) as w:
     for i in range(int(sys.argv[2])):
         w.emit("metrics", "sft", step=i + 1, global_step=i + 1, loss=1.0 / (i + 1))

@@ -15,10 +15,10 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from graftline.engine import manifest as manifest_io
-from graftline.engine.export import plan_export, run_export
-from graftline.engine.safetensors_stream import read_header
-from graftline.engine.sink import ListSink
+from graftline.engine.common.sink import ListSink
+from graftline.engine.export.safetensors import read_header
+from graftline.engine.export.writer import plan_export, run_export
+from graftline.engine.lineage import manifest as manifest_io
 from graftline.engine.toy import tasks
 from graftline.engine.toy.model import chat_prompt
 

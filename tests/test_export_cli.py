@@ -12,7 +12,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from graftline.engine import manifest as manifest_io
+from graftline.engine.lineage import manifest as manifest_io
 
 
 def graftline(*args: str) -> subprocess.CompletedProcess[str]:

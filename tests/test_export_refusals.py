@@ -11,9 +11,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from graftline.engine import manifest as manifest_io
-from graftline.engine.cleanup_journal import HISTORY, append_line
-from graftline.engine.export import ExportRefused, plan_export, run_export
+from graftline.engine.export.writer import ExportRefused, plan_export, run_export
+from graftline.engine.lineage import manifest as manifest_io
+from graftline.engine.lineage.journal import HISTORY, append_line
 
 
 def adapter_on(base: Path, out: Path, **lora) -> Path:

@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 from typer.testing import CliRunner
 
 from graftline.console.cli import app
-from graftline.engine import cleanup, lineage
+from graftline.engine import lineage
+from graftline.engine.lineage import cleanup
 
 HUB = "meta-llama/Llama-3.2-1B"
 
@@ -187,7 +188,7 @@ def test_cleanup_keeps_what_kept_adapters_need(tree: Path) -> None:
 
 
 def cleanup_history_time(root: Path, cleanup_id: str) -> str:
-    from graftline.engine.cleanup_journal import read_history
+    from graftline.engine.lineage.journal import read_history
 
     times = {r.time for r in read_history(root).values() if r.cleanup == cleanup_id}
     assert len(times) == 1

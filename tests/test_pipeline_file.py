@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from graftline.console.cli import app
-from graftline.engine.pipeline_file import load
+from graftline.engine.pipeline.file import load
+from graftline.engine.pipeline.validate import validate_file
 from graftline.engine.toy import tasks
 from graftline.engine.toy.files import write_jsonl
-from graftline.engine.validate import validate_file
 
 HEADER = """\
 [pipeline]

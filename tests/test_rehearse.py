@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from graftline.engine.rehearse import FAILED, NOT_RUN, PASSED, CleanupPolicy, rehearse
+from graftline.engine.rehearse.rehearsal import FAILED, NOT_RUN, PASSED, CleanupPolicy, rehearse
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"

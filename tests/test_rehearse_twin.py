@@ -10,14 +10,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from graftline.engine.pipeline_file import load
-from graftline.engine.plan import build_plan
-from graftline.engine.rehearse import (
+from graftline.engine.pipeline.file import load
+from graftline.engine.pipeline.plan import build_plan
+from graftline.engine.rehearse.rehearsal import (
     NUM_GENERATIONS,
     derive,
     needed_dirs,
 )
-from graftline.engine.twin import build_twin, shrink_config
+from graftline.engine.rehearse.twin import build_twin, shrink_config
 
 CONFIGS = Path(__file__).parent / "fixtures" / "configs"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -124,7 +124,7 @@ def test_derive_says_what_this_machine_cannot_rehearse(tmp_path: Path) -> None:
     text = (EXAMPLES / "demo.toml").read_text().replace('backend = "auto"', 'backend = "unsloth"')
     text = text.replace("seed = 0", 'seed = 0\nquantization = "4bit"')
     path = EXAMPLES / "demo.toml"
-    from graftline.engine.pipeline_file import parse
+    from graftline.engine.pipeline.file import parse
 
     derived = derive(parse(text, path), base="toy:addition", scratch=tmp_path, cuda=False)
     assert derived.pipeline.pipeline.quantization == "none"

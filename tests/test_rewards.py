@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from graftline.engine.rewards import RewardError, exact_match, named, resolve_reward
+from graftline.engine.pipeline.rewards import RewardError, exact_match, named, resolve_reward
 
 
 def test_exact_match_on_both_completion_formats() -> None:

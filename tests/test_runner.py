@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from stage_helpers import one_thread, pipeline, write_data  # noqa: F401
 
-from graftline.engine import manifest as mf
-from graftline.engine.events import EventWriter, read_events
-from graftline.engine.run_control import RunControl
-from graftline.engine.runner import run_pipeline
-from graftline.engine.sink import ListSink
+from graftline.engine.common.sink import ListSink
+from graftline.engine.lineage import manifest as mf
+from graftline.engine.run.events import EventWriter, read_events
+from graftline.engine.run.flags import RunControl
+from graftline.engine.run.runner import run_pipeline
 
 TWO_SFT = """
 [defaults.train]
@@ -120,9 +120,9 @@ import threading
 import torch
 torch.set_num_threads(1)
 from pathlib import Path
-from graftline.engine.events import EventWriter
-from graftline.engine.pipeline_file import load
-from graftline.engine.runner import run_pipeline
+from graftline.engine.run.events import EventWriter
+from graftline.engine.pipeline.file import load
+from graftline.engine.run.runner import run_pipeline
 run_dir = Path(sys.argv[2])
 run_dir.mkdir(parents=True, exist_ok=True)
 with EventWriter(run_dir) as writer:

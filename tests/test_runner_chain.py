@@ -15,9 +15,9 @@ from peft import PeftModel
 from stage_helpers import one_thread, pipeline, write_jsonl  # noqa: F401
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from graftline.engine import manifest as mf
-from graftline.engine.runner import run_pipeline
-from graftline.engine.sink import ListSink
+from graftline.engine.common.sink import ListSink
+from graftline.engine.lineage import manifest as mf
+from graftline.engine.run.runner import run_pipeline
 from graftline.engine.toy import tasks
 from graftline.engine.toy.model import accuracy
 

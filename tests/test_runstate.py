@@ -7,8 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from graftline.engine import client, runstate
-from graftline.engine.runstate import RunState, StateKeeper
+from graftline.engine.run import client
+from graftline.engine.run import state as runstate
+from graftline.engine.run.state import RunState, StateKeeper
 
 
 def _dead_pid() -> tuple[int, float]:

@@ -13,9 +13,9 @@ from stage_helpers import one_thread, pipeline, write_data  # noqa: F401
 from transformers import AutoModelForCausalLM
 
 from graftline.engine import lineage
-from graftline.engine.events import Event, EventWriter, read_events
-from graftline.engine.manifest import directory_bytes
-from graftline.engine.runner import run_pipeline
+from graftline.engine.lineage.manifest import directory_bytes
+from graftline.engine.run.events import Event, EventWriter, read_events
+from graftline.engine.run.runner import run_pipeline
 
 CHAIN = """
 [cleanup]
@@ -100,7 +100,7 @@ def test_the_engine_cleans_between_stages_and_keeps_what_later_stages_need(
     lin = lineage.scan([run_dir])
     assert not lin.broken()
     gone = run_dir / "stages" / "sft" / "trainer" / "checkpoint-6"
-    from graftline.engine.cleanup import removed_by
+    from graftline.engine.lineage.cleanup import removed_by
 
     assert (removed_by(gone) or "").startswith(f"cleanup {first['cleanup']}")
 
@@ -157,7 +157,8 @@ def test_a_cleanup_a_crash_interrupted_is_finished_when_the_run_resumes(
 ) -> None:
     """The state a crash inside `execute` leaves: the plan journaled, nothing marked done. It is
     written here by the same journal writer `execute` uses."""
-    from graftline.engine import cleanup, cleanup_journal
+    from graftline.engine.lineage import cleanup
+    from graftline.engine.lineage import journal as cleanup_journal
 
     root = write_data(tmp_path)
     run_dir = root / "runs" / "r1"

@@ -12,9 +12,9 @@ from peft.tuners.lora import LoraLayer
 from stage_helpers import one_thread, pipeline, write_data, write_jsonl  # noqa: F401
 from transformers import AutoModelForCausalLM
 
-from graftline.engine import manifest as mf
-from graftline.engine.runner import run_pipeline
-from graftline.engine.sink import ListSink
+from graftline.engine.common.sink import ListSink
+from graftline.engine.lineage import manifest as mf
+from graftline.engine.run.runner import run_pipeline
 from graftline.engine.toy import tasks
 
 STAGES = """

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from stage_helpers import one_thread, pipeline, write_data  # noqa: F401
 
-from graftline.engine import manifest as mf
-from graftline.engine.runner import run_pipeline
-from graftline.engine.sink import ListSink
+from graftline.engine.common.sink import ListSink
+from graftline.engine.lineage import manifest as mf
+from graftline.engine.run.runner import run_pipeline
 
 REWARD_MODULE = '''
 import json, os

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from stage_helpers import HEADER, one_thread, write_data  # noqa: F401
 
-from graftline.engine import manifest as mf
 from graftline.engine.backends.hf import HFBackend
-from graftline.engine.runner import run_pipeline
-from graftline.engine.sink import ListSink
+from graftline.engine.common.sink import ListSink
+from graftline.engine.lineage import manifest as mf
+from graftline.engine.run.runner import run_pipeline
 
 STAGES = """
 [[stage]]
@@ -35,7 +35,7 @@ def test_4bit_load_trains_an_adapter_and_merges_in_full_precision(tmp_path: Path
                                                                   toy_base: Path) -> None:
     import bitsandbytes as bnb
 
-    from graftline.engine.pipeline_file import parse
+    from graftline.engine.pipeline.file import parse
 
     model, _ = HFBackend().load_model(toy_base, quantization="4bit")
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())

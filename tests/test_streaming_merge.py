@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from graftline.engine import streaming_merge
-from graftline.engine.ordered_io import OrderedIO
-from graftline.engine.safetensors_stream import TensorInfo, read_header, read_tensor
-from graftline.engine.streaming_merge import LoraDelta, TensorJob, merged_tensor
+from graftline.engine.export import merge as streaming_merge
+from graftline.engine.export.merge import LoraDelta, TensorJob, merged_tensor
+from graftline.engine.export.ordered_io import OrderedIO
+from graftline.engine.export.safetensors import TensorInfo, read_header, read_tensor
 
 # Rows not a multiple of the block: the last block is short.
 ROWS, COLS, R = 1000, 300, 8

@@ -5,9 +5,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from graftline.engine import pipeline_file, telemetry
-from graftline.engine.sink import ListSink
-from graftline.engine.validate import plan_of
+from graftline.engine.common.sink import ListSink
+from graftline.engine.pipeline import file as pipeline_file
+from graftline.engine.pipeline.validate import plan_of
+from graftline.engine.run import telemetry
 
 
 def test_sample_has_memory_disk_and_gpu_or_its_absence(tmp_path: Path) -> None:

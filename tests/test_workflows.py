@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from graftline.engine import manifest as mf
-from graftline.engine.pipeline_file import PipelineFile, load
-from graftline.engine.runner import RunResult, run_pipeline
-from graftline.engine.sink import ListSink
+from graftline.engine.common.sink import ListSink
+from graftline.engine.lineage import manifest as mf
+from graftline.engine.pipeline.file import PipelineFile, load
+from graftline.engine.run.runner import RunResult, run_pipeline
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -58,9 +58,9 @@ def _finished(result: RunResult, sink: ListSink) -> None:
 
 
 def test_coding_tui_cleanup_protects_the_merged_base_and_export_still_works(tmp_path: Path) -> None:
-    from graftline.engine.cleanup import execute, parse_keep, plan_cleanup
-    from graftline.engine.export import plan_export, run_export
+    from graftline.engine.export.writer import plan_export, run_export
     from graftline.engine.lineage import scan
+    from graftline.engine.lineage.cleanup import execute, parse_keep, plan_cleanup
 
     pf = _copy_example("coding_tui", tmp_path)
     result, sink, run_dir = _run(pf, tmp_path)

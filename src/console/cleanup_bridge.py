@@ -1,7 +1,7 @@
 """The console's words for the engine's cleanup planner: plan from marks, describe, execute.
 
 Only presentation lives here; what is deleted and what is protected is decided by
-`graftline.engine.cleanup` alone (the same planner `graftline cleanup` uses).
+`graftline.engine.lineage.cleanup` alone (the same planner `graftline cleanup` uses).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from graftline.console.run_view import human_bytes
 
 def plan(lineage: Any, keep_keys: list[str]) -> Any:
     """Keep exactly the marked checkpoints (and, by the planner's rule, all they need)."""
-    from graftline.engine import cleanup
+    from graftline.engine.lineage import cleanup
 
     rules = [cleanup.KeepRule("ref", key, value=key) for key in keep_keys]
     return cleanup.plan_cleanup(lineage, rules)
@@ -68,7 +68,7 @@ def describe_plan(plan: Any, lineage: Any, root: Path) -> Text:
 
 def execute(plan: Any, lineage: Any) -> str:
     """Run the engine's executor (it re-checks every directory just before it goes)."""
-    from graftline.engine import cleanup
+    from graftline.engine.lineage import cleanup
 
     result = cleanup.execute(plan, lineage)
     skipped = f"; skipped {len(result.skipped)}: {result.skipped[0][1]}" if result.skipped else ""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from graftline.console.run_view import RunModel
-from graftline.engine.events import EVENTS, read_events
+from graftline.engine.run.events import EVENTS, read_events
 
 STATE_EVERY = 2.0
 
@@ -33,7 +33,7 @@ class EngineState:
 def read_engine_state(run_dir: Path) -> EngineState | None:
     """The client's view of the engine; None when the client or the state file is not there."""
     try:
-        from graftline.engine import client
+        from graftline.engine.run import client
 
         info = client.read_state(run_dir)
     except Exception:  # the client may not be implemented yet, or state.json may be absent

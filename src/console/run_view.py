@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from graftline.engine import units
-from graftline.engine.events import Event
+from graftline.engine.common import units
+from graftline.engine.run.events import Event
 
 # Metrics the chart can show, in the order the `m` key cycles them.
 CHART_METRICS: tuple[str, ...] = (

@@ -1,6 +1,6 @@
 """`graftline run / attach / ls / stop / logs / resume`: the background engine from the shell.
 
-Everything goes through `graftline.engine.client`: these commands read run directories and talk
+Everything goes through `graftline.engine.run.client`: these commands read run directories and talk
 to the engine over its control socket; they never load a model.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import typer
 
-from graftline.engine import client
-from graftline.engine.events import Event
+from graftline.engine.run import client
+from graftline.engine.run.events import Event
 
 RUNS_DIR_HELP = "where runs live (default: $GRAFTLINE_RUNS_DIR or ./runs)"
 _STATUS_STYLE = {"running": "green", "paused": "yellow", "stopping": "yellow", "starting": "cyan",
@@ -189,7 +189,7 @@ def _rehearsal_passes(file: Path) -> bool:
     """The "rehearse first" gate. A file with static errors goes straight to `start_run`, which
     reports them; rehearsing it would only say the same thing more slowly."""
     from graftline.console.commands.rehearse import rehearse_or_exit
-    from graftline.engine.validate import validate_file
+    from graftline.engine.pipeline.validate import validate_file
 
     _pf, problems = validate_file(file)
     if any(p.severity == "error" for p in problems):

@@ -168,7 +168,7 @@ class DashboardScreen(Screen[None]):
 
     @work(thread=True, group="control", exit_on_error=False)
     def _send(self, command: str) -> None:
-        from graftline.engine import client
+        from graftline.engine.run import client
 
         try:
             reply = client.send_command(self.run_dir, command)

@@ -1,9 +1,10 @@
 """Lineage: the checkpoint DAG as a tree, a detail panel, and the cleanup planner.
 
-The scan and the cleanup are the engine's (`graftline.engine.lineage`, `graftline.engine.cleanup`);
-this screen only shows them. Cleanup mode: mark what to keep (k), see the plan (what is
-deleted, what is protected and why, bytes reclaimed), then confirm in a modal before the engine's
-executor deletes anything. Everything that touches the disk runs in a worker thread.
+The scan and the cleanup are the engine's (`graftline.engine.lineage`,
+`graftline.engine.lineage.cleanup`); this screen only shows them. Cleanup mode: mark what to
+keep (k), see the plan (what is deleted, what is protected and why, bytes reclaimed), then
+confirm in a modal before the engine's executor deletes anything. Everything that touches the
+disk runs in a worker thread.
 """
 
 from __future__ import annotations

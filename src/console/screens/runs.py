@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from graftline.engine.events import EVENTS
+from graftline.engine.run.events import EVENTS
 
 REFRESH = 2.0
 
@@ -62,7 +62,7 @@ class RunsScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
     def action_refresh(self) -> None:
-        from graftline.engine import client
+        from graftline.engine.run import client
 
         try:
             runs = client.list_runs(self.runs_dir)

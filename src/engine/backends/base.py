@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from graftline.engine import spec
-from graftline.engine.problems import FixableError
+from graftline.engine.pipeline import spec
+from graftline.engine.pipeline.problems import FixableError
 
 # What "all-linear" means for the decoder-only families Unsloth patches (it wants a list).
 DECODER_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",

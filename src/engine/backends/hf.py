@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from graftline.engine import spec
 from graftline.engine.backends.base import Backend, BackendError, lora_config
+from graftline.engine.pipeline import spec
 
 
 def _quantization_config(quantization: str) -> Any:

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from graftline.engine import spec
 from graftline.engine.backends.base import DECODER_PROJECTIONS, Backend
+from graftline.engine.pipeline import spec
 
 
 def _fast_language_model() -> Any:

@@ -15,8 +15,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from graftline.engine.run_control import RunControl
-from graftline.engine.sink import Sink
+from graftline.engine.common.sink import Sink
+from graftline.engine.run.flags import RunControl
 
 SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second",
                 "train_loss", "total_flos")
@@ -92,7 +92,7 @@ class StageCallback(TrainerCallback):
 
 
 def _bytes(path: Path) -> int:
-    from graftline.engine.manifest import directory_bytes
+    from graftline.engine.lineage.manifest import directory_bytes
 
     return directory_bytes(path) if path.exists() else 0
 

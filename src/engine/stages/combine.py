@@ -7,8 +7,8 @@ used exactly as given unless `normalize = true`, and both are recorded in the ma
 
 from __future__ import annotations
 
-from graftline.engine import checks
-from graftline.engine import manifest as mf
+from graftline.engine.lineage import manifest as mf
+from graftline.engine.stages import checks
 from graftline.engine.stages.common import (
     StageContext,
     StageOutcome,

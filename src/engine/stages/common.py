@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 
-from graftline.engine import manifest as mf
-from graftline.engine import spec
 from graftline.engine.backends.base import Backend
-from graftline.engine.checks import CheckLog
-from graftline.engine.run_control import RunControl
-from graftline.engine.sink import Sink
+from graftline.engine.common.sink import Sink
+from graftline.engine.lineage import manifest as mf
+from graftline.engine.pipeline import spec
+from graftline.engine.run.flags import RunControl
+from graftline.engine.stages.checks import CheckLog
 
 STAGES = "stages"
 DONE = "stage.json"  # the completion marker of stages that write no checkpoint (eval, generate)
@@ -73,7 +73,7 @@ class StageContext:
         return path if path.is_absolute() else (self.search_dir / path).resolve()
 
     def data_path(self, ref: str) -> Path:
-        from graftline.engine.datasets_io import resolve_data
+        from graftline.engine.pipeline.datasets import resolve_data
 
         return resolve_data(ref, self.search_dir, self.run_dir)
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from graftline.engine.datasets_io import load_rows
-from graftline.engine.rewards import completion_text
+from graftline.engine.pipeline.datasets import load_rows
+from graftline.engine.pipeline.rewards import completion_text
 from graftline.engine.stages.common import StageContext, StageOutcome, load_checkpoint_model
 from graftline.engine.stages.generate import complete, prompt_text
 

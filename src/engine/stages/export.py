@@ -1,6 +1,6 @@
 """Export: the checkpoint's full model, merged, in a complete model directory.
 
-Hands over to `graftline.engine.export` (streaming merge shard by shard into the original
+Hands over to `graftline.engine.export.writer` (streaming merge shard by shard into the original
 full-precision base, verified, with a model card) when it is installed and the stage exports a
 checkpoint; otherwise (or for the bare base) a plain merged save: float32 merge, cast to the
 dtype, reloaded and compared with the adapter model's logits.
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from graftline.engine import checks
-from graftline.engine import manifest as mf
+from graftline.engine.lineage import manifest as mf
+from graftline.engine.stages import checks
 from graftline.engine.stages.common import (
     StageContext,
     StageOutcome,
@@ -54,8 +54,8 @@ def plain_export(ctx: StageContext, out: Path) -> StageOutcome:
 def streaming_export(ctx: StageContext, out: Path) -> StageOutcome | None:
     """The export engine's streaming merge and verification; None where it is not installed."""
     try:
-        from graftline.engine.export import plan_export, run_export
-        from graftline.engine.export_chain import ExportRefused
+        from graftline.engine.export.chain import ExportRefused
+        from graftline.engine.export.writer import plan_export, run_export
     except ImportError:
         return None
     stage = ctx.stage

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from graftline.engine.datasets_io import GENERATED, load_rows, write_jsonl
-from graftline.engine.rewards import completion_text
+from graftline.engine.pipeline.datasets import GENERATED, load_rows, write_jsonl
+from graftline.engine.pipeline.rewards import completion_text
 from graftline.engine.stages.common import StageContext, StageOutcome, load_checkpoint_model
 
 BATCH = 64

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from graftline.engine.rewards import named, resolve_reward
+from graftline.engine.pipeline.rewards import named, resolve_reward
 from graftline.engine.stages.callbacks import StageCallback
 from graftline.engine.stages.common import StageContext, StageOutcome
 from graftline.engine.stages.trainer_args import common_args

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from graftline.engine import checks
+from graftline.engine.stages import checks
 from graftline.engine.stages.common import (
     StageContext,
     StageOutcome,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from graftline.engine import spec
+from graftline.engine.pipeline import spec
 from graftline.engine.stages.common import StageContext
 
 TRAINER_DIR = "trainer"

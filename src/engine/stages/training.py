@@ -16,10 +16,9 @@ from typing import Any
 import datasets
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from graftline.engine import checks
-from graftline.engine import manifest as mf
-from graftline.engine.datasets_io import load_rows
-from graftline.engine.stages import trl_compat
+from graftline.engine.lineage import manifest as mf
+from graftline.engine.pipeline.datasets import load_rows
+from graftline.engine.stages import checks, trl_compat
 from graftline.engine.stages.callbacks import StageCallback, summarize
 from graftline.engine.stages.common import (
     StageContext,

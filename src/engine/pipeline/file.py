@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from graftline.engine import spec
-from graftline.engine.problems import PipelineError, Problem, did_you_mean
+from graftline.engine.pipeline import spec
+from graftline.engine.pipeline.problems import PipelineError, Problem, did_you_mean
 
 HEADER_BLOCK = "[pipeline]"  # the key of the header's Block; no stage name can contain brackets
 CLEANUP_BLOCK = "[cleanup]"

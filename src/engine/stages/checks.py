@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from graftline.engine.manifest import CheckResult, LoraSpec
-from graftline.engine.sink import Sink
+from graftline.engine.common.sink import Sink
+from graftline.engine.lineage.manifest import CheckResult, LoraSpec
 
 ADAPTER = "default"
 # TRL's frozen copy of the adapter, the reference of DPO/GRPO on a continued adapter.

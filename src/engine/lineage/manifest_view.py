@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, get_args
 
-from graftline.engine.lineage_model import LoraInfo
-from graftline.engine.manifest import Kind, Manifest, Relation, Status
+from graftline.engine.lineage.manifest import Kind, Manifest, Relation, Status
+from graftline.engine.lineage.model import LoraInfo
 
 _KINDS = frozenset(get_args(Kind))
 _RELATIONS = frozenset(get_args(Relation))

@@ -16,8 +16,8 @@ from typing import Any
 
 import psutil
 
-from graftline.engine.plan import Plan
-from graftline.engine.sink import Sink
+from graftline.engine.common.sink import Sink
+from graftline.engine.pipeline.plan import Plan
 
 SAMPLE_EVERY = float(os.environ.get("GRAFTLINE_TELEMETRY_EVERY", "5"))
 

@@ -1,4 +1,4 @@
-"""The background engine: `python -m graftline.engine.daemon RUN_DIR [--resume]`.
+"""The background engine: `python -m graftline.engine.run.daemon RUN_DIR [--resume]`.
 
 Started by `launch.spawn` in its own process session. It owns the run directory while it lives:
 an exclusive lock (`engine.lock`) so two engines never drive one run, `state.json` with a
@@ -22,13 +22,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from graftline.engine import launch, runstate
-from graftline.engine.control import ControlServer
-from graftline.engine.events import EventWriter
-from graftline.engine.run_control import RunControl
-from graftline.engine.runstate import RunState, StateKeeper
-from graftline.engine.telemetry import TelemetryThread, forecast_bytes
-from graftline.engine.units import human_bytes
+from graftline.engine.common.units import human_bytes
+from graftline.engine.run import launch
+from graftline.engine.run import state as runstate
+from graftline.engine.run.control import ControlServer
+from graftline.engine.run.events import EventWriter
+from graftline.engine.run.flags import RunControl
+from graftline.engine.run.state import RunState, StateKeeper
+from graftline.engine.run.telemetry import TelemetryThread, forecast_bytes
 
 LOCK = "engine.lock"
 EXIT_BUSY = 3
@@ -141,7 +142,7 @@ def _lock(run_dir: Path, wait: float = 0.0) -> int | None:
 
 
 def _completed_stages(run_dir: Path, names: list[str]) -> list[str]:
-    from graftline.engine import manifest
+    from graftline.engine.lineage import manifest
 
     done = []
     for name in names:
@@ -179,7 +180,7 @@ def _handler(control: RunControl, keeper: StateKeeper, writer: EventWriter):
 
 
 def run(run_dir: Path, *, resume: bool = False) -> int:
-    from graftline.engine import pipeline_file
+    from graftline.engine.pipeline import file as pipeline_file
 
     run_dir = Path(run_dir).resolve()
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -220,7 +221,7 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
     control = RunControl()
 
     try:
-        from graftline.engine.validate import plan_of
+        from graftline.engine.pipeline.validate import plan_of
 
         plan = plan_of(pf)
     except Exception as exc:  # the forecast is advisory; training does not depend on it
@@ -248,7 +249,7 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
         first = next((n for n in names if n not in sink.done), None)
         sink.check_disk(before=first)
         control.wait_while_paused()
-        from graftline.engine.runner import run_pipeline
+        from graftline.engine.run.runner import run_pipeline
 
         result = run_pipeline(pf, run_dir, sink, control, resume=resume)
         status = str(getattr(result, "status", "finished"))
@@ -275,7 +276,7 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m graftline.engine.daemon",
+    parser = argparse.ArgumentParser(prog="python -m graftline.engine.run.daemon",
                                      description="Run a prepared graftline run directory.")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--resume", action="store_true",

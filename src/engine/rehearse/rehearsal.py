@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graftline.engine import spec
-from graftline.engine.pipeline_file import PipelineFile
-from graftline.engine.plan import StepPlan, build_plan
-from graftline.engine.problems import Problem
-from graftline.engine.rehearse_preflight import Finding
-from graftline.engine.stage_cleanup import needed_dirs
+from graftline.engine.pipeline import spec
+from graftline.engine.pipeline.file import PipelineFile
+from graftline.engine.pipeline.plan import StepPlan, build_plan
+from graftline.engine.pipeline.problems import Problem
+from graftline.engine.rehearse.preflight import Finding
+from graftline.engine.run.between_stages import needed_dirs
 
 DEFAULT_STEPS = 3
 SAMPLE_ROWS = 32
@@ -251,8 +251,8 @@ class RehearsalSink:
             self._clean_after(stage)
 
     def _clean_after(self, stage: str) -> None:
-        from graftline.engine.cleanup import CleanupError, execute, parse_keep, plan_cleanup
-        from graftline.engine.lineage_scan import scan
+        from graftline.engine.lineage.cleanup import CleanupError, execute, parse_keep, plan_cleanup
+        from graftline.engine.lineage.scan import scan
 
         assert self.cleanup is not None
         rules = "keep " + ", ".join(self.cleanup.keep)
@@ -283,7 +283,7 @@ class RehearsalSink:
 
 
 def _scratch(pf: PipelineFile, parent: Path | None) -> Path:
-    from graftline.engine.validate import runs_dir
+    from graftline.engine.pipeline.validate import runs_dir
 
     root = Path(parent) if parent is not None else runs_dir(pf) / SCRATCH
     root.mkdir(parents=True, exist_ok=True)
@@ -299,8 +299,8 @@ def _remove(scratch: Path) -> None:
 
 def write_samples(derived: Derived) -> list[Finding]:
     """Write each sample; scan every row of the full datasets for empty required fields."""
-    from graftline.engine.datasets_io import DatasetError, load_rows, write_jsonl
-    from graftline.engine.rehearse_preflight import data_finding
+    from graftline.engine.pipeline.datasets import DatasetError, load_rows, write_jsonl
+    from graftline.engine.rehearse.preflight import data_finding
 
     findings: list[Finding] = []
     for sample in derived.samples:
@@ -323,15 +323,15 @@ def write_samples(derived: Derived) -> list[Finding]:
 def _rows(path: str | None) -> list[dict[str, Any]]:
     if path is None or path.startswith("@"):
         return []
-    from graftline.engine.datasets_io import load_rows
+    from graftline.engine.pipeline.datasets import load_rows
 
     return load_rows(Path(path)).to_list()
 
 
 def preflight(pf: PipelineFile, derived: Derived, tokenizer: Any) -> list[Finding]:
     """Chat template and reward checks on each stage's sampled data."""
-    from graftline.engine.rehearse_preflight import reward_finding, template_finding
-    from graftline.engine.rewards import RewardError, resolve_reward
+    from graftline.engine.pipeline.rewards import RewardError, resolve_reward
+    from graftline.engine.rehearse.preflight import reward_finding, template_finding
 
     findings: list[Finding] = []
     for stage in derived.pipeline.stage:
@@ -396,9 +396,9 @@ def rehearse(path: Path | str, *, steps: int = DEFAULT_STEPS, keep: bool = False
     """Validate, build the twin, sample the data, check each stage's data, template and rewards,
     run every stage for `steps` steps, and report. Never raises for a fault in the pipeline."""
     from graftline.engine.backends.base import cuda_available
-    from graftline.engine.runner import run_pipeline
-    from graftline.engine.twin import build_twin
-    from graftline.engine.validate import validate, validate_file
+    from graftline.engine.pipeline.validate import validate, validate_file
+    from graftline.engine.rehearse.twin import build_twin
+    from graftline.engine.run.runner import run_pipeline
 
     began = time.perf_counter()
     pf, problems = validate_file(path)

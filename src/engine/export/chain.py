@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from graftline.engine import manifest as manifest_io
+from graftline.engine.lineage import manifest as manifest_io
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -83,7 +83,7 @@ def is_model_dir(path: Path) -> bool:
 def removed_by(path: Path) -> str | None:
     """Which cleanup removed `path`, when the cleanup journal knows (the module is optional)."""
     try:
-        from graftline.engine.cleanup import removed_by as journal_lookup
+        from graftline.engine.lineage.cleanup import removed_by as journal_lookup
     except ImportError:
         return None
     try:

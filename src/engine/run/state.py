@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from graftline.engine import atomic
+from graftline.engine.common import atomic
 
 STATE = "state.json"
 HEARTBEAT_EVERY = 2.0

@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from graftline.engine import spec
-from graftline.engine.plan import StepPlan
-from graftline.engine.sink import Sink
-from graftline.engine.units import human_bytes
+from graftline.engine.common.sink import Sink
+from graftline.engine.common.units import human_bytes
+from graftline.engine.pipeline import spec
+from graftline.engine.pipeline.plan import StepPlan
 
 
 def needed_dirs(steps: list[StepPlan], run_dir: Path) -> dict[str, dict[Path, str]]:
@@ -57,7 +57,7 @@ def applies_after(policy: spec.Cleanup, stage: str) -> bool:
 def finish_interrupted(run_dir: Path, sink: Sink) -> None:
     """Finish the cleanup a crash interrupted in this run (its journal is still there) before
     anything else runs; what something now needs is skipped, as `finish_pending` does."""
-    from graftline.engine.cleanup import CleanupError, finish_pending
+    from graftline.engine.lineage.cleanup import CleanupError, finish_pending
 
     own = os.path.realpath(run_dir)
     try:
@@ -79,8 +79,14 @@ def finish_interrupted(run_dir: Path, sink: Sink) -> None:
 def clean_after(stage: str, policy: spec.Cleanup, steps: list[StepPlan], run_dir: Path,
                 sink: Sink) -> None:
     """Run `policy` after `stage` finished; reports through `sink` (`info`, or `warning`)."""
-    from graftline.engine.cleanup import CleanupError, KeepRule, execute, parse_keep, plan_cleanup
-    from graftline.engine.lineage_scan import scan
+    from graftline.engine.lineage.cleanup import (
+        CleanupError,
+        KeepRule,
+        execute,
+        parse_keep,
+        plan_cleanup,
+    )
+    from graftline.engine.lineage.scan import scan
 
     own = os.path.realpath(run_dir)
     words = ", ".join(policy.keep)

@@ -15,16 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graftline.engine import control, runstate
-from graftline.engine.control import ControlError  # noqa: F401  (re-exported)
-from graftline.engine.events import (  # noqa: F401  (re-exported)
+from graftline.engine.run import control
+from graftline.engine.run import state as runstate
+from graftline.engine.run.control import ControlError  # noqa: F401  (re-exported)
+from graftline.engine.run.events import (  # noqa: F401  (re-exported)
     EVENTS,
     Event,
     follow,
     read_events,
     read_raw,
 )
-from graftline.engine.launch import (  # noqa: F401  (re-exported)
+from graftline.engine.run.launch import (  # noqa: F401  (re-exported)
     LaunchError,
     create_run,
     resume_run,

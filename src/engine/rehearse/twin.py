@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graftline.engine.modelinfo import config_path
+from graftline.engine.pipeline.modelinfo import config_path
 
 TOY_BASE = "toy:addition"
 LAYERS = 2

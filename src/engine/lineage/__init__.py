@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from graftline.engine.cleanup_journal import removed_by
-from graftline.engine.lineage_model import (
+from graftline.engine.lineage.journal import removed_by
+from graftline.engine.lineage.model import (
     NEEDED_RELATIONS,
     Edge,
     Lineage,
@@ -29,7 +29,7 @@ from graftline.engine.lineage_model import (
     Node,
     Symlink,
 )
-from graftline.engine.lineage_scan import ScanError, scan
+from graftline.engine.lineage.scan import ScanError, scan
 
 __all__ = [
     "NEEDED_RELATIONS",

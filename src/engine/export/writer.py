@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from graftline.engine import manifest as manifest_io
-from graftline.engine.export_chain import (
+from graftline.engine.common.sink import Sink
+from graftline.engine.export.chain import (
     WEIGHTS_INDEX,
     Chain,
     ExportRefused,
@@ -33,8 +33,7 @@ from graftline.engine.export_chain import (
     is_model_dir,
     resolve_chain,
 )
-from graftline.engine.sink import Sink
-from graftline.engine.streaming_merge import (
+from graftline.engine.export.merge import (
     EXPORT_DTYPES,
     AdapterPlan,
     OutShard,
@@ -45,6 +44,7 @@ from graftline.engine.streaming_merge import (
     plan_tensors,
     write_shards,
 )
+from graftline.engine.lineage import manifest as manifest_io
 
 FORMATS = ("safetensors", "gguf", "ollama")
 TOKENIZER_FILES = (
@@ -237,7 +237,7 @@ def plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
                             fix=f"use one of {', '.join(FORMATS)}")
     converter = None
     if "gguf" in wanted:
-        from graftline.engine.export_formats import GGUF_MISSING, gguf_converter
+        from graftline.engine.export.formats import GGUF_MISSING, gguf_converter
 
         converter = gguf_converter()
         if converter is None:
@@ -427,8 +427,8 @@ def run_export(plan: ExportPlan, progress: Callable[[ExportProgress], None] | No
 
 def _verify(plan: ExportPlan, report: _Reporter, sink: Sink | None,
             stage: str | None) -> dict[str, Any]:
-    from graftline.engine import atomic
-    from graftline.engine.export_verify import VERIFICATION, verify
+    from graftline.engine.common import atomic
+    from graftline.engine.export.verify import VERIFICATION, verify
 
     total = plan.total_bytes
     report(ExportProgress("verify", total, total, message="reloading and comparing logits"),
@@ -444,7 +444,7 @@ def _verify(plan: ExportPlan, report: _Reporter, sink: Sink | None,
 
 
 def _write_formats(plan: ExportPlan, report: _Reporter) -> list[str]:
-    from graftline.engine.export_formats import gguf_filename, modelfile, write_gguf
+    from graftline.engine.export.formats import gguf_filename, modelfile, write_gguf
 
     problems: list[str] = []
     total = plan.total_bytes
@@ -469,7 +469,7 @@ def _write_formats(plan: ExportPlan, report: _Reporter) -> list[str]:
 
 
 def _write_card(plan: ExportPlan, verification: dict[str, Any] | None) -> None:
-    from graftline.engine.model_card import render
+    from graftline.engine.export.card import render
 
     files = [*(p.name for p in plan.out.iterdir() if p.is_file()), MODEL_CARD]
     text = render(name=plan.out.name, checkpoint=plan.checkpoint, lineage=plan.lineage,

@@ -1,6 +1,6 @@
 """Creating a run directory and starting (or resuming) its engine as a background process.
 
-The engine runs as `python -m graftline.engine.daemon RUN_DIR [--resume]` in a new process
+The engine runs as `python -m graftline.engine.run.daemon RUN_DIR [--resume]` in a new process
 session (`start_new_session=True`): no controlling terminal, stdin from /dev/null, stdout and
 stderr appended to `<run_dir>/engine.log`. Closing the terminal, SIGHUP to the launching
 session, or quitting the console does not reach it.
@@ -18,9 +18,9 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from graftline.engine import runstate
-from graftline.engine.pipeline_file import PipelineFile
-from graftline.engine.problems import PipelineError, Problem
+from graftline.engine.pipeline.file import PipelineFile
+from graftline.engine.pipeline.problems import PipelineError, Problem
+from graftline.engine.run import state as runstate
 
 PIPELINE_COPY = "pipeline.toml"
 PIPELINE_HASH = "pipeline.sha256"
@@ -89,7 +89,7 @@ def spawn(run_dir: Path, *, resume: bool = False) -> int:
     meta = read_meta(run_dir)
     cwd = meta.get("cwd")
     cwd = cwd if cwd and Path(cwd).is_dir() else str(run_dir)
-    command = [sys.executable, "-m", "graftline.engine.daemon", str(run_dir)]
+    command = [sys.executable, "-m", "graftline.engine.run.daemon", str(run_dir)]
     if resume:
         command.append("--resume")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -106,14 +106,14 @@ def start_run(pipeline_path: Path, runs_dir: Path | None = None, *,
 
     Raises LaunchError (with the problems) when validation finds errors: nothing is created then.
     """
-    from graftline.engine import pipeline_file
+    from graftline.engine.pipeline import file as pipeline_file
 
     try:
         pf = pipeline_file.load(pipeline_path)
     except PipelineError as exc:
         raise LaunchError(f"{pipeline_path} has problems", exc.problems) from None
     if check:
-        from graftline.engine.validate import validate
+        from graftline.engine.pipeline.validate import validate
 
         problems = validate(pf)
         errors = [p for p in problems if p.severity == "error"]

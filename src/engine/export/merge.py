@@ -24,15 +24,15 @@ from typing import Any, Literal
 
 import torch
 
-from graftline.engine.export_chain import (
+from graftline.engine.export.chain import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     WEIGHTS_INDEX,
     ExportRefused,
     weight_files,
 )
-from graftline.engine.ordered_io import OrderedIO
-from graftline.engine.safetensors_stream import (
+from graftline.engine.export.ordered_io import OrderedIO
+from graftline.engine.export.safetensors import (
     DTYPES,
     NAMES,
     OutEntry,

@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graftline.engine import atomic, checks, stage_cleanup
-from graftline.engine import manifest as mf
 from graftline.engine.backends.base import Backend, BackendError, select_backend
-from graftline.engine.pipeline_file import PipelineFile
-from graftline.engine.run_control import RunControl
-from graftline.engine.sink import Sink
-from graftline.engine.stages import StageContext, StageHooks, StageOutcome, runner_for
+from graftline.engine.common import atomic
+from graftline.engine.common.sink import Sink
+from graftline.engine.lineage import manifest as mf
+from graftline.engine.pipeline.file import PipelineFile
+from graftline.engine.run import between_stages as stage_cleanup
+from graftline.engine.run.flags import RunControl
+from graftline.engine.stages import StageContext, StageHooks, StageOutcome, checks, runner_for
 from graftline.engine.stages.common import DONE, stage_dir
 from graftline.engine.stages.trainer_args import TRAINER_DIR
 
@@ -58,7 +59,7 @@ def _one_thread_for_tiny_models(base_path: str) -> None:
     2.3 s vs 0.05 s). Real models keep torch's default."""
     import torch
 
-    from graftline.engine.modelinfo import describe
+    from graftline.engine.pipeline.modelinfo import describe
 
     info = describe(base_path)
     if not torch.cuda.is_available() and info is not None and info.params < 20_000_000:
@@ -116,7 +117,7 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
                  hooks: Mapping[str, StageHooks] | None = None) -> RunResult:
     """Run every stage in file order. Never raises for a stage's failure: it is reported through
     the sink (`error`, `stage_finished` failed, `run_finished` failed) and in the result."""
-    from graftline.engine.plan import resolve
+    from graftline.engine.pipeline.plan import resolve
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

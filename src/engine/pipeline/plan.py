@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from graftline.engine import disk, spec
-from graftline.engine.modelinfo import ModelInfo, describe
-from graftline.engine.problems import Problem, did_you_mean
+from graftline.engine.common import disk
+from graftline.engine.pipeline import spec
+from graftline.engine.pipeline.modelinfo import ModelInfo, describe
+from graftline.engine.pipeline.problems import Problem, did_you_mean
 
 Action = Literal["new", "continue", "merge", "combine", "none"]
 MODEL_KINDS = frozenset({"sft", "dpo", "grpo", "merge", "combine"})

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from graftline.engine import cleanup_journal
-from graftline.engine.lineage_model import Edge, Lineage, LoraInfo, Node, Symlink
-from graftline.engine.manifest import MANIFEST
-from graftline.engine.manifest_view import ManifestView, view
+from graftline.engine.lineage import journal as cleanup_journal
+from graftline.engine.lineage.manifest import MANIFEST
+from graftline.engine.lineage.manifest_view import ManifestView, view
+from graftline.engine.lineage.model import Edge, Lineage, LoraInfo, Node, Symlink
 
 ADAPTER_CONFIG = "adapter_config.json"
 TRAINER_STATE = "trainer_state.json"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from graftline import __version__
-from graftline.engine.export_chain import LineageNode
+from graftline.engine.export.chain import LineageNode
 
 
 def _fmt(value: float) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from graftline.engine.problems import FixableError
+from graftline.engine.pipeline.problems import FixableError
 
 
 class RewardError(FixableError):

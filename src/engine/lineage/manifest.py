@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from graftline import __version__
-from graftline.engine import atomic
+from graftline.engine.common import atomic
 
 MANIFEST = "graftline.json"
 METRICS = "metrics.json"

@@ -32,11 +32,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
-from graftline.engine import cleanup_journal
-from graftline.engine.cleanup_journal import PendingCleanup, read_journal, removed_by
-from graftline.engine.lineage_model import NEEDED_RELATIONS, Lineage, Node, need_links
-from graftline.engine.lineage_scan import run_is_active, scan
-from graftline.engine.units import human_bytes
+from graftline.engine.common.units import human_bytes
+from graftline.engine.lineage import journal as cleanup_journal
+from graftline.engine.lineage.journal import PendingCleanup, read_journal, removed_by
+from graftline.engine.lineage.model import NEEDED_RELATIONS, Lineage, Node, need_links
+from graftline.engine.lineage.scan import run_is_active, scan
 
 __all__ = [
     "CleanupError",

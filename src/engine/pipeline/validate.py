@@ -11,12 +11,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from graftline.engine import spec
-from graftline.engine.disk import nearest_existing
-from graftline.engine.pipeline_file import CLEANUP_BLOCK, HEADER_BLOCK, PipelineFile, load
-from graftline.engine.plan import Plan, build_plan
-from graftline.engine.problems import PipelineError, Problem, did_you_mean
-from graftline.engine.units import human_bytes
+from graftline.engine.common.disk import nearest_existing
+from graftline.engine.common.units import human_bytes
+from graftline.engine.pipeline import spec
+from graftline.engine.pipeline.file import CLEANUP_BLOCK, HEADER_BLOCK, PipelineFile, load
+from graftline.engine.pipeline.plan import Plan, build_plan
+from graftline.engine.pipeline.problems import PipelineError, Problem, did_you_mean
 
 
 def runs_dir(pf: PipelineFile) -> Path:
@@ -35,7 +35,7 @@ def plan_of(pf: PipelineFile) -> Plan:
 
 
 def _data_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
-    from graftline.engine.datasets_io import DatasetError, columns_of, missing_columns
+    from graftline.engine.pipeline.datasets import DatasetError, columns_of, missing_columns
 
     earlier: dict[str, str] = {}
     for step in plan.steps:
@@ -91,7 +91,7 @@ def _data_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
 
 
 def _reward_problems(pf: PipelineFile) -> Iterator[Problem]:
-    from graftline.engine.rewards import RewardError, resolve_reward
+    from graftline.engine.pipeline.rewards import RewardError, resolve_reward
 
     for stage in pf.pipeline.stage:
         if not isinstance(stage, spec.GRPOStage):
@@ -246,7 +246,7 @@ def _writable(path: Path) -> bool:
 def _cleanup_problems(pf: PipelineFile) -> list[Problem]:
     """[cleanup]: each keep word parses as `graftline cleanup --keep` would, each `after` names a
     stage; and a policy that would delete the run's own result is called out."""
-    from graftline.engine.cleanup import CleanupError, parse_keep
+    from graftline.engine.lineage.cleanup import CleanupError, parse_keep
 
     policy = pf.pipeline.cleanup
     if policy is None:

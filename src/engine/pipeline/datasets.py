@@ -14,7 +14,7 @@ from pathlib import Path
 
 import datasets
 
-from graftline.engine.problems import FixableError
+from graftline.engine.pipeline.problems import FixableError
 
 GENERATED = "data.jsonl"
 
@@ -131,6 +131,6 @@ def load_rows(path: Path) -> datasets.Dataset:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    from graftline.engine import atomic
+    from graftline.engine.common import atomic
 
     atomic.write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -1,0 +1,1 @@
+"""graftline.engine.export."""
