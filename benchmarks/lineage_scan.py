@@ -6,7 +6,7 @@ small placeholder files), then times, in one process:
 
   baseline  os.walk over the tree + json.loads of every .json file in it (what any scanner must
             at least do)
-  scan      graftline.engine.lineage.scan: the same reads plus a stat of every file (sizes),
+  scan      graftline.engine.lineage.reader: the same reads plus a stat of every file (sizes),
             manifest validation, edge resolution, merge inference, and the frozen DAG
   scan-warm the same scan again with its in-process mtime caches filled (the console rescans)
   plan      plan_cleanup(final, last:2) over the result
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from graftline.engine import lineage
 from graftline.engine.lineage import cleanup
-from graftline.engine.lineage import scan as lineage_scan
+from graftline.engine.lineage import reader as lineage_scan
 from graftline.engine.lineage.manifest import LoraSpec, Manifest, Parent
 
 ADAPTER_CONFIG = {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"],

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from graftline.engine.common.control import RunControl
 from graftline.engine.run import control
 from graftline.engine.run.control import ControlError, ControlServer
-from graftline.engine.run.flags import RunControl
 
 
 def _server(run_dir: Path, flags: RunControl) -> ControlServer:

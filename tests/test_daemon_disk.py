@@ -8,10 +8,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from graftline.engine.common.control import RunControl
 from graftline.engine.run import state as runstate
 from graftline.engine.run.daemon import EngineSink
 from graftline.engine.run.events import EventWriter, read_raw
-from graftline.engine.run.flags import RunControl
 from graftline.engine.run.state import RunState, StateKeeper
 
 

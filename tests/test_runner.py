@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from stage_helpers import one_thread, pipeline, write_data  # noqa: F401
 
+from graftline.engine.common.control import RunControl
 from graftline.engine.common.sink import ListSink
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.run.events import EventWriter, read_events
-from graftline.engine.run.flags import RunControl
 from graftline.engine.run.runner import run_pipeline
 
 TWO_SFT = """

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from graftline.console.run_view import RunModel
-from graftline.engine.run.events import EVENTS, read_events
+from graftline.engine.run import EVENTS, read_events
 
 STATE_EVERY = 2.0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 def launch_background(pipeline: Path) -> Path:
     """The new run directory; a clear error (with every problem) when it cannot start."""
-    from graftline.engine.run.launch import LaunchError, start_run
+    from graftline.engine.run import LaunchError, start_run
 
     try:
         return start_run(Path(pipeline))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from graftline.engine.common import units
-from graftline.engine.run.events import Event
+from graftline.engine.run import Event
 
 # Metrics the chart can show, in the order the `m` key cycles them.
 CHART_METRICS: tuple[str, ...] = (

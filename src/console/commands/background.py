@@ -16,8 +16,7 @@ from typing import Any
 
 import typer
 
-from graftline.engine.run import client
-from graftline.engine.run.events import Event
+from graftline.engine.run import Event, client
 
 RUNS_DIR_HELP = "where runs live (default: $GRAFTLINE_RUNS_DIR or ./runs)"
 _STATUS_STYLE = {"running": "green", "paused": "yellow", "stopping": "yellow", "starting": "cyan",
@@ -189,7 +188,7 @@ def _rehearsal_passes(file: Path) -> bool:
     """The "rehearse first" gate. A file with static errors goes straight to `start_run`, which
     reports them; rehearsing it would only say the same thing more slowly."""
     from graftline.console.commands.rehearse import rehearse_or_exit
-    from graftline.engine.pipeline.validate import validate_file
+    from graftline.engine.pipeline import validate_file
 
     _pf, problems = validate_file(file)
     if any(p.severity == "error" for p in problems):

@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         The engine runs in its own process session: `q` leaves the console and the demo keeps
         training; `graftline attach` comes back to it.
         """
-        from graftline.engine.run.launch import LaunchError, start_run
+        from graftline.engine.run import LaunchError, start_run
 
         if not pipeline.is_file():
             typer.echo(f"{pipeline}: not found; pass --pipeline FILE", err=True)

@@ -46,7 +46,7 @@ def export(
     base + adapter. Exit status: 0 verified, 1 verification or format failed, 2 refused.
     """
     # Imported here so `graftline --help` stays fast (this pulls in torch).
-    from graftline.engine.export.writer import (
+    from graftline.engine.export import (
         ExportProgress,
         ExportRefused,
         plan_export,

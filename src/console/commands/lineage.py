@@ -13,9 +13,9 @@ from rich.markup import escape
 from rich.tree import Tree
 
 from graftline.engine import lineage as lineage_api
-from graftline.engine.common.units import human_bytes
+from graftline.engine.common import human_bytes
+from graftline.engine.lineage import Lineage, Node
 from graftline.engine.lineage import cleanup as cleanup_api
-from graftline.engine.lineage.model import Lineage, Node
 
 _KIND_STYLE = {
     "base": "bold blue", "merged": "bold magenta", "adapter": "green", "combined": "green",

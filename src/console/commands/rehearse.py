@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from graftline.engine.rehearse.rehearsal import RehearsalReport
+    from graftline.engine.rehearse import RehearsalReport
 
 FILE = typer.Argument(..., help="The pipeline file (TOML).", show_default=False)
 MARK = {"passed": "[green]✓ passed[/green]", "failed": "[red]✗ failed[/red]",
@@ -100,7 +100,7 @@ def report_json(report: RehearsalReport) -> dict[str, Any]:
 def run_rehearsal(path: Path, *, steps: int | None = None, keep: bool = False,
                   cleanup_keep: list[str] | None = None, cleanup_after: list[str] | None = None,
                   console: Console | None = None, as_json: bool = False) -> RehearsalReport:
-    from graftline.engine.rehearse.rehearsal import DEFAULT_STEPS, CleanupPolicy, rehearse
+    from graftline.engine.rehearse import DEFAULT_STEPS, CleanupPolicy, rehearse
 
     console = console or Console()
     policy = CleanupPolicy(tuple(cleanup_keep), tuple(cleanup_after or ())) \

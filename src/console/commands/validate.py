@@ -10,9 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from graftline.engine.common.units import human_bytes
-from graftline.engine.pipeline.problems import Problem
-from graftline.engine.pipeline.validate import plan_of, validate_file
+from graftline.engine.common import human_bytes
+from graftline.engine.pipeline import Problem, plan_of, validate_file
 
 FILE = typer.Argument(..., help="The pipeline file (TOML).", show_default=False)
 

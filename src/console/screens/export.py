@@ -125,7 +125,7 @@ class ExportModal(ModalScreen[Path | None]):
     @work(thread=True, exclusive=True, group="export-plan", exit_on_error=False)
     def _plan(self, options: dict[str, Any]) -> None:
         try:
-            from graftline.engine.export.writer import plan_export
+            from graftline.engine.export import plan_export
 
             plan = plan_export(self.checkpoint, options["out"], dtype=options["dtype"],
                                formats=tuple(options["formats"]))
@@ -177,7 +177,7 @@ class ExportModal(ModalScreen[Path | None]):
 
     @work(thread=True, exclusive=True, group="export", exit_on_error=False)
     def _export(self, plan: Any) -> None:
-        from graftline.engine.export.writer import run_export
+        from graftline.engine.export import run_export
 
         def progress(update: Any) -> None:
             self.app.call_from_thread(self._progress, update.phase, update.fraction,

@@ -50,7 +50,7 @@ class Report:
 
 def check_file(path: Path, root: Path) -> Report:
     """Validate and plan `path`; everything the launch screen shows about it. Runs in a worker."""
-    from graftline.engine.pipeline.validate import plan_of, validate_file
+    from graftline.engine.pipeline import plan_of, validate_file
 
     pf, problems = validate_file(path)
     text = Text()

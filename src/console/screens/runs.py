@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from graftline.engine.run.events import EVENTS
+from graftline.engine.run import EVENTS
 
 REFRESH = 2.0
 

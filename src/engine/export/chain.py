@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from graftline.engine.common.errors import GraftlineError
 from graftline.engine.lineage import manifest as manifest_io
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -23,16 +24,14 @@ SINGLE_WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
-class ExportRefused(ValueError):
+class ExportRefused(GraftlineError, ValueError):
     """Export cannot be done exactly or safely; nothing was written."""
 
     def __init__(self, message: str, *, path: Path | str | None = None,
                  fix: str | None = None) -> None:
-        self.message = message
         self.path = str(path) if path is not None else None
-        self.fix = fix
         text = message if path is None else f"{path}: {message}"
-        super().__init__(text if fix is None else f"{text}\n  fix: {fix}")
+        super().__init__(message, fix, text=text if fix is None else f"{text}\n  fix: {fix}")
 
 
 @dataclass(frozen=True)

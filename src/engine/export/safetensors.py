@@ -20,6 +20,8 @@ from typing import BinaryIO
 
 import torch
 
+from graftline.engine.common.errors import GraftlineError
+
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
@@ -30,7 +32,7 @@ NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024  # the format's own limit
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(GraftlineError, ValueError):
     """A file that is not valid safetensors (or uses a dtype we do not know)."""
 
 

@@ -1,87 +1,47 @@
-"""Checkpoint lineage: which checkpoint was made from which, and what each one needs.
-
-The public face of lineage for the CLI, the console and the other engine modules:
+"""graftline.engine.lineage: the checkpoint DAG, read from disk, and the cleanup planned on it.
 
     lineage = scan([runs_dir])           # read-only walk: manifests, adapter configs, stats
-    lineage.nodes / lineage.edges        # frozen data (see lineage_model)
     lineage.needs(key)                   # its whole base chain: what it needs to load/export
     lineage.needed_by(key)               # what would break without it
-    lineage.broken()                     # checkpoints whose base no longer exists
-    to_json(lineage)                     # plain dicts for `graftline lineage --json`
+    plan_cleanup(lineage, rules)         # pure: what to delete, what is protected and why
+    execute(plan, ...)                   # journaled deletion inside the roots only
 
-Adapters are linked to their base by resolved path (`adapter_config.json`'s
-`base_model_name_or_path`, or the manifest's parents); a hub id becomes an `external` node; a
-base that no longer exists becomes a `missing` node and its adapters are `broken`, with the
-cleanup that removed it when the cleanup history knows.
+Modules: model (frozen nodes and edges), scan, views (tree and JSON), manifest (graftline.json),
+manifest_view, cleanup, journal (the cleanup journal and history).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import Any
+from graftline.engine.common.lazy import lazy_exports
 
-from graftline.engine.lineage.journal import removed_by
-from graftline.engine.lineage.model import (
-    NEEDED_RELATIONS,
-    Edge,
-    Lineage,
-    LoraInfo,
-    Node,
-    Symlink,
-)
-from graftline.engine.lineage.scan import ScanError, scan
-
-__all__ = [
-    "NEEDED_RELATIONS",
-    "Edge",
-    "Lineage",
-    "LoraInfo",
-    "Node",
-    "ScanError",
-    "Symlink",
-    "primary_parent",
-    "removed_by",
-    "scan",
-    "to_json",
-]
-
-# Which parent a node is drawn under in a tree: the one that best tells its story.
-_PRIMARY = ("continued_from", "merged_from", "trained_on", "combined_from", "exported_from")
-
-
-def primary_parent(lineage: Lineage, key: str) -> Edge | None:
-    """The edge a tree view hangs `key` under (the others are listed as "also").
-
-    For a merge, the adapter that went in is preferred over the base it went into.
-    """
-    edges = lineage.parents(key)
-    if not edges:
-        return None
-
-    def rank(edge: Edge) -> tuple[int, int]:
-        parent = lineage.get(edge.parent)
-        full = parent is not None and parent.kind in ("base", "merged", "export", "external")
-        return (_PRIMARY.index(edge.relation), 1 if full and edge.relation == "merged_from" else 0)
-
-    return min(edges, key=rank)
-
-
-def node_json(node: Node, lineage: Lineage) -> dict[str, Any]:
-    data = asdict(node)
-    data["metrics"] = dict(node.metrics)
-    data["warnings"] = list(node.warnings)
-    data["needs"] = list(lineage.needs(node.key))
-    data["needed_by"] = list(lineage.needed_by(node.key))
-    return data
-
-
-def to_json(lineage: Lineage) -> dict[str, Any]:
-    """The lineage as plain JSON-ready data (`graftline lineage --json`)."""
-    return {
-        "roots": list(lineage.roots),
-        "nodes": [node_json(node, lineage) for node in lineage.nodes],
-        "edges": [asdict(edge) for edge in lineage.edges],
-        "symlinks": [asdict(link) for link in lineage.symlinks],
-        "broken": [node.key for node in lineage.broken()],
-        "interrupted_cleanups": list(lineage.journals),
-    }
+_EXPORTS = {
+    "model": "model",
+    "Edge": "model",
+    "Lineage": "model",
+    "LoraInfo": "model",
+    "Node": "model",
+    "Symlink": "model",
+    "NEEDED_RELATIONS": "model",
+    "scan": "scan",
+    "ScanError": "scan",
+    "views": "views",
+    "primary_parent": "views",
+    "node_json": "views",
+    "to_json": "views",
+    "journal": "journal",
+    "removed_by": "journal",
+    "read_history": "journal",
+    "cleanup": "cleanup",
+    "CleanupError": "cleanup",
+    "CleanupPlan": "cleanup",
+    "KeepRule": "cleanup",
+    "parse_keep": "cleanup",
+    "plan_cleanup": "cleanup",
+    "execute": "cleanup",
+    "format_plan": "cleanup",
+    "manifest": "manifest",
+    "Manifest": "manifest",
+    "manifest_view": "manifest_view",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

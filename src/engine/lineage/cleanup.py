@@ -32,11 +32,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
+from graftline.engine.common.errors import GraftlineError
 from graftline.engine.common.units import human_bytes
 from graftline.engine.lineage import journal as cleanup_journal
 from graftline.engine.lineage.journal import PendingCleanup, read_journal, removed_by
 from graftline.engine.lineage.model import NEEDED_RELATIONS, Lineage, Node, need_links
-from graftline.engine.lineage.scan import run_is_active, scan
+from graftline.engine.lineage.reader import run_is_active, scan
 
 __all__ = [
     "CleanupError",
@@ -57,7 +58,7 @@ _GLOB = set("*?[")
 _ON_DISK_KINDS = {"base", "adapter", "merged", "combined", "export", "trainer"}
 
 
-class CleanupError(ValueError):
+class CleanupError(GraftlineError, ValueError):
     """A keep rule or plan that cannot be used; nothing was changed."""
 
 

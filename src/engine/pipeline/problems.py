@@ -6,6 +6,8 @@ import difflib
 from dataclasses import dataclass
 from typing import Literal
 
+from graftline.engine.common.errors import GraftlineError
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -32,24 +34,20 @@ class Problem:
         return text + (f"\n    fix: {self.fix}" if self.fix else "")
 
 
-class FixableError(Exception):
+class FixableError(GraftlineError):
     """An error that knows its fix: what went wrong, and what the user should do about it."""
-
-    def __init__(self, message: str, fix: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.fix = fix
 
     def __str__(self) -> str:
         return f"{self.message} (fix: {self.fix})" if self.fix else self.message
 
 
-class PipelineError(Exception):
+class PipelineError(GraftlineError):
     """A pipeline file cannot be used. Carries every problem found, not just the first."""
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
+        text = "\n".join(str(p) for p in problems)
+        super().__init__(text, "each problem above names its own fix", text=text)
 
     @property
     def errors(self) -> list[Problem]:

@@ -252,7 +252,7 @@ class RehearsalSink:
 
     def _clean_after(self, stage: str) -> None:
         from graftline.engine.lineage.cleanup import CleanupError, execute, parse_keep, plan_cleanup
-        from graftline.engine.lineage.scan import scan
+        from graftline.engine.lineage.reader import scan
 
         assert self.cleanup is not None
         rules = "keep " + ", ".join(self.cleanup.keep)

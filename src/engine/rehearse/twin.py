@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from graftline.engine.common.errors import GraftlineError
 from graftline.engine.pipeline.modelinfo import config_path
 
 TOY_BASE = "toy:addition"
@@ -54,7 +55,7 @@ class Twin:
                 f"random weights, {self.tokenizer} tokenizer)")
 
 
-class TwinError(Exception):
+class TwinError(GraftlineError):
     """The twin could not be built from the config; the caller falls back to the toy model."""
 
 

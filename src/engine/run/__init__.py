@@ -1,1 +1,48 @@
-"""graftline.engine.run."""
+"""graftline.engine.run: a run directory and the background engine that drives it.
+
+Modules: launch (create and spawn), daemon (the engine process), runner (stages in order),
+client (what a console or CLI reads and sends), state (state.json, liveness), control (the
+owner-only socket), events (events.jsonl), telemetry, between_stages ([cleanup] between stages).
+"""
+
+from __future__ import annotations
+
+from graftline.engine.common.lazy import lazy_exports
+
+_EXPORTS = {
+    "launch": "launch",
+    "LaunchError": "launch",
+    "create_run": "launch",
+    "start_run": "launch",
+    "resume_run": "launch",
+    "PIPELINE_COPY": "launch",
+    "RUN_META": "launch",
+    "client": "client",
+    "RunInfo": "client",
+    "find_run": "client",
+    "list_runs": "client",
+    "latest_run": "client",
+    "read_state": "client",
+    "send_command": "client",
+    "follow_run": "client",
+    "events": "events",
+    "EVENTS": "events",
+    "Event": "events",
+    "EventWriter": "events",
+    "read_events": "events",
+    "read_raw": "events",
+    "follow": "events",
+    "state": "state",
+    "RunState": "state",
+    "StateKeeper": "state",
+    "control": "control",
+    "ControlError": "control",
+    "runner": "runner",
+    "RunResult": "runner",
+    "run_pipeline": "runner",
+    "daemon": "daemon",
+    "telemetry": "telemetry",
+    "between_stages": "between_stages",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

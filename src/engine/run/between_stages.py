@@ -86,7 +86,7 @@ def clean_after(stage: str, policy: spec.Cleanup, steps: list[StepPlan], run_dir
         parse_keep,
         plan_cleanup,
     )
-    from graftline.engine.lineage.scan import scan
+    from graftline.engine.lineage.reader import scan
 
     own = os.path.realpath(run_dir)
     words = ", ".join(policy.keep)

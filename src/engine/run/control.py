@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from graftline.engine.common.errors import GraftlineError
+
 SOCKET = "control.sock"
 COMMANDS = ("stop", "pause", "resume", "save_now", "status")
 _MAX_SUN_PATH = 100
@@ -29,7 +31,7 @@ _MAX_REQUEST = 64 * 1024
 Handler = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 
-class ControlError(RuntimeError):
+class ControlError(GraftlineError, RuntimeError):
     """The engine could not be reached or refused the command."""
 
 

@@ -22,12 +22,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from graftline.engine.common.control import RunControl
 from graftline.engine.common.units import human_bytes
 from graftline.engine.run import launch
 from graftline.engine.run import state as runstate
 from graftline.engine.run.control import ControlServer
 from graftline.engine.run.events import EventWriter
-from graftline.engine.run.flags import RunControl
 from graftline.engine.run.state import RunState, StateKeeper
 from graftline.engine.run.telemetry import TelemetryThread, forecast_bytes
 

@@ -18,6 +18,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
+from graftline.engine.common.errors import GraftlineError
 from graftline.engine.pipeline.file import PipelineFile
 from graftline.engine.pipeline.problems import PipelineError, Problem
 from graftline.engine.run import state as runstate
@@ -28,7 +29,7 @@ RUN_META = "run.json"
 ENGINE_LOG = "engine.log"
 
 
-class LaunchError(RuntimeError):
+class LaunchError(GraftlineError, RuntimeError):
     """The run could not be started; `problems` holds validation problems when there were any."""
 
     def __init__(self, message: str, problems: list[Problem] | None = None) -> None:

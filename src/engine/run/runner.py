@@ -21,11 +21,11 @@ from typing import Any
 
 from graftline.engine.backends.base import Backend, BackendError, select_backend
 from graftline.engine.common import atomic
+from graftline.engine.common.control import RunControl
 from graftline.engine.common.sink import Sink
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline.file import PipelineFile
 from graftline.engine.run import between_stages as stage_cleanup
-from graftline.engine.run.flags import RunControl
 from graftline.engine.stages import StageContext, StageHooks, StageOutcome, checks, runner_for
 from graftline.engine.stages.common import DONE, stage_dir
 from graftline.engine.stages.trainer_args import TRAINER_DIR

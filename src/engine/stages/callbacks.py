@@ -15,8 +15,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from graftline.engine.common.control import RunControl
 from graftline.engine.common.sink import Sink
-from graftline.engine.run.flags import RunControl
 
 SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second",
                 "train_loss", "total_flos")

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from graftline.engine.common.errors import GraftlineError
 from graftline.engine.common.sink import Sink
 from graftline.engine.lineage.manifest import CheckResult, LoraSpec
 
@@ -27,7 +28,7 @@ START_TOLERANCE = 0.05
 FINGERPRINT_SAMPLES = 4096
 
 
-class StageFailed(Exception):
+class StageFailed(GraftlineError):
     def __init__(self, stage: str, seen: str, cause: str = "", fix: str = "",
                  check: str | None = None) -> None:
         self.stage, self.seen, self.cause, self.fix, self.check = stage, seen, cause, fix, check
@@ -36,7 +37,7 @@ class StageFailed(Exception):
             parts.append(f"likely cause: {cause}")
         if fix:
             parts.append(f"fix: {fix}")
-        super().__init__(". ".join(parts))
+        super().__init__(f"stage '{stage}' failed: {seen}", fix, text=". ".join(parts))
 
 
 def _result(name: str, status: str, message: str, *, cause: str = "", fix: str = "",

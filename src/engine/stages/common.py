@@ -10,10 +10,10 @@ from typing import Any
 import torch
 
 from graftline.engine.backends.base import Backend
+from graftline.engine.common.control import RunControl
 from graftline.engine.common.sink import Sink
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import spec
-from graftline.engine.run.flags import RunControl
 from graftline.engine.stages.checks import CheckLog
 
 STAGES = "stages"

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from graftline.engine.common.errors import GraftlineError
 from graftline.engine.lineage import journal as cleanup_journal
 from graftline.engine.lineage.manifest import MANIFEST
 from graftline.engine.lineage.manifest_view import ManifestView, view
@@ -43,7 +44,7 @@ _json_cache: dict[str, tuple[int, int, Any]] = {}  # file -> (mtime_ns, size, pa
 _fingerprint_cache: dict[str, tuple[int, int, str | None]] = {}
 
 
-class ScanError(ValueError):
+class ScanError(GraftlineError, ValueError):
     """A root that cannot be scanned (it does not exist, or is not a directory)."""
 
 
