@@ -66,3 +66,25 @@ def test_every_source_package_is_listed_in_pyproject() -> None:
         for p in SRC.rglob("__init__.py")
     }
     assert on_disk <= listed, f"add to pyproject.toml packages: {sorted(on_disk - listed)}"
+
+
+def test_every_public_name_of_each_engine_area_resolves() -> None:
+    """Each area's `__all__` is its public surface; a name there must import (lazily)."""
+    import importlib
+
+    for area in ("pipeline", "run", "lineage", "export", "rehearse", "common"):
+        package = importlib.import_module(f"graftline.engine.{area}")
+        missing = [name for name in package.__all__ if getattr(package, name, None) is None]
+        assert missing == [], f"graftline.engine.{area}: {missing}"
+
+
+def test_engine_areas_import_nothing_heavy() -> None:
+    """`graftline --help` and the console's first frame must not pay for torch or trl."""
+    code = (
+        "import sys\n"
+        "import graftline.engine.pipeline, graftline.engine.run, graftline.engine.lineage\n"
+        "import graftline.engine.export, graftline.engine.rehearse, graftline.engine.common\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import struct
 import time
 from collections.abc import Iterable, Sequence
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from graftline.engine.common.errors import GraftlineError
+from graftline.engine.common.layout import STAGES, STATE
+from graftline.engine.common.liveness import is_live
 from graftline.engine.lineage import journal as cleanup_journal
 from graftline.engine.lineage.manifest import MANIFEST
 from graftline.engine.lineage.manifest_view import ManifestView, view
@@ -32,10 +33,8 @@ from graftline.engine.lineage.model import Edge, Lineage, LoraInfo, Node, Symlin
 ADAPTER_CONFIG = "adapter_config.json"
 TRAINER_STATE = "trainer_state.json"
 MODEL_CONFIG = "config.json"
-RUN_STATE = "state.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
-_ACTIVE = {"starting", "running", "paused"}
 # config.json keys that differ between a model and its merge without meaning anything.
 _VOLATILE_CONFIG = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache"}
 
@@ -133,7 +132,7 @@ class _Scanner:
             size, newest = self._dir_bytes(path, files)
             jsons = {e.name: e for e in files if e.name.endswith(".json")}
             names = {e.name for e in files}
-            if RUN_STATE in names and any(d.name == "stages" for d in subdirs):
+            if STATE in names and any(d.name == STAGES for d in subdirs):
                 run_dir = path
                 self.runs[path] = self._run_state(path)
             if self._classify(path, base, root, names, jsons, run_dir):
@@ -525,26 +524,20 @@ class _Scanner:
 
 
 def run_state(run_dir: str) -> dict[str, Any]:
-    """{"active", "pid", "status"} from a run's state.json: active means its engine is alive.
+    """{"active", "pid", "status"} of a run: active by the one liveness rule
+    (`common.liveness.is_live`), so a stopping or starting run is never touched.
 
     Read fresh every time (never cached): a run can start between a scan and a deletion.
     """
     try:
-        with open(os.path.join(run_dir, RUN_STATE), "rb") as handle:
+        with open(os.path.join(run_dir, STATE), "rb") as handle:
             state = json.loads(handle.read())
     except (OSError, ValueError):
         state = {}
     if not isinstance(state, dict):
         state = {}
-    pid, status = state.get("pid"), str(state.get("status", "unknown"))
-    host = state.get("host")
-    active = (
-        status in _ACTIVE
-        and isinstance(pid, int)
-        and host in (None, socket.gethostname())
-        and _alive(pid)
-    )
-    return {"active": active, "pid": pid, "status": status}
+    return {"active": is_live(run_dir), "pid": state.get("pid"),
+            "status": str(state.get("status", "unknown"))}
 
 
 def run_is_active(run_dir: str) -> bool:
@@ -616,7 +609,7 @@ def _has_weights(names: Iterable[str]) -> bool:
 
 def _stage_of(path: str, run_dir: str) -> str | None:
     rel = path[len(run_dir) + 1:].split(os.sep)
-    if len(rel) >= 2 and rel[0] == "stages":
+    if len(rel) >= 2 and rel[0] == STAGES:
         return rel[1]
     return None
 
@@ -637,23 +630,6 @@ def _trainer_metrics(state: dict[str, Any]) -> dict[str, float]:
             if key not in out and key in record and _is_number(record[key]):
                 out[key] = float(record[key])
     return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    # A zombie has exited; it only waits for its parent to reap it.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _config_shape(path: str) -> tuple[tuple[str, str], ...] | None:

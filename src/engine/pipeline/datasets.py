@@ -14,6 +14,7 @@ from pathlib import Path
 
 import datasets
 
+from graftline.engine.common.layout import RunLayout
 from graftline.engine.pipeline.problems import FixableError
 
 GENERATED = "data.jsonl"
@@ -39,7 +40,7 @@ def resolve_data(ref: str, base_dir: Path, run_dir: Path | None = None) -> Path:
             raise DatasetError(f"'{ref}' names a generate stage's output, which exists only in "
                                "a run",
                                "run the pipeline, or point `data` at a file")
-        return Path(run_dir) / "stages" / ref[1:] / GENERATED
+        return RunLayout(Path(run_dir)).stage(ref[1:]) / GENERATED
     path = Path(ref).expanduser()
     return path if path.is_absolute() else (Path(base_dir) / path).resolve()
 

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from graftline.engine.common.errors import GraftlineError
+from graftline.engine.common.layout import CONTROL_SOCKET
 
-SOCKET = "control.sock"
+SOCKET = CONTROL_SOCKET
 COMMANDS = ("stop", "pause", "resume", "save_now", "status")
 _MAX_SUN_PATH = 100
 _MAX_REQUEST = 64 * 1024

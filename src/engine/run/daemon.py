@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from graftline.engine.common.control import RunControl
+from graftline.engine.common.layout import LOCK, RunLayout
 from graftline.engine.common.units import human_bytes
 from graftline.engine.run import launch
 from graftline.engine.run import state as runstate
@@ -31,7 +32,6 @@ from graftline.engine.run.events import EventWriter
 from graftline.engine.run.state import RunState, StateKeeper
 from graftline.engine.run.telemetry import TelemetryThread, forecast_bytes
 
-LOCK = "engine.lock"
 EXIT_BUSY = 3
 EXIT_BAD_RUN = 2
 
@@ -142,17 +142,10 @@ def _lock(run_dir: Path, wait: float = 0.0) -> int | None:
 
 
 def _completed_stages(run_dir: Path, names: list[str]) -> list[str]:
-    from graftline.engine.lineage import manifest
+    from graftline.engine.stages.common import completed_earlier
 
-    done = []
-    for name in names:
-        try:
-            found = manifest.read(run_dir / "stages" / name)
-        except Exception:  # a corrupt manifest is not complete
-            found = None
-        if found is not None and found.status == "complete":
-            done.append(name)
-    return done
+    layout = RunLayout(run_dir)
+    return [name for name in names if completed_earlier(layout.stage(name)) is not None]
 
 
 def _handler(control: RunControl, keeper: StateKeeper, writer: EventWriter):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-EVENTS = "events.jsonl"
+from graftline.engine.common.layout import EVENTS
 
 EventType = Literal[
     "run_started",

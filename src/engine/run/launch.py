@@ -19,14 +19,10 @@ from datetime import datetime
 from pathlib import Path
 
 from graftline.engine.common.errors import GraftlineError
+from graftline.engine.common.layout import ENGINE_LOG, PIPELINE_COPY, PIPELINE_HASH, RUN_META
 from graftline.engine.pipeline.file import PipelineFile
 from graftline.engine.pipeline.problems import PipelineError, Problem
 from graftline.engine.run import state as runstate
-
-PIPELINE_COPY = "pipeline.toml"
-PIPELINE_HASH = "pipeline.sha256"
-RUN_META = "run.json"
-ENGINE_LOG = "engine.log"
 
 
 class LaunchError(GraftlineError, RuntimeError):

@@ -9,7 +9,6 @@ Trainer checkpoint (optimizer, scheduler, RNG, global step), so a crash loses at
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import time
@@ -22,12 +21,13 @@ from typing import Any
 from graftline.engine.backends.base import Backend, BackendError, select_backend
 from graftline.engine.common import atomic
 from graftline.engine.common.control import RunControl
+from graftline.engine.common.layout import DONE
 from graftline.engine.common.sink import Sink
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline.file import PipelineFile
 from graftline.engine.run import between_stages as stage_cleanup
 from graftline.engine.stages import StageContext, StageHooks, StageOutcome, checks, runner_for
-from graftline.engine.stages.common import DONE, stage_dir
+from graftline.engine.stages.common import completed_earlier, stage_dir
 from graftline.engine.stages.trainer_args import TRAINER_DIR
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -74,19 +74,6 @@ def latest_trainer_checkpoint(directory: Path) -> Path | None:
              if (m := CHECKPOINT.match(p.name)) and p.is_dir() and not p.is_symlink()
              and (p / "trainer_state.json").is_file()]
     return max(found)[1] if found else None
-
-
-def _stage_done(directory: Path) -> dict[str, Any] | None:
-    """{'steps': n} for a stage that completed earlier, else None."""
-    found = mf.read(directory) if (directory / mf.MANIFEST).is_file() else None
-    if found is not None and found.status == "complete":
-        return {"steps": int(found.metrics.get("steps", 0))}
-    marker = directory / DONE
-    if marker.is_file():
-        data = json.loads(marker.read_text())
-        if data.get("status") == "complete":
-            return {"steps": int(data.get("steps", 0))}
-    return None
 
 
 def _fresh_stage_dir(run_dir: Path, directory: Path, keep_trainer: bool) -> None:
@@ -154,7 +141,7 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
     offset = 0
     for index, step in enumerate(steps):
         directory = stage_dir(run_dir, step.name)
-        done = _stage_done(directory) if resume else None
+        done = completed_earlier(directory) if resume else None
         if done is not None:
             statuses[step.name] = "skipped"
             sink.emit("stage_finished", step.name, kind=step.kind, status="skipped", seconds=0.0,

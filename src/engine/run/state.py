@@ -22,15 +22,14 @@ from typing import Any
 
 import psutil
 
-from graftline.engine.common import atomic
+from graftline.engine.common import atomic, liveness
+from graftline.engine.common.layout import STATE
+from graftline.engine.common.liveness import LIVE, STALE_AFTER, process_alive
 
-STATE = "state.json"
+__all__ = ["HEARTBEAT_EVERY", "LIVE", "STALE_AFTER", "STATE", "RunState", "StateKeeper",
+           "effective_status", "process_alive", "read", "write"]
+
 HEARTBEAT_EVERY = 2.0
-# Generous: a heartbeat thread can be starved for a while by a busy GIL or a swapping machine,
-# and calling a live run crashed is worse than noticing a dead one a little late.
-STALE_AFTER = 30.0
-LIVE = frozenset({"starting", "running", "paused", "stopping"})
-FINAL = frozenset({"finished", "failed", "stopped", "crashed"})
 
 
 @dataclass(frozen=True)
@@ -88,33 +87,10 @@ def read(run_dir: Path) -> RunState | None:
         return None
 
 
-def process_alive(pid: int | None, started: float | None) -> bool:
-    """True when `pid` is a running (not zombie) process created at `started` (±1 s)."""
-    if not pid:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return started is None or abs(proc.create_time() - started) < 1.0
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
-
-
 def effective_status(state: RunState, now: float | None = None) -> str:
     """What a reader should show: the written status, or `crashed` for a dead live run."""
-    if state.status not in LIVE:
-        return state.status
-    now = time.time() if now is None else now
-    if state.heartbeat is not None and now - state.heartbeat > STALE_AFTER:
-        return "crashed"
-    if state.pid is None:
-        # created by the launcher, engine not yet up: only the heartbeat (the creation time)
-        # can tell a slow start from a failed one
-        return state.status if state.heartbeat is not None else "crashed"
-    if state.host == socket.gethostname() and not process_alive(state.pid, state.pid_started):
-        return "crashed"
-    return state.status
+    return liveness.effective_status(state.status, pid=state.pid, pid_started=state.pid_started,
+                                     host=state.host, heartbeat=state.heartbeat, now=now)
 
 
 class StateKeeper:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,13 +12,11 @@ import torch
 
 from graftline.engine.backends.base import Backend
 from graftline.engine.common.control import RunControl
+from graftline.engine.common.layout import DONE, STAGES
 from graftline.engine.common.sink import Sink
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import spec
 from graftline.engine.stages.checks import CheckLog
-
-STAGES = "stages"
-DONE = "stage.json"  # the completion marker of stages that write no checkpoint (eval, generate)
 
 
 @dataclass(frozen=True)
@@ -159,3 +158,23 @@ def probe_prompts(ctx: StageContext, rows: Any = None, count: int = 4) -> list[s
             else:
                 found.append(str(prompt))
     return [p for p in found if p] or ["Hello", "1+1"]
+
+
+def completed_earlier(directory: Path) -> dict[str, Any] | None:
+    """{'steps': n} for a stage that completed earlier (its manifest, or the `stage.json` marker
+    of stages that write no checkpoint), else None. A corrupt manifest or marker is not complete."""
+    try:
+        found = mf.read(directory) if (directory / mf.MANIFEST).is_file() else None
+    except (OSError, ValueError):
+        found = None
+    if found is not None and found.status == "complete":
+        return {"steps": int(found.metrics.get("steps", 0))}
+    marker = directory / DONE
+    if marker.is_file():
+        try:
+            data = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            return None
+        if data.get("status") == "complete":
+            return {"steps": int(data.get("steps", 0))}
+    return None

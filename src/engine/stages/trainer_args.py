@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from graftline.engine.common.layout import TRAINER_DIR
 from graftline.engine.pipeline import spec
 from graftline.engine.stages.common import StageContext
 
-TRAINER_DIR = "trainer"
 KEEP_CHECKPOINTS = 2
 
 

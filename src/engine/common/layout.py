@@ -1,0 +1,89 @@
+"""Every path of a run directory, in one place.
+
+```
+<run>/pipeline.toml  pipeline.sha256  run.json  engine.lock  events.jsonl  state.json
+      control.sock  engine.log  stages/<stage>/  stages/<stage>/stage.json
+      stages/<stage>/trainer/checkpoint-N
+```
+
+Readers and writers (engine, client, lineage, cleanup) ask this module for a path instead of
+spelling a file name, so the layout cannot drift between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "CONTROL_SOCKET", "DONE", "ENGINE_LOG", "EVENTS", "LOCK", "PIPELINE_COPY", "PIPELINE_HASH",
+    "RUN_META", "STAGES", "STATE", "TRAINER_DIR", "RunLayout",
+]
+
+PIPELINE_COPY = "pipeline.toml"
+PIPELINE_HASH = "pipeline.sha256"
+RUN_META = "run.json"
+LOCK = "engine.lock"
+EVENTS = "events.jsonl"
+STATE = "state.json"
+CONTROL_SOCKET = "control.sock"
+ENGINE_LOG = "engine.log"
+STAGES = "stages"
+DONE = "stage.json"  # the completion marker of stages that write no checkpoint (eval, generate)
+TRAINER_DIR = "trainer"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one run directory (nothing is read or created here)."""
+
+    root: Path
+
+    @property
+    def pipeline(self) -> Path:
+        return self.root / PIPELINE_COPY
+
+    @property
+    def pipeline_hash(self) -> Path:
+        return self.root / PIPELINE_HASH
+
+    @property
+    def meta(self) -> Path:
+        return self.root / RUN_META
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK
+
+    @property
+    def events(self) -> Path:
+        return self.root / EVENTS
+
+    @property
+    def state(self) -> Path:
+        return self.root / STATE
+
+    @property
+    def socket(self) -> Path:
+        return self.root / CONTROL_SOCKET
+
+    @property
+    def engine_log(self) -> Path:
+        return self.root / ENGINE_LOG
+
+    @property
+    def stages(self) -> Path:
+        return self.root / STAGES
+
+    def stage(self, name: str) -> Path:
+        return self.root / STAGES / name
+
+    def done_marker(self, name: str) -> Path:
+        return self.stage(name) / DONE
+
+    def trainer(self, name: str) -> Path:
+        return self.stage(name) / TRAINER_DIR
+
+    def is_run(self) -> bool:
+        """A run directory has its state file or its event log."""
+        return self.state.is_file() or self.events.is_file()
