@@ -5,7 +5,16 @@ from __future__ import annotations
 import typer
 
 from graftline import __version__
-from graftline.console.commands import background, demo, export, lineage, rehearse, validate
+from graftline.console.commands import (
+    control,
+    demo,
+    export,
+    lineage,
+    logs,
+    rehearse,
+    runs,
+    validate,
+)
 
 app = typer.Typer(
     name="graftline",
@@ -21,7 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (validate, background, demo, lineage, export, rehearse):
+for module in (validate, runs, control, logs, demo, lineage, export, rehearse):
     module.register(app)
 
 
@@ -38,7 +47,7 @@ def _root(
                                  help="Print the version and exit."),
 ) -> None:
     if ctx.invoked_subcommand is None:
-        background.open_home()
+        runs.open_home()
 
 
 def main() -> None:

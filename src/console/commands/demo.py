@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
             return
         if not (sys.stdin.isatty() and sys.stdout.isatty()):
             # no terminal to draw on (a pipe, CI, a script): follow the log to the end instead
-            from graftline.console.commands.background import show_logs
+            from graftline.console.commands.logs import show_logs
 
             typer.echo("no terminal: following the event log until the run finishes")
             show_logs(run_dir, follow=True)
