@@ -20,11 +20,10 @@ import psutil
 
 from graftline.engine.common.layout import RunLayout
 
-__all__ = ["FINAL", "LIVE", "STALE_AFTER", "effective_status", "is_live", "lock_held",
+__all__ = ["LIVE", "STALE_AFTER", "effective_status", "is_live", "lock_held",
            "process_alive"]
 
 LIVE = frozenset({"starting", "running", "paused", "stopping"})
-FINAL = frozenset({"finished", "failed", "stopped", "crashed"})
 # Generous: a heartbeat thread can be starved for a while by a busy GIL or a swapping machine,
 # and calling a live run crashed is worse than noticing a dead one a little late.
 STALE_AFTER = 30.0

@@ -23,12 +23,3 @@ class ListSink:
 
     def of_type(self, type: str) -> list[dict[str, Any]]:
         return [data for t, _stage, data in self.events if t == type]
-
-
-class TeeSink:
-    def __init__(self, *sinks: Sink) -> None:
-        self.sinks = sinks
-
-    def emit(self, type: str, stage: str | None = None, **data: Any) -> None:
-        for sink in self.sinks:
-            sink.emit(type, stage, **data)
