@@ -18,6 +18,8 @@ class Problem:
     field: str | None = None
     fix: str | None = None
     severity: Literal["error", "warning"] = "error"
+    # A stable name for problems that code reacts to (e.g. "disk_forecast"); never parse `message`.
+    code: str | None = None
 
     @property
     def where(self) -> str:

@@ -18,6 +18,8 @@ from graftline.engine.pipeline.file import CLEANUP_BLOCK, HEADER_BLOCK, Pipeline
 from graftline.engine.pipeline.plan import Plan, build_plan
 from graftline.engine.pipeline.problems import PipelineError, Problem, did_you_mean
 
+DISK_FORECAST = "disk_forecast"  # Problem.code: the run will not fit on the runs volume
+
 
 def runs_dir(pf: PipelineFile) -> Path:
     return pf.resolve(pf.pipeline.pipeline.runs_dir)
@@ -214,6 +216,7 @@ def _environment_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
             None,
             "pipeline.runs_dir",
             "free disk (graftline cleanup), or point runs_dir at a larger volume",
+            code=DISK_FORECAST,
         )
     if header.quantization != "none":
         import torch

@@ -26,6 +26,7 @@ from graftline.engine.pipeline import spec
 from graftline.engine.pipeline.file import PipelineFile
 from graftline.engine.pipeline.plan import StepPlan, build_plan
 from graftline.engine.pipeline.problems import Problem
+from graftline.engine.pipeline.validate import DISK_FORECAST
 from graftline.engine.rehearse.preflight import Finding
 from graftline.engine.run.between_stages import needed_dirs
 
@@ -441,8 +442,7 @@ def rehearse(path: Path | str, *, steps: int = DEFAULT_STEPS, keep: bool = False
 
 
 def _disk_forecast(problem: Problem) -> bool:
-    return problem.stage is None and problem.field == "pipeline.runs_dir" and \
-        "is free on the runs volume" in problem.message
+    return problem.code == DISK_FORECAST
 
 
 def _run(pf: PipelineFile, scratch: Path, findings: list[Finding],

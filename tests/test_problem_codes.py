@@ -1,0 +1,33 @@
+"""Code that reacts to a problem reads its `code`, never its English (a reworded message must
+not silently change what the rehearsal does)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from graftline.engine.pipeline import validate_file
+from graftline.engine.pipeline.validate import DISK_FORECAST
+from graftline.engine.toy import tasks
+from graftline.engine.toy.files import write_jsonl
+
+
+def test_a_disk_forecast_problem_carries_its_code(tmp_path: Path) -> None:
+    (tmp_path / "huge").mkdir()
+    # A config whose weights cannot fit on any disk this test runs on.
+    (tmp_path / "huge" / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 65536, "intermediate_size": 262144,
+        "num_hidden_layers": 512, "num_attention_heads": 64, "vocab_size": 256000,
+        "torch_dtype": "float32",
+    }))
+    (tmp_path / "data").mkdir()
+    write_jsonl(tmp_path / "data" / "sft.jsonl", tasks.sft_rows(20, 0))
+    (tmp_path / "p.toml").write_text(
+        '[pipeline]\nname = "t"\nbase = "huge"\nruns_dir = "runs"\n\n'
+        '[[stage]]\nname = "sft"\nkind = "sft"\ndata = "data/sft.jsonl"\nlora = { r = 8 }\n\n'
+        '[[stage]]\nname = "merged"\nkind = "merge"\n'
+    )
+    _pf, problems = validate_file(tmp_path / "p.toml")
+    forecast = [p for p in problems if p.code == DISK_FORECAST]
+    assert len(forecast) == 1 and forecast[0].field == "pipeline.runs_dir"
+    assert all(p.code != DISK_FORECAST for p in problems if p is not forecast[0])
