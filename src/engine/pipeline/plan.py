@@ -32,6 +32,7 @@ class StepPlan:
     lora: spec.Lora | None = None
     train: spec.Train | None = None  # lr already multiplied by lr_multiplier
     reference: str | None = None
+    reference_label: str | None = None  # the reference as a table cell: "sft (frozen)", "base"
     starts_from: str = ""
     writes: str = ""
     bytes: int | None = None
@@ -90,6 +91,19 @@ def _reference(
     if action == "continue":
         return f"the '{parent}' adapter as it is when '{stage.name}' starts (frozen copy{how})"
     return f"{_model_words(model_stage)} with the adapter disabled{how}"
+
+
+def _reference_label(
+    stage: spec.StageBase, action: Action, parent: str | None, model_stage: str | None
+) -> str | None:
+    """The same fact as `_reference`, short enough for a table cell."""
+    if isinstance(stage, spec.GRPOStage) and stage.beta == 0:
+        return "none"
+    if not isinstance(stage, spec.DPOStage | spec.GRPOStage):
+        return None
+    if action == "continue":
+        return f"{parent} (frozen)"
+    return f"{model_stage or 'base'} (adapter off)"
 
 
 def _bytes(
@@ -314,6 +328,7 @@ def build_plan(
             lora=lora,
             train=train,
             reference=_reference(stage, action, parent, model_stage),
+            reference_label=_reference_label(stage, action, parent, model_stage),
             starts_from=_starts_from(kind, action, parent, model_stage, stage),
             writes=_writes(kind, lora, stage),
             bytes=_bytes(kind, stage, lora, info, combined_r),

@@ -124,7 +124,9 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
     sink.emit("run_started", None, run=run_dir.name, pipeline=header.name,
               stages=[{"name": s.name, "kind": s.kind, "action": s.action,
                        "lora_r": s.lora.r if s.lora else None,
-                       "reference": s.reference, "max_steps": _max_steps(s)} for s in steps],
+                       "reference": s.reference,
+                       "reference_label": s.reference_label,
+                       "max_steps": _max_steps(s)} for s in steps],
               backend=backend.name, resumed=resume)
     try:
         base_path = resolve_base(pf)
