@@ -31,3 +31,25 @@ def test_a_disk_forecast_problem_carries_its_code(tmp_path: Path) -> None:
     forecast = [p for p in problems if p.code == DISK_FORECAST]
     assert len(forecast) == 1 and forecast[0].field == "pipeline.runs_dir"
     assert all(p.code != DISK_FORECAST for p in problems if p is not forecast[0])
+
+
+def test_the_plan_states_each_reference_as_a_label_too(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    write_jsonl(tmp_path / "data" / "sft.jsonl", tasks.sft_rows(20, 0))
+    write_jsonl(tmp_path / "data" / "prefs.jsonl", tasks.preference_rows(20, 0))
+    (tmp_path / "p.toml").write_text(
+        '[pipeline]\nname = "t"\nbase = "toy:addition"\nruns_dir = "runs"\n\n'
+        '[defaults]\ntrain = { max_steps = 5 }\n\n'
+        '[[stage]]\nname = "sft"\nkind = "sft"\ndata = "data/sft.jsonl"\nlora = { r = 8 }\n\n'
+        '[[stage]]\nname = "ipo"\nkind = "dpo"\nloss = "ipo"\ndata = "data/prefs.jsonl"\n'
+        'adapter = "continue"\n\n'
+        '[[stage]]\nname = "fresh"\nkind = "dpo"\nfrom = "base"\ndata = "data/prefs.jsonl"\n'
+        'lora = { r = 4 }\n'
+    )
+    from graftline.engine.pipeline import plan_of
+
+    pf, problems = validate_file(tmp_path / "p.toml")
+    assert pf is not None and not [p for p in problems if p.severity == "error"], problems
+    plan = plan_of(pf)
+    labels = {step.name: step.reference_label for step in plan.steps}
+    assert labels == {"sft": None, "ipo": "sft (frozen)", "fresh": "base (adapter off)"}
