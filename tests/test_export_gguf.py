@@ -154,6 +154,41 @@ def test_a_corrupted_gguf_fails_naming_the_tensor(run: Path, tmp_path: Path) -> 
     assert result.worst.max_abs_err == pytest.approx(0.5, rel=1e-3)
 
 
+def test_a_corrupted_q8_0_block_fails_naming_the_tensor(run: Path, tmp_path: Path) -> None:
+    exported = run / "export-q8"
+    bad = tmp_path / "bad-q8_0.gguf"
+    shutil.copyfile(exported / "model-q8_0.gguf", bad)
+    found = next(t for t in gguf.GGUFReader(bad).tensors if t.name == "blk.2.attn_v.weight")
+    offset = int(found.data_offset) + 34 * 3 + 2 + 5  # block 3: 2-byte scale, then 32 int8
+    with open(bad, "r+b") as handle:
+        handle.seek(offset)
+        value = handle.read(1)[0]
+        handle.seek(offset)
+        handle.write(bytes([(value + 64) % 256]))  # 64 quantisation steps off
+    result = verify_gguf(bad, exported, "q8_0")
+    assert not result.passed and "blk.2.attn_v.weight" in result.message
+    assert [t.name for t in result.tensors if not t.passed] == ["blk.2.attn_v.weight"]
+
+
+def test_a_chat_template_that_differs_fails(run: Path, tmp_path: Path) -> None:
+    exported = run / "export-q8"
+    model_dir = shutil.copytree(exported, tmp_path / "model")
+    template = model_dir / "chat_template.jinja"
+    template.write_text(template.read_text().replace("<|end|>", "<|stop|>"))
+    result = verify_gguf(exported / "model-q8_0.gguf", model_dir, "q8_0")
+    assert not result.passed and "chat_template differs" in result.message
+    assert all(t.passed for t in result.tensors)
+
+
+def test_bf16_gguf_is_within_half_an_ulp(run: Path, tmp_path: Path) -> None:
+    result = run_export(plan_export(adapter_of(run), tmp_path / "bf16", dtype="float32",
+                                    gguf_type="bf16"))
+    assert result.ok, result.problems
+    check = result.gguf_verification
+    assert check is not None and check["metadata"]["file_type"] == "MOSTLY_BF16"
+    assert 0 < check["worst"]["ratio"] <= 1 and check["worst"]["ggml_type"] == "BF16"
+
+
 # A Go text/template interpreter for the constructs graftline's TEMPLATE uses: literal text,
 # {{ .Content }}, {{ range .Messages }}, {{ if eq .Role "x" }} / else if / else, {{ end }},
 # {{ "literal" }}. Ollama renders with Go's text/template; no Go toolchain is installed here.
