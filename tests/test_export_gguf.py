@@ -25,7 +25,7 @@ from transformers import AutoTokenizer
 from graftline.engine.export import available_formats
 from graftline.engine.export.chain import ExportRefused
 from graftline.engine.export.gguf_convert import find_converter
-from graftline.engine.export.gguf_verify import unpermute, verify_gguf
+from graftline.engine.export.gguf_verify import compare, unpermute, verify_gguf
 from graftline.engine.export.writer import plan_export, run_export
 from graftline.engine.lineage import manifest as manifest_io
 from graftline.engine.run.events import EventWriter, read_events
@@ -123,6 +123,35 @@ def test_cli_exports_f16_gguf_and_prints_the_worst_tensor(run: Path, tmp_path: P
     f16 = [t for t in report["tensors"] if t["ggml_type"] == "F16"]
     assert f16 and all(t["max_abs_err"] > 0 for t in f16)  # rounded, within half an ulp
     assert all(t["ratio"] <= 1 for t in report["tensors"])
+
+
+@pytest.mark.parametrize("kind", ["F16", "BF16", "Q8_0"])
+def test_the_stated_bounds_accept_rounding_and_reject_two_steps_more(kind: str) -> None:
+    """The bounds are tight: exact rounding passes, two steps off fails (no conversion)."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    want = (rng.standard_normal((8, 64)) * 0.05).astype(np.float32)
+    want[0, :32] *= 1e-4  # a block whose scale is tiny
+    if kind == "F16":
+        got = want.astype(np.float16).astype(np.float32)
+        off = np.nextafter(np.nextafter(want.astype(np.float16), np.float16(np.inf)),
+                           np.float16(np.inf)).astype(np.float32)
+    elif kind == "BF16":
+        rounded = torch.from_numpy(want).to(torch.bfloat16)
+        got = rounded.float().numpy()
+        bits = rounded.view(torch.int16) + 2  # two bfloat16 ulps up
+        off = bits.view(torch.bfloat16).float().numpy()
+    else:
+        packed = gguf.quants.quantize(want, gguf.GGMLQuantizationType.Q8_0)
+        got = gguf.quants.dequantize(packed, gguf.GGMLQuantizationType.Q8_0)
+        raw = packed.copy()
+        raw[3, 2 + 7] = np.uint8((int(raw[3, 2 + 7]) + 2) % 256)  # one int8, two steps up
+        off = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q8_0)
+    assert compare("t", "t", kind, got, want).passed
+    assert compare("t", "t", kind, want, want).ratio == 0
+    worse = compare("t", "t", kind, off, want)
+    assert not worse.passed and worse.ratio > 1
 
 
 def corrupt(path: Path, tensor: str) -> None:

@@ -144,8 +144,7 @@ def compare(name: str, source: str, kind: str, got: np.ndarray,
                            f"{list(map(int, where))}")
     bound = _bound(kind, want)
     if bound is None:
-        limit = RMS_BOUNDS.get(kind.split("_")[0] + ("_K" if kind.endswith("_K") else ""),
-                               RMS_BOUNDS.get(kind))
+        limit = RMS_BOUNDS.get(kind)
         if limit is None:
             return TensorCheck(name, source, kind, shape, max_err, float("inf"), False,
                                f"no stated bound for {kind}")
