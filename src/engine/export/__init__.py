@@ -3,7 +3,9 @@ written as a complete model directory and verified.
 
 Modules: writer (plan_export, run_export), chain (the adapter chain to merge), merge (the
 streaming per-tensor merge), safetensors (header and tensor reads), ordered_io (the writer
-thread), verify (reload and compare logits), formats (gguf, ollama), card (the model card).
+thread), verify (reload and compare logits), formats (which formats can run here), gguf_convert
+(llama.cpp's converter in its own process), gguf_verify (the GGUF read back, tensor by tensor),
+ollama (the Modelfile), card (the model card).
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ _EXPORTS = {
     "ordered_io": "ordered_io",
     "verify": "verify",
     "formats": "formats",
+    "available_formats": "formats",
+    "GGUF_TYPES": "gguf_convert",
+    "gguf_convert": "gguf_convert",
+    "gguf_verify": "gguf_verify",
+    "verify_gguf": "gguf_verify",
+    "ollama": "ollama",
     "card": "card",
 }
 __all__ = sorted(_EXPORTS)

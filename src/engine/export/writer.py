@@ -47,6 +47,7 @@ from graftline.engine.export.merge import (
 from graftline.engine.lineage import manifest as manifest_io
 
 FORMATS = ("safetensors", "gguf", "ollama")
+GGUF_VERIFICATION = "gguf_verification.json"
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
     "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
@@ -57,6 +58,7 @@ MODEL_CARD = "README.md"
 MODELFILE = "Modelfile"
 # Files a previous export wrote; with `force` these (and only these) are replaced.
 _OWN_PATTERNS = ("model*.safetensors", WEIGHTS_INDEX, "*.gguf", "verification.json", MODELFILE,
+                 GGUF_VERIFICATION,
                  MODEL_CARD, "config.json", GENERATION_CONFIG, manifest_io.MANIFEST,
                  *TOKENIZER_FILES)
 _SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -81,8 +83,9 @@ class ExportPlan:
     adapter_plan: AdapterPlan | None = field(repr=False)
     tokenizer_source: Path
     generation_source: Path | None
-    gguf_converter: Path | None
+    gguf_converter: Any | None  # gguf_convert.Converter
     checkpoint_manifest: manifest_io.Manifest | None = field(repr=False)
+    gguf_type: str | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -103,6 +106,9 @@ class ExportPlan:
                 f"merged, {len(self.adapter_plan.replacements)} replaced")
         lines.append(f"output      {self.out} ({self.dtype}, {len(self.shards)} file(s), "
                      f"{self.total_bytes / 1e6:.1f} MB, formats {', '.join(self.formats)})")
+        if self.gguf_type is not None and self.gguf_converter is not None:
+            lines.append(f"gguf        {self.gguf_type} via {self.gguf_converter.describe()}, "
+                         "verified tensor by tensor")
         if self.untie:
             lines.append("note        tied embeddings are untied: the adapter changes one side")
         return lines
@@ -131,6 +137,7 @@ class ExportResult:
     bytes: int
     seconds: float
     problems: tuple[str, ...] = ()
+    gguf_verification: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -221,27 +228,37 @@ def _first_with(paths: list[Path], test: Callable[[Path], bool]) -> Path | None:
 
 def plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
                 formats: tuple[str, ...] | list[str] = ("safetensors",), force: bool = False,
-                shard_size: int | str | None = None, verify: bool = True) -> ExportPlan:
+                shard_size: int | str | None = None, verify: bool = True,
+                gguf_type: str | None = None) -> ExportPlan:
     """Everything the export will do, decided from headers and configs; writes nothing.
 
     `shard_size` (bytes or e.g. "5GB") repacks the output into files of at most that size;
-    without it the output mirrors the base's shards.
+    without it the output mirrors the base's shards. `gguf_type` (f32, f16, bf16, q8_0, or a
+    llama-quantize type) implies the gguf format; without it GGUF follows `dtype`.
     """
     if dtype not in EXPORT_DTYPES:
         raise ExportRefused(f"dtype {dtype!r} is not one of {', '.join(EXPORT_DTYPES)}",
                             fix="pass --dtype bfloat16, float16 or float32")
-    wanted = tuple(dict.fromkeys(("safetensors", *formats)))
+    wanted = tuple(dict.fromkeys(("safetensors", *formats, *(("gguf",) if gguf_type else ()))))
     unknown = [f for f in wanted if f not in FORMATS]
     if unknown:
         raise ExportRefused(f"unknown format {unknown[0]!r}",
                             fix=f"use one of {', '.join(FORMATS)}")
     converter = None
     if "gguf" in wanted:
-        from graftline.engine.export.formats import GGUF_MISSING, gguf_converter
+        from graftline.engine.export import gguf_convert
 
-        converter = gguf_converter()
-        if converter is None:
-            raise ExportRefused(GGUF_MISSING, fix="install llama.cpp, or export without gguf")
+        gguf_type = (gguf_type or gguf_convert.DTYPE_TO_GGUF[dtype]).lower()
+        reason = gguf_convert.unavailable_reason(gguf_type)
+        if reason is not None:
+            raise ExportRefused(f"GGUF export unavailable: {reason}",
+                                fix=f"types the converter writes: "
+                                    f"{', '.join(gguf_convert.CONVERTER_TYPES)}; set-up: "
+                                    f"pip install 'graftline[gguf]' && "
+                                    f"{gguf_convert.INSTALL_COMMAND}; or export without gguf")
+        converter = gguf_convert.find_converter()
+    else:
+        gguf_type = None
 
     chain = resolve_chain(Path(checkpoint))
     out = Path(out).expanduser().absolute()
@@ -275,7 +292,7 @@ def plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
         shards=shards, untie=must_untie(layout, adapter), lineage=chain.lineage,
         adapter_plan=adapter, tokenizer_source=tokenizer_source,
         generation_source=generation_source, gguf_converter=converter,
-        checkpoint_manifest=chain.manifest)
+        checkpoint_manifest=chain.manifest, gguf_type=gguf_type)
 
 
 def _clear_previous(out: Path) -> None:
@@ -373,6 +390,7 @@ def run_export(plan: ExportPlan, progress: Callable[[ExportProgress], None] | No
     manifest_io.write(out, record)
     problems: list[str] = []
     verification: dict[str, Any] | None = None
+    gguf_check: dict[str, Any] | None = None
     try:
         report(ExportProgress("merge", 0, total, message="merging"), force_event=True)
         weight_map = write_shards(
@@ -390,7 +408,8 @@ def run_export(plan: ExportPlan, progress: Callable[[ExportProgress], None] | No
             if not verification["passed"]:
                 problems.append(verification["message"])
         if not problems:
-            problems += _write_formats(plan, report)
+            format_problems, gguf_check = _write_formats(plan, report, sink, stage)
+            problems += format_problems
         _write_card(plan, verification)
     except BaseException as exc:
         failed = record.model_copy(update={"status": "failed", "error": str(exc)[:2000]})
@@ -403,6 +422,11 @@ def run_export(plan: ExportPlan, progress: Callable[[ExportProgress], None] | No
         message=verification["message"], stage=stage,
         data={k: verification[k] for k in ("max_abs_diff", "tolerance", "top1_agreement",
                                            "generation_matches")})]
+    if gguf_check is not None:
+        checks.append(manifest_io.CheckResult(
+            name="gguf_tensors", status="pass" if gguf_check["passed"] else "fail",
+            message=gguf_check["message"], stage=stage,
+            data={"gguf_type": gguf_check["gguf_type"], "worst": gguf_check["worst"]}))
     record = record.model_copy(update={"checks": checks, "verification": verification,
                                        "problems": problems})
     if verification is not None and not verification["passed"]:
@@ -422,7 +446,7 @@ def run_export(plan: ExportPlan, progress: Callable[[ExportProgress], None] | No
     report(ExportProgress("done", total, total, message="done"), force_event=True)
     files = tuple(sorted(p.name for p in out.iterdir() if p.is_file()))
     return ExportResult(out, record, verification, files, record.bytes,
-                        time.monotonic() - started, tuple(problems))
+                        time.monotonic() - started, tuple(problems), gguf_check)
 
 
 def _verify(plan: ExportPlan, report: _Reporter, sink: Sink | None,
@@ -443,29 +467,60 @@ def _verify(plan: ExportPlan, report: _Reporter, sink: Sink | None,
     return result
 
 
-def _write_formats(plan: ExportPlan, report: _Reporter) -> list[str]:
-    from graftline.engine.export.formats import gguf_filename, modelfile, write_gguf
+def _write_formats(plan: ExportPlan, report: _Reporter, sink: Sink | None,
+                   stage: str | None) -> tuple[list[str], dict[str, Any] | None]:
+    """GGUF (converted, then verified tensor by tensor) and the Ollama Modelfile."""
+    from graftline.engine.common import atomic
+    from graftline.engine.common.errors import GraftlineError
 
     problems: list[str] = []
     total = plan.total_bytes
     source = "."
-    if "gguf" in plan.formats and plan.gguf_converter is not None:
-        report(ExportProgress("formats", total, total, message="converting to GGUF"),
-               force_event=True)
+    gguf_check: dict[str, Any] | None = None
+    adds_bos: bool | None = None
+    if "gguf" in plan.formats and plan.gguf_converter is not None and plan.gguf_type:
+        from graftline.engine.export.gguf_convert import write_gguf
+
+        report(ExportProgress("formats", total, total,
+                              message=f"converting to GGUF {plan.gguf_type}"), force_event=True)
         try:
-            source = f"./{write_gguf(plan.gguf_converter, plan.out, plan.dtype).name}"
-        except (RuntimeError, OSError) as exc:
+            written = write_gguf(plan.out, plan.gguf_type, converter=plan.gguf_converter,
+                                 name=plan.out.name)
+        except (GraftlineError, OSError) as exc:
             problems.append(str(exc))
+            written = None
+        if written is not None and plan.verify:
+            from graftline.engine.export.gguf_verify import verify_gguf
+
+            report(ExportProgress("formats", total, total,
+                                  message="verifying GGUF tensor by tensor"), force_event=True)
+            checked = verify_gguf(written, plan.out, plan.gguf_type)
+            gguf_check = checked.to_dict()
+            gguf_check.pop("tensors")
+            gguf_check["tensor_count"] = len(checked.tensors)
+            atomic.write_json(plan.out / GGUF_VERIFICATION, checked.to_dict())
+            adds_bos = checked.metadata.get("add_bos_token")
+            if sink is not None:
+                sink.emit("check_result", stage, name="gguf_tensors",
+                          status="pass" if checked.passed else "fail",
+                          message=checked.message, data={"gguf_type": plan.gguf_type})
+            if not checked.passed:
+                problems.append(f"GGUF verification failed: {checked.message}")
+        if written is not None and (gguf_check is None or gguf_check["passed"]):
+            source = f"./{written.name}"
     if "ollama" in plan.formats:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(plan.out)
-        generation = json.loads((plan.out / GENERATION_CONFIG).read_text(encoding="utf-8"))
-        if source == "." and (plan.out / gguf_filename(plan.dtype)).is_file():
-            source = f"./{gguf_filename(plan.dtype)}"
-        (plan.out / MODELFILE).write_text(modelfile(tokenizer, generation, source),
-                                          encoding="utf-8")
-    return problems
+        from graftline.engine.export.ollama import modelfile
+
+        if "gguf" in plan.formats and source == ".":
+            problems.append("Modelfile not written: the GGUF it would load failed")
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(plan.out)
+            generation = json.loads((plan.out / GENERATION_CONFIG).read_text(encoding="utf-8"))
+            (plan.out / MODELFILE).write_text(
+                modelfile(tokenizer, generation, source, adds_bos=adds_bos), encoding="utf-8")
+    return problems, gguf_check
 
 
 def _write_card(plan: ExportPlan, verification: dict[str, Any] | None) -> None:

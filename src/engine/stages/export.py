@@ -63,7 +63,8 @@ def streaming_export(ctx: StageContext, out: Path) -> StageOutcome | None:
     try:
         plan = plan_export(checkpoint, out, dtype=stage.dtype,  # type: ignore[attr-defined]
                            formats=tuple(stage.formats), force=stage.force,  # type: ignore[attr-defined]
-                           shard_size=stage.shard_size)  # type: ignore[attr-defined]
+                           shard_size=stage.shard_size,  # type: ignore[attr-defined]
+                           gguf_type=stage.gguf_type)  # type: ignore[attr-defined]
     except ExportRefused as exc:
         raise checks.StageFailed(ctx.name, f"export refused: {exc.message}", "",
                                  exc.fix or "") from None
