@@ -140,6 +140,12 @@ def cleanup_command(
     """Plan a cleanup and print it; delete only with --yes (or --no-dry-run and a confirmation)."""
     console = Console()
     real_root = Path(os.path.realpath(root))
+    if not keep:
+        # Never "keep nothing": an empty keep set would mean delete everything.
+        typer.echo("error: say what to keep (--keep final, --keep last:2, --keep best:METRIC, "
+                   "an id, a path or a glob); with no --keep nothing is planned or deleted",
+                   err=True)
+        raise typer.Exit(2)
     try:
         rules = [cleanup_api.parse_keep(token) for token in keep]
     except cleanup_api.CleanupError as exc:
