@@ -269,3 +269,45 @@ def test_a_corrupt_checkpoint_is_flagged_and_last_skips_it(tree: Path) -> None:
     assert "checkpoints/sft/checkpoint-2" in kept  # the newest one that can resume
     assert "checkpoints/sft/checkpoint-3" not in kept
     assert "CORRUPT" in cleanup.format_plan(plan, lin)
+
+
+def test_a_deleted_checkpoint_shows_as_deleted_not_as_a_new_root(
+        tmp_path: Path, toy_base: Path) -> None:
+    from lineage_helpers import make_adapter
+
+    root = tmp_path / "root"
+    shutil.copytree(toy_base, root / "base")
+    make_adapter(root / "a1", root / "base", seed=1)
+    make_adapter(root / "a1" / "checkpoint-2", root / "base", seed=2)
+    (root / "a1" / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    lin = lineage.scan([root])
+    plan = cleanup.plan_cleanup(lin, [cleanup.parse_keep("a1/checkpoint-2")])
+    assert str((root / "a1").resolve()) in plan.delete
+    result = cleanup.execute(plan, lin)
+    assert (root / "a1" / "checkpoint-2").is_dir()  # the kept nested one keeps the folder
+    # A script still names the deleted adapter's folder as a base.
+    make_adapter(root / "later", root / "base", seed=3)
+    config = json.loads((root / "later" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(root / "a1")
+    (root / "later" / "adapter_config.json").write_text(json.dumps(config))
+    lin = lineage.scan([root])
+    gone = lin.node(str((root / "a1").resolve()))
+    assert gone.kind == "missing" and gone.removed_by.startswith(f"cleanup {result.cleanup}")
+    later = next(n for n in lin.nodes if n.name == "later")
+    assert "removed by cleanup" in (later.broken or "")
+    text = " ".join(CliRunner().invoke(app, ["lineage", str(root)]).output.split())
+    assert "DELETED" in text and "outside the roots" not in text
+
+
+def test_the_console_plans_with_the_same_planner(pristine: Path) -> None:
+    from graftline.console import cleanup_bridge
+
+    lin = lineage.scan([pristine])
+    dpo = str((pristine / "checkpoints" / "dpo" / "final").resolve())
+    console = cleanup_bridge.plan(lin, [dpo])
+    cli = cleanup.plan_cleanup(lin, [cleanup.parse_keep("checkpoints/dpo/final")])
+    assert console.delete == cli.delete and set(console.protected) == set(cli.protected)
+    # The frozen reference inside the kept checkpoint is never planned on its own.
+    assert not any(k.endswith("/ref") for k in (*console.delete, *console.keep))
+    text = cleanup_bridge.describe_plan(console, lin, pristine).plain
+    assert "checkpoints/sft/checkpoint-1" in text and "protected" in text
