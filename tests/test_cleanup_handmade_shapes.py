@@ -311,3 +311,33 @@ def test_the_console_plans_with_the_same_planner(pristine: Path) -> None:
     assert not any(k.endswith("/ref") for k in (*console.delete, *console.keep))
     text = cleanup_bridge.describe_plan(console, lin, pristine).plain
     assert "checkpoints/sft/checkpoint-1" in text and "protected" in text
+
+
+def test_the_in_memory_merge_pitfall_is_proven_and_flagged(tmp_path: Path, toy_base: Path) -> None:
+    """stage 2 trained on base + stage 1 merged in memory records the plain base; the saved
+    final merge equals base + stage 1 + stage 2 exactly, and neither stage alone."""
+    root = tmp_path / "root"
+    shutil.copytree(toy_base, root / "base")
+    model = AutoModelForCausalLM.from_pretrained(root / "base")
+    for i, name in enumerate(("stage1", "stage2"), start=1):
+        peft_model = get_peft_model(model, LoraConfig(**LORA))
+        _perturb(peft_model, 10 + i)
+        peft_model.save_pretrained(root / name)
+        model = peft_model.merge_and_unload()  # the next stage trains on this, in memory
+    model.save_pretrained(root / "final_merged")
+    lin = lineage.scan([root])
+    by_name = {n.name: n for n in lin.nodes}
+    assert by_name["stage2"].base_ref == str(root / "base")  # what PEFT recorded
+    merged = by_name["final_merged"]
+    assert merged.kind == "merged"
+    parents = {lin.node(e.parent).name for e in lin.parents(merged.key)
+               if e.relation == "merged_from"}
+    assert parents == {"base", "stage1", "stage2"}
+    assert any("IN-MEMORY MERGE" in w for w in by_name["stage2"].warnings)
+    assert not any("IN-MEMORY MERGE" in w for w in by_name["stage1"].warnings)
+    # An identical copy of the base is no merge of it (no weights differ).
+    shutil.copytree(root / "base", root / "base_copy")
+    os.utime(root / "base_copy" / "model.safetensors")
+    lin = lineage.scan([root])
+    copy = next(n for n in lin.nodes if n.name == "base_copy")
+    assert copy.kind == "base" and not lin.parents(copy.key)
