@@ -162,9 +162,10 @@ def test_cleanup_keeps_what_kept_adapters_need(tree: Path) -> None:
     plan = cleanup.plan_cleanup(lin, rules)
     root = str(tree.resolve())
     deleted = {os.path.relpath(k, root) for k in plan.delete}
-    assert deleted == {"adapters/a1", "adapters/a2", "adapters/hub", "adapters/orphan",
+    # merged = base + a1 exactly (weights checked): a kept merge keeps both of its parents.
+    assert deleted == {"adapters/a2", "adapters/hub", "adapters/orphan",
                        "adapters/linked-config", "sft-out/checkpoint-1", "sft-out/checkpoint-2"}
-    assert {os.path.relpath(k, root) for k in plan.protected} == {"base", "merged"}
+    assert {os.path.relpath(k, root) for k in plan.protected} == {"base", "merged", "adapters/a1"}
     assert any("link-out" in w for w in plan.warnings)
 
     result = cleanup.execute(plan, lin)
@@ -182,7 +183,7 @@ def test_cleanup_keeps_what_kept_adapters_need(tree: Path) -> None:
     forward_with(tree / "merged", tree / "adapters" / "after-merge")
     forward_with(tree / "base", tree / "adapters" / "after-merge")
     # The history remembers what went, and the journal is gone.
-    assert cleanup.removed_by(tree / "adapters" / "a1") == f"cleanup {result.cleanup} at " + \
+    assert cleanup.removed_by(tree / "adapters" / "a2") == f"cleanup {result.cleanup} at " + \
         cleanup_history_time(tree, result.cleanup)
     assert cleanup.pending(tree) is None
 

@@ -126,14 +126,13 @@ kind = "merge"
 def test_a_checkpoint_only_a_later_stage_reads_is_kept_for_it(
     tmp_path: Path, toy_base: Path
 ) -> None:
-    """`last:1` alone selects a Trainer checkpoint, not the stage's adapter; a hand-run
-    `graftline cleanup --keep last:1` would delete the adapter the merge is about to read. The
-    engine knows the merge is next and keeps it, and says so."""
+    """`last:1` prunes Trainer checkpoints and never deletes a stage's result for not being one
+    (issue 15), so the adapter the merge is about to read stays."""
     root = write_data(tmp_path)
     events = _run(root, SFT_THEN_MERGE)
     run_dir = root / "runs" / "r1"
     (cleanup,) = [e for e in events if e.type == "info" and "cleanup after" in e.data["message"]]
-    assert "kept for later stages: stages/sft: 'merged' reads it" in cleanup.data["message"]
+    assert (run_dir / "stages" / "sft" / "adapter_config.json").is_file()
     assert cleanup.data["removed"] == ["stages/sft/trainer/checkpoint-2"]
     assert (run_dir / "stages" / "sft" / "trainer" / "checkpoint-4").is_dir()  # last:1
     assert (run_dir / "stages" / "merged" / "config.json").is_file()  # the merge had its input

@@ -52,12 +52,18 @@ def summary(plan: Any, lineage: Any) -> str:
 def describe_plan(plan: Any, lineage: Any, root: Path) -> Text:
     text = Text("cleanup plan\n", style="bold")
     text.append(summary(plan, lineage) + "\n")
+    from graftline.engine.lineage import cleanup
+
     for key in plan.delete:
         text.append("  delete  ", style="bold red")
-        text.append(f"{_name(lineage, key)} ({human_bytes(lineage.node(key).bytes)})\n")
+        text.append(f"{cleanup.describe(lineage.node(key), lineage)}\n")
+    for key in plan.keep:
+        text.append("  keep    ", style="bold")
+        text.append(f"{cleanup.describe(lineage.node(key), lineage)}: kept, as you marked\n")
     for key, why in plan.protected.items():
         text.append("  protect ", style="bold green")
-        text.append(f"{_name(lineage, key)}: {'; '.join(why)}\n")
+        text.append(f"{cleanup.describe(lineage.node(key), lineage)}: protected, "
+                    f"{'; '.join(why)}\n")
     for key, why in plan.refused.items():
         text.append("  refuse  ", style="yellow")
         text.append(f"{_name(lineage, key)}: {why}\n")

@@ -39,8 +39,10 @@ def node_label(node: Node, lineage: Lineage, relation: str | None = None) -> str
     if node.kind == "external":
         return f"{via}[{style}]{escape(node.name)}[/] [dim](hub id, not on this machine)[/]"
     if node.kind == "missing":
-        by = f" — removed by {escape(node.removed_by)}" if node.removed_by else ""
-        return f"{via}[{style}]MISSING {escape(node.path or node.key)}[/]{by}"
+        if node.removed_by:  # the cleanup history knows it: deleted, not a new root
+            return (f"{via}[{style}]DELETED {escape(node.path or node.key)}[/] — by "
+                    f"{escape(node.removed_by)}")
+        return f"{via}[{style}]MISSING {escape(node.path or node.key)}[/]"
     parts = [f"{via}[{style}]{escape(node.id)}[/]", f"[dim]{node.kind}[/]",
              human_bytes(node.bytes)]
     if node.status not in ("complete", "unknown"):
@@ -51,8 +53,11 @@ def node_label(node: Node, lineage: Lineage, relation: str | None = None) -> str
         parts.append(f"r={node.lora.r} α={node.lora.alpha}")
     if metrics := _key_metrics(node):
         parts.append(escape(metrics))
-    if not node.in_roots:
+    if not node.in_roots and not any(
+            (node.path or "").startswith(r + os.sep) for r in lineage.roots):
         parts.append("[dim](outside the roots)[/]")
+    elif not node.in_roots:
+        parts.append("[dim](not a checkpoint the scan recognised: never deleted)[/]")
     if node.running:
         parts.append("[bold yellow]RUNNING[/]")
     users = lineage.needed_by(node.key)
@@ -140,6 +145,12 @@ def cleanup_command(
     """Plan a cleanup and print it; delete only with --yes (or --no-dry-run and a confirmation)."""
     console = Console()
     real_root = Path(os.path.realpath(root))
+    if not keep:
+        # Never "keep nothing": an empty keep set would mean delete everything.
+        typer.echo("error: say what to keep (--keep final, --keep last:2, --keep best:METRIC, "
+                   "an id, a path or a glob); with no --keep nothing is planned or deleted",
+                   err=True)
+        raise typer.Exit(2)
     try:
         rules = [cleanup_api.parse_keep(token) for token in keep]
     except cleanup_api.CleanupError as exc:

@@ -91,33 +91,18 @@ def removed_by(path: Path) -> str | None:
         return None
 
 
-def _hub_cache_dir(name: str) -> Path | None:
-    """A hub id that is already in the local Hugging Face cache (nothing is downloaded)."""
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-        found = try_to_load_from_cache(name, "config.json")
-    except Exception:
-        return None
-    return Path(found).parent if isinstance(found, str) else None
-
-
 def locate(reference: str, relative_to: Path) -> Path:
-    """A base reference (path, `toy:` name or cached hub id) as a local path that may not exist."""
-    if reference.startswith("toy:"):
-        from graftline.engine.toy.model import resolve_base
-        return Path(resolve_base(reference))
-    candidate = Path(reference).expanduser()
-    if candidate.is_absolute():
-        return candidate
-    for root in (relative_to, Path.cwd()):
-        if (root / candidate).exists():
-            return (root / candidate).resolve()
-    cached = _hub_cache_dir(reference)
-    if cached is not None:
-        return cached
-    return (relative_to / candidate).resolve()
+    """A base reference (path, `toy:` name or cached hub id) as a local path that may not exist.
+
+    The one resolver (`lineage.resolve`), so export finds the base that lineage and cleanup
+    protect: a relative path is tried from the checkpoint's folder and each folder above it.
+    """
+    from graftline.engine.lineage.resolve import resolve_base
+
+    found = resolve_base(reference, relative_to)
+    if found.path is not None:
+        return Path(found.path)
+    return Path(found.tried[0]) if found.tried else Path(relative_to) / reference
 
 
 def _adapter_base_reference(adapter: Path, manifest: manifest_io.Manifest | None) -> str | None:

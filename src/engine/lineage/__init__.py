@@ -7,7 +7,8 @@
     execute(plan, ...)                   # journaled deletion inside the roots only
 
 Modules: model (frozen nodes and edges), scan, views (tree and JSON), manifest (graftline.json),
-manifest_view, cleanup, journal (the cleanup journal and history).
+manifest_view, cleanup, journal (the cleanup journal and history), resolve (the one resolver
+for a recorded base, used by lineage, cleanup, export and the runner).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ _EXPORTS = {
     "plan_cleanup": "cleanup",
     "execute": "cleanup",
     "format_plan": "cleanup",
+    "describe": "cleanup",
+    "resolve": "resolve",
+    "resolve_base": "resolve",
     "manifest": "manifest",
     "Manifest": "manifest",
     "manifest_view": "manifest_view",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import difflib
 import fnmatch
 import os
 import secrets
@@ -66,9 +67,10 @@ class CleanupError(GraftlineError, ValueError):
 class KeepRule:
     """One `--keep` word, parsed.
 
-    Forms: `final` (the final checkpoint of each run), `last:N` (the last N Trainer
-    checkpoints in each folder of `checkpoint-N`s), `best:METRIC[:min|max]` (the best
-    checkpoint of each run by a metric; `min` when the name contains "loss", else `max`),
+    Forms: `final` (the last checkpoint of every chain: leaves and `final/` folders),
+    `last:N` (the last N readable Trainer checkpoints in each folder of `checkpoint-N`s, and
+    the stage results beside them), `best:METRIC[:min|max]` (the best checkpoint of each run or
+    training folder by a metric; `min` when the name contains "loss", else `max`),
     `id:ID`, a glob (`*`, `?`, `[`) over paths relative to a root, or a path, id or name.
     """
 
@@ -146,8 +148,9 @@ def plan_cleanup(lineage: Lineage, rules: Sequence[KeepRule], *,
                  own_run: str | None = None) -> CleanupPlan:
     """Plan a cleanup of `lineage`'s roots keeping what `rules` select. Pure and O(nodes+edges).
 
-    Raises CleanupError when an id/path/glob rule matches nothing (a typo must not turn into
-    "delete everything"); a policy (final, last, best) that matches nothing is a warning.
+    Raises CleanupError, with "did you mean", when any rule selects nothing (an id, path, glob,
+    or a policy such as best:METRIC on a metric no checkpoint has): a typo must never turn
+    into "delete everything", so such a plan deletes nothing at all.
     `own_run` is the run directory of the engine asking, between two of its stages: its
     checkpoints are not in use then, so they are not refused as a running run's.
     """
@@ -159,14 +162,9 @@ def plan_cleanup(lineage: Lineage, rules: Sequence[KeepRule], *,
     for rule in rules:
         matched = _select(rule, candidates, lineage)
         if not matched:
-            if rule.kind in ("final", "last", "best"):
-                warnings.append(f"--keep {rule.text}: matched no checkpoint")
-            else:
-                known = ", ".join(sorted(n.id for n in candidates)[:8]) or "none"
-                raise CleanupError(
-                    f"--keep {rule.text!r} matched no checkpoint under "
-                    f"{', '.join(lineage.roots)}; known ids: {known}"
-                )
+            # A typo (or a word that means nothing on this tree) must never turn into "delete
+            # everything": every word has to select something, or nothing happens at all.
+            raise CleanupError(_nothing_selected(rule, candidates, lineage))
         for key in matched:
             keep.setdefault(key, []).append(rule.text)
 
@@ -238,32 +236,34 @@ def _reason(
     keep: Mapping[str, object],
     refused: Mapping[str, str],
 ) -> str:
-    p, c, o = lineage.node(parent), lineage.node(child), lineage.node(origin)
-    link = (f"{p.name} is the base of {c.name}" if relation == "trained_on"
-            else f"{p.name} was merged into {c.name}")
+    p, c, o = (_short(lineage.node(k)) for k in (parent, child, origin))
+    link = (f"{p} is the base of {c}" if relation == "trained_on"
+            else f"{p} was merged into {c}")
     if origin in refused:
-        return f"{link}, which running run {o.run} uses"
+        return f"{link}, which running run {lineage.node(origin).run} uses"
     if child == origin:
         return f"{link}, which you keep"
-    return f"{link}, which {o.name} (kept) needs"
+    return f"{link}, which {o} (kept) needs"
+
+
+def _short(node: Node) -> str:
+    """A node's name, with its folder when the name alone says nothing (`sft/final`)."""
+    name = node.name
+    if node.path and (name == "final" or name.startswith("checkpoint-")):
+        return f"{os.path.basename(os.path.dirname(node.path))}/{name}"
+    return name
 
 
 def _select(rule: KeepRule, nodes: Sequence[Node], lineage: Lineage) -> list[str]:
     if rule.kind == "final":
-        return [_latest(group).key for group in _by_run(n for n in nodes if n.kind != "trainer")]
+        return _finals(nodes, lineage)
     if rule.kind == "last":
-        folders: dict[str, list[Node]] = {}
-        for node in nodes:
-            if node.kind == "trainer" and node.step is not None and node.path:
-                folders.setdefault(os.path.dirname(node.path), []).append(node)
-        return [
-            n.key for group in folders.values()
-            for n in sorted(group, key=lambda n: n.step or 0)[-rule.count:]
-        ]
+        return _last(rule.count, nodes)
     if rule.kind == "best":
         chosen = []
-        for group in _by_run(n for n in nodes if rule.value in n.metrics):
-            sign = 1 if rule.mode == "min" else -1
+        sign = 1 if rule.mode == "min" else -1
+        usable = (n for n in nodes if rule.value in n.metrics and n.status != "corrupt")
+        for group in _by_project(usable):
             chosen.append(min(group, key=lambda n: sign * n.metrics[rule.value]).key)
         return chosen
     if rule.kind == "id":
@@ -282,6 +282,91 @@ def _select(rule: KeepRule, nodes: Sequence[Node], lineage: Lineage) -> list[str
     return []
 
 
+def is_stage_result(node: Node) -> bool:
+    """A `final/` folder (notebooks, scripts) or a graftline stage's own output."""
+    return node.kind != "trainer" and (
+        os.path.basename(node.path or "") == "final" or (node.stage is not None
+                                                         and node.step is None))
+
+
+def _finals(nodes: Sequence[Node], lineage: Lineage) -> list[str]:
+    """The last checkpoint of every chain: every stage result and full model or adapter that
+    nothing else in the roots was made from (a leaf), plus every `final/` folder. Trainer
+    checkpoints are steps on the way, never a chain's end."""
+    on_disk = {n.key for n in nodes if n.kind != "trainer"}
+    made_from: set[str] = set()
+    for node in nodes:
+        if node.kind == "trainer":
+            continue
+        for edge in lineage.parents(node.key):
+            if edge.parent in on_disk and edge.parent != node.key:
+                made_from.add(edge.parent)
+    return [n.key for n in nodes if n.kind != "trainer"
+            and (n.key not in made_from or os.path.basename(n.path or "") == "final")]
+
+
+def _last(count: int, nodes: Sequence[Node]) -> list[str]:
+    """The last `count` readable Trainer checkpoints of each folder of `checkpoint-N`s, and the
+    stage results beside or above that folder: `last:N` is about Trainer checkpoints, so it
+    never deletes a stage's result for not being one (nor keeps a corrupt checkpoint in place
+    of a good one)."""
+    folders: dict[str, list[Node]] = {}
+    for node in nodes:
+        if node.kind == "trainer" and node.step is not None and node.path:
+            folders.setdefault(os.path.dirname(node.path), []).append(node)
+    if not folders:
+        return []  # no Trainer checkpoint here: the word means nothing on this tree
+    chosen = [
+        n.key for group in folders.values()
+        for n in sorted((g for g in group if g.status != "corrupt"), key=lambda n: n.step or 0)
+        [-count:]
+    ]
+    if not chosen:
+        return []  # every checkpoint-N here is corrupt: nothing readable to keep by step
+    holders = set(folders)
+    for node in nodes:
+        if node.kind == "trainer" or not node.path:
+            continue
+        inside = any(f == node.path or f.startswith(node.path + os.sep) for f in folders)
+        if is_stage_result(node) or inside or os.path.dirname(node.path) in holders:
+            chosen.append(node.key)
+    return chosen
+
+
+def _nothing_selected(rule: KeepRule, nodes: Sequence[Node], lineage: Lineage) -> str:
+    """The refusal for a keep word that selects nothing, with "did you mean" over the metric
+    names, stage names and checkpoint names that exist."""
+    where = ", ".join(lineage.roots)
+    if rule.kind == "best":
+        metrics = sorted({m for n in nodes for m in n.metrics})
+        guess = difflib.get_close_matches(rule.value, metrics, n=3, cutoff=0.5)
+        hint = f"did you mean {' or '.join('best:' + g for g in guess)}? " if guess else ""
+        known = ", ".join(metrics[:12]) or "none (no metrics.json, evaluation.json, "\
+            "trainer_state.json or manifest metrics found)"
+        return (f"--keep {rule.text!r} selects nothing under {where}: no checkpoint has the "
+                f"metric {rule.value!r}; {hint}metrics found: {known}. Nothing was deleted")
+    if rule.kind == "last":
+        return (f"--keep {rule.text!r} selects nothing under {where}: there is no Trainer "
+                "checkpoint-N folder here; keep final, a path or best:METRIC instead. "
+                "Nothing was deleted")
+    if rule.kind == "final":
+        return f"--keep final selects nothing under {where}: no checkpoint was found there"
+    words = sorted({w for n in nodes for w in (n.id, n.name, n.stage, *_relative(n, lineage))
+                    if w})
+    guess = difflib.get_close_matches(rule.value, words, n=3, cutoff=0.5)
+    hint = f"did you mean {' or '.join(guess)}? " if guess else ""
+    stages = sorted({n.stage for n in nodes if n.stage})
+    known = (f"stages: {', '.join(stages[:12])}" if stages
+             else f"checkpoints: {', '.join(sorted(n.id for n in nodes)[:8]) or 'none'}")
+    return (f"--keep {rule.text!r} matched no checkpoint under {where}; {hint}{known}. "
+            "Nothing was deleted")
+
+
+def _relative(node: Node, lineage: Lineage) -> list[str]:
+    return [Path(os.path.relpath(node.path, r)).as_posix() for r in lineage.roots
+            if node.path and node.path.startswith(r + os.sep)]
+
+
 def _spellings(node: Node, roots: Iterable[str]) -> list[str]:
     out = [node.id, node.name]
     if node.path:
@@ -292,17 +377,15 @@ def _spellings(node: Node, roots: Iterable[str]) -> list[str]:
     return out
 
 
-def _by_run(nodes: Iterable[Node]) -> list[list[Node]]:
+def _by_project(nodes: Iterable[Node]) -> list[list[Node]]:
+    """Groups that `best:` compares within: a graftline run, else the folder that holds the
+    checkpoints of one training (`out/checkpoint-N`, `out/final`), whichever folder a scan
+    starts from."""
     groups: dict[str, list[Node]] = {}
     for node in nodes:
-        if node.run is not None or node.run_dir is not None:
-            groups.setdefault(node.run_dir or node.run or "", []).append(node)
+        key = node.run_dir or node.run or os.path.dirname(node.path or node.key)
+        groups.setdefault(key, []).append(node)
     return list(groups.values())
-
-
-def _latest(group: list[Node]) -> Node:
-    complete = [n for n in group if n.status == "complete"] or group
-    return max(complete, key=lambda n: (n.created or "", n.written, n.path or ""))
 
 
 def _nested_that_stay(
@@ -326,18 +409,28 @@ def _nested_that_stay(
 # -- presenting ----------------------------------------------------------------------------------
 
 
+def describe(node: Node, lineage: Lineage) -> str:
+    """A checkpoint as a person finds it: its path under the root (never only a hash), its
+    stage, kind and size, and whether it is corrupt."""
+    rel = _relative(node, lineage)
+    where = rel[0] if rel else (node.path or node.id)
+    stage = f"stage {node.stage}, " if node.stage else ""
+    flag = ", CORRUPT" if node.status == "corrupt" else ""
+    return f"{where}  [{stage}{node.kind}, {human_bytes(node.bytes)}{flag}]"
+
+
+
 def format_plan(plan: CleanupPlan, lineage: Lineage) -> str:
     """The plan as the text `graftline cleanup` prints."""
 
     def label(key: str) -> str:
-        node = lineage.node(key)
-        return f"{node.id}  [{node.kind}, {human_bytes(node.bytes)}]"
+        return describe(lineage.node(key), lineage)
 
     lines = [f"Cleanup plan for {', '.join(plan.roots)}  (keep: {' '.join(plan.rules)})", ""]
-    lines.append(f"Keep ({len(plan.keep)}):")
-    lines += [f"  {label(k)}  ← {', '.join(why)}" for k, why in plan.keep.items()]
-    lines.append(f"Protected ({len(plan.protected)}):")
-    lines += [f"  {label(k)}  — {'; '.join(why)}" for k, why in plan.protected.items()]
+    lines.append(f"Kept, as you asked ({len(plan.keep)}):")
+    lines += [f"  {label(k)}  ← kept by {', '.join(why)}" for k, why in plan.keep.items()]
+    lines.append(f"Protected, needed by what you keep ({len(plan.protected)}):")
+    lines += [f"  {label(k)}  — protected: {'; '.join(why)}" for k, why in plan.protected.items()]
     if plan.refused:
         lines.append(f"Refused ({len(plan.refused)}):")
         lines += [f"  {label(k)}  — {why}" for k, why in plan.refused.items()]

@@ -26,15 +26,20 @@ from graftline.engine.common.errors import GraftlineError
 from graftline.engine.common.layout import STAGES, STATE
 from graftline.engine.common.liveness import is_live
 from graftline.engine.lineage import journal as cleanup_journal
+from graftline.engine.lineage import resolve
 from graftline.engine.lineage.manifest import MANIFEST
 from graftline.engine.lineage.manifest_view import ManifestView, view
 from graftline.engine.lineage.model import Edge, Lineage, LoraInfo, Node, Symlink
 
 ADAPTER_CONFIG = "adapter_config.json"
 TRAINER_STATE = "trainer_state.json"
+REF_DIR = "ref"
+# Where people keep a checkpoint's numbers: files beside it, and these folders beside or in it.
+_METRIC_FILES = {"metrics.json": "", "evaluation.json": "eval/", "eval_results.json": "",
+                 "all_results.json": "", "results.json": ""}
+_METRIC_FOLDERS = ("training_logs", "test_results", "eval_results", "logs", "results", "eval")
 MODEL_CONFIG = "config.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 # config.json keys that differ between a model and its merge without meaning anything.
 _VOLATILE_CONFIG = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache"}
 
@@ -106,6 +111,7 @@ class _Scanner:
             self._link(draft)
         self._infer_merges()
         self._flag_in_memory_merges()
+        self._infer_continued()
         return self._freeze()
 
     def _walk(self, root: str) -> None:
@@ -135,7 +141,11 @@ class _Scanner:
             if STATE in names and any(d.name == STAGES for d in subdirs):
                 run_dir = path
                 self.runs[path] = self._run_state(path)
-            if self._classify(path, base, root, names, jsons, run_dir):
+            if owner is not None and base == REF_DIR and ADAPTER_CONFIG in names:
+                # TRL's frozen reference (DPO on a PeftModel saves it inside its output): part
+                # of the checkpoint that holds it, kept and deleted with it, never on its own.
+                self.drafts[owner].fields["ref_dir"] = path
+            elif self._classify(path, base, root, names, jsons, run_dir):
                 owner = path
                 self.drafts[path].newest = newest
             if owner is not None:
@@ -287,56 +297,72 @@ class _Scanner:
                     tuple(sorted(targets)) if isinstance(targets, list) else targets,
                     config.get("lora_dropout"),
                 )
+        corrupt: list[str] = []
+        if ADAPTER_CONFIG in jsons and config is None:
+            corrupt.append(f"{ADAPTER_CONFIG} cannot be read")
         if TRAINER_STATE in jsons:
-            state = _read_entry(jsons[TRAINER_STATE]) or {}
-            metrics.update(_trainer_metrics(state))
-        for extra, prefix in (("metrics.json", ""), ("evaluation.json", "eval/")):
-            if extra in jsons and m is None:
-                data = _read_entry(jsons[extra])
-                if isinstance(data, dict):
-                    metrics.update(
-                        {f"{prefix}{k}": float(v) for k, v in data.items() if _is_number(v)}
-                    )
+            state = _read_entry(jsons[TRAINER_STATE])
+            if isinstance(state, dict):
+                metrics.update(_trainer_metrics(state))
+            else:
+                corrupt.append(f"{TRAINER_STATE} cannot be read (truncated?): not resumable")
+        if draft.kind in ("adapter", "trainer") and config is not None \
+                and (why := _adapter_weights_problem(path)):
+            corrupt.append(why)
+        if corrupt and draft.fields.get("status") != "partial":
+            draft.fields["status"] = "corrupt"
+            draft.warnings.append("CORRUPT: " + "; ".join(corrupt))
+        for key, value in _metrics_beside(path, draft.kind).items():
+            metrics.setdefault(key, value)
         draft.fields["metrics"] = metrics
 
     def _resolve(self, ref: str | None, where: str, ref_id: str | None) -> str:
         """The node key `ref` (a path or hub id named in `where`) points at; adds it if new.
 
-        A path that exists wins; then a manifest id (manifests travel with their directory, so
-        a moved checkpoint is still found); then a hub id; otherwise the base is missing.
+        The spellings come from the one resolver (`lineage.resolve`): the adapter's folder and
+        each folder above it up to the root, then the roots and the current folder. A path that
+        holds a checkpoint wins; then a manifest id (manifests travel with their directory, so
+        a moved checkpoint is still found); a path a cleanup removed is shown as removed (even
+        when a kept nested checkpoint keeps its folder); then a hub id; else missing.
         """
         candidates: list[str] = []
+        if ref and ref.startswith(resolve.TOY_SCHEME):
+            return self._toy(ref)
         if ref:
-            expanded = os.path.expanduser(ref) if ref.startswith("~") else ref
-            if os.path.isabs(expanded):
-                candidates = [expanded]
-            else:
-                candidates = [os.path.join(b, expanded) for b in (where, os.getcwd(), *self.roots)]
+            candidates = resolve.candidates(ref, where, self.roots)
             for candidate in candidates:
                 # Checkpoints found by the walk are keyed by real paths: no syscall needed.
                 if candidate in self.drafts:
                     return candidate
-                if (known := os.path.normpath(candidate)) in self.drafts:
-                    return known
             for candidate in candidates:
+                real = os.path.realpath(candidate)
+                if real in self.drafts:
+                    return real
+                if real in self.history:
+                    return self._missing(real)
                 if os.path.isdir(candidate):
-                    return self._existing(os.path.realpath(candidate))
+                    return self._existing(real)
         if ref_id:
             for draft in self.drafts.values():
                 if draft.manifest is not None and draft.manifest.id == ref_id:
                     return draft.key
         if not ref:
             return self._missing(os.path.join(where, "<unnamed base>"))
-        for candidate in candidates:
-            if os.path.realpath(candidate) in self.history:
-                return self._missing(os.path.realpath(candidate))
-        if not os.path.isabs(os.path.expanduser(ref)) and _HUB_ID.match(ref):
+        if resolve.looks_like_hub_id(ref):
             key = f"hub:{ref}"
             if key not in self.drafts:
                 self.drafts[key] = _Draft(key, "external", "hub", None, None, ref,
                                           fields={"in_roots": False, "status": "external"})
             return key
         return self._missing(os.path.realpath(candidates[0]))
+
+    def _toy(self, ref: str) -> str:
+        """graftline's built-in toy base: a cached model outside the roots, never ours."""
+        key = f"hub:{ref}"
+        if key not in self.drafts:
+            self.drafts[key] = _Draft(key, "external", "hub", None, None, ref,
+                                      fields={"in_roots": False, "status": "external"})
+        return key
 
     def _existing(self, path: str) -> str:
         if path in self.drafts:
@@ -382,11 +408,15 @@ class _Scanner:
     # -- hand-made merges ----------------------------------------------------------------------
 
     def _infer_merges(self) -> None:
-        """Link a hand-made full model to the base it is a merge of.
+        """Link a hand-made full model to what it is a merge of, only with evidence.
 
-        A LoRA merge changes only the targeted linear layers, so a merge and its base have the
-        same config and bit-identical normalization weights; the older one is the base. Only for
-        full models without a manifest (a manifest already says where it came from).
+        A candidate pair: a full model without a manifest and an older one with the same config
+        and bit-identical final-norm weights (a LoRA merge never touches norms). That alone is
+        no evidence (identical copies of one base in sibling projects match too), so the link is
+        made only when one target weight of the newer model equals the older one's plus the
+        delta of an adapter trained on it (or of several, applied in the order they were
+        written: the in-memory-merge chain). The merge then needs the base AND those adapters:
+        both are protected, or neither (see docs/cleanup.md).
         """
         models = [
             d for d in self.drafts.values()
@@ -395,6 +425,12 @@ class _Scanner:
         orphans = [d for d in models if d.manifest is None and d.fields.get("in_roots", True)]
         if not orphans or len(models) < 2:
             return
+        adapters_on: dict[str, list[_Draft]] = {}
+        for edge in self.edges:
+            if edge.relation == "trained_on":
+                child = self.drafts[edge.child]
+                if child.kind in ("adapter", "trainer", "combined") and child.path:
+                    adapters_on.setdefault(edge.parent, []).append(child)
         shapes = {d.key: _config_shape(d.path) for d in models}  # type: ignore[arg-type]
         for merged in orphans:
             shape = shapes[merged.key]
@@ -408,10 +444,38 @@ class _Scanner:
             if mine is None:
                 continue
             for base in sorted(older, key=lambda d: d.newest, reverse=True):
-                if _fingerprint(base.path) == mine:  # type: ignore[arg-type]
-                    merged.kind = "merged"
-                    self.edges.append(Edge(merged.key, base.key, "merged_from", "inferred"))
-                    break
+                if _fingerprint(base.path) != mine:  # type: ignore[arg-type]
+                    continue
+                adapters = sorted(
+                    (a for a in adapters_on.get(base.key, ())
+                     if a.kind != "trainer" and a.newest <= merged.newest),
+                    key=lambda a: a.newest)
+                used = _merge_evidence(base.path, merged.path, [a.path for a in adapters])
+                if used is None:
+                    continue
+                merged.kind = "merged"
+                self.edges.append(Edge(merged.key, base.key, "merged_from", "inferred"))
+                chain = [adapters[i] for i in used]
+                for adapter in chain:
+                    self.edges.append(Edge(merged.key, adapter.key, "merged_from", "inferred"))
+                if len(chain) > 1:
+                    self._flag_proven_chain(base, merged, chain)
+                break
+
+    def _flag_proven_chain(self, base: _Draft, merged: _Draft, chain: list[_Draft]) -> None:
+        """The in-memory-merge pitfall, proven: `merged` equals base + every adapter of `chain`
+        applied in turn, and no single one of them, so each adapter after the first was trained
+        on an in-memory merge while its config names the plain base."""
+        for i, adapter in enumerate(chain[1:], start=1):
+            before = " + ".join(a.name for a in chain[:i])
+            adapter.warnings.append(
+                f"IN-MEMORY MERGE: {ADAPTER_CONFIG} names {adapter.fields.get('base_ref')}, but "
+                f"{merged.path} equals {base.name} + {' + '.join(a.name for a in chain)} exactly, "
+                f"so this adapter was trained on {base.name} + {before} merged in memory; loaded "
+                f"on {base.name} alone it is the wrong model. Fix: save each merge with "
+                "save_pretrained and load it from disk before adding the next adapter (or "
+                f"set name_or_path); export {merged.path} instead")
+            adapter.fields["in_memory_merge"] = merged.key
 
     def _flag_in_memory_merges(self) -> None:
         """Warn about an adapter whose config names a base that had already been merged.
@@ -454,6 +518,24 @@ class _Scanner:
                 f"{merge.path}; both are kept for it"
             )
             self.edges.append(Edge(adapter.key, merge.key, "trained_on", "inferred"))
+
+    def _infer_continued(self) -> None:
+        """`continued_from` from TRL's frozen reference: DPO on a PeftModel saves the adapter it
+        started from as `ref/`, bit-identical to that adapter, so equal tensors are proof."""
+        refs = {d.key: d.fields["ref_dir"] for d in self.drafts.values() if d.fields.get("ref_dir")}
+        if not refs:
+            return
+        digests: dict[str, str] = {}
+        for draft in self.drafts.values():
+            if draft.kind in ("adapter", "trainer", "combined") and draft.path:
+                digest = _tensor_digest(os.path.join(draft.path or "", "adapter_model.safetensors"))
+                if digest is not None:
+                    digests.setdefault(digest, draft.key)
+        for key, ref_dir in refs.items():
+            digest = _tensor_digest(os.path.join(ref_dir, "adapter_model.safetensors"))
+            source = digests.get(digest) if digest else None
+            if source is not None and source != key:
+                self.edges.append(Edge(key, source, "continued_from", "inferred"))
 
     # -- freezing ------------------------------------------------------------------------------
 
@@ -625,11 +707,90 @@ def _trainer_metrics(state: dict[str, Any]) -> dict[str, float]:
     if _is_number(state.get("best_metric")):
         out["best_metric"] = float(state["best_metric"])
     # The latest value of each; the newest records are enough (a log can hold thousands).
-    for record in (state.get("log_history") or [])[-200:][::-1]:
-        for key in ("loss", "eval_loss", "reward"):
-            if key not in out and key in record and _is_number(record[key]):
-                out[key] = float(record[key])
+    history = state.get("log_history")
+    for record in (history if isinstance(history, list) else [])[-200:][::-1]:
+        if not isinstance(record, dict):
+            continue
+        for key, value in record.items():
+            if key not in out and key not in ("step", "epoch") and _is_number(value):
+                out[key] = float(value)
     return out
+
+
+def _flat_numbers(data: Any, prefix: str) -> dict[str, float]:
+    """Numbers of a metrics file: top level, and one level down ({"summary": {...}})."""
+    out: dict[str, float] = {}
+    if not isinstance(data, dict):
+        return out
+    for key, value in data.items():
+        if _is_number(value):
+            out[f"{prefix}{key}"] = float(value)
+    for value in data.values():
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                if _is_number(inner):
+                    out.setdefault(f"{prefix}{key}", float(inner))
+    return out
+
+
+def _metrics_beside(path: str, kind: str) -> dict[str, float]:
+    """Metrics kept in files beside a checkpoint: in its folder, in the usual sub-folders of it
+    (training_logs/, test_results/, …), and, for a stage result (not a Trainer checkpoint), in
+    those sub-folders of the folder that holds it (`sft/final` + `sft/training_logs/`)."""
+    folders = [path, *(os.path.join(path, f) for f in _METRIC_FOLDERS)]
+    if kind != "trainer":
+        parent = os.path.dirname(path)
+        folders += [os.path.join(parent, f) for f in _METRIC_FOLDERS]
+    out: dict[str, float] = {}
+    for folder in folders:
+        for name, prefix in _METRIC_FILES.items():
+            for key, value in _flat_numbers(_read_json(os.path.join(folder, name)), prefix).items():
+                out.setdefault(key, value)
+    return out
+
+
+def _adapter_weights_problem(path: str) -> str | None:
+    """Why an adapter folder's weights cannot load, or None: missing, or a safetensors file
+    shorter than its own header says (a copy or save cut short)."""
+    weights = os.path.join(path, "adapter_model.safetensors")
+    if not os.path.lexists(weights):
+        if os.path.lexists(os.path.join(path, "adapter_model.bin")):
+            return None
+        if os.path.lexists(os.path.join(path, "model.safetensors")) or \
+                os.path.lexists(os.path.join(path, "pytorch_model.bin")):
+            return None  # a Trainer checkpoint of a full model
+        return "no adapter weights (adapter_model.safetensors)"
+    header = _safetensors_header(weights)
+    if header is None:
+        return "adapter_model.safetensors cannot be read (truncated?)"
+    return None
+
+
+_header_cache: dict[str, tuple[int, int, tuple[int, dict[str, Any]] | None]] = {}
+
+
+def _safetensors_header(file: str) -> tuple[int, dict[str, Any]] | None:
+    """(data start, header) of a safetensors file whose size matches its header, else None."""
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None
+    cached = _header_cache.get(file)
+    if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
+        return cached[2]
+    result: tuple[int, dict[str, Any]] | None = None
+    try:
+        with open(file, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length < 100_000_000:
+                header = json.loads(handle.read(length))
+                ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+                if 8 + length + max(ends, default=0) == st.st_size:
+                    result = (8 + length, header)
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        result = None
+    _header_cache[file] = (st.st_mtime_ns, st.st_size, result)
+    return result
 
 
 def _config_shape(path: str) -> tuple[tuple[str, str], ...] | None:
@@ -673,6 +834,132 @@ def _fingerprint(path: str) -> str | None:
         result = None
     _fingerprint_cache[file] = (st.st_mtime_ns, st.st_size, result)
     return result
+
+
+_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": "bf16"}
+
+
+def _tensor(file: str, name: str) -> Any:
+    """One tensor of a safetensors file as a float64 numpy array (None when unreadable)."""
+    import numpy as np
+
+    found = _safetensors_header(file)
+    if found is None or name not in found[1]:
+        return None
+    start, header = found
+    info = header[name]
+    dtype = _DTYPES.get(info.get("dtype"))
+    if dtype is None:
+        return None
+    begin, end = info["data_offsets"]
+    try:
+        with open(file, "rb") as handle:
+            handle.seek(start + begin)
+            raw = handle.read(end - begin)
+    except OSError:
+        return None
+    if dtype == "bf16":
+        array = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+    else:
+        array = np.frombuffer(raw, dtype)
+    return array.astype(np.float64).reshape(info["shape"])
+
+
+def _tensor_digest(file: str) -> str | None:
+    """A hash of a safetensors file's tensors (names, dtypes, shapes, bytes), not its header
+    layout: two saves of the same adapter weights hash alike."""
+    import hashlib
+
+    found = _safetensors_header(file)
+    if found is None:
+        return None
+    start, header = found
+    digest = hashlib.sha256()
+    try:
+        with open(file, "rb") as handle:
+            for name in sorted(k for k in header if k != "__metadata__"):
+                info = header[name]
+                begin, end = info["data_offsets"]
+                handle.seek(start + begin)
+                digest.update(f"{name}|{info['dtype']}|{info['shape']}|".encode())
+                digest.update(handle.read(end - begin))
+    except (OSError, KeyError):
+        return None
+    return digest.hexdigest()
+
+
+def _lora_delta(adapter: str, module: str) -> Any:
+    """scale · B @ A of `adapter` for the base weight `module` (e.g. `model.layers.0.…q_proj`),
+    None when the adapter does not target it."""
+    config = _read_json(os.path.join(adapter, ADAPTER_CONFIG))
+    file = os.path.join(adapter, "adapter_model.safetensors")
+    found = _safetensors_header(file)
+    if not isinstance(config, dict) or found is None:
+        return None
+    suffix = f"{module}.lora_A.weight"
+    names = [k for k in found[1] if k.endswith(suffix)]
+    if not names:
+        return None
+    a = _tensor(file, names[0])
+    b = _tensor(file, names[0].replace("lora_A", "lora_B"))
+    r, alpha = config.get("r"), config.get("lora_alpha")
+    if a is None or b is None or not _is_number(r) or not _is_number(alpha) or not r:
+        return None
+    scale = alpha / (r ** 0.5) if config.get("use_rslora") else alpha / r
+    delta = (b @ a) * scale
+    return delta.T if config.get("fan_in_fan_out") else delta
+
+
+def _merge_evidence(base: str | None, merged: str | None,
+                    adapters: Sequence[str | None]) -> tuple[int, ...] | None:
+    """Which adapters (indices into `adapters`, in order) `merged` is `base` plus: a single one,
+    else all of the first k applied in turn. None when no such sum equals it (then no link)."""
+    import numpy as np
+
+    if not base or not merged or not adapters:
+        return None
+    files = {}
+    for folder in (base, merged):
+        file = os.path.join(folder, "model.safetensors")
+        if _safetensors_header(file) is None:
+            return None
+        files[folder] = file
+    deltas: list[tuple[str, Any]] = []
+    for adapter in adapters:
+        if not adapter:
+            return None
+        found = None
+        for name in _safetensors_header(files[base])[1]:  # type: ignore[index]
+            if name.endswith(".weight") and ".layers." in name:
+                module = name[: -len(".weight")]
+                delta = _lora_delta(adapter, module)
+                if delta is not None:
+                    found = (name, delta)
+                    break
+        deltas.append(found if found else ("", None))
+
+    def equal(name: str, total: Any) -> bool:
+        w0, w1 = _tensor(files[base], name), _tensor(files[merged], name)
+        if w0 is None or w1 is None or w0.shape != total.shape or not np.any(total):
+            return False
+        if np.array_equal(w0, w1):
+            return False  # the same weight: a copy, not a merge
+        tolerance = 1e-2 * float(np.max(np.abs(total))) + 1e-6
+        return bool(np.max(np.abs(w0 + total - w1)) <= tolerance)
+
+    for i, (name, delta) in enumerate(deltas):
+        if delta is not None and equal(name, delta):
+            return (i,)
+    # The chain: every adapter's delta on one weight they all target, summed in order.
+    names = {name for name, _ in deltas}
+    if len(adapters) > 1 and len(names) == 1 and "" not in names:
+        (name,) = names
+        total = 0
+        for k, (_, delta) in enumerate(deltas):
+            total = total + delta
+            if k >= 1 and equal(name, total):
+                return tuple(range(k + 1))
+    return None
 
 
 def _is_final_norm(name: str) -> bool:

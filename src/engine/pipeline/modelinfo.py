@@ -73,10 +73,16 @@ def _hf_cache_config(repo_id: str) -> Path | None:
 
 def config_path(base: str, search_dir: Path | None = None) -> Path | None:
     """The base's config.json if it is on this machine: a local directory or the HF cache."""
-    for candidate in (Path(base).expanduser(), (search_dir or Path.cwd()) / base):
-        if (candidate / "config.json").is_file():
-            return candidate / "config.json"
-        if candidate.name == "config.json" and candidate.is_file():
+    from graftline.engine.lineage.resolve import resolve_base
+
+    if base.endswith("config.json") and Path(base).expanduser().is_file():
+        return Path(base).expanduser()
+    # The one resolver for a recorded base (lineage/resolve.py); the hub cache is looked at below.
+    found = resolve_base(base, search_dir or Path.cwd(), hub_cache=False) \
+        if not base.startswith("toy:") else None
+    if found is not None and found.kind == "path" and found.path:
+        candidate = Path(found.path) / "config.json"
+        if candidate.is_file():
             return candidate
     return _hf_cache_config(base) if "/" in base and not base.startswith((".", "/")) else None
 

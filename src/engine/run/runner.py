@@ -49,8 +49,12 @@ def resolve_base(pf: PipelineFile) -> str:
     resolved = toy(base)
     if resolved != base:
         return resolved
-    local = pf.resolve(base)
-    return str(local) if local.exists() else base
+    # The one resolver for a recorded base (lineage/resolve.py): relative to the file's folder
+    # and the folders above it, then a hub id.
+    from graftline.engine.lineage.resolve import resolve_base as one_resolver
+
+    found = one_resolver(base, pf.directory, use_cwd=False, hub_cache=False)
+    return found.path if found.kind == "path" and found.path else base
 
 
 def _one_thread_for_tiny_models(base_path: str) -> None:
