@@ -9,6 +9,7 @@ Trainer checkpoint (optimizer, scheduler, RNG, global step), so a crash loses at
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -23,6 +24,7 @@ from graftline.engine.backends.base import Backend, BackendError, select_backend
 from graftline.engine.common import atomic
 from graftline.engine.common.control import RunControl
 from graftline.engine.common.layout import DONE
+from graftline.engine.common.private import make_private, umask, user_umask
 from graftline.engine.common.sink import Sink
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline.file import PipelineFile
@@ -235,7 +237,13 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
                   max_steps=_max_steps(step), global_step_offset=offset, action=step.action,
                   reference=step.reference,
                   resumed_from=str(resume_from) if resume_from else None)
-        result = _run_stage(ctx)
+        # an export is the user's, written outside the run: the user's umask, not the run's 077
+        with umask(user_umask()) if step.kind == "export" else contextlib.nullcontext():
+            result = _run_stage(ctx)
+        if step.kind == "export" and (run_dir.stat().st_mode & 0o077) == 0:
+            # its record inside a private run stays private (the export itself is elsewhere)
+            for child in directory.iterdir() if directory.is_dir() else ():
+                make_private(child)
         statuses[step.name] = result.status
         if result.status == "failed":
             sink.emit("run_finished", None, status="failed", message=result.message)
