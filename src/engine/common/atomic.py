@@ -9,8 +9,13 @@ from pathlib import Path
 from typing import Any
 
 
-def write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
+def write_text(path: Path, text: str, *, mode: int | None = None) -> None:
+    """`mode` None: what a plain new file would get under the umask (mkstemp makes 0600), so a
+    private run's engine (umask 077) writes 0600 and anyone else's 0644 as before."""
+    from graftline.engine.common.private import file_mode
+
     path = Path(path)
+    mode = file_mode() if mode is None else mode
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -24,5 +29,5 @@ def write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
         raise
 
 
-def write_json(path: Path, data: Any, *, mode: int = 0o644) -> None:
+def write_json(path: Path, data: Any, *, mode: int | None = None) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", mode=mode)

@@ -108,11 +108,34 @@ def locate(reference: str, relative_to: Path) -> Path:
 def _adapter_base_reference(adapter: Path, manifest: manifest_io.Manifest | None) -> str | None:
     if manifest is not None and manifest.base:
         return manifest.base
+    return read_adapter_config(adapter).get("base_model_name_or_path")
+
+
+def read_adapter_config(adapter: Path) -> dict:
+    """adapter_config.json, checked for the fields the merge reads: a clean refusal for a
+    corrupt or hand-edited file instead of a traceback halfway through the export."""
+    where = adapter / ADAPTER_CONFIG
+    fix = "restore adapter_config.json from the checkpoint's source (peft writes it)"
     try:
-        config = json.loads((adapter / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ExportRefused(f"unreadable {ADAPTER_CONFIG} ({exc})", path=adapter) from exc
-    return config.get("base_model_name_or_path")
+        config = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportRefused(f"unreadable {ADAPTER_CONFIG} ({exc})", path=adapter,
+                            fix=fix) from None
+    if not isinstance(config, dict):
+        raise ExportRefused(f"{ADAPTER_CONFIG} is a JSON {type(config).__name__}, not an object",
+                            path=adapter, fix=fix)
+    r, alpha = config.get("r", 8), config.get("lora_alpha", 8)
+    targets = config.get("target_modules")
+    bad = ("r" if isinstance(r, bool) or not isinstance(r, int) or r <= 0 else
+           "lora_alpha" if isinstance(alpha, bool) or not isinstance(alpha, int | float) else
+           "target_modules" if targets is not None and not isinstance(targets, str) and not (
+               isinstance(targets, list) and all(isinstance(t, str) for t in targets)) else
+           "base_model_name_or_path" if not isinstance(
+               config.get("base_model_name_or_path", ""), str | None) else None)
+    if bad is not None:
+        raise ExportRefused(f"{ADAPTER_CONFIG}: `{bad}` is {json.dumps(config.get(bad))}, "
+                            "which no LoRA adapter has", path=adapter, fix=fix)
+    return config
 
 
 def _refuse_missing(base: Path, reference: str, checkpoint: Path) -> ExportRefused:
@@ -214,8 +237,8 @@ def _node(path: Path, relation: str | None) -> tuple[LineageNode, list[tuple[str
     lora = None
     if kind == "adapter":
         try:
-            config = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            config = read_adapter_config(path)
+        except ExportRefused:
             config = {}
         if config.get("base_model_name_or_path"):
             edges.append(("trained_on", locate(config["base_model_name_or_path"], path)))

@@ -14,7 +14,6 @@ over the base's: both replace the base tensor here as they do there.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from graftline.engine.export.chain import (
     ADAPTER_WEIGHTS,
     WEIGHTS_INDEX,
     ExportRefused,
+    read_adapter_config,
     weight_files,
 )
 from graftline.engine.export.ordered_io import OrderedIO
@@ -191,7 +191,7 @@ def analyse_adapter(adapter: Path, base_tensors: dict[str, tuple[Path, TensorInf
                     layout: ModelLayout) -> AdapterPlan:
     """Map every adapter tensor to the base tensor it changes; refuse anything inexact."""
     config_path = adapter / ADAPTER_CONFIG
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config = read_adapter_config(adapter)  # a corrupt file is refused cleanly, not a traceback
     _refuse_config(adapter, config)
     weights = adapter / ADAPTER_WEIGHTS
     if not weights.is_file():

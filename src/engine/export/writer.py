@@ -230,6 +230,21 @@ def plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
                 formats: tuple[str, ...] | list[str] = ("safetensors",), force: bool = False,
                 shard_size: int | str | None = None, verify: bool = True,
                 gguf_type: str | None = None) -> ExportPlan:
+    """See `_plan_export`; a corrupt weights file is a refusal naming it, not a traceback."""
+    from graftline.engine.export.safetensors import SafetensorsError
+
+    try:
+        return _plan_export(checkpoint, out, dtype=dtype, formats=formats, force=force,
+                            shard_size=shard_size, verify=verify, gguf_type=gguf_type)
+    except SafetensorsError as exc:
+        raise ExportRefused(exc.message, fix="the file is damaged or truncated: restore it, or "
+                            "export another checkpoint") from None
+
+
+def _plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
+                 formats: tuple[str, ...] | list[str] = ("safetensors",), force: bool = False,
+                 shard_size: int | str | None = None, verify: bool = True,
+                 gguf_type: str | None = None) -> ExportPlan:
     """Everything the export will do, decided from headers and configs; writes nothing.
 
     `shard_size` (bytes or e.g. "5GB") repacks the output into files of at most that size;

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -126,7 +127,10 @@ def load_rows(path: Path) -> datasets.Dataset:
     if fmt == "parquet":
         return datasets.Dataset.from_parquet(str(path))
     if fmt == "csv":
-        return datasets.Dataset.from_csv(str(path))
+        # CSV has no types: keep every cell text, as written (pandas made a numeric answer or
+        # prompt an int64, which the trainers then choked on mid-run)
+        with path.open(encoding="utf-8", newline="") as handle:
+            return datasets.Dataset.from_list(list(csv.DictReader(handle)))
     loaded = datasets.load_from_disk(str(_saved_dir(path)))
     return loaded
 
@@ -135,3 +139,180 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     from graftline.engine.common import atomic
 
     atomic.write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+# ------------------------------------------------------------------ row checks before the GPU
+
+# Columns a trainer reads as text (or, conversational, as a list of messages).
+TEXT_COLUMNS = ("prompt", "completion", "chosen", "rejected", "text")
+MAX_ROW_PROBLEMS = 5
+PARQUET_SAMPLE = 512
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """A bad row: `row` is the 1-based line of a JSONL file or the row number elsewhere."""
+    message: str
+    fix: str
+    row: int | None = None
+
+
+def _text_like(value: object) -> bool:
+    if isinstance(value, str):
+        return True
+    return isinstance(value, list) and all(isinstance(m, dict) for m in value)
+
+
+def _value_problem(column: str, value: object) -> tuple[str, str] | None:
+    if value is None:
+        return (f"`{column}` is null", f"give every row a `{column}` value")
+    if isinstance(value, bool) or not _text_like(value):
+        shown = json.dumps(value)[:40]
+        return (f"`{column}` is {type(value).__name__} {shown}, not text",
+                f'write it as a string ("{value}")' if isinstance(value, int | float)
+                else f"make `{column}` a string (or a list of chat messages)")
+    return None
+
+
+def _options(kind: str, columns: set[str]) -> tuple[str, ...] | None:
+    """The column set (of the kind's options) that the data uses."""
+    for option in REQUIRED_COLUMNS.get(kind, ()):
+        if set(option) <= columns:
+            return option
+    return None
+
+
+def check_rows(path: Path, kind: str) -> list[RowProblem]:
+    """Problems a trainer would hit mid-run, found now with file and row. JSONL is streamed in
+    full (syntax, required columns and their types on every line, in bounded memory); parquet is
+    checked by schema plus a bounded sample; CSV is text by nature (load_rows keeps it text)."""
+    path = Path(path)
+    fmt = _format_of(path)
+    if fmt == "jsonl":
+        return _check_jsonl(path, kind)
+    if fmt == "parquet":
+        return _check_parquet(path, kind)
+    return []
+
+
+def _check_jsonl(path: Path, kind: str) -> list[RowProblem]:
+    problems: list[RowProblem] = []
+    needed: tuple[str, ...] | None = None
+    rows = empty = 0
+    completion_column = {"sft": "completion", "eval": "completion"}.get(kind)
+    with path.open(encoding="utf-8", errors="strict") as handle:
+        number = 0
+        while len(problems) < MAX_ROW_PROBLEMS:
+            try:
+                line = handle.readline()
+            except UnicodeDecodeError:
+                problems.append(RowProblem("not UTF-8 text", "save the file as UTF-8",
+                                           number + 1))
+                break
+            if not line:
+                break
+            number += 1
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                problems.append(RowProblem(f"not valid JSON ({exc.msg} at column {exc.colno})",
+                                           "fix or delete this line: one JSON object per line",
+                                           number))
+                continue
+            if not isinstance(row, dict):
+                problems.append(RowProblem(f"a JSON {type(row).__name__}, not an object",
+                                           "write one JSON object per line", number))
+                continue
+            rows += 1
+            if needed is None:
+                needed = _options(kind, set(row)) or ()
+            absent = [c for c in needed if c not in row]
+            if absent:
+                problems.append(RowProblem(
+                    f"no {', '.join(f'`{c}`' for c in absent)} (the first row has "
+                    f"{', '.join(needed)})", "give every row the same columns", number))
+                continue
+            for column in needed:
+                if column in TEXT_COLUMNS and (bad := _value_problem(column, row[column])):
+                    problems.append(RowProblem(bad[0], bad[1], number))
+                    break
+            if completion_column in row and isinstance(row[completion_column], str) \
+                    and not row[completion_column].strip():
+                empty += 1
+    if rows and completion_column and needed and completion_column in needed and empty == rows:
+        problems.append(RowProblem(f"every `{completion_column}` is empty ({rows} rows): the "
+                                   "model would learn to say nothing",
+                                   "check how the file was written", None))
+    return problems
+
+
+def _check_parquet(path: Path, kind: str) -> list[RowProblem]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    problems: list[RowProblem] = []
+    handle = pq.ParquetFile(path)
+    schema = handle.schema_arrow
+    needed = _options(kind, set(schema.names)) or ()
+    for column in needed:
+        if column not in TEXT_COLUMNS:
+            continue
+        kind_of = schema.field(column).type
+        if not (pa.types.is_string(kind_of) or pa.types.is_large_string(kind_of)
+                or pa.types.is_list(kind_of) or pa.types.is_large_list(kind_of)):
+            problems.append(RowProblem(
+                f"column `{column}` is {kind_of}, not text",
+                f"cast it to string before saving (df['{column}'] = df['{column}'].astype(str))"))
+    if problems or "completion" not in needed or kind not in ("sft", "eval"):
+        return problems
+    # a bounded sample: the first rows and the last row group
+    groups = sorted({0, handle.num_row_groups - 1}) if handle.num_row_groups else []
+    start = 0
+    seen = empty = 0
+    for index in range(handle.num_row_groups):
+        size = handle.metadata.row_group(index).num_rows
+        if index in groups:
+            values = handle.read_row_group(index, columns=["completion"]).column(0)
+            for offset, value in enumerate(values.to_pylist()[:PARQUET_SAMPLE]):
+                seen += 1
+                if value is None:
+                    problems.append(RowProblem("`completion` is null",
+                                               "give every row a completion", start + offset + 1))
+                    return problems
+                empty += isinstance(value, str) and not value.strip()
+        start += size
+    if seen and empty == seen:
+        problems.append(RowProblem(f"every sampled `completion` is empty ({seen} rows)",
+                                   "check how the file was written"))
+    return problems
+
+
+def sample_rows(path: Path, count: int = 4) -> list[dict]:
+    """The first `count` rows of a file, read cheaply (what validate calls rewards on)."""
+    path = Path(path)
+    fmt = _format_of(path)
+    rows: list[dict] = []
+    if fmt == "jsonl":
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                if len(rows) >= count:
+                    break
+                if line.strip():
+                    row = json.loads(line)
+                    if isinstance(row, dict):
+                        rows.append(row)
+        return rows
+    if fmt == "csv":
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            return [row for _, row in zip(range(count), reader, strict=False)]
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        handle = pq.ParquetFile(path)
+        batch = next(handle.iter_batches(batch_size=count), None)
+        return batch.to_pylist() if batch is not None else []
+    loaded = datasets.load_from_disk(str(_saved_dir(path)))
+    return [dict(loaded[i]) for i in range(min(count, len(loaded)))]

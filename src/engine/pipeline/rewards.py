@@ -7,9 +7,12 @@ kwargs carry `completion_ids`, `trainer_state` and every dataset column (so `ans
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+import io
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -95,8 +98,19 @@ def resolve_reward(name: str, search_path: Path | None = None) -> Callable[..., 
     if search_path is not None and str(search_path) not in sys.path:
         sys.path.insert(0, str(search_path))
         added = True
+    said = io.StringIO()
     try:
-        module = importlib.import_module(module_name)
+        # a module that parses sys.argv at import prints its usage and calls sys.exit: caught,
+        # with what it printed, instead of ending validate (or the engine)
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            module = importlib.import_module(module_name)
+    except SystemExit as exc:
+        printed = said.getvalue().strip().splitlines()
+        raise RewardError(
+            f"importing '{module_name}' for reward '{name}' called sys.exit({exc.code})"
+            + (f": {printed[-1][:200]}" if printed else ""),
+            "move the module's script code (argparse, sys.exit) under "
+            "`if __name__ == \"__main__\":`") from None
     except Exception as exc:  # any import-time failure is the user's module's, reported whole
         raise RewardError(f"cannot import '{module_name}' for reward '{name}': {exc}",
                           f"put {module_name.replace('.', '/')}.py next to the pipeline file or "
@@ -122,3 +136,95 @@ def named(fn: Callable[..., list[float]], name: str) -> Callable[..., list[float
 
     reward.__name__ = name.replace(":", ".")
     return reward
+
+
+TRIAL_TIMEOUT_S = 20.0
+ANSWER_COLUMNS = ("answer", "solution", "completion")
+
+
+def answer_problem(name: str, columns: list[str]) -> str | None:
+    """A built-in that reads `answer` on data without that column: found before the run."""
+    if name in ("exact_match", "contains_answer") and "answer" not in columns:
+        return (f"reward '{name}' compares with an `answer` column; the data has "
+                f"{', '.join(columns) or 'no columns'}")
+    return None
+
+
+def trial_call(fn: Callable[..., list[float]], name: str, rows: list[dict],
+               timeout_s: float = TRIAL_TIMEOUT_S) -> RewardError | None:
+    """Call a reward on a few real rows, as TRL would (prompts, completions, every column as a
+    keyword), with the row's answer standing in for a completion. A reward that raises, hangs
+    or returns anything but one number (or None) per completion is an error now, not at step 1
+    of the GRPO stage. It runs in a daemon thread so a reward that never returns cannot hang
+    validate."""
+    if not rows:
+        return None
+    prompts = [r.get("prompt", "") for r in rows]
+    completions = [str(next((r[c] for c in ANSWER_COLUMNS if c in r), "")) for r in rows]
+    columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = fn(prompts, completions, completion_ids=[[] for _ in rows],
+                                  trainer_state=None, **columns)
+        except BaseException as exc:  # the user's code: every failure reported, SystemExit too
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=call, daemon=True, name=f"reward-trial-{name}")
+    worker.start()
+    worker.join(timeout_s)
+    fix = "call it yourself on a few rows of the data: fn(prompts, completions, **columns)"
+    if worker.is_alive():
+        return RewardError(f"reward '{name}' did not return within {timeout_s:.0f}s on "
+                           f"{len(rows)} rows", fix)
+    if "error" in outcome:
+        exc = outcome["error"]
+        if isinstance(exc, RewardError):
+            return exc
+        return RewardError(f"reward '{name}' raised {type(exc).__name__}: {exc} on the first "
+                           f"{len(rows)} rows of the data", fix)
+    value = outcome.get("value")
+    if not isinstance(value, list | tuple) or len(value) != len(rows):
+        shown = repr(value)[:60]
+        return RewardError(f"reward '{name}' returned {shown}; TRL needs a list of "
+                           f"{len(rows)} numbers, one per completion",
+                           "return [float(...) for each completion]")
+    bad = [v for v in value if v is not None and (isinstance(v, bool)
+                                                  or not isinstance(v, int | float))]
+    if bad:
+        return RewardError(f"reward '{name}' returned {type(bad[0]).__name__} "
+                           f"{repr(bad[0])[:40]} among its rewards; each must be a number "
+                           "(or None)", "return float(...) for each completion")
+    return None
+
+
+def reward_data_problems(pf: Any, stage: Any, resolved: dict[str, Callable[..., list[float]]]
+                         ) -> list[Any]:
+    """Validate's reward checks that need the data: an `answer` column for the built-ins that
+    read it, and one trial call of every reward on a few real rows."""
+    from graftline.engine.pipeline.datasets import DatasetError, columns_of, sample_rows
+    from graftline.engine.pipeline.problems import Problem
+
+    if stage.data.startswith("@"):
+        return []  # a generate stage's output: it exists only in the run
+    path = pf.resolve(stage.data)
+    try:
+        columns = columns_of(path)
+        rows = sample_rows(path)
+    except (DatasetError, OSError, ValueError):
+        return []  # the data checks report the file itself
+    at = dict(file=str(pf.path), line=pf.line(stage.name, "reward"), stage=stage.name,
+              field="reward")
+    problems = []
+    for name, fn in resolved.items():
+        missing = answer_problem(name, columns)
+        if missing:
+            problems.append(Problem(f"{missing} ({path})", **at,
+                                    fix="add an `answer` column, or use a reward that does not "
+                                        "need one (non_empty, or your own module:function)"))
+            continue
+        failed = trial_call(fn, name, rows)
+        if failed is not None:
+            problems.append(Problem(f"{failed.message} ({path})", **at, fix=failed.fix))
+    return problems

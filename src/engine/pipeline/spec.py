@@ -206,6 +206,7 @@ class Header(Strict):
     seed: int = 0
     quantization: Literal["none", "4bit", "8bit"] = "none"
     probes: list[str] = Field(default_factory=list, description="probe prompts for checks")
+    private: bool = Field(True, description="run directory owner-only (0700, files 0600)")
 
 
 class Defaults(Strict):

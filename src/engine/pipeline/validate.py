@@ -13,7 +13,7 @@ from pathlib import Path
 
 from graftline.engine.common.disk import nearest_existing
 from graftline.engine.common.units import human_bytes
-from graftline.engine.pipeline import spec
+from graftline.engine.pipeline import limits, spec
 from graftline.engine.pipeline.file import CLEANUP_BLOCK, HEADER_BLOCK, PipelineFile, load
 from graftline.engine.pipeline.plan import Plan, build_plan
 from graftline.engine.pipeline.problems import PipelineError, Problem, did_you_mean
@@ -89,18 +89,38 @@ def _data_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
                     **at,
                     fix="rename or add the columns, or point at the right file",
                 )
+            else:  # rows a trainer would choke on mid-run (issue 23): file:row and a fix
+                yield from _row_problems(path, kind, at)
         earlier[stage.name] = step.kind
 
 
+def _row_problems(path: Path, kind: str, at: dict) -> Iterator[Problem]:
+    from graftline.engine.pipeline.datasets import DatasetError, check_rows
+
+    try:
+        found = check_rows(path, kind)
+    except (DatasetError, OSError, ValueError) as exc:
+        found = []
+        yield Problem(f"cannot read dataset {path}: {exc}", **at, fix="check the file's format")
+    for row in found:
+        where = f"{path}:{row.row}" if row.row else str(path)
+        yield Problem(f"{where}: {row.message}", **at, fix=row.fix)
+
+
 def _reward_problems(pf: PipelineFile) -> Iterator[Problem]:
-    from graftline.engine.pipeline.rewards import RewardError, resolve_reward
+    from graftline.engine.pipeline.rewards import (
+        RewardError,
+        resolve_reward,
+        reward_data_problems,
+    )
 
     for stage in pf.pipeline.stage:
         if not isinstance(stage, spec.GRPOStage):
             continue
+        resolved = {}
         for name in stage.reward:
             try:
-                resolve_reward(name, search_path=pf.directory)
+                resolved[name] = resolve_reward(name, search_path=pf.directory)
             except RewardError as exc:
                 yield Problem(
                     f"reward '{name}': {exc.message}",
@@ -110,6 +130,7 @@ def _reward_problems(pf: PipelineFile) -> Iterator[Problem]:
                     "reward",
                     exc.fix,
                 )
+        yield from reward_data_problems(pf, stage, resolved)
         if stage.reward_weights is not None and len(stage.reward_weights) != len(stage.reward):
             yield Problem(
                 f"{len(stage.reward_weights)} reward_weights for {len(stage.reward)} rewards",
@@ -289,6 +310,9 @@ def validate(pf: PipelineFile) -> list[Problem]:
         *_reward_problems(pf),
         *_environment_problems(pf, plan),
         *_cleanup_problems(pf),
+        *limits.name_problems(pf),
+        *limits.lora_problems(pf),
+        *limits.export_problems(pf),
     ]
     order = {s.name: i for i, s in enumerate(pf.pipeline.stage)}
     return sorted(problems, key=lambda p: (order.get(p.stage or "", -1), p.line or 0))

@@ -18,6 +18,8 @@ _EXPORTS = {
     "PIPELINE_COPY": "launch",
     "RUN_META": "launch",
     "client": "client",
+    "reconcile": "reconcile",
+    "Reconciliation": "reconcile",
     "RunInfo": "client",
     "find_run": "client",
     "list_runs": "client",

@@ -19,7 +19,19 @@ from datetime import datetime
 from pathlib import Path
 
 from graftline.engine.common.errors import GraftlineError
-from graftline.engine.common.layout import ENGINE_LOG, PIPELINE_COPY, PIPELINE_HASH, RUN_META
+from graftline.engine.common.layout import (
+    ENGINE_LOG,
+    PIPELINE_COPY,
+    PIPELINE_HASH,
+    RUN_META,
+    STATE,
+)
+from graftline.engine.common.private import (
+    PRIVATE_UMASK,
+    USER_UMASK_ENV,
+    current_umask,
+    make_private,
+)
 from graftline.engine.pipeline.file import PipelineFile
 from graftline.engine.pipeline.problems import PipelineError, Problem
 from graftline.engine.run import state as runstate
@@ -60,6 +72,9 @@ def create_run(pf: PipelineFile, runs_dir: Path) -> Path:
         except FileExistsError:  # a second launch in the same second took the name
             continue
     run_dir = runs_dir / run_id
+    private = pf.pipeline.pipeline.private
+    if private:  # mkdir's mode is cut by the umask, never widened: chmod says it exactly
+        make_private(run_dir)
     digest = sha256_text(pf.text)
     (run_dir / PIPELINE_COPY).write_text(pf.text, encoding="utf-8")
     (run_dir / PIPELINE_HASH).write_text(f"{digest}  {pf.path.name}\n", encoding="utf-8")
@@ -69,6 +84,10 @@ def create_run(pf: PipelineFile, runs_dir: Path) -> Path:
     runstate.write(run_dir, runstate.RunState(run_id, name, status="starting",
                                               heartbeat=time.time(),
                                               stages=len(pf.pipeline.stage)))
+    if private:  # written by this (user-umask) process: tighten them as the engine would
+        for child in (PIPELINE_COPY, PIPELINE_HASH, RUN_META, STATE):
+            if (run_dir / child).is_file():
+                make_private(run_dir / child)
     return run_dir
 
 
@@ -89,11 +108,17 @@ def spawn(run_dir: Path, *, resume: bool = False) -> int:
     command = [sys.executable, "-m", "graftline.engine.run.daemon", str(run_dir)]
     if resume:
         command.append("--resume")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(run_dir / ENGINE_LOG, "ab") as log:
+    # a private run (0700 directory) gets an engine under umask 077; exports still follow the
+    # user's umask, handed over in the environment
+    mine = current_umask()
+    private = (run_dir.stat().st_mode & 0o077) == 0
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{USER_UMASK_ENV: f"{mine:03o}"})
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    with os.fdopen(os.open(run_dir / ENGINE_LOG, flags, 0o600 if private else 0o666),
+                   "ab") as log:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-                                cwd=cwd, env=env)
+                                cwd=cwd, env=env, umask=PRIVATE_UMASK if private else mine)
     return proc.pid
 
 

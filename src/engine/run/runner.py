@@ -9,6 +9,8 @@ Trainer checkpoint (optimizer, scheduler, RNG, global step), so a crash loses at
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import shutil
 import time
@@ -22,6 +24,7 @@ from graftline.engine.backends.base import Backend, BackendError, select_backend
 from graftline.engine.common import atomic
 from graftline.engine.common.control import RunControl
 from graftline.engine.common.layout import DONE
+from graftline.engine.common.private import make_private, umask, user_umask
 from graftline.engine.common.sink import Sink
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline.file import PipelineFile
@@ -71,13 +74,79 @@ def _one_thread_for_tiny_models(base_path: str) -> None:
 
 
 def latest_trainer_checkpoint(directory: Path) -> Path | None:
+    """The newest Trainer checkpoint of a stage that is complete and valid. A kill while the
+    Trainer writes a checkpoint (or rotates an old one away) leaves a half-written directory;
+    resuming from it failed every time (an empty trainer_state.json), although the previous
+    checkpoint was intact."""
+    return next((p for p in trainer_checkpoints(directory) if checkpoint_problem(p) is None),
+                None)
+
+
+def trainer_checkpoints(directory: Path) -> list[Path]:
+    """A stage's Trainer checkpoint directories, newest first (symlinks never followed)."""
     root = directory / TRAINER_DIR
     if not root.is_dir() or root.is_symlink():
-        return None
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := CHECKPOINT.match(p.name)) and p.is_dir() and not p.is_symlink()
-             and (p / "trainer_state.json").is_file()]
-    return max(found)[1] if found else None
+        return []
+    found = sorted(((int(m.group(1)), p) for p in root.iterdir()
+                    if (m := CHECKPOINT.match(p.name)) and p.is_dir() and not p.is_symlink()),
+                   reverse=True)
+    return [p for _, p in found]
+
+
+WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "adapter_model.bin",
+           "pytorch_model.bin")
+TORCH_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth")
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a Trainer checkpoint cannot be resumed from, or None when it can. The Trainer writes
+    trainer_state.json after the weights, optimizer, scheduler and RNG state, so a state file
+    that parses with its global step is the main witness; the weights and torch files are read
+    just far enough to see they are whole (safetensors header and length, zip directory)."""
+    import zipfile
+
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError) as exc:
+        return f"trainer_state.json unreadable ({type(exc).__name__})"
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        return "trainer_state.json has no global_step"
+    weights = [path / name for name in WEIGHTS if (path / name).is_file()]
+    if not weights:
+        return "no weights file"
+    for file in weights:
+        if file.suffix == ".safetensors" and not _whole_safetensors(file):
+            return f"{file.name} is truncated"
+        if file.suffix == ".bin" and not zipfile.is_zipfile(file):
+            return f"{file.name} is truncated"
+    for name in TORCH_FILES:
+        file = path / name
+        if file.exists() and not zipfile.is_zipfile(file):
+            return f"{name} is truncated"
+    return None
+
+
+def _whole_safetensors(file: Path) -> bool:
+    try:
+        with file.open("rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items()
+                   if k != "__metadata__"), default=0)
+        return file.stat().st_size == 8 + size + end
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _warn_half_written(sink: Sink, stage: str, directory: Path, chosen: Path | None) -> None:
+    for path in trainer_checkpoints(directory):
+        if path == chosen:
+            return
+        problem = checkpoint_problem(path)
+        sink.emit("warning", stage, message=f"skipping {path.name}: {problem} (written when the "
+                  "engine was killed); resuming from "
+                  f"{chosen.name if chosen else 'the start of the stage'}",
+                  fix="nothing to do: the next save replaces it")
 
 
 def _fresh_stage_dir(run_dir: Path, directory: Path, keep_trainer: bool) -> None:
@@ -159,6 +228,8 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
                       f"stage '{step.name}'")
             return RunResult("stopped", "stopped", run_dir, statuses)
         resume_from = latest_trainer_checkpoint(directory) if resume else None
+        if resume:
+            _warn_half_written(sink, step.name, directory, resume_from)
         _fresh_stage_dir(run_dir, directory, keep_trainer=resume_from is not None)
         set_seed(header.seed + index)
         ctx = StageContext(
@@ -172,7 +243,13 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
                   max_steps=_max_steps(step), global_step_offset=offset, action=step.action,
                   reference=step.reference,
                   resumed_from=str(resume_from) if resume_from else None)
-        result = _run_stage(ctx)
+        # an export is the user's, written outside the run: the user's umask, not the run's 077
+        with umask(user_umask()) if step.kind == "export" else contextlib.nullcontext():
+            result = _run_stage(ctx)
+        if step.kind == "export" and (run_dir.stat().st_mode & 0o077) == 0:
+            # its record inside a private run stays private (the export itself is elsewhere)
+            for child in directory.iterdir() if directory.is_dir() else ():
+                make_private(child)
         statuses[step.name] = result.status
         if result.status == "failed":
             sink.emit("run_finished", None, status="failed", message=result.message)

@@ -25,8 +25,11 @@ SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_se
 class StageCallback(TrainerCallback):
     def __init__(self, stage: str, sink: Sink, control: RunControl | None,
                  global_step_offset: int = 0,
-                 on_first_log: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_first_log: Callable[[dict[str, Any]], None] | None = None,
+                 on_begin: Callable[[], None] | None = None) -> None:
         self.stage, self.sink, self.control = stage, sink, control
+        # runs once the Trainer has loaded a checkpoint it resumes from, before the first step
+        self.on_begin = on_begin
         # checks that must see the first step (reference margin, loss continuity) fail fast here
         self.on_first_log = on_first_log
         self.offset = global_step_offset
@@ -38,6 +41,8 @@ class StageCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
         self._last = (time.perf_counter(), state.global_step, 0.0)
+        if self.on_begin is not None:
+            self.on_begin()
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
         logs = dict(logs or {})

@@ -18,7 +18,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline.datasets import load_rows
-from graftline.engine.stages import checks, trl_compat
+from graftline.engine.stages import checks, resume, trl_compat
 from graftline.engine.stages.callbacks import StageCallback, summarize
 from graftline.engine.stages.common import (
     StageContext,
@@ -82,8 +82,14 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
             log.record(checks.loss_continuity(previous[0], previous[1], logs.get("loss")))
         spent += time.perf_counter() - began
 
+    def resumed() -> None:
+        # after the Trainer's own checkpoint load, before the first step: a resume that would
+        # train from anything but the checkpoint's weights stops here
+        if ctx.resume_from is not None:
+            log.record(resume.resumed_weights(policy, ctx.resume_from))
+
     callback = StageCallback(ctx.name, ctx.sink, ctx.control, ctx.global_step_offset,
-                             on_first_log=first_log)
+                             on_first_log=first_log, on_begin=resumed)
     trainer = build(model, tokenizer, peft_config, rows, eval_rows, callback)
     # progress goes through the sink; the Trainer's own printer would flood engine.log
     trainer.remove_callback(PrinterCallback)
@@ -105,8 +111,10 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
 
     if ctx.hooks.before_train is not None:
         ctx.hooks.before_train(trainer)
-    resume = str(ctx.resume_from) if ctx.resume_from is not None else None
-    trainer.train(resume_from_checkpoint=resume)
+    if ctx.resume_from is not None:
+        # the Trainer skips the root adapter when the checkpoint has a ref/ subfolder
+        resume.restore_policy(policy, ctx.resume_from)
+    trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
 
     outcome = StageOutcome(kind="adapter", checks=log, history=callback.history)
     outcome.metrics = summarize(callback.history, callback.summary)
