@@ -15,8 +15,8 @@ import json
 import os
 import struct
 from dataclasses import dataclass
+from io import BufferedIOBase
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
@@ -87,12 +87,12 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     return {info.name: info for info in infos}, metadata
 
 
-def read_tensor(handle: BinaryIO, info: TensorInfo) -> torch.Tensor:
+def read_tensor(handle: BufferedIOBase, info: TensorInfo) -> torch.Tensor:
     """One tensor, read straight into its own (writable, contiguous) buffer."""
     tensor = torch.empty(info.shape, dtype=DTYPES[info.dtype])
     if info.nbytes == 0:
         return tensor
-    view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+    view = tensor.reshape(-1).view(torch.uint8).numpy().data
     handle.seek(info.start)
     got = 0
     while got < info.nbytes:
@@ -152,11 +152,11 @@ class StreamWriter:
         self._expect(name, NAMES.get(tensor.dtype), tuple(tensor.shape))
         if tensor.numel():
             flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
-            self._write_all(memoryview(flat.numpy()))
+            self._write_all(flat.numpy().data)
         self._next += 1
         self._start_writeback()
 
-    def copy_from(self, name: str, source: BinaryIO, info: TensorInfo) -> None:
+    def copy_from(self, name: str, source: BufferedIOBase, info: TensorInfo) -> None:
         """A tensor whose bytes do not change, copied file to file inside the kernel
         (copy_file_range): it never enters this process's memory."""
         self._expect(name, info.dtype, info.shape)
@@ -171,7 +171,7 @@ class StreamWriter:
         except OSError:  # a filesystem or kernel without it: read and write instead
             done = info.nbytes - left
             rest = TensorInfo(info.name, "U8", (left,), info.start + done, info.end)
-            self._write_all(memoryview(read_tensor(source, rest).numpy()))
+            self._write_all(read_tensor(source, rest).numpy().data)
         self._next += 1
         self._start_writeback()
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from graftline.engine.common.control import RunControl
 from graftline.engine.common.sink import Sink
@@ -39,12 +39,14 @@ class StageCallback(TrainerCallback):
         self._last: tuple[float, int, float] | None = None  # time, step, tokens
         self._rate: float | None = None
 
-    def on_train_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                **kwargs: Any) -> Any:
         self._last = (time.perf_counter(), state.global_step, 0.0)
         if self.on_begin is not None:
             self.on_begin()
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+               logs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
         logs = dict(logs or {})
         if any(k in logs for k in SUMMARY_KEYS):
             self.summary.update({k: float(v) for k, v in logs.items()
@@ -73,10 +75,11 @@ class StageCallback(TrainerCallback):
             self.on_first_log(record)
         return self._obey(control)
 
-    def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                **kwargs: Any) -> Any:
         return self._obey(control)
 
-    def _obey(self, control):  # type: ignore[no-untyped-def]
+    def _obey(self, control: TrainerControl) -> TrainerControl:
         """Apply the run's control flags. Called after each step and after each log, so a stop
         asked while a step's metrics were being written saves that very step."""
         if self.control is None:
@@ -90,7 +93,8 @@ class StageCallback(TrainerCallback):
             control.should_save = True
         return control
 
-    def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                **kwargs: Any) -> Any:
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         self.sink.emit("checkpoint_saved", self.stage, path=str(path), kind="trainer",
                        id=f"{self.stage}@{state.global_step}", bytes=_bytes(path))

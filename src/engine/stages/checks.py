@@ -143,7 +143,8 @@ def trainable_fraction(model: Any) -> CheckResult:
                 if len(stray_names) < 5:
                     stray_names.append(name)
     fraction = trainable / total if total else 0.0
-    data = {"trainable": trainable, "total": total, "fraction": round(fraction, 6)}
+    data: dict[str, Any] = {"trainable": trainable, "total": total,
+                            "fraction": round(fraction, 6)}
     if trainable and stray == trainable:
         return _result("trainable_fraction", "fail",
                        f"LoRA never applied: {fraction:.0%} of the parameters are trainable and "
@@ -232,7 +233,7 @@ def loss_continuity(previous_stage: str, previous_last: float | None,
                     first: float | None, *, ratio: float = 1.5) -> CheckResult:
     if previous_last is None or first is None:
         return _result("loss_continuity", "pass", "no losses to compare")
-    data = {"previous_last": previous_last, "first": first}
+    data: dict[str, Any] = {"previous_last": previous_last, "first": first}
     if first > previous_last * ratio + 0.05:
         return _result("loss_continuity", "warn",
                        f"first loss {first:.4f} vs {previous_last:.4f} at the end of "
@@ -249,7 +250,7 @@ def reference_start(kind: str, first_logs: dict[str, float], reference: str | No
     """DPO/GRPO start at zero margin / zero KL when the reference is the policy at the start."""
     keys = ("rewards/chosen", "rewards/rejected", "rewards/margins") if kind == "dpo" \
         else ("kl",)
-    seen = {k: float(first_logs[k]) for k in keys if k in first_logs}
+    seen: dict[str, Any] = {k: float(first_logs[k]) for k in keys if k in first_logs}
     if not seen:
         return _result("reference_start", "pass",
                        "no reference term logged (GRPO with beta = 0 has none)")

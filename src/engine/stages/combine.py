@@ -8,6 +8,7 @@ used exactly as given unless `normalize = true`, and both are recorded in the ma
 from __future__ import annotations
 
 from graftline.engine.lineage import manifest as mf
+from graftline.engine.pipeline import spec
 from graftline.engine.stages import checks
 from graftline.engine.stages.common import (
     StageContext,
@@ -22,10 +23,10 @@ from graftline.engine.stages.common import (
 def run(ctx: StageContext) -> StageOutcome:
     from peft import PeftModel
 
-    stage = ctx.stage
-    names: list[str] = list(stage.adapters)  # type: ignore[attr-defined]
-    weights = [float(w) for w in stage.weights]  # type: ignore[attr-defined]
-    if stage.normalize:  # type: ignore[attr-defined]
+    stage = ctx.spec_as(spec.CombineStage)
+    names: list[str] = list(stage.adapters)
+    weights = [float(w) for w in stage.weights]
+    if stage.normalize:
         total = sum(weights)
         weights = [w / total for w in weights]
     found = [mf.read(stage_dir(ctx.run_dir, n)) for n in names]
@@ -43,12 +44,12 @@ def run(ctx: StageContext) -> StageOutcome:
     for part, name in zip(parts[1:], names[1:], strict=True):
         model.load_adapter(str(stage_dir(ctx.run_dir, name)), adapter_name=part)
     kwargs = {}
-    if stage.svd_rank is not None:  # type: ignore[attr-defined]
-        kwargs["svd_rank"] = stage.svd_rank  # type: ignore[attr-defined]
-    if stage.density is not None:  # type: ignore[attr-defined]
-        kwargs["density"] = stage.density  # type: ignore[attr-defined]
+    if stage.svd_rank is not None:
+        kwargs["svd_rank"] = stage.svd_rank
+    if stage.density is not None:
+        kwargs["density"] = stage.density
     model.add_weighted_adapter(parts, weights, adapter_name=checks.ADAPTER,
-                               combination_type=stage.method, **kwargs)  # type: ignore[attr-defined]
+                               combination_type=stage.method, **kwargs)
     model.set_adapter(checks.ADAPTER)
     for part in parts:
         model.delete_adapter(part)
@@ -61,8 +62,8 @@ def run(ctx: StageContext) -> StageOutcome:
     outcome = StageOutcome(kind="combined", checks=log, base=str(base))
     outcome.lora = lora_spec_from_config(model.peft_config[checks.ADAPTER])
     outcome.parents = [parent_ref(ctx, "combined_from", n) for n in names]
-    outcome.extra["combine"] = {"method": stage.method, "adapters": names,  # type: ignore[attr-defined]
-                                "weights_given": list(stage.weights),  # type: ignore[attr-defined]
+    outcome.extra["combine"] = {"method": stage.method, "adapters": names,
+                                "weights_given": list(stage.weights),
                                 "weights_used": weights,
-                                "normalized": bool(stage.normalize)}  # type: ignore[attr-defined]
+                                "normalized": bool(stage.normalize)}
     return outcome

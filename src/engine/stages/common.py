@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -17,6 +17,8 @@ from graftline.engine.common.sink import Sink
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import spec
 from graftline.engine.stages.checks import CheckLog
+
+StageSpec = TypeVar("StageSpec", bound=spec.StageBase)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,14 @@ class StageContext:
         from graftline.engine.pipeline.datasets import resolve_data
 
         return resolve_data(ref, self.search_dir, self.run_dir)
+
+    def spec_as(self, kind: type[StageSpec]) -> StageSpec:
+        """The stage's spec as its own kind's model. The runner dispatches on the kind, so this
+        holds; the check turns a dispatch bug into a clear error instead of a wrong attribute."""
+        if not isinstance(self.stage, kind):
+            raise TypeError(f"stage '{self.name}' is a {type(self.stage).__name__}, "
+                            f"not a {kind.__name__}")
+        return self.stage
 
 
 @dataclass

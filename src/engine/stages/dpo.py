@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from graftline.engine.pipeline import spec
 from graftline.engine.stages.callbacks import StageCallback
 from graftline.engine.stages.common import StageContext, StageOutcome
 from graftline.engine.stages.trainer_args import common_args
@@ -19,11 +20,11 @@ def build_trainer(ctx: StageContext, model: Any, tokenizer: Any, peft_config: An
                   eval_rows: Any, callback: StageCallback) -> Any:
     from trl import DPOConfig, DPOTrainer
 
-    stage = ctx.stage
+    stage = ctx.spec_as(spec.DPOStage)
     train = ctx.step.train
     config = DPOConfig(**common_args(ctx, train), max_length=train.max_length,
-                       loss_type=[stage.loss], beta=stage.beta,  # type: ignore[attr-defined]
-                       precompute_ref_log_probs=stage.precompute_ref)  # type: ignore[attr-defined]
+                       loss_type=[stage.loss], beta=stage.beta,
+                       precompute_ref_log_probs=stage.precompute_ref)
     return DPOTrainer(model=model, ref_model=None, args=config, train_dataset=rows,
                       eval_dataset=eval_rows, processing_class=tokenizer,
                       peft_config=peft_config, callbacks=[callback])

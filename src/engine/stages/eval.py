@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from graftline.engine.pipeline import spec
 from graftline.engine.pipeline.datasets import load_rows
 from graftline.engine.pipeline.rewards import completion_text
 from graftline.engine.stages.common import StageContext, StageOutcome, load_checkpoint_model
@@ -70,16 +71,16 @@ def expected_answer(row: dict[str, Any]) -> str | None:
 
 
 def run(ctx: StageContext) -> StageOutcome:
-    stage = ctx.stage
+    stage = ctx.spec_as(spec.EvalStage)
     model, tokenizer, _ = load_checkpoint_model(ctx, ctx.step.parent)
-    rows = load_rows(ctx.data_path(stage.data)).to_list()  # type: ignore[attr-defined]
-    if stage.limit:  # type: ignore[attr-defined]
-        rows = rows[:stage.limit]  # type: ignore[attr-defined]
+    rows = load_rows(ctx.data_path(stage.data)).to_list()
+    if stage.limit:
+        rows = rows[:stage.limit]
     evaluation: dict[str, float] = {"rows": float(len(rows))}
-    if "loss" in stage.metrics:  # type: ignore[attr-defined]
+    if "loss" in stage.metrics:
         evaluation["loss"] = completion_loss(model, tokenizer, rows)
     answers = [expected_answer(r) for r in rows]
-    if "exact_match" in stage.metrics and "prompt" in rows[0] and all(  # type: ignore[attr-defined]
+    if "exact_match" in stage.metrics and "prompt" in rows[0] and all(
             a is not None for a in answers):
         longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
         got = complete(model, tokenizer, [r["prompt"] for r in rows],

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from graftline.engine.lineage import manifest as mf
+from graftline.engine.pipeline import spec
 from graftline.engine.stages import checks
 from graftline.engine.stages.common import (
     StageContext,
@@ -32,7 +33,7 @@ def plain_export(ctx: StageContext, out: Path) -> StageOutcome:
     expected = checks.logits(model, ids)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    dtype = DTYPES[ctx.stage.dtype]  # type: ignore[attr-defined]
+    dtype = DTYPES[ctx.spec_as(spec.ExportStage).dtype]
     model.to(dtype)
     model.config.name_or_path = str(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -45,7 +46,7 @@ def plain_export(ctx: StageContext, out: Path) -> StageOutcome:
                                   name="export_equal"))
     outcome = StageOutcome(kind="export", checks=log, out_dir=out)
     outcome.parents = [parent_ref(ctx, "exported_from", ctx.step.parent)]
-    outcome.extra = {"dtype": ctx.stage.dtype, "out": str(out)}  # type: ignore[attr-defined]
+    outcome.extra = {"dtype": ctx.spec_as(spec.ExportStage).dtype, "out": str(out)}
     if source is not None:
         outcome.lora = source.lora
     return outcome
@@ -58,13 +59,13 @@ def streaming_export(ctx: StageContext, out: Path) -> StageOutcome | None:
         from graftline.engine.export.writer import plan_export, run_export
     except ImportError:
         return None
-    stage = ctx.stage
+    stage = ctx.spec_as(spec.ExportStage)
     checkpoint = ctx.dir_of(ctx.step.parent)
     try:
-        plan = plan_export(checkpoint, out, dtype=stage.dtype,  # type: ignore[attr-defined]
-                           formats=tuple(stage.formats), force=stage.force,  # type: ignore[attr-defined]
-                           shard_size=stage.shard_size,  # type: ignore[attr-defined]
-                           gguf_type=stage.gguf_type)  # type: ignore[attr-defined]
+        plan = plan_export(checkpoint, out, dtype=stage.dtype,
+                           formats=tuple(stage.formats), force=stage.force,
+                           shard_size=stage.shard_size,
+                           gguf_type=stage.gguf_type)
     except ExportRefused as exc:
         raise checks.StageFailed(ctx.name, f"export refused: {exc.message}", "",
                                  exc.fix or "") from None
@@ -76,19 +77,19 @@ def streaming_export(ctx: StageContext, out: Path) -> StageOutcome | None:
     # the exporter wrote and completed the manifest in `out`; the stage keeps a marker only
     outcome = StageOutcome(kind=None)
     outcome.extra = {"out": str(out), "export_id": result.manifest.id,
-                     "dtype": stage.dtype}  # type: ignore[attr-defined]
+                     "dtype": stage.dtype}
     outcome.metrics = {"bytes": float(result.bytes), "export_seconds": result.seconds}
     return outcome
 
 
 def run(ctx: StageContext) -> StageOutcome:
-    stage = ctx.stage
-    out = ctx.resolve(stage.out)  # type: ignore[attr-defined]
+    stage = ctx.spec_as(spec.ExportStage)
+    out = ctx.resolve(stage.out)
     if ctx.step.parent is not None:
         streamed = streaming_export(ctx, out)
         if streamed is not None:
             return streamed
-    if out.exists() and any(out.iterdir()) and not stage.force:  # type: ignore[attr-defined]
+    if out.exists() and any(out.iterdir()) and not stage.force:
         found = mf.read(out)
         if found is None or found.kind != "export":
             raise checks.StageFailed(ctx.name, f"the export directory {out} exists and is not "

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from graftline.engine.pipeline import spec
 from graftline.engine.pipeline.datasets import GENERATED, load_rows, write_jsonl
 from graftline.engine.pipeline.rewards import completion_text
 from graftline.engine.stages.common import StageContext, StageOutcome, load_checkpoint_model
@@ -54,17 +55,17 @@ def complete(model: Any, tokenizer: Any, prompts: list[Any], *, max_new_tokens: 
 
 
 def run(ctx: StageContext) -> StageOutcome:
-    stage = ctx.stage
+    stage = ctx.spec_as(spec.GenerateStage)
     model, tokenizer, _ = load_checkpoint_model(ctx, ctx.step.parent)
-    rows = load_rows(ctx.data_path(stage.prompts)).to_list()  # type: ignore[attr-defined]
+    rows = load_rows(ctx.data_path(stage.prompts)).to_list()
     prompts = [r["prompt"] for r in rows]
     written: list[dict[str, Any]] = []
-    for sample in range(stage.num_samples):  # type: ignore[attr-defined]
-        texts = complete(model, tokenizer, prompts, max_new_tokens=stage.max_new_tokens,  # type: ignore[attr-defined]
-                         temperature=stage.temperature, seed=ctx.seed + sample)  # type: ignore[attr-defined]
+    for sample in range(stage.num_samples):
+        texts = complete(model, tokenizer, prompts, max_new_tokens=stage.max_new_tokens,
+                         temperature=stage.temperature, seed=ctx.seed + sample)
         for row, text in zip(rows, texts, strict=True):
             if stage.keep == "correct" and "answer" in row and \
-                    completion_text(text).strip() != str(row["answer"]).strip():  # type: ignore[attr-defined]
+                    completion_text(text).strip() != str(row["answer"]).strip():
                 continue
             completion: Any = [{"role": "assistant", "content": text}] \
                 if isinstance(row["prompt"], list) else text
@@ -73,7 +74,7 @@ def run(ctx: StageContext) -> StageOutcome:
     outcome = StageOutcome(kind=None)
     outcome.metrics = {"rows": float(len(written)), "prompts": float(len(rows))}
     if "answer" in (rows[0] if rows else {}):
-        outcome.metrics["kept_fraction"] = len(written) / max(1, len(rows) * stage.num_samples)  # type: ignore[attr-defined]
+        outcome.metrics["kept_fraction"] = len(written) / max(1, len(rows) * stage.num_samples)
     ctx.sink.emit("info", ctx.name, message=f"wrote {len(written)} rows to "
                                            f"{ctx.stage_dir / GENERATED}")
     return outcome

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from graftline.engine.pipeline import spec
 from graftline.engine.pipeline.rewards import named, resolve_reward
 from graftline.engine.stages.callbacks import StageCallback
 from graftline.engine.stages.common import StageContext, StageOutcome
@@ -24,27 +25,27 @@ def build_trainer(ctx: StageContext, model: Any, tokenizer: Any, peft_config: An
                   eval_rows: Any, callback: StageCallback) -> Any:
     from trl import GRPOConfig, GRPOTrainer
 
-    stage = ctx.stage
+    stage = ctx.spec_as(spec.GRPOStage)
     train = ctx.step.train
     args = common_args(ctx, train)
-    batch = batch_for(train.batch_size, stage.num_generations)  # type: ignore[attr-defined]
+    batch = batch_for(train.batch_size, stage.num_generations)
     if batch != train.batch_size:
         ctx.sink.emit("warning", ctx.name,
                       message=f"batch_size {train.batch_size} → {batch}: GRPO needs whole groups "
-                              f"of num_generations = {stage.num_generations}",  # type: ignore[attr-defined]
+                              f"of num_generations = {stage.num_generations}",
                       fix="set batch_size to a multiple of num_generations")
     args["per_device_train_batch_size"] = batch
     args["per_device_eval_batch_size"] = batch
     # reward functions read dataset columns (e.g. `answer`): keep them in the batches
     args["remove_unused_columns"] = False
-    rewards = [named(resolve_reward(n, ctx.search_dir), n) for n in stage.reward]  # type: ignore[attr-defined]
+    rewards = [named(resolve_reward(n, ctx.search_dir), n) for n in stage.reward]
     config = GRPOConfig(
         **args,
-        num_generations=stage.num_generations,  # type: ignore[attr-defined]
-        max_completion_length=stage.max_completion_length,  # type: ignore[attr-defined]
-        temperature=stage.temperature,  # type: ignore[attr-defined]
-        beta=stage.beta,  # type: ignore[attr-defined]
-        reward_weights=stage.reward_weights,  # type: ignore[attr-defined]
+        num_generations=stage.num_generations,
+        max_completion_length=stage.max_completion_length,
+        temperature=stage.temperature,
+        beta=stage.beta,
+        reward_weights=stage.reward_weights,
         log_completions=False,
     )
     return GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=rows,

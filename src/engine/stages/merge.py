@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from graftline.engine.pipeline import spec
 from graftline.engine.stages import checks
 from graftline.engine.stages.common import (
     StageContext,
@@ -29,7 +30,7 @@ def run(ctx: StageContext) -> StageOutcome:
     expected = checks.logits(adapter_model, ids)
     merged = adapter_model.merge_and_unload()
     out = ctx.stage_dir
-    dtype = DTYPES[ctx.stage.dtype]  # type: ignore[attr-defined]
+    dtype = DTYPES[ctx.spec_as(spec.MergeStage).dtype]
     merged.to(dtype)
     merged.config.name_or_path = str(out)
     ctx.backend.save_merged(merged, tokenizer, out)
@@ -42,5 +43,5 @@ def run(ctx: StageContext) -> StageOutcome:
     outcome.parents = [parent_ref(ctx, "merged_from", ctx.step.parent)]
     if source is not None and source.base:
         outcome.extra["merged_into"] = source.base
-    outcome.extra["dtype"] = ctx.stage.dtype  # type: ignore[attr-defined]
+    outcome.extra["dtype"] = ctx.spec_as(spec.MergeStage).dtype
     return outcome

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from graftline.engine.pipeline import spec
 from graftline.engine.stages.callbacks import StageCallback
 from graftline.engine.stages.common import StageContext, StageOutcome
 from graftline.engine.stages.trainer_args import common_args
@@ -16,7 +17,7 @@ def build_trainer(ctx: StageContext, model: Any, tokenizer: Any, peft_config: An
 
     train = ctx.step.train
     config = SFTConfig(**common_args(ctx, train), max_length=train.max_length,
-                       assistant_only_loss=ctx.stage.assistant_only_loss,  # type: ignore[attr-defined]
+                       assistant_only_loss=ctx.spec_as(spec.SFTStage).assistant_only_loss,
                        packing=False)
     return SFTTrainer(model=model, args=config, train_dataset=rows, eval_dataset=eval_rows,
                       processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])

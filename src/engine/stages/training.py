@@ -17,6 +17,7 @@ import datasets
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from graftline.engine.lineage import manifest as mf
+from graftline.engine.pipeline import spec
 from graftline.engine.pipeline.datasets import load_rows
 from graftline.engine.stages import checks, resume, trl_compat
 from graftline.engine.stages.callbacks import StageCallback, summarize
@@ -61,11 +62,11 @@ def _previous_sft_loss(ctx: StageContext) -> tuple[str, float | None] | None:
 
 
 def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
-    stage, step = ctx.stage, ctx.step
+    stage, step = ctx.spec_as(spec.TrainingStage), ctx.step
     log = checks.CheckLog(ctx.name, ctx.sink)
     spent = 0.0
-    rows = load_rows(ctx.data_path(stage.data))  # type: ignore[attr-defined]
-    eval_rows = load_rows(ctx.data_path(stage.eval_data)) if getattr(stage, "eval_data", None) \
+    rows = load_rows(ctx.data_path(stage.data))
+    eval_rows = load_rows(ctx.data_path(stage.eval_data)) if stage.eval_data \
         else None
     trl_compat.install()
     # progress reaches the console through the sink; bars would only fill engine.log
