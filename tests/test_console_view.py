@@ -52,8 +52,12 @@ def test_live_run_progress_eta_and_default_metric(tmp_path: Path) -> None:
     ipo = model.current_stage
     assert ipo.status == "running" and ipo.step == 10 and ipo.progress == 0.5
     assert model.default_metric() == "rewards/margins"
-    # ETA: the rest of ipo (10 steps at 4/s) + grpo (20 steps at 4/s).
-    assert abs(model.eta() - (10 / 4 + 20 / 4)) < 1e-6
+    # ETA per stage from measured rates: the rest of ipo at its own live rate (10 steps at
+    # 4/s); grpo has no rate of its own yet, so it borrows the finished training stages'
+    # (sft, sft_r16: 20 steps in 10 s each); merge is done.
+    assert abs(model.stage_eta(ipo) - 10 / 4) < 1e-6
+    assert abs(model.stage_eta(model.stages[-1]) - 20 * 10 / 20) < 1e-6
+    assert abs(model.eta() - (10 / 4 + 20 * 10 / 20)) < 1e-6
     assert model.stages[-1].status == "pending"
 
 
