@@ -118,3 +118,27 @@ def test_formatting_helpers() -> None:
     assert human_bytes(1_500_000) == "1.5 MB" and human_bytes(None) == "—"
     assert human_seconds(3725) == "1:02:05" and human_seconds(65) == "1:05"
     assert format_metric(0.123456) == "0.1235" and format_metric(1e-6) == "1.00e-06"
+
+
+def test_resume_keeps_earlier_results_and_eta_counts_stages_without_steps(
+        tmp_path: Path) -> None:
+    """A resume's `skipped` is "done earlier", with the earlier results kept; the ETA includes
+    stages that count no steps, at their kind's measured time."""
+    run = write_synthetic_run(tmp_path / "r", steps_per_stage=20, stop_in="ipo", finish=False)
+    from graftline.engine.run.events import EventWriter
+
+    with EventWriter(run) as writer:
+        writer.emit("run_started", run="r", pipeline="demo.toml", backend="hf", resumed=True,
+                    stages=[])
+        writer.emit("stage_finished", "sft", kind="sft", status="skipped", seconds=0.0,
+                    metrics={}, evaluation={})
+    model = fold(read_events(run / "events.jsonl")[0])
+    sft = model.stages[0]
+    assert sft.display_status("running") == "done earlier" and sft.seconds == 10.0
+    assert sft.exportable is not None and model.resumes == 1
+    # a second merge would take what the first one took
+    merged = model.stages[1]
+    assert model.seconds_per_stage("merge") == merged.seconds == 10.0
+    # the final model so far: the newest exportable checkpoint in pipeline order
+    final = model.final_checkpoint()
+    assert final is not None and final[0].name == "sft_r16"

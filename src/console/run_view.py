@@ -294,7 +294,7 @@ class RunModel:
             # its own kind first; a kind not measured yet borrows every training stage's rate
             seconds = steps = 0.0
             for stage in self.stages:
-                if stage.kind not in kinds or stage.status != "complete" or stage.done_earlier:
+                if stage.kind not in kinds or stage.status not in ("complete", "skipped"):
                     continue
                 ran = (stage.max_steps or stage.step) - stage.started_step
                 if stage.seconds and ran > 0:
@@ -311,7 +311,7 @@ class RunModel:
     def seconds_per_stage(self, kind: str) -> float | None:
         """Measured seconds of a stage with no steps (merge, eval, export …): the mean so far."""
         took = [float(s.seconds) for s in self.stages
-                if s.kind == kind and s.status == "complete" and s.seconds and not s.done_earlier]
+                if s.kind == kind and s.status in ("complete", "skipped") and s.seconds]
         return sum(took) / len(took) if took else None
 
     def stage_eta(self, stage: StageView) -> float | None:
