@@ -22,7 +22,8 @@ from graftline.engine.run import Event
 
 # Metrics the chart can show, in the order the `m` key cycles them.
 CHART_METRICS: tuple[str, ...] = (
-    "loss", "rewards/margins", "rewards/accuracies", "reward", "kl", "learning_rate", "grad_norm",
+    "loss", "eval_loss", "rewards/margins", "rewards/accuracies", "reward", "kl",
+    "learning_rate", "grad_norm",
 )
 # What a stage of each kind is judged by, in the pipeline table and as the chart's default.
 KEY_METRIC: dict[str, str] = {"sft": "loss", "dpo": "rewards/margins", "grpo": "reward"}
