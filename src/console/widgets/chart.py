@@ -250,7 +250,7 @@ class MetricChart(Widget):
         if by_stage:
             names = " · ".join(f"{s.name} {short_metric(s.metric)}" for s in self._segments)
             title = Text.assemble(("by stage", "bold"), f"  {names}" if names else "",
-                                  ("  (each stage on its own scale)", "dim"))
+                                  ("  (own scale each)", "dim"))
         else:
             title = Text.assemble((self._shown, "bold"), "  latest ",
                                   (format_metric(self._latest), "bold"))
