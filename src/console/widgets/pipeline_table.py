@@ -136,8 +136,10 @@ class PipelineTable(DataTable):
         if live:
             widths[4] = ETA_WIDTH
         # the reference gets what is left of the table's width, with an ellipsis where it is cut
-        room = self.size.width - sum(w + 2 for w in widths[:-1]) - 2 - 1
-        if self.size.width and room < widths[-1]:
+        visible = self.scrollable_content_region.width
+        pad = 2 * self.cell_padding
+        room = visible - sum(w + pad for w in widths[:-1]) - pad
+        if visible and room < widths[-1]:
             widths[-1] = max(MIN_REFERENCE, room)
             rows = [(*row[:-1], fit(str(row[-1]), widths[-1])) for row in rows]
         signature = (tuple(tuple(str(c) for c in row) for row in rows), self.following)
