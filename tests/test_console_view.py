@@ -142,3 +142,32 @@ def test_resume_keeps_earlier_results_and_eta_counts_stages_without_steps(
     # the final model so far: the newest exportable checkpoint in pipeline order
     final = model.final_checkpoint()
     assert final is not None and final[0].name == "sft_r16"
+
+
+def test_eta_per_stage_kind_from_measured_rates(tmp_path: Path) -> None:
+    """GRPO steps cost several SFT steps: each kind's own measured rate, never one global one;
+    stages with no steps (merge, export) count at their kind's measured time."""
+    from graftline.engine.run.events import EventWriter
+
+    run = tmp_path / "r"
+    run.mkdir()
+    plan = [("sft", "sft", 20), ("merged", "merge", None), ("grpo", "grpo", 10),
+            ("grpo2", "grpo", 10), ("merged2", "merge", None), ("sft2", "sft", 20)]
+    with EventWriter(run) as w:
+        w.emit("run_started", run="r", pipeline="p", backend="hf", resumed=False,
+               stages=[{"name": n, "kind": k, "max_steps": m} for n, k, m in plan])
+        w.emit("stage_started", "sft", kind="sft", index=0, max_steps=20, global_step_offset=0)
+        w.emit("stage_finished", "sft", kind="sft", status="complete", seconds=10.0)
+        w.emit("stage_started", "merged", kind="merge", index=1, global_step_offset=20)
+        w.emit("stage_finished", "merged", kind="merge", status="complete", seconds=30.0)
+        w.emit("stage_started", "grpo", kind="grpo", index=2, max_steps=10,
+               global_step_offset=20)
+        w.emit("metrics", "grpo", step=4, global_step=24, max_steps=10, reward=0.5,
+               steps_per_s=0.25, eta_s=24.0)
+    model = fold(read_events(run / "events.jsonl")[0])
+    by_name = {s.name: s for s in model.stages}
+    assert model.stage_eta(by_name["grpo"]) == 6 / 0.25  # its own live rate
+    assert model.stage_eta(by_name["grpo2"]) == 10 / 0.25  # the GRPO rate, not SFT's 2 steps/s
+    assert model.stage_eta(by_name["merged2"]) == 30.0  # as long as the first merge took
+    assert model.stage_eta(by_name["sft2"]) == 20 * (10.0 / 20)  # SFT's measured rate
+    assert model.eta() == 24 + 40 + 30 + 10
