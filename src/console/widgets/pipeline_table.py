@@ -136,7 +136,9 @@ class PipelineTable(DataTable):
         if live:
             widths[4] = ETA_WIDTH
         # the reference gets what is left of the table's width, with an ellipsis where it is cut
-        visible = self.scrollable_content_region.width
+        # the widget's width less a vertical scrollbar's, whether or not one shows right now:
+        # the same answer before and after layout settles
+        visible = max(0, self.size.width - self.styles.scrollbar_size_vertical)
         pad = 2 * self.cell_padding
         room = visible - sum(w + pad for w in widths[:-1]) - pad
         if visible and room < widths[-1]:
