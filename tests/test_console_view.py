@@ -171,3 +171,17 @@ def test_eta_per_stage_kind_from_measured_rates(tmp_path: Path) -> None:
     assert model.stage_eta(by_name["merged2"]) == 30.0  # as long as the first merge took
     assert model.stage_eta(by_name["sft2"]) == 20 * (10.0 / 20)  # SFT's measured rate
     assert model.eta() == 24 + 40 + 30 + 10
+
+
+def test_labels_for_rows_evaluation_and_gpu() -> None:
+    from graftline.console.run_view import evaluation_text, gpu_reason_label
+    from graftline.console.widgets.pipeline_table import fit
+
+    assert fit("sft_r16 at start", 8) == "sft_r16…" and fit("short", 8) == "short"
+    assert fit("sft_r16 at start", 8, "...") == "sft_r..."
+    assert evaluation_text({"rows": 200.0, "loss": 0.41234, "exact_match": 0.79}) == \
+        "loss 0.4123, exact_match 79.0% (200 rows)"
+    assert evaluation_text({"exact_match": 0.5}, short=True) == "eval exact 50.0%"
+    assert evaluation_text({}) == ""
+    raw = "no GPU: NVMLError_LibraryNotFound: NVML Shared Library Not Found"
+    assert gpu_reason_label(raw) == "no NVIDIA driver" and "NVML" not in gpu_reason_label(raw)

@@ -36,11 +36,13 @@ def progress_bar(fraction: float | None, width: int, ascii_only: bool = False) -
     return full * filled + empty * (width - filled)
 
 
-def fit(text: str, width: int) -> str:
+def fit(text: str, width: int, ellipsis: str = "…") -> str:
     """`text` in at most `width` cells, an ellipsis marking a cut."""
     if width <= 0:
         return ""
-    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+    if len(text) <= width:
+        return text
+    return text[: max(0, width - len(ellipsis))] + ellipsis
 
 
 class PipelineTable(DataTable):
@@ -143,7 +145,8 @@ class PipelineTable(DataTable):
         room = visible - sum(w + pad for w in widths[:-1]) - pad
         if visible and room < widths[-1]:
             widths[-1] = max(MIN_REFERENCE, room)
-            rows = [(*row[:-1], fit(str(row[-1]), widths[-1])) for row in rows]
+            mark = "..." if self.ascii_only else "…"
+            rows = [(*row[:-1], fit(str(row[-1]), widths[-1], mark)) for row in rows]
         signature = (tuple(tuple(str(c) for c in row) for row in rows), self.following)
         target = self.followed_stage(model) if self.following else None
         if signature == self._signature:
