@@ -249,6 +249,11 @@ async def test_finished_run_with_evaluation_shows_it(tmp_path: Path) -> None:
         await pilot.press("m")  # "by stage" → loss
         await pilot.pause(0.2)
         assert "◆ eval" in screen_text(app)
+        # p on a finished run answers in words, not with a socket error
+        await pilot.press("p")
+        await wait_for(pilot, lambda: any("has finished" in n.message
+                                          for n in app._notifications), what="p's answer")
+        assert not any("control socket" in n.message for n in app._notifications)
 
 
 async def test_checks_panel_follows_a_live_run_until_the_cursor_moves(tmp_path: Path) -> None:
