@@ -141,8 +141,10 @@ class DashboardScreen(Screen[None]):
         hidden = [] if self.side_shown() else ["resources", "checks"]
         if self.zoom:
             hidden = ["others"]
-        log.border_subtitle = (f"{' & '.join(hidden)} hidden: "
-                               f"{'z' if self.zoom else 'c'} shows") if hidden else ""
+        subtitle = (f"{' & '.join(hidden)} hidden: "
+                    f"{'z' if self.zoom else 'c'} shows") if hidden else ""
+        if log.border_subtitle != subtitle:  # a set repaints the log, even to the same text
+            log.border_subtitle = subtitle
 
     def action_toggle_side(self) -> None:
         self.toggle_class("-side-toggled")

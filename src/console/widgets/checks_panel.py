@@ -45,7 +45,9 @@ class ChecksPanel(VerticalScroll):
             return
         passed = sum(c.status == "pass" for c in stage.checks)
         count = f" {passed}/{len(stage.checks)} pass" if stage.checks else ""
-        self.border_title = f"checks · {stage.name}{count}"
+        title = f"checks · {stage.name}{count}"
+        if self.border_title != title:  # a set repaints, even to the same text
+            self.border_title = title
         if not stage.checks:
             self.lines = []
             self.show(Text("no checks yet" if stage.status in ("pending", "running")
