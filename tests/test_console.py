@@ -53,7 +53,9 @@ async def test_dashboard_shows_the_recorded_run(recorded: Path) -> None:
         for stage in ("sft", "merged", "sft_r8", "ipo"):
             assert stage in text
         assert "complete" in text and "continue" in text
-        assert "loss" in text and "no GPU" in text and "run finished" in text
+        assert "loss" in text and "run finished" in text
+        # the engine has exited: no stale CPU or memory figures
+        assert "engine not running" in text and "CPU" not in text
         model = screen.follower.model
         assert [s.status for s in model.stages] == ["complete"] * 4
         assert len(model.series["loss"]) >= 10
@@ -63,13 +65,18 @@ async def test_navigate_stages_updates_the_checks_panel(recorded: Path) -> None:
     app = make_app(recorded, recorded.parent)
     async with app.run_test(size=WIDE) as pilot:
         screen = await loaded_dashboard(pilot)
-        assert screen.selected_stage == "sft"
-        await pilot.press("down", "down")
-        assert screen.selected_stage == "sft_r8"
+        # a finished run: the cursor starts on the stage holding the final model
+        assert screen.selected_stage == "ipo" and screen.following
+        await pilot.press("up")
+        assert screen.selected_stage == "sft_r8" and not screen.following
         checks = app.screen.query_one(ChecksPanel)
         assert "sft_r8" in str(checks.border_title)
+        # each check with its message, not a bare name
+        assert any("continues 'sft'" in line.plain for line in checks.lines)
         await pilot.press("up")
         assert screen.selected_stage == "merged"
+        await pilot.press("f")
+        await wait_for(pilot, lambda: screen.selected_stage == "ipo", what="following again")
 
 
 async def test_switch_chart_metric(recorded: Path) -> None:
@@ -78,11 +85,16 @@ async def test_switch_chart_metric(recorded: Path) -> None:
         await loaded_dashboard(pilot)
         chart = app.screen.query_one(MetricChart)
         first = chart.shown_metric
-        assert first in chart.metrics and len(chart.metrics) >= 3
+        # by default each training stage shows its kind's metric on its own scale, named
+        assert first == "by stage" and len(chart.metrics) >= 3
+        assert [(s.name, s.metric) for s in chart.segments] == [
+            ("sft", "loss"), ("sft_r8", "loss"), ("ipo", "rewards/margins")]
+        text = screen_text(app)
+        assert "sft loss" in text and "ipo margin" in text
         await pilot.press("m")
         second = chart.shown_metric
-        assert second != first and second in screen_text(app)
-        for _ in range(len(chart.metrics) - 1):
+        assert second == chart.metrics[0] and second in screen_text(app)
+        for _ in range(len(chart.metrics)):
             await pilot.press("m")
         assert chart.shown_metric == first
 
@@ -215,18 +227,21 @@ async def test_export_a_tiny_model_from_lineage(recorded: Path, tmp_path: Path) 
         await pilot.pause()
         await pilot.press("e")
         await wait_for(pilot, lambda: isinstance(app.screen, ExportModal)
-                       and app.screen.planned > 0, what="the export plan")
+                       and app.screen.planned > 0, timeout=60, what="the export plan")
         modal = app.screen
         assert modal.plan is not None, screen_text(app)
         text = screen_text(app)
         assert "merged" in text and "ipo" in text  # the chain that will be applied
         out = tmp_path / "exported"
         modal.query_one("#out", Input).value = str(out)
-        await wait_for(pilot, lambda: modal.plan is not None and modal.plan.out == out,
-                       what="the re-plan")
+        await wait_for(pilot, lambda: modal.plan is not None and modal.plan["out"] == str(out),
+                       timeout=60, what="the re-plan")
         await pilot.press("ctrl+e")
         await wait_for(pilot, lambda: modal.finished > 0, timeout=150, what="the export")
-        assert modal.result is not None and modal.result.ok, screen_text(app)
+        assert modal.result is not None and modal.result["ok"], screen_text(app)
+        # it ran in a child process that reported progress lines, and was reaped
+        assert modal.progress_events > 0 and modal.process is not None
+        assert modal.process.returncode == 0
         assert "verified" in screen_text(app)
         assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
         await pilot.press("escape")
@@ -241,10 +256,44 @@ async def test_export_key_on_dashboard_opens_the_modal(recorded: Path) -> None:
         assert screen.selected_stage == "ipo"
         await pilot.press("e")
         await wait_for(pilot, lambda: isinstance(app.screen, ExportModal)
-                       and app.screen.planned > 0, what="the export plan")
+                       and app.screen.planned > 0, timeout=60, what="the export plan")
         assert app.screen.checkpoint.name == "ipo"
         await pilot.press("escape")
         assert isinstance(app.screen, DashboardScreen)
+
+
+async def test_export_key_on_attach_exports_the_final_model(recorded: Path,
+                                                            tmp_path: Path) -> None:
+    """Freshly attached, cursor untouched: `e` takes the pipeline's final model (the last
+    adapter of the chain), shows the chain that will be merged and the absolute target; the
+    export runs in a child process that reports progress, and the result is verified."""
+    app = make_app(recorded, recorded.parent)
+    async with app.run_test(size=WIDE) as pilot:
+        await loaded_dashboard(pilot)
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, ExportModal)
+                       and app.screen.planned > 0, timeout=60, what="the export plan")
+        modal = app.screen
+        assert modal.checkpoint == recorded / "stages" / "ipo"
+        assert modal.plan is not None, screen_text(app)
+        text = screen_text(app)
+        assert "final model" in text
+        assert "merged → ipo" in text.replace("\n", " ") or "merged" in modal.plan["chain"]
+        target = modal.query_one("#out", Input).value
+        assert Path(target).is_absolute() and target == str(recorded.parent / "exports" / "ipo")
+        assert modal.plan["out"] == target
+        out = tmp_path / "exported"
+        modal.query_one("#out", Input).value = str(out)
+        await wait_for(pilot, lambda: modal.plan is not None and modal.plan["out"] == str(out),
+                       timeout=60, what="the re-plan")
+        await pilot.press("ctrl+e")
+        await wait_for(pilot, lambda: modal.finished > 0, timeout=150, what="the export")
+        assert modal.result is not None and modal.result["ok"], screen_text(app)
+        assert "verified" in screen_text(app)
+        assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
+        # a child process did it, reported progress lines, and was reaped
+        assert modal.progress_events > 0 and modal.process is not None
+        assert modal.process.returncode == 0
 
 
 async def test_runs_screen_lists_and_attaches(recorded: Path) -> None:

@@ -52,8 +52,12 @@ def test_live_run_progress_eta_and_default_metric(tmp_path: Path) -> None:
     ipo = model.current_stage
     assert ipo.status == "running" and ipo.step == 10 and ipo.progress == 0.5
     assert model.default_metric() == "rewards/margins"
-    # ETA: the rest of ipo (10 steps at 4/s) + grpo (20 steps at 4/s).
-    assert abs(model.eta() - (10 / 4 + 20 / 4)) < 1e-6
+    # ETA per stage from measured rates: the rest of ipo at its own live rate (10 steps at
+    # 4/s); grpo has no rate of its own yet, so it borrows the finished training stages'
+    # (sft, sft_r16: 20 steps in 10 s each); merge is done.
+    assert abs(model.stage_eta(ipo) - 10 / 4) < 1e-6
+    assert abs(model.stage_eta(model.stages[-1]) - 20 * 10 / 20) < 1e-6
+    assert abs(model.eta() - (10 / 4 + 20 * 10 / 20)) < 1e-6
     assert model.stages[-1].status == "pending"
 
 
@@ -114,3 +118,70 @@ def test_formatting_helpers() -> None:
     assert human_bytes(1_500_000) == "1.5 MB" and human_bytes(None) == "—"
     assert human_seconds(3725) == "1:02:05" and human_seconds(65) == "1:05"
     assert format_metric(0.123456) == "0.1235" and format_metric(1e-6) == "1.00e-06"
+
+
+def test_resume_keeps_earlier_results_and_eta_counts_stages_without_steps(
+        tmp_path: Path) -> None:
+    """A resume's `skipped` is "done earlier", with the earlier results kept; the ETA includes
+    stages that count no steps, at their kind's measured time."""
+    run = write_synthetic_run(tmp_path / "r", steps_per_stage=20, stop_in="ipo", finish=False)
+    from graftline.engine.run.events import EventWriter
+
+    with EventWriter(run) as writer:
+        writer.emit("run_started", run="r", pipeline="demo.toml", backend="hf", resumed=True,
+                    stages=[])
+        writer.emit("stage_finished", "sft", kind="sft", status="skipped", seconds=0.0,
+                    metrics={}, evaluation={})
+    model = fold(read_events(run / "events.jsonl")[0])
+    sft = model.stages[0]
+    assert sft.display_status("running") == "done earlier" and sft.seconds == 10.0
+    assert sft.exportable is not None and model.resumes == 1
+    # a second merge would take what the first one took
+    merged = model.stages[1]
+    assert model.seconds_per_stage("merge") == merged.seconds == 10.0
+    # the final model so far: the newest exportable checkpoint in pipeline order
+    final = model.final_checkpoint()
+    assert final is not None and final[0].name == "sft_r16"
+
+
+def test_eta_per_stage_kind_from_measured_rates(tmp_path: Path) -> None:
+    """GRPO steps cost several SFT steps: each kind's own measured rate, never one global one;
+    stages with no steps (merge, export) count at their kind's measured time."""
+    from graftline.engine.run.events import EventWriter
+
+    run = tmp_path / "r"
+    run.mkdir()
+    plan = [("sft", "sft", 20), ("merged", "merge", None), ("grpo", "grpo", 10),
+            ("grpo2", "grpo", 10), ("merged2", "merge", None), ("sft2", "sft", 20)]
+    with EventWriter(run) as w:
+        w.emit("run_started", run="r", pipeline="p", backend="hf", resumed=False,
+               stages=[{"name": n, "kind": k, "max_steps": m} for n, k, m in plan])
+        w.emit("stage_started", "sft", kind="sft", index=0, max_steps=20, global_step_offset=0)
+        w.emit("stage_finished", "sft", kind="sft", status="complete", seconds=10.0)
+        w.emit("stage_started", "merged", kind="merge", index=1, global_step_offset=20)
+        w.emit("stage_finished", "merged", kind="merge", status="complete", seconds=30.0)
+        w.emit("stage_started", "grpo", kind="grpo", index=2, max_steps=10,
+               global_step_offset=20)
+        w.emit("metrics", "grpo", step=4, global_step=24, max_steps=10, reward=0.5,
+               steps_per_s=0.25, eta_s=24.0)
+    model = fold(read_events(run / "events.jsonl")[0])
+    by_name = {s.name: s for s in model.stages}
+    assert model.stage_eta(by_name["grpo"]) == 6 / 0.25  # its own live rate
+    assert model.stage_eta(by_name["grpo2"]) == 10 / 0.25  # the GRPO rate, not SFT's 2 steps/s
+    assert model.stage_eta(by_name["merged2"]) == 30.0  # as long as the first merge took
+    assert model.stage_eta(by_name["sft2"]) == 20 * (10.0 / 20)  # SFT's measured rate
+    assert model.eta() == 24 + 40 + 30 + 10
+
+
+def test_labels_for_rows_evaluation_and_gpu() -> None:
+    from graftline.console.run_view import evaluation_text, gpu_reason_label
+    from graftline.console.widgets.pipeline_table import fit
+
+    assert fit("sft_r16 at start", 8) == "sft_r16…" and fit("short", 8) == "short"
+    assert fit("sft_r16 at start", 8, "...") == "sft_r..."
+    assert evaluation_text({"rows": 200.0, "loss": 0.41234, "exact_match": 0.79}) == \
+        "loss 0.4123, exact_match 79.0% (200 rows)"
+    assert evaluation_text({"exact_match": 0.5}, short=True) == "eval exact 50.0%"
+    assert evaluation_text({}) == ""
+    raw = "no GPU: NVMLError_LibraryNotFound: NVML Shared Library Not Found"
+    assert gpu_reason_label(raw) == "no NVIDIA driver" and "NVML" not in gpu_reason_label(raw)

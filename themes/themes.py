@@ -33,7 +33,8 @@ GRAFTLINE_DARK = Theme(
     surface="#1c1c1c",
     panel="#262626",
     dark=True,
-    variables={"chart-past": "#6c6c6c", "chart-current": "#5fafff", "chart-boundary": "#3a3a3a"},
+    variables={"chart-past": "#6c6c6c", "chart-current": "#5fafff", "chart-boundary": "#3a3a3a",
+               "chart-eval": "#d787ff"},
 )
 
 GRAFTLINE_LIGHT = Theme(
@@ -49,7 +50,8 @@ GRAFTLINE_LIGHT = Theme(
     surface="#eeeeee",
     panel="#e4e4e4",
     dark=False,
-    variables={"chart-past": "#9e9e9e", "chart-current": "#005faf", "chart-boundary": "#c6c6c6"},
+    variables={"chart-past": "#9e9e9e", "chart-current": "#005faf", "chart-boundary": "#c6c6c6",
+               "chart-eval": "#af00af"},
 )
 
 # Sixteen ANSI colours only: plain terminals, `TERM=screen`, serial consoles.
@@ -85,6 +87,7 @@ GRAFTLINE_LOW = Theme(
         "chart-past": "ansi_white",
         "chart-current": "ansi_cyan",
         "chart-boundary": "ansi_bright_black",
+        "chart-eval": "ansi_magenta",
     },
 )
 

@@ -12,10 +12,15 @@ from pathlib import Path
 
 def launch_background(pipeline: Path) -> Path:
     """The new run directory; a clear error (with every problem) when it cannot start."""
+    from graftline.console.reaper import engine_children, reap_later
     from graftline.engine.run import LaunchError, start_run
 
+    before = engine_children()
     try:
-        return start_run(Path(pipeline))
+        run_dir = start_run(Path(pipeline))
     except LaunchError as exc:
         details = "\n".join(str(p) for p in exc.problems[:5])
         raise RuntimeError(f"{exc}\n{details}".strip()) from None
+    for pid in engine_children() - before:  # the engine is our child until we exit: reap it
+        reap_later(pid)
+    return run_dir

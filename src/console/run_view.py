@@ -22,14 +22,23 @@ from graftline.engine.run import Event
 
 # Metrics the chart can show, in the order the `m` key cycles them.
 CHART_METRICS: tuple[str, ...] = (
-    "loss", "rewards/margins", "rewards/accuracies", "reward", "kl", "learning_rate", "grad_norm",
+    "loss", "eval_loss", "rewards/margins", "rewards/accuracies", "reward", "kl",
+    "learning_rate", "grad_norm",
 )
 # What a stage of each kind is judged by, in the pipeline table and as the chart's default.
 KEY_METRIC: dict[str, str] = {"sft": "loss", "dpo": "rewards/margins", "grpo": "reward"}
 TRAINING_KINDS = frozenset(KEY_METRIC)
 LOG_LINES = 500
+# Checkpoint kinds a user can export (a Trainer checkpoint is for crash resume only).
+EXPORTABLE = ("adapter", "merged", "combined", "export")
+# Keys a trainer's evaluation logs carry beside the metric itself: bookkeeping, not results.
+EVAL_BOOKKEEPING = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
 
 STAGE_STATUSES = ("pending", "running", "complete", "failed", "stopped", "skipped")
+# What a row says, beyond the event log's own statuses: the engine's state (paused, crashed)
+# and the history (a stage done before a resume, a stage continued by one).
+DISPLAY_STATUSES = (*STAGE_STATUSES, "paused", "crashed", "resumed", "done earlier")
+ENDED = ("finished", "failed", "stopped", "crashed")
 
 
 @dataclass
@@ -57,6 +66,11 @@ class StageView:
     evaluation: dict[str, Any] = field(default_factory=dict)
     checks: list[CheckView] = field(default_factory=list)
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    resumed: bool = False  # continued from a Trainer checkpoint by `graftline resume`
+    done_earlier: bool = False  # complete before a resume, so the resumed engine skipped it
+    started_time: float | None = None
+    started_step: int = 0  # the stage step it (re)started at: a resumed stage's rate counts
+    eval_latest: dict[str, float] = field(default_factory=dict)  # eval_loss … during training
 
     @property
     def progress(self) -> float | None:
@@ -75,6 +89,40 @@ class StageView:
         if value is None:
             value = self.summary.get(name) if isinstance(self.summary.get(name), float) else None
         return (name, value) if value is not None else None
+
+    @property
+    def exportable(self) -> dict[str, Any] | None:
+        """The newest checkpoint of this stage a user can export, or None."""
+        for saved in reversed(self.checkpoints):
+            if saved.get("kind") in EXPORTABLE and saved.get("path"):
+                return saved
+        return None
+
+    def display_status(self, run_status: str) -> str:
+        """The row's status: the event log's, corrected by what the engine's state says."""
+        if self.status == "skipped" and self.done_earlier:
+            return "done earlier"
+        if self.status == "running":
+            if run_status in ("paused", "crashed"):
+                return run_status
+            if run_status in ("stopped", "failed"):
+                return run_status
+            if self.resumed:
+                return "resumed"
+        return self.status
+
+    def metric_label(self) -> str:
+        """The row's result: the kind's key metric, and evaluation where there is one."""
+        parts: list[str] = []
+        key = self.key_metric
+        if key is not None:
+            parts.append(f"{short_metric(key[0])} {format_metric(key[1])}")
+        evaluation = evaluation_text(self.evaluation, short=True)
+        if evaluation:
+            parts.append(evaluation)
+        elif "eval_loss" in self.eval_latest:
+            parts.append(f"eval {format_metric(self.eval_latest['eval_loss'])}")
+        return " · ".join(parts)
 
     @property
     def reference_label(self) -> str:
@@ -156,6 +204,8 @@ class RunModel:
         self.throughput: dict[str, float] = {}
         self.telemetry = Telemetry()
         self.log: deque[LogLine] = deque(maxlen=LOG_LINES)
+        self.resumes = 0
+        self.engine_status: str | None = None  # what state.json says (see observe_engine)
         self.events_seen = 0
         self.last_seq = 0
         self.version = 0  # bumped on every apply that changed something
@@ -227,22 +277,111 @@ class RunModel:
         return None if end is None else max(0.0, end - self.started)
 
     def eta(self) -> float | None:
-        """The current stage's ETA plus the remaining training stages at the current speed."""
+        """The whole run's ETA: the sum of `stage_eta` over the stages still to do."""
         if self.status != "running":
             return None
-        stage = self.current_stage
-        total = 0.0
-        known = False
-        if stage is not None and stage.status == "running" and "eta_s" in stage.latest:
-            total += stage.latest["eta_s"]
-            known = True
-        rate = self.throughput.get("steps_per_s")
-        for other in self.stages:
-            pending = other.status == "pending" and other.kind in TRAINING_KINDS
-            if pending and other.max_steps and rate:
-                total += other.max_steps / rate
+        total, known = 0.0, False
+        for stage in self.stages:
+            remaining = self.stage_eta(stage)
+            if remaining is not None:
+                total += remaining
                 known = True
         return total if known else None
+
+    def seconds_per_step(self, kind: str) -> float | None:
+        """Measured seconds per step for one training kind: finished stages of that kind, else
+        the running one (GRPO steps cost several SFT steps, so kinds never share a rate)."""
+        for kinds in ((kind,), tuple(TRAINING_KINDS)):
+            # its own kind first; a kind not measured yet borrows every training stage's rate
+            seconds = steps = 0.0
+            for stage in self.stages:
+                if stage.kind not in kinds or stage.status not in ("complete", "skipped"):
+                    continue
+                ran = (stage.max_steps or stage.step) - stage.started_step
+                if stage.seconds and ran > 0:
+                    seconds, steps = seconds + float(stage.seconds), steps + ran
+            if steps:
+                return seconds / steps
+            current = self.current_stage
+            if current is not None and current.kind in kinds:
+                rate = current.latest.get("steps_per_s")
+                if rate:
+                    return 1.0 / rate
+        return None
+
+    def seconds_per_stage(self, kind: str) -> float | None:
+        """Measured seconds of a stage with no steps (merge, eval, export …): the mean so far."""
+        took = [float(s.seconds) for s in self.stages
+                if s.kind == kind and s.status in ("complete", "skipped") and s.seconds]
+        return sum(took) / len(took) if took else None
+
+    def stage_eta(self, stage: StageView) -> float | None:
+        """Seconds this stage still needs; 0 when done; None when nothing measured says."""
+        if stage.status not in ("pending", "running"):
+            return 0.0 if stage.status in ("complete", "skipped") else None
+        if stage.kind in TRAINING_KINDS and stage.max_steps:
+            per_step = self.seconds_per_step(stage.kind)
+            if stage.status == "running" and stage.latest.get("steps_per_s"):
+                per_step = 1.0 / stage.latest["steps_per_s"]  # its own live rate first
+            if per_step is None:
+                return None
+            return max(0, stage.max_steps - stage.step) * per_step
+        took = self.seconds_per_stage(stage.kind)
+        if took is None:
+            return None
+        if stage.status == "running" and stage.started_time is not None and self.last_time:
+            return max(0.0, took - (self.last_time - stage.started_time))
+        return took
+
+    def final_checkpoint(self) -> tuple[StageView, dict[str, Any]] | None:
+        """The pipeline's final model: the export stage's output, else the newest exportable
+        checkpoint of the last stage (in pipeline order) that wrote one."""
+        for stage in reversed(self.stages):
+            for saved in reversed(stage.checkpoints):
+                if saved.get("kind") == "export" and saved.get("path"):
+                    return stage, saved
+        for stage in reversed(self.stages):
+            saved = stage.exportable
+            if saved is not None:
+                return stage, saved
+        return None
+
+    def final_result(self) -> str:
+        """One line for a run's outcome (e.g. `graftline ls`): the last evaluation, else the last
+        training stage's key metric."""
+        for stage in reversed(self.stages):
+            text = evaluation_text(stage.evaluation)
+            if text:
+                return f"{stage.name}: {text}"
+        for stage in reversed(self.stages):
+            key = stage.key_metric
+            if key is not None and stage.status != "pending":
+                return f"{stage.name}: {short_metric(key[0])} {format_metric(key[1])}"
+        return ""
+
+    def observe_engine(self, status: str | None) -> bool:
+        """Fold what state.json says (paused, crashed) that no event can: a dead engine writes
+        nothing. A crash gets one log line with the way out. True when something changed."""
+        if status == self.engine_status:
+            return False
+        self.engine_status = status
+        if status == "crashed" and self.status == "running":
+            since = (self.last_time or 0.0) - (self.started or 0.0)
+            run = self.run or "RUN"
+            self.log.append(LogLine(since, "error", self.current,
+                                    "the engine stopped without a word (killed or crashed); "
+                                    f"`graftline resume {run}` continues from the last "
+                                    "checkpoint"))
+        self.version += 1
+        return True
+
+    def run_status(self) -> str:
+        """Events say what happened; the engine's state adds what events cannot (paused, dead)."""
+        if self.status in ("finished", "failed", "stopped"):
+            return self.status
+        if self.engine_status in ("paused", "crashed", "failed", "stopped"):
+            return self.engine_status
+        return self.status
 
     def progress(self) -> float | None:
         steps = [(s.max_steps or 0, s.progress or 0.0) for s in self.stages if s.max_steps]
@@ -272,6 +411,9 @@ def _run_started(model: RunModel, event: Event) -> None:
         view.lora_r = raw.get("lora_r", view.lora_r)
         view.reference = raw.get("reference", view.reference)
         view.max_steps = raw.get("max_steps", view.max_steps)
+    if data.get("resumed"):
+        model.resumes += 1
+        model.message = None
     resumed = " (resumed)" if data.get("resumed") else ""
     model._log(event, "info", f"run {model.run or ''} started on {model.backend or '?'}{resumed}")
 
@@ -287,10 +429,15 @@ def _stage_started(model: RunModel, event: Event) -> None:
     view.global_step_offset = int(data.get("global_step_offset") or 0)
     view.action = data.get("action", view.action)
     view.reference = data.get("reference", view.reference)
+    view.resumed = bool(data.get("resumed_from"))
+    view.started_time = event.time
+    view.started_step = view.step if view.resumed else 0
+    view.seconds = None
     model.current = view.name
     if view.kind in TRAINING_KINDS and not any(n == view.name for _, n in model.boundaries):
         model.boundaries.append((view.global_step_offset, view.name))
-    model._log(event, "info", f"{view.name}: {view.kind} started")
+    again = f" (resumed from step {view.step})" if view.resumed else ""
+    model._log(event, "info", f"{view.name}: {view.kind} started{again}")
 
 
 def _metrics(model: RunModel, event: Event) -> None:
@@ -307,11 +454,20 @@ def _metrics(model: RunModel, event: Event) -> None:
             view.max_steps = int(data["max_steps"])
         if global_step is None and isinstance(step, int | float):
             global_step = view.global_step_offset + step
+    evals = {k: float(v) for k, v in data.items() if k.startswith("eval_")
+             and k not in EVAL_BOOKKEEPING and isinstance(v, int | float)
+             and not isinstance(v, bool)}
+    if evals and view is not None:
+        view.eval_latest.update(evals)
+        shown = ", ".join(f"{k} {format_metric(v)}" for k, v in evals.items())
+        model._log(event, "info", f"{view.name}: evaluation at step {view.step}: {shown}")
     for key, value in data.items():
         if not isinstance(value, int | float) or isinstance(value, bool):
             continue
-        if key in ("step", "global_step", "max_steps", "epoch"):
+        if key in ("step", "global_step", "max_steps", "epoch") or key in EVAL_BOOKKEEPING:
             continue
+        if evals and key in ("steps_per_s", "eta_s", "tokens_per_s"):
+            continue  # an evaluation's log line carries no training rate
         if key in ("tokens_per_s", "steps_per_s"):
             model.throughput[key] = float(value)
         if view is not None:
@@ -330,7 +486,10 @@ def _checkpoint_saved(model: RunModel, event: Event) -> None:
         view.checkpoints.append(dict(data))
     if data.get("kind") != "trainer":
         size = _bytes(data.get("bytes"))
-        model._log(event, "info", f"saved {data.get('kind', 'checkpoint')} {size}".rstrip())
+        # the manifest's `bytes`: every file under the stage directory (Trainer checkpoints
+        # included), which is what deleting it frees; the lineage's weights-only size differs
+        measured = f": stage directory {size} on disk" if size else ""
+        model._log(event, "info", f"saved {data.get('kind', 'checkpoint')}{measured}")
 
 
 def _check_result(model: RunModel, event: Event) -> None:
@@ -356,15 +515,27 @@ def _stage_finished(model: RunModel, event: Event) -> None:
     view = model.stage(event.stage, data.get("kind", "?"))
     if view is None:
         return
-    view.status = str(data.get("status", "complete"))
+    status = str(data.get("status", "complete"))
+    if status == "skipped":
+        # the engine skips only stages a resume found complete: it ran before, keep its results
+        view.status, view.done_earlier = "skipped", True
+        model._log(event, "info", f"{view.name}: done earlier (kept from before the resume)")
+        return
+    view.status = status
+    view.done_earlier = False
     view.seconds = data.get("seconds")
     view.summary = dict(data.get("metrics") or {})
     view.evaluation = dict(data.get("evaluation") or {})
     if view.status == "complete" and view.max_steps:
         view.step = max(view.step, view.max_steps)
     secs = f" in {view.seconds:.0f}s" if isinstance(view.seconds, int | float) else ""
-    level = "info" if view.status in ("complete", "skipped") else "error"
-    model._log(event, level, f"{view.name}: {view.status}{secs}")
+    if view.status == "stopped":
+        model._log(event, "info", f"{view.name}: stopped at step {view.step} on request{secs}")
+        return
+    evaluation = evaluation_text(view.evaluation)
+    tail = f" — evaluation: {evaluation}" if evaluation else ""
+    level = "info" if view.status == "complete" else "error"
+    model._log(event, level, f"{view.name}: {view.status}{secs}{tail}")
 
 
 def _telemetry(model: RunModel, event: Event) -> None:
@@ -389,7 +560,8 @@ def _run_finished(model: RunModel, event: Event) -> None:
         if view.status == "running":
             view.status = "stopped" if model.status == "stopped" else "failed"
     tail = f": {model.message}" if model.message else ""
-    model._log(event, "info" if model.status == "finished" else "error",
+    # a stop is the user's own request, not an error
+    model._log(event, "error" if model.status == "failed" else "info",
                f"run {model.status}{tail}")
 
 
@@ -422,6 +594,46 @@ def fold(events: Iterable[Event]) -> RunModel:
 
 def _bytes(value: Any) -> str:
     return human_bytes(value) if isinstance(value, int | float) else ""
+
+
+def short_metric(metric: str) -> str:
+    return {"rewards/margins": "margin", "rewards/accuracies": "acc"}.get(metric, metric)
+
+
+def evaluation_text(evaluation: dict[str, Any] | None, *, short: bool = False) -> str:
+    """An evaluation as words: "exact_match 79.0%, loss 0.4123 (200 rows)". Empty when there
+    is none. `short` drops the row count and abbreviates, for a table cell."""
+    if not evaluation:
+        return ""
+    parts: list[str] = []
+    rows = evaluation.get("rows")
+    for key, value in evaluation.items():
+        if key == "rows" or not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        name = key.removeprefix("eval_")
+        if short:
+            name = {"exact_match": "exact", "accuracy": "acc"}.get(name, name)
+        shown = f"{value:.1%}" if name in ("exact_match", "exact", "accuracy", "acc") \
+            and 0 <= value <= 1 else format_metric(float(value))
+        parts.append(f"{name} {shown}")
+    if not parts:
+        return ""
+    text = ", ".join(parts)
+    if short:
+        return "eval " + text
+    return text + (f" ({int(rows)} rows)" if isinstance(rows, int | float) else "")
+
+
+def gpu_reason_label(reason: str | None) -> str:
+    """Why there is no GPU, in a user's words (never a library's exception text)."""
+    text = (reason or "").lower()
+    if not text or "nvml" in text or "driver" in text or "librarynotfound" in text:
+        return "no NVIDIA driver"
+    if "cuda" in text:
+        return "CUDA not available"
+    if "bench" in text or len(text) > 40:
+        return "not detected"
+    return reason.split(": ")[-1] if reason else "not detected"
 
 
 def human_bytes(value: float | None) -> str:

@@ -1,4 +1,9 @@
-"""The dashboard: one run, live. Pipeline, chart, resources, checks and log on one screen."""
+"""The dashboard: one run, live. Pipeline, chart, resources, checks and log on one screen.
+
+The pipeline's cursor is the screen's one selection: it follows the running stage (the final
+model's stage once the run has ended) until the user moves it, and the checks panel and `e`
+read it. `e` on a followed cursor exports the pipeline's final model.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
 from graftline.console.follower import Follower
+from graftline.console.run_view import EXPORTABLE, StageView
 from graftline.console.screens.confirm import ConfirmModal
 from graftline.console.widgets.chart import MetricChart
 from graftline.console.widgets.checks_panel import ChecksPanel
@@ -23,7 +29,9 @@ from graftline.console.widgets.pipeline_table import PipelineTable
 from graftline.console.widgets.resource_gauges import ResourceGauges
 from graftline.console.widgets.run_header import RunHeader
 
-EXPORTABLE = ("adapter", "merged", "combined", "export")
+__all__ = ["EXPORTABLE", "DashboardScreen", "RunUpdated"]
+
+ZOOMS = ("", "chart", "log")
 
 
 class RunUpdated(Message):
@@ -31,16 +39,24 @@ class RunUpdated(Message):
 
 
 class DashboardScreen(Screen[None]):
-    HORIZONTAL_BREAKPOINTS: ClassVar = [(0, "-narrow"), (110, "-wide")]
-    VERTICAL_BREAKPOINTS: ClassVar = [(0, "-short"), (34, "-tall")]
+    HORIZONTAL_BREAKPOINTS: ClassVar = [(0, "-narrow"), (110, "-wide"), (180, "-huge")]
+    VERTICAL_BREAKPOINTS: ClassVar = [(0, "-short"), (34, "-tall"), (48, "-deep")]
+    # Order is the footer's priority: at 80 columns only the first few fit.
     BINDINGS: ClassVar = [
-        Binding("m", "next_metric", "Metric"),
-        Binding("M", "next_metric(-1)", "Prev metric", show=False),
-        Binding("l", "lineage", "Lineage"),
+        Binding("q", "app.detach", "Detach"),
+        Binding("question_mark", "app.help", "Help", key_display="?"),
         Binding("e", "export", "Export"),
-        Binding("p", "pause", "Pause/resume"),
+        Binding("l", "lineage", "Lineage"),
+        Binding("m", "next_metric", "Metric"),
+        Binding("p", "pause", "Pause"),
+        Binding("z", "zoom", "Zoom"),
+        Binding("c", "toggle_side", "Panels"),
         Binding("s", "stop", "Stop…"),
+        Binding("R", "resume", "Resume run"),
+        Binding("f", "follow", "Follow"),
+        Binding("S", "smooth", "Smooth"),
         Binding("r", "runs", "Runs"),
+        Binding("M", "next_metric(-1)", "Prev metric", show=False),
     ]
 
     def __init__(self, run_dir: Path, *, ascii_only: bool = False) -> None:
@@ -50,6 +66,7 @@ class DashboardScreen(Screen[None]):
         self.follower = Follower(self.run_dir, self._notify)
         self.updates = 0  # how many coalesced updates the UI has applied (tests wait on this)
         self.selected_stage: str | None = None
+        self.zoom = ""
 
     @property
     def model_lock(self) -> threading.Lock:
@@ -58,6 +75,10 @@ class DashboardScreen(Screen[None]):
     @property
     def loaded(self) -> bool:
         return self.updates > 0
+
+    @property
+    def following(self) -> bool:
+        return self.query_one(PipelineTable).following
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="header")
@@ -88,13 +109,16 @@ class DashboardScreen(Screen[None]):
         with self.follower.lock:
             model = self.follower.model
             self.query_one(RunHeader).update_from(model, self.follower.engine)
-            self.query_one(PipelineTable).update_from(model)
+            table = self.query_one(PipelineTable)
+            table.update_from(model)
+            self.selected_stage = table.selected_stage
             self.query_one(ResourceGauges).update_from(model)
             checks = self.query_one(ChecksPanel)
             checks.stage = self.selected_stage
             checks.update_from(model)
             self.query_one(MetricChart).update_from(model)
             self.query_one(LogTail).update_from(model)
+        self._side_hint()
         self.updates += 1
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -106,6 +130,41 @@ class DashboardScreen(Screen[None]):
             checks.stage = self.selected_stage
             checks.update_from(self.follower.model)
 
+    # -- layout ----------------------------------------------------------------------------
+
+    def side_shown(self) -> bool:
+        return self.query_one("#side").display
+
+    def _side_hint(self) -> None:
+        """A hidden panel is said so, with its key, where the eye goes (the log's title)."""
+        log = self.query_one(LogTail)
+        hidden = [] if self.side_shown() else ["resources", "checks"]
+        if self.zoom:
+            hidden = ["others"]
+        subtitle = (f"{' & '.join(hidden)} hidden: "
+                    f"{'z' if self.zoom else 'c'} shows") if hidden else ""
+        if log.border_subtitle != subtitle:  # a set repaints the log, even to the same text
+            log.border_subtitle = subtitle
+
+    def action_toggle_side(self) -> None:
+        self.toggle_class("-side-toggled")
+        self.call_after_refresh(self._side_hint)
+
+    def action_zoom(self) -> None:
+        """Cycle: everything → chart alone → log alone → everything (as btop and k9s do)."""
+        self.remove_class(*(f"-zoom-{z}" for z in ZOOMS if z))
+        self.zoom = ZOOMS[(ZOOMS.index(self.zoom) + 1) % len(ZOOMS)]
+        if self.zoom:
+            self.add_class(f"-zoom-{self.zoom}")
+        self.call_after_refresh(self._side_hint)
+        self.notify(f"zoom: {self.zoom or 'off'}", timeout=1.5)
+
+    def action_follow(self) -> None:
+        table = self.query_one(PipelineTable)
+        with self.follower.lock:
+            table.follow(self.follower.model)
+        self.notify("following the run", timeout=1.5)
+
     # -- actions ---------------------------------------------------------------------------
 
     def action_next_metric(self, step: int = 1) -> None:
@@ -115,6 +174,13 @@ class DashboardScreen(Screen[None]):
             chart.update_from(self.follower.model)
         self.notify(f"chart: {metric}", timeout=1.5)
 
+    def action_smooth(self) -> None:
+        chart = self.query_one(MetricChart)
+        weight = chart.cycle_smoothing()
+        with self.follower.lock:
+            chart.update_from(self.follower.model)
+        self.notify(f"smoothing: {weight:.2f}" if weight else "smoothing: off", timeout=1.5)
+
     def action_lineage(self) -> None:
         from graftline.console.screens.lineage import LineageScreen
 
@@ -123,35 +189,94 @@ class DashboardScreen(Screen[None]):
     def action_runs(self) -> None:
         self.app.action_runs()  # type: ignore[attr-defined]
 
-    def selected_checkpoint(self) -> Path | None:
-        """The newest exportable checkpoint of the selected stage (else of the latest stage)."""
+    def _path(self, saved: dict[str, object]) -> Path:
+        path = Path(str(saved["path"]))
+        return path if path.is_absolute() else self.run_dir / path
+
+    def export_choice(self) -> tuple[Path, str] | None:
+        """What `e` exports and why: the pipeline's final model while the cursor follows the
+        run; the selected stage's checkpoint once the user has put the cursor on one."""
         with self.follower.lock:
-            stages = list(self.follower.model.stages)
-            order = [s for s in stages if s.name == self.selected_stage] + stages[::-1]
-            for stage in order:
-                for saved in reversed(stage.checkpoints):
-                    if saved.get("kind") in EXPORTABLE and saved.get("path"):
-                        path = Path(str(saved["path"]))
-                        return path if path.is_absolute() else self.run_dir / path
-        return None
+            model = self.follower.model
+            chosen: StageView | None = None
+            if not self.following:
+                chosen = next((s for s in model.stages if s.name == self.selected_stage), None)
+            if chosen is not None and chosen.exportable is not None:
+                return self._path(chosen.exportable), f"stage {chosen.name}"
+            final = model.final_checkpoint()
+            if final is None:
+                return None
+            stage, saved = final
+            ended = model.status == "finished"
+            what = "the pipeline's final model" if ended else "the newest model so far"
+            return self._path(saved), f"{what} (stage {stage.name})"
+
+    def selected_checkpoint(self) -> Path | None:
+        choice = self.export_choice()
+        return choice[0] if choice else None
 
     def action_export(self) -> None:
         from graftline.console.screens.export import ExportModal
 
-        checkpoint = self.selected_checkpoint()
-        if checkpoint is None:
+        choice = self.export_choice()
+        if choice is None:
             self.notify("No exportable checkpoint yet: a stage must finish first.",
                         severity="warning")
             return
-        self.app.push_screen(ExportModal(checkpoint, root=self.run_dir.parent))
+        checkpoint, why = choice
+        self.app.push_screen(ExportModal(checkpoint, root=self.run_dir.parent, why=why))
 
     def action_pause(self) -> None:
-        engine = self.follower.engine
-        command = "resume" if engine is not None and engine.status == "paused" else "pause"
-        self._send(command)
+        with self.follower.lock:
+            status = self.follower.model.run_status()
+        if status == "paused":
+            self._send("resume")
+        elif status in ("running", "waiting"):
+            self._send("pause")
+        elif status == "finished":
+            self.notify("This run has finished: there is nothing to pause.")
+        else:
+            self.notify(f"This run is {status}: nothing to pause. R resumes it from its last "
+                        "checkpoint.")
+
+    def action_resume(self) -> None:
+        with self.follower.lock:
+            status = self.follower.model.run_status()
+        if status == "paused":
+            self._send("resume")
+            return
+        if status in ("running", "waiting"):
+            self.notify("This run is running already.")
+            return
+        if status == "finished":
+            self.notify("This run has finished: nothing to resume.")
+            return
+
+        def answered(go: bool | None) -> None:
+            if go:
+                self._resume()
+
+        self.app.push_screen(ConfirmModal(
+            f"Resume run {self.follower.model.run or self.run_dir.name}?",
+            "A new engine continues from the last complete checkpoint, with optimizer state; "
+            "stages done earlier are kept.", confirm_label="Resume"), answered)
+
+    @work(thread=True, group="control", exit_on_error=False)
+    def _resume(self) -> None:
+        from graftline.console.reaper import reap_later
+        from graftline.engine.run import resume_run
+
+        try:
+            pid = resume_run(self.run_dir)
+        except Exception as exc:
+            self.app.call_from_thread(self.notify, f"resume failed: {exc}", severity="error",
+                                      timeout=10)
+            return
+        reap_later(pid)
+        self.app.call_from_thread(self.notify, f"resumed: engine pid {pid}")
 
     def action_stop(self) -> None:
-        if self.follower.model.status in ("finished", "failed", "stopped"):
+        if self.follower.model.run_status() in ("finished", "failed", "stopped", "crashed"):
             self.notify("This run has already ended.", severity="information")
             return
 
@@ -164,7 +289,8 @@ class DashboardScreen(Screen[None]):
         self.app.push_screen(ConfirmModal(
             f"Stop run {self.follower.model.run or self.run_dir.name}?",
             "The engine saves a checkpoint and stops after the current step. "
-            "`graftline resume` can continue it later.", confirm_label="Stop the run"), answered)
+            "R (or `graftline resume`) continues it later.", confirm_label="Stop the run"),
+            answered)
 
     @work(thread=True, group="control", exit_on_error=False)
     def _send(self, command: str) -> None:

@@ -1,13 +1,19 @@
 """`e`: export a checkpoint. Target, dtype, formats, the merge chain; progress; verification.
 
-The plan comes from `graftline.engine.export.writer.plan_export` (pure: reads headers and configs,
-refuses bad targets before a byte is written); the export itself is `run_export`, in a worker
-thread, reporting progress back here. The console never merges anything itself.
+Both the plan (`plan_export`: reads headers and configs, refuses bad targets before a byte is
+written) and the export (`run_export`) run in a child process,
+`python -m graftline.engine.export.worker`, which reports JSON lines (plan, progress, done)
+that a worker thread here reads: torch, peft and the weights never enter the console's
+process, as the launch screen's rehearsal never does. Paths are shown whole (absolute): the
+user must see exactly where gigabytes will be written.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,14 +27,7 @@ from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Select,
 
 DTYPES = ("bfloat16", "float16", "float32")
 OPTIONAL_FORMATS = ("gguf", "ollama")
-
-
-def shorten(text: str, root: Path) -> str:
-    """Paths relative to the runs root and the home folder: short, and host-independent."""
-    for base in (str(root.resolve()), str(root)):
-        text = text.replace(base.rstrip("/") + "/", "")
-    home = os.path.expanduser("~")
-    return text.replace(home + "/", "~/") if home not in ("", "/") else text
+REPLAN_DELAY = 0.3  # seconds of quiet typing before a new plan process starts
 
 
 class ExportModal(ModalScreen[Path | None]):
@@ -54,26 +53,32 @@ class ExportModal(ModalScreen[Path | None]):
         Binding("ctrl+e", "start", "Export", priority=True),
     ]
 
-    def __init__(self, checkpoint: Path, *, root: Path) -> None:
+    def __init__(self, checkpoint: Path, *, root: Path, why: str | None = None) -> None:
         super().__init__()
         self.checkpoint = Path(checkpoint)
+        self.why = why  # e.g. "the pipeline's final model (stage grpo)"
         self.root = Path(root)
         self.plan: Any = None
         self.result: Any = None
         self.running = False
         self.planned = 0  # plans shown (tests wait on these)
         self.finished = 0
+        self.progress_events = 0  # progress lines read from the export process
+        self.process: subprocess.Popen[str] | None = None
+        self._plan_generation = 0
+        self._plan_lock = threading.Lock()
 
     def default_out(self) -> Path:
         return self.root / "exports" / self.checkpoint.name
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(f"export {shorten(str(self.checkpoint), self.root)}", id="export-title",
+            what = f"export {self.why}" if self.why else "export"
+            yield Static(f"{what}\n{self.checkpoint.absolute()}", id="export-title",
                          markup=False)
             with Horizontal(classes="row"):
                 yield Label("target")
-                yield Input(shorten(str(self.default_out()), self.root), id="out")
+                yield Input(str(self.default_out().absolute()), id="out")
             with Horizontal(classes="row"):
                 yield Label("dtype")
                 yield Select([(d, d) for d in DTYPES], value="bfloat16", allow_blank=False,
@@ -120,37 +125,61 @@ class ExportModal(ModalScreen[Path | None]):
 
     def _replan(self) -> None:
         if not self.running and self.is_mounted:
-            self._plan(self.options())
+            with self._plan_lock:
+                self._plan_generation += 1
+                generation = self._plan_generation
+            self._plan(self.options(), generation)
 
-    @work(thread=True, exclusive=True, group="export-plan", exit_on_error=False)
-    def _plan(self, options: dict[str, Any]) -> None:
+    def _command(self, action: str, options: dict[str, Any]) -> list[str]:
+        from graftline.engine.export import worker_command
+
+        return worker_command(action, self.checkpoint, options["out"], dtype=options["dtype"],
+                              formats=tuple(options["formats"]))
+
+    @work(thread=True, group="export-plan", exit_on_error=False)
+    def _plan(self, options: dict[str, Any], generation: int) -> None:
+        time.sleep(REPLAN_DELAY if self.planned else 0)
+        if generation != self._plan_generation:
+            return  # the user kept typing: a newer plan is on its way
+        from graftline.engine.export import parse_worker_line
+
         try:
-            from graftline.engine.export import plan_export
+            done = subprocess.run(self._command("plan", options), capture_output=True,
+                                  text=True, env=os.environ.copy(), timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            self.app.call_from_thread(self._show_plan, None, f"cannot plan: {exc}", generation)
+            return
+        events = [e for e in map(parse_worker_line, done.stdout.splitlines()) if e]
+        plan = next((e for e in events if e["event"] == "plan"), None)
+        refused = next((e for e in events if e["event"] == "refused"), None)
+        problem = None
+        if plan is None:
+            if refused is not None:
+                fix = f" — fix: {refused['fix']}" if refused.get("fix") else ""
+                problem = f"{refused['message']}{fix}"
+            else:
+                tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                problem = f"the export planner failed: {tail}"
+        self.app.call_from_thread(self._show_plan, plan, problem, generation)
 
-            plan = plan_export(self.checkpoint, options["out"], dtype=options["dtype"],
-                               formats=tuple(options["formats"]))
-            problem = None
-        except ImportError as exc:
-            plan, problem = None, f"export is not available in this engine: {exc}"
-        except Exception as exc:  # ExportRefused carries the fix; show it as is
-            plan, problem = None, str(exc)
-        self.app.call_from_thread(self._show_plan, plan, problem)
-
-    def _show_plan(self, plan: Any, problem: str | None) -> None:
+    def _show_plan(self, plan: dict[str, Any] | None, problem: str | None,
+                   generation: int | None = None) -> None:
+        if generation is not None and generation != self._plan_generation:
+            return
         self.plan = plan
         box = self.query_one("#plan", Static)
         if plan is None:
-            box.update(Text(shorten(problem or "cannot plan", self.root), style="bold red"))
+            box.update(Text(problem or "cannot plan", style="bold red"))
         else:
             text = Text()
-            chain = " → ".join(node.name or Path(node.path).name for node in plan.lineage)
+            chain = " → ".join(plan.get("chain") or [])
             if chain:
                 text.append("chain       ", style="dim")
-                text.append(chain + "\n")
-            for line in plan.describe():
+                text.append(f"{chain} → {self.checkpoint.name}\n")
+            for line in plan.get("lines") or []:
                 head, _, rest = line.partition(" ")
                 text.append(f"{head:<12}", style="dim")
-                text.append(shorten(rest.strip(), self.root) + "\n")
+                text.append(rest.strip() + "\n")
             box.update(text)
         self.query_one("#start", Button).disabled = plan is None or self.running
         self.planned += 1
@@ -172,55 +201,82 @@ class ExportModal(ModalScreen[Path | None]):
             return
         self.running = True
         self.query_one("#start", Button).disabled = True
-        self.query_one("#status", Static).update("exporting…")
-        self._export(self.plan)
+        self.query_one("#status", Static).update("starting the export process…")
+        self._export(self.options())
 
     @work(thread=True, exclusive=True, group="export", exit_on_error=False)
-    def _export(self, plan: Any) -> None:
-        from graftline.engine.export import run_export
+    def _export(self, options: dict[str, Any]) -> None:
+        from graftline.engine.export import parse_worker_line
 
-        def progress(update: Any) -> None:
-            self.app.call_from_thread(self._progress, update.phase, update.fraction,
-                                      update.message)
-
+        result: dict[str, Any] | None = None
+        problem: str | None = None
         try:
-            result, problem = run_export(plan, progress), None
-        except Exception as exc:
-            result, problem = None, str(exc)
+            self.process = subprocess.Popen(
+                self._command("run", options), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True, env=os.environ.copy())
+        except OSError as exc:
+            self.app.call_from_thread(self._done, None, f"cannot start the export: {exc}")
+            return
+        process = self.process
+        assert process.stdout is not None and process.stderr is not None
+        errors: list[str] = []
+        drain = threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True)
+        drain.start()  # a chatty library must never block the child on a full stderr pipe
+        for line in process.stdout:
+            event = parse_worker_line(line)
+            if event is None:
+                continue
+            kind = event["event"]
+            if kind == "progress":
+                self.progress_events += 1
+                self.app.call_from_thread(self._progress, str(event.get("phase", "")),
+                                          float(event.get("fraction") or 0.0),
+                                          str(event.get("message") or ""))
+            elif kind == "done":
+                result = event
+            elif kind in ("failed", "refused"):
+                fix = f" — fix: {event['fix']}" if event.get("fix") else ""
+                problem = f"{event.get('message', kind)}{fix}"
+        process.wait()  # reaped here: no <defunct> export process under the console
+        drain.join(timeout=5)
+        if result is None and problem is None:
+            tail = "".join(errors).strip().splitlines() or [f"exit status {process.returncode}"]
+            problem = f"the export process died: {tail[-1]}"
         self.app.call_from_thread(self._done, result, problem)
 
     def _progress(self, phase: str, fraction: float, message: str) -> None:
+        if not self.is_attached:
+            return
         self.query_one(ProgressBar).update(progress=round(fraction * 100))
         self.query_one("#status", Static).update(
-            Text(f"{phase}: {shorten(message, self.root)}" if message else phase))
+            Text(f"{phase}: {message}" if message else phase))
 
-    def _done(self, result: Any, problem: str | None) -> None:
+    def _done(self, result: dict[str, Any] | None, problem: str | None) -> None:
         self.running = False
         self.result = result
         self.finished += 1
+        ok = result is not None and bool(result.get("ok"))
         if not self.is_attached:  # the modal was closed while the export ran
-            ok = result is not None and result.ok
-            self.app.notify(f"export {'finished' if ok else 'failed'}: "
-                            f"{shorten(str(result.out) if result else problem or '', self.root)}",
+            where = result.get("out") if result else problem
+            self.app.notify(f"export {'finished' if ok else 'failed'}: {where or ''}",
                             severity="information" if ok else "error", timeout=10)
             return
         status = self.query_one("#status", Static)
         if result is None:
-            status.update(Text(f"export failed: {shorten(problem or '', self.root)}",
-                               style="bold red"))
+            status.update(Text(f"export failed: {problem or ''}", style="bold red"))
             return
         self.query_one(ProgressBar).update(progress=100)
-        verification = result.verification or {}
+        verification = result.get("verification") or {}
         text = Text()
-        if result.ok:
+        if ok:
             text.append("✓ exported and verified  ", style="bold green")
         else:
             text.append("✗ export written but NOT verified  ", style="bold red")
         if "max_abs_diff" in verification:
             text.append(f"max |logit diff| {verification['max_abs_diff']:.2e} "
                         f"(tolerance {verification.get('tolerance', 0):.0e})  ")
-        text.append(f"{shorten(str(result.out), self.root)}")
-        for problem_line in result.problems:
+        text.append(str(result.get("out", "")))
+        for problem_line in result.get("problems") or []:
             text.append(f"\n{problem_line}", style="red")
         status.update(text)
 
@@ -228,4 +284,5 @@ class ExportModal(ModalScreen[Path | None]):
         if self.running:
             self.notify("The export keeps running in the background; you will be told when "
                         "it is done.")
-        self.dismiss(self.result.out if self.result is not None else None)
+        out = self.result.get("out") if isinstance(self.result, dict) else None
+        self.dismiss(Path(out) if out else None)

@@ -10,6 +10,16 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Static
 
+LEGEND = (
+    "Rows: ▶ running · ‖ paused (p continues) · ✗ crashed (R resumes from the last checkpoint)\n"
+    "· ■ stopped on request · ✓ done earlier (complete before a resume, kept).\n"
+    "The cursor follows the running stage; move it to pick another, f follows again. e exports\n"
+    "the pipeline's final model while following, else the stage under the cursor.\n"
+    "Chart: by stage, each stage's own metric on its own scale (m cycles to one metric over the\n"
+    "whole run, ◆ = evaluation points); S smooths. z zooms chart / log; c shows or hides the\n"
+    "resources and checks panels. ETA: each stage at its own kind's measured rate."
+)
+
 PROMISE = (
     "q detaches: training keeps running in its own process; re-attach with `graftline attach`.\n"
     "Only an explicit, confirmed stop (s) ends a run. Cleanup and export always show a plan and\n"
@@ -46,8 +56,11 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll():
             yield Static(f"Keys — {self._below.__class__.__name__.removesuffix('Screen')}",
                          classes="title", markup=False)
+            # the promise first: at 80×24 it must be on screen without scrolling
+            yield Static(PROMISE + "\n", markup=False)
             yield Static("\n".join(rows), markup=False)
-            yield Static("\n" + PROMISE, markup=False)
+            if self._below.__class__.__name__ == "DashboardScreen":
+                yield Static("\n" + LEGEND, markup=False)
 
     async def action_dismiss(self, result: None = None) -> None:
         self.dismiss(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from rich.text import Text
@@ -30,11 +31,15 @@ class LogTail(Widget):
             self.refresh()
 
     def _short(self, text: str) -> str:
+        """Absolute paths under the runs folder shortened to `runs/<run>/…`: only a whole path
+        prefix, so a path that merely contains `runs/` somewhere is left as it is."""
         if self.root is None:
             return text
-        for base in {str(self.root), str(self.root.resolve())}:
-            text = text.replace(base.rstrip("/") + "/", "")
-        return text
+        root = self.root.resolve()
+        if str(root) in ("", "/"):
+            return text
+        pattern = re.compile(r"(?<![\w./-])" + re.escape(str(root).rstrip("/")) + r"/")
+        return pattern.sub(root.name + "/", text)
 
     def render(self) -> Text:
         height = max(1, self.content_size.height)

@@ -1,18 +1,30 @@
-"""The stage pipeline: each stage's kind, status, progress, key metric, adapter and reference."""
+"""The stage pipeline: each stage's kind, status, progress, ETA, result, adapter and reference.
+
+The cursor follows the running stage (and, once the run has ended, the stage holding the final
+model) until the user moves it; then it stays where the user put it until `f` follows again.
+Every other panel and `e` read the same choice, so what the table points at is what they show.
+"""
 
 from __future__ import annotations
 
 from rich.text import Text
+from textual import events
 from textual.widgets import DataTable
 
-from graftline.console.run_view import RunModel, StageView, format_metric
+from graftline.console.run_view import TRAINING_KINDS, RunModel, StageView, human_seconds
 
 STATUS_GLYPH = {"pending": "·", "running": "▶", "complete": "✓", "failed": "✗",
-                "stopped": "■", "skipped": "↷"}
+                "stopped": "■", "skipped": "↷", "paused": "‖", "crashed": "✗",
+                "resumed": "▶", "done earlier": "✓"}
 STATUS_ASCII = {"pending": ".", "running": ">", "complete": "v", "failed": "x",
-                "stopped": "#", "skipped": "-"}
-STATUS_STYLE = {"running": "bold", "failed": "bold red", "stopped": "yellow", "pending": "dim",
-                "skipped": "dim"}
+                "stopped": "#", "skipped": "-", "paused": "=", "crashed": "x",
+                "resumed": ">", "done earlier": "v"}
+STATUS_STYLE = {"running": "bold", "resumed": "bold", "failed": "bold red", "crashed": "bold red",
+                "stopped": "yellow", "paused": "bold yellow", "pending": "dim", "skipped": "dim",
+                "done earlier": "dim"}
+BAR = 6
+ETA_WIDTH = 7
+MIN_REFERENCE = 4
 
 
 def progress_bar(fraction: float | None, width: int, ascii_only: bool = False) -> str:
@@ -24,49 +36,144 @@ def progress_bar(fraction: float | None, width: int, ascii_only: bool = False) -
     return full * filled + empty * (width - filled)
 
 
+def fit(text: str, width: int, ellipsis: str = "…") -> str:
+    """`text` in at most `width` cells, an ellipsis marking a cut."""
+    if width <= 0:
+        return ""
+    if len(text) <= width:
+        return text
+    return text[: max(0, width - len(ellipsis))] + ellipsis
+
+
 class PipelineTable(DataTable):
     """Cursor rows are stages; moving the cursor selects the stage the other panels describe."""
 
-    COLUMNS = ("stage", "kind", "status", "progress", "metric", "adapter", "reference")
+    ALL_COLUMNS = ("stage", "kind", "status", "progress", "eta", "metric", "adapter",
+                   "reference")
+    # an ended run has no ETA: its column gives its room to the reference
+    ENDED_COLUMNS = tuple(c for c in ALL_COLUMNS if c != "eta")
 
     def __init__(self, *, ascii_only: bool = False, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=False)
         self.ascii_only = ascii_only
+        self.following = True  # the cursor tracks the run until the user moves it
         self._signature: tuple[object, ...] = ()
         self._names: list[str] = []
         self._widths: tuple[int, ...] = ()
+        self._model: RunModel | None = None
+        self.COLUMNS: tuple[str, ...] = self.ALL_COLUMNS
 
     def on_mount(self) -> None:
         for label in self.COLUMNS:
             self.add_column(label, key=label)
 
+    # -- the user's cursor -----------------------------------------------------------------
+
+    def _user_moved(self) -> None:
+        self.following = False
+
+    def action_cursor_up(self) -> None:
+        self._user_moved()
+        super().action_cursor_up()
+
+    def action_cursor_down(self) -> None:
+        self._user_moved()
+        super().action_cursor_down()
+
+    def action_page_up(self) -> None:
+        self._user_moved()
+        super().action_page_up()
+
+    def action_page_down(self) -> None:
+        self._user_moved()
+        super().action_page_down()
+
+    def action_scroll_top(self) -> None:
+        self._user_moved()
+        super().action_scroll_top()
+
+    def action_scroll_bottom(self) -> None:
+        self._user_moved()
+        super().action_scroll_bottom()
+
+    async def _on_click(self, event: events.Click) -> None:
+        self._user_moved()
+        await super()._on_click(event)
+
+    def follow(self, model: RunModel) -> None:
+        """Track the run again (the `f` key)."""
+        self.following = True
+        self._signature = ()
+        self.update_from(model)
+
+    @staticmethod
+    def followed_stage(model: RunModel) -> str | None:
+        """Where a following cursor sits: the running stage, else the final model's stage."""
+        if model.current is not None:
+            return model.current
+        final = model.final_checkpoint()
+        if final is not None:
+            return final[0].name
+        return model.stages[-1].name if model.stages else None
+
+    # -- rows ------------------------------------------------------------------------------
+
+    def on_resize(self, _event: events.Resize) -> None:
+        if self._model is not None:
+            self._signature = ()
+            self.update_from(self._model)
+
     def update_from(self, model: RunModel) -> None:
-        rows = [self._row(stage) for stage in model.stages]
-        signature = tuple(tuple(str(c) for c in row) for row in rows)
+        self._model = model
+        run_status = model.run_status()
+        live = model.status == "running"
+        columns = self.ALL_COLUMNS if live else self.ENDED_COLUMNS
+        rows = [self._row(stage, model, run_status) for stage in model.stages]
+        if not live:
+            rows = [row[:4] + row[5:] for row in rows]
+        names = [stage.name for stage in model.stages]
+        widths = [max([len(label), *(_width(r[i]) for r in rows)])
+                  for i, label in enumerate(columns)]
+        widths[3] = max(len("progress"), *(self._progress_width(s) for s in model.stages), 0)
+        if live:
+            widths[4] = ETA_WIDTH
+        # the reference gets what is left of the table's width, with an ellipsis where it is cut
+        # the widget's width less a vertical scrollbar's, whether or not one shows right now:
+        # the same answer before and after layout settles
+        visible = max(0, self.size.width - self.styles.scrollbar_size_vertical)
+        pad = 2 * self.cell_padding
+        room = visible - sum(w + pad for w in widths[:-1]) - pad
+        if visible and room < widths[-1]:
+            widths[-1] = max(MIN_REFERENCE, room)
+            mark = "..." if self.ascii_only else "…"
+            rows = [(*row[:-1], fit(str(row[-1]), widths[-1], mark)) for row in rows]
+        signature = (tuple(tuple(str(c) for c in row) for row in rows), self.following)
+        target = self.followed_stage(model) if self.following else None
         if signature == self._signature:
             return
         self._signature = signature
-        names = [stage.name for stage in model.stages]
-        widths = tuple(max([len(label), *(_width(r[i]) for r in rows)])
-                       for i, label in enumerate(self.COLUMNS))
-        if names == self._names and widths == self._widths:
+        widths_t = tuple(widths)
+        if names == self._names and widths_t == self._widths and columns == self.COLUMNS:
             # the common case while training: a progress or metric cell changed in place, which
             # repaints those cells without a new layout
             for name, row in zip(names, rows, strict=True):
                 for label, cell in zip(self.COLUMNS, row, strict=True):
                     self.update_cell(name, label, cell)
-            return
-        # Rebuilt with explicit widths when the shape changes: the header is then drawn at the
-        # content's width from the first frame, whatever states the follower delivered before.
-        cursor = self.cursor_row
-        self.clear(columns=True)
-        for label, width in zip(self.COLUMNS, widths, strict=True):
-            self.add_column(label, key=label, width=width)
-        for name, row in zip(names, rows, strict=True):
-            self.add_row(*row, key=name)
-        self._names, self._widths = names, widths
-        if self.row_count:
-            self.move_cursor(row=min(max(cursor, 0), self.row_count - 1))
+        else:
+            # Rebuilt with explicit widths when the shape changes: the header is then drawn at
+            # the content's width from the first frame.
+            cursor = self.cursor_row
+            self.clear(columns=True)
+            self.COLUMNS = columns
+            for label, width in zip(self.COLUMNS, widths_t, strict=True):
+                self.add_column(label, key=label, width=width)
+            for name, row in zip(names, rows, strict=True):
+                self.add_row(*row, key=name)
+            self._names, self._widths = names, widths_t
+            if self.row_count:
+                self.move_cursor(row=min(max(cursor, 0), self.row_count - 1))
+        if target is not None and target in names and self.cursor_row != names.index(target):
+            self.move_cursor(row=names.index(target))
 
     @property
     def selected_stage(self) -> str | None:
@@ -74,21 +181,35 @@ class PipelineTable(DataTable):
             return None
         return self._names[min(self.cursor_row, len(self._names) - 1)]
 
-    def _row(self, stage: StageView) -> tuple[object, ...]:
+    @staticmethod
+    def _progress_width(stage: StageView) -> int:
+        if stage.max_steps and stage.kind in TRAINING_KINDS:
+            digits = len(str(stage.max_steps))
+            return BAR + 1 + 2 * digits + 1
+        return BAR
+
+    def _row(self, stage: StageView, model: RunModel, run_status: str) -> tuple[object, ...]:
         glyphs = STATUS_ASCII if self.ascii_only else STATUS_GLYPH
-        status = Text(f"{glyphs.get(stage.status, '?')} {stage.status}",
-                      style=STATUS_STYLE.get(stage.status, ""))
+        shown = stage.display_status(run_status)
+        status = Text(f"{glyphs.get(shown, '?')} {shown}", style=STATUS_STYLE.get(shown, ""))
         fraction = stage.progress
-        if stage.max_steps and stage.kind in ("sft", "dpo", "grpo"):
-            bar = progress_bar(fraction, 6, self.ascii_only)
-            progress = f"{bar} {stage.step}/{stage.max_steps}"
+        if stage.max_steps and stage.kind in TRAINING_KINDS:
+            # fixed width: the step count is padded to the stage's own maximum, so the column
+            # never moves as counts grow
+            digits = len(str(stage.max_steps))
+            bar = progress_bar(fraction, BAR, self.ascii_only)
+            progress = f"{bar} {min(stage.step, stage.max_steps):>{digits}}/{stage.max_steps}"
         elif fraction is not None:
-            progress = progress_bar(fraction, 6, self.ascii_only)
+            progress = progress_bar(fraction, BAR, self.ascii_only)
         else:
             progress = ""
-        key = stage.key_metric
-        metric = f"{_short(key[0])} {format_metric(key[1])}" if key else ""
-        return (stage.name, stage.kind, status, progress, metric,
+        eta = ""
+        if model.status == "running" and stage.status in ("pending", "running") \
+                and run_status == "running":
+            remaining = model.stage_eta(stage)
+            eta = human_seconds(remaining) if remaining is not None else "?"
+        eta_cell = Text(eta.rjust(ETA_WIDTH), style="dim" if stage.status == "pending" else "")
+        return (stage.name, stage.kind, status, progress, eta_cell, stage.metric_label(),
                 stage.action_label, stage.reference_label)
 
 
@@ -96,7 +217,3 @@ def _width(cell: object) -> int:
     if isinstance(cell, Text):
         return cell.cell_len
     return Text.from_markup(str(cell)).cell_len
-
-
-def _short(metric: str) -> str:
-    return {"rewards/margins": "margin", "rewards/accuracies": "acc"}.get(metric, metric)

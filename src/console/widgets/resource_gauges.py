@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from graftline.console.run_view import RunModel, Telemetry, human_bytes
+from graftline.console.run_view import RunModel, Telemetry, gpu_reason_label, human_bytes
 from graftline.console.widgets.quiet_static import QuietStatic
 
 
@@ -29,11 +29,16 @@ class ResourceGauges(QuietStatic):
         self.border_title = "resources"
 
     def update_from(self, model: RunModel) -> None:
-        self.show(self.render_telemetry(model.telemetry))
+        live = model.run_status() in ("running", "paused", "waiting")
+        self.show(self.render_telemetry(model.telemetry, live=live))
 
-    def render_telemetry(self, tel: Telemetry) -> Text:
+    def render_telemetry(self, tel: Telemetry, *, live: bool = True) -> Text:
         if not tel.seen:
             return Text("no telemetry yet", style="dim")
+        if not live:
+            # the engine has exited: its last CPU and memory sample would read as current
+            disk = f"disk free {human_bytes(tel.disk_free)} (last sample)"
+            return Text.assemble(("engine not running", "dim"), "\n", (disk, "dim"))
         bar = 10
         lines: list[Text] = []
         if tel.gpus:
@@ -45,14 +50,13 @@ class ResourceGauges(QuietStatic):
             if tel.proc_gpu_bytes is not None:
                 lines.append(Text(f"engine VRAM {human_bytes(tel.proc_gpu_bytes)}"))
         else:
-            reason = (tel.gpu_reason or "").split(": ")[-1]
-            lines.append(Text(f"no GPU ({reason})" if reason else "no GPU", style="yellow",
-                              no_wrap=True, overflow="ellipsis"))
+            lines.append(Text(f"no GPU ({gpu_reason_label(tel.gpu_reason)}), RAM shown",
+                              style="yellow", no_wrap=True, overflow="ellipsis"))
         lines.append(Text.assemble("RAM  ", gauge(tel.ram_used, tel.ram_total, bar,
                                                   self.ascii_only),
                                    f" {human_bytes(tel.ram_used)}/{human_bytes(tel.ram_total)}"))
         cpu = f"{tel.cpu_percent:.0f}%" if tel.cpu_percent is not None else "—"
-        lines.append(Text(f"CPU {cpu}  engine RSS {human_bytes(tel.rss)}"))
+        lines.append(Text(f"engine CPU {cpu}  RSS {human_bytes(tel.rss)}"))
         disk = Text(f"disk free {human_bytes(tel.disk_free)}")
         if tel.forecast_bytes is not None:
             short = tel.disk_free is not None and tel.forecast_bytes > tel.disk_free

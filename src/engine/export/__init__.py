@@ -1,7 +1,8 @@
 """graftline.engine.export: a checkpoint's adapter chain merged into its full-precision base,
 written as a complete model directory and verified.
 
-Modules: writer (plan_export, run_export), chain (the adapter chain to merge), merge (the
+Modules: writer (plan_export, run_export), worker (an export in its own process, reporting
+JSON lines: what the console runs), chain (the adapter chain to merge), merge (the
 streaming per-tensor merge), safetensors (header and tensor reads), ordered_io (the writer
 thread), verify (reload and compare logits), formats (which formats can run here), gguf_convert
 (llama.cpp's converter in its own process), gguf_verify (the GGUF read back, tensor by tensor),
@@ -35,6 +36,9 @@ _EXPORTS = {
     "verify_gguf": "gguf_verify",
     "ollama": "ollama",
     "card": "card",
+    "worker": "worker",
+    "worker_command": "worker",
+    "parse_worker_line": "worker",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

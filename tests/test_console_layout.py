@@ -1,0 +1,91 @@
+"""The dashboard at 80×24 and 200×50: the footer keeps the keys a user needs first, hidden
+panels say so and come back with a key, one panel can take the whole screen; and log paths
+are shortened without inventing directories."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from console_support import screen_text, wait_for
+
+from graftline.console.app import GraftlineApp
+from graftline.console.run_view import LogLine
+from graftline.console.screens.dashboard import DashboardScreen
+from graftline.console.widgets.log_tail import LogTail
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+from synthetic_run import write_synthetic_run
+
+
+async def attach(pilot) -> DashboardScreen:  # type: ignore[no-untyped-def]
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, DashboardScreen)
+                   and pilot.app.screen.loaded, what="the dashboard to load")
+    return pilot.app.screen
+
+
+@pytest.mark.asyncio
+async def test_80x24_footer_priority_toggle_and_zoom(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "runs" / "live", stop_in="ipo", finish=False)
+    app = GraftlineApp(run, run.parent, ascii_only=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await attach(pilot)
+        footer = screen_text(app).splitlines()[-1]
+        for key in ("q Detach", "? Help", "e Export", "l Lineage"):
+            assert key in footer, footer
+        # resources and checks do not fit: hidden, and the screen says how to show them
+        side = screen.query_one("#side")
+        assert not side.display
+        await wait_for(pilot, lambda: "c shows" in screen_text(app), what="the hint")
+        await pilot.press("c")
+        await pilot.pause()
+        assert side.display and "resources" in screen_text(app)
+        await pilot.press("c")
+        await pilot.pause()
+        assert not side.display
+        # z: the chart alone, then the log alone, then everything
+        chart, log = screen.query_one("#chart"), screen.query_one("#log")
+        small_chart = chart.size.height
+        await pilot.press("z")
+        await pilot.pause()
+        assert chart.size.height > small_chart and not log.display
+        await pilot.press("z")
+        await pilot.pause()
+        assert not chart.display and log.size.height > 10
+        await pilot.press("z")
+        await pilot.pause()
+        assert chart.display and log.display and chart.size.height == small_chart
+
+
+@pytest.mark.asyncio
+async def test_200x50_gives_the_space_to_the_panels(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "runs" / "live", stop_in="ipo", finish=False)
+    sizes = {}
+    for size in ((120, 40), (200, 50)):
+        app = GraftlineApp(run, run.parent, ascii_only=False)
+        async with app.run_test(size=size) as pilot:
+            screen = await attach(pilot)
+            sizes[size] = (screen.query_one("#log").size.height,
+                           screen.query_one("#chart").size.height,
+                           screen.query_one("#side").size.width)
+            footer = screen_text(app).splitlines()[-1]
+    assert sizes[(200, 50)][0] > sizes[(120, 40)][0]  # more log
+    assert sizes[(200, 50)][1] >= sizes[(120, 40)][1]  # no less chart
+    assert sizes[(200, 50)][2] > sizes[(120, 40)][2]  # wider side panels
+    assert "r Runs" in footer and "t Theme" in footer  # every key fits
+
+
+def test_log_paths_are_shortened_only_at_the_runs_folder(tmp_path: Path) -> None:
+    runs = tmp_path / "work" / "runs"
+    tail = LogTail(root=runs)
+    elsewhere = "/data/old-runs/x"
+    text = f"saved to {runs}/demo-1/stages/sft and {elsewhere}, also runs/literal"
+    shown = tail._short(text)
+    assert "saved to runs/demo-1/stages/sft" in shown
+    assert elsewhere in shown and "runs/literal" in shown
+    assert isinstance(LogLine(0.0, "info", None, shown).text, str)
+    # a relative root (`runs`, as the CLI's default) used to strip every "runs/" it met
+    relative = LogTail(root=Path("runs"))
+    assert relative._short(f"kept {elsewhere} and runs/literal") == \
+        f"kept {elsewhere} and runs/literal"
