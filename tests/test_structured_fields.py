@@ -53,3 +53,20 @@ def test_the_plan_states_each_reference_as_a_label_too(tmp_path: Path) -> None:
     plan = plan_of(pf)
     labels = {step.name: step.reference_label for step in plan.steps}
     assert labels == {"sft": None, "ipo": "sft (frozen)", "fresh": "base (adapter off)"}
+
+
+def test_the_console_shows_the_engines_reference_label_without_parsing_it() -> None:
+    from graftline.console.run_view import fold
+    from graftline.engine.run.events import Event
+
+    def run_started(**stage: object) -> Event:
+        data = {"run": "r", "pipeline": "p", "backend": "hf", "resumed": False,
+                "stages": [{"name": "ipo", "kind": "dpo", "action": "continue", **stage}]}
+        return Event(seq=1, time=0.0, type="run_started", stage=None, data=data)
+
+    sentence = "the 'sft' adapter as it is when 'ipo' starts (frozen copy)"
+    labelled = fold([run_started(reference=sentence, reference_label="a label the engine chose")])
+    assert labelled.stages[0].reference_label == "a label the engine chose"
+    # A log from before the engine wrote labels: the whole sentence, cut by the table, not guessed.
+    older = fold([run_started(reference=sentence)])
+    assert older.stages[0].reference_label == sentence

@@ -10,7 +10,6 @@ points cost 16 MB and the chart reads them without copying (numpy `frombuffer`).
 
 from __future__ import annotations
 
-import re
 from array import array
 from collections import deque
 from collections.abc import Iterable
@@ -56,6 +55,7 @@ class StageView:
     action: str | None = None
     lora_r: int | None = None
     reference: str | None = None
+    reference_short: str | None = None  # the engine's own short label (run_started)
     max_steps: int | None = None
     status: str = "pending"
     step: int = 0
@@ -126,14 +126,9 @@ class StageView:
 
     @property
     def reference_label(self) -> str:
-        """The engine's sentence shortened to a table cell: "sft_r8 (frozen)"."""
-        if not self.reference:
-            return ""
-        quoted = re.search(r"'([^']+)'", self.reference)
-        if quoted is None:
-            return self.reference
-        frozen = " (frozen)" if "frozen" in self.reference else ""
-        return quoted.group(1) + frozen
+        """The reference as a table cell: the engine's short label ("sft_r8 (frozen)"), or its
+        whole sentence for a log written before the engine recorded one."""
+        return self.reference_short or self.reference or ""
 
     @property
     def action_label(self) -> str:
@@ -410,6 +405,7 @@ def _run_started(model: RunModel, event: Event) -> None:
         view.action = raw.get("action", view.action)
         view.lora_r = raw.get("lora_r", view.lora_r)
         view.reference = raw.get("reference", view.reference)
+        view.reference_short = raw.get("reference_label", view.reference_short)
         view.max_steps = raw.get("max_steps", view.max_steps)
     if data.get("resumed"):
         model.resumes += 1
@@ -429,6 +425,7 @@ def _stage_started(model: RunModel, event: Event) -> None:
     view.global_step_offset = int(data.get("global_step_offset") or 0)
     view.action = data.get("action", view.action)
     view.reference = data.get("reference", view.reference)
+    view.reference_short = data.get("reference_label", view.reference_short)
     view.resumed = bool(data.get("resumed_from"))
     view.started_time = event.time
     view.started_step = view.step if view.resumed else 0

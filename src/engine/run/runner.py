@@ -241,7 +241,7 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
         )
         sink.emit("stage_started", step.name, kind=step.kind, index=index,
                   max_steps=_max_steps(step), global_step_offset=offset, action=step.action,
-                  reference=step.reference,
+                  reference=step.reference, reference_label=step.reference_label,
                   resumed_from=str(resume_from) if resume_from else None)
         # an export is the user's, written outside the run: the user's umask, not the run's 077
         with umask(user_umask()) if step.kind == "export" else contextlib.nullcontext():
