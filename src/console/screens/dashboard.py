@@ -264,11 +264,12 @@ class DashboardScreen(Screen[None]):
     @work(thread=True, group="control", exit_on_error=False)
     def _resume(self) -> None:
         from graftline.console.reaper import reap_later
+        from graftline.engine.common import GraftlineError
         from graftline.engine.run import resume_run
 
         try:
             pid = resume_run(self.run_dir)
-        except Exception as exc:
+        except (GraftlineError, OSError) as exc:
             self.app.call_from_thread(self.notify, f"resume failed: {exc}", severity="error",
                                       timeout=10)
             return
@@ -294,11 +295,12 @@ class DashboardScreen(Screen[None]):
 
     @work(thread=True, group="control", exit_on_error=False)
     def _send(self, command: str) -> None:
+        from graftline.engine.common import GraftlineError
         from graftline.engine.run import client
 
         try:
             reply = client.send_command(self.run_dir, command)
-        except Exception as exc:  # the engine may be gone, or the client not there yet
+        except GraftlineError as exc:  # the engine is gone or refused: its socket says which
             self.app.call_from_thread(self.notify, f"{command} failed: {exc}", severity="error")
             return
         ok = reply.get("ok", True) if isinstance(reply, dict) else True

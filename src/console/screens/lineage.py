@@ -25,6 +25,7 @@ from textual.widgets.tree import TreeNode
 from graftline.console import cleanup_bridge
 from graftline.console.run_view import format_metric, human_bytes
 from graftline.console.screens.confirm import ConfirmModal
+from graftline.engine.common import GraftlineError
 
 KIND_STYLE = {"base": "bold", "merged": "cyan", "adapter": "green", "combined": "magenta",
               "export": "bold blue", "trainer": "dim", "external": "dim italic",
@@ -103,13 +104,11 @@ class LineageScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
     def action_rescan(self) -> None:
-        try:
-            from graftline.engine import lineage as lineage_api
+        from graftline.engine import lineage as lineage_api
 
+        try:
             result, problem = lineage_api.scan([self.root]), None
-        except ImportError as exc:
-            result, problem = None, f"lineage is not available in this engine: {exc}"
-        except Exception as exc:
+        except (GraftlineError, OSError) as exc:
             result, problem = None, f"cannot scan {self.root.name}: {exc}"
         self.app.call_from_thread(self._show_lineage, result, problem)
 
@@ -289,7 +288,7 @@ class LineageScreen(Screen[None]):
             return
         try:
             self.plan = cleanup_bridge.plan(self.lineage, sorted(self.keep))
-        except Exception as exc:
+        except GraftlineError as exc:  # a keep set that selects nothing is refused, with why
             self.plan = None
             self.notify(f"cannot plan: {exc}", severity="error", timeout=8)
             return
@@ -321,7 +320,7 @@ class LineageScreen(Screen[None]):
         try:
             message = cleanup_bridge.execute(plan, lineage)
             severity = "information"
-        except Exception as exc:
+        except (GraftlineError, OSError) as exc:
             message, severity = f"cleanup failed: {exc}", "error"
         self.app.call_from_thread(self._after_cleanup, message, severity)
 

@@ -80,14 +80,12 @@ def is_model_dir(path: Path) -> bool:
 
 
 def removed_by(path: Path) -> str | None:
-    """Which cleanup removed `path`, when the cleanup journal knows (the module is optional)."""
-    try:
-        from graftline.engine.lineage.cleanup import removed_by as journal_lookup
-    except ImportError:
-        return None
+    """Which cleanup removed `path`, when the cleanup journal knows."""
+    from graftline.engine.lineage.cleanup import removed_by as journal_lookup
+
     try:
         return journal_lookup(Path(path))
-    except Exception:  # a broken journal must not hide the real refusal
+    except (OSError, ValueError):  # a broken journal must not hide the real refusal
         return None
 
 
