@@ -168,7 +168,7 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
                   max_steps=_max_steps(step), global_step_offset=offset, action=step.action,
                   reference=step.reference,
                   resumed_from=str(resume_from) if resume_from else None)
-        result = _run_stage(ctx)
+        result = _run_stage_scaled(ctx, pf)
         statuses[step.name] = result.status
         if result.status == "failed":
             sink.emit("run_finished", None, status="failed", message=result.message)
@@ -191,6 +191,17 @@ class _StageResult:
     status: str
     message: str = ""
     steps: int = 0
+
+
+def _run_stage_scaled(ctx: StageContext, pf: PipelineFile) -> _StageResult:
+    """The one dispatch point for scale-out: a stage with processes > 1 runs on a process group
+    (run/distributed.py); every other stage runs here, in this process, as always."""
+    from graftline.engine.run import distributed
+
+    scale = distributed.scale_for(pf.pipeline, ctx.stage)
+    if not scale.distributed_run:
+        return _run_stage(ctx)
+    return _StageResult(*distributed.run_stage(ctx, scale, pf.text, pf.path))
 
 
 def _partial_manifest(ctx: StageContext) -> mf.Manifest | None:
