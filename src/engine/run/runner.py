@@ -167,7 +167,8 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
         sink.emit("stage_started", step.name, kind=step.kind, index=index,
                   max_steps=_max_steps(step), global_step_offset=offset, action=step.action,
                   reference=step.reference,
-                  resumed_from=str(resume_from) if resume_from else None)
+                  resumed_from=str(resume_from) if resume_from else None,
+                  **_scale_fields(pf, step.stage))
         result = _run_stage_scaled(ctx, pf)
         statuses[step.name] = result.status
         if result.status == "failed":
@@ -191,6 +192,14 @@ class _StageResult:
     status: str
     message: str = ""
     steps: int = 0
+
+
+def _scale_fields(pf: PipelineFile, stage: Any) -> dict[str, Any]:
+    """`world_size` on a distributed stage's `stage_started`; nothing for one process."""
+    from graftline.engine.run import distributed
+
+    scale = distributed.scale_for(pf.pipeline, stage)
+    return {"world_size": scale.world_size} if scale.distributed_run else {}
 
 
 def _run_stage_scaled(ctx: StageContext, pf: PipelineFile) -> _StageResult:
