@@ -134,3 +134,13 @@ def test_multi_node_needs_the_main_address(tmp_path: Path) -> None:
     pf = _pipeline(tmp_path, stage_extra="processes = 1\nnum_machines = 2\nmachine_rank = 2")
     errors = _errors(pf, CPU2)
     assert set(errors) == {"machine_rank", "main_process_ip"}
+
+
+def test_rehearsal_runs_distributed_stages_in_one_process(tmp_path: Path) -> None:
+    from graftline.engine.rehearse.rehearsal import derive
+
+    pf = _pipeline(tmp_path, defaults="processes = 2")
+    derived = derive(pf, base="toy:addition", scratch=tmp_path / "scratch")
+    stage = derived.pipeline.stage[0]
+    assert not scaleout.scale_of(derived.pipeline, stage).distributed_run
+    assert any("rehearsed in one process" in note for note in derived.notes)
