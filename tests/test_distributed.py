@@ -177,7 +177,8 @@ def test_pause_stop_and_kill_of_rank_1_reach_the_group_and_resume(root: Path) ->
     rows = _wait(run_dir, "the run's end", _finished)
     assert _finished(rows) == "failed"
     error = [r["data"] for r in rows if r["type"] == "error"][-1]
-    assert "process group ended" in error["message"] and "graftline resume" in error["fix"]
+    assert "2-process group ended" in error["message"] and "graftline resume" in error["fix"]
+    assert "a rank failed or was killed" in _rows(run_dir)[-1]["data"]["message"]
     _no_ranks_left(run_dir)
     found = mf.read(run_dir / "stages" / "sft")
     assert found is not None and found.status != "complete"

@@ -115,15 +115,18 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
     relay()
     code = proc.returncode
     result = _read_result(work)
-    if result is not None:
+    if code == 0 and result is not None:
         return result
-    if scale.machine_rank > 0 and code == 0:
+    if code == 0 and scale.machine_rank > 0:
         # machine 0's rank 0 saved the stage; this host only lent its processes
         return "complete", "", 0
-    message = (f"stage '{ctx.name}': the {scale.world_size}-process group ended (exit code "
-               f"{code}) before rank 0 finished the stage")
-    fix = (f"see engine.log for the rank that failed; `graftline resume {ctx.run_id}` continues "
-           "from the stage's last Trainer checkpoint")
+    # A rank failed or was killed. Rank 0 may have reported its own side of it (a collective
+    # that lost its peer); the engine says what happened to the group, and how to go on.
+    message = (f"stage '{ctx.name}': the {scale.world_size}-process group ended with exit code "
+               f"{code}: a rank failed or was killed"
+               + ("" if result is not None else " before rank 0 finished the stage"))
+    fix = (f"see engine.log for the rank and its error; if it was killed or crashed, "
+           f"`graftline resume {ctx.run_id}` continues from the stage's last Trainer checkpoint")
     ctx.sink.emit("error", ctx.name, message=message, fix=fix, world_size=scale.world_size,
                   exit_code=code)
     _mark_failed(ctx)

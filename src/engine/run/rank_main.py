@@ -35,6 +35,22 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig))
 
 
+def accept_indexed_cpu_locations() -> None:
+    """Resuming DDP on CPU: transformers 5 loads the optimizer state with `map_location =
+    args.device`, which is `cpu:0` in a multi-process CPU run, and torch cannot restore a storage
+    tagged `cpu:0` ("don't know how to restore data location"). Teach torch that `cpu:N` is the
+    CPU, in the rank processes only."""
+    from torch.serialization import register_package
+
+    def tag(_obj: Any) -> None:
+        return None
+
+    def restore(obj: Any, location: str) -> Any:
+        return obj.cpu() if location.startswith("cpu:") else None
+
+    register_package(11, tag, restore)  # after torch's own cpu/cuda/… handlers
+
+
 def _leave_after_training(control: group_io.GroupControl):  # type: ignore[no-untyped-def]
     def before_train(trainer: Any) -> None:
         train = trainer.train
@@ -65,6 +81,7 @@ def run(request_path: Path) -> int:
     from graftline.engine.stages import StageContext, StageHooks, runner_for, trl_compat
 
     trl_compat.install()  # the Triton log-prob stand-in, in every rank (FINDINGS.md)
+    accept_indexed_cpu_locations()
     pf = pipeline_file.parse(request["pipeline_text"], request["pipeline_path"])
     header = pf.pipeline.pipeline
     step = next(s for s in resolve(pf.pipeline) if s.name == request["stage"])
