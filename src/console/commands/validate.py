@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from graftline.engine.common import human_bytes
-from graftline.engine.pipeline import Problem, plan_of, validate_file
+from graftline.engine.pipeline import Problem, plan_of, scaleout, validate_file
 
 FILE = typer.Argument(..., help="The pipeline file (TOML).", show_default=False)
 
@@ -77,6 +77,7 @@ def plan(
         _print_problems(console, problems)
         raise typer.Exit(1)
     the_plan = plan_of(pf)
+    launches = _launch_lines(pf)
     if as_json:
         typer.echo(
             json.dumps(
@@ -99,6 +100,7 @@ def plan(
                             "origin": s.origin,
                             "lora": s.lora.model_dump() if s.lora else None,
                             "lr": s.train.lr if s.train else None,
+                            "launch": launches.get(s.name),
                         }
                         for s in the_plan.steps
                     ],
@@ -145,6 +147,9 @@ def plan(
         if free is not None:
             line += f"; {human_bytes(free)} free on the runs volume"
         console.print(line, highlight=False)
+    for stage_name, line in launches.items():
+        console.print(f"launch '{escape(stage_name)}': [dim]{escape(line)}[/dim]",
+                      highlight=False, soft_wrap=True)
     policy = pf.pipeline.cleanup
     if policy is not None:
         when = "after " + ", ".join(policy.after) if policy.after else "after every stage"
@@ -154,6 +159,15 @@ def plan(
         console.print()
         _print_problems(console, problems)
     raise typer.Exit(1 if any(p.severity == "error" for p in problems) else 0)
+
+
+def _launch_lines(pf: object) -> dict[str, str]:
+    """The exact command line of each stage with processes > 1 (docs/distributed.md)."""
+    pipeline = pf.pipeline  # type: ignore[attr-defined]
+    if not scaleout.any_distributed(pipeline):
+        return {}
+    return scaleout.launch_lines(pipeline, scaleout.detect_env(),
+                                 search_dir=pf.directory)  # type: ignore[attr-defined]
 
 
 def register(app: typer.Typer) -> None:

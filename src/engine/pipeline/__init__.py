@@ -28,6 +28,7 @@ _EXPORTS = {
     "datasets": "datasets",
     "rewards": "rewards",
     "modelinfo": "modelinfo",
+    "scaleout": "scaleout",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

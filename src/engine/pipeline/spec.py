@@ -92,7 +92,24 @@ class StageBase(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class TrainingStage(StageBase):
+# Scale-out (docs/distributed.md): `distributed` takes one of these presets (TRL's accelerate
+# configs) or the path of an accelerate config file.
+DISTRIBUTED_PRESETS = ("ddp", "fsdp2", "zero2", "zero3")
+
+
+class ScaleOut(Strict):
+    """How many processes a training stage runs on. None inherits `[defaults]`; 1 (the default)
+    trains in the engine's own process."""
+
+    processes: int | None = Field(None, ge=1, le=1024, description="processes per machine")
+    distributed: str | None = Field(None, description="ddp, fsdp2, zero2, zero3 or a config path")
+    num_machines: int | None = Field(None, ge=1, le=4096)
+    machine_rank: int | None = Field(None, ge=0)
+    main_process_ip: str | None = None
+    main_process_port: int | None = Field(None, ge=1, le=65535)
+
+
+class TrainingStage(StageBase, ScaleOut):
     adapter: Literal["new", "continue"] | None = None
     lora: Lora | None = None
     train: Train = Train()
@@ -209,7 +226,7 @@ class Header(Strict):
     private: bool = Field(True, description="run directory owner-only (0700, files 0600)")
 
 
-class Defaults(Strict):
+class Defaults(ScaleOut):
     lora: Lora = Lora()
     train: Train = Train()
 

@@ -300,6 +300,16 @@ def _cleanup_problems(pf: PipelineFile) -> list[Problem]:
     return problems
 
 
+def _scaleout_problems(pf: PipelineFile) -> list[Problem]:
+    """Stages with processes > 1 (pipeline/scaleout.py); looks at the machine only for those."""
+    from graftline.engine.pipeline import scaleout
+
+    if not scaleout.any_distributed(pf.pipeline):
+        return []
+    return scaleout.problems(pf.pipeline, scaleout.detect_env(), file=str(pf.path),
+                             line_of=pf.line, search_dir=pf.directory)
+
+
 def validate(pf: PipelineFile) -> list[Problem]:
     """Every problem in a parsed pipeline file (errors and warnings), in stage order."""
     plan = plan_of(pf)
@@ -313,6 +323,7 @@ def validate(pf: PipelineFile) -> list[Problem]:
         *limits.name_problems(pf),
         *limits.lora_problems(pf),
         *limits.export_problems(pf),
+        *_scaleout_problems(pf),
     ]
     order = {s.name: i for i, s in enumerate(pf.pipeline.stage)}
     return sorted(problems, key=lambda p: (order.get(p.stage or "", -1), p.line or 0))

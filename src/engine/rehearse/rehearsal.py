@@ -209,8 +209,12 @@ def derive(pf: PipelineFile, *, base: str, scratch: Path, steps: int = DEFAULT_S
     if _processes(header) > 1:
         head["processes"] = 1
         notes.append(f"processes = {_processes(header)} (multi-GPU) is rehearsed in one process")
+    defaults = pipeline.defaults
+    if _processes(defaults) > 1:  # [defaults] processes: every stage that inherits it
+        notes.append(f"[defaults] processes = {_processes(defaults)} is rehearsed in one process")
+        defaults = defaults.model_copy(update={"processes": 1})
     derived = pipeline.model_copy(update={
-        "pipeline": header.model_copy(update=head), "stage": stages,
+        "pipeline": header.model_copy(update=head), "stage": stages, "defaults": defaults,
     })
     return Derived(derived, tuple(samples.values()), tuple(notes))
 

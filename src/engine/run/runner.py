@@ -242,10 +242,11 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
         sink.emit("stage_started", step.name, kind=step.kind, index=index,
                   max_steps=_max_steps(step), global_step_offset=offset, action=step.action,
                   reference=step.reference, reference_label=step.reference_label,
-                  resumed_from=str(resume_from) if resume_from else None)
+                  resumed_from=str(resume_from) if resume_from else None,
+                  **_scale_fields(pf, step.stage))
         # an export is the user's, written outside the run: the user's umask, not the run's 077
         with umask(user_umask()) if step.kind == "export" else contextlib.nullcontext():
-            result = _run_stage(ctx)
+            result = _run_stage_scaled(ctx, pf)
         if step.kind == "export" and (run_dir.stat().st_mode & 0o077) == 0:
             # its record inside a private run stays private (the export itself is elsewhere)
             for child in directory.iterdir() if directory.is_dir() else ():
@@ -272,6 +273,25 @@ class _StageResult:
     status: str
     message: str = ""
     steps: int = 0
+
+
+def _scale_fields(pf: PipelineFile, stage: Any) -> dict[str, Any]:
+    """`world_size` on a distributed stage's `stage_started`; nothing for one process."""
+    from graftline.engine.run import distributed
+
+    scale = distributed.scale_for(pf.pipeline, stage)
+    return {"world_size": scale.world_size} if scale.distributed_run else {}
+
+
+def _run_stage_scaled(ctx: StageContext, pf: PipelineFile) -> _StageResult:
+    """The one dispatch point for scale-out: a stage with processes > 1 runs on a process group
+    (run/distributed.py); every other stage runs here, in this process, as always."""
+    from graftline.engine.run import distributed
+
+    scale = distributed.scale_for(pf.pipeline, ctx.stage)
+    if not scale.distributed_run:
+        return _run_stage(ctx)
+    return _StageResult(*distributed.run_stage(ctx, scale, pf.text, pf.path))
 
 
 def _partial_manifest(ctx: StageContext) -> mf.Manifest | None:

@@ -1,0 +1,156 @@
+"""Running one stage on a process group through torchrun or accelerate launch, and supervising it.
+
+The runner hands a stage here when its scale (pipeline/scaleout.py) asks for more than one
+process. The engine stays the only writer of the run's event log and state: rank 0's events
+arrive through `<run>/dist/<stage>/events.jsonl` and are relayed into the engine's sink (tagged
+with `world_size`), and the engine's control flags go out through `control.json`, which rank 0
+broadcasts to every rank (group_io.GroupControl).
+
+Ending the group: the launcher runs in its own session with a parent-death signal, so a killed
+engine takes it down; torchrun/accelerate end every rank when one dies (kill -9 of rank 1 ends
+the group with a failure), and each rank dies with its launcher. The stage is then reported
+failed, and `graftline resume` continues from the last Trainer checkpoint as for one process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from graftline.engine.common import atomic
+from graftline.engine.lineage import manifest as mf
+from graftline.engine.pipeline import scaleout
+from graftline.engine.run import group_io
+from graftline.engine.stages.common import StageContext
+
+POLL_S = 0.2
+MACHINE_RANK_ENV = "GRAFTLINE_MACHINE_RANK"  # the per-host override for multi-node runs
+STOP_GRACE_S = 600.0  # after a stop, how long the group may take to save before it is ended
+
+
+def machine_rank_override() -> int | None:
+    value = os.environ.get(MACHINE_RANK_ENV)
+    return int(value) if value not in (None, "") else None
+
+
+def scale_for(pipeline: Any, stage: Any) -> scaleout.Scale:
+    return scaleout.scale_of(pipeline, stage, machine_rank_override())
+
+
+def _die_with_engine() -> None:
+    from graftline.engine.run.rank_main import die_with_parent
+
+    die_with_parent(signal.SIGTERM)  # torchrun/accelerate end their ranks on SIGTERM
+
+
+def _fresh(work: Path, run_dir: Path) -> None:
+    if work.is_symlink():
+        work.unlink()
+    if work.exists():
+        if Path(run_dir).resolve() not in work.resolve().parents:
+            raise RuntimeError(f"refusing to clear {work}: outside {run_dir}")
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+
+
+def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
+              pipeline_path: Path) -> tuple[str, str, int]:
+    """Run the stage on `scale.world_size` processes; (status, message, steps) as `_run_stage`
+    reports them. Never raises for the group's failure: it is reported through the sink."""
+    began = time.perf_counter()
+    work = group_io.work_dir(ctx.run_dir, ctx.name)
+    _fresh(work, ctx.run_dir)
+    request = work / group_io.REQUEST
+    atomic.write_json(request, {
+        "run_dir": str(Path(ctx.run_dir).resolve()), "stage": ctx.name, "index": ctx.index,
+        "pipeline_text": pipeline_text, "pipeline_path": str(pipeline_path),
+        "base_path": ctx.base_path, "global_step_offset": ctx.global_step_offset,
+        "resume_from": str(ctx.resume_from) if ctx.resume_from else None,
+        "work_dir": str(work.resolve()),
+    })
+    control_path = work / group_io.CONTROL
+    save_seq = 0
+    group_io.write_control(control_path, stop=False, paused=False, save_seq=save_seq)
+    argv = scaleout.command(scale, ctx.backend.name, scaleout.detect_env(), str(request),
+                            search_dir=ctx.search_dir)
+    ctx.sink.emit("info", ctx.name, message=f"launching {scale.world_size} processes: "
+                  f"{scaleout.shell_line(argv)}", world_size=scale.world_size,
+                  launch=argv, machine_rank=scale.machine_rank)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=_die_with_engine, env=env)
+    tail = group_io.EventTail(work / group_io.EVENTS)
+    finished_seen = False
+    last = (False, False, 0)
+    stop_asked: float | None = None
+
+    def relay() -> None:
+        nonlocal finished_seen
+        for event in tail.read():
+            finished_seen |= event.get("type") == "stage_finished"
+            ctx.sink.emit(event["type"], event.get("stage"), **(event.get("data") or {}))
+
+    while proc.poll() is None:
+        relay()
+        control = ctx.control
+        if control.take_save_request():
+            save_seq += 1
+        flags = (control.stop.is_set(), control.paused.is_set(), save_seq)
+        if flags != last:
+            group_io.write_control(control_path, stop=flags[0], paused=flags[1],
+                                   save_seq=flags[2])
+            last = flags
+        if flags[0] and stop_asked is None:
+            stop_asked = time.monotonic()
+        if stop_asked is not None and time.monotonic() - stop_asked > STOP_GRACE_S:
+            proc.send_signal(signal.SIGTERM)  # the launcher ends its ranks
+            stop_asked = float("inf")
+        time.sleep(POLL_S)
+    relay()
+    code = proc.returncode
+    result = _read_result(work)
+    if code == 0 and result is not None:
+        return result
+    if code == 0 and scale.machine_rank > 0:
+        # machine 0's rank 0 saved the stage; this host only lent its processes
+        return "complete", "", 0
+    # A rank failed or was killed. Rank 0 may have reported its own side of it (a collective
+    # that lost its peer); the engine says what happened to the group, and how to go on.
+    message = (f"stage '{ctx.name}': the {scale.world_size}-process group ended with exit code "
+               f"{code}: a rank failed or was killed"
+               + ("" if result is not None else " before rank 0 finished the stage"))
+    fix = (f"see engine.log for the rank and its error; if it was killed or crashed, "
+           f"`graftline resume {ctx.run_id}` continues from the stage's last Trainer checkpoint")
+    ctx.sink.emit("error", ctx.name, message=message, fix=fix, world_size=scale.world_size,
+                  exit_code=code)
+    _mark_failed(ctx)
+    if not finished_seen:
+        ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="failed",
+                      seconds=time.perf_counter() - began, metrics={}, evaluation={},
+                      world_size=scale.world_size)
+    return "failed", message, 0
+
+
+def _read_result(work: Path) -> tuple[str, str, int] | None:
+    import json
+
+    try:
+        data = json.loads((work / group_io.RESULT).read_text())
+    except (OSError, ValueError):
+        return None
+    return str(data["status"]), str(data.get("message", "")), int(data.get("steps", 0))
+
+
+def _mark_failed(ctx: StageContext) -> None:
+    try:
+        found = mf.read(ctx.stage_dir)
+    except (OSError, ValueError):
+        return
+    if found is not None and found.status != "complete":
+        mf.write(ctx.stage_dir, found.model_copy(update={"status": "failed"}))

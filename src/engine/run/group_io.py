@@ -1,0 +1,141 @@
+"""The files an engine and its process group share while a distributed stage runs.
+
+`<run>/dist/<stage>/`:
+- `request.json`   what every rank needs to rebuild the stage (written by the engine)
+- `events.jsonl`   rank 0's events, one JSON line each; the engine relays them into its sink
+- `control.json`   the run's control flags (stop, paused, save_seq), replaced atomically by the
+                   engine; rank 0 reads it and broadcasts it to every rank (see GroupControl)
+- `result.json`    rank 0's verdict on the stage (status, message, steps)
+
+Files, not pipes: torchrun and accelerate start their workers with close_fds, so an inherited
+descriptor never reaches a rank, and a file survives to be read after the group has died.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from graftline.engine.common import atomic
+
+DIST = "dist"
+REQUEST = "request.json"
+EVENTS = "events.jsonl"
+CONTROL = "control.json"
+RESULT = "result.json"
+PAUSE_POLL_S = 0.5
+
+
+def work_dir(run_dir: Path, stage: str) -> Path:
+    return Path(run_dir) / DIST / stage
+
+
+class FileSink:
+    """Rank 0's sink: every event a whole line, flushed at once, tagged with the world size."""
+
+    def __init__(self, path: Path, world_size: int) -> None:
+        self.path, self.world_size = Path(path), world_size
+        self._file = self.path.open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def emit(self, type: str, stage: str | None = None, **data: Any) -> None:
+        line = json.dumps({"type": type, "stage": stage,
+                           "data": {**data, "world_size": self.world_size}},
+                          separators=(",", ":"), default=str)
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+
+
+class SilentSink:
+    """Every rank but 0: the same stage code runs, nothing is reported."""
+
+    def emit(self, type: str, stage: str | None = None, **data: Any) -> None:
+        return None
+
+
+class EventTail:
+    """Reads the lines rank 0 has completed since the last call (a torn last line waits)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = Path(path), 0
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(self.offset)
+                chunk = handle.read()
+        except FileNotFoundError:
+            return []
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return []
+        self.offset += end + 1
+        found = []
+        for raw in chunk[: end + 1].splitlines():
+            try:
+                found.append(json.loads(raw))
+            except ValueError:
+                continue
+        return found
+
+
+def write_control(path: Path, *, stop: bool, paused: bool, save_seq: int) -> None:
+    atomic.write_json(path, {"stop": stop, "paused": paused, "save_seq": save_seq})
+
+
+def read_control(path: Path) -> tuple[bool, bool, int]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False, False, 0
+    return bool(data.get("stop")), bool(data.get("paused")), int(data.get("save_seq", 0))
+
+
+class GroupControl:
+    """RunControl's interface for a rank (StageCallback calls `wait_while_paused`, then reads
+    `stop` and `take_save_request`, after every step and log).
+
+    Rank 0 reads `control.json` and broadcasts the flags through the process group at each of
+    those calls; every rank applies the same flags at the same step. Polling the file in each
+    rank instead could let rank 0 see a stop one step before rank 1: rank 0 would enter the
+    checkpoint save while rank 1 waits in the next step's all-reduce, and both hang. A pause is
+    the same broadcast repeated every PAUSE_POLL_S, so paused ranks stay in step and wake
+    together; a stop wakes a paused group."""
+
+    def __init__(self, path: Path, rank: int) -> None:
+        self.path, self.rank = Path(path), rank
+        self.stop = threading.Event()
+        self.paused = threading.Event()
+        self.save_now = threading.Event()  # unused; kept for RunControl's shape
+        self._seen_save = 0
+        self._save_seq = 0
+
+    def _sync(self) -> None:
+        import torch
+        import torch.distributed as dist
+
+        stop, paused, seq = read_control(self.path) if self.rank == 0 else (False, False, 0)
+        if dist.is_available() and dist.is_initialized():
+            flags = torch.tensor([int(stop), int(paused), seq], dtype=torch.int64)
+            dist.broadcast(flags, src=0)
+            stop, paused, seq = bool(flags[0]), bool(flags[1]), int(flags[2])
+        if stop:
+            self.stop.set()
+        (self.paused.set if paused else self.paused.clear)()
+        self._save_seq = seq
+
+    def wait_while_paused(self, poll: float = PAUSE_POLL_S) -> None:
+        self._sync()
+        while self.paused.is_set() and not self.stop.is_set():
+            time.sleep(poll)
+            self._sync()
+
+    def take_save_request(self) -> bool:
+        if self._save_seq > self._seen_save:
+            self._seen_save = self._save_seq
+            return True
+        return False

@@ -1,0 +1,126 @@
+"""One rank of a distributed stage: `python -m graftline.engine.run.rank_main REQUEST`, started by
+torchrun or accelerate launch (run/distributed.py), never by hand.
+
+Every rank rebuilds the same StageContext from the request and runs the same stage code as the
+in-process path. Rank 0 runs it through the runner's `_run_stage` (partial manifest, checks,
+save, metrics.json, the complete manifest, `stage_finished`) with its events going to the
+group's event file; every other rank trains silently and leaves once training (and an
+evaluation, which is a collective) is over, so the save and the checks after it happen once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from graftline.engine.common import atomic
+from graftline.engine.run import group_io
+
+PR_SET_PDEATHSIG = 1
+
+
+class _RankDone(BaseException):
+    """Raised out of `trainer.train` on ranks > 0 once their share of the stage is over."""
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """A rank whose launcher was killed -9 must not train on alone (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig))
+
+
+def accept_indexed_cpu_locations() -> None:
+    """Resuming DDP on CPU: transformers 5 loads the optimizer state with `map_location =
+    args.device`, which is `cpu:0` in a multi-process CPU run, and torch cannot restore a storage
+    tagged `cpu:0` ("don't know how to restore data location"). Teach torch that `cpu:N` is the
+    CPU, in the rank processes only."""
+    from torch.serialization import register_package
+
+    def tag(_obj: Any) -> None:
+        return None
+
+    def restore(obj: Any, location: str) -> Any:
+        return obj.cpu() if location.startswith("cpu:") else None
+
+    register_package(11, tag, restore)  # after torch's own cpu/cuda/… handlers
+
+
+def _leave_after_training(control: group_io.GroupControl):  # type: ignore[no-untyped-def]
+    def before_train(trainer: Any) -> None:
+        train = trainer.train
+
+        def train_then_leave(*args: Any, **kwargs: Any) -> Any:
+            train(*args, **kwargs)
+            # rank 0 evaluates after its save; an evaluation gathers from every rank
+            if trainer.eval_dataset is not None and not control.stop.is_set():
+                trainer.evaluate()
+            raise _RankDone
+
+        trainer.train = train_then_leave
+    return before_train
+
+
+def run(request_path: Path) -> int:
+    die_with_parent()
+    request = json.loads(Path(request_path).read_text())
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+
+    from transformers import set_seed
+
+    from graftline.engine.backends.base import select_backend
+    from graftline.engine.pipeline import file as pipeline_file
+    from graftline.engine.pipeline.plan import resolve
+    from graftline.engine.run import runner
+    from graftline.engine.stages import StageContext, StageHooks, runner_for, trl_compat
+
+    trl_compat.install()  # the Triton log-prob stand-in, in every rank (FINDINGS.md)
+    accept_indexed_cpu_locations()
+    pf = pipeline_file.parse(request["pipeline_text"], request["pipeline_path"])
+    header = pf.pipeline.pipeline
+    step = next(s for s in resolve(pf.pipeline) if s.name == request["stage"])
+    work = Path(request["work_dir"])
+    control = group_io.GroupControl(work / group_io.CONTROL, rank)
+    runner._one_thread_for_tiny_models(request["base_path"])
+    set_seed(header.seed + int(request["index"]))
+    sink = (group_io.FileSink(work / group_io.EVENTS, world) if rank == 0
+            else group_io.SilentSink())
+    hooks = StageHooks() if rank == 0 else StageHooks(before_train=_leave_after_training(control))
+    resume_from = request.get("resume_from")
+    ctx = StageContext(
+        stage=step.stage, step=step, index=int(request["index"]),
+        run_dir=Path(request["run_dir"]), run_id=Path(request["run_dir"]).name,
+        base_path=request["base_path"], backend=select_backend(header.backend), sink=sink,
+        control=control,  # type: ignore[arg-type]
+        quantization=header.quantization, seed=header.seed, probes=tuple(header.probes),
+        global_step_offset=int(request["global_step_offset"]),
+        resume_from=Path(resume_from) if resume_from else None, search_dir=pf.directory,
+        hooks=hooks,
+    )
+    if rank != 0:
+        with contextlib.suppress(_RankDone):
+            runner_for(ctx.kind)(ctx)
+        return 0
+    result = runner._run_stage(ctx)
+    atomic.write_json(work / group_io.RESULT, {"status": result.status,
+                                              "message": result.message,
+                                              "steps": result.steps})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m graftline.engine.run.rank_main REQUEST_JSON", file=sys.stderr)
+        return 2
+    return run(Path(args[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
