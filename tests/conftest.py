@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_DISABLED", "true")
+# The per-user run index and the console's config file live in a directory of this test session,
+# never in the real user's ~/.local/state or ~/.config (engines started by tests inherit it).
+_SESSION_HOME = tempfile.mkdtemp(prefix="graftline-tests-")
+os.environ["GRAFTLINE_STATE_DIR"] = os.path.join(_SESSION_HOME, "state")
+os.environ["XDG_CONFIG_HOME"] = os.path.join(_SESSION_HOME, "config")
 
 REPO = Path(__file__).resolve().parent.parent
 

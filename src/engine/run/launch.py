@@ -22,6 +22,7 @@ from graftline.engine.common.errors import GraftlineError
 from graftline.engine.common.layout import ENGINE_LOG, PIPELINE_COPY, PIPELINE_HASH, RUN_META
 from graftline.engine.pipeline.file import PipelineFile
 from graftline.engine.pipeline.problems import PipelineError, Problem
+from graftline.engine.run import index as run_index
 from graftline.engine.run import state as runstate
 
 
@@ -69,6 +70,8 @@ def create_run(pf: PipelineFile, runs_dir: Path) -> Path:
     runstate.write(run_dir, runstate.RunState(run_id, name, status="starting",
                                               heartbeat=time.time(),
                                               stages=len(pf.pipeline.stage)))
+    # remembered per user, so `graftline attach <id>` finds it from any directory
+    run_index.register(run_dir)
     return run_dir
 
 
