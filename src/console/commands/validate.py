@@ -73,8 +73,16 @@ def plan(
     """
     console = Console()
     pf, problems = validate_file(file)
-    if pf is None:
+    errors = [p for p in problems if p.severity == "error"]
+    if pf is None or errors:
+        # a plan built from an invalid file would explain something that will not run: the
+        # errors (each with its fix) come first, and alone
+        if as_json:
+            typer.echo(json.dumps({"problems": [p.__dict__ for p in problems]}, indent=2))
+            raise typer.Exit(1)
         _print_problems(console, problems)
+        console.print(f"[red]✗[/red] {file}: {len(errors)} error(s); fix them and run "
+                      f"`graftline plan {file}` again", highlight=False)
         raise typer.Exit(1)
     the_plan = plan_of(pf)
     if as_json:
