@@ -74,12 +74,13 @@ def plan(
     console = Console()
     pf, problems = validate_file(file)
     errors = [p for p in problems if p.severity == "error"]
-    if pf is None or errors:
-        # a plan built from an invalid file would explain something that will not run: the
-        # errors (each with its fix) come first, and alone
-        if as_json:
-            typer.echo(json.dumps({"problems": [p.__dict__ for p in problems]}, indent=2))
-            raise typer.Exit(1)
+    if pf is None and as_json:
+        typer.echo(json.dumps({"problems": [p.__dict__ for p in problems]}, indent=2))
+        raise typer.Exit(1)
+    if pf is None or (errors and not as_json):
+        # a plan table built from an invalid file would explain something that will not run:
+        # the errors (each with its fix) come first, and alone. --json keeps the plan of a file
+        # that parses, with its problems beside it, for scripts that read both.
         _print_problems(console, problems)
         console.print(f"[red]✗[/red] {file}: {len(errors)} error(s); fix them and run "
                       f"`graftline plan {file}` again", highlight=False)
