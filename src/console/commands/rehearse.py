@@ -107,8 +107,11 @@ def run_rehearsal(path: Path, *, steps: int | None = None, keep: bool = False,
         if cleanup_keep else None
     if not as_json:
         console.print(f"rehearsing {escape(str(path))} on a tiny twin …", highlight=False)
-    report = rehearse(path, steps=steps or DEFAULT_STEPS, keep=keep, cleanup=policy,
-                      on_event=None if as_json else _live(console))
+    from graftline.console.quiet import libraries_quiet
+
+    with libraries_quiet():  # graftline's per-stage lines, not the libraries' bars and warnings
+        report = rehearse(path, steps=steps or DEFAULT_STEPS, keep=keep, cleanup=policy,
+                          on_event=None if as_json else _live(console))
     if as_json:
         print(json.dumps(report_json(report)))  # one line, the last: easy to pick out
     else:

@@ -124,7 +124,7 @@ def run(
 def attach(
     run: str | None = typer.Argument(None, help=RUN_HELP, show_default=False),
     runs_dir: Path | None = typer.Option(None, "--runs-dir", help=RUNS_DIR_HELP),
-    theme: str | None = typer.Option(None, "--theme", help=THEME_HELP),
+    theme: str | None = typer.Option(None, "--theme", metavar="NAME", help=THEME_HELP),
 ) -> None:
     """Open the console on a run: its whole history, then live. `q` detaches."""
     run_dir = find_or_exit(run, runs_dir)
