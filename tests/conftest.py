@@ -29,6 +29,16 @@ os.environ["XDG_CONFIG_HOME"] = os.path.join(_SESSION_HOME, "config")
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _own_state_and_config(tmp_path_factory: pytest.TempPathFactory,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own run index and config file: a run one test registers, or a theme one
+    test picks, never changes what another test's console opens on."""
+    home = tmp_path_factory.mktemp("graftline-home")
+    monkeypatch.setenv("GRAFTLINE_STATE_DIR", str(home / "state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+
+
 @pytest.fixture(scope="session")
 def toy_base() -> Path:
     """The pre-trained tiny Llama (two-digit addition), saved with save_pretrained."""
