@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-__all__ = ["FLOWS", "init", "register", "starter"]
+__all__ = ["FLOWS", "init", "register", "starter", "write_toy_data"]
 
 FLOWS = ("sft", "sft-dpo", "full")
 TOY = "toy:addition"
@@ -141,7 +141,8 @@ def starter(file: Path, base: str, flow: str) -> str:
     return text + EXPORT.format(last=last, **sizes)
 
 
-def _toy_data(directory: Path) -> list[Path]:
+def write_toy_data(directory: Path) -> list[Path]:
+    """Small toy datasets for a starter on toy:addition; existing files are kept."""
     from graftline.engine.toy import tasks
     from graftline.engine.toy.files import write_jsonl
 
@@ -184,7 +185,7 @@ def init(
     file.write_text(starter(file, base, flow), encoding="utf-8")
     typer.echo(f"wrote {file} ({flow} on {base})")
     if base.startswith("toy:"):
-        written = _toy_data(file.parent / "data")
+        written = write_toy_data(file.parent / "data")
         if written:
             typer.echo(f"wrote {len(written)} toy dataset(s) under {file.parent / 'data'}")
     else:
