@@ -20,7 +20,7 @@ from graftline.console.screens.runs import RunsScreen
 from graftline.engine.run import state as runstate
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-from synthetic_run import write_synthetic_run  # noqa: E402
+from synthetic_run import write_synthetic_run
 
 
 def _run(tmp_path: Path) -> Path:
