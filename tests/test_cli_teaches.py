@@ -99,3 +99,15 @@ print(bars, level == logging.ERROR, os.environ.get("TRANSFORMERS_VERBOSITY") == 
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          env=env, check=True).stdout.split()
     assert out == ["False", "True", "True"]
+
+
+def test_the_readme_command_table_names_every_command_and_flag() -> None:
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## Command line", 1)[1].split("## Examples", 1)[0]
+    for command in COMMANDS:
+        assert f"`graftline {command}" in table or f"`{command} " in table or \
+            f", `{command}" in table, command
+    for flag in ("--runs-dir", "--theme", "--base", "--flow", "--json", "--no-rehearse"):
+        assert flag in table, flag
+    for variable in ("GRAFTLINE_THEME", "GRAFTLINE_ASCII", "GRAFTLINE_STATE_DIR"):
+        assert variable in table, variable
