@@ -62,7 +62,7 @@ lora = { r = 8, alpah = 16 }
 train = { max_step = 10, learning_rate = 1e-4 }
 """
     problems = _problems(workdir, text)
-    no_kind = _find(problems, "has no kind", "did you mean `kind`")
+    no_kind = _find(problems, "has no kind", "did you mean 'kind'")
     assert no_kind.line == _line(text, "kidn")
     assert _find(problems, "unknown key 'alpah'", "did you mean 'alpha'").line == \
         _line(text, "lora =")

@@ -280,7 +280,7 @@ def _validate_stage(table: dict[str, Any], raw_defaults: dict[str, Any], block: 
         problems.append(Problem(
             "the stage has no kind", file, block.line_of(typo) if typo else block.header,
             stage=name, field="kind",
-            fix=(f"did you mean `kind`? (`{typo} = {value!r}` is not a key)" if typo else
+            fix=(f"did you mean 'kind'? ({typo} = {value!r} is not a key)" if typo else
                  f"add kind = one of {', '.join(spec.STAGE_MODELS)}")))
     elif kind not in spec.STAGE_MODELS:
         close = difflib.get_close_matches(str(kind), list(spec.STAGE_MODELS), n=1, cutoff=0.6)
