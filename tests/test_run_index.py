@@ -212,3 +212,26 @@ def test_the_index_file_of_another_user_is_ignored(state_dir: Path) -> None:
     index.index_path().write_text('{"runs": [{"path": "/tmp"}]}')
     os.chown(index.index_path(), 12345, 12345)
     assert index.known() == []
+
+
+def test_concurrent_launches_all_land_in_the_index(tmp_path: Path, state_dir: Path) -> None:
+    """Four processes registering at once (launches in parallel): the lock keeps every entry."""
+    import subprocess
+
+    runs = tmp_path / "runs"
+    groups = []
+    for group in range(4):
+        paths = []
+        for i in range(10):
+            run_dir = runs / f"g{group}-{i}"
+            run_dir.mkdir(parents=True)
+            runstate.write(run_dir, runstate.RunState(run_dir.name, "p", status="finished"))
+            paths.append(str(run_dir))
+        groups.append(paths)
+    code = ("import sys\nfrom pathlib import Path\nfrom graftline.engine.run import index\n"
+            "for p in sys.argv[1:]:\n    assert index.register(Path(p))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, *paths],
+                              env={**os.environ, index.STATE_DIR_ENV: str(state_dir)})
+             for paths in groups]
+    assert [proc.wait() for proc in procs] == [0, 0, 0, 0]
+    assert len(index.known()) == 40
