@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from rich.console import Group
+from rich.table import Table
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -107,16 +109,19 @@ def rehearsal_verdict(done: subprocess.CompletedProcess[str]) -> str:
     return "see `graftline rehearse` for the report"
 
 
-EMPTY = (
-    "No pipeline files in {folder} or its examples/ folder.\n\n"
-    "To start:\n"
-    "  i                 write a commented starter pipeline here (pipeline.toml, on the offline\n"
-    "                    toy model, with small datasets beside it), then pick it\n"
-    "  graftline init    the same from a shell; --base names your own model\n"
-    "  graftline demo    run the bundled demo: the whole chain on a tiny model, minutes on a\n"
-    "                    CPU\n\n"
-    "g rescans this folder."
-)
+def empty_report(folder: Path) -> Group:
+    """What an empty folder shows: what to do, as a table that wraps to the box's width."""
+    table = Table(box=None, show_header=False, padding=(0, 1), expand=True)
+    table.add_column("how", no_wrap=True, style="bold")
+    table.add_column("what", ratio=1)
+    table.add_row("i", "write a commented starter pipeline here (pipeline.toml, on the offline "
+                       "toy model, with small datasets beside it) and pick it")
+    table.add_row("graftline init", "the same from a shell; --base names your own model")
+    table.add_row("graftline demo", "run the bundled demo: the whole chain on a tiny model, "
+                                    "minutes on a CPU")
+    return Group(Text(f"No pipeline files in {folder} or its examples/ folder.\n",
+                      style="yellow"),
+                 Text("To start:"), table, Text("\ng rescans this folder.", style="dim"))
 
 
 def rehearsal_line(event: dict[str, object], done: list[str]) -> str:
@@ -199,8 +204,7 @@ class LaunchScreen(Screen[None]):
         if not self.files:
             # the box keeps its size and says why it is empty; the report says what to do
             options.add_option(Option("(none here yet)", disabled=True))
-            self.query_one("#report", Static).update(
-                Text(EMPTY.format(folder=self.folder.resolve()), style="yellow"))
+            self.query_one("#report", Static).update(empty_report(self.folder.resolve()))
             self.report = None
             return
         options.add_options(Option(shown_path(p, self.folder), id=str(i))
