@@ -235,3 +235,19 @@ def test_concurrent_launches_all_land_in_the_index(tmp_path: Path, state_dir: Pa
              for paths in groups]
     assert [proc.wait() for proc in procs] == [0, 0, 0, 0]
     assert len(index.known()) == 40
+
+
+def test_without_a_run_the_newest_live_run_is_chosen(tmp_path: Path, state_dir: Path) -> None:
+    """Like `tmux attach`: a run still going wins over a newer one that has finished."""
+    older = _finished_run(_project(tmp_path / "one", "older"))
+    newer = _finished_run(_project(tmp_path / "two", "newer"))
+    runstate.write(newer, runstate.RunState(newer.name, "newer", status="finished",
+                                            started=5000.0, heartbeat=5100.0))
+    assert client.find_run(None) == newer.resolve()
+    me, my_start = runstate.this_process()
+    import time
+
+    runstate.write(older, runstate.RunState(older.name, "older", status="running", pid=me,
+                                            pid_started=my_start, started=10.0,
+                                            heartbeat=time.time()))
+    assert client.find_run(None) == older.resolve()

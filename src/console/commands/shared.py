@@ -14,7 +14,8 @@ __all__ = ["RUNS_DIR_HELP", "RUN_HELP", "STATUS_STYLE", "age", "duration", "find
 
 RUNS_DIR_HELP = ("look only under this directory (default: every run you started, from any "
                  "directory)")
-RUN_HELP = "run id, unique id prefix, or path (default: the latest run)"
+RUN_HELP = ("run id, unique id prefix, or path (default: the newest running run, else the "
+            "newest run)")
 STATUS_STYLE = {"running": "green", "paused": "yellow", "stopping": "yellow", "starting": "cyan",
                 "finished": "bold green", "failed": "bold red", "crashed": "bold red",
                 "stopped": "magenta"}

@@ -129,15 +129,18 @@ def _where(runs_dir: Path | None) -> str:
 
 
 def find_run(ref: str | Path | None, runs_dir: Path | None = None) -> Path:
-    """A run given as a path, a run id, a unique id prefix, or None (the latest), from any
-    directory: through the per-user run index, or only under `runs_dir` when it is given. The
-    path returned is absolute, so hints built from it work wherever the user stands."""
+    """A run given as a path, a run id, a unique id prefix, or None (the newest live run, else
+    the newest), from any directory: through the per-user run index, or only under `runs_dir`
+    when it is given. The path returned is absolute, so hints built from it work wherever the
+    user stands."""
     if ref is None:
-        latest = latest_run(runs_dir)
-        if latest is None:
+        # like `tmux attach`: the newest run that is still going, else the newest of all
+        runs = known_runs(runs_dir)
+        if not runs:
             raise LookupError(f"no runs {_where(runs_dir)}; start one with `graftline run FILE` "
                               f"or try `graftline demo`")
-        return latest.resolve()
+        live = [info for info in runs if info.live]
+        return (live or runs)[0].path.resolve()
     as_path = Path(ref).expanduser()
     if is_run_dir(as_path):
         run_index.register(as_path)
