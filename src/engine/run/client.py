@@ -125,7 +125,7 @@ def latest_run(runs_dir: Path | None = None) -> Path | None:
 
 
 def _where(runs_dir: Path | None) -> str:
-    return f"under {Path(runs_dir).resolve()}" if runs_dir is not None else "that graftline knows"
+    return f"under {Path(runs_dir).resolve()}" if runs_dir is not None else "yet"
 
 
 def find_run(ref: str | Path | None, runs_dir: Path | None = None) -> Path:
