@@ -27,12 +27,18 @@ from graftline.engine.run.events import (  # noqa: F401  (re-exported)
     read_events,
     read_raw,
 )
-from graftline.engine.run.launch import (  # noqa: F401  (re-exported)
-    LaunchError,
-    create_run,
-    resume_run,
-    start_run,
-)
+
+# Starting a run needs the pipeline reader (pydantic, a third of a second to import); finding,
+# listing and following runs do not, so the launch functions are loaded on first use (PEP 562).
+_FROM_LAUNCH = ("LaunchError", "create_run", "resume_run", "start_run")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_LAUNCH:
+        from graftline.engine.run import launch
+
+        return getattr(launch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 RUNS_DIR_ENV = "GRAFTLINE_RUNS_DIR"
 
