@@ -65,6 +65,10 @@ def pause(
 ) -> None:
     """Pause a run at the next step boundary (`graftline resume RUN` continues it)."""
     run_dir = find_or_exit(run, runs_dir)
+    info = client.read_state(run_dir)
+    if not info.live:
+        typer.echo(f"run {run_dir.name} is not running ({info.status}); nothing to pause")
+        raise typer.Exit(1)
     try:
         reply = client.send_command(run_dir, "pause")
     except client.ControlError as exc:
