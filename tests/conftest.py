@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_DISABLED", "true")
+# The per-user run index and the console's config file live in a directory of this test session,
+# never in the real user's ~/.local/state or ~/.config (engines started by tests inherit it).
+_SESSION_HOME = tempfile.mkdtemp(prefix="graftline-tests-")
+os.environ["GRAFTLINE_STATE_DIR"] = os.path.join(_SESSION_HOME, "state")
+os.environ["XDG_CONFIG_HOME"] = os.path.join(_SESSION_HOME, "config")
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _own_state_and_config(tmp_path_factory: pytest.TempPathFactory,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own run index and config file: a run one test registers, or a theme one
+    test picks, never changes what another test's console opens on."""
+    home = tmp_path_factory.mktemp("graftline-home")
+    monkeypatch.setenv("GRAFTLINE_STATE_DIR", str(home / "state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
 
 
 @pytest.fixture(scope="session")

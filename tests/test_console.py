@@ -363,5 +363,8 @@ async def test_launch_rehearses_first_and_refuses_what_the_rehearsal_catches(
         message = next(n.message for n in app._notifications if "rehearsal failed" in n.message)
         assert "ipo (dpo): " in message and "rejected" in message and "Fix:" in message
         assert isinstance(app.screen, LaunchScreen)  # still here: nothing to attach to
+        # while it rehearsed, the screen said what it was doing, from the rehearsal's own events
+        assert screen.progress[0].startswith("starting")
+        assert any("built the twin" in line for line in screen.progress[1:]), screen.progress
     made = [p.name for p in runs.iterdir()] if runs.exists() else []
     assert [name for name in made if not name.startswith(".")] == []  # no run was started

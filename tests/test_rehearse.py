@@ -164,6 +164,9 @@ def test_cli_rehearses_with_a_cleanup_keeping_the_latest(tmp_path: Path) -> None
     assert result.returncode == 0, result.stdout + result.stderr
     assert "rehearsal passed" in result.stdout
     assert "cleanup after sft_r16: keep final" in result.stdout
+    # graftline's own progress only: no library bars or kernel warnings in the CLI's output
+    for noise in ("Loading weights", "Tokenizing", "it/s]", "kernels-community"):
+        assert noise not in result.stdout + result.stderr, noise
     assert not any((folder.parent / "runs" / ".rehearsals").iterdir())  # scratch removed
 
 

@@ -22,6 +22,9 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.theme import Theme
 
+from graftline.console.config import save as save_config
+from graftline.console.config import saved_theme
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -95,8 +98,12 @@ class GraftlineApp(App[str | None]):
         for theme in themes:
             self.register_theme(theme)
         self.cycle = [t.name for t in themes] or ["textual-dark", "textual-light"]
-        name = self._requested_theme or os.environ.get("GRAFTLINE_THEME") or self.cycle[0]
+        saved = saved_theme()
+        name = self._requested_theme or os.environ.get("GRAFTLINE_THEME") or saved \
+            or self.cycle[0]
         name = aliases.get(name, name)
+        if name == saved and name not in self.available_themes:
+            name = self.cycle[0]  # a remembered theme file that is gone: quietly the default
         if name not in self.available_themes:
             self.theme_problems.append(
                 f"theme {name!r} not found; choose one of {', '.join(self.cycle)}")
@@ -107,7 +114,9 @@ class GraftlineApp(App[str | None]):
         names = self.cycle
         index = names.index(self.theme) if self.theme in names else -1
         self.theme = names[(index + 1) % len(names)]
-        self.notify(f"theme: {self.theme}", timeout=1.5)
+        remembered = save_config(theme=self.theme)  # the next console opens with it
+        self.notify(f"theme: {self.theme}" + ("" if remembered else " (not remembered: the "
+                    "config file cannot be written)"), timeout=1.5)
 
     # -- screens -----------------------------------------------------------------------------
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import typer
 
-from graftline.console.commands.shared import RUNS_DIR_HELP, find_or_exit
+from graftline.console.commands.shared import RUN_HELP, RUNS_DIR_HELP, find_or_exit
 from graftline.engine.run import client
 
 __all__ = ["pause", "register", "stop"]
 
 
 def stop(
-    run: str = typer.Argument(..., help="run id, path, or id prefix"),
+    run: str | None = typer.Argument(None, help=RUN_HELP, show_default=False),
     runs_dir: Path | None = typer.Option(None, "--runs-dir", help=RUNS_DIR_HELP),
     wait: bool = typer.Option(True, "--wait/--no-wait",
                               help="wait until the engine has saved and exited"),
@@ -26,17 +26,23 @@ def stop(
     run_dir = find_or_exit(run, runs_dir)
     info = client.read_state(run_dir)
     if not info.live:
-        typer.echo(f"run {run_dir.name} is not running ({info.status})")
+        hint = "" if info.status == "finished" else \
+            f"; `graftline resume {run_dir.name}` continues it"
+        typer.echo(f"run {run_dir.name} is not running ({info.status}){hint}")
         return
     try:
         reply = client.send_command(run_dir, "stop")
         typer.echo(f"stop requested: {run_dir.name} is {reply.get('status', 'stopping')}")
     except client.ControlError as exc:
         # the socket can be gone while the process lives (e.g. wedged): SIGTERM is the same
-        # graceful stop
+        # graceful stop. Never signal pid 0 or below: that is a whole process group.
+        if not info.pid or info.pid <= 0:
+            typer.echo(f"graftline: {exc}; the engine has no pid yet, try again in a moment",
+                       err=True)
+            raise typer.Exit(1) from None
         typer.echo(f"graftline: {exc}; sending SIGTERM to pid {info.pid}", err=True)
         try:
-            os.kill(int(info.pid or 0), signal.SIGTERM)
+            os.kill(int(info.pid), signal.SIGTERM)
         except (ProcessLookupError, ValueError):
             typer.echo("graftline: the engine is gone", err=True)
             return
@@ -54,17 +60,22 @@ def stop(
 
 
 def pause(
-    run: str | None = typer.Argument(None, help="run id, path, or id prefix (default: latest)"),
+    run: str | None = typer.Argument(None, help=RUN_HELP, show_default=False),
     runs_dir: Path | None = typer.Option(None, "--runs-dir", help=RUNS_DIR_HELP),
 ) -> None:
     """Pause a run at the next step boundary (`graftline resume RUN` continues it)."""
     run_dir = find_or_exit(run, runs_dir)
+    info = client.read_state(run_dir)
+    if not info.live:
+        typer.echo(f"run {run_dir.name} is not running ({info.status}); nothing to pause")
+        raise typer.Exit(1)
     try:
         reply = client.send_command(run_dir, "pause")
     except client.ControlError as exc:
         typer.echo(f"graftline: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"run {run_dir.name}: {reply.get('status')}")
+    typer.echo(f"run {run_dir.name}: {reply.get('status')}; continue it with "
+               f"`graftline resume {run_dir.name}`")
 
 
 def register(app: typer.Typer) -> None:

@@ -15,16 +15,18 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def demo(
-        pipeline: Path = typer.Option(DEMO, "--pipeline", help="The pipeline file to demo."),
+        pipeline: Path = typer.Option(DEMO, "--pipeline", show_default="the bundled "
+                                      "examples/demo.toml", help="The pipeline file to demo."),
         theme: str | None = typer.Option(None, "--theme",
-                                         help="dark, light, low, or a theme file's name."),
+                                         help="dark, light, low, or a theme file's name "
+                                              "(default: your last choice)."),
         attach: bool = typer.Option(True, "--attach/--detach",
                                     help="Open the console (default) or only start the run."),
     ) -> None:
         """Start the demo pipeline in the background and open the console on it.
 
         The engine runs in its own process session: `q` leaves the console and the demo keeps
-        training; `graftline attach` comes back to it.
+        training; `graftline attach` comes back to it from any directory.
         """
         from graftline.engine.run import LaunchError, start_run
 
@@ -38,8 +40,9 @@ def register(app: typer.Typer) -> None:
             for problem in exc.problems:
                 typer.echo(f"  {problem}", err=True)
             raise typer.Exit(1) from None
-        typer.echo(f"demo started: run {run_dir.name}\nrun directory: {run_dir}")
+        typer.echo(f"demo started: run {run_dir.name}\nrun directory: {run_dir.resolve()}")
         if not attach:
+            # the id resolves through the per-user run index from any directory
             typer.echo(f"attach with: graftline attach {run_dir.name}")
             return
         if not (sys.stdin.isatty() and sys.stdout.isatty()):

@@ -7,6 +7,7 @@ call by default: it prints the same report and returns whether the launch may go
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,15 @@ def _live(console: Console) -> Any:
             console.print(f"  [dim]cleanup after {escape(stage or '')}: {escape(data['rules'])}"
                           f", {data['deleted']} checkpoint(s) deleted[/dim]", highlight=False)
     return on_event
+
+
+def _json_progress(kind: str, stage: str | None, data: dict[str, Any]) -> None:
+    """--json: progress as JSON lines on stderr (stdout keeps the one report line), for the
+    console's launch screen to show while a rehearsal runs."""
+    if kind not in ("twin", "stage_started", "stage_finished", "cleanup"):
+        return
+    keep = {k: v for k, v in data.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    print(json.dumps({"event": kind, "stage": stage, **keep}), file=sys.stderr, flush=True)
 
 
 def _trouble(console: Console, head: str, message: str, fix: str | None) -> None:
@@ -107,8 +117,11 @@ def run_rehearsal(path: Path, *, steps: int | None = None, keep: bool = False,
         if cleanup_keep else None
     if not as_json:
         console.print(f"rehearsing {escape(str(path))} on a tiny twin …", highlight=False)
-    report = rehearse(path, steps=steps or DEFAULT_STEPS, keep=keep, cleanup=policy,
-                      on_event=None if as_json else _live(console))
+    from graftline.console.quiet import libraries_quiet
+
+    with libraries_quiet():  # graftline's per-stage lines, not the libraries' bars and warnings
+        report = rehearse(path, steps=steps or DEFAULT_STEPS, keep=keep, cleanup=policy,
+                          on_event=_json_progress if as_json else _live(console))
     if as_json:
         print(json.dumps(report_json(report)))  # one line, the last: easy to pick out
     else:
@@ -133,8 +146,9 @@ def rehearse_command(
     cleanup_after: list[str] = typer.Option(
         [], "--cleanup-after", help="Run that cleanup only after these stages (default: after "
         "every stage); repeatable."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (no live "
-                                 "progress): ok, stages with status/error/fix, problems."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one line of JSON "
+                                 "(ok, stages with status/error/fix, problems); progress goes "
+                                 "to stderr as JSON lines."),
 ) -> None:
     """Rehearse a pipeline on a tiny twin of its base, on CPU, in minutes.
 

@@ -12,21 +12,28 @@ import typer
 
 from graftline.console.commands.logs import show_logs
 from graftline.console.commands.shared import (
+    RUN_HELP,
     RUNS_DIR_HELP,
     STATUS_STYLE,
     age,
+    duration,
     find_or_exit,
     interactive,
 )
 from graftline.console.commands.shared import (
     runs_dir as resolve_runs_dir,
 )
+from graftline.engine.common import human_bytes
 from graftline.engine.run import client
 
 __all__ = ["attach", "ls", "open_home", "register", "resume", "run"]
 
 
-def _open_console(run_dir: Path | None, runs_dir: Path) -> None:
+THEME_HELP = ("dark, light, low, or a theme file's name (default: your last choice, or "
+              "$GRAFTLINE_THEME)")
+
+
+def _open_console(run_dir: Path | None, runs_dir: Path, theme: str | None = None) -> None:
     try:
         from graftline.console.app import run_console
     except ImportError:
@@ -37,13 +44,17 @@ def _open_console(run_dir: Path | None, runs_dir: Path) -> None:
                    "(Ctrl-C leaves the run running).")
         show_logs(run_dir, follow=True)
         return
-    run_console(run_dir, runs_dir)
+    run_console(run_dir, runs_dir, theme)
 
 
 def _attach_hint(run_dir: Path) -> str:
-    return (f"  attach:  graftline attach {run_dir}\n"
-            f"  logs:    graftline logs {run_dir} -f\n"
-            f"  stop:    graftline stop {run_dir}")
+    """Commands that work from any directory: the id resolves through the per-user run index
+    (the absolute path is printed too, for a shell on another account or machine)."""
+    name = run_dir.name
+    return (f"  attach:  graftline attach {name}\n"
+            f"  logs:    graftline logs {name} -f\n"
+            f"  stop:    graftline stop {name}\n"
+            f"  where:   {run_dir.resolve()}")
 
 
 def _wait_started(run_dir: Path, timeout: float = 20.0) -> client.RunInfo:
@@ -111,41 +122,61 @@ def run(
 
 
 def attach(
-    run: str | None = typer.Argument(None, help="run id, path, or id prefix (default: latest)"),
+    run: str | None = typer.Argument(None, help=RUN_HELP, show_default=False),
     runs_dir: Path | None = typer.Option(None, "--runs-dir", help=RUNS_DIR_HELP),
+    theme: str | None = typer.Option(None, "--theme", metavar="NAME", help=THEME_HELP),
 ) -> None:
     """Open the console on a run: its whole history, then live. `q` detaches."""
     run_dir = find_or_exit(run, runs_dir)
     if not interactive():
         show_logs(run_dir, follow=True)
         return
-    _open_console(run_dir, run_dir.parent)
+    _open_console(run_dir, run_dir.parent, theme)
 
 
 def ls(runs_dir: Path | None = typer.Option(None, "--runs-dir", help=RUNS_DIR_HELP)
-           ) -> None:
-    """List runs, newest first: status, current stage, progress, age."""
+       ) -> None:
+    """List every run you started, from any directory, newest first: status, stage, progress,
+    duration, final metric, disk use and where it lives."""
     root = resolve_runs_dir(runs_dir)
-    runs = client.list_runs(root)
+    runs = client.known_runs(root)
     if not runs:
-        typer.echo(f"no runs under {root}")
+        where = f"under {root}" if root is not None else "yet"
+        typer.echo(f"no runs {where}. Start one with `graftline demo` or `graftline run FILE`; "
+                   f"runs started before graftline kept an index are found with "
+                   f"`graftline ls --runs-dir DIR`.")
         return
-    width = max(len(r.run_id) for r in runs)
-    typer.echo(f"{'RUN':<{width}}  {'STATUS':<9} {'STAGE':<16} {'PROGRESS':>8}  AGE")
+    rows = []
     for info in runs:
+        details = client.run_details(info)
         progress = "-" if info.progress is None else f"{info.progress:.0%}"
-        status = info.status
-        if sys.stdout.isatty():
-            style = STATUS_STYLE.get(status)
-            status = typer.style(f"{status:<9}", fg=style.split()[-1] if style else None)
-        else:
-            status = f"{status:<9}"
-        typer.echo(f"{info.run_id:<{width}}  {status} {info.stage or '-':<16} "
-                   f"{progress:>8}  {age(info.age)}")
+        rows.append((info.run_id, info.status, info.stage or "-", progress,
+                     duration(details.duration), details.metric or "-",
+                     human_bytes(details.disk_bytes), age(info.age), str(info.path)))
+    headers = ("RUN", "STATUS", "STAGE", "PROGRESS", "DURATION", "METRIC", "DISK", "AGE",
+               "LOCATION")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    right = {3, 4, 6, 7}
+
+    def line(cells: tuple[str, ...], *, style_status: bool = False) -> str:
+        out = []
+        for i, cell in enumerate(cells):
+            text = cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            if i == len(cells) - 1:
+                text = cell
+            if style_status and i == 1 and sys.stdout.isatty():
+                style = STATUS_STYLE.get(cell)
+                text = typer.style(text, fg=style.split()[-1] if style else None)
+            out.append(text)
+        return "  ".join(out)
+
+    typer.echo(line(headers))
+    for row in rows:
+        typer.echo(line(row, style_status=True))
 
 
 def resume(
-    run: str | None = typer.Argument(None, help="run id, path, or id prefix (default: latest)"),
+    run: str | None = typer.Argument(None, help=RUN_HELP, show_default=False),
     detach: bool = typer.Option(False, "--detach", "-d", help="do not open the console"),
     runs_dir: Path | None = typer.Option(None, "--runs-dir", help=RUNS_DIR_HELP),
 ) -> None:
@@ -170,13 +201,13 @@ def resume(
     if not detach and interactive():
         _open_console(run_dir, run_dir.parent)
 
-def open_home() -> None:
+def open_home(theme: str | None = None) -> None:
     """`graftline` with no arguments: the runs screen, or the launch screen when there is no run."""
-    runs_dir = client.default_runs_dir()
+    runs_dir = client.default_runs_dir().resolve()
     if not interactive():
         typer.echo("graftline: no terminal; try `graftline --help` or `graftline ls`.")
         return
-    _open_console(None, runs_dir)
+    _open_console(None, runs_dir, theme)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,20 +9,26 @@ import typer
 
 from graftline.engine.run import client
 
-__all__ = ["RUNS_DIR_HELP", "STATUS_STYLE", "age", "find_or_exit", "interactive", "runs_dir"]
+__all__ = ["RUNS_DIR_HELP", "RUN_HELP", "STATUS_STYLE", "age", "duration", "find_or_exit",
+           "interactive", "runs_dir"]
 
-RUNS_DIR_HELP = "where runs live (default: $GRAFTLINE_RUNS_DIR or ./runs)"
+RUNS_DIR_HELP = ("look only under this directory (default: every run you started, from any "
+                 "directory)")
+RUN_HELP = ("run id, unique id prefix, or path (default: the newest running run, else the "
+            "newest run)")
 STATUS_STYLE = {"running": "green", "paused": "yellow", "stopping": "yellow", "starting": "cyan",
                 "finished": "bold green", "failed": "bold red", "crashed": "bold red",
                 "stopped": "magenta"}
 
 
-def runs_dir(value: Path | None) -> Path:
-    return Path(value).expanduser() if value is not None else client.default_runs_dir()
+def runs_dir(value: Path | None) -> Path | None:
+    """The directory --runs-dir names, absolute; None when not given (every known run)."""
+    return Path(value).expanduser().resolve() if value is not None else None
 
 
-def find_or_exit(ref: str | None, root: Path | None) -> Path:
-    """The run `ref` names (id, path or unique prefix), or a clear message and exit 2."""
+def find_or_exit(ref: str | None, root: Path | None = None) -> Path:
+    """The run `ref` names (id, path or unique prefix; None: the latest), found from any
+    directory through the per-user run index, or a clear message and exit 2."""
     try:
         return client.find_run(ref, runs_dir(root))
     except LookupError as exc:
@@ -32,6 +38,20 @@ def find_or_exit(ref: str | None, root: Path | None) -> Path:
 
 def interactive() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def duration(seconds: float | None) -> str:
+    """A run's length: 45s, 12m05s, 3h12m, 2d04h."""
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
 def age(seconds: float | None) -> str:

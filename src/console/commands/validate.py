@@ -73,8 +73,17 @@ def plan(
     """
     console = Console()
     pf, problems = validate_file(file)
-    if pf is None:
+    errors = [p for p in problems if p.severity == "error"]
+    if pf is None and as_json:
+        typer.echo(json.dumps({"problems": [p.__dict__ for p in problems]}, indent=2))
+        raise typer.Exit(1)
+    if pf is None or (errors and not as_json):
+        # a plan table built from an invalid file would explain something that will not run:
+        # the errors (each with its fix) come first, and alone. --json keeps the plan of a file
+        # that parses, with its problems beside it, for scripts that read both.
         _print_problems(console, problems)
+        console.print(f"[red]✗[/red] {file}: {len(errors)} error(s); fix them and run "
+                      f"`graftline plan {file}` again", highlight=False)
         raise typer.Exit(1)
     the_plan = plan_of(pf)
     launches = _launch_lines(pf)

@@ -20,6 +20,7 @@ order, and `graftline plan` shows them expanded.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from collections.abc import Iterator
@@ -30,7 +31,13 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from graftline.engine.pipeline import spec
-from graftline.engine.pipeline.problems import PipelineError, Problem, did_you_mean
+from graftline.engine.pipeline.problems import (
+    PipelineError,
+    Problem,
+    did_you_mean,
+    fix_for,
+    suggest_key,
+)
 
 HEADER_BLOCK = "[pipeline]"  # the key of the header's Block; no stage name can contain brackets
 CLEANUP_BLOCK = "[cleanup]"
@@ -38,7 +45,10 @@ TOP_LEVEL = ("pipeline", "defaults", "stage", "foreach", "cleanup")
 _Model = TypeVar("_Model", bound=BaseModel)
 FOREACH_KEYS = ("as", "values", "stage")
 _STAGE_ADAPTER: TypeAdapter = TypeAdapter(spec.Stage)
-_HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]\]?")
+# `[[stage]]`, `[ pipeline ]`, `[["stage"]]`, `[[foreach . "stage"]]`: TOML allows quoted and
+# spaced keys in headers, and a header the scanner missed would shift every stage's lines
+_HEADER = re.compile(r"""^\s*\[\[?\s*((?:[A-Za-z0-9_\-]+|"[^"\n]*"|'[^'\n]*')"""
+                     r"""(?:\s*\.\s*(?:[A-Za-z0-9_\-]+|"[^"\n]*"|'[^'\n]*'))*)\s*\]\]?""")
 _KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+)\s*=")
 
 
@@ -83,7 +93,7 @@ def _scan_blocks(text: str) -> dict[str, list[Block]]:
     for number, line in enumerate(text.splitlines(), start=1):
         header = _HEADER.match(line)
         if header:
-            name = header.group(1)
+            name = ".".join(part.strip().strip("\"'") for part in header.group(1).split("."))
             keys: dict[str, int] = {}
             if name.endswith((".train", ".lora")) and current is not None:
                 # a sub-table belongs to the stage above it: point its keys at their own lines
@@ -123,6 +133,24 @@ def _model_at(kind: str | None, loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return spec.STAGE_MODELS.get(kind or "")
 
 
+def _neighbours(owner: type[BaseModel] | None, kind: str | None) -> tuple[str, dict]:
+    """The table a key was found in ("train", "lora", "" for a stage, "pipeline") and the keys of
+    the tables next to it, so a key written in the wrong one is pointed at the right one."""
+    stage_model = spec.STAGE_MODELS.get(kind or "")
+    stage_keys = _fields(stage_model) if stage_model else []
+    trains = kind in spec.TRAINING_KINDS or kind is None
+    train_lora = {"train": _fields(spec.Train), "lora": _fields(spec.Lora)} if trains else {}
+    if owner is spec.Train:
+        return "train", {"lora": _fields(spec.Lora), **({"": stage_keys} if stage_keys else {})}
+    if owner is spec.Lora:
+        return "lora", {"train": _fields(spec.Train), **({"": stage_keys} if stage_keys else {})}
+    if owner is spec.Header:
+        return "pipeline", {}
+    if owner is spec.Defaults:
+        return "defaults", {"train": _fields(spec.Train), "lora": _fields(spec.Lora)}
+    return "", {**train_lora, "pipeline": _fields(spec.Header)}
+
+
 def _translate(
     exc: ValidationError,
     *,
@@ -132,12 +160,15 @@ def _translate(
     kind: str | None,
     model: type[BaseModel] | None = None,
     prefix: str = "",
+    skip_keys: frozenset[str] = frozenset(),
 ) -> Iterator[Problem]:
     for err in exc.errors():
         loc = tuple(err["loc"])
         # the discriminated union puts the kind first in the location; it is not a field
         if loc and loc[0] == kind and kind in spec.STAGE_MODELS:
             loc = loc[1:]
+        if loc and str(loc[0]) in skip_keys:
+            continue
         field_name = ".".join(str(p) for p in loc if not isinstance(p, int))
         field_name = field_name.replace("from_", "from")
         top = str(loc[0]) if loc else None
@@ -145,13 +176,16 @@ def _translate(
         where = dict(file=file, line=line, stage=stage, field=prefix + field_name or None)
         kind_of_error = err["type"]
         if kind_of_error == "extra_forbidden":
-            owner = model or _model_at(kind, loc)
-            choices = _fields(owner) if owner else []
+            owner = _model_at(kind, loc) if len(loc) > 1 else (model or _model_at(kind, loc))
+            if len(loc) > 1 and model is spec.Defaults:
+                owner = _model_at(None, loc)
+            choices = [c for c in (_fields(owner) if owner else []) if c != "kind"]
             word = str(loc[-1])
+            table, elsewhere = _neighbours(owner, kind)
             yield Problem(
                 f"unknown key '{word}'",
                 **where,
-                fix=did_you_mean(word, [c for c in choices if c != "kind"]),
+                fix=suggest_key(word, choices, table, elsewhere),
             )
         elif kind_of_error == "missing":
             yield Problem(
@@ -167,7 +201,7 @@ def _translate(
                 line=block.line_of("kind"),
                 stage=stage,
                 field="kind",
-                fix=did_you_mean(given, list(spec.STAGE_MODELS)),
+                fix=did_you_mean(str(given), list(spec.STAGE_MODELS)),
             )
         elif kind_of_error == "union_tag_not_found":
             yield Problem(
@@ -179,11 +213,148 @@ def _translate(
                 fix=f"add kind = one of {', '.join(spec.STAGE_MODELS)}",
             )
         else:
-            yield Problem(f"{err['msg']} (got {err.get('input')!r})", **where)
+            given = err.get("input")
+            yield Problem(f"{err['msg']} (got {given!r})", **where,
+                          fix=fix_for(kind_of_error, err.get("ctx"), field_name, given))
 
 
-def _merge(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-    return {**defaults, **given}
+def _read_defaults(raw: dict[str, Any], blocks: dict[str, list[Block]], file: str,
+                   problems: list[Problem]) -> tuple[dict[str, Any], spec.Defaults]:
+    """[defaults] validated once, its problems reported once at their own lines; what is merged
+    into the stages is only what passed (a typo there is not re-reported for every stage)."""
+    block = (blocks.get("defaults") or [Block(1)])[0]
+    given = raw.get("defaults", {})
+    if not isinstance(given, dict):
+        problems.append(Problem("[defaults] must be a table", file, block.header,
+                                field="defaults", fix="write [defaults] with train = { … } "
+                                                      "and lora = { … }"))
+        return {}, spec.Defaults()
+    try:
+        return given, spec.Defaults.model_validate(given)
+    except ValidationError as exc:
+        bad: set[tuple[str, ...]] = set()
+        for err in exc.errors():
+            loc = tuple(str(p) for p in err["loc"])
+            bad.add(loc[:2])
+            owner = {"train": spec.Train, "lora": spec.Lora}.get(loc[0]) if len(loc) > 1 \
+                else None
+            sub = ValidationError.from_exception_data(exc.title, [err])
+            problems.extend(_translate(sub, file=file, block=block, stage=None, kind=None,
+                                       model=owner or spec.Defaults, prefix="defaults."))
+        clean: dict[str, Any] = {}
+        for table in ("train", "lora"):
+            values = given.get(table)
+            if isinstance(values, dict) and (table,) not in bad:
+                clean[table] = {k: v for k, v in values.items() if (table, k) not in bad}
+        try:
+            return clean, spec.Defaults.model_validate(clean)
+        except ValidationError:
+            return {}, spec.Defaults()
+
+
+def _kind_typo(table: dict[str, Any]) -> str | None:
+    """A key that is `kind` misspelt (`kidn`, `type`, `stage_kind`)."""
+    for key in table:
+        if key == "kind":
+            continue
+        if key in ("type", "stage_kind", "stage_type", "trainer") or \
+                difflib.get_close_matches(key, ["kind"], n=1, cutoff=0.5):
+            return key
+    return None
+
+
+def _validate_stage(table: dict[str, Any], raw_defaults: dict[str, Any], block: Block,
+                    name: str, file: str, problems: list[Problem]) -> spec.StageBase | None:
+    """One stage as its model, or None with every problem it has: a missing or unknown kind does
+    not hide the stage's other typos (the rest is checked against the kind it most likely is)."""
+    kind = table.get("kind")
+    guess: str | None = kind if kind in spec.STAGE_MODELS else None
+    skip: frozenset[str] = frozenset()
+    if kind is None:
+        typo = _kind_typo(table)
+        value = table.get(typo) if typo else None
+        if typo is not None:
+            skip = frozenset({typo})
+            if isinstance(value, str) and value in spec.STAGE_MODELS:
+                guess = value
+        problems.append(Problem(
+            "the stage has no kind", file, block.line_of(typo) if typo else block.header,
+            stage=name, field="kind",
+            fix=(f"did you mean 'kind'? ({typo} = {value!r} is not a key)" if typo else
+                 f"add kind = one of {', '.join(spec.STAGE_MODELS)}")))
+    elif kind not in spec.STAGE_MODELS:
+        close = difflib.get_close_matches(str(kind), list(spec.STAGE_MODELS), n=1, cutoff=0.6)
+        guess = close[0] if close else None
+        problems.append(Problem(f"unknown stage kind '{kind}'", file, block.line_of("kind"),
+                                stage=name, field="kind",
+                                fix=did_you_mean(str(kind), list(spec.STAGE_MODELS))))
+    merged = {k: v for k, v in table.items() if k not in skip}
+    if guess in spec.TRAINING_KINDS:
+        merged["train"] = _merge(raw_defaults.get("train", {}), table.get("train", {}))
+        if "lora" in table:
+            merged["lora"] = _merge(raw_defaults.get("lora", {}), table["lora"])
+    if guess is None:
+        known = set().union(*(_fields(m) for m in spec.STAGE_MODELS.values()))
+        for key in table:
+            if key not in known and key not in skip and key != "kind":
+                problems.append(Problem(
+                    f"unknown key '{key}'", file, block.line_of(key), stage=name, field=key,
+                    fix=suggest_key(key, sorted(known - {"kind"}), "",
+                                    {"train": _fields(spec.Train), "lora": _fields(spec.Lora)})))
+        return None
+    merged["kind"] = guess
+    try:
+        stage = _STAGE_ADAPTER.validate_python(merged)
+    except ValidationError as exc:
+        problems.extend(_translate(exc, file=file, block=block, stage=name, kind=guess,
+                                   skip_keys=skip))
+        return None
+    return stage if guess == kind else None
+
+
+def _key_line(text: str, key: str) -> int | None:
+    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if pattern.match(line):
+            return number
+    return None
+
+
+def _check_shapes(raw: dict[str, Any], blocks: dict[str, list[Block]], text: str, file: str,
+                  problems: list[Problem]) -> bool:
+    """TOML shapes that parse but do not mean what the writer thinks: `[stage]` or `[foreach]`
+    with one bracket, stages written inline (`stage = [{…}]`), `train = 5`. False when the stage
+    tables cannot be placed in the file (nothing further is checked on them then)."""
+    ok = True
+    for name in ("stage", "foreach"):
+        value = raw.get(name)
+        header = next((b.header for b in blocks.get(name, [])), None)
+        if isinstance(value, dict):
+            problems.append(Problem(
+                f"[{name}] is written with single brackets: TOML reads it as one table, not a "
+                f"list of {name}s", file, header, field=name,
+                fix=f"write [[{name}]] (two brackets) above each {name}"))
+            ok = False
+        elif isinstance(value, list) and len(value) != len(blocks.get(name, [])):
+            problems.append(Problem(
+                f"{name}s written inline (`{name} = [{{ … }}]`) cannot be given line numbers or "
+                f"checked one by one", file, header or _key_line(text, name), field=name,
+                fix=f"write each {name} as its own [[{name}]] table"))
+            ok = False
+        elif value is not None and not isinstance(value, list):
+            problems.append(Problem(
+                f"`{name}` must be a list of tables (got {value!r})", file,
+                _key_line(text, name), field=name, fix=f"write each {name} as a [[{name}]] table"))
+            ok = False
+    return ok
+
+
+def _merge(defaults: Any, given: Any) -> Any:
+    """A stage's table over [defaults]'; a value that is not a table is left for the model to
+    report (`train = 5`), never merged into a traceback."""
+    if not isinstance(given, dict):
+        return given
+    return {**(defaults if isinstance(defaults, dict) else {}), **given}
 
 
 def _substitute(value: Any, variables: dict[str, Any]) -> Any:
@@ -313,32 +484,15 @@ def parse(text: str, path: Path | str = "<pipeline>") -> PipelineFile:
     else:
         header = _table(spec.Header, raw["pipeline"], "pipeline", header_block, file, problems)
 
-    raw_defaults = raw.get("defaults", {}) if isinstance(raw.get("defaults", {}), dict) else {}
-    defaults_block = (blocks.get("defaults") or [Block(1)])[0]
-    defaults = spec.Defaults()
-    try:
-        defaults = spec.Defaults.model_validate(raw_defaults)
-    except ValidationError as exc:
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            owner = {"train": spec.Train, "lora": spec.Lora}.get(str(loc[0])) if loc else None
-            sub = ValidationError.from_exception_data(exc.title, [err])
-            problems += _translate(
-                sub,
-                file=file,
-                block=defaults_block,
-                stage=None,
-                kind=None,
-                model=owner or spec.Defaults,
-                prefix="defaults.",
-            )
+    raw_defaults, defaults = _read_defaults(raw, blocks, file, problems)
 
     cleanup_block = (blocks.get("cleanup") or [Block(1)])[0]
     cleanup = None
     if "cleanup" in raw:
         cleanup = _table(spec.Cleanup, raw["cleanup"], "cleanup", cleanup_block, file, problems)
 
-    tables, origins = _expand_foreach(raw, blocks, file, problems)
+    shapes_ok = _check_shapes(raw, blocks, text, file, problems)
+    tables, origins = _expand_foreach(raw, blocks, file, problems) if shapes_ok else ([], {})
     if not tables and not problems:
         problems.append(
             Problem(
@@ -349,18 +503,12 @@ def parse(text: str, path: Path | str = "<pipeline>") -> PipelineFile:
     seen: dict[str, int] = {}
     for index, (table, block, _template) in enumerate(tables, start=1):
         if not isinstance(table, dict):
+            problems.append(Problem("a stage must be a table", file, block.header,
+                                    fix="write each stage as a [[stage]] table of `key = value`"))
             continue
         name = str(table.get("name", f"#{index}"))
-        kind = table.get("kind")
-        merged = dict(table)
-        if kind in spec.TRAINING_KINDS:
-            merged["train"] = _merge(raw_defaults.get("train", {}), table.get("train", {}))
-            if "lora" in table:
-                merged["lora"] = _merge(raw_defaults.get("lora", {}), table["lora"])
-        try:
-            stage = _STAGE_ADAPTER.validate_python(merged)
-        except ValidationError as exc:
-            problems += _translate(exc, file=file, block=block, stage=name, kind=kind)
+        stage = _validate_stage(table, raw_defaults, block, name, file, problems)
+        if stage is None:
             continue
         if stage.name in seen:
             problems.append(
@@ -376,6 +524,8 @@ def parse(text: str, path: Path | str = "<pipeline>") -> PipelineFile:
         seen.setdefault(stage.name, block.line_of("name"))
         stages.append((stage, block))
 
+    # file order: a reader fixes from the top; problems without a line (the whole file) first
+    problems.sort(key=lambda p: p.line or 0)
     if problems:
         raise PipelineError(problems)
     assert header is not None

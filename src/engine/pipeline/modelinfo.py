@@ -111,8 +111,8 @@ def from_config(config: dict, source: str) -> ModelInfo:
 def describe(base: str, search_dir: Path | None = None) -> ModelInfo | None:
     """What we can know about `base` without downloading anything; None when unknown."""
     if base.startswith("toy:"):
-        from graftline.engine.toy.model import ToyRecipe
-        from graftline.engine.toy.tokenizer import CHARACTERS, SPECIAL_TOKENS
+        # the recipe as plain data: sizing the toy base must not import torch (validate ≤ 1 s)
+        from graftline.engine.toy.recipe import CHARACTERS, SPECIAL_TOKENS, ToyRecipe
 
         recipe = ToyRecipe(tie_word_embeddings="tied=1" in base)
         return ModelInfo(

@@ -37,7 +37,7 @@ def plan_of(pf: PipelineFile) -> Plan:
 
 
 def _data_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
-    from graftline.engine.pipeline.datasets import DatasetError, columns_of, missing_columns
+    from graftline.engine.pipeline.peek import PeekError, columns, missing_columns
 
     earlier: dict[str, str] = {}
     for step in plan.steps:
@@ -71,8 +71,8 @@ def _data_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
                 )
                 continue
             try:
-                columns = columns_of(path)
-            except DatasetError as exc:
+                have = columns(path)
+            except PeekError as exc:
                 yield Problem(f"cannot read dataset {path}: {exc.message}", **at, fix=exc.fix)
                 continue
             kind = (
@@ -82,12 +82,14 @@ def _data_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
                 if fieldname == "eval_data"
                 else step.kind
             )
-            missing = missing_columns(kind, columns)
+            missing = missing_columns(kind, have)
             if missing:
                 yield Problem(
-                    f"{path.name} has columns {sorted(columns)}; {missing}",
+                    f"{path.name}: {missing}",
                     **at,
-                    fix="rename or add the columns, or point at the right file",
+                    fix=f"add {' and '.join(repr(c) for c in missing.missing)} to every row "
+                        f"(the file has: {', '.join(have) or 'no columns'}), or point "
+                        f"`{fieldname}` at the right file",
                 )
             else:  # rows a trainer would choke on mid-run (issue 23): file:row and a fix
                 yield from _row_problems(path, kind, at)
@@ -239,20 +241,27 @@ def _environment_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
             "free disk (graftline cleanup), or point runs_dir at a larger volume",
             code=DISK_FORECAST,
         )
-    if header.quantization != "none":
-        import torch
+    if header.quantization != "none" and not _has_cuda():
+        yield Problem(
+            f"quantization = {header.quantization} without a CUDA GPU: bitsandbytes runs "
+            "on CPU but slowly, and 4-bit ruins tiny models' accuracy",
+            str(pf.path),
+            pf.line(HEADER_BLOCK, "quantization"),
+            None,
+            "pipeline.quantization",
+            'use quantization = "none" on CPU',
+            severity="warning",
+        )
 
-        if not torch.cuda.is_available():
-            yield Problem(
-                f"quantization = {header.quantization} without a CUDA GPU: bitsandbytes runs "
-                "on CPU but slowly, and 4-bit ruins tiny models' accuracy",
-                str(pf.path),
-                None,
-                None,
-                "pipeline.quantization",
-                'use quantization = "none" on CPU',
-                severity="warning",
-            )
+
+def _has_cuda() -> bool:
+    """Whether a CUDA device is visible, without importing torch (seconds) when the answer is
+    plainly no: no NVIDIA driver on this machine."""
+    if not Path("/proc/driver/nvidia").exists() and not Path("/dev/nvidiactl").exists():
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def _writable(path: Path) -> bool:
@@ -325,8 +334,14 @@ def validate(pf: PipelineFile) -> list[Problem]:
         *limits.export_problems(pf),
         *_scaleout_problems(pf),
     ]
-    order = {s.name: i for i, s in enumerate(pf.pipeline.stage)}
-    return sorted(problems, key=lambda p: (order.get(p.stage or "", -1), p.line or 0))
+    # file order, as a reader fixes them; a problem without a line sits at its stage's header
+    def line(problem: Problem) -> int:
+        if problem.line:
+            return problem.line
+        block = pf.blocks.get(problem.stage or "")
+        return block.header if block else 0
+
+    return sorted(problems, key=line)
 
 
 def validate_file(path: Path | str) -> tuple[PipelineFile | None, list[Problem]]:

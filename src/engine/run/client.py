@@ -7,6 +7,7 @@ a file read, not a model load.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from graftline.engine.run import control
+from graftline.engine.run import index as run_index
 from graftline.engine.run import state as runstate
 from graftline.engine.run.control import ControlError  # noqa: F401  (re-exported)
 from graftline.engine.run.events import (  # noqa: F401  (re-exported)
@@ -25,12 +27,18 @@ from graftline.engine.run.events import (  # noqa: F401  (re-exported)
     read_events,
     read_raw,
 )
-from graftline.engine.run.launch import (  # noqa: F401  (re-exported)
-    LaunchError,
-    create_run,
-    resume_run,
-    start_run,
-)
+
+# Starting a run needs the pipeline reader (pydantic, a third of a second to import); finding,
+# listing and following runs do not, so the launch functions are loaded on first use (PEP 562).
+_FROM_LAUNCH = ("LaunchError", "create_run", "resume_run", "start_run")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_LAUNCH:
+        from graftline.engine.run import launch
+
+        return getattr(launch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 RUNS_DIR_ENV = "GRAFTLINE_RUNS_DIR"
 
@@ -91,34 +99,148 @@ def list_runs(runs_dir: Path) -> list[RunInfo]:
         if child.is_symlink() or not child.is_dir() or not is_run_dir(child):
             continue
         infos.append(read_state(child))
+    return _newest_first(infos)
+
+
+def _newest_first(infos: list[RunInfo]) -> list[RunInfo]:
     return sorted(infos, key=lambda info: (info.started or 0.0, info.run_id), reverse=True)
 
 
-def latest_run(runs_dir: Path) -> Path | None:
-    runs = list_runs(runs_dir)
+def known_runs(runs_dir: Path | None = None) -> list[RunInfo]:
+    """The runs this user can name, newest first: with `runs_dir`, those under it (and they are
+    remembered in the run index from then on); without, every run in the per-user index plus
+    those under the default runs directory (runs made before the index existed)."""
+    if runs_dir is not None:
+        infos = list_runs(runs_dir)
+        if infos:
+            run_index.register(*(info.path for info in infos))
+        return infos
+    paths: dict[Path, None] = {}
+    for path in run_index.known():
+        paths.setdefault(path.resolve(), None)
+    default = default_runs_dir()
+    if default.is_dir():
+        for info in list_runs(default):
+            paths.setdefault(info.path.resolve(), None)
+    return _newest_first([read_state(path) for path in paths])
+
+
+def latest_run(runs_dir: Path | None = None) -> Path | None:
+    runs = known_runs(runs_dir)
     return runs[0].path if runs else None
 
 
-def find_run(ref: str | Path | None, runs_dir: Path) -> Path:
-    """A run given as a path, a run id under `runs_dir`, a unique id prefix, or None (latest)."""
-    runs_dir = Path(runs_dir)
+def _where(runs_dir: Path | None) -> str:
+    return f"under {Path(runs_dir).resolve()}" if runs_dir is not None else "yet"
+
+
+def find_run(ref: str | Path | None, runs_dir: Path | None = None) -> Path:
+    """A run given as a path, a run id, a unique id prefix, or None (the newest live run, else
+    the newest), from any directory: through the per-user run index, or only under `runs_dir`
+    when it is given. The path returned is absolute, so hints built from it work wherever the
+    user stands."""
     if ref is None:
-        latest = latest_run(runs_dir)
-        if latest is None:
-            raise LookupError(f"no runs under {runs_dir}; start one with `graftline run FILE`")
-        return latest
+        # like `tmux attach`: the newest run that is still going, else the newest of all
+        runs = known_runs(runs_dir)
+        if not runs:
+            raise LookupError(f"no runs {_where(runs_dir)}; start one with `graftline run FILE` "
+                              f"or try `graftline demo`")
+        live = [info for info in runs if info.live]
+        return (live or runs)[0].path.resolve()
     as_path = Path(ref).expanduser()
     if is_run_dir(as_path):
-        return as_path
-    if is_run_dir(runs_dir / str(ref)):
-        return runs_dir / str(ref)
-    matches = [info.path for info in list_runs(runs_dir) if info.run_id.startswith(str(ref))]
+        run_index.register(as_path)
+        return as_path.resolve()
+    runs = known_runs(runs_dir)
+    text = str(ref)
+    exact = [info.path for info in runs if info.run_id == text or info.path.name == text]
+    matches = exact or [info.path for info in runs
+                        if info.run_id.startswith(text) or info.path.name.startswith(text)]
     if len(matches) == 1:
-        return matches[0]
+        return matches[0].resolve()
     if matches:
-        names = ", ".join(p.name for p in matches[:5])
-        raise LookupError(f"'{ref}' matches several runs ({names}); give more of the id")
-    raise LookupError(f"no run '{ref}' under {runs_dir} (see `graftline ls --runs-dir DIR`)")
+        names = "\n  ".join(str(p.resolve()) for p in matches[:8])
+        more = f"\n  … and {len(matches) - 8} more" if len(matches) > 8 else ""
+        raise LookupError(f"'{ref}' matches {len(matches)} runs; give more of the id, or the "
+                          f"path:\n  {names}{more}")
+    narrow = "" if runs_dir is None else f" under {Path(runs_dir).resolve()}"
+    raise LookupError(f"no run '{ref}'{narrow} ({len(runs)} run(s) known; `graftline ls` lists "
+                      f"them, `graftline ls --runs-dir DIR` adds the runs under DIR)")
+
+
+@dataclass(frozen=True)
+class RunDetails:
+    """What `ls` and the runs screen show beyond the state: how long, how well, how big."""
+
+    duration: float | None  # seconds from start to the last heartbeat (or now, while live)
+    metric: str | None  # the last logged loss/reward, e.g. "loss 0.412"
+    metric_value: float | None
+    disk_bytes: int
+
+
+_TAIL_BYTES = 256 * 1024
+_METRIC_KEYS = ("reward", "loss", "train_loss", "eval_loss", "accuracy")
+
+
+def _last_metric(run_dir: Path) -> tuple[str | None, float | None]:
+    """The last loss/reward in the log, reading only its tail (a log can be millions of lines)."""
+    path = Path(run_dir) / EVENTS
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - _TAIL_BYTES))
+            tail = handle.read()
+    except OSError:
+        return None, None
+    for line in reversed(tail.splitlines()):
+        if b'"metrics"' not in line and b'"stage_finished"' not in line:
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        data = row.get("data") or {}
+        if row.get("type") == "stage_finished":
+            data = data.get("metrics") or {}
+        elif row.get("type") != "metrics":
+            continue
+        for key in _METRIC_KEYS:
+            value = data.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                name = "loss" if key == "train_loss" else key
+                return f"{name} {value:.4g}", float(value)
+    return None, None
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes under `path`, never following a symlink (a link to a base model is not ours)."""
+    total = 0
+    stack = [Path(path)]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(Path(entry.path))
+                        elif entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_blocks * 512
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return total
+
+
+def run_details(info: RunInfo, now: float | None = None) -> RunDetails:
+    now = time.time() if now is None else now
+    duration = None
+    if info.started is not None:
+        end = now if info.live else (info.heartbeat or now)
+        duration = max(0.0, end - info.started)
+    metric, value = _last_metric(info.path)
+    return RunDetails(duration, metric, value, disk_usage(info.path))
 
 
 def send_command(run_dir: Path, command: str, timeout: float = 5.0) -> dict[str, Any]:

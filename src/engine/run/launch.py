@@ -34,6 +34,7 @@ from graftline.engine.common.private import (
 )
 from graftline.engine.pipeline.file import PipelineFile
 from graftline.engine.pipeline.problems import PipelineError, Problem
+from graftline.engine.run import index as run_index
 from graftline.engine.run import state as runstate
 
 
@@ -88,6 +89,8 @@ def create_run(pf: PipelineFile, runs_dir: Path) -> Path:
         for child in (PIPELINE_COPY, PIPELINE_HASH, RUN_META, STATE):
             if (run_dir / child).is_file():
                 make_private(run_dir / child)
+    # remembered per user, so `graftline attach <id>` finds it from any directory
+    run_index.register(run_dir)
     return run_dir
 
 

@@ -7,43 +7,23 @@ suite, the demo and the benchmarks build it once. Everything downstream loads it
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from graftline.engine.toy import tasks
+from graftline.engine.toy.recipe import ToyRecipe
 from graftline.engine.toy.tokenizer import ASSISTANT, END, USER, build_tokenizer
 
 TOY_SCHEME = "toy:"
-
-
-@dataclass(frozen=True)
-class ToyRecipe:
-    hidden_size: int = 96
-    layers: int = 3
-    heads: int = 4
-    intermediate_size: int = 256
-    tie_word_embeddings: bool = False
-    steps: int = 800
-    batch_size: int = 128
-    lr: float = 3e-3
-    warmup: int = 50
-    seed: int = 0
-    version: int = 2  # bump when the build changes in a way the fields do not show
-
-    @property
-    def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
 
 
 def cache_root() -> Path:

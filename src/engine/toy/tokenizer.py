@@ -6,15 +6,20 @@ reward can be computed by string comparison.
 
 from __future__ import annotations
 
-import string
-
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
-USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
-SPECIAL_TOKENS = [PAD, BOS, EOS, UNK, USER, ASSISTANT, END]
-CHARACTERS = string.digits + string.ascii_letters + " +-=*/?.,:;!'\"()[]{}<>_#@%&\n"
+from graftline.engine.toy.recipe import (
+    ASSISTANT,
+    BOS,
+    CHARACTERS,
+    END,
+    EOS,
+    PAD,
+    SPECIAL_TOKENS,
+    UNK,
+    USER,
+)
 
 # `{% generation %}` marks the assistant's tokens, so TRL's assistant_only_loss can mask the rest.
 CHAT_TEMPLATE = (

@@ -1,0 +1,87 @@
+"""The launch screen in an empty directory offers a starter file and the demo, opens the user's
+$EDITOR on the selected file (and re-validates it), and shows a rehearsal's progress."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from console_support import screen_text, wait_for
+
+from graftline.console.app import GraftlineApp
+from graftline.console.screens.launch import LaunchScreen, rehearsal_line
+
+WIDE = (120, 40)
+
+
+@pytest.mark.asyncio
+async def test_an_empty_directory_offers_init_and_demo_and_i_writes_a_starter(
+        tmp_path: Path) -> None:
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    app = GraftlineApp(None, tmp_path / "runs", ascii_only=False, launch_dir=folder)
+    async with app.run_test(size=WIDE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, LaunchScreen), what="launch")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "graftline init" in text and "graftline demo" in text
+        assert "none here yet" in text  # the pipelines box says why it is empty
+        assert "examples/demo.toml" not in text  # no pointer at a file that is not here
+        screen = app.screen
+        await pilot.press("i")
+        await wait_for(pilot, lambda: screen.report is not None, what="the starter's check")
+        assert (folder / "pipeline.toml").is_file() and (folder / "data" / "sft.jsonl").is_file()
+        assert screen.report.file == folder / "pipeline.toml"
+        assert screen.report.ok, screen_text(app)
+
+
+@pytest.mark.asyncio
+async def test_e_opens_the_editor_and_revalidates(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "work"
+    folder.mkdir()
+    editor = tmp_path / "editor.sh"
+    editor.write_text('#!/bin/sh\nprintf "\\n[extra]\\nkey = 1\\n" >> "$1"\n')
+    editor.chmod(editor.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.delenv("VISUAL", raising=False)
+    monkeypatch.setenv("EDITOR", str(editor))
+    app = GraftlineApp(None, tmp_path / "runs", ascii_only=False, launch_dir=folder)
+    async with app.run_test(size=WIDE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, LaunchScreen), what="launch")
+        screen = app.screen
+        await pilot.press("i")
+        await wait_for(pilot, lambda: screen.report is not None and screen.report.ok,
+                       what="a valid starter")
+        checks = screen.checks
+        await pilot.press("e")
+        await wait_for(pilot, lambda: screen.checks > checks, what="the re-check")
+        assert "[extra]" in (folder / "pipeline.toml").read_text()
+        assert not screen.report.ok
+        assert "unknown top-level table 'extra'" in screen_text(app)
+
+
+@pytest.mark.asyncio
+async def test_e_without_an_editor_says_how_to_set_one(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VISUAL", raising=False)
+    monkeypatch.delenv("EDITOR", raising=False)
+    folder = tmp_path / "work"
+    folder.mkdir()
+    app = GraftlineApp(None, tmp_path / "runs", ascii_only=False, launch_dir=folder)
+    async with app.run_test(size=WIDE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, LaunchScreen), what="launch")
+        await pilot.press("i")
+        await wait_for(pilot, lambda: app.screen.report is not None, what="the starter")
+        await pilot.press("e")
+        assert any("$EDITOR" in n.message for n in app._notifications)
+
+
+def test_rehearsal_events_read_as_progress_lines() -> None:
+    done: list[str] = []
+    assert "twin" in rehearsal_line({"event": "twin", "describe": "llama, 2 layers"}, done)
+    assert rehearsal_line({"event": "stage_started", "stage": "sft", "kind": "sft"}, done) == \
+        "sft (sft) running…"
+    assert rehearsal_line({"event": "stage_finished", "stage": "sft", "status": "complete",
+                           "seconds": 2.5}, done) == "sft passed"
+    assert done == ["✓ sft 2.5 s"]
