@@ -169,3 +169,28 @@ def test_an_export_inside_a_live_run_is_refused(tmp_path: Path) -> None:
         os.close(fd)
     assert "inside the run directory" in problem.message and problem.field == "out"
     assert not (live / "exported").exists()
+
+
+def test_a_large_jsonl_is_sampled_within_validates_budget_and_load_names_the_line(
+        tmp_path: Path) -> None:
+    """Past FULL_SCAN_BYTES validate samples (head, spread windows, tail) and says where, by
+    byte; loading for training parses every line and names the line of a bad one."""
+    from graftline.engine.pipeline.datasets import (
+        FULL_SCAN_BYTES,
+        DatasetError,
+        check_rows,
+        load_rows,
+    )
+
+    good = json.dumps({"prompt": "1+1=", "completion": "2"}) + "\n"
+    path = tmp_path / "big.jsonl"
+    count = FULL_SCAN_BYTES // len(good) + 1000
+    with path.open("w") as handle:
+        handle.write(good * count)
+        handle.write("{not json\n")  # in the tail window
+        handle.write(good * 10)
+    problems = check_rows(path, "sft")
+    assert len(problems) == 1 and "not valid JSON" in problems[0].message
+    assert problems[0].row is None and "at byte" in problems[0].message
+    with pytest.raises(DatasetError, match=rf"big.jsonl:{count + 1}: not valid JSON"):
+        load_rows(path)

@@ -48,6 +48,13 @@ SENTENCES: dict[str, str] = {
     "stop": "stop the run after a confirmation; it saves a checkpoint first and `graftline "
             "resume` continues it.",
     "runs": "list every run you started, wherever it lives.",
+    "zoom": "zoom the chart to the whole screen, then the log, then back to the dashboard.",
+    "toggle_side": "show or hide the resources and checks panels (the log says when they are "
+                   "hidden).",
+    "Dashboard.resume": "resume a stopped, failed or crashed run from its last checkpoint, after "
+                        "a confirmation.",
+    "follow": "let the cursor and the checks panel follow the running stage again.",
+    "smooth": "smooth the chart's curves (off, 0.6, 0.9), as TensorBoard's slider does.",
     "Launch.launch": "launch the selected pipeline in the background, after a rehearsal on a "
                      "tiny twin unless R turned it off.",
     "Runs.launch": "pick a pipeline file and start a new run.",
@@ -88,6 +95,7 @@ NAVIGATION: dict[str, list[tuple[str, str, str]]] = {
 
 
 def sentence(screen: str, action: str, description: str) -> str:
+    action = action.removeprefix("app.")  # a screen's binding to an app action reads the same
     return SENTENCES.get(f"{screen}.{action}") or SENTENCES.get(action) or \
         f"{description.rstrip('…').lower()}."
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from graftline.engine.common.layout import RunLayout
 from graftline.engine.pipeline.problems import FixableError
+
+if TYPE_CHECKING:
+    import datasets
 
 GENERATED = "data.jsonl"
 
@@ -96,6 +99,8 @@ def columns_of(path: Path) -> list[str]:
         info = _saved_dir(path) / "dataset_info.json"
         if info.is_file():
             return list(json.loads(info.read_text()).get("features", {}))
+        import datasets
+
         return list(datasets.load_from_disk(str(_saved_dir(path))).column_names)
     except DatasetError:
         raise
@@ -116,13 +121,25 @@ def missing_columns(kind: str, columns: list[str]) -> str | None:
 
 
 def load_rows(path: Path) -> datasets.Dataset:
+    # the library is imported where rows are loaded, never by `validate` (which must stay light)
+    import datasets
+
     path = Path(path)
     columns_of(path)  # the same clear errors as the validator gives
     fmt = _format_of(path)
     if fmt == "jsonl":
         # from_list keeps nested chat messages intact and writes no cache files
+        rows = []
         with path.open(encoding="utf-8") as handle:
-            rows = [json.loads(line) for line in handle if line.strip()]
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as exc:
+                    raise DatasetError(f"{path}:{number}: not valid JSON ({exc})",
+                                       "fix or delete this line: one JSON object per line"
+                                       ) from None
         return datasets.Dataset.from_list(rows)
     if fmt == "parquet":
         return datasets.Dataset.from_parquet(str(path))
@@ -147,6 +164,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 TEXT_COLUMNS = ("prompt", "completion", "chosen", "rejected", "text")
 MAX_ROW_PROBLEMS = 5
 PARQUET_SAMPLE = 512
+# validate reads at most this much of a JSONL file (all of a smaller one): its 1 s budget
+FULL_SCAN_BYTES = 16 << 20
+SAMPLE_WINDOWS = 14
 
 
 @dataclass(frozen=True)
@@ -183,8 +203,8 @@ def _options(kind: str, columns: set[str]) -> tuple[str, ...] | None:
 
 
 def check_rows(path: Path, kind: str) -> list[RowProblem]:
-    """Problems a trainer would hit mid-run, found now with file and row. JSONL is streamed in
-    full (syntax, required columns and their types on every line, in bounded memory); parquet is
+    """Problems a trainer would hit mid-run, found now with file and row. JSONL is read in full
+    up to FULL_SCAN_BYTES and sampled beyond (syntax, required columns, their types); parquet is
     checked by schema plus a bounded sample; CSV is text by nature (load_rows keeps it text)."""
     path = Path(path)
     fmt = _format_of(path)
@@ -195,52 +215,87 @@ def check_rows(path: Path, kind: str) -> list[RowProblem]:
     return []
 
 
+def _jsonl_lines(path: Path) -> Iterator[tuple[int | None, int, bytes]]:
+    """(line number or None, byte offset, line) for the lines `validate` checks.
+
+    A file up to FULL_SCAN_BYTES is read whole (every line, numbered). A larger one would break
+    validate's one-second promise, so it is sampled: its head, its tail and SAMPLE_WINDOWS
+    windows spread across it, FULL_SCAN_BYTES in all; sampled lines carry their byte offset
+    (a line number would need the whole file read). `load_rows` still parses every line, with
+    its line number, before anything trains.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        if size <= FULL_SCAN_BYTES:
+            offset = 0
+            for number, line in enumerate(handle, start=1):
+                yield number, offset, line
+                offset += len(line)
+            return
+        window = FULL_SCAN_BYTES // (SAMPLE_WINDOWS + 2)
+        head = handle.read(window)
+        lines = head.split(b"\n")[:-1]  # the last piece may be cut: not judged
+        offset = 0
+        for number, line in enumerate(lines, start=1):
+            yield number, offset, line + b"\n"
+            offset += len(line) + 1
+        starts = [size * (i + 1) // (SAMPLE_WINDOWS + 1) for i in range(SAMPLE_WINDOWS)]
+        for start in [*starts, max(0, size - window)]:
+            handle.seek(start)
+            chunk = handle.read(window)
+            pieces = chunk.split(b"\n")
+            # the first piece began before the window and the last may end after it
+            at = start + len(pieces[0]) + 1
+            for line in pieces[1:-1]:
+                yield None, at, line + b"\n"
+                at += len(line) + 1
+
+
 def _check_jsonl(path: Path, kind: str) -> list[RowProblem]:
     problems: list[RowProblem] = []
     needed: tuple[str, ...] | None = None
     rows = empty = 0
     completion_column = {"sft": "completion", "eval": "completion"}.get(kind)
-    with path.open(encoding="utf-8", errors="strict") as handle:
-        number = 0
-        while len(problems) < MAX_ROW_PROBLEMS:
-            try:
-                line = handle.readline()
-            except UnicodeDecodeError:
-                problems.append(RowProblem("not UTF-8 text", "save the file as UTF-8",
-                                           number + 1))
+
+    def add(message: str, fix: str, number: int | None, offset: int) -> None:
+        where = "" if number is not None else f" (at byte {offset:,}; a sample of a large file)"
+        problems.append(RowProblem(message + where, fix, number))
+
+    for number, offset, raw in _jsonl_lines(path):
+        if len(problems) >= MAX_ROW_PROBLEMS:
+            break
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            add("not UTF-8 text", "save the file as UTF-8", number, offset)
+            break
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            add(f"not valid JSON ({exc.msg} at column {exc.colno})",
+                "fix or delete this line: one JSON object per line", number, offset)
+            continue
+        if not isinstance(row, dict):
+            add(f"a JSON {type(row).__name__}, not an object", "write one JSON object per line",
+                number, offset)
+            continue
+        rows += 1
+        if needed is None:
+            needed = _options(kind, set(row)) or ()
+        absent = [c for c in needed if c not in row]
+        if absent:
+            add(f"no {', '.join(f'`{c}`' for c in absent)} (the first row has "
+                f"{', '.join(needed)})", "give every row the same columns", number, offset)
+            continue
+        for column in needed:
+            if column in TEXT_COLUMNS and (bad := _value_problem(column, row[column])):
+                add(bad[0], bad[1], number, offset)
                 break
-            if not line:
-                break
-            number += 1
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                problems.append(RowProblem(f"not valid JSON ({exc.msg} at column {exc.colno})",
-                                           "fix or delete this line: one JSON object per line",
-                                           number))
-                continue
-            if not isinstance(row, dict):
-                problems.append(RowProblem(f"a JSON {type(row).__name__}, not an object",
-                                           "write one JSON object per line", number))
-                continue
-            rows += 1
-            if needed is None:
-                needed = _options(kind, set(row)) or ()
-            absent = [c for c in needed if c not in row]
-            if absent:
-                problems.append(RowProblem(
-                    f"no {', '.join(f'`{c}`' for c in absent)} (the first row has "
-                    f"{', '.join(needed)})", "give every row the same columns", number))
-                continue
-            for column in needed:
-                if column in TEXT_COLUMNS and (bad := _value_problem(column, row[column])):
-                    problems.append(RowProblem(bad[0], bad[1], number))
-                    break
-            if completion_column in row and isinstance(row[completion_column], str) \
-                    and not row[completion_column].strip():
-                empty += 1
+        if completion_column in row and isinstance(row[completion_column], str) \
+                and not row[completion_column].strip():
+            empty += 1
     if rows and completion_column and needed and completion_column in needed and empty == rows:
         problems.append(RowProblem(f"every `{completion_column}` is empty ({rows} rows): the "
                                    "model would learn to say nothing",
@@ -314,5 +369,7 @@ def sample_rows(path: Path, count: int = 4) -> list[dict]:
         handle = pq.ParquetFile(path)
         batch = next(handle.iter_batches(batch_size=count), None)
         return batch.to_pylist() if batch is not None else []
+    import datasets
+
     loaded = datasets.load_from_disk(str(_saved_dir(path)))
     return [dict(loaded[i]) for i in range(min(count, len(loaded)))]
