@@ -41,8 +41,8 @@ from graftline.engine.common import atomic
 from graftline.engine.common.layout import EVENTS, SUMMARY
 
 __all__ = [
-    "BUCKET_BUDGET", "LOG_ROWS", "Opened", "SeriesSummary", "Summary", "load", "open_summary",
-    "rebuild", "save", "verify",
+    "BUCKET_BUDGET", "LOG_ROWS", "SUMMARY", "Opened", "SeriesSummary", "Summary", "load",
+    "open_summary", "rebuild", "save", "verify",
 ]
 
 VERSION = 1
