@@ -90,7 +90,7 @@ class Follower:
             self.attach()
         assert self.summary is not None
         changed = False
-        for rows, end, _line in iter_rows(self.path, self._offset, chunk=CHUNK):
+        for rows, end, last_line in iter_rows(self.path, self._offset, chunk=CHUNK):
             events = []
             for row in rows:
                 try:
@@ -99,7 +99,7 @@ class Follower:
                     continue
             with self.lock:
                 self.summary.extend(rows)
-                self.summary.offset = end
+                self.summary.covered(end, last_line)
                 if self.model.apply(events):
                     changed = True
                     self.model.adopt_series(self.summary)

@@ -171,11 +171,14 @@ class EventWriter:
 
     def emit(self, type: str, stage: str | None = None, **data: Any) -> Event:
         with self._lock:
+            # The queue first (it may add a 'dropped' warning): seqs stay in file order.
+            blocked = bool(self._pending) and not self._flush_pending()
             self._seq += 1
             event = Event(self._seq, time.time(), type, stage, data)
             line = (event.to_json() + "\n").encode()
-            if self._pending and not self._flush_pending():
+            if blocked:
                 self._queue(event, line)
+                self._failed(self.write_error or OSError("events.jsonl is not writable"), event)
                 return event
             try:
                 self._write(line)

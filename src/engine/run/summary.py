@@ -376,6 +376,11 @@ class Summary:
                 line = series[key] = SeriesSummary()
             line.add(x, value)
 
+    def covered(self, offset: int, last_line: bytes) -> None:
+        """The summary now covers the log up to `offset`, whose last line is `last_line`."""
+        self.offset = offset
+        self.tail_crc = crc(last_line)
+
     def _pending(self) -> int:
         return sum(line.pending for line in self.series.values())
 
@@ -623,13 +628,9 @@ def catch_up(summary: Summary, events_path: Path, *, upto: int | None = None) ->
     from graftline.engine.run.events import iter_rows, torn_tail
 
     events_path = Path(events_path)
-    last_line: bytes | None = None
-    for rows, end, tail_line in iter_rows(events_path, summary.offset, upto=upto):
+    for rows, end, last_line in iter_rows(events_path, summary.offset, upto=upto):
         summary.extend(rows)
-        summary.offset = end
-        last_line = tail_line
-    if last_line is not None:
-        summary.tail_crc = crc(last_line)
+        summary.covered(end, last_line)
     if summary.head_crc is None and summary.offset:
         summary.head_crc = crc(first_line(events_path))
     summary.fold()
