@@ -29,7 +29,6 @@ from typing import Any, Literal
 from graftline.engine.common.errors import GraftlineError
 from graftline.engine.common.layout import EVENTS
 from graftline.engine.run.summary import (
-    PENDING_POINTS,
     Summary,
     crc,
     first_line,
@@ -41,6 +40,9 @@ from graftline.engine.run.summary import (
 SAVE_EVERY = 2.0  # seconds between summary saves while events flow
 PENDING_MAX = 10_000  # events held in memory while the disk refuses writes
 CHUNK_BYTES = 8 << 20  # streaming readers read this much at a time
+# One encoder for every line (json.dumps with arguments builds a new one per call): the same
+# bytes, a few microseconds less per event, which pays for the summary's folding.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 EventType = Literal[
     "run_started",
@@ -78,16 +80,14 @@ class Event:
     data: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(
+        return _ENCODE(
             {
                 "seq": self.seq,
                 "time": self.time,
                 "type": self.type,
                 "stage": self.stage,
                 "data": self.data,
-            },
-            separators=(",", ":"),
-            default=str,
+            }
         )
 
     @classmethod
@@ -186,11 +186,20 @@ class EventWriter:
                 self._queue(event, line)
                 self._failed(exc, event)
                 return event
-            self._written(event, line)
+            self._size += len(line)
+            self._last_line = line
+            summary = self._summary
+            if summary is not None:
+                if type == "metrics":  # the hot path: the dict as given, folded in batches
+                    summary.add_metrics(stage, data, event.seq, event.time)
+                else:
+                    self._fold(line)
+                summary.offset = self._size
             if type in DURABLE:
                 self._fsync()
-            if self._summary is not None and (
-                    type in DURABLE or time.monotonic() >= self._next_save):
+                if summary is not None:
+                    self._save()
+            elif summary is not None and time.monotonic() >= self._next_save:
                 self._save()
             return event
 
@@ -225,32 +234,31 @@ class EventWriter:
 
     def _write(self, line: bytes) -> None:
         """The whole line or nothing: a short write is completed, a failed one cut off again."""
-        view = memoryview(line)
         done = 0
         try:
-            while done < len(line):
-                done += os.write(self._fd, view[done:])
+            done = os.write(self._fd, line)
+            while done < len(line):  # short write: the disk filling up, a file-size limit
+                done += os.write(self._fd, line[done:])
         except OSError:
             if done:
                 os.ftruncate(self._fd, self._size)  # no torn line: the reader never sees half
             raise
 
     def _written(self, event: Event, line: bytes) -> None:
+        """A queued event made it to the file: account for it as `emit` does."""
         self._size += len(line)
         self._last_line = line
+        if self._summary is not None:
+            self._fold(line)
+            self._summary.offset = self._size
+
+    def _fold(self, line: bytes) -> None:
+        """Fold what the log says (a caller may mutate its dicts after emit)."""
         summary = self._summary
-        if summary is None:
-            return
-        if event.type == "metrics":  # the hot path: the data dict as given, no re-decoding
-            summary.add({"seq": event.seq, "time": event.time, "type": event.type,
-                         "stage": event.stage, "data": event.data})
-        else:  # rare: fold what the log says (a caller may mutate its dicts later)
-            summary.add(json.loads(line))
+        assert summary is not None
+        summary.add(json.loads(line))
         if summary.head_crc is None:
             summary.head_crc = crc(line if self._size == len(line) else first_line(self.path))
-        summary.offset = self._size
-        if summary._pending() > PENDING_POINTS:
-            summary.fold()
 
     def _fsync(self) -> None:
         try:
