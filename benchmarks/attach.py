@@ -158,10 +158,13 @@ def generate(run_dir: Path, n: int) -> None:
         offset += len(line)
         buffer.append(line)
         pending += len(line)
-        if seq <= cut:
-            summary.add({"seq": seq, "time": event.time, "type": type, "stage": stage,
-                         "data": data if type == "metrics" else json.loads(line)["data"]})
-            summary.covered(offset, line)
+        if seq <= cut:  # folded as the engine folds it
+            if type == "metrics":
+                summary.add_metrics(stage, data, seq, event.time)
+            else:
+                summary.add(json.loads(line))
+            if seq == cut:
+                summary.covered(offset, line)
         if pending > 1 << 20:
             handle.write(b"".join(buffer))
             buffer.clear()
