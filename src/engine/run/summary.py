@@ -729,22 +729,25 @@ class Opened:
     notices: list[str]
     rebuilt: bool
     from_offset: int  # where the trusted summary ended and the log's tail began
+    reason: str | None = None  # why it was rebuilt
 
 
 def open_summary(run_dir: Path, *, tail: bool = True, write_back: bool = True) -> Opened:
-    """The run's summary, checked against its log; rebuilt from the log (with a notice) when it
-    is missing, corrupt or disagrees. `tail`: also fold the log after its offset.
+    """The run's summary, checked against its log; rebuilt from the log when it is missing
+    (quietly: an older run, or an engine before its first save) or corrupt or disagrees (with a
+    notice). `tail`: also fold the log after its offset.
     `write_back`: store a rebuilt summary (best effort; a reader without write access goes on)."""
     run_dir = Path(run_dir)
     events_path = run_dir / EVENTS
     notices: list[str] = []
     reason: str | None
+    missing = False
     try:
         summary = load(run_dir)
         reason = verify(summary, events_path)
     except FileNotFoundError:
         has_log = events_path.exists() and events_path.stat().st_size > 0
-        summary, reason = Summary(), "none yet" if has_log else None
+        summary, reason, missing = Summary(), "none yet" if has_log else None, True
     except (OSError, ValueError) as exc:
         summary, reason = Summary(), str(exc)
     rebuilt = reason is not None
@@ -753,12 +756,12 @@ def open_summary(run_dir: Path, *, tail: bool = True, write_back: bool = True) -
     from_offset = summary.offset
     if rebuilt or tail:
         notices += catch_up(summary, events_path)
-    if rebuilt:
+    if rebuilt and not missing:  # a missing one is normal (an older run, a new engine)
         notices.insert(0, f"summary {SUMMARY}: {reason}; rebuilt from {EVENTS} "
                           f"({summary.events:,} events)")
-        if write_back and summary.offset:
-            try:
-                save(run_dir, summary)
-            except OSError as exc:
-                notices.append(f"could not store the rebuilt summary: {exc}")
-    return Opened(summary, notices, rebuilt, from_offset)
+    if rebuilt and write_back and summary.offset:
+        try:
+            save(run_dir, summary)
+        except OSError as exc:
+            notices.append(f"could not store the rebuilt summary: {exc}")
+    return Opened(summary, notices, rebuilt, from_offset, reason)
