@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import tempfile
 import zlib
 from collections import deque
 from collections.abc import Iterable
@@ -38,7 +40,6 @@ from operator import methodcaller
 from pathlib import Path
 from typing import Any
 
-from graftline.engine.common import atomic
 from graftline.engine.common.layout import EVENTS, SUMMARY
 
 __all__ = [
@@ -681,9 +682,22 @@ def verify(summary: Summary, events_path: Path) -> str | None:
 
 
 def save(run_dir: Path, summary: Summary) -> int:
-    """Replace the summary file atomically; its size in bytes."""
+    """Replace the summary file atomically (a reader sees the old file or the new one); its size.
+
+    No fsync: the summary is a cache of the log, and the engine's training thread should not wait
+    for the disk every couple of seconds. After a power cut it may be empty or old; a reader then
+    finds it corrupt or behind and rebuilds it or reads the longer tail."""
+    path = Path(run_dir) / SUMMARY
     text = summary.to_json()
-    atomic.write_text(Path(run_dir) / SUMMARY, text, mode=0o600)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return len(text)
 
 
