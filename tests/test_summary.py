@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy
+
 from graftline.console.follower import Follower
 from graftline.engine.run import summary as S
 from graftline.engine.run.events import EVENTS, EventWriter, read_events
@@ -22,6 +24,8 @@ from graftline.engine.run.events import EVENTS, EventWriter, read_events
 WRITER = """
 import math, sys, time
 from pathlib import Path
+
+import numpy
 from graftline.engine.run.events import EventWriter
 w = EventWriter(Path(sys.argv[1]), save_every=float(sys.argv[2]))
 stages = [("sft", "sft"), ("merged", "merge"), ("dpo", "dpo")]
@@ -200,6 +204,8 @@ def test_a_failed_write_leaves_no_torn_line_and_the_queue_flushes_in_order(
     script = """
 import resource, signal, sys
 from pathlib import Path
+
+import numpy
 from graftline.engine.run.events import EventWriter
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 errors = []
@@ -238,3 +244,36 @@ print(len(errors), errors[0][0])
     assert "4 events were dropped" in rows[-2]["data"]["message"]
     assert [row["data"]["step"] for row in rows if row["type"] == "metrics"] == [5, 6, 7, 8]
     assert S.open_summary(tmp_path, write_back=False).rebuilt is False
+
+
+def test_the_view_model_from_a_summary_matches_the_view_model_from_every_event(
+        tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    from synthetic_run import write_synthetic_run
+
+    from graftline.console.run_view import RunModel, fold
+
+    run = write_synthetic_run(tmp_path / "r", steps_per_stage=20)
+    events, _ = read_events(run / EVENTS)
+    whole = fold(events)
+    loaded = RunModel()
+    loaded.load_summary(S.rebuild(run / EVENTS)[0])
+
+    def stages(model: RunModel) -> list[tuple]:
+        return [(s.name, s.kind, s.index, s.status, s.step, s.max_steps, s.global_step_offset,
+                 s.latest, s.summary, s.evaluation, [(c.name, c.status) for c in s.checks],
+                 s.action, s.reference) for s in model.stages]
+
+    assert stages(loaded) == stages(whole)
+    assert loaded.boundaries == whole.boundaries and loaded.status == whole.status
+    assert (loaded.run, loaded.backend, loaded.current) == (whole.run, whole.backend,
+                                                           whole.current)
+    assert [(line.level, line.text) for line in loaded.log] == \
+        [(line.level, line.text) for line in whole.log][-len(loaded.log):]
+    assert loaded.telemetry == whole.telemetry and loaded.throughput == whole.throughput
+    assert loaded.events_seen == whole.events_seen and loaded.last_seq == whole.last_seq
+    assert loaded.elapsed() == whole.elapsed() and loaded.chart_metrics() == whole.chart_metrics()
+    for key, series in whole.series.items():  # short run: every step its own bucket
+        assert list(loaded.series[key].steps) == list(series.steps), key
+        assert list(loaded.series[key].values) == [float(numpy.float32(v))
+                                                   for v in series.values], key

@@ -278,11 +278,9 @@ def _number(value: Any) -> bool:
 LATEST_SKIP = frozenset({"step", "global_step", "max_steps", "epoch"})
 
 
-def _stage_out(view: dict[str, Any]) -> dict[str, Any]:
-    """A stage as written: `latest` holds the last logged value of every numeric metric."""
-    latest = {key: float(value) for key, value in view["latest"].items()
-              if key not in LATEST_SKIP and _number(value)}
-    return {**view, "latest": latest}
+def _clean_latest(latest: dict[str, Any]) -> dict[str, float]:
+    return {key: float(value) for key, value in latest.items()
+            if key not in LATEST_SKIP and _number(value)}
 
 
 def _bounded_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -392,6 +390,7 @@ class Summary:
         points: list[tuple[Any, dict[str, Any]]] = []
         seen: Any = object()
         view: dict[str, Any] | None = None
+        touched: dict[int, dict[str, Any]] = {}
         for name, data, _seq, _when in rows:
             if name is not seen:  # consecutive rows share their stage
                 seen = name
@@ -409,9 +408,12 @@ class Summary:
                         x = view["global_step_offset"] + step
                 if data.get("max_steps"):
                     view["max_steps"] = data["max_steps"]
-                view["latest"].update(data)  # filtered to numbers when written
+                view["latest"].update(data)  # cleaned below, once per batch
+                touched[id(view)] = view
             if x is not None and (type(x) is int or _number(x)):
                 points.append((x, data))
+        for view in touched.values():  # latest: the last value of every numeric metric
+            view["latest"] = _clean_latest(view["latest"])
         for key in THROUGHPUT:
             for row in reversed(rows):
                 value = row[1].get(key)
@@ -501,9 +503,7 @@ class Summary:
             "counts": self.counts, "first_time": self.first_time, "last_time": self.last_time,
             "run": self.run, "resumes": self.resumes, "status": self.status,
             "message": self.message, "finished_time": self.finished_time,
-            "current": self.current, "stages": {name: _stage_out(view)
-                                                for name, view in self.stages.items()},
-            "boundaries": self.boundaries,
+            "current": self.current, "stages": self.stages, "boundaries": self.boundaries,
             "telemetry": self.telemetry, "gpu_reason": self.gpu_reason,
             "throughput": self.throughput, "log": list(self.log),
             "series": {key: line.to_dict() for key, line in self.series.items()},
