@@ -248,6 +248,7 @@ async def main():
         first = time.perf_counter() - t0
         model = app.screen.follower.model
         full = (model.last_seq == int(sys.argv[2]) and bool(model.log)
+                and not app.screen.follower.rebuilt
                 and model.log[-1].text.startswith("run finished")
                 and bool(app.screen.query_one(MetricChart)._lines))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

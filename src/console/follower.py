@@ -68,6 +68,7 @@ class Follower:
         self._offset = 0
         self.summary: Summary | None = None
         self.notices: list[str] = []
+        self.rebuilt = False  # the summary could not be used and was rebuilt from the log
 
     def stop(self) -> None:
         self._stop.set()
@@ -80,6 +81,7 @@ class Follower:
         """Start from the summary (rebuilt from the log when it cannot be trusted)."""
         opened = open_summary(self.run_dir, tail=False, write_back=True)
         self.summary, self.notices = opened.summary, opened.notices
+        self.rebuilt = opened.rebuilt
         self._offset = opened.summary.offset
         with self.lock:
             self.model.load_summary(opened.summary, opened.notices)
