@@ -28,6 +28,7 @@ from graftline.engine.run import EVENTS, Event, Summary, iter_rows, open_summary
 
 STATE_EVERY = 2.0
 CHUNK = 4 << 20  # bytes of log folded per batch: bounds memory and the time the lock is held
+ADOPT_EVERY = 1.0  # seconds between rebuilding the model's curves from the summary
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class Follower:
         self.summary: Summary | None = None
         self.notices: list[str] = []
         self.rebuilt = False  # the summary could not be used and was rebuilt from the log
+        self._series_stale = False
+        self._adopted_at = -ADOPT_EVERY
 
     def stop(self) -> None:
         self._stop.set()
@@ -103,11 +106,17 @@ class Follower:
                 self.summary.extend(rows)
                 self.summary.covered(end, last_line)
                 if self.model.apply(events):
-                    changed = True
-                    self.model.adopt_series(self.summary)
+                    changed = self._series_stale = True
             self._offset = end
             if self._stop.is_set():
                 break
+        # Between adoptions the model appends the raw points of new events (a second's worth at
+        # most); the adoption swaps them for the summary's bounded curves.
+        if self._series_stale and time.monotonic() - self._adopted_at >= ADOPT_EVERY:
+            with self.lock:
+                self.model.adopt_series(self.summary)
+            self._series_stale = False
+            self._adopted_at = time.monotonic()
         return changed
 
     def refresh_state(self) -> bool:
