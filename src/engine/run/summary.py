@@ -57,7 +57,7 @@ SERIES_MAX = 1_000  # series beyond this are counted, not summarised
 MIN_TOP, MIN_ZOOM = 8, 4
 LOG_ROWS = 200
 ROW_BYTES = 2_000  # a log row longer than this keeps its message only, cut
-CHECKPOINTS_KEPT = 8  # per stage (a week of trainer checkpoints stays bounded)
+CHECKPOINTS_KEPT = 8  # trainer checkpoints per stage (a week of them stays bounded)
 CHECKS_KEPT = 64  # per stage, by name
 # Metric events held before they are sorted into series: few, because every held dict is one
 # more object for Python's garbage collector to walk (measured: the larger cost, not the sort).
@@ -578,7 +578,12 @@ def _checkpoint_saved(s: Summary, name: Any, data: dict[str, Any], _when: Any) -
     if isinstance(name, str):
         kept = s.stage(name)["checkpoints"]
         kept.append(data)
-        del kept[:-CHECKPOINTS_KEPT]
+        # Every adapter/merged/export checkpoint stays (the export key needs them; a stage has
+        # a few), trainer checkpoints only the last CHECKPOINTS_KEPT (a week saves thousands).
+        trainer = [i for i, c in enumerate(kept) if isinstance(c, dict)
+                   and c.get("kind") == "trainer"]
+        if len(trainer) > CHECKPOINTS_KEPT or len(kept) > 4 * CHECKPOINTS_KEPT:
+            del kept[trainer[0] if trainer else 0]
 
 
 def _check_result(s: Summary, name: Any, data: dict[str, Any], _when: Any) -> None:
