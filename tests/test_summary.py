@@ -196,6 +196,16 @@ def test_size_stays_bounded_and_spikes_survive(tmp_path: Path) -> None:
     # finest level: the last steps one by one
     xs, _lo, _hi, last = summary.points("loss", 99)
     assert xs[-1] == 200_000 and last[-1] == 1.0
+    # more series than the summary keeps, long log rows: still bounded
+    many = S.Summary()
+    for step in range(1, 1001):
+        many.add({"seq": step, "time": float(step), "type": "metrics", "stage": "grpo",
+                  "data": {"global_step": step * 1000, **{f"k{i}": 1.0 for i in range(1200)}}})
+        many.add({"seq": step, "time": float(step), "type": "warning", "stage": "grpo",
+                  "data": {"message": "y" * 5000, "fix": "z" * 5000}})
+    size = len(many.to_json())
+    assert size <= S.SUMMARY_BYTES_MAX, size
+    assert len(many.series) == S.SERIES_MAX and many.dropped_points == 200 * 1000
 
 
 def test_a_failed_write_leaves_no_torn_line_and_the_queue_flushes_in_order(

@@ -52,11 +52,11 @@ TOP_CAP = 512  # buckets of the whole-run level
 ZOOM_CAP = 256  # most recent buckets kept by each zoom level
 ZOOM_STEP = 4  # zoom widths are 2 ** (4 j) = 16 ** j steps
 ZOOM_LEVELS = 3  # zoom levels kept below the top
-BUCKET_BUDGET = 20_000  # all series together (about 540 KB of base64)
+BUCKET_BUDGET = 16_000  # all series together (about 430 kB of base64)
 SERIES_MAX = 1_000  # series beyond this are counted, not summarised
 MIN_TOP, MIN_ZOOM = 8, 4
 LOG_ROWS = 200
-ROW_BYTES = 2_000  # a log row longer than this keeps its message only, cut
+ROW_BYTES = 1_000  # a log row longer than this keeps its message only, cut
 CHECKPOINTS_KEPT = 8  # trainer checkpoints per stage (a week of them stays bounded)
 CHECKS_KEPT = 64  # per stage, by name
 # Metric events held before they are sorted into series: few, because every held dict is one
