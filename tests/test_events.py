@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from graftline.engine.run.client import History, load_history
+from graftline.engine.run.client import load_history
 from graftline.engine.run.events import EVENTS, EventWriter, follow, read_events, read_raw
 
 WRITER = """
@@ -110,7 +110,6 @@ def test_history_folds_stages_checkpoints_and_follows_incrementally(tmp_path: Pa
     assert history.stages["a"].status == "complete"
     assert [c["data"]["id"] for c in history.checkpoints] == ["x"]
     assert history.boundaries == [(0, "a")]
-    assert isinstance(History(), History)
 
 
 def test_iter_rows_streams_in_bounded_chunks_and_reports_a_torn_tail(tmp_path: Path) -> None:

@@ -614,17 +614,3 @@ def _remove_own(path: str, leave: set[str]) -> int:
     with contextlib.suppress(OSError):  # something that stays is inside it
         os.rmdir(path)
     return freed
-
-
-def plan_for_removal(lineage: Lineage, keys: Iterable[str]) -> CleanupPlan:
-    """A plan that keeps everything except `keys` — for the console's "delete this" action.
-
-    Whatever `keys` holds, anything a remaining checkpoint needs stays protected.
-    """
-    drop = set(keys)
-    rules = [KeepRule("ref", n.key, value=n.key) for n in lineage.nodes
-             if n.in_roots and n.kind in _ON_DISK_KINDS and n.key not in drop]
-    if not rules:
-        rules = [KeepRule("final", "final")]
-    return plan_cleanup(lineage, rules)
-
