@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -333,18 +332,24 @@ async def test_launch_screen_validates_plans_and_refuses_errors(tmp_path: Path) 
 async def test_launch_rehearses_first_and_refuses_what_the_rehearsal_catches(
     tmp_path: Path,
 ) -> None:
-    """Validation cannot see inside the rows; the rehearsal trains on them, so a preference row
-    with no rejected answer stops the launch before a run exists."""
+    """Validation calls a reward on real rows (where the answer stands in for the completion),
+    so it cannot see a reward that breaks on what a model really writes; the rehearsal samples
+    from a twin and catches it before a run exists."""
     folder = tmp_path / "work"
     (folder / "data").mkdir(parents=True)
-    rows = [json.loads(line) for line in
-            (REPO / "examples" / "data" / "prefs.jsonl").read_text().splitlines()[:40]]
-    rows[4]["rejected"] = None
-    (folder / "data" / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = (REPO / "examples" / "data" / "grpo.jsonl").read_text().splitlines()[:40]
+    (folder / "data" / "grpo.jsonl").write_text("\n".join(rows) + "\n")
+    (folder / "strict_rewards.py").write_text(
+        "def as_number(prompts, completions, answer, **kwargs):\n"
+        "    # fine on the data's answers, breaks on any output that is not a number\n"
+        "    texts = [c if isinstance(c, str) else c[0]['content'] for c in completions]\n"
+        "    return [float(int(t) == int(a)) for t, a in zip(texts, answer)]\n")
     (folder / "prefs.toml").write_text(
         '[pipeline]\nname = "prefs"\nbase = "toy:addition"\nruns_dir = "../runs"\n\n'
-        '[[stage]]\nname = "ipo"\nkind = "dpo"\nloss = "ipo"\ndata = "data/prefs.jsonl"\n'
-        "lora = { r = 4 }\ntrain = { max_steps = 20, batch_size = 4, max_length = 32 }\n")
+        '[[stage]]\nname = "grpo"\nkind = "grpo"\ndata = "data/grpo.jsonl"\n'
+        'reward = ["strict_rewards:as_number"]\nnum_generations = 2\n'
+        "max_completion_length = 6\nlora = { r = 4 }\n"
+        "train = { max_steps = 20, batch_size = 4, max_length = 32 }\n")
     runs = tmp_path / "runs"
     app = make_app(None, runs, launch_dir=folder)
     async with app.run_test(size=WIDE) as pilot:
@@ -361,7 +366,8 @@ async def test_launch_rehearses_first_and_refuses_what_the_rehearsal_catches(
 
         await wait_for(pilot, refused, timeout=240, what="the rehearsal's verdict")
         message = next(n.message for n in app._notifications if "rehearsal failed" in n.message)
-        assert "ipo (dpo): " in message and "rejected" in message and "Fix:" in message
+        assert "grpo (grpo): " in message and "strict_rewards:as_number" in message
+        assert "Fix:" in message
         assert isinstance(app.screen, LaunchScreen)  # still here: nothing to attach to
         # while it rehearsed, the screen said what it was doing, from the rehearsal's own events
         assert screen.progress[0].startswith("starting")

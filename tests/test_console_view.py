@@ -185,3 +185,16 @@ def test_labels_for_rows_evaluation_and_gpu() -> None:
     assert evaluation_text({}) == ""
     raw = "no GPU: NVMLError_LibraryNotFound: NVML Shared Library Not Found"
     assert gpu_reason_label(raw) == "no NVIDIA driver" and "NVML" not in gpu_reason_label(raw)
+
+
+def test_a_truncated_log_of_a_finished_run_reads_as_finished_with_a_warning(
+        tmp_path: Path) -> None:
+    """state.json says finished; the log lost its end. No RUNNING, no ETA, and a line that says
+    the log is short."""
+    run = write_synthetic_run(tmp_path / "r", steps_per_stage=20)
+    events, _ = read_events(run / "events.jsonl")
+    model = fold(events[: len(events) // 2])
+    assert model.run_status() == "running" and model.eta() is not None
+    assert model.observe_engine("finished")
+    assert model.run_status() == "finished" and model.eta() is None
+    assert "event log ends before that" in model.log[-1].text

@@ -287,7 +287,7 @@ class RunModel:
 
     def eta(self) -> float | None:
         """The whole run's ETA: the sum of `stage_eta` over the stages still to do."""
-        if self.status != "running":
+        if self.run_status() != "running":
             return None
         total, known = 0.0, False
         for stage in self.stages:
@@ -381,6 +381,13 @@ class RunModel:
                                     "the engine stopped without a word (killed or crashed); "
                                     f"`graftline resume {run}` continues from the last "
                                     "checkpoint"))
+        if status in ("finished", "failed", "stopped") and self.status == "running":
+            # the engine wrote its end to state.json, but the log we read stops before it
+            since = (self.last_time or 0.0) - (self.started or 0.0)
+            self.log.append(LogLine(since, "warning", None,
+                                    f"state.json says the run {status}, but the event log ends "
+                                    "before that (truncated or damaged): stages after its last "
+                                    "event may show less than they did"))
         self.version += 1
         return True
 
@@ -388,7 +395,7 @@ class RunModel:
         """Events say what happened; the engine's state adds what events cannot (paused, dead)."""
         if self.status in ("finished", "failed", "stopped"):
             return self.status
-        if self.engine_status in ("paused", "crashed", "failed", "stopped"):
+        if self.engine_status in ("paused", "crashed", "failed", "stopped", "finished"):
             return self.engine_status
         return self.status
 
@@ -613,6 +620,7 @@ def _load_summary(model: RunModel, summary: Summary, notices: list[str]) -> None
     model.run, model.pipeline, model.backend = run.get("run"), run.get("pipeline"), \
         run.get("backend")
     model.status, model.message = summary.status, summary.message
+    model.resumes = summary.resumes
     model.started, model.last_time = summary.first_time, summary.last_time
     model.finished_time = summary.finished_time
     model.stages, model._by_name = [], {}
@@ -620,12 +628,16 @@ def _load_summary(model: RunModel, summary: Summary, notices: list[str]) -> None
         view = model.stage(raw["name"], raw.get("kind") or "?")
         assert view is not None
         for key in ("index", "action", "lora_r", "reference", "max_steps", "status",
-                    "seconds"):
+                    "seconds", "resumed", "started_step", "done_earlier"):
             if raw.get(key) is not None:
                 setattr(view, key, raw[key])
+        view.reference_short = raw.get("reference_label")
+        view.started_time = raw.get("started")
         view.step = int(raw.get("step") or 0)
         view.global_step_offset = int(raw.get("global_step_offset") or 0)
         view.latest = {k: float(v) for k, v in (raw.get("latest") or {}).items()}
+        view.eval_latest = {k: v for k, v in view.latest.items()
+                            if k.startswith("eval_") and k not in EVAL_BOOKKEEPING}
         view.summary = dict(raw.get("summary") or {})
         view.evaluation = dict(raw.get("evaluation") or {})
         view.checks = [CheckView(str(name), str(c.get("status")), str(c.get("message") or ""))

@@ -264,7 +264,9 @@ def _decode_level(raw: dict[str, Any]) -> Level:
 def _stage_dict(name: str) -> dict[str, Any]:
     return {"name": name, "kind": "?", "index": None, "status": "pending", "max_steps": None,
             "global_step_offset": 0, "step": 0, "started": None, "finished": None,
-            "seconds": None, "action": None, "reference": None, "lora_r": None, "latest": {},
+            "seconds": None, "action": None, "reference": None, "reference_label": None,
+            "lora_r": None, "resumed": False, "started_step": 0, "done_earlier": False,
+            "latest": {},
             "summary": {}, "evaluation": {}, "checks": {}, "checkpoints": []}
 
 
@@ -391,7 +393,11 @@ class Summary:
         seen: Any = object()
         view: dict[str, Any] | None = None
         touched: dict[int, dict[str, Any]] = {}
-        for name, data, _seq, _when in rows:
+        for name, data, seq, when in rows:
+            if "eval_loss" in data or "eval_runtime" in data:
+                # an evaluation is a log line too (rare: a dict lookup per row, no scan)
+                self.log.append(_bounded_row({"seq": seq, "time": when, "type": "metrics",
+                                              "stage": name, "data": data}))
             if name is not seen:  # consecutive rows share their stage
                 seen = name
                 view = stages.get(name) if isinstance(name, str) else None
@@ -553,7 +559,7 @@ def _run_started(s: Summary, _name: Any, data: dict[str, Any], _when: Any) -> No
             continue
         view = s.stage(raw["name"])
         view["index"] = index
-        for key in ("kind", "action", "lora_r", "reference", "max_steps"):
+        for key in ("kind", "action", "lora_r", "reference", "reference_label", "max_steps"):
             if raw.get(key) is not None:
                 view[key] = raw[key]
 
@@ -564,9 +570,12 @@ def _stage_started(s: Summary, name: Any, data: dict[str, Any], when: Any) -> No
     view = s.stage(name)
     view["status"] = "running"
     view["started"] = when
-    for key in ("kind", "index", "max_steps", "action", "reference"):
+    for key in ("kind", "index", "max_steps", "action", "reference", "reference_label"):
         if data.get(key) is not None:
             view[key] = data[key]
+    view["resumed"] = bool(data.get("resumed_from"))
+    view["started_step"] = int(view.get("step") or 0) if view["resumed"] else 0
+    view["seconds"] = None
     offset = data.get("global_step_offset")
     view["global_step_offset"] = int(offset) if isinstance(offset, int | float) else 0
     s.current = name
@@ -603,6 +612,11 @@ def _stage_finished(s: Summary, name: Any, data: dict[str, Any], when: Any) -> N
     view = s.stage(name)
     if data.get("kind") is not None:
         view["kind"] = data["kind"]
+    if data.get("status") == "skipped":
+        # the engine skips only stages a resume found complete: it ran before, keep its results
+        view["status"], view["done_earlier"] = "skipped", True
+        return
+    view["done_earlier"] = False
     view["status"] = str(data.get("status", "complete"))
     view["finished"] = when
     view["seconds"] = data.get("seconds")
