@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -141,6 +142,19 @@ def pretrain_checked(recipe: ToyRecipe, fallback: Fallback = Fallback(),
     """Pre-train until the held-out plain exact match reaches `recipe.min_accuracy`, following
     `fallback`'s plan when an attempt falls short (a recipe can land on a loss plateau on one
     CPU family and not another). Returns (model, tokenizer, record); raises ToyBaseTooWeak."""
+    # One thread: the same build in the test suite (one thread) and in the engine (torch's
+    # default) then takes the same floating-point path on a machine, and a model this small
+    # gains nothing from a second thread (on a busy 2-core box it made steps many times slower)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _attempts(recipe, fallback, progress, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _attempts(recipe: ToyRecipe, fallback: Fallback, progress: Progress | None,
+              log: Callable[[str], None] | None):
     results: list[AttemptResult] = []
     model = tokenizer = rng = None
     total = 0
@@ -246,7 +260,12 @@ def resolve_base(base: str, *, cache: Path | None = None) -> str:
     if not base.startswith(TOY_SCHEME):
         return base
     recipe = default_recipe(tied="tied=1" in base)
-    return str(build_base(recipe, cache=cache))
+    return str(build_base(recipe, cache=cache, log=_to_stderr))
+
+
+def _to_stderr(line: str) -> None:
+    # the engine's stderr is its engine.log: a first build's attempts are seen there
+    print(line, file=sys.stderr, flush=True)
 
 
 def chat_prompt(tokenizer: PreTrainedTokenizerFast, question: str) -> str:
