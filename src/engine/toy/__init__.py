@@ -5,7 +5,8 @@
     resolve_base(name)  # `toy:addition` → the base's directory; anything else unchanged
 
 Modules: recipe (ToyRecipe, Fallback, the record; no torch), model (building and asking the
-model), tasks (the addition task), tokenizer, files (the example datasets).
+model), tasks (the addition task), tokenizer, files (the example datasets), measure (seeds on this
+machine: `python -m graftline.engine.toy.measure 0 1 2 3 4`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _EXPORTS = {
     "tasks": "tasks",
     "tokenizer": "tokenizer",
     "files": "files",
+    "measure": "measure",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
