@@ -1,12 +1,19 @@
 """Snapshots of the four main screens at 80×24 and 120×40, on the recorded run.
 
 Deterministic by construction: the recorded run is finished (no clock in the header), log times
-are offsets from the run's start, paths are shown relative to the runs folder (or `~`).
+are offsets from the run's start, paths are shown relative to the runs folder (or `~`). The toy
+base the run stands on is this machine's build, so the fixture shows a hermetic copy of it: under
+a fixed name in a home of its own, its files' times frozen, without the build's own record (its
+cache key, path, build time and measured accuracy differ from machine to machine).
 Update with `pytest tests/test_console_snapshots.py --snapshot-update` after a deliberate change.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,11 +27,37 @@ from graftline.console.screens.lineage import LineageScreen
 
 SIZES = [(80, 24), (120, 40)]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FROZEN = 1_764_547_200  # 2025-12-01T00:00:00Z, the time every file of the base copy shows
+BUILD_ONLY = {"toy_base.json", "toy_recipe.json"}  # what this machine's build says of itself
+
+
+def _hermetic_base(toy_base: Path, home: Path) -> Path:
+    """The weights, config and tokenizer of `toy_base`, as `~/toy-base`, dated FROZEN."""
+    base = home / "toy-base"
+    base.mkdir(parents=True)
+    for item in sorted(toy_base.iterdir()):
+        if item.is_file() and item.name not in BUILD_ONLY:
+            shutil.copyfile(item, base / item.name)
+            os.utime(base / item.name, (FROZEN, FROZEN))
+    os.utime(base, (FROZEN, FROZEN))
+    return base
 
 
 @pytest.fixture()
-def recorded(tmp_path: Path, toy_base: Path) -> Path:
-    return install_recorded_run(tmp_path / "runs", toy_base)
+def fixed_root() -> Iterator[Path]:
+    """A folder whose path has the same length on every machine. Relocating the recorded run
+    writes this path into its manifests and adapter configs, so the sizes the lineage shows
+    depend on its length; pytest's tmp_path has the user's name and a counter in it."""
+    root = Path(tempfile.mkdtemp(prefix="graftline-snap-", dir="/tmp"))
+    yield root
+    shutil.rmtree(root)
+
+
+@pytest.fixture()
+def recorded(fixed_root: Path, toy_base: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = fixed_root / "home"
+    monkeypatch.setenv("HOME", str(home))  # paths under it show as `~/…`
+    return install_recorded_run(fixed_root / "runs", _hermetic_base(toy_base, home))
 
 
 async def _dashboard(pilot) -> None:  # type: ignore[no-untyped-def]

@@ -69,7 +69,8 @@ kind = "export"
 out = "exported"
 dtype = "float32"
 """
-# sft1 is kept short so it stops half-way (≈15% accuracy) and sft2 has something to add
+# sft1 is kept short so it stops early (its merge answered 0% of held-out chat sums for pipeline
+# seeds 0–2 on a Zen 3 EPYC) and sft2 has something to add (63–73% there)
 STEPS = {"SFT1_STEPS": 40, "SFT2_STEPS": 40, "IPO_STEPS": 40, "GRPO_STEPS": 60}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -100,14 +101,23 @@ def test_demo_chain_learns_and_records_its_lineage(tmp_path: Path, toy_base: Pat
     m = {name: mf.read(stages / name) for name in ("sft1", "merge1", "sft2", "ipo", "grpo")}
     export = mf.read(tmp_path / "exported")
 
-    # learning: SFT loss falls; the second SFT improves accuracy; IPO and GRPO improve their
-    # own objectives
+    # learning, each against a baseline measured in this run (no figure from one machine): SFT
+    # loss falls; the second SFT improves accuracy; IPO and GRPO improve their own objectives.
+    # Margins from pipeline seeds 0, 1, 2 on a 2-core Zen 3 EPYC (base: seed 0, 98.9%):
+    #   sft1 loss_end / loss_start        0.336, 0.328, 0.330   → asserted < 0.6
+    #   chat exact match merge1 → +sft2   0→73%, 0→67%, 0→63%   → asserted after > before
+    #   IPO reward accuracy start → end   .62→.82, .51→.80, .60→.91 (gain ≥ .20) → gain > 0.1
+    #   IPO reward margin start → end     .12→.56, .10→.59, .21→.96 (gain ≥ .44) → gain > 0.2
+    #   GRPO reward start → end           .075→.617, .183→.642, .062→.096  → asserted end > start
+    # (start/end are the means of the first/last logged windows, see stages/callbacks.py)
     sft1 = m["sft1"].metrics
     assert sft1["loss_end"] < 0.6 * sft1["loss_start"]
     before = _accuracy(stages / "merge1")
     after = _accuracy(stages / "merge1", stages / "sft2")
     assert after > before, (before, after)
-    assert m["ipo"].metrics["rewards/accuracies_end"] > 0.6
+    ipo = m["ipo"].metrics
+    assert ipo["rewards/accuracies_end"] > ipo["rewards/accuracies_start"] + 0.1, ipo
+    assert ipo["rewards/margins_end"] > ipo["rewards/margins_start"] + 0.2, ipo
     assert m["grpo"].metrics["reward_end"] > m["grpo"].metrics["reward_start"]
 
     # checks: merge equality, the IPO reference starting at zero margin, all passed

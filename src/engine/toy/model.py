@@ -8,10 +8,11 @@ suite, the demo and the benchmarks build it once. Everything downstream loads it
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -20,14 +21,21 @@ import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from graftline.engine.toy import tasks
-from graftline.engine.toy.recipe import ToyRecipe
+from graftline.engine.toy.recipe import (
+    RECORD,
+    AttemptResult,
+    BaseRecord,
+    Fallback,
+    ToyBaseTooWeak,
+    ToyRecipe,
+    base_dir,
+    cache_root,
+    default_recipe,
+    verified,
+)
 from graftline.engine.toy.tokenizer import ASSISTANT, END, USER, build_tokenizer
 
 TOY_SCHEME = "toy:"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("GRAFTLINE_CACHE", Path.home() / ".cache" / "graftline"))
 
 
 def model_config(
@@ -78,62 +86,172 @@ def _plain_batch(tokenizer: PreTrainedTokenizerFast, rng: random.Random, size: i
     }
 
 
-def pretrain(recipe: ToyRecipe, progress: Callable[[int, float], None] | None = None):
-    """Full-parameter pre-training on the plain `a+b=c` format. Returns (model, tokenizer)."""
-    torch.manual_seed(recipe.seed)
-    rng = random.Random(recipe.seed)
-    tokenizer = build_tokenizer()
-    model = LlamaForCausalLM(model_config(recipe, len(tokenizer), tokenizer))
-    model.generation_config = generation_config(tokenizer)
+Progress = Callable[[int, float], None]
+
+
+def _train(model, tokenizer, recipe: ToyRecipe, rng: random.Random, steps: int,
+           progress: Progress | None = None, offset: int = 0) -> list[float]:
+    """`steps` steps of AdamW with warmup and a cosine to zero; returns the losses. A fresh
+    optimizer each call: a continuation is a warm restart, the same schedule again."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01)
+    warmup = min(recipe.warmup, max(1, steps // 4))
 
     def schedule(step: int) -> float:
-        if step < recipe.warmup:
-            return (step + 1) / recipe.warmup
-        done = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+        if step < warmup:
+            return (step + 1) / warmup
+        done = (step - warmup) / max(1, steps - warmup)
         return 0.5 * (1 + torch.cos(torch.tensor(done * torch.pi)).item())
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    losses: list[float] = []
     model.train()
-    for step in range(recipe.steps):
+    for step in range(steps):
         loss = model(**_plain_batch(tokenizer, rng, recipe.batch_size)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
         if progress is not None:
-            progress(step + 1, loss.item())
+            progress(offset + step + 1, losses[-1])
     model.eval()
+    return losses
+
+
+def _fresh(recipe: ToyRecipe, seed: int):
+    """A new model and data stream for `seed` (in the order the original recipe drew them)."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    tokenizer = build_tokenizer()
+    model = LlamaForCausalLM(model_config(recipe, len(tokenizer), tokenizer))
+    model.generation_config = generation_config(tokenizer)
+    return model, tokenizer, rng
+
+
+def pretrain(recipe: ToyRecipe, progress: Progress | None = None):
+    """Full-parameter pre-training on the plain `a+b=c` format, one attempt with the recipe's own
+    seed and steps, no self-check. Returns (model, tokenizer)."""
+    model, tokenizer, rng = _fresh(recipe, recipe.seed)
+    _train(model, tokenizer, recipe, rng, recipe.steps, progress)
     return model, tokenizer
 
 
+def pretrain_checked(recipe: ToyRecipe, fallback: Fallback = Fallback(),
+                     progress: Progress | None = None, log: Callable[[str], None] | None = None):
+    """Pre-train until the held-out plain exact match reaches `recipe.min_accuracy`, following
+    `fallback`'s plan when an attempt falls short (a recipe can land on a loss plateau on one
+    CPU family and not another). Returns (model, tokenizer, record); raises ToyBaseTooWeak."""
+    # One thread: the same build in the test suite (one thread) and in the engine (torch's
+    # default) then takes the same floating-point path on a machine, and a model this small
+    # gains nothing from a second thread (on a busy 2-core box it made steps many times slower)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _attempts(recipe, fallback, progress, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _attempts(recipe: ToyRecipe, fallback: Fallback, progress: Progress | None,
+              log: Callable[[str], None] | None):
+    results: list[AttemptResult] = []
+    model = tokenizer = rng = None
+    total = 0
+    for attempt in fallback.plan(recipe):
+        started = time.monotonic()
+        if not attempt.continues or model is None:
+            model, tokenizer, rng = _fresh(recipe, attempt.seed)
+            total = 0
+        losses = _train(model, tokenizer, recipe, rng, attempt.steps, progress, total)
+        total += attempt.steps
+        reached = accuracy(model, tokenizer, chat=False)
+        tail = losses[-20:]
+        results.append(AttemptResult(attempt.seed, total, attempt.continues, round(reached, 4),
+                                     round(sum(tail) / len(tail), 4),
+                                     round(time.monotonic() - started, 1)))
+        if log is not None:
+            log(f"toy base: seed {attempt.seed}, {total} steps: held-out plain exact match "
+                f"{reached:.1%} (needs ≥ {recipe.min_accuracy:.0%})")
+        if reached >= recipe.min_accuracy:
+            record = BaseRecord(recipe.key, round(reached, 4), recipe.min_accuracy, attempt.seed,
+                                total, tuple(results))
+            return model, tokenizer, record
+    tried = ", ".join(f"seed {r.seed} {r.steps} steps → {r.accuracy:.1%}" for r in results)
+    raise ToyBaseTooWeak(
+        f"the toy base did not reach {recipe.min_accuracy:.0%} held-out exact match on this "
+        f"machine ({tried}); nothing was cached",
+        f"set GRAFTLINE_TOY_SEED to another seed (e.g. {recipe.seed + fallback.seeds}) and run "
+        "again, or report the attempts above with your CPU model")
+
+
+def _measure(directory: Path, recipe: ToyRecipe) -> BaseRecord:
+    """The record of a base built without one (before the self-check): measured, not assumed."""
+    try:
+        model = LlamaForCausalLM.from_pretrained(str(directory))
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory))
+        reached = round(accuracy(model, tokenizer, chat=False), 4)
+    except (OSError, ValueError):  # half-written or damaged: as good as absent
+        reached = 0.0
+    return BaseRecord(recipe.key, reached, recipe.min_accuracy, recipe.seed, recipe.steps, ())
+
+
+def _discard(directory: Path, root: Path) -> None:
+    """Remove a rejected build: only a real directory directly inside the toy-base cache."""
+    if directory.is_symlink() or directory.parent.resolve() != root.resolve():
+        raise ToyBaseTooWeak(f"{directory} holds an unverified toy base and is not a plain "
+                             "directory of the cache", f"remove {directory} yourself")
+    shutil.rmtree(directory)
+
+
 def build_base(
-    recipe: ToyRecipe = ToyRecipe(),
+    recipe: ToyRecipe | None = None,
     *,
     cache: Path | None = None,
-    progress: Callable[[int, float], None] | None = None,
+    progress: Progress | None = None,
+    fallback: Fallback = Fallback(),
+    log: Callable[[str], None] | None = None,
 ) -> Path:
-    """The cached base directory for `recipe`, building it the first time.
+    """The cached, verified base directory for `recipe` (default: `toy:addition`'s), building it
+    the first time. A cached base is handed out only with a record saying it reached the
+    recipe's threshold; one without (built before the self-check) is measured first, and rebuilt
+    when it falls short.
 
     Concurrent builders (pytest-xdist workers, two demos) race safely: each builds into its own
     temporary directory and the first rename wins.
     """
-    root = (cache or cache_root()) / "toy-base"
-    target = root / recipe.key
-    if (target / "config.json").exists():
+    recipe = recipe or default_recipe()
+    target = base_dir(recipe, cache)
+    root = target.parent
+    if verified(target, recipe) is not None:
         return target
+    if (target / "config.json").is_file():
+        record = _measure(target, recipe)
+        if record.accuracy >= recipe.min_accuracy:
+            _write_record(target, record)
+            return target
+        if log is not None:
+            log(f"toy base {recipe.key}: cached build reaches only {record.accuracy:.1%}; "
+                "rebuilding it")
+        _discard(target, root)
     root.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = pretrain(recipe, progress)
+    model, tokenizer, record = pretrain_checked(recipe, fallback, progress, log)
     staging = Path(tempfile.mkdtemp(prefix=f".{recipe.key}-", dir=root))
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     (staging / "toy_recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
+    _write_record(staging, record)  # last: a directory with a record is a finished build
     try:
         staging.rename(target)
-    except OSError:  # another builder finished first; theirs is identical
+    except OSError:  # another builder finished first; theirs passed the same check
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _write_record(directory: Path, record: BaseRecord) -> None:
+    partial = directory / f".{RECORD}.partial"
+    partial.write_text(record.to_json())
+    partial.replace(directory / RECORD)
 
 
 def resolve_base(base: str, *, cache: Path | None = None) -> str:
@@ -141,8 +259,13 @@ def resolve_base(base: str, *, cache: Path | None = None) -> str:
     else is returned unchanged (a local path or a hub id)."""
     if not base.startswith(TOY_SCHEME):
         return base
-    recipe = ToyRecipe(tie_word_embeddings="tied=1" in base)
-    return str(build_base(recipe, cache=cache))
+    recipe = default_recipe(tied="tied=1" in base)
+    return str(build_base(recipe, cache=cache, log=_to_stderr))
+
+
+def _to_stderr(line: str) -> None:
+    # the engine's stderr is its engine.log: a first build's attempts are seen there
+    print(line, file=sys.stderr, flush=True)
 
 
 def chat_prompt(tokenizer: PreTrainedTokenizerFast, question: str) -> str:
@@ -201,4 +324,5 @@ def accuracy(
     return right / len(sums)
 
 
-__all__ = ["ASSISTANT", "USER", "ToyRecipe", "accuracy", "answer", "build_base", "resolve_base"]
+__all__ = ["ASSISTANT", "USER", "ToyRecipe", "accuracy", "answer", "build_base", "cache_root",
+           "pretrain", "pretrain_checked", "resolve_base"]
