@@ -111,3 +111,79 @@ def test_history_folds_stages_checkpoints_and_follows_incrementally(tmp_path: Pa
     assert [c["data"]["id"] for c in history.checkpoints] == ["x"]
     assert history.boundaries == [(0, "a")]
     assert isinstance(History(), History)
+
+
+def test_iter_rows_streams_in_bounded_chunks_and_reports_a_torn_tail(tmp_path: Path) -> None:
+    from graftline.engine.run.events import iter_rows, torn_tail
+
+    with EventWriter(tmp_path, summary=False) as writer:
+        for step in range(1, 2001):
+            writer.emit("metrics", "a", step=step, global_step=step, loss=1.0 / step)
+    with (tmp_path / EVENTS).open("a") as handle:
+        handle.write('{"seq": 2001, "time": 1.0, "ty')
+    batches = list(iter_rows(tmp_path / EVENTS, 0, chunk=4096))
+    assert len(batches) > 10  # many small reads, never the whole file
+    seqs = [row["seq"] for rows, _end, _line in batches for row in rows]
+    assert seqs == list(range(1, 2001))
+    end = batches[-1][1]
+    assert json.loads(batches[-1][2])["seq"] == 2000
+    assert torn_tail(tmp_path / EVENTS, end) == len('{"seq": 2001, "time": 1.0, "ty')
+    # from a middle offset, up to a bound: exactly the lines in between
+    middle = batches[3][1]
+    upto = batches[6][1]
+    between = [row["seq"] for rows, _e, _l in iter_rows(tmp_path / EVENTS, middle, upto=upto,
+                                                          chunk=1000) for row in rows]
+    assert between == [row["seq"] for rows, _e, _l in batches[4:7] for row in rows]
+
+
+def test_logs_filters_by_stage_kind_and_since_and_notes_a_torn_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from graftline.console.cli import app
+
+    with EventWriter(tmp_path) as writer:
+        writer.emit("run_started", None, run="r", stages=[{"name": "a"}, {"name": "b"}])
+        for name in ("a", "b"):
+            writer.emit("stage_started", name, kind="sft", index=0, max_steps=3)
+            for step in range(1, 4):
+                writer.emit("metrics", name, step=step, global_step=step, loss=1.0)
+            writer.emit("warning", name, message=f"warn {name}")
+    rows = [json.loads(line) for line in (tmp_path / EVENTS).read_text().splitlines()]
+    # make the first half old: the log is in time order, --since bisects on it
+    old = [dict(row, time=row["time"] - 7200) if row["seq"] <= 6 else row for row in rows]
+    (tmp_path / EVENTS).write_text("".join(json.dumps(row) + "\n" for row in old))
+    runner = CliRunner()
+
+    def seqs(*args: str) -> list[int]:
+        result = runner.invoke(app, ["logs", str(tmp_path), "--json", *args])
+        assert result.exit_code == 0, result.output
+        return [json.loads(line)["seq"] for line in result.output.splitlines()
+                if line.startswith("{")]
+
+    assert seqs("--stage", "b") == [7, 8, 9, 10, 11]
+    assert seqs("--kind", "warning") == [6, 11]
+    assert seqs("--kind", "warning", "--stage", "a") == [6]
+    assert seqs("--stage", "-") == [1]
+    assert seqs("--since", "1h") == [7, 8, 9, 10, 11]
+    bad = runner.invoke(app, ["logs", str(tmp_path), "--kind", "metric"])
+    assert bad.exit_code != 0 and "unknown event kind 'metric'" in bad.output
+    bad = runner.invoke(app, ["logs", str(tmp_path), "--since", "yesterday"])
+    assert bad.exit_code != 0 and "--since" in bad.output
+    with (tmp_path / EVENTS).open("a") as handle:
+        handle.write('{"seq": 12, "ti')
+    torn = runner.invoke(app, ["logs", str(tmp_path)])
+    assert torn.exit_code == 0 and "incomplete line (15 bytes): skipped" in torn.output
+
+
+def test_since_bisects_a_long_log_to_the_right_place(tmp_path: Path) -> None:
+    from graftline.console.commands.logs import seek_time
+
+    path = tmp_path / EVENTS
+    path.write_text("".join(json.dumps({"seq": i, "time": 1000.0 + i, "type": "metrics",
+                                        "stage": "a", "data": {"loss": 1.0, "pad": "x" * 200}})
+                            + "\n" for i in range(1, 20001)))
+    offset = seek_time(path, 1000.0 + 15000)
+    assert 0 < offset < path.stat().st_size
+    events, _ = read_events(path, offset)
+    assert events[0].time < 1000.0 + 15000  # nothing at or after `since` is skipped
+    assert events[0].seq > 14000  # and most of what is older is

@@ -1,10 +1,18 @@
 """Follow a run directory off the UI thread and tell the UI, a few times a second at most.
 
-The follower reads `events.jsonl` from its last offset (the client API's reader, which tolerates
-a torn last line), folds new events into the shared `RunModel` under a lock, and polls
-`state.json` through the client every couple of seconds for what events cannot say (paused, a
-dead engine). It posts one `RunUpdated` per `min_interval`, however many events arrived: a
-run logging 1,000 steps a second costs the UI the same few redraws as one logging once a minute.
+Attach: the follower opens the engine's summary (`events.summary.json`, checked against the log
+and rebuilt from it with a notice when missing or wrong), hands it to the `RunModel`, then reads
+only the log after the summary's offset. Whatever the run's length, the first frame costs a
+small file and a short tail, and memory stays bounded: the log is read in chunks, new events are
+folded into the model (stages, log, telemetry) and into the follower's own copy of the summary,
+whose bounded downsample replaces the model's curves after every batch.
+
+The follower reads `events.jsonl` from its last offset (the streaming reader, which leaves a
+torn last line for the next read), folds new events into the shared `RunModel` under a lock, and
+polls `state.json` through the client every couple of seconds for what events cannot say
+(paused, a dead engine). It posts one `RunUpdated` per `min_interval`, however many events
+arrived: a run logging 1,000 steps a second costs the UI the same few redraws as one logging
+once a minute.
 """
 
 from __future__ import annotations
@@ -16,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from graftline.console.run_view import RunModel
-from graftline.engine.run import EVENTS, read_events
+from graftline.engine.run import EVENTS, Event, Summary, iter_rows, open_summary
 
 STATE_EVERY = 2.0
+CHUNK = 4 << 20  # bytes of log folded per batch: bounds memory and the time the lock is held
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,9 @@ class Follower:
         self._min_interval = min_interval
         self._stop = threading.Event()
         self._offset = 0
+        self.summary: Summary | None = None
+        self.notices: list[str] = []
+        self.rebuilt = False  # the summary could not be used and was rebuilt from the log
 
     def stop(self) -> None:
         self._stop.set()
@@ -65,13 +77,38 @@ class Follower:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
-    def step(self) -> bool:
-        """Read and fold whatever is new; True when the model changed."""
-        events, self._offset = read_events(self.path, self._offset)
-        if not events:
-            return False
+    def attach(self) -> None:
+        """Start from the summary (rebuilt from the log when it cannot be trusted)."""
+        opened = open_summary(self.run_dir, tail=False, write_back=True)
+        self.summary, self.notices = opened.summary, opened.notices
+        self.rebuilt = opened.rebuilt
+        self._offset = opened.summary.offset
         with self.lock:
-            return self.model.apply(events)
+            self.model.load_summary(opened.summary, opened.notices)
+
+    def step(self) -> bool:
+        """Read and fold whatever is new, a chunk at a time; True when the model changed."""
+        if self.summary is None:
+            self.attach()
+        assert self.summary is not None
+        changed = False
+        for rows, end, last_line in iter_rows(self.path, self._offset, chunk=CHUNK):
+            events = []
+            for row in rows:
+                try:
+                    events.append(Event.from_dict(row))
+                except (KeyError, TypeError):
+                    continue
+            with self.lock:
+                self.summary.extend(rows)
+                self.summary.covered(end, last_line)
+                if self.model.apply(events):
+                    changed = True
+                    self.model.adopt_series(self.summary)
+            self._offset = end
+            if self._stop.is_set():
+                break
+        return changed
 
     def refresh_state(self) -> bool:
         state = read_engine_state(self.run_dir)
@@ -82,6 +119,7 @@ class Follower:
 
     def run(self) -> None:
         dirty = self.refresh_state()
+        self.attach()
         dirty = self.step() or dirty
         self.loaded.set()
         self._notify()

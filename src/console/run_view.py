@@ -14,10 +14,13 @@ from array import array
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graftline.engine.common import units
 from graftline.engine.run import Event
+
+if TYPE_CHECKING:
+    from graftline.engine.run import Summary
 
 # Metrics the chart can show, in the order the `m` key cycles them.
 CHART_METRICS: tuple[str, ...] = (
@@ -204,6 +207,7 @@ class RunModel:
         self.events_seen = 0
         self.last_seq = 0
         self.version = 0  # bumped on every apply that changed something
+        self.summary: Summary | None = None  # set by load_summary (the follower's, bounded)
 
     # -- folding ---------------------------------------------------------------------------
 
@@ -238,6 +242,16 @@ class RunModel:
     def _log(self, event: Event, level: str, text: str) -> None:
         since = event.time - self.started if self.started is not None else 0.0
         self.log.append(LogLine(since, level, event.stage, text))
+
+    # -- attaching from the engine's summary (see follower.py) ------------------------------
+
+    def load_summary(self, summary: Summary, notices: Iterable[str] = ()) -> None:
+        """Start from the engine's summary instead of the whole log (then `apply` the tail)."""
+        _load_summary(self, summary, list(notices))
+
+    def adopt_series(self, summary: Summary) -> None:
+        """Replace the curves by the summary's whole-run level (bounded, spikes kept)."""
+        _adopt_series(self, summary)
 
     # -- questions the widgets ask ---------------------------------------------------------
 
@@ -581,6 +595,69 @@ _HANDLERS = {
     "run_finished": _run_finished,
     "info": _info,
 }
+
+
+# -- loading a summary (the follower's attach path) ----------------------------------------
+
+
+def _load_summary(model: RunModel, summary: Summary, notices: list[str]) -> None:
+    # The log lines: the summary's recent rows told by the same handlers as live events.
+    told = RunModel()
+    told.started = summary.first_time
+    told.apply(Event.from_dict(row) for row in summary.log)
+    model.log.clear()
+    model.log.extend(told.log)
+    since = (summary.last_time or 0.0) - (summary.first_time or 0.0)
+    model.log.extend(LogLine(since, "warning", None, text) for text in notices)
+    run = summary.run
+    model.run, model.pipeline, model.backend = run.get("run"), run.get("pipeline"), \
+        run.get("backend")
+    model.status, model.message = summary.status, summary.message
+    model.started, model.last_time = summary.first_time, summary.last_time
+    model.finished_time = summary.finished_time
+    model.stages, model._by_name = [], {}
+    for raw in summary.stages.values():
+        view = model.stage(raw["name"], raw.get("kind") or "?")
+        assert view is not None
+        for key in ("index", "action", "lora_r", "reference", "max_steps", "status",
+                    "seconds"):
+            if raw.get(key) is not None:
+                setattr(view, key, raw[key])
+        view.step = int(raw.get("step") or 0)
+        view.global_step_offset = int(raw.get("global_step_offset") or 0)
+        view.latest = {k: float(v) for k, v in (raw.get("latest") or {}).items()}
+        view.summary = dict(raw.get("summary") or {})
+        view.evaluation = dict(raw.get("evaluation") or {})
+        view.checks = [CheckView(str(name), str(c.get("status")), str(c.get("message") or ""))
+                       for name, c in (raw.get("checks") or {}).items()]
+        view.checkpoints = [dict(c) for c in raw.get("checkpoints") or []]
+    model.current = summary.current
+    model.boundaries = [(int(step), name) for step, name, kind in summary.boundaries
+                        if kind in TRAINING_KINDS]
+    model.throughput = dict(summary.throughput)
+    model.telemetry = Telemetry()
+    if summary.telemetry is not None:
+        _telemetry(model, Event(0, summary.last_time or 0.0, "telemetry", None,
+                                summary.telemetry))
+    model.events_seen, model.last_seq = summary.events, summary.last_seq
+    model.summary = summary
+    _adopt_series(model, summary)
+    model.version += 1
+
+
+def _adopt_series(model: RunModel, summary: Summary) -> None:
+    series: dict[str, Series] = {}
+    for key in summary.series:
+        steps, low, high, last = summary.points(key)
+        line = series[key] = Series()
+        for x, lo, hi, la in zip(steps.tolist(), low.tolist(), high.tolist(), last.tolist(),
+                                 strict=True):
+            if lo != hi:  # min and max first, the last value last: a spike stays drawn
+                line.append(x, lo)
+                line.append(x, hi)
+            line.append(x, la)
+    model.series = series
+    model.summary = summary
 
 
 def fold(events: Iterable[Event]) -> RunModel:

@@ -1,16 +1,24 @@
-"""`graftline logs`: a run's event log as lines (plain when piped, coloured on a terminal)."""
+"""`graftline logs`: a run's event log as lines (plain when piped, coloured on a terminal).
+
+Streams: the log is read a few MB at a time and filtered as it goes (`--since`, `--stage`,
+`--kind`), so a log of ten million events prints with the memory of a short one. `--since` finds
+its starting point by bisecting the file on event times (the log is appended in time order).
+"""
 
 from __future__ import annotations
 
+import re
 import sys
+import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import typer
 
 from graftline.console.commands.shared import RUNS_DIR_HELP, find_or_exit
-from graftline.engine.run import Event, client
+from graftline.engine.run import Event, client, events, iter_rows, torn_tail
 
 __all__ = ["describe_event", "format_event", "logs", "register", "show_logs"]
 
@@ -105,18 +113,105 @@ class _Printer:
         sys.stdout.flush()
 
 
-def show_logs(run_dir: Path, *, follow: bool, as_json: bool = False,
-              telemetry: bool = False) -> None:
-    printer = _Printer(as_json=as_json, telemetry=telemetry)
-    events, offset = client.read_events(run_dir / client.EVENTS)
-    printer.show(events)
+KINDS: tuple[str, ...] = get_args(events.EventType)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which events to print: at or after `since` (epoch seconds), of these stages and kinds."""
+
+    since: float | None = None
+    stages: frozenset[str] = frozenset()
+    kinds: frozenset[str] = frozenset()
+
+    def keep(self, event: Event) -> bool:
+        if self.since is not None and event.time < self.since:
+            return False
+        if self.stages and (event.stage or "-") not in self.stages:
+            return False
+        return not self.kinds or event.type in self.kinds
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """'90s', '10m', '2h', '3d', '1w' ago, or a local date/time ('2026-11-29 14:00')."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text)
+    if match:
+        return (now if now is not None else time.time()) - float(match[1]) * _UNITS[match[2]]
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise typer.BadParameter(
+            f"'{text}' is neither a duration nor a date/time; use e.g. 30m, 2h, 3d or "
+            "'2026-11-29 14:00'", param_hint="--since") from None
+
+
+def seek_time(path: Path, since: float) -> int:
+    """A byte offset at a line start before which every event is older than `since` (bisecting
+    the log by the times of the lines; the filter still checks each event after it)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return 0
+    low, high = 0, size  # invariant: the line starting at `low` is older (or low == 0)
+    with path.open("rb") as handle:
+        while high - low > 65_536:
+            mid = (low + high) // 2
+            handle.seek(mid)
+            handle.readline()  # to the next line start
+            start = handle.tell()
+            when = _line_time(handle.readline())
+            if start >= high or when is None:
+                high = mid
+            elif when < since:
+                low = start
+            else:
+                high = mid
+    return low
+
+
+def _line_time(line: bytes) -> float | None:
+    match = re.search(rb'"time":\s*([-0-9.eE+]+)', line[:200])
+    return float(match[1]) if match else None
+
+
+def show_logs(run_dir: Path, *, follow: bool, as_json: bool = False, telemetry: bool = False,
+              only: Filter | None = None) -> None:
+    only = only or Filter()
+    show_telemetry = telemetry or "telemetry" in only.kinds
+    printer = _Printer(as_json=as_json, telemetry=show_telemetry)
+    path = run_dir / client.EVENTS
+    offset = seek_time(path, only.since) if only.since is not None else 0
+    for rows, end, _line in iter_rows(path, offset):
+        batch = []
+        for row in rows:
+            try:
+                event = Event.from_dict(row)
+            except (KeyError, TypeError):
+                continue
+            if only.keep(event):
+                batch.append(event)
+        printer.show(batch)
+        offset = end
     if not follow:
+        torn = torn_tail(path, offset)
+        if torn:
+            typer.echo(f"graftline: {path} ends in an incomplete line ({torn:,} bytes): skipped "
+                       "(a writer killed mid-line, or one writing it now)", err=True)
         return
     try:
         for batch in client.follow_run(run_dir, offset):
-            printer.show(batch)
+            printer.show([event for event in batch if only.keep(event)])
     except KeyboardInterrupt:
         pass  # leaving the log leaves the run running
+
+
+def _kinds(values: list[str]) -> frozenset[str]:
+    unknown = [value for value in values if value not in KINDS]
+    if unknown:
+        raise typer.BadParameter(f"unknown event kind {', '.join(map(repr, unknown))}; "
+                                 f"kinds: {', '.join(KINDS)}", param_hint="--kind")
+    return frozenset(values)
 
 
 def logs(
@@ -124,10 +219,20 @@ def logs(
     follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new events"),
     as_json: bool = typer.Option(False, "--json", help="the raw JSON lines"),
     telemetry: bool = typer.Option(False, "--telemetry", help="include telemetry samples"),
+    since: str | None = typer.Option(
+        None, "--since", help="only events from then on: 30m, 2h, 3d ago, or a date/time"),
+    stage: list[str] = typer.Option(
+        [], "--stage", help="only this stage's events ('-' for run-level ones); repeatable"),
+    kind: list[str] = typer.Option(
+        [], "--kind", help=f"only events of this kind ({', '.join(KINDS)}); repeatable"),
     runs_dir: Path | None = typer.Option(None, "--runs-dir", help=RUNS_DIR_HELP),
 ) -> None:
-    """Print a run's event log (plain lines when piped, coloured on a terminal)."""
-    show_logs(find_or_exit(run, runs_dir), follow=follow, as_json=as_json, telemetry=telemetry)
+    """Print a run's event log (plain lines when piped, coloured on a terminal); streams, so a
+    log of any length prints in bounded memory."""
+    only = Filter(since=parse_since(since) if since else None, stages=frozenset(stage),
+                  kinds=_kinds(kind))
+    show_logs(find_or_exit(run, runs_dir), follow=follow, as_json=as_json, telemetry=telemetry,
+              only=only)
 
 
 def register(app: typer.Typer) -> None:

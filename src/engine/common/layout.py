@@ -1,8 +1,8 @@
 """Every path of a run directory, in one place.
 
 ```
-<run>/pipeline.toml  pipeline.sha256  run.json  engine.lock  events.jsonl  state.json
-      control.sock  engine.log  stages/<stage>/  stages/<stage>/stage.json
+<run>/pipeline.toml  pipeline.sha256  run.json  engine.lock  events.jsonl  events.summary.json
+      state.json      control.sock  engine.log  stages/<stage>/  stages/<stage>/stage.json
       stages/<stage>/trainer/checkpoint-N
 ```
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 __all__ = [
     "CONTROL_SOCKET", "DONE", "ENGINE_LOG", "EVENTS", "LOCK", "PIPELINE_COPY", "PIPELINE_HASH",
-    "RUN_META", "STAGES", "STATE", "TRAINER_DIR", "RunLayout",
+    "RUN_META", "STAGES", "STATE", "SUMMARY", "TRAINER_DIR", "RunLayout",
 ]
 
 PIPELINE_COPY = "pipeline.toml"
@@ -25,6 +25,7 @@ PIPELINE_HASH = "pipeline.sha256"
 RUN_META = "run.json"
 LOCK = "engine.lock"
 EVENTS = "events.jsonl"
+SUMMARY = "events.summary.json"  # the compact summary beside the log (engine/run/summary.py)
 STATE = "state.json"
 CONTROL_SOCKET = "control.sock"
 ENGINE_LOG = "engine.log"
@@ -58,6 +59,10 @@ class RunLayout:
     @property
     def events(self) -> Path:
         return self.root / EVENTS
+
+    @property
+    def summary(self) -> Path:
+        return self.root / SUMMARY
 
     @property
     def state(self) -> Path:

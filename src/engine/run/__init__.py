@@ -2,7 +2,8 @@
 
 Modules: launch (create and spawn), daemon (the engine process), runner (stages in order),
 client (what a console or CLI reads and sends), state (state.json, liveness), control (the
-owner-only socket), events (events.jsonl), telemetry, between_stages ([cleanup] between stages).
+owner-only socket), events (events.jsonl), summary (events.summary.json), telemetry,
+between_stages ([cleanup] between stages).
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ _EXPORTS = {
     "read_events": "events",
     "read_raw": "events",
     "follow": "events",
+    "iter_rows": "events",
+    "torn_tail": "events",
+    "EventWriteError": "events",
+    "summary": "summary",
+    "SUMMARY": "summary",
+    "Summary": "summary",
+    "open_summary": "summary",
     "state": "state",
     "RunState": "state",
     "StateKeeper": "state",
