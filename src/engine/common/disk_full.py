@@ -45,8 +45,7 @@ def wait_for_space(sink: Sink, control: RunControl | None, stage: str | None, wh
               message=f"disk full while writing {what}: paused until {human_bytes(need)} is free "
                       f"on {where}",
               fix="free space on that volume: the run resumes by itself (or `graftline "
-                  "resume`); `graftline cleanup --superseded RUN` frees this run's older "
-                  "Trainer checkpoints",
+                  "resume`); state.json's message and engine.log name what can be freed",
               disk_full=True, need_bytes=need, what=what, error=str(exc))
     if control is None or not control.paused.is_set():
         return False

@@ -29,7 +29,7 @@ from graftline.engine.common.units import human_bytes
 from graftline.engine.run import launch
 from graftline.engine.run import state as runstate
 from graftline.engine.run.control import ControlServer
-from graftline.engine.run.disk_pause import DiskPause, say
+from graftline.engine.run.disk_pause import DiskPause, fix_for, say
 from graftline.engine.run.events import EventWriter
 from graftline.engine.run.state import RunState, StateKeeper
 from graftline.engine.run.telemetry import TelemetryThread, forecast_bytes
@@ -63,6 +63,7 @@ class EngineSink:
             self.disk.enter(str(data.get("what") or "a checkpoint"),
                             int(data.get("need_bytes") or 0),
                             OSError(str(data.get("error") or "disk full")), stage)
+            data["fix"] = fix_for(self.run_dir)  # the exact command, for this run
         if type == "run_finished":
             # state first: whoever reads `run_finished` in the log finds the final state too
             self.keeper.update(status=str(data.get("status", "finished")),
@@ -125,8 +126,8 @@ class EngineSink:
             "warning", before,
             message=(f"paused before stage '{before}': the remaining stages will write about "
                      f"{human_bytes(need)} but only {human_bytes(free)} is free on {self.run_dir}"),
-            fix=f"free space (e.g. `graftline cleanup`), then `graftline resume "
-                f"{self.run_dir.name}`: the run continues where it paused",
+            fix=f"{fix_for(self.run_dir).replace('resumes by itself', 'waits')}; then "
+                f"`graftline resume {self.run_dir.name}` continues where it paused",
             forecast_bytes=need, disk_free=free)
         return False
 

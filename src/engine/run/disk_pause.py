@@ -36,10 +36,36 @@ def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def superseded_checkpoints(run_dir: Path) -> list[Path]:
+    """This run's own Trainer checkpoints that a resume will never use: per stage, every one
+    but the newest complete and valid one (a half-written one is superseded too when a complete
+    one exists). Nothing outside the run, no symlink, and nothing when no checkpoint of a stage
+    is complete (in doubt, keep)."""
+    from graftline.engine.run.runner import checkpoint_problem, trainer_checkpoints
+
+    stages = Path(run_dir) / "stages"
+    found: list[Path] = []
+    if not stages.is_dir() or stages.is_symlink():
+        return found
+    for stage in sorted(stages.iterdir()):
+        if not stage.is_dir() or stage.is_symlink():
+            continue
+        checkpoints = trainer_checkpoints(stage)  # newest first
+        keep = next((c for c in checkpoints if checkpoint_problem(c) is None), None)
+        if keep is not None:
+            found += [c for c in checkpoints if c != keep]
+    return found
+
+
 def fix_for(run_dir: Path) -> str:
-    return (f"free space on {run_dir.parent}: the run resumes by itself; "
-            f"`graftline cleanup --superseded {run_dir.name}` frees this run's older Trainer "
-            "checkpoints (the newest complete one per stage stays)")
+    """Free space; name the exact command that frees what is safe to free in this run."""
+    extra = superseded_checkpoints(run_dir)
+    if not extra:
+        return (f"free space on {run_dir.parent}: the run resumes by itself (this run holds no "
+                "superseded Trainer checkpoint to free)")
+    paths = " ".join(str(p) for p in extra)
+    return (f"free space on {run_dir.parent}: the run resumes by itself; `rm -r {paths}` frees "
+            "this run's superseded Trainer checkpoints (the newest complete one per stage stays)")
 
 
 class DiskPause:
