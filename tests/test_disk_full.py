@@ -167,3 +167,21 @@ def test_checkpoint_enospc_leaves_nothing_partial_and_the_save_is_retried(
     warning = next(r for r in _types(run_dir, "warning") if r["data"].get("disk_full"))
     assert warning["data"]["what"] == "checkpoint-40"
     assert warning["data"]["need_bytes"] >= size
+
+
+def test_runs_dir_option_gets_the_disk_check_of_its_own_volume(
+        tmp_path: Path, tiny_fs: Path, toy_base: Path) -> None:
+    """`graftline run --runs-dir DIR` validates the forecast against DIR's volume (it used to
+    check the file's runs_dir and start on a full disk)."""
+    from graftline.engine.pipeline.validate import DISK_FORECAST
+    from graftline.engine.run.launch import LaunchError, start_run
+
+    (tmp_path / "sft.jsonl").write_text("".join(
+        json.dumps({"prompt": f"{i}+1=", "completion": str(i + 1)}) + "\n" for i in range(20)))
+    path = tmp_path / "p.toml"
+    path.write_text(PIPELINE.replace("MAX", "20").replace("SAVE", "10"))
+    _fill(tiny_fs)
+    with pytest.raises(LaunchError) as raised:
+        start_run(path, tiny_fs / "runs")
+    assert any(p.code == DISK_FORECAST for p in raised.value.problems), raised.value.problems
+    assert not (tiny_fs / "runs").exists()
