@@ -68,3 +68,24 @@ def test_forecast_that_fits_does_not_pause(tmp_path: Path) -> None:
         sink.emit("stage_finished", "a", status="complete", seconds=1.0)
     assert not control.paused.is_set()
     assert [r["type"] for r in read_raw(tmp_path / "events.jsonl")[0]] == ["stage_finished"]
+
+
+def test_superseded_checkpoints_are_all_but_the_newest_complete_one(tmp_path: Path) -> None:
+    """What a paused-for-disk run can free safely: its own older Trainer checkpoints, never the
+    one a resume will use, and nothing in a stage whose checkpoints are all half-written."""
+    from graftline.engine.run.disk_pause import fix_for, superseded_checkpoints
+
+    run_dir = tmp_path / "run"
+    trainer = run_dir / "stages" / "sft" / "trainer"
+    for step in (10, 20, 30):  # a checkpoint a resume accepts: a state and whole weights
+        folder = trainer / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
+        (folder / "adapter_model.safetensors").write_bytes((2).to_bytes(8, "little") + b"{}")
+    (trainer / "checkpoint-30" / "trainer_state.json").write_text("")  # torn by a kill
+    half = run_dir / "stages" / "ipo" / "trainer" / "checkpoint-5"
+    half.mkdir(parents=True)
+    expected = [trainer / "checkpoint-30", trainer / "checkpoint-10"]
+    assert superseded_checkpoints(run_dir) == expected
+    assert f"rm -r {expected[0]} {expected[1]}" in fix_for(run_dir)
+    assert superseded_checkpoints(tmp_path / "absent") == []

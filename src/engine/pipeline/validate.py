@@ -25,12 +25,13 @@ def runs_dir(pf: PipelineFile) -> Path:
     return pf.resolve(pf.pipeline.pipeline.runs_dir)
 
 
-def plan_of(pf: PipelineFile) -> Plan:
+def plan_of(pf: PipelineFile, runs: Path | None = None) -> Plan:
+    """`runs`: where the run will really be created (`--runs-dir`), when not the file's."""
     return build_plan(
         pf.pipeline,
         file=str(pf.path),
         search_dir=pf.directory,
-        runs_dir=runs_dir(pf),
+        runs_dir=runs if runs is not None else runs_dir(pf),
         origins=pf.origins,
         line_of=pf.line,
     )
@@ -189,7 +190,8 @@ def _stage_problems(pf: PipelineFile) -> Iterator[Problem]:
             )
 
 
-def _environment_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
+def _environment_problems(pf: PipelineFile, plan: Plan, runs: Path | None = None
+                          ) -> Iterator[Problem]:
     header = pf.pipeline.pipeline
     base = header.base
     line = pf.line(HEADER_BLOCK, "base")
@@ -218,7 +220,7 @@ def _environment_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
                 "download it first (huggingface-cli download) on a machine with access",
                 severity="warning",
             )
-    runs = runs_dir(pf)
+    runs = runs if runs is not None else runs_dir(pf)
     if not _writable(runs):
         yield Problem(
             f"runs directory {runs} is not writable",
@@ -319,15 +321,17 @@ def _scaleout_problems(pf: PipelineFile) -> list[Problem]:
                              line_of=pf.line, search_dir=pf.directory)
 
 
-def validate(pf: PipelineFile) -> list[Problem]:
-    """Every problem in a parsed pipeline file (errors and warnings), in stage order."""
-    plan = plan_of(pf)
+def validate(pf: PipelineFile, runs: Path | None = None) -> list[Problem]:
+    """Every problem in a parsed pipeline file (errors and warnings), in stage order. `runs`:
+    the runs directory the run will use when it is not the file's (`--runs-dir`): the disk
+    forecast and the writability check are about that volume."""
+    plan = plan_of(pf, runs)
     problems = [
         *plan.problems,
         *_stage_problems(pf),
         *_data_problems(pf, plan),
         *_reward_problems(pf),
-        *_environment_problems(pf, plan),
+        *_environment_problems(pf, plan, runs),
         *_cleanup_problems(pf),
         *limits.name_problems(pf),
         *limits.lora_problems(pf),

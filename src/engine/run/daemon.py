@@ -11,6 +11,7 @@ a graceful stop (the runner saves a Trainer checkpoint and stops), the same as `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import shutil
@@ -28,6 +29,7 @@ from graftline.engine.common.units import human_bytes
 from graftline.engine.run import launch
 from graftline.engine.run import state as runstate
 from graftline.engine.run.control import ControlServer
+from graftline.engine.run.disk_pause import DiskPause, fix_for, say
 from graftline.engine.run.events import EventWriter
 from graftline.engine.run.state import RunState, StateKeeper
 from graftline.engine.run.telemetry import TelemetryThread, forecast_bytes
@@ -41,8 +43,9 @@ class EngineSink:
     guard need to know (current stage, global step, which stages are done)."""
 
     def __init__(self, writer: EventWriter, keeper: StateKeeper, control: RunControl,
-                 run_dir: Path, plan: Any) -> None:
+                 run_dir: Path, plan: Any, disk: DiskPause | None = None) -> None:
         self.writer = writer
+        self.disk = disk
         self.keeper = keeper
         self.control = control
         self.run_dir = run_dir
@@ -54,6 +57,13 @@ class EngineSink:
         self.telemetry: TelemetryThread | None = None  # started once the log has run_started
 
     def emit(self, type: str, stage: str | None = None, **data: Any) -> object:
+        if type == "warning" and data.get("disk_full") and self.disk is not None:
+            # a checkpoint or a stage's output hit a full disk (common.disk_full): pause now,
+            # the writer waits in wait_for_space until the watcher resumes the run
+            self.disk.enter(str(data.get("what") or "a checkpoint"),
+                            int(data.get("need_bytes") or 0),
+                            OSError(str(data.get("error") or "disk full")), stage)
+            data["fix"] = fix_for(self.run_dir)  # the exact command, for this run
         if type == "run_finished":
             # state first: whoever reads `run_finished` in the log finds the final state too
             self.keeper.update(status=str(data.get("status", "finished")),
@@ -116,8 +126,8 @@ class EngineSink:
             "warning", before,
             message=(f"paused before stage '{before}': the remaining stages will write about "
                      f"{human_bytes(need)} but only {human_bytes(free)} is free on {self.run_dir}"),
-            fix=f"free space (e.g. `graftline cleanup`), then `graftline resume "
-                f"{self.run_dir.name}`: the run continues where it paused",
+            fix=f"{fix_for(self.run_dir).replace('resumes by itself', 'waits')}; then "
+                f"`graftline resume {self.run_dir.name}` continues where it paused",
             forecast_bytes=need, disk_free=free)
         return False
 
@@ -210,8 +220,11 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
     keeper = StateKeeper(run_dir, state)
     keeper.update()
     keeper.start_heartbeat()
-    writer = EventWriter(run_dir)
     control = RunControl()
+    disk = DiskPause(run_dir, keeper, control)
+    # a failed log write (full disk) pauses the run instead of killing the engine
+    writer = EventWriter(run_dir, on_error=disk.on_write_error)
+    disk.writer = writer
 
     try:
         from graftline.engine.pipeline.validate import plan_of
@@ -220,7 +233,7 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
     except Exception as exc:  # the forecast is advisory; training does not depend on it
         print(f"graftline: no disk forecast: {exc}", flush=True)
         plan = None
-    sink = EngineSink(writer, keeper, control, run_dir, plan)
+    sink = EngineSink(writer, keeper, control, run_dir, plan, disk)
     if resume:
         sink.mark_done(_completed_stages(run_dir, names))
 
@@ -249,7 +262,8 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
         message = str(getattr(result, "message", "") or "")
     except BaseException as exc:
         status, message = "failed", f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
+        with contextlib.suppress(OSError, ValueError):
+            traceback.print_exc()
         writer.emit("error", sink.current, message=message,
                     fix=f"see {run_dir / launch.ENGINE_LOG}; fix the cause, then "
                         f"`graftline resume {run_dir.name}`")
@@ -261,10 +275,14 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
         status = "stopped" if control.stop.is_set() else "finished"
     if not sink.saw_run_finished:
         writer.emit("run_finished", None, status=status, message=message)
+    disk.drain()  # the last events and state.json on disk before we exit, space permitting
     keeper.update(status=status, message=message)
     writer.close()
     os.close(lock)
-    print(f"graftline: engine {status}{': ' + message if message else ''}", flush=True)
+    if writer.pending or keeper.write_error is not None:
+        say(f"graftline: the disk is still full: {writer.pending} events and the final state "
+            "were not written")
+    say(f"graftline: engine {status}{': ' + message if message else ''}")
     return 0 if status in ("finished", "stopped") else 1
 
 

@@ -140,7 +140,7 @@ def start_run(pipeline_path: Path, runs_dir: Path | None = None, *,
     if check:
         from graftline.engine.pipeline.validate import validate
 
-        problems = validate(pf)
+        problems = validate(pf, runs_dir)  # --runs-dir's volume, not the file's
         errors = [p for p in problems if p.severity == "error"]
         if errors:
             raise LaunchError(f"{pipeline_path} has problems", errors)

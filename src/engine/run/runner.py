@@ -16,13 +16,14 @@ import shutil
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from graftline.engine.backends.base import Backend, BackendError, select_backend
 from graftline.engine.common import atomic
 from graftline.engine.common.control import RunControl
+from graftline.engine.common.disk_full import is_disk_full, wait_for_space
 from graftline.engine.common.layout import DONE
 from graftline.engine.common.private import make_private, umask, user_umask
 from graftline.engine.common.sink import Sink
@@ -247,6 +248,10 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
         # an export is the user's, written outside the run: the user's umask, not the run's 077
         with umask(user_umask()) if step.kind == "export" else contextlib.nullcontext():
             result = _run_stage_scaled(ctx, pf)
+            while result.status == "retry":  # a full disk paused it; space is back
+                ctx = replace(ctx, resume_from=latest_trainer_checkpoint(directory)
+                              if step.kind in ("sft", "dpo", "grpo") else None)
+                result = _run_stage_scaled(ctx, pf)
         if step.kind == "export" and (run_dir.stat().st_mode & 0o077) == 0:
             # its record inside a private run stays private (the export itself is elsewhere)
             for child in directory.iterdir() if directory.is_dir() else ():
@@ -314,6 +319,9 @@ def _run_stage(ctx: StageContext) -> _StageResult:
     except checks.StageFailed as exc:
         return _failed(ctx, partial, str(exc), exc.fix, began)
     except Exception as exc:  # a library error: report it whole, with where it happened
+        if is_disk_full(exc) and wait_for_space(ctx.sink, ctx.control, ctx.name,
+                                                f"stage '{ctx.name}'", 0, exc, ctx.stage_dir):
+            return _StageResult("retry")  # the stage runs again (from its last checkpoint)
         traceback.print_exc()
         return _failed(ctx, partial, f"stage '{ctx.name}' failed: {type(exc).__name__}: {exc}",
                        "see engine.log for the traceback", began)

@@ -11,6 +11,7 @@ pid) or when its heartbeat is older than `STALE_AFTER` seconds (any host).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -104,16 +105,38 @@ class StateKeeper:
         self._every = every
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # the last failed write (a full disk): the state lives on in memory and every later
+        # update or heartbeat writes it again; None once a write succeeds
+        self.write_error: OSError | None = None
 
     @property
     def state(self) -> RunState:
         return self._state
 
     def update(self, **changes: Any) -> RunState:
+        """Change the state and write it. A failed write (ENOSPC, EDQUOT, EIO) never raises:
+        the engine must outlive its own state file; `write_error` says it is behind."""
         with self._lock:
             self._state = replace(self._state, heartbeat=time.time(), **changes)
-            write(self.run_dir, self._state)
+            self._write()
             return self._state
+
+    def flush(self) -> bool:
+        """Write the state now; True when the file is current."""
+        with self._lock:
+            self._write()
+            return self.write_error is None
+
+    def _write(self) -> None:
+        try:
+            write(self.run_dir, self._state)
+        except OSError as exc:
+            if self.write_error is None:  # once per outage, not every heartbeat
+                _say(f"graftline: state.json not written ({exc.strerror or exc}); the state "
+                     "is kept in memory and written again when the disk allows")
+            self.write_error = exc
+        else:
+            self.write_error = None
 
     def note(self, **changes: Any) -> RunState:
         """Change the state in memory only; the next heartbeat writes it (per-step updates)."""
@@ -127,17 +150,22 @@ class StateKeeper:
 
     def _beat(self) -> None:
         while not self._stop.wait(self._every):
-            try:
-                self.update()
-            except OSError as exc:
-                # A full disk must not kill the engine from a helper thread; the reader will see
-                # a stale heartbeat, which is the truth.
-                print(f"graftline: heartbeat not written: {exc}", flush=True)
+            # a failed write is kept in `write_error`: a reader sees a stale heartbeat, which
+            # is the truth, and the next beat tries again
+            self.update()
 
     def stop_heartbeat(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def _say(message: str) -> None:
+    """A line to engine.log, which may sit on the full disk too: never raise from here."""
+    import sys
+
+    with contextlib.suppress(OSError, ValueError):
+        print(message, file=sys.stderr, flush=True)
 
 
 def this_process() -> tuple[int, float]:

@@ -21,6 +21,7 @@ from graftline.engine.pipeline import spec
 from graftline.engine.pipeline.datasets import load_rows
 from graftline.engine.stages import checks, resume, trl_compat
 from graftline.engine.stages.callbacks import StageCallback, summarize
+from graftline.engine.stages.checkpoint_guard import guard_checkpoint_saves
 from graftline.engine.stages.common import (
     StageContext,
     StageOutcome,
@@ -95,6 +96,7 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
     # progress goes through the sink; the Trainer's own printer would flood engine.log
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    guard_checkpoint_saves(trainer, ctx)  # a full disk pauses the save, never fails the stage
     policy = trainer.accelerator.unwrap_model(trainer.model)
 
     began = time.perf_counter()

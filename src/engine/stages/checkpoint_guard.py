@@ -1,0 +1,67 @@
+"""A Trainer checkpoint that hits a full disk is undone and saved again once space is back.
+
+transformers writes `checkpoint-N` in place (weights, optimizer, scheduler, RNG, then
+`trainer_state.json`) and lets an OSError out of `train()`, which used to fail the stage. The
+guard wraps the Trainer's `_save_checkpoint`: on ENOSPC/EDQUOT it deletes the half-written
+directory (never marked complete: `checkpoint_saved` is only emitted after a whole save, and
+resume skips a directory without a valid `trainer_state.json` anyway), asks the engine to pause
+until the checkpoint fits (`common.disk_full`), and saves the same step again.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from graftline.engine.common.disk_full import is_disk_full, wait_for_space
+from graftline.engine.stages.common import StageContext
+
+PREFIX = "checkpoint-"
+
+
+def guard_checkpoint_saves(trainer: Any, ctx: StageContext) -> None:
+    """Replace `trainer._save_checkpoint` with one that survives a full disk."""
+    original = trainer._save_checkpoint
+
+    def save(model: Any, trial: Any, *args: Any, **kwargs: Any) -> None:
+        while True:
+            folder = Path(trainer.args.output_dir) / f"{PREFIX}{trainer.state.global_step}"
+            existed = folder.exists()
+            try:
+                return original(model, trial, *args, **kwargs)
+            except Exception as exc:
+                if not is_disk_full(exc):
+                    raise
+                written = _dir_bytes(folder)
+                if not existed:
+                    _remove_partial(folder)
+                # at least what the failed save had reached, and what the last whole one took
+                need = max(_checkpoint_need(folder.parent), written + written // 2)
+                if not wait_for_space(ctx.sink, ctx.control, ctx.name, folder.name, need, exc,
+                                      folder.parent):
+                    if ctx.control is not None and ctx.control.stop.is_set():
+                        return None  # stopping: the previous complete checkpoint resumes
+                    raise
+
+    trainer._save_checkpoint = save
+
+
+def _remove_partial(folder: Path) -> None:
+    """The half-written checkpoint this save made; only a real directory, never a link."""
+    if folder.is_dir() and not folder.is_symlink():
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _checkpoint_need(root: Path) -> int:
+    """What one more checkpoint takes: the largest earlier one (the Trainer deletes the oldest
+    only after the new one is whole), or 0 when none is there yet."""
+    sizes = [_dir_bytes(child) for child in (root.iterdir() if root.is_dir() else ())
+             if child.name.startswith(PREFIX) and child.is_dir() and not child.is_symlink()]
+    return max(sizes, default=0)
+
+
+def _dir_bytes(folder: Path) -> int:
+    if not folder.is_dir() or folder.is_symlink():
+        return 0
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
