@@ -35,6 +35,8 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	@mkdir -p .gl/mypy && ln -sfn ../../src .gl/mypy/graftline
+	$(VENV)/bin/mypy
 
 test: setup tmux lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

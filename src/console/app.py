@@ -197,7 +197,7 @@ class GraftlineApp(App[str | None]):
         dashboard = screen if hasattr(screen, "action_export") else None
         if dashboard is not None:
             yield SystemCommand("Export", "Export the selected stage's checkpoint",
-                                dashboard.action_export)  # type: ignore[attr-defined]
+                                dashboard.action_export)
             yield SystemCommand("Stop run…", "Stop the engine after a confirmation",
                                 dashboard.action_stop)  # type: ignore[attr-defined]
             yield SystemCommand("Next chart metric", "loss, margins, reward, KL, lr, grad norm",

@@ -49,10 +49,10 @@ def libraries_quiet() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        for key, value in saved.items():
-            if value is None:
+        for key, before in saved.items():
+            if before is None:
                 os.environ.pop(key, None)
             else:
-                os.environ[key] = value
+                os.environ[key] = before
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)

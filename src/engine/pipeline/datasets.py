@@ -273,7 +273,7 @@ def _check_jsonl(path: Path, kind: str) -> list[RowProblem]:
             continue
         try:
             row = json.loads(line)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             add(f"not valid JSON ({exc.msg} at column {exc.colno})",
                 "fix or delete this line: one JSON object per line", number, offset)
             continue

@@ -23,17 +23,19 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 
 from graftline.engine.pipeline import spec
 from graftline.engine.pipeline.problems import (
     PipelineError,
     Problem,
+    Where,
     did_you_mean,
     fix_for,
     suggest_key,
@@ -44,7 +46,7 @@ CLEANUP_BLOCK = "[cleanup]"
 TOP_LEVEL = ("pipeline", "defaults", "stage", "foreach", "cleanup")
 _Model = TypeVar("_Model", bound=BaseModel)
 FOREACH_KEYS = ("as", "values", "stage")
-_STAGE_ADAPTER: TypeAdapter = TypeAdapter(spec.Stage)
+_STAGE_ADAPTER: TypeAdapter[spec.AnyStage] = TypeAdapter(spec.Stage)
 # `[[stage]]`, `[ pipeline ]`, `[["stage"]]`, `[[foreach . "stage"]]`: TOML allows quoted and
 # spaced keys in headers, and a header the scanner missed would shift every stage's lines
 _HEADER = re.compile(r"""^\s*\[\[?\s*((?:[A-Za-z0-9_\-]+|"[^"\n]*"|'[^'\n]*')"""
@@ -116,8 +118,8 @@ def _table(model: type[_Model], raw: Any, name: str, block: Block, file: str,
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        problems += _translate(exc, file=file, block=block, stage=None, kind=None, model=model,
-                               prefix=f"{name}.")
+        problems += _translate(exc.errors(), file=file, block=block, stage=None, kind=None,
+                               model=model, prefix=f"{name}.")
         return None
 
 
@@ -152,7 +154,7 @@ def _neighbours(owner: type[BaseModel] | None, kind: str | None) -> tuple[str, d
 
 
 def _translate(
-    exc: ValidationError,
+    errors: Iterable[ErrorDetails],
     *,
     file: str,
     block: Block,
@@ -162,7 +164,7 @@ def _translate(
     prefix: str = "",
     skip_keys: frozenset[str] = frozenset(),
 ) -> Iterator[Problem]:
-    for err in exc.errors():
+    for err in errors:
         loc = tuple(err["loc"])
         # the discriminated union puts the kind first in the location; it is not a field
         if loc and loc[0] == kind and kind in spec.STAGE_MODELS:
@@ -173,7 +175,7 @@ def _translate(
         field_name = field_name.replace("from_", "from")
         top = str(loc[0]) if loc else None
         line = block.line_of(top)
-        where = dict(file=file, line=line, stage=stage, field=prefix + field_name or None)
+        where = Where(file=file, line=line, stage=stage, field=prefix + field_name or None)
         kind_of_error = err["type"]
         if kind_of_error == "extra_forbidden":
             owner = _model_at(kind, loc) if len(loc) > 1 else (model or _model_at(kind, loc))
@@ -236,10 +238,9 @@ def _read_defaults(raw: dict[str, Any], blocks: dict[str, list[Block]], file: st
         for err in exc.errors():
             loc = tuple(str(p) for p in err["loc"])
             bad.add(loc[:2])
-            owner = {"train": spec.Train, "lora": spec.Lora}.get(loc[0]) if len(loc) > 1 \
-                else None
-            sub = ValidationError.from_exception_data(exc.title, [err])
-            problems.extend(_translate(sub, file=file, block=block, stage=None, kind=None,
+            tables: dict[str, type[BaseModel]] = {"train": spec.Train, "lora": spec.Lora}
+            owner = tables.get(loc[0]) if len(loc) > 1 else None
+            problems.extend(_translate([err], file=file, block=block, stage=None, kind=None,
                                        model=owner or spec.Defaults, prefix="defaults."))
         clean: dict[str, Any] = {}
         for table in ("train", "lora"):
@@ -264,7 +265,7 @@ def _kind_typo(table: dict[str, Any]) -> str | None:
 
 
 def _validate_stage(table: dict[str, Any], raw_defaults: dict[str, Any], block: Block,
-                    name: str, file: str, problems: list[Problem]) -> spec.StageBase | None:
+                    name: str, file: str, problems: list[Problem]) -> spec.AnyStage | None:
     """One stage as its model, or None with every problem it has: a missing or unknown kind does
     not hide the stage's other typos (the rest is checked against the kind it most likely is)."""
     kind = table.get("kind")
@@ -306,7 +307,7 @@ def _validate_stage(table: dict[str, Any], raw_defaults: dict[str, Any], block: 
     try:
         stage = _STAGE_ADAPTER.validate_python(merged)
     except ValidationError as exc:
-        problems.extend(_translate(exc, file=file, block=block, stage=name, kind=guess,
+        problems.extend(_translate(exc.errors(), file=file, block=block, stage=name, kind=guess,
                                    skip_keys=skip))
         return None
     return stage if guess == kind else None

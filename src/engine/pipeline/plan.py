@@ -7,7 +7,7 @@ a rank change without a merge).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -19,13 +19,15 @@ from graftline.engine.pipeline.problems import Problem, did_you_mean
 
 Action = Literal["new", "continue", "merge", "combine", "none"]
 MODEL_KINDS = frozenset({"sft", "dpo", "grpo", "merge", "combine"})
+# How a planner reports an adapter-flow mistake: (stage, field, message, fix).
+Report = Callable[[spec.StageBase, str, str, str], None]
 
 
 @dataclass(frozen=True)
 class StepPlan:
     name: str
     kind: str
-    stage: spec.StageBase
+    stage: spec.AnyStage
     parent: str | None  # the stage this one starts from; None = the pipeline's base
     action: Action
     model_stage: str | None  # the full model the result sits on: None = base, or a merge stage
@@ -55,18 +57,22 @@ class Plan:
 
     @property
     def total_bytes(self) -> int | None:
-        sizes = [s.bytes for s in self.steps]
-        return None if any(b is None for b in sizes) else sum(sizes)  # type: ignore[misc]
+        return _sum_known([s.bytes for s in self.steps])
 
     @property
     def merged_bytes(self) -> int | None:
         """What the full-model stages (merges) add to the total: the part a user can trade away by
         exporting instead of keeping merged bases, once nothing downstream needs them."""
-        sizes = [s.bytes for s in self.steps if s.kind == "merge"]
-        return None if any(b is None for b in sizes) else sum(sizes)  # type: ignore[misc]
+        return _sum_known([s.bytes for s in self.steps if s.kind == "merge"])
 
     def step(self, name: str) -> StepPlan:
         return next(s for s in self.steps if s.name == name)
+
+
+def _sum_known(sizes: list[int | None]) -> int | None:
+    """The total, or None when any part is unknown."""
+    known = [b for b in sizes if b is not None]
+    return sum(known) if len(known) == len(sizes) else None
 
 
 def _default_parent(previous: list[StepPlan]) -> str | None:
@@ -87,7 +93,8 @@ def _reference(
         return "none (beta = 0: no KL term, no reference model)"
     if not isinstance(stage, spec.DPOStage | spec.GRPOStage):
         return None
-    how = ", log-probs precomputed" if getattr(stage, "precompute_ref", False) else ""
+    precomputed = isinstance(stage, spec.DPOStage) and stage.precompute_ref
+    how = ", log-probs precomputed" if precomputed else ""
     if action == "continue":
         return f"the '{parent}' adapter as it is when '{stage.name}' starts (frozen copy{how})"
     return f"{_model_words(model_stage)} with the adapter disabled{how}"
@@ -107,31 +114,216 @@ def _reference_label(
 
 
 def _bytes(
-    step_kind: str,
-    stage: spec.StageBase,
+    stage: spec.AnyStage,
     lora: spec.Lora | None,
     info: ModelInfo | None,
     combined_r: int | None,
 ) -> int | None:
-    if step_kind in ("eval",):
+    if isinstance(stage, spec.EvalStage):
         return 4096
-    if step_kind == "generate":
+    if isinstance(stage, spec.GenerateStage):
         return 1 << 20
     if info is None:
         return None
-    if step_kind == "merge":
-        return info.full_bytes(getattr(stage, "dtype", None) or info.dtype)
-    if step_kind == "export":
-        return info.full_bytes(getattr(stage, "dtype", "bfloat16"))
-    if step_kind == "combine" and combined_r:
+    if isinstance(stage, spec.MergeStage | spec.ExportStage):
+        return info.full_bytes(stage.dtype)
+    if isinstance(stage, spec.CombineStage) and combined_r:
         return info.lora_bytes(combined_r)
     if lora is None:
         return None
     adapter = info.lora_bytes(lora.r, lora.target_modules)
-    train = getattr(stage, "train", None)
     # Trainer checkpoints hold the adapter plus AdamW's two moments; we keep the last two.
-    resume = 2 * 3 * adapter if train is not None and train.save_steps else 0
+    saves = isinstance(stage, spec.TrainingStage) and stage.train.save_steps
+    resume = 2 * 3 * adapter if saves else 0
     return adapter + resume
+
+
+@dataclass(frozen=True)
+class _From:
+    """What a stage starts from, as every kind sees it: the resolved parent and its step."""
+
+    parent: str | None
+    up: StepPlan | None
+    by_name: Mapping[str, StepPlan]
+    default_lora: spec.Lora
+    report: Report
+
+
+@dataclass(frozen=True)
+class _Flow:
+    """What a kind's planner decides: the adapter action and the model the result sits on."""
+
+    action: Action
+    model_stage: str | None
+    parent: str | None
+    lora: spec.Lora | None = None
+    combined_r: int | None = None
+
+
+def _plan_training(stage: spec.TrainingStage, at: _From) -> _Flow:
+    parent, up = at.parent, at.up
+    model_stage = up.model_stage if up else None
+    parent_has_adapter = up is not None and up.produces_adapter
+    wanted: Literal["new", "continue"] = stage.adapter or (
+        "continue" if parent_has_adapter else "new"
+    )
+    if wanted == "new":
+        if parent_has_adapter:
+            at.report(
+                stage,
+                "adapter",
+                f"a new adapter on top of '{parent}', which is an "
+                "adapter, would stack two adapters",
+                f"add a merge stage after "
+                f'\'{parent}\', or set adapter = "continue", or from = "base"',
+            )
+        model_stage = up.name if up is not None and up.kind == "merge" else model_stage
+        return _Flow("new", model_stage, parent, stage.lora or at.default_lora)
+    if not parent_has_adapter:
+        start = "the base model" if up is None else f"'{parent}' ({up.kind})"
+        at.report(
+            stage,
+            "adapter",
+            f'adapter = "continue" but {start} has no adapter to continue',
+            'use adapter = "new"',
+        )
+    lora = up.lora if up is not None else None
+    asked = stage.lora
+    if asked is not None and lora is not None and asked != lora:
+        what = f"rank {lora.r} → {asked.r}" if asked.r != lora.r else "a different LoRA config"
+        at.report(
+            stage,
+            "lora",
+            f"continuing '{parent}' with {what}: a continued adapter keeps its shape",
+            f"add a merge stage after '{parent}' and start a new adapter "
+            '(adapter = "new"), or drop `lora` from this stage',
+        )
+    return _Flow("continue", model_stage, parent, lora)
+
+
+def _plan_merge(stage: spec.MergeStage, at: _From) -> _Flow:
+    up = at.up
+    if up is None or not up.produces_adapter:
+        at.report(
+            stage,
+            "from",
+            "a merge needs an adapter to merge, but "
+            f"{'the base' if up is None else repr(at.parent)} is a full model",
+            "point `from` at an sft, dpo, grpo or combine stage",
+        )
+    return _Flow("merge", stage.name, at.parent)
+
+
+# Methods that add the adapters' matrices element-wise, so every rank must match.
+_EQUAL_RANK_METHODS = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
+
+
+def _plan_combine(stage: spec.CombineStage, at: _From) -> _Flow:
+    model_stage = at.up.model_stage if at.up else None
+    parts = [at.by_name.get(a) for a in stage.adapters]
+    for name, part in zip(stage.adapters, parts, strict=True):
+        if part is None:
+            at.report(
+                stage,
+                "adapters",
+                f"no earlier stage named '{name}'",
+                "list adapters made by earlier stages",
+            )
+        elif not part.produces_adapter:
+            at.report(
+                stage,
+                "adapters",
+                f"'{name}' is a {part.kind} stage, not an adapter",
+                "combine only sft, dpo, grpo or combine stages",
+            )
+    real = [p for p in parts if p is not None and p.produces_adapter]
+    if len(stage.weights) != len(stage.adapters):
+        at.report(
+            stage,
+            "weights",
+            f"{len(stage.weights)} weights for {len(stage.adapters)} adapters",
+            "give one weight per adapter",
+        )
+    if len({p.model_stage for p in real}) > 1:
+        at.report(
+            stage,
+            "adapters",
+            "the adapters sit on different base models",
+            "combine adapters trained on the same base",
+        )
+    ranks = {p.lora.r for p in real if p.lora}
+    method = stage.method
+    if method in _EQUAL_RANK_METHODS and len(ranks) > 1:
+        at.report(
+            stage,
+            "method",
+            f"method '{method}' needs equal ranks, got {sorted(ranks)}",
+            'use method = "cat" (exact) or "svd"',
+        )
+    lora: spec.Lora | None = None
+    combined_r: int | None = None
+    if real:
+        model_stage = real[0].model_stage
+        first = real[0].lora
+        if method == "cat":
+            combined_r = sum(p.lora.r for p in real if p.lora)
+        else:
+            combined_r = stage.svd_rank or max(ranks or {0})
+        if first is not None:
+            lora = first.model_copy(update={"r": combined_r, "alpha": combined_r})
+    # A combine reads its adapters, not a parent: it has none.
+    return _Flow("combine", model_stage, None, lora, combined_r)
+
+
+def _plan_stage(stage: spec.AnyStage, at: _From) -> _Flow:
+    """Dispatch on the stage's model: each kind decides its own adapter flow."""
+    if isinstance(stage, spec.TrainingStage):
+        return _plan_training(stage, at)
+    if isinstance(stage, spec.MergeStage):
+        return _plan_merge(stage, at)
+    if isinstance(stage, spec.CombineStage):
+        return _plan_combine(stage, at)
+    # eval, generate, export: read the model they start from, change nothing.
+    return _Flow("none", at.up.model_stage if at.up else None, at.parent)
+
+
+def _resolve_parent(
+    stage: spec.AnyStage, steps: list[StepPlan], names: list[str], report: Report
+) -> str | None:
+    """The stage this one starts from, or None for the base; a bad `from` is reported and
+    planned as the base so the rest of the plan still resolves."""
+    parent: str | None
+    if stage.from_ in (None, ""):
+        parent = _default_parent(steps)
+    elif stage.from_ == "base":
+        parent = None
+    else:
+        parent = stage.from_
+    if parent is None or any(s.name == parent for s in steps):
+        return parent
+    if parent == stage.name:
+        report(
+            stage,
+            "from",
+            f"stage '{stage.name}' starts from itself (a cycle)",
+            "point `from` at an earlier stage or 'base'",
+        )
+    elif parent in names:
+        report(
+            stage,
+            "from",
+            f"'{parent}' comes later in the file; stages run in file "
+            "order, so this would be a cycle",
+            f"move '{parent}' above '{stage.name}'",
+        )
+    else:
+        report(
+            stage,
+            "from",
+            f"no stage named '{parent}'",
+            did_you_mean(parent, [*names, "base"]),
+        )
+    return None
 
 
 def build_plan(
@@ -154,184 +346,33 @@ def build_plan(
     steps: list[StepPlan] = []
     by_name: dict[str, StepPlan] = {}
 
-    def problem(stage: spec.StageBase, fieldname: str, message: str, fix: str) -> None:
-        problems.append(
-            Problem(
-                message,
-                file,
-                line_of(stage.name, fieldname) if line_of else None,
-                stage.name,
-                fieldname,
-                fix,
-            )
-        )
+    def report(stage: spec.StageBase, fieldname: str, message: str, fix: str) -> None:
+        line = line_of(stage.name, fieldname) if line_of else None
+        problems.append(Problem(message, file, line, stage.name, fieldname, fix))
 
     for stage in pipeline.stage:
-        kind = stage.kind  # type: ignore[attr-defined]
-        parent: str | None
-        if stage.from_ in (None, ""):
-            parent = _default_parent(steps)
-        elif stage.from_ == "base":
-            parent = None
-        else:
-            parent = stage.from_
-        if parent is not None and parent not in by_name:
-            if parent == stage.name:
-                problem(
-                    stage,
-                    "from",
-                    f"stage '{stage.name}' starts from itself (a cycle)",
-                    "point `from` at an earlier stage or 'base'",
-                )
-            elif parent in names:
-                problem(
-                    stage,
-                    "from",
-                    f"'{parent}' comes later in the file; stages run in file "
-                    "order, so this would be a cycle",
-                    f"move '{parent}' above '{stage.name}'",
-                )
-            else:
-                problem(
-                    stage,
-                    "from",
-                    f"no stage named '{parent}'",
-                    did_you_mean(parent, [*names, "base"]),
-                )
-            parent = None
+        parent = _resolve_parent(stage, steps, names, report)
         up = by_name.get(parent) if parent else None
-        action: Action = "none"
-        model_stage = up.model_stage if up else None
-        lora: spec.Lora | None = None
-        combined_r: int | None = None
-
-        if kind in spec.TRAINING_KINDS:
-            parent_has_adapter = up is not None and up.produces_adapter
-            wanted = stage.adapter or ("continue" if parent_has_adapter else "new")  # type: ignore[attr-defined]
-            action = wanted
-            if wanted == "new":
-                if parent_has_adapter:
-                    problem(
-                        stage,
-                        "adapter",
-                        f"a new adapter on top of '{parent}', which is an "
-                        "adapter, would stack two adapters",
-                        f"add a merge stage after "
-                        f'\'{parent}\', or set adapter = "continue", or from = "base"',
-                    )
-                model_stage = up.name if up is not None and up.kind == "merge" else model_stage
-                lora = stage.lora or pipeline.defaults.lora  # type: ignore[attr-defined]
-            else:
-                if not parent_has_adapter:
-                    start = "the base model" if up is None else f"'{parent}' ({up.kind})"
-                    problem(
-                        stage,
-                        "adapter",
-                        f'adapter = "continue" but {start} has no adapter to continue',
-                        'use adapter = "new"',
-                    )
-                lora = up.lora if up is not None else None
-                asked = stage.lora  # type: ignore[attr-defined]
-                if asked is not None and lora is not None and asked != lora:
-                    what = (
-                        f"rank {lora.r} → {asked.r}"
-                        if asked.r != lora.r
-                        else "a different LoRA config"
-                    )
-                    problem(
-                        stage,
-                        "lora",
-                        f"continuing '{parent}' with {what}: a continued adapter keeps its shape",
-                        f"add a merge stage after '{parent}' and start a new adapter "
-                        '(adapter = "new"), or drop `lora` from this stage',
-                    )
-        elif kind == "merge":
-            action = "merge"
-            if up is None or not up.produces_adapter:
-                problem(
-                    stage,
-                    "from",
-                    "a merge needs an adapter to merge, but "
-                    f"{'the base' if up is None else repr(parent)} is a full model",
-                    "point `from` at an sft, dpo, grpo or combine stage",
-                )
-            model_stage = stage.name
-        elif kind == "combine":
-            action = "combine"
-            parts = [by_name.get(a) for a in stage.adapters]  # type: ignore[attr-defined]
-            for name, part in zip(stage.adapters, parts, strict=True):  # type: ignore[attr-defined]
-                if part is None:
-                    problem(
-                        stage,
-                        "adapters",
-                        f"no earlier stage named '{name}'",
-                        "list adapters made by earlier stages",
-                    )
-                elif not part.produces_adapter:
-                    problem(
-                        stage,
-                        "adapters",
-                        f"'{name}' is a {part.kind} stage, not an adapter",
-                        "combine only sft, dpo, grpo or combine stages",
-                    )
-            real = [p for p in parts if p is not None and p.produces_adapter]
-            if len(stage.weights) != len(stage.adapters):  # type: ignore[attr-defined]
-                problem(
-                    stage,
-                    "weights",
-                    f"{len(stage.weights)} weights for "  # type: ignore[attr-defined]
-                    f"{len(stage.adapters)} adapters",
-                    "give one weight per adapter",
-                )  # type: ignore[attr-defined]
-            if len({p.model_stage for p in real}) > 1:
-                problem(
-                    stage,
-                    "adapters",
-                    "the adapters sit on different base models",
-                    "combine adapters trained on the same base",
-                )
-            ranks = {p.lora.r for p in real if p.lora}
-            method = stage.method  # type: ignore[attr-defined]
-            if (
-                method in ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
-                and len(ranks) > 1
-            ):
-                problem(
-                    stage,
-                    "method",
-                    f"method '{method}' needs equal ranks, got {sorted(ranks)}",
-                    'use method = "cat" (exact) or "svd"',
-                )
-            if real:
-                model_stage = real[0].model_stage
-                first = real[0].lora
-                if method == "cat":
-                    combined_r = sum(p.lora.r for p in real if p.lora)
-                else:
-                    combined_r = stage.svd_rank or max(ranks or {0})  # type: ignore[attr-defined]
-                if first is not None:
-                    lora = first.model_copy(update={"r": combined_r, "alpha": combined_r})
-            parent = None
-        elif kind in ("eval", "generate", "export"):
-            action = "none"
-
-        train = getattr(stage, "train", None)
-        if train is not None:
-            train = train.model_copy(update={"lr": train.effective_lr, "lr_multiplier": 1.0})
+        flow = _plan_stage(stage, _From(parent, up, by_name, pipeline.defaults.lora, report))
+        train = None
+        if isinstance(stage, spec.TrainingStage):
+            train = stage.train.model_copy(
+                update={"lr": stage.train.effective_lr, "lr_multiplier": 1.0}
+            )
         step = StepPlan(
             name=stage.name,
-            kind=kind,
+            kind=stage.kind,
             stage=stage,
-            parent=parent,
-            action=action,
-            model_stage=model_stage,
-            lora=lora,
+            parent=flow.parent,
+            action=flow.action,
+            model_stage=flow.model_stage,
+            lora=flow.lora,
             train=train,
-            reference=_reference(stage, action, parent, model_stage),
-            reference_label=_reference_label(stage, action, parent, model_stage),
-            starts_from=_starts_from(kind, action, parent, model_stage, stage),
-            writes=_writes(kind, lora, stage),
-            bytes=_bytes(kind, stage, lora, info, combined_r),
+            reference=_reference(stage, flow.action, flow.parent, flow.model_stage),
+            reference_label=_reference_label(stage, flow.action, flow.parent, flow.model_stage),
+            starts_from=_starts_from(stage, flow.action, flow.parent, flow.model_stage),
+            writes=_writes(stage, flow.lora),
+            bytes=_bytes(stage, flow.lora, info, flow.combined_r),
             origin=(origins or {}).get(stage.name),
         )
         steps.append(step)
@@ -358,10 +399,10 @@ def build_plan(
 
 
 def _starts_from(
-    kind: str, action: Action, parent: str | None, model_stage: str | None, stage: spec.StageBase
+    stage: spec.AnyStage, action: Action, parent: str | None, model_stage: str | None
 ) -> str:
-    if kind == "combine":
-        return " + ".join(stage.adapters) + f" on {_model_words(model_stage)}"  # type: ignore[attr-defined]
+    if isinstance(stage, spec.CombineStage):
+        return " + ".join(stage.adapters) + f" on {_model_words(model_stage)}"
     if parent is None:
         return "the base model"
     if action == "continue":
@@ -371,16 +412,18 @@ def _starts_from(
     return f"'{parent}'"
 
 
-def _writes(kind: str, lora: spec.Lora | None, stage: spec.StageBase) -> str:
-    if kind in spec.TRAINING_KINDS and lora is not None:
-        return f"adapter r={lora.r} α={lora.lora_alpha}"
-    return {
-        "merge": "full merged model (config, tokenizer, weights)",
-        "combine": f"combined adapter ({getattr(stage, 'method', '')})",
-        "generate": "a JSONL dataset",
-        "eval": "evaluation.json",
-        "export": f"exported model → {getattr(stage, 'out', '')}",
-    }.get(kind, "")
+def _writes(stage: spec.AnyStage, lora: spec.Lora | None) -> str:
+    if isinstance(stage, spec.TrainingStage):
+        return f"adapter r={lora.r} α={lora.lora_alpha}" if lora is not None else ""
+    if isinstance(stage, spec.MergeStage):
+        return "full merged model (config, tokenizer, weights)"
+    if isinstance(stage, spec.CombineStage):
+        return f"combined adapter ({stage.method})"
+    if isinstance(stage, spec.GenerateStage):
+        return "a JSONL dataset"
+    if isinstance(stage, spec.EvalStage):
+        return "evaluation.json"
+    return f"exported model → {stage.out}"
 
 
 def resolve(pipeline: spec.Pipeline) -> list[StepPlan]:

@@ -4,9 +4,25 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypedDict
 
 from graftline.engine.common.errors import GraftlineError
+
+
+class Where(TypedDict):
+    """Where a problem sits, for `Problem(message, **where, fix=...)`."""
+
+    file: str
+    line: int | None
+    stage: str | None
+    field: str | None
+
+
+class InStage(TypedDict):
+    """A stage's file and name, for problems that give their own line and field."""
+
+    file: str
+    stage: str | None
 
 
 @dataclass(frozen=True)

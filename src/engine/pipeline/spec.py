@@ -8,7 +8,7 @@ models see it; a `continue` stage inherits its LoRA shape from the adapter it co
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -16,7 +16,7 @@ STAGE_NAME = r"^[A-Za-z][A-Za-z0-9_.-]*$"
 TRAINING_KINDS = frozenset({"sft", "dpo", "grpo"})
 ADAPTER_KINDS = TRAINING_KINDS | {"combine"}
 # What TRL 1.15's DPOTrainer accepts as loss_type.
-DPO_LOSSES = (
+DPOLoss = Literal[
     "sigmoid",
     "ipo",
     "hinge",
@@ -31,8 +31,9 @@ DPO_LOSSES = (
     "apo_down",
     "discopop",
     "sft",
-)
-COMBINE_METHODS = (
+]
+DPO_LOSSES: tuple[str, ...] = get_args(DPOLoss)
+CombineMethod = Literal[
     "cat",
     "svd",
     "linear",
@@ -44,7 +45,18 @@ COMBINE_METHODS = (
     "dare_ties_svd",
     "magnitude_prune",
     "magnitude_prune_svd",
-)
+]
+COMBINE_METHODS: tuple[str, ...] = get_args(CombineMethod)
+EvalMetric = Literal["loss", "exact_match"]
+ExportFormat = Literal["safetensors", "gguf", "ollama"]
+
+
+def _all_metrics() -> list[EvalMetric]:
+    return ["loss", "exact_match"]
+
+
+def _safetensors_only() -> list[ExportFormat]:
+    return ["safetensors"]
 
 
 class Strict(BaseModel):
@@ -52,9 +64,9 @@ class Strict(BaseModel):
 
 
 class Lora(Strict):
-    r: int = Field(16, ge=1, le=4096)
-    alpha: int | None = Field(None, ge=1, description="defaults to 2·r")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    r: int = Field(default=16, ge=1, le=4096)
+    alpha: int | None = Field(default=None, ge=1, description="defaults to 2·r")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     use_rslora: bool = False
     use_dora: bool = False
@@ -65,18 +77,20 @@ class Lora(Strict):
 
 
 class Train(Strict):
-    max_steps: int | None = Field(None, ge=1)
-    epochs: float | None = Field(None, gt=0)
-    lr: float = Field(2e-4, gt=0, lt=1)
-    lr_multiplier: float = Field(1.0, gt=0)
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    warmup: int = Field(0, ge=0, description="warmup steps")
-    max_length: int = Field(512, ge=8)
-    save_steps: int | None = Field(None, ge=1, description="Trainer checkpoints for crash resume")
+    max_steps: int | None = Field(default=None, ge=1)
+    epochs: float | None = Field(default=None, gt=0)
+    lr: float = Field(default=2e-4, gt=0, lt=1)
+    lr_multiplier: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    warmup: int = Field(default=0, ge=0, description="warmup steps")
+    max_length: int = Field(default=512, ge=8)
+    save_steps: int | None = Field(
+        default=None, ge=1, description="Trainer checkpoints for crash resume"
+    )
     scheduler: str = "cosine"
-    weight_decay: float = Field(0.0, ge=0)
-    logging_steps: int = Field(1, ge=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    logging_steps: int = Field(default=1, ge=1)
     gradient_checkpointing: bool = False
 
     @property
@@ -86,7 +100,7 @@ class Train(Strict):
 
 class StageBase(Strict):
     name: str = Field(pattern=STAGE_NAME)
-    from_: str | None = Field(None, alias="from", description="a stage name or 'base'")
+    from_: str | None = Field(default=None, alias="from", description="a stage name or 'base'")
     note: str = ""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -101,12 +115,14 @@ class ScaleOut(Strict):
     """How many processes a training stage runs on. None inherits `[defaults]`; 1 (the default)
     trains in the engine's own process."""
 
-    processes: int | None = Field(None, ge=1, le=1024, description="processes per machine")
-    distributed: str | None = Field(None, description="ddp, fsdp2, zero2, zero3 or a config path")
-    num_machines: int | None = Field(None, ge=1, le=4096)
-    machine_rank: int | None = Field(None, ge=0)
+    processes: int | None = Field(default=None, ge=1, le=1024, description="processes per machine")
+    distributed: str | None = Field(
+        default=None, description="ddp, fsdp2, zero2, zero3 or a config path"
+    )
+    num_machines: int | None = Field(default=None, ge=1, le=4096)
+    machine_rank: int | None = Field(default=None, ge=0)
     main_process_ip: str | None = None
-    main_process_port: int | None = Field(None, ge=1, le=65535)
+    main_process_port: int | None = Field(default=None, ge=1, le=65535)
 
 
 class TrainingStage(StageBase, ScaleOut):
@@ -124,8 +140,8 @@ class SFTStage(TrainingStage):
 
 class DPOStage(TrainingStage):
     kind: Literal["dpo"]
-    loss: Literal[DPO_LOSSES] = "sigmoid"  # type: ignore[valid-type]
-    beta: float = Field(0.1, gt=0)
+    loss: DPOLoss = "sigmoid"
+    beta: float = Field(default=0.1, gt=0)
     precompute_ref: bool = True
 
 
@@ -133,10 +149,10 @@ class GRPOStage(TrainingStage):
     kind: Literal["grpo"]
     reward: list[str] = Field(default_factory=lambda: ["exact_match"], min_length=1)
     reward_weights: list[float] | None = None
-    num_generations: int = Field(8, ge=2)
-    max_completion_length: int = Field(8, ge=1)
-    beta: float = Field(0.0, ge=0)
-    temperature: float = Field(1.0, gt=0)
+    num_generations: int = Field(default=8, ge=2)
+    max_completion_length: int = Field(default=8, ge=1)
+    beta: float = Field(default=0.0, ge=0)
+    temperature: float = Field(default=1.0, gt=0)
 
     @field_validator("reward", mode="before")
     @classmethod
@@ -153,37 +169,33 @@ class CombineStage(StageBase):
     kind: Literal["combine"]
     adapters: list[str] = Field(min_length=2)
     weights: list[float]
-    method: Literal[COMBINE_METHODS] = "cat"  # type: ignore[valid-type]
+    method: CombineMethod = "cat"
     normalize: bool = False
-    svd_rank: int | None = Field(None, ge=1)
-    density: float | None = Field(None, gt=0, le=1)
+    svd_rank: int | None = Field(default=None, ge=1)
+    density: float | None = Field(default=None, gt=0, le=1)
 
 
 class GenerateStage(StageBase):
     kind: Literal["generate"]
     prompts: str
-    max_new_tokens: int = Field(16, ge=1)
-    temperature: float = Field(0.0, ge=0)
-    num_samples: int = Field(1, ge=1)
+    max_new_tokens: int = Field(default=16, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
+    num_samples: int = Field(default=1, ge=1)
     keep: Literal["all", "correct"] = "all"
 
 
 class EvalStage(StageBase):
     kind: Literal["eval"]
     data: str
-    metrics: list[Literal["loss", "exact_match"]] = Field(
-        default_factory=lambda: ["loss", "exact_match"]
-    )
-    limit: int | None = Field(None, ge=1)
+    metrics: list[EvalMetric] = Field(default_factory=_all_metrics)
+    limit: int | None = Field(default=None, ge=1)
 
 
 class ExportStage(StageBase):
     kind: Literal["export"]
     out: str
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
-    formats: list[Literal["safetensors", "gguf", "ollama"]] = Field(
-        default_factory=lambda: ["safetensors"]
-    )
+    formats: list[ExportFormat] = Field(default_factory=_safetensors_only)
     shard_size: str = "5GB"
     force: bool = False
     # GGUF type (implies the gguf format); K-quants need llama.cpp's llama-quantize
@@ -192,7 +204,8 @@ class ExportStage(StageBase):
                        "q6_k"] | None = None
 
 
-Stage = Annotated[
+# Every stage model; narrow with isinstance (TrainingStage covers sft, dpo and grpo).
+AnyStage = (
     SFTStage
     | DPOStage
     | GRPOStage
@@ -200,9 +213,9 @@ Stage = Annotated[
     | CombineStage
     | GenerateStage
     | EvalStage
-    | ExportStage,
-    Field(discriminator="kind"),
-]
+    | ExportStage
+)
+Stage = Annotated[AnyStage, Field(discriminator="kind")]
 STAGE_MODELS: dict[str, type[StageBase]] = {
     "sft": SFTStage,
     "dpo": DPOStage,
@@ -223,7 +236,7 @@ class Header(Strict):
     seed: int = 0
     quantization: Literal["none", "4bit", "8bit"] = "none"
     probes: list[str] = Field(default_factory=list, description="probe prompts for checks")
-    private: bool = Field(True, description="run directory owner-only (0700, files 0600)")
+    private: bool = Field(default=True, description="run directory owner-only (0700, files 0600)")
 
 
 class Defaults(ScaleOut):
@@ -246,7 +259,7 @@ class Pipeline(Strict):
     stage: list[Stage] = Field(min_length=1)
     cleanup: Cleanup | None = None
 
-    def by_name(self, name: str) -> StageBase:
+    def by_name(self, name: str) -> AnyStage:
         for stage in self.stage:
             if stage.name == name:
                 return stage

@@ -16,7 +16,13 @@ from graftline.engine.common.units import human_bytes
 from graftline.engine.pipeline import limits, spec
 from graftline.engine.pipeline.file import CLEANUP_BLOCK, HEADER_BLOCK, PipelineFile, load
 from graftline.engine.pipeline.plan import Plan, build_plan
-from graftline.engine.pipeline.problems import PipelineError, Problem, did_you_mean
+from graftline.engine.pipeline.problems import (
+    InStage,
+    PipelineError,
+    Problem,
+    Where,
+    did_you_mean,
+)
 
 DISK_FORECAST = "disk_forecast"  # Problem.code: the run will not fit on the runs volume
 
@@ -53,7 +59,7 @@ def _data_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
             if value is None:
                 continue
             line = pf.line(stage.name, fieldname)
-            at = dict(file=str(pf.path), line=line, stage=stage.name, field=fieldname)
+            at = Where(file=str(pf.path), line=line, stage=stage.name, field=fieldname)
             if value.startswith("@"):
                 source = value[1:]
                 if earlier.get(source) != "generate":
@@ -97,7 +103,7 @@ def _data_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
         earlier[stage.name] = step.kind
 
 
-def _row_problems(path: Path, kind: str, at: dict) -> Iterator[Problem]:
+def _row_problems(path: Path, kind: str, at: Where) -> Iterator[Problem]:
     from graftline.engine.pipeline.datasets import DatasetError, check_rows
 
     try:
@@ -158,7 +164,7 @@ def _reward_problems(pf: PipelineFile) -> Iterator[Problem]:
 
 def _stage_problems(pf: PipelineFile) -> Iterator[Problem]:
     for stage in pf.pipeline.stage:
-        at = dict(file=str(pf.path), stage=stage.name)
+        at = InStage(file=str(pf.path), stage=stage.name)
         if isinstance(stage, spec.CombineStage) and stage.method == "linear":
             yield Problem(
                 "PEFT's 'linear' scales A and B by √w separately: the result is not the weighted "

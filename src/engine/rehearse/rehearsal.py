@@ -156,7 +156,7 @@ def derive(pf: PipelineFile, *, base: str, scratch: Path, steps: int = DEFAULT_S
 
     stages: list[spec.StageBase] = []
     for stage in pipeline.stage:
-        kind = stage.kind  # type: ignore[attr-defined]
+        kind = stage.kind
         update: dict[str, Any] = {}
         if isinstance(stage, spec.TrainingStage):
             group = NUM_GENERATIONS if isinstance(stage, spec.GRPOStage) else 1
@@ -340,7 +340,7 @@ def preflight(pf: PipelineFile, derived: Derived, tokenizer: Any) -> list[Findin
 
     findings: list[Finding] = []
     for stage in derived.pipeline.stage:
-        kind = stage.kind  # type: ignore[attr-defined]
+        kind = stage.kind
         fields = [("prompts", "generate")] if kind == "generate" else \
             [("data", "eval" if kind == "eval" else kind), ("eval_data", "eval")]
         for fieldname, reading in fields:
@@ -384,11 +384,11 @@ def _problems_report(path: str, pf: PipelineFile | None, errors: list[Problem],
     for stage in pf.pipeline.stage if pf is not None else []:
         mine = [p for p in errors if p.stage == stage.name]
         if mine:
-            stages.append(StageReport(stage.name, stage.kind, FAILED,  # type: ignore[attr-defined]
+            stages.append(StageReport(stage.name, stage.kind, FAILED,
                                       error=f"{mine[0].where}: {mine[0].message}",
                                       fix=mine[0].fix or ""))
         else:
-            stages.append(StageReport(stage.name, stage.kind))  # type: ignore[attr-defined]
+            stages.append(StageReport(stage.name, stage.kind))
     return RehearsalReport(path, tuple(stages), tuple(errors),
                            seconds=time.perf_counter() - began,
                            notes=("the validator found errors: nothing was rehearsed",))

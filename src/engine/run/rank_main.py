@@ -51,7 +51,7 @@ def accept_indexed_cpu_locations() -> None:
     register_package(11, tag, restore)  # after torch's own cpu/cuda/… handlers
 
 
-def _leave_after_training(control: group_io.GroupControl):  # type: ignore[no-untyped-def]
+def _leave_after_training(control: group_io.GroupControl):
     def before_train(trainer: Any) -> None:
         train = trainer.train
 
