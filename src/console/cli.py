@@ -44,7 +44,7 @@ def _argument_usage(self: TyperArgument) -> str:
     return name + ("..." if self.nargs != 1 else "")
 
 
-TyperOption.display_type_rich = _option_display_type  # type: ignore[method-assign]
+TyperOption.display_type_rich = _option_display_type  # type: ignore[method-assign,assignment]
 TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
 TyperArgument.display_name_raw = property(  # type: ignore[method-assign,assignment]
     lambda self: self.metavar or (self.name or "").upper())

@@ -39,8 +39,9 @@ class RunUpdated(Message):
 
 
 class DashboardScreen(Screen[None]):
-    HORIZONTAL_BREAKPOINTS: ClassVar = [(0, "-narrow"), (110, "-wide"), (180, "-huge")]
-    VERTICAL_BREAKPOINTS: ClassVar = [(0, "-short"), (34, "-tall"), (48, "-deep")]
+    # Textual declares these as (overridable) instance attributes, not ClassVars
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide"), (180, "-huge")]  # noqa: RUF012
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall"), (48, "-deep")]  # noqa: RUF012
     # Order is the footer's priority: at 80 columns only the first few fit.
     BINDINGS: ClassVar = [
         Binding("q", "app.detach", "Detach"),

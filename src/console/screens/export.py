@@ -218,11 +218,12 @@ class ExportModal(ModalScreen[Path | None]):
             self.app.call_from_thread(self._done, None, f"cannot start the export: {exc}")
             return
         process = self.process
-        assert process.stdout is not None and process.stderr is not None
+        stdout, stderr = process.stdout, process.stderr
+        assert stdout is not None and stderr is not None
         errors: list[str] = []
-        drain = threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True)
+        drain = threading.Thread(target=lambda: errors.extend(stderr), daemon=True)
         drain.start()  # a chatty library must never block the child on a full stderr pipe
-        for line in process.stdout:
+        for line in stdout:
             event = parse_worker_line(line)
             if event is None:
                 continue

@@ -134,7 +134,9 @@ def rehearsal_line(event: dict[str, object], done: list[str]) -> str:
         return f"{stage} ({event.get('kind', '')}) running…"
     if kind == "stage_finished":
         mark = "✓" if event.get("status") == "complete" else "✗"
-        done.append(f"{mark} {stage} {float(event.get('seconds') or 0):.1f} s")
+        seconds = event.get("seconds")
+        took = float(seconds) if isinstance(seconds, int | float) else 0.0
+        done.append(f"{mark} {stage} {took:.1f} s")
         return f"{stage} {'passed' if mark == '✓' else 'failed'}"
     if kind == "cleanup":
         return f"cleanup after {stage}"

@@ -65,7 +65,7 @@ class LineageScreen(Screen[None]):
     LineageScreen.-narrow #detail-box { width: 1fr; }
     LineageScreen.-cleanup #tree { border: round $warning; }
     """
-    HORIZONTAL_BREAKPOINTS: ClassVar = [(0, "-narrow"), (110, "-wide")]
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]  # noqa: RUF012 (Textual's own)
 
     def __init__(self, root: Path, *, ascii_only: bool = False) -> None:
         super().__init__()

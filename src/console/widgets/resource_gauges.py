@@ -37,8 +37,8 @@ class ResourceGauges(QuietStatic):
             return Text("no telemetry yet", style="dim")
         if not live:
             # the engine has exited: its last CPU and memory sample would read as current
-            disk = f"disk free {human_bytes(tel.disk_free)} (last sample)"
-            return Text.assemble(("engine not running", "dim"), "\n", (disk, "dim"))
+            last = f"disk free {human_bytes(tel.disk_free)} (last sample)"
+            return Text.assemble(("engine not running", "dim"), "\n", (last, "dim"))
         bar = 10
         lines: list[Text] = []
         if tel.gpus:
@@ -55,8 +55,8 @@ class ResourceGauges(QuietStatic):
         lines.append(Text.assemble("RAM  ", gauge(tel.ram_used, tel.ram_total, bar,
                                                   self.ascii_only),
                                    f" {human_bytes(tel.ram_used)}/{human_bytes(tel.ram_total)}"))
-        cpu = f"{tel.cpu_percent:.0f}%" if tel.cpu_percent is not None else "—"
-        lines.append(Text(f"engine CPU {cpu}  RSS {human_bytes(tel.rss)}"))
+        cpu_text = f"{tel.cpu_percent:.0f}%" if tel.cpu_percent is not None else "—"
+        lines.append(Text(f"engine CPU {cpu_text}  RSS {human_bytes(tel.rss)}"))
         disk = Text(f"disk free {human_bytes(tel.disk_free)}")
         if tel.forecast_bytes is not None:
             short = tel.disk_free is not None and tel.forecast_bytes > tel.disk_free

@@ -146,7 +146,8 @@ def base_headers(base: Path) -> dict[str, tuple[Path, TensorInfo]]:
 def model_layout(base: Path, config: dict[str, Any]) -> ModelLayout:
     """Module types and embedding names from the architecture, built on the meta device (no
     memory, no weights). Falls back to the common names when the class is not importable."""
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    text: dict[str, Any] = config["text_config"] if isinstance(config.get("text_config"), dict) \
+        else {}
     tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
     model_type = str(config.get("model_type", ""))
     try:

@@ -80,7 +80,7 @@ def reference_outputs(base: Path, adapter: Path | None, tokenizer: Any,
                       inputs: list[torch.Tensor], new_tokens: int):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     if adapter is not None:
         from peft import PeftModel
 

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
     if args.action == "plan":
         return 0
 
-    last = {"phase": "", "at": 0.0}
+    last: dict[str, Any] = {"phase": "", "at": 0.0}
 
     def progress(update: ExportProgress) -> None:
         now = time.monotonic()

@@ -77,6 +77,11 @@ class Manifest(BaseModel):
     status: Status = "partial"
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     graftline_version: str = __version__
+    # an export's own record: how it was written
+    dtype: str | None = None
+    formats: list[str] | None = None
+    source_base: str | None = None
+    untied_embeddings: bool | None = None
 
 
 def directory_bytes(path: Path) -> int:

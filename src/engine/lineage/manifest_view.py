@@ -20,7 +20,7 @@ _STATUSES = frozenset(get_args(Status))
 
 
 class ParentRef(NamedTuple):
-    relation: str
+    relation: Relation  # only known relations are read (see _RELATIONS)
     path: str
     id: str | None
 

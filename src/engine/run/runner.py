@@ -300,8 +300,9 @@ def _run_stage_scaled(ctx: StageContext, pf: PipelineFile) -> _StageResult:
 
 
 def _partial_manifest(ctx: StageContext) -> mf.Manifest | None:
-    kind = {"sft": "adapter", "dpo": "adapter", "grpo": "adapter", "merge": "merged",
-            "combine": "combined"}.get(ctx.kind)
+    kinds: dict[str, mf.Kind] = {"sft": "adapter", "dpo": "adapter", "grpo": "adapter",
+                                 "merge": "merged", "combine": "combined"}
+    kind = kinds.get(ctx.kind)
     if kind is None:
         return None
     found = mf.Manifest(kind=kind, name=ctx.name, stage=ctx.name, stage_kind=ctx.kind,

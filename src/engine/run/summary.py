@@ -326,7 +326,7 @@ class Summary:
     # -- folding --------------------------------------------------------------------------
 
     def add(self, row: dict[str, Any]) -> None:
-        kind = row.get("type")
+        kind = str(row.get("type"))
         seq = row.get("seq")
         when = row.get("time")
         data = row.get("data")
@@ -339,7 +339,7 @@ class Summary:
         if isinstance(seq, int) and seq > self.last_seq:
             self.last_seq = seq
         self.events += 1
-        self.counts[kind] = self.counts.get(kind, 0) + 1  # type: ignore[index]
+        self.counts[kind] = self.counts.get(kind, 0) + 1
         if isinstance(when, int | float):
             if self.first_time is None:
                 self.first_time = when
@@ -351,7 +351,7 @@ class Summary:
             return
         if kind not in NOT_LOGGED:
             self.log.append(_bounded_row(row))
-        handler = _HANDLERS.get(kind)  # type: ignore[arg-type]
+        handler = _HANDLERS.get(kind)
         if handler is not None:
             handler(self, row.get("stage"), data, when)
 
@@ -407,7 +407,7 @@ class Summary:
             if view is not None:
                 if view["status"] == "pending":
                     view["status"] = "running"
-                step = data.get("step")
+                step: Any = data.get("step")
                 if type(step) is int or _number(step):
                     view["step"] = int(step)
                     if x is None:

@@ -95,7 +95,7 @@ class StageCallback(TrainerCallback):
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                 **kwargs: Any) -> Any:
-        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        path = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
         self.sink.emit("checkpoint_saved", self.stage, path=str(path), kind="trainer",
                        id=f"{self.stage}@{state.global_step}", bytes=_bytes(path))
 

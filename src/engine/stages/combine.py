@@ -43,7 +43,7 @@ def run(ctx: StageContext) -> StageOutcome:
                                       adapter_name=parts[0])
     for part, name in zip(parts[1:], names[1:], strict=True):
         model.load_adapter(str(stage_dir(ctx.run_dir, name)), adapter_name=part)
-    kwargs = {}
+    kwargs: dict[str, float] = {}
     if stage.svd_rank is not None:
         kwargs["svd_rank"] = stage.svd_rank
     if stage.density is not None:

@@ -25,7 +25,7 @@ StageSpec = TypeVar("StageSpec", bound=spec.StageBase)
 class StageHooks:
     """Seams for tests that plant faults; a real run leaves them empty."""
 
-    prepare_model: Callable[[Any, StageContext], tuple[Any, Any]] | None = None
+    prepare_model: Callable[[StageContext], tuple[Any, Any, Any]] | None = None
     before_train: Callable[[Any], None] | None = None
     load_model: Callable[[str | Path], tuple[Any, Any]] | None = None
 
@@ -63,6 +63,13 @@ class StageContext:
 
     def dir_of(self, stage_name: str | None) -> Path | None:
         return None if stage_name is None else stage_dir(self.run_dir, stage_name)
+
+    def parent_dir(self) -> Path:
+        """The directory of the stage this one starts from (the plan names one for `continue`
+        and for stages that read a parent's output)."""
+        if self.step.parent is None:
+            raise ValueError(f"stage '{self.name}' has no parent stage")
+        return stage_dir(self.run_dir, self.step.parent)
 
     def model_path(self) -> str:
         """The full model a training stage's adapter sits on: the base, or a merge's output."""

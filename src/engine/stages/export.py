@@ -60,7 +60,7 @@ def streaming_export(ctx: StageContext, out: Path) -> StageOutcome | None:
     except ImportError:
         return None
     stage = ctx.spec_as(spec.ExportStage)
-    checkpoint = ctx.dir_of(ctx.step.parent)
+    checkpoint = ctx.parent_dir()
     try:
         plan = plan_export(checkpoint, out, dtype=stage.dtype,
                            formats=tuple(stage.formats), force=stage.force,

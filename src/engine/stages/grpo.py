@@ -48,7 +48,9 @@ def build_trainer(ctx: StageContext, model: Any, tokenizer: Any, peft_config: An
         reward_weights=stage.reward_weights,
         log_completions=False,
     )
-    return GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=rows,
+    # TRL's type wants list[float | None] back; ours return list[float], which it accepts
+    return GRPOTrainer(model=model, reward_funcs=rewards,  # type: ignore[arg-type]
+                       args=config, train_dataset=rows,
                        eval_dataset=eval_rows, processing_class=tokenizer,
                        peft_config=peft_config, callbacks=[callback])
 

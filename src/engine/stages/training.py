@@ -28,6 +28,7 @@ from graftline.engine.stages.common import (
     lora_spec_from_config,
     parent_ref,
     probe_prompts,
+    stage_dir,
 )
 
 BuildTrainer = Callable[[Any, Any, Any, Any, Any, StageCallback], Any]
@@ -37,12 +38,11 @@ PROBE_TOKENS = 12
 def start_model(ctx: StageContext) -> tuple[Any, Any, Any]:
     """(model, tokenizer, peft_config for TRL or None)."""
     if ctx.hooks.prepare_model is not None:
-        return ctx.hooks.prepare_model(ctx)  # type: ignore[return-value]
+        return ctx.hooks.prepare_model(ctx)
     model, tokenizer = ctx.backend.load_model(ctx.model_path(), quantization=ctx.quantization,
                                               max_length=ctx.step.train.max_length)
     if ctx.step.action == "continue":
-        parent_dir = ctx.dir_of(ctx.step.parent)
-        model = ctx.backend.load_adapter(model, parent_dir, trainable=True)
+        model = ctx.backend.load_adapter(model, ctx.parent_dir(), trainable=True)
         return model, tokenizer, None
     model, peft_config = ctx.backend.new_adapter(model, ctx.step.lora, seed=ctx.seed)
     return model, tokenizer, peft_config
@@ -53,10 +53,10 @@ def _previous_sft_loss(ctx: StageContext) -> tuple[str, float | None] | None:
     if ctx.kind != "sft" or ctx.step.parent is None:
         return None
     parent = ctx.step.parent
-    found = mf.read(ctx.dir_of(parent))
+    found = mf.read(stage_dir(ctx.run_dir, parent))
     if found is not None and found.kind == "merged" and found.parents:
         parent = found.parents[0].path.rsplit("/", 1)[-1]
-        found = mf.read(ctx.dir_of(parent))
+        found = mf.read(stage_dir(ctx.run_dir, parent))
     if found is None or found.stage_kind != "sft":
         return None
     return parent, found.metrics.get("loss_last")
@@ -105,7 +105,7 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
     log.record(checks.adapters(policy, allowed_frozen=allowed))
     log.record(checks.trainable_fraction(policy))
     if step.action == "continue":
-        parent = mf.read(ctx.dir_of(step.parent))
+        parent = mf.read(ctx.parent_dir())
         if parent is not None and parent.lora is not None:
             log.record(checks.lora_config_kept(parent.lora, policy))
     probes = probe_prompts(ctx, rows)
@@ -150,7 +150,7 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
                               if isinstance(v, int | float)}
     outcome.lora = lora_spec_from_config(policy.peft_config[checks.ADAPTER])
     outcome.base = ctx.model_path()
-    relation = "continued_from" if step.action == "continue" else "trained_on"
+    relation: mf.Relation = "continued_from" if step.action == "continue" else "trained_on"
     source = step.parent if step.action == "continue" else step.model_stage
     outcome.parents = [parent_ref(ctx, relation, source)]
     if step.action == "continue" and step.model_stage is not None:

@@ -23,7 +23,7 @@ class TorchChunkedLogProb:
               targets: torch.Tensor, temperature: float, chunk_size: int,
               final_logit_softcapping: float | None = None, logit_scale: float = 1.0,
               outputs: tuple[str, ...] = OPTIONAL_OUTPUTS
-              ) -> tuple[torch.Tensor, ...]:
+              ) -> tuple[torch.Tensor | None, ...]:
         z = hidden @ weight.to(hidden.dtype).t()
         if bias is not None:
             z = z + bias.to(z.dtype)
@@ -54,5 +54,6 @@ def install() -> bool:
 
     if getattr(utils, "_ChunkedLogProbFunction", None) is not None:
         return False
-    utils._ChunkedLogProbFunction = TorchChunkedLogProb  # type: ignore[attr-defined]
+    # TRL types the slot as its Triton autograd Function; ours has the same apply() signature
+    utils._ChunkedLogProbFunction = TorchChunkedLogProb  # type: ignore[misc,assignment]
     return True

@@ -41,7 +41,7 @@ TOY_SCHEME = "toy:"
 def model_config(
     recipe: ToyRecipe, vocab_size: int, tokenizer: PreTrainedTokenizerFast
 ) -> LlamaConfig:
-    return LlamaConfig(
+    return LlamaConfig(  # type: ignore[call-arg]  # attn_implementation is read from kwargs
         vocab_size=vocab_size,
         hidden_size=recipe.hidden_size,
         intermediate_size=recipe.intermediate_size,
@@ -119,7 +119,8 @@ def _train(model, tokenizer, recipe: ToyRecipe, rng: random.Random, steps: int,
     return losses
 
 
-def _fresh(recipe: ToyRecipe, seed: int):
+def _fresh(recipe: ToyRecipe, seed: int) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast,
+                                                  random.Random]:
     """A new model and data stream for `seed` (in the order the original recipe drew them)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -156,11 +157,13 @@ def pretrain_checked(recipe: ToyRecipe, fallback: Fallback = Fallback(),
 def _attempts(recipe: ToyRecipe, fallback: Fallback, progress: Progress | None,
               log: Callable[[str], None] | None):
     results: list[AttemptResult] = []
-    model = tokenizer = rng = None
+    model: LlamaForCausalLM | None = None
+    tokenizer: PreTrainedTokenizerFast | None = None
+    rng: random.Random | None = None
     total = 0
     for attempt in fallback.plan(recipe):
         started = time.monotonic()
-        if not attempt.continues or model is None:
+        if not attempt.continues or model is None or tokenizer is None or rng is None:
             model, tokenizer, rng = _fresh(recipe, attempt.seed)
             total = 0
         losses = _train(model, tokenizer, recipe, rng, attempt.steps, progress, total)
@@ -269,9 +272,9 @@ def _to_stderr(line: str) -> None:
 
 
 def chat_prompt(tokenizer: PreTrainedTokenizerFast, question: str) -> str:
-    return tokenizer.apply_chat_template(
+    return str(tokenizer.apply_chat_template(
         tasks.user(question), tokenize=False, add_generation_prompt=True
-    )
+    ))
 
 
 @torch.no_grad()
@@ -303,7 +306,7 @@ def answer(
         eos_token_id=[tokenizer.convert_tokens_to_ids(END), tokenizer.eos_token_id],
     )
     new = out[:, enc["input_ids"].shape[1] :]
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+    return [str(tokenizer.decode(row, skip_special_tokens=True)).strip() for row in new]
 
 
 def accuracy(
