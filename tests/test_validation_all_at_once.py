@@ -224,9 +224,3 @@ def test_a_quoted_stage_header_is_read_at_its_own_lines(workdir: Path) -> None:
         'train = { max_steps = 5 }\n'
     problem = _find(_problems(workdir, text), "dataset not found")
     assert problem.line == _line(text, "nope.jsonl")
-
-
-def test_the_validator_column_table_matches_the_loader_s() -> None:
-    from graftline.engine.pipeline import datasets, peek
-
-    assert peek.REQUIRED_COLUMNS == datasets.REQUIRED_COLUMNS

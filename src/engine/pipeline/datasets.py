@@ -16,22 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from graftline.engine.common.layout import RunLayout
+from graftline.engine.pipeline.peek import REQUIRED_COLUMNS
 from graftline.engine.pipeline.problems import FixableError
 
 if TYPE_CHECKING:
     import datasets
 
 GENERATED = "data.jsonl"
-
-# Each kind accepts any one of these column sets (TRL's standard and conversational formats).
-REQUIRED_COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "sft": (("prompt", "completion"), ("messages",), ("text",)),
-    "dpo": (("prompt", "chosen", "rejected"),),
-    "grpo": (("prompt",),),
-    "eval": (("prompt", "completion"), ("messages",), ("text",)),
-    "generate": (("prompt",),),
-}
-
 
 class DatasetError(FixableError):
     """Raised with the fix a user needs; see FixableError."""
@@ -106,18 +97,6 @@ def columns_of(path: Path) -> list[str]:
         raise
     except (ValueError, OSError) as exc:
         raise DatasetError(f"{path}: cannot read: {exc}", "check the file's format") from None
-
-
-def missing_columns(kind: str, columns: list[str]) -> str | None:
-    """None when `columns` fit the stage kind, else what is needed (for the validator's message)."""
-    options = REQUIRED_COLUMNS.get(kind)
-    if options is None:
-        return None
-    have = set(columns)
-    if any(set(option) <= have for option in options):
-        return None
-    wanted = ", or ".join("+".join(option) for option in options)
-    return f"a {kind} stage needs columns {wanted}; the data has: {', '.join(columns) or 'none'}"
 
 
 def load_rows(path: Path) -> datasets.Dataset:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from graftline.engine.pipeline.problems import FixableError
 
-# The same table as pipeline.datasets.REQUIRED_COLUMNS (a test keeps them equal); repeated here
-# so that checking columns does not import the datasets library.
+# Each kind accepts any one of these column sets (TRL's standard and conversational formats).
 REQUIRED_COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
     "sft": (("prompt", "completion"), ("messages",), ("text",)),
     "dpo": (("prompt", "chosen", "rejected"),),

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from graftline.engine.pipeline.datasets import REQUIRED_COLUMNS
+from graftline.engine.pipeline.peek import REQUIRED_COLUMNS
 
 # What a random twin (or a real model early in GRPO) may answer: the reward must score them all.
 PROBE_COMPLETIONS = ("", " ", "0", "hello", "12 + 7 = ?", "{\"tool\": null}", "x" * 200)
