@@ -22,7 +22,7 @@ from graftline.engine.pipeline import file as pipeline_file
 from graftline.engine.run import client, launch
 from graftline.engine.run.events import EVENTS, read_raw
 from graftline.engine.run.runner import run_pipeline
-from graftline.engine.toy.tasks import sft_rows
+from graftline.engine.toy.tasks import grpo_rows, preference_rows, sft_rows
 
 pytestmark = pytest.mark.slow
 # Same global batch, same data order: two ranks × 4 rows against one process × 8 rows. DDP
@@ -204,6 +204,105 @@ def test_pause_stop_and_kill_of_rank_1_reach_the_group_and_resume(root: Path) ->
     found = mf.read(run_dir / "stages" / "sft")
     assert found is not None and found.status == "complete"
     _no_ranks_left(run_dir)
+
+
+CHAIN = """
+[pipeline]
+name = "chain"
+base = "toy:addition"
+runs_dir = "runs"
+probes = ["12+34", "50+27"]
+
+[defaults]
+processes = PROCESSES
+
+[defaults.train]
+batch_size = BATCH
+max_length = 32
+
+[[stage]]
+name = "sft"
+kind = "sft"
+data = "sft.jsonl"
+lora = { r = 4 }
+train = { max_steps = 6, lr = 3e-3 }
+
+[[stage]]
+name = "dpo"
+kind = "dpo"
+data = "pref.jsonl"
+train = { max_steps = 8, lr = 1e-3 }
+GRPO
+"""
+GRPO_STAGE = """
+[[stage]]
+name = "grpo"
+kind = "grpo"
+data = "grpo.jsonl"
+num_generations = 4
+max_completion_length = 4
+train = { max_steps = 10, lr = 5e-3, batch_size = 8 }
+"""
+
+
+def _chain(root: Path, name: str, *, processes: int, batch: int, grpo: bool) -> Path:
+    text = (CHAIN.replace("PROCESSES", str(processes)).replace("BATCH", str(batch))
+            .replace("GRPO", GRPO_STAGE if grpo else ""))
+    path = root / name
+    path.write_text(text)
+    return path
+
+
+def _stage_metric(rows: list[dict], stage: str, key: str) -> list[float]:
+    return [r["data"][key] for r in rows
+            if r["type"] == "metrics" and r["stage"] == stage and key in r["data"]]
+
+
+def test_sft_dpo_grpo_chain_on_two_processes(root: Path) -> None:
+    """sft → dpo (continuing the SFT adapter, precomputed reference) → grpo, every stage on two
+    processes in a run started by the real engine. DPO equals one process of the same global
+    batch; GRPO cannot: each rank samples its own completions with its own generator, so the
+    group's completions are not the ones a single process would draw (asserted: it ran on the
+    group, and the reward rose)."""
+    write = lambda name, rows: (root / name).write_text(  # noqa: E731
+        "".join(json.dumps(r) + "\n" for r in rows))
+    write("pref.jsonl", preference_rows(200, 3))
+    write("grpo.jsonl", grpo_rows(200, 4))
+    run_dir = launch.start_run(_chain(root, "chain.toml", processes=2, batch=4, grpo=True))
+    rows = _wait(run_dir, "the run's end", _finished, timeout=1200)
+    assert _finished(rows) == "finished", (run_dir / launch.ENGINE_LOG).read_text()[-3000:]
+    for stage in ("sft", "dpo", "grpo"):
+        launched = [r for r in rows if r["stage"] == stage and r["type"] == "info"
+                    and "launch" in r["data"]]
+        assert len(launched) == 1 and launched[0]["data"]["world_size"] == 2, stage
+        steps = [r["data"]["step"] for r in rows if r["type"] == "metrics" and r["stage"] == stage]
+        assert steps == sorted(set(steps)) and len(steps) == {"sft": 6, "dpo": 8, "grpo": 10}[stage]
+        found = mf.read(run_dir / "stages" / stage)
+        assert found is not None and found.status == "complete", stage
+        assert all(c.status != "fail" for c in found.checks), (stage, found.checks)
+    dpo = mf.read(run_dir / "stages" / "dpo")
+    assert dpo is not None and dpo.parents[0].relation == "continued_from"
+    # each stage against its own start: DPO's loss starts at ln 2 (policy = reference) and its
+    # second half averages below it; GRPO's reward (4 prompts × 4 completions a step, so noisy
+    # step to step) is higher over the second half than over the first
+    dpo_loss = _stage_metric(rows, "dpo", "loss")
+    assert sum(dpo_loss[4:]) / 4 < dpo_loss[0], dpo_loss
+    reward = _stage_metric(rows, "grpo", "reward")
+    assert sum(reward[5:]) / 5 > sum(reward[:5]) / 5, reward
+    _no_ranks_left(run_dir)
+
+    # sft → dpo in one process with the same global batch, in this test, on this machine
+    torch.set_num_threads(1)
+    sink = ListSink()
+    one = pipeline_file.load(_chain(root, "one.toml", processes=1, batch=8, grpo=False))
+    assert run_pipeline(one, root / "runs" / "alone", sink).status == "finished"
+    one_loss = [d["loss"] for t, stage, d in sink.events if t == "metrics" and stage == "dpo"]
+    assert max(abs(a - b) for a, b in zip(dpo_loss, one_loss, strict=True)) < 1e-3
+    two = load_file(str(run_dir / "stages" / "dpo" / "adapter_model.safetensors"))
+    alone = load_file(str(root / "runs" / "alone" / "stages" / "dpo" /
+                          "adapter_model.safetensors"))
+    assert two.keys() == alone.keys()
+    assert max((two[k] - alone[k]).abs().max().item() for k in two) < TOLERANCE
 
 
 if sys.platform != "linux":  # /proc and the parent-death signal
