@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -303,6 +304,53 @@ def test_sft_dpo_grpo_chain_on_two_processes(root: Path) -> None:
                           "adapter_model.safetensors"))
     assert two.keys() == alone.keys()
     assert max((two[k] - alone[k]).abs().max().item() for k in two) < TOLERANCE
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_two_machines_on_loopback(root: Path) -> None:
+    """Two engines, as two hosts would run them (machine 0: `graftline run FILE`; machine 1:
+    `graftline run FILE --machine-rank 1`), one process each, meeting over loopback. Machine 0
+    reports the stage and writes its one checkpoint; machine 1 lends its rank and finishes."""
+    text = _pipeline(root, processes=1, batch=4, steps=3).read_text().replace(
+        "processes = 1", f"processes = 1\nnum_machines = 2\nmain_process_ip = \"127.0.0.1\"\n"
+        f"main_process_port = {_free_port()}")
+    path = root / "hosts.toml"
+    path.write_text(text)
+    host0 = launch.start_run(path)
+    # machine 1 through the CLI, as a second host would start it
+    cli = Path(sys.executable).with_name("graftline")
+    started = subprocess.run([str(cli), "run", str(path), "--machine-rank", "1", "--detach",
+                              "--no-rehearse"], capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    host1 = Path(started.stdout.split(" in ", 1)[1].splitlines()[0].strip())
+    assert host0 != host1 and host0.parent == host1.parent
+    rows0 = _wait(host0, "machine 0's end", _finished)
+    rows1 = _wait(host1, "machine 1's end", _finished)
+    assert _finished(rows0) == "finished", (host0 / launch.ENGINE_LOG).read_text()[-3000:]
+    assert _finished(rows1) == "finished", (host1 / launch.ENGINE_LOG).read_text()[-3000:]
+    launched = [r["data"] for r in rows0 + rows1 if r["type"] == "info" and "launch" in r["data"]]
+    assert sorted(d["machine_rank"] for d in launched) == [0, 1]
+    assert all(d["world_size"] == 2 and "--nnodes" in d["launch"] for d in launched)
+    # machine 0 reports every step once and saves the one adapter; machine 1 reports no step
+    assert _steps(rows0) == [1, 2, 3] and _steps(rows1) == []
+    saved = [r["data"]["kind"] for r in rows0 if r["type"] == "checkpoint_saved"]
+    assert saved == ["adapter"]
+    assert not [r for r in rows1 if r["type"] == "checkpoint_saved"]
+    lent = [r["data"] for r in rows1 if r["type"] == "stage_finished"]
+    assert len(lent) == 1 and lent[0]["status"] == "complete" and lent[0]["machine_rank"] == 1
+    found = mf.read(host0 / "stages" / "sft")
+    assert found is not None and found.status == "complete"
+    assert (host0 / "stages" / "sft" / "adapter_model.safetensors").is_file()
+    assert not (host1 / "stages" / "sft" / "adapter_model.safetensors").exists()
+    _no_ranks_left(host0)
+    _no_ranks_left(host1)
 
 
 if sys.platform != "linux":  # /proc and the parent-death signal
