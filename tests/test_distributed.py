@@ -283,6 +283,12 @@ def test_sft_dpo_grpo_chain_on_two_processes(root: Path) -> None:
         assert all(c.status != "fail" for c in found.checks), (stage, found.checks)
     dpo = mf.read(run_dir / "stages" / "dpo")
     assert dpo is not None and dpo.parents[0].relation == "continued_from"
+    # per-rank heartbeat in telemetry: both ranks alive, their own pids and memory
+    beats = [r["data"] for r in rows if r["type"] == "telemetry" and r["data"].get("ranks")]
+    assert any(b["ranks_alive"] == 2 for b in beats), beats[-3:]
+    both = next(b["ranks"] for b in beats if b["ranks_alive"] == 2)
+    assert [r["rank"] for r in both] == [0, 1] and all(r["rss"] > 0 for r in both)
+    assert len({r["pid"] for r in both}) == 2
     # each stage against its own start: DPO's loss starts at ln 2 (policy = reference) and its
     # second half averages below it; GRPO's reward (4 prompts × 4 completions a step, so noisy
     # step to step) is higher over the second half than over the first
