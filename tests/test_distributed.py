@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from graftline.engine.pipeline import file as pipeline_file
 from graftline.engine.run import client, launch
 from graftline.engine.run.events import EVENTS, read_raw
 from graftline.engine.run.runner import run_pipeline
-from graftline.engine.toy.tasks import sft_rows
+from graftline.engine.toy.tasks import grpo_rows, preference_rows, sft_rows
 
 pytestmark = pytest.mark.slow
 # Same global batch, same data order: two ranks × 4 rows against one process × 8 rows. DDP
@@ -204,6 +205,158 @@ def test_pause_stop_and_kill_of_rank_1_reach_the_group_and_resume(root: Path) ->
     found = mf.read(run_dir / "stages" / "sft")
     assert found is not None and found.status == "complete"
     _no_ranks_left(run_dir)
+
+
+CHAIN = """
+[pipeline]
+name = "chain"
+base = "toy:addition"
+runs_dir = "runs"
+probes = ["12+34", "50+27"]
+
+[defaults]
+processes = PROCESSES
+
+[defaults.train]
+batch_size = BATCH
+max_length = 32
+
+[[stage]]
+name = "sft"
+kind = "sft"
+data = "sft.jsonl"
+lora = { r = 4 }
+train = { max_steps = 6, lr = 3e-3 }
+
+[[stage]]
+name = "dpo"
+kind = "dpo"
+data = "pref.jsonl"
+train = { max_steps = 8, lr = 1e-3 }
+GRPO
+"""
+GRPO_STAGE = """
+[[stage]]
+name = "grpo"
+kind = "grpo"
+data = "grpo.jsonl"
+num_generations = 4
+max_completion_length = 4
+train = { max_steps = 10, lr = 5e-3, batch_size = 8 }
+"""
+
+
+def _chain(root: Path, name: str, *, processes: int, batch: int, grpo: bool) -> Path:
+    text = (CHAIN.replace("PROCESSES", str(processes)).replace("BATCH", str(batch))
+            .replace("GRPO", GRPO_STAGE if grpo else ""))
+    path = root / name
+    path.write_text(text)
+    return path
+
+
+def _stage_metric(rows: list[dict], stage: str, key: str) -> list[float]:
+    return [r["data"][key] for r in rows
+            if r["type"] == "metrics" and r["stage"] == stage and key in r["data"]]
+
+
+def test_sft_dpo_grpo_chain_on_two_processes(root: Path) -> None:
+    """sft → dpo (continuing the SFT adapter, precomputed reference) → grpo, every stage on two
+    processes in a run started by the real engine. DPO equals one process of the same global
+    batch; GRPO cannot: each rank samples its own completions with its own generator, so the
+    group's completions are not the ones a single process would draw (asserted: it ran on the
+    group, and the reward rose)."""
+    write = lambda name, rows: (root / name).write_text(  # noqa: E731
+        "".join(json.dumps(r) + "\n" for r in rows))
+    write("pref.jsonl", preference_rows(200, 3))
+    write("grpo.jsonl", grpo_rows(200, 4))
+    run_dir = launch.start_run(_chain(root, "chain.toml", processes=2, batch=4, grpo=True))
+    rows = _wait(run_dir, "the run's end", _finished, timeout=1200)
+    assert _finished(rows) == "finished", (run_dir / launch.ENGINE_LOG).read_text()[-3000:]
+    for stage in ("sft", "dpo", "grpo"):
+        launched = [r for r in rows if r["stage"] == stage and r["type"] == "info"
+                    and "launch" in r["data"]]
+        assert len(launched) == 1 and launched[0]["data"]["world_size"] == 2, stage
+        steps = [r["data"]["step"] for r in rows if r["type"] == "metrics" and r["stage"] == stage]
+        assert steps == sorted(set(steps)) and len(steps) == {"sft": 6, "dpo": 8, "grpo": 10}[stage]
+        found = mf.read(run_dir / "stages" / stage)
+        assert found is not None and found.status == "complete", stage
+        assert all(c.status != "fail" for c in found.checks), (stage, found.checks)
+    dpo = mf.read(run_dir / "stages" / "dpo")
+    assert dpo is not None and dpo.parents[0].relation == "continued_from"
+    # per-rank heartbeat in telemetry: both ranks alive, their own pids and memory
+    beats = [r["data"] for r in rows if r["type"] == "telemetry" and r["data"].get("ranks")]
+    assert any(b["ranks_alive"] == 2 for b in beats), beats[-3:]
+    both = next(b["ranks"] for b in beats if b["ranks_alive"] == 2)
+    assert [r["rank"] for r in both] == [0, 1] and all(r["rss"] > 0 for r in both)
+    assert len({r["pid"] for r in both}) == 2
+    # each stage against its own start: DPO's loss starts at ln 2 (policy = reference) and its
+    # second half averages below it; GRPO's reward (4 prompts × 4 completions a step, so noisy
+    # step to step) is higher over the second half than over the first
+    dpo_loss = _stage_metric(rows, "dpo", "loss")
+    assert sum(dpo_loss[4:]) / 4 < dpo_loss[0], dpo_loss
+    reward = _stage_metric(rows, "grpo", "reward")
+    assert sum(reward[5:]) / 5 > sum(reward[:5]) / 5, reward
+    _no_ranks_left(run_dir)
+
+    # sft → dpo in one process with the same global batch, in this test, on this machine
+    torch.set_num_threads(1)
+    sink = ListSink()
+    one = pipeline_file.load(_chain(root, "one.toml", processes=1, batch=8, grpo=False))
+    assert run_pipeline(one, root / "runs" / "alone", sink).status == "finished"
+    one_loss = [d["loss"] for t, stage, d in sink.events if t == "metrics" and stage == "dpo"]
+    assert max(abs(a - b) for a, b in zip(dpo_loss, one_loss, strict=True)) < 1e-3
+    two = load_file(str(run_dir / "stages" / "dpo" / "adapter_model.safetensors"))
+    alone = load_file(str(root / "runs" / "alone" / "stages" / "dpo" /
+                          "adapter_model.safetensors"))
+    assert two.keys() == alone.keys()
+    assert max((two[k] - alone[k]).abs().max().item() for k in two) < TOLERANCE
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_two_machines_on_loopback(root: Path) -> None:
+    """Two engines, as two hosts would run them (machine 0: `graftline run FILE`; machine 1:
+    `graftline run FILE --machine-rank 1`), one process each, meeting over loopback. Machine 0
+    reports the stage and writes its one checkpoint; machine 1 lends its rank and finishes."""
+    text = _pipeline(root, processes=1, batch=4, steps=3).read_text().replace(
+        "processes = 1", f"processes = 1\nnum_machines = 2\nmain_process_ip = \"127.0.0.1\"\n"
+        f"main_process_port = {_free_port()}")
+    path = root / "hosts.toml"
+    path.write_text(text)
+    host0 = launch.start_run(path)
+    # machine 1 through the CLI, as a second host would start it
+    cli = Path(sys.executable).with_name("graftline")
+    started = subprocess.run([str(cli), "run", str(path), "--machine-rank", "1", "--detach",
+                              "--no-rehearse"], capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    host1 = Path(started.stdout.split(" in ", 1)[1].splitlines()[0].strip())
+    assert host0 != host1 and host0.parent == host1.parent
+    rows0 = _wait(host0, "machine 0's end", _finished)
+    rows1 = _wait(host1, "machine 1's end", _finished)
+    assert _finished(rows0) == "finished", (host0 / launch.ENGINE_LOG).read_text()[-3000:]
+    assert _finished(rows1) == "finished", (host1 / launch.ENGINE_LOG).read_text()[-3000:]
+    launched = [r["data"] for r in rows0 + rows1 if r["type"] == "info" and "launch" in r["data"]]
+    assert sorted(d["machine_rank"] for d in launched) == [0, 1]
+    assert all(d["world_size"] == 2 and "--nnodes" in d["launch"] for d in launched)
+    # machine 0 reports every step once and saves the one adapter; machine 1 reports no step
+    assert _steps(rows0) == [1, 2, 3] and _steps(rows1) == []
+    saved = [r["data"]["kind"] for r in rows0 if r["type"] == "checkpoint_saved"]
+    assert saved == ["adapter"]
+    assert not [r for r in rows1 if r["type"] == "checkpoint_saved"]
+    lent = [r["data"] for r in rows1 if r["type"] == "stage_finished"]
+    assert len(lent) == 1 and lent[0]["status"] == "complete" and lent[0]["machine_rank"] == 1
+    found = mf.read(host0 / "stages" / "sft")
+    assert found is not None and found.status == "complete"
+    assert (host0 / "stages" / "sft" / "adapter_model.safetensors").is_file()
+    assert not (host1 / "stages" / "sft" / "adapter_model.safetensors").exists()
+    _no_ranks_left(host0)
+    _no_ranks_left(host1)
 
 
 if sys.platform != "linux":  # /proc and the parent-death signal

@@ -4,6 +4,7 @@ a model."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -94,9 +95,15 @@ def run(
                                   help="first run every stage for a few steps on a tiny twin "
                                        "of the base, on CPU (minutes), and start only if all "
                                        "pass"),
+    machine_rank: int | None = typer.Option(None, "--machine-rank", min=0,
+                                            help="multi-node: this host's machine rank (0 on "
+                                                 "the main host; docs/distributed.md)"),
 ) -> None:
     """Validate FILE, rehearse it, start it as a background engine, and attach (unless
     --detach). The engine keeps training when this terminal or SSH session closes."""
+    if machine_rank is not None:
+        # the engine inherits it and overrides the file's machine_rank (run/distributed.py)
+        os.environ["GRAFTLINE_MACHINE_RANK"] = str(machine_rank)
     if rehearse and not _rehearsal_passes(file):
         typer.echo("graftline: not started: the rehearsal failed (above); fix it, or skip "
                    "it with --no-rehearse", err=True)

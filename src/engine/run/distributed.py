@@ -119,6 +119,12 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
         return result
     if code == 0 and scale.machine_rank > 0:
         # machine 0's rank 0 saved the stage; this host only lent its processes
+        note = (f"machine {scale.machine_rank}'s ranks are done; machine 0 reports and saves "
+                "the stage in its own run")
+        ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="complete",
+                      seconds=time.perf_counter() - began, metrics={}, evaluation={},
+                      world_size=scale.world_size, machine_rank=scale.machine_rank,
+                      message=note)
         return "complete", "", 0
     # A rank failed or was killed. Rank 0 may have reported its own side of it (a collective
     # that lost its peer); the engine says what happened to the group, and how to go on.

@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,40 @@ def accept_indexed_cpu_locations() -> None:
     register_package(11, tag, restore)  # after torch's own cpu/cuda/… handlers
 
 
-def _leave_after_training(control: group_io.GroupControl):
+def share_precomputed_reference(work: Path) -> None:
+    """DPO with `precompute_ref`: TRL computes the reference log-probs on every rank, rank 0
+    alone writes them to `dataset._get_cache_file_path(fingerprint)`, and every rank then reads
+    that file. For an in-memory dataset (ours) datasets names that file with a fresh random
+    fingerprint in a per-process temporary directory, so rank 1 looks for a file that does not
+    exist (measured: FileNotFoundError in rank 1, TRL 1.x). While the reference is precomputed,
+    such a dataset's cache file is named by the (broadcast) fingerprint inside the group's work
+    directory, which every rank on this machine shares."""
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    shared = work / "datasets"
+    original_path = Dataset._get_cache_file_path
+    original_precompute = DPOTrainer._precompute_ref_logps
+    active = [False]
+
+    def cache_file_path(self: Any, fingerprint: str) -> str:
+        if active[0] and not self.cache_files:
+            shared.mkdir(parents=True, exist_ok=True)
+            return str(shared / f"cache-{fingerprint}.arrow")
+        return original_path(self, fingerprint)
+
+    def precompute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        active[0] = True
+        try:
+            return original_precompute(self, *args, **kwargs)
+        finally:
+            active[0] = False
+
+    Dataset._get_cache_file_path = cache_file_path
+    DPOTrainer._precompute_ref_logps = precompute  # type: ignore[method-assign]
+
+
+def _leave_after_training(control: group_io.GroupControl) -> Callable[[Any], None]:
     def before_train(trainer: Any) -> None:
         train = trainer.train
 
@@ -82,6 +116,7 @@ def run(request_path: Path) -> int:
 
     trl_compat.install()  # the Triton log-prob stand-in, in every rank (FINDINGS.md)
     accept_indexed_cpu_locations()
+    share_precomputed_reference(Path(request["work_dir"]))
     pf = pipeline_file.parse(request["pipeline_text"], request["pipeline_path"])
     header = pf.pipeline.pipeline
     step = next(s for s in resolve(pf.pipeline) if s.name == request["stage"])

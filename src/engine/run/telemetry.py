@@ -19,6 +19,7 @@ import psutil
 from graftline.engine.common.sink import Sink
 from graftline.engine.pipeline.plan import Plan
 
+RANK_MODULE = "graftline.engine.run.rank_main"
 SAMPLE_EVERY = float(os.environ.get("GRAFTLINE_TELEMETRY_EVERY", "5"))
 
 
@@ -67,6 +68,25 @@ class GpuProbe:
                         proc_bytes += int(proc.usedGpuMemory)
         return gpus, proc_bytes
 
+    def process_bytes(self) -> dict[int, int]:
+        """pid → GPU bytes, for every process NVML sees on any device (empty without a GPU)."""
+        nvml = self._nvml
+        found: dict[int, int] = {}
+        if nvml is None:
+            return found
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            for getter in ("nvmlDeviceGetComputeRunningProcesses",
+                           "nvmlDeviceGetGraphicsRunningProcesses"):
+                try:
+                    procs = getattr(nvml, getter)(handle)
+                except Exception:  # not supported on every device / driver
+                    continue
+                for proc in procs:
+                    if proc.usedGpuMemory:
+                        found[proc.pid] = found.get(proc.pid, 0) + int(proc.usedGpuMemory)
+        return found
+
     def close(self) -> None:
         if self._nvml is not None:
             with contextlib.suppress(Exception):
@@ -100,10 +120,43 @@ def sample(probe: GpuProbe, runs_volume: Path, forecast_bytes: int | None,
             rss += child.memory_info().rss
         except psutil.Error:
             continue
+    ranks = group_ranks(children, probe)
+    if ranks:
+        data.update(ranks=ranks, ranks_alive=sum(1 for r in ranks if r["alive"]))
     data.update(rss=rss, ram_used=memory.total - memory.available, ram_total=memory.total,
                 cpu_percent=psutil.cpu_percent(interval=None),
                 disk_free=shutil.disk_usage(runs_volume).free, forecast_bytes=forecast_bytes)
     return data
+
+
+def group_ranks(children: list[psutil.Process], probe: GpuProbe) -> list[dict[str, Any]]:
+    """The ranks of a distributed stage this engine launched (run/distributed.py), one entry each:
+    rank, local_rank, pid, alive, rss and, on a GPU, the bytes NVML counts for that process.
+    A rank is a descendant running rank_main with torchrun/accelerate's RANK in its environment;
+    sampled every few seconds, this is the group's per-rank heartbeat."""
+    by_pid: dict[int, int] | None = None
+    ranks: list[dict[str, Any]] = []
+    for child in children:
+        try:
+            if RANK_MODULE not in " ".join(child.cmdline()):
+                continue
+            env = child.environ()
+            if "RANK" not in env:
+                continue
+            status = child.status()
+            alive = status not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+            rss = child.memory_info().rss if alive else 0
+        except (psutil.Error, OSError):
+            continue
+        if by_pid is None:
+            try:
+                by_pid = probe.process_bytes()
+            except Exception:  # NVML hiccup: the heartbeat still goes out
+                by_pid = {}
+        ranks.append({"rank": int(env["RANK"]), "local_rank": int(env.get("LOCAL_RANK", 0)),
+                      "pid": child.pid, "alive": alive, "rss": rss,
+                      "gpu_bytes": by_pid.get(child.pid) if probe.available else None})
+    return sorted(ranks, key=lambda r: r["rank"])
 
 
 class TelemetryThread:
