@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
 from console_support import install_recorded_run, recorded_meta, screen_text, wait_for
-from textual.widgets import Input, Tree
+from textual.widgets import Checkbox, Input, Select, Tree
 
 from graftline.console.app import GraftlineApp
 from graftline.console.screens.confirm import ConfirmModal
@@ -293,6 +294,46 @@ async def test_export_key_on_attach_exports_the_final_model(recorded: Path,
         # a child process did it, reported progress lines, and was reaped
         assert modal.progress_events > 0 and modal.process is not None
         assert modal.process.returncode == 0
+
+
+async def test_export_dialog_offers_gguf_when_it_can_and_says_why_when_not(
+        recorded: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dialog's formats come from the engine's look-up: with the converter installed a
+    q8_0 GGUF is written and verified tensor by tensor in the child process; without it the
+    box is off and the dialog names the reason."""
+    app = make_app(recorded, recorded.parent)
+    async with app.run_test(size=WIDE) as pilot:
+        await loaded_dashboard(pilot)
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, ExportModal)
+                       and app.screen.planned > 0, timeout=60, what="the export plan")
+        modal = app.screen
+        gguf = modal.query_one("#fmt-gguf", Checkbox)
+        assert not gguf.disabled, screen_text(app)
+        gguf.value = True
+        modal.query_one("#gguf-type", Select).value = "q8_0"
+        out = tmp_path / "exported"
+        modal.query_one("#out", Input).value = str(out)
+        await wait_for(pilot, lambda: modal.plan is not None and modal.plan["out"] == str(out),
+                       timeout=60, what="the re-plan")
+        assert modal.options()["gguf_type"] == "q8_0"
+        await pilot.press("ctrl+e")
+        await wait_for(pilot, lambda: modal.finished > 0, timeout=200, what="the export")
+        assert modal.result is not None and modal.result["ok"], screen_text(app)
+        written = list(out.glob("*.gguf"))
+        assert [p.name for p in written] == ["model-q8_0.gguf"]
+        assert json.loads((out / "gguf_verification.json").read_text())["passed"]
+
+    monkeypatch.setenv("GRAFTLINE_GGUF_CONVERTER", str(tmp_path / "no-converter"))
+    app = make_app(recorded, recorded.parent)
+    async with app.run_test(size=WIDE) as pilot:
+        await loaded_dashboard(pilot)
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, ExportModal)
+                       and app.screen.planned > 0, timeout=60, what="the export plan")
+        modal = app.screen
+        assert modal.query_one("#fmt-gguf", Checkbox).disabled
+        assert "gguf: unavailable" in screen_text(app)
 
 
 async def test_runs_screen_lists_and_attaches(recorded: Path) -> None:

@@ -1,6 +1,6 @@
-"""kill -9 then resume, in every training stage kind: the export is bit-identical to an
-uninterrupted run's (the reduced form of benchmarks/kill_resume.py: 3 trials, each killed right
-after a Trainer checkpoint of sft, ipo and grpo is saved)."""
+"""kill -9 then resume: the export is bit-identical to an uninterrupted run's. The reduced form of
+benchmarks/kill_resume.py (which kills every training stage kind, 20 trials): one trial, killed
+right after an IPO Trainer checkpoint is saved, the case that once resumed the wrong policy."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import kill_resume
 
 @pytest.mark.slow
 def test_kill_9_then_resume_ends_bit_identical(tmp_path: Path, toy_base: Path) -> None:
-    trials = kill_resume.campaign(tmp_path, trials=3, echo=False)
-    assert [t.point.stage for t in trials] == ["ipo", "sft", "grpo"]
+    trials = kill_resume.campaign(tmp_path, trials=1, echo=False)
+    assert [t.point.stage for t in trials] == ["ipo"]
     for trial in trials:
         # the kill landed inside the stage, after its checkpoint, and the resume used it
         assert trial.killed_in == trial.point.stage, trial

@@ -26,6 +26,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Select, Static
 
 DTYPES = ("bfloat16", "float16", "float32")
+GGUF_TYPES = ("f16", "bf16", "q8_0", "f32")  # what llama.cpp's converter writes without a compiler
 OPTIONAL_FORMATS = ("gguf", "ollama")
 REPLAN_DELAY = 0.3  # seconds of quiet typing before a new plan process starts
 
@@ -42,6 +43,7 @@ class ExportModal(ModalScreen[Path | None]):
     ExportModal .row Label { width: 9; padding-top: 1; }
     ExportModal #out { width: 1fr; }
     ExportModal #dtype { width: 18; }
+    ExportModal #gguf-type { width: 12; }
     ExportModal Checkbox { width: auto; border: none; }
     ExportModal #plan-box { height: auto; max-height: 9; border: round $panel-lighten-2; }
     ExportModal #progress { margin: 0 0; }
@@ -86,6 +88,9 @@ class ExportModal(ModalScreen[Path | None]):
                 yield Checkbox("safetensors", True, disabled=True, id="fmt-safetensors")
                 for fmt in OPTIONAL_FORMATS:
                     yield Checkbox(fmt, False, id=f"fmt-{fmt}")
+                yield Select([(t, t) for t in GGUF_TYPES], value="f16", allow_blank=False,
+                             id="gguf-type")
+            yield Static("", id="formats-note", markup=False)
             with VerticalScroll(id="plan-box"):
                 yield Static("planning…", id="plan")
             yield ProgressBar(total=100, show_eta=False, id="progress")
@@ -96,6 +101,7 @@ class ExportModal(ModalScreen[Path | None]):
 
     def on_mount(self) -> None:
         self.query_one("#plan-box").border_title = "merge chain and output"
+        self._offer_formats()
         target = self.query_one("#out", Input)
         target.cursor_blink = False  # steady over SSH, and the same in every screenshot
         target.focus()
@@ -108,16 +114,38 @@ class ExportModal(ModalScreen[Path | None]):
         path = Path(os.path.expanduser(text))
         return path if path.is_absolute() else self.root / path
 
+    def _offer_formats(self) -> None:
+        """Offer only the formats that can run here, and say why one cannot."""
+        from graftline.engine.export import available_formats
+
+        gguf_type = str(self.query_one("#gguf-type", Select).value)
+        notes = []
+        for fmt, available, reason in available_formats(gguf_type):
+            if fmt not in OPTIONAL_FORMATS:
+                continue
+            box = self.query_one(f"#fmt-{fmt}", Checkbox)
+            box.disabled = not available
+            if not available:
+                box.value = False
+                notes.append(f"{fmt}: unavailable: {reason}")
+        self.query_one("#gguf-type", Select).disabled = \
+            self.query_one("#fmt-gguf", Checkbox).disabled
+        self.query_one("#formats-note", Static).update("\n".join(notes))
+
     def options(self) -> dict[str, Any]:
         formats = ["safetensors"] + [f for f in OPTIONAL_FORMATS
                                      if self.query_one(f"#fmt-{f}", Checkbox).value]
+        gguf = "gguf" in formats
         return {"out": self.out_path(), "dtype": str(self.query_one("#dtype", Select).value),
-                "formats": formats}
+                "formats": formats,
+                "gguf_type": str(self.query_one("#gguf-type", Select).value) if gguf else None}
 
     def on_input_changed(self, _event: Input.Changed) -> None:
         self._replan()
 
-    def on_select_changed(self, _event: Select.Changed) -> None:
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "gguf-type":
+            self._offer_formats()
         self._replan()
 
     def on_checkbox_changed(self, _event: Checkbox.Changed) -> None:
@@ -134,7 +162,8 @@ class ExportModal(ModalScreen[Path | None]):
         from graftline.engine.export import worker_command
 
         return worker_command(action, self.checkpoint, options["out"], dtype=options["dtype"],
-                              formats=tuple(options["formats"]))
+                              formats=tuple(options["formats"]),
+                              gguf_type=options.get("gguf_type"))
 
     @work(thread=True, group="export-plan", exit_on_error=False)
     def _plan(self, options: dict[str, Any], generation: int) -> None:

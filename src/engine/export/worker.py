@@ -32,7 +32,7 @@ PROGRESS_EVERY = 0.2  # seconds between progress lines within one phase
 
 def worker_command(action: str, checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
             formats: tuple[str, ...] | list[str] = ("safetensors",),
-            python: str | None = None) -> list[str]:
+            gguf_type: str | None = None, python: str | None = None) -> list[str]:
     """The argv that runs `action` (plan | run) in a fresh interpreter."""
     if action not in ("plan", "run"):
         raise ValueError(f"action must be plan or run, not {action!r}")
@@ -41,6 +41,8 @@ def worker_command(action: str, checkpoint: Path, out: Path, *, dtype: str = "bf
     for fmt in formats:
         if fmt != "safetensors":
             argv += ["--format", fmt]
+    if gguf_type is not None:
+        argv += ["--gguf-type", gguf_type]
     return argv
 
 
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--format", action="append", default=[], dest="formats")
+    parser.add_argument("--gguf-type", default=None, dest="gguf_type")
     args = parser.parse_args(argv)
     out_stream = stream or sys.stdout
     if stream is None:
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
 
     try:
         plan = plan_export(args.checkpoint, args.out, dtype=args.dtype,
-                           formats=("safetensors", *args.formats))
+                           formats=("safetensors", *args.formats), gguf_type=args.gguf_type)
     except GraftlineError as exc:
         _emit(out_stream, "refused", message=exc.message, fix=exc.fix)
         return 2
