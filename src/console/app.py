@@ -124,6 +124,17 @@ class GraftlineApp(App[str | None]):
         for problem in self.theme_problems:
             self.notify(problem, severity="warning", timeout=8)
         self.push_screen(self.home_screen())
+        from graftline.console import tty_guard
+
+        # only a console that started on a terminal can lose it (headless tests never arm it)
+        if not self.is_headless and tty_guard.terminal_alive():
+            self.set_interval(tty_guard.CHECK_EVERY, self._leave_if_terminal_gone)
+
+    def _leave_if_terminal_gone(self) -> None:
+        from graftline.console import tty_guard
+
+        if not tty_guard.terminal_alive():
+            tty_guard.leave(self)
 
     def home_screen(self) -> Screen[None]:
         if self.run_dir is not None:
