@@ -16,8 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "CONTROL_SOCKET", "DONE", "ENGINE_LOG", "EVENTS", "LOCK", "PIPELINE_COPY", "PIPELINE_HASH",
-    "RUN_META", "STAGES", "STATE", "SUMMARY", "TRAINER_DIR", "RunLayout",
+    "CONTROL_SOCKET",
+    "DONE",
+    "ENGINE_LOG",
+    "EVENTS",
+    "KEEP_CHECKPOINTS",
+    "LOCK",
+    "PIPELINE_COPY",
+    "PIPELINE_HASH",
+    "RUN_META",
+    "STAGES",
+    "STATE",
+    "SUMMARY",
+    "TRAINER_DIR",
+    "RunLayout",
 ]
 
 PIPELINE_COPY = "pipeline.toml"
@@ -32,6 +44,7 @@ ENGINE_LOG = "engine.log"
 STAGES = "stages"
 DONE = "stage.json"  # the completion marker of stages that write no checkpoint (eval, generate)
 TRAINER_DIR = "trainer"
+KEEP_CHECKPOINTS = 2  # Trainer checkpoints kept per stage (save_total_limit)
 
 
 @dataclass(frozen=True)

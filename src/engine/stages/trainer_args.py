@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from graftline.engine.common.layout import TRAINER_DIR
+from graftline.engine.common.layout import KEEP_CHECKPOINTS, TRAINER_DIR
 from graftline.engine.pipeline import spec
 from graftline.engine.stages.common import StageContext
-
-KEEP_CHECKPOINTS = 2
 
 
 def common_args(ctx: StageContext, train: spec.Train) -> dict[str, Any]:
