@@ -1,4 +1,5 @@
-"""Snapshots of the four main screens at 80×24 and 120×40, on the recorded run.
+"""Snapshots of the four main screens at 80×24 and 120×40 (the dashboard at 200×50 too), on
+the recorded run.
 
 Deterministic by construction: the recorded run is finished (no clock in the header), log times
 are offsets from the run's start, paths are shown relative to the runs folder (or `~`). The toy
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from graftline.console.screens.launch import LaunchScreen
 from graftline.console.screens.lineage import LineageScreen
 
 SIZES = [(80, 24), (120, 40)]
+DASHBOARD_SIZES = [*SIZES, (200, 50)]  # a wide terminal gives the log and side panels room
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FROZEN = 1_764_547_200  # 2025-12-01T00:00:00Z, the time every file of the base copy shows
 BUILD_ONLY = {"toy_base.json", "toy_recipe.json"}  # what this machine's build says of itself
@@ -45,19 +46,23 @@ def _hermetic_base(toy_base: Path, home: Path) -> Path:
 
 @pytest.fixture()
 def fixed_root() -> Iterator[Path]:
-    """A folder whose path has the same length on every machine. Relocating the recorded run
-    writes this path into its manifests and adapter configs, so the sizes the lineage shows
-    depend on its length; pytest's tmp_path has the user's name and a counter in it."""
-    root = Path(tempfile.mkdtemp(prefix="graftline-snap-", dir="/tmp"))
+    """The same folder on every machine. Relocating the recorded run writes this path into its
+    manifests and adapter configs (so the sizes the lineage shows depend on its length), and the
+    export dialog's plan names checkpoints by it; pytest's tmp_path has the user's name and a
+    counter in it. Snapshot tests run one at a time, so one fixed folder serves them all."""
+    root = Path("/tmp/graftline-snapshots")
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
     yield root
-    shutil.rmtree(root)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture()
 def recorded(fixed_root: Path, toy_base: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = fixed_root / "home"
     monkeypatch.setenv("HOME", str(home))  # paths under it show as `~/…`
-    return install_recorded_run(fixed_root / "runs", _hermetic_base(toy_base, home))
+    # the run under that home too: the export dialog shows its absolute paths as `~/runs/…`
+    return install_recorded_run(home / "runs", _hermetic_base(toy_base, home))
 
 
 async def _dashboard(pilot) -> None:  # type: ignore[no-untyped-def]
@@ -69,7 +74,7 @@ async def _dashboard(pilot) -> None:  # type: ignore[no-untyped-def]
     await pilot.pause()
 
 
-@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("size", DASHBOARD_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_dashboard(snap_compare, recorded: Path, size: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
     app = GraftlineApp(recorded, recorded.parent, ascii_only=False)
     assert snap_compare(app, terminal_size=size, run_before=_dashboard)

@@ -31,6 +31,16 @@ OPTIONAL_FORMATS = ("gguf", "ollama")
 REPLAN_DELAY = 0.3  # seconds of quiet typing before a new plan process starts
 
 
+def display_path(path: Path) -> str:
+    """An absolute path as people write it: under the home folder as `~/…` (the target field
+    expands it back)."""
+    text = str(path.absolute())
+    home = os.path.expanduser("~")
+    if home not in ("", "/") and text.startswith(home.rstrip("/") + "/"):
+        return "~/" + text[len(home.rstrip("/")) + 1:]
+    return text
+
+
 class ExportModal(ModalScreen[Path | None]):
     DEFAULT_CSS = """
     ExportModal { align: center middle; }
@@ -76,11 +86,11 @@ class ExportModal(ModalScreen[Path | None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             what = f"export {self.why}" if self.why else "export"
-            yield Static(f"{what}\n{self.checkpoint.absolute()}", id="export-title",
+            yield Static(f"{what}\n{display_path(self.checkpoint)}", id="export-title",
                          markup=False)
             with Horizontal(classes="row"):
                 yield Label("target")
-                yield Input(str(self.default_out().absolute()), id="out")
+                yield Input(display_path(self.default_out()), id="out")
             with Horizontal(classes="row"):
                 yield Label("dtype")
                 yield Select([(d, d) for d in DTYPES], value="bfloat16", allow_blank=False,
