@@ -111,10 +111,11 @@ def resolve_base(ref: str, where: str | Path, *, roots: Iterable[str | Path] = (
                  use_cwd: bool = True, hub_cache: bool = True) -> Resolved:
     """Resolve `ref`, recorded by the checkpoint in folder `where` (see the module doc)."""
     if ref.startswith(TOY_SCHEME):
-        # Imported here: the toy model needs torch, which a scan never pays for otherwise.
-        from graftline.engine.toy.model import resolve_base as toy
+        # Where the toy base's build lives (toy.recipe: no torch). Reading lineage never builds
+        # one: an absent build is a missing base, like any other.
+        from graftline.engine.toy.recipe import base_dir, default_recipe
 
-        path = toy(ref)
+        path = str(base_dir(default_recipe(tied="tied=1" in ref)))
         return Resolved(ref, "path", os.path.realpath(path), (path,))
     tried = candidates(ref, where, roots, use_cwd=use_cwd)
     for path in tried:

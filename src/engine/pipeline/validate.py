@@ -263,13 +263,11 @@ def _environment_problems(pf: PipelineFile, plan: Plan, runs: Path | None = None
 
 
 def _has_cuda() -> bool:
-    """Whether a CUDA device is visible, without importing torch (seconds) when the answer is
-    plainly no: no NVIDIA driver on this machine."""
-    if not Path("/proc/driver/nvidia").exists() and not Path("/dev/nvidiactl").exists():
-        return False
-    import torch
+    """Whether a CUDA device is visible, asked of NVML (the console validates in its own
+    process, which never imports torch)."""
+    from graftline.engine.pipeline.scaleout import visible_gpus
 
-    return bool(torch.cuda.is_available())
+    return visible_gpus() > 0
 
 
 def _writable(path: Path) -> bool:
