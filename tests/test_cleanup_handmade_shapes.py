@@ -335,6 +335,13 @@ def test_the_in_memory_merge_pitfall_is_proven_and_flagged(tmp_path: Path, toy_b
     assert parents == {"base", "stage1", "stage2"}
     assert any("IN-MEMORY MERGE" in w for w in by_name["stage2"].warnings)
     assert not any("IN-MEMORY MERGE" in w for w in by_name["stage1"].warnings)
+    # export says so too, instead of verifying the wrong model (base + stage 2 alone)
+    from graftline.engine.export import ExportRefused, plan_export
+
+    with pytest.raises(ExportRefused, match="IN-MEMORY MERGE") as refused:
+        plan_export(root / "stage2", tmp_path / "out2")
+    assert "save_pretrained" in refused.value.fix
+    plan_export(root / "stage1", tmp_path / "out1")  # trained on the plain base: fine
     # An identical copy of the base is no merge of it (no weights differ).
     shutil.copytree(root / "base", root / "base_copy")
     os.utime(root / "base_copy" / "model.safetensors")

@@ -241,6 +241,22 @@ def plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
                             "export another checkpoint") from None
 
 
+def _refuse_in_memory_merge(checkpoint: Path) -> None:
+    """An adapter trained on an in-memory merge records the plain base: merged into it, the
+    export would verify (it equals base + adapter) and still be the wrong model. The lineage
+    proves the pitfall from its siblings' weights; export refuses with the lineage's fix."""
+    if not (checkpoint / "adapter_config.json").is_file():
+        return
+    from graftline.engine.lineage import scan
+
+    lineage = scan([checkpoint.parent])
+    node = lineage.get(os.path.realpath(checkpoint))
+    warning = next((w for w in (node.warnings if node else ()) if "IN-MEMORY MERGE" in w), None)
+    if warning is not None:
+        message, _, fix = warning.partition(" Fix: ")
+        raise ExportRefused(message, path=checkpoint, fix=fix or None)
+
+
 def _plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
                  formats: tuple[str, ...] | list[str] = ("safetensors",), force: bool = False,
                  shard_size: int | str | None = None, verify: bool = True,
@@ -276,6 +292,7 @@ def _plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
         gguf_type = None
 
     chain = resolve_chain(Path(checkpoint))
+    _refuse_in_memory_merge(Path(checkpoint))
     out = Path(out).expanduser().absolute()
     _check_target(out, chain, force)
 
