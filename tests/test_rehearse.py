@@ -90,17 +90,30 @@ def test_chat_template_that_drops_the_assistant_turn(tmp_path: Path, toy_base: P
 
 @pytest.mark.slow
 def test_preference_rows_without_rejected(tmp_path: Path) -> None:
+    """A null `rejected` is the validator's to catch (with file and line, nothing trains); an
+    empty message list is text-shaped to a validator, so the rehearsal, which trains on the rows,
+    catches that one."""
     folder = _copy_examples(tmp_path)
     prefs = folder / "data" / "prefs.jsonl"
-    rows = [json.loads(line) for line in prefs.read_text().splitlines() if line.strip()]
-    for index in (2, 6):
-        rows[index]["rejected"] = None if index == 2 else []
+    original = [json.loads(line) for line in prefs.read_text().splitlines() if line.strip()]
+
+    rows = [dict(r) for r in original]
+    rows[2]["rejected"] = None
     prefs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     report = rehearse(folder / "demo.toml", steps=STEPS, scratch_parent=tmp_path / "s")
+    # nothing trained: the stage with the problem failed, every other one did not run
+    assert {s.name: s.status for s in report.stages if s.status != NOT_RUN} == {"ipo": FAILED}
+    assert any("prefs.jsonl:3" in p.message and "`rejected` is null" in p.message
+               for p in report.problems), report.problems
+
+    rows = [dict(r) for r in original]
+    rows[6]["rejected"] = []
+    prefs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = rehearse(folder / "demo.toml", steps=STEPS, scratch_parent=tmp_path / "s2")
     assert [_status(report, n) for n in ("sft", "merged", "sft_r16")] == [PASSED] * 3
     ipo = _stage(report, "ipo")
     assert ipo.status == FAILED
-    assert "`rejected` is empty or null in 2 of" in ipo.error and "rows 3, 7" in ipo.error
+    assert "`rejected` is empty or null in 1 of" in ipo.error and "rows 7" in ipo.error
     assert _status(report, "grpo") == NOT_RUN
 
 
