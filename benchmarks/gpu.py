@@ -681,7 +681,8 @@ async def _console_screen(run_dir: Path, out: Path) -> dict[str, Any]:
         for _ in range(60):  # up to ~6 s for the history to load and the gauges to draw
             await pilot.pause(0.1)
             text = "\n".join(s.text for s in app.screen._compositor.render_strips())
-            if "GPU0" in text or "no GPU" in text:
+            # a finished run's panel says the engine is gone (the gauges show while one runs)
+            if "GPU0" in text or "no GPU" in text or "engine not running" in text:
                 break
         await pilot.pause(0.3)
         text = "\n".join(s.text for s in app.screen._compositor.render_strips())

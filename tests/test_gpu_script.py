@@ -60,7 +60,9 @@ def test_smoke_demo_and_console_on_cpu(tmp_path: Path, toy_base: Path) -> None:
     assert step4["client"]["latest_telemetry"]["gpus"] is None
     console = step4["console"]
     assert "error" not in console, console
-    assert "no GPU" in console["screen"]
+    # the demo has finished by now: the resources panel says the engine is gone and keeps the
+    # last disk sample (GPU gauges show while an engine runs; the JSON client has them above)
+    assert "engine not running" in console["screen"], console["screen"]
     assert (out / "console.svg").read_text().lstrip().startswith("<svg")
     assert json.loads((out / "versions.json").read_text())["versions"]["torch"]
 
