@@ -193,6 +193,12 @@ def test_a_killed_cleanup_is_reported_and_finished_next_time(tmp_path: Path) -> 
     for _attempt in range(4):  # kill while it deletes; on a very fast disk, give it more to do
         shutil.rmtree(root, ignore_errors=True)
         _many_dirs(root, 40, files)
+        # a link out of the root inside what is deleted: the target outside must survive
+        canary = tmp_path / "outside" / "canary.txt"
+        canary.parent.mkdir(exist_ok=True)
+        canary.write_text("keep")
+        for i in (0, 39):
+            (root / f"junk-{i:03d}" / "escape").symlink_to(canary.parent)
         make_dir = root / "keep-me"
         make_dir.mkdir()
         (make_dir / "adapter_config.json").write_text('{"base_model_name_or_path": "org/m"}')
@@ -227,6 +233,7 @@ def test_a_killed_cleanup_is_reported_and_finished_next_time(tmp_path: Path) -> 
     assert f"Cleanup {job.cleanup} finished" in " ".join(done.output.split())
     assert cleanup.pending(root) is None
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["keep-me"]
+    assert canary.read_text() == "keep" and list(canary.parent.iterdir()) == [canary]
     from graftline.engine.lineage.journal import read_history
 
     history = read_history(root)
