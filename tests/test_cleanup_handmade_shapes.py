@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 
 from graftline.console.cli import app
 from graftline.engine import lineage
+from graftline.engine.export import plan_export
 from graftline.engine.export.chain import resolve_chain
 from graftline.engine.lineage import cleanup
 from graftline.engine.lineage.resolve import resolve_base
@@ -145,6 +146,9 @@ def _every_remaining_adapter_loads(tree: Path) -> list[str]:
             with torch.no_grad():
                 logits = model(input_ids=torch.tensor([[1, 5, 6, 7]])).logits
             assert torch.isfinite(logits).all()
+            # and it still exports: the whole chain to its base is there (plan_export reads
+            # every header and config it would merge, and refuses a missing link)
+            plan_export(folder, tree.parent / "exports" / folder.name, force=True)
             loaded.append(str(folder.relative_to(tree)))
     finally:
         os.chdir(here)
