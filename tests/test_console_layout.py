@@ -11,9 +11,8 @@ import pytest
 from console_support import screen_text, wait_for
 
 from graftline.console.app import GraftlineApp
-from graftline.console.run_view import LogLine
+from graftline.console.run_view import LogLine, shorten_paths
 from graftline.console.screens.dashboard import DashboardScreen
-from graftline.console.widgets.log_tail import LogTail
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from synthetic_run import write_synthetic_run
@@ -78,14 +77,12 @@ async def test_200x50_gives_the_space_to_the_panels(tmp_path: Path) -> None:
 
 def test_log_paths_are_shortened_only_at_the_runs_folder(tmp_path: Path) -> None:
     runs = tmp_path / "work" / "runs"
-    tail = LogTail(root=runs)
     elsewhere = "/data/old-runs/x"
     text = f"saved to {runs}/demo-1/stages/sft and {elsewhere}, also runs/literal"
-    shown = tail._short(text)
+    shown = shorten_paths(text, runs)
     assert "saved to runs/demo-1/stages/sft" in shown
     assert elsewhere in shown and "runs/literal" in shown
     assert isinstance(LogLine(0.0, "info", None, shown).text, str)
     # a relative root (`runs`, as the CLI's default) used to strip every "runs/" it met
-    relative = LogTail(root=Path("runs"))
-    assert relative._short(f"kept {elsewhere} and runs/literal") == \
+    assert shorten_paths(f"kept {elsewhere} and runs/literal", Path("runs")) == \
         f"kept {elsewhere} and runs/literal"

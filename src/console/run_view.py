@@ -10,10 +10,14 @@ points cost 16 MB and the chart reads them without copying (numpy `frombuffer`).
 
 from __future__ import annotations
 
+import functools
+import os
+import re
 from array import array
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graftline.engine.common import units
@@ -41,6 +45,23 @@ STAGE_STATUSES = ("pending", "running", "complete", "failed", "stopped", "skippe
 # and the history (a stage done before a resume, a stage continued by one).
 DISPLAY_STATUSES = (*STAGE_STATUSES, "paused", "crashed", "resumed", "done earlier")
 ENDED = ("finished", "failed", "stopped", "crashed")
+
+
+@functools.lru_cache(maxsize=8)
+def _root_prefix(root: str, cwd: str) -> tuple[re.Pattern[str], str] | None:
+    resolved = (Path(cwd) / root).resolve()
+    if str(resolved) in ("", "/"):
+        return None
+    # only a whole path prefix: a path that merely contains the folder's name stays as it is
+    return re.compile(r"(?<![\w./-])" + re.escape(str(resolved).rstrip("/")) + r"/"), \
+        resolved.name + "/"
+
+
+def shorten_paths(text: str, root: Path | None) -> str:
+    """Absolute paths under `root` (the runs folder) shown as `<runs>/<run>/…`."""
+    found = _root_prefix(str(root), "" if root.is_absolute() else os.getcwd()) \
+        if root is not None else None
+    return text if found is None else found[0].sub(found[1], text)
 
 
 @dataclass

@@ -87,7 +87,7 @@ class DashboardScreen(Screen[None]):
             yield PipelineTable(ascii_only=self.ascii_only, id="pipeline")
             with Vertical(id="side"):
                 yield ResourceGauges(ascii_only=self.ascii_only, id="gauges")
-                yield ChecksPanel(ascii_only=self.ascii_only, id="checks")
+                yield ChecksPanel(ascii_only=self.ascii_only, root=self.run_dir.parent, id="checks")
         yield MetricChart(ascii_only=self.ascii_only, id="chart")
         yield LogTail(root=self.run_dir.parent, id="log")
         yield Footer()

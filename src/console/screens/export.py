@@ -31,14 +31,20 @@ OPTIONAL_FORMATS = ("gguf", "ollama")
 REPLAN_DELAY = 0.3  # seconds of quiet typing before a new plan process starts
 
 
-def display_path(path: Path) -> str:
+def display_path(path: Path | str) -> str:
     """An absolute path as people write it: under the home folder as `~/…` (the target field
     expands it back)."""
-    text = str(path.absolute())
-    home = os.path.expanduser("~")
-    if home not in ("", "/") and text.startswith(home.rstrip("/") + "/"):
-        return "~/" + text[len(home.rstrip("/")) + 1:]
+    text = str(Path(path).absolute())
+    home = os.path.expanduser("~").rstrip("/")
+    if home and text.startswith(home + "/"):
+        return "~/" + text[len(home) + 1:]
     return text
+
+
+def _tilde_paths(line: str) -> str:
+    """The plan's lines name absolute paths; shown the way the title and target are."""
+    home = os.path.expanduser("~").rstrip("/")
+    return line.replace(home + "/", "~/") if home else line
 
 
 class ExportModal(ModalScreen[Path | None]):
@@ -216,7 +222,7 @@ class ExportModal(ModalScreen[Path | None]):
                 text.append("chain       ", style="dim")
                 text.append(f"{chain} → {self.checkpoint.name}\n")
             for line in plan.get("lines") or []:
-                head, _, rest = line.partition(" ")
+                head, _, rest = _tilde_paths(line).partition(" ")
                 text.append(f"{head:<12}", style="dim")
                 text.append(rest.strip() + "\n")
             box.update(text)

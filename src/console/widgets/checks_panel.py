@@ -4,11 +4,13 @@ stage runs eight checks and the panel shows six at 120×40."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 
-from graftline.console.run_view import RunModel
+from graftline.console.run_view import RunModel, shorten_paths
 from graftline.console.widgets.quiet_static import QuietStatic
 
 MARK = {"pass": ("✓", "green"), "warn": ("!", "yellow"), "fail": ("✗", "bold red")}
@@ -21,9 +23,11 @@ class ChecksPanel(VerticalScroll):
     ChecksPanel > QuietStatic { height: auto; }
     """
 
-    def __init__(self, *, ascii_only: bool = False, id: str | None = None) -> None:
+    def __init__(self, *, ascii_only: bool = False, root: Path | None = None,
+                 id: str | None = None) -> None:
         super().__init__(id=id)
         self.ascii_only = ascii_only
+        self.root = root  # paths under it (the runs folder) are shown relative to it
         self.stage: str | None = None  # None: the current stage, else the last one
         self.border_title = "checks"
         self.lines: list[Text] = []
@@ -58,7 +62,7 @@ class ChecksPanel(VerticalScroll):
             glyph, style = marks.get(check.status, ("?", ""))
             line = Text.assemble((glyph, style), " ", (check.name, "bold"))
             if check.message:
-                line.append(f"  {check.message}",
+                line.append(f"  {shorten_paths(check.message, self.root)}",
                             style=style if check.status != "pass" else "dim")
             lines.append(line)
         self.lines = lines

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from rich.text import Text
 from textual.widget import Widget
 
-from graftline.console.run_view import LogLine, RunModel
+from graftline.console.run_view import LogLine, RunModel, shorten_paths
 
 LEVEL_STYLE = {"warning": "yellow", "error": "bold red", "info": ""}
 
@@ -30,17 +29,6 @@ class LogTail(Widget):
             self.lines = tail
             self.refresh()
 
-    def _short(self, text: str) -> str:
-        """Absolute paths under the runs folder shortened to `runs/<run>/…`: only a whole path
-        prefix, so a path that merely contains `runs/` somewhere is left as it is."""
-        if self.root is None:
-            return text
-        root = self.root.resolve()
-        if str(root) in ("", "/"):
-            return text
-        pattern = re.compile(r"(?<![\w./-])" + re.escape(str(root).rstrip("/")) + r"/")
-        return pattern.sub(root.name + "/", text)
-
     def render(self) -> Text:
         height = max(1, self.content_size.height)
         out = Text(no_wrap=True, overflow="ellipsis")
@@ -56,5 +44,6 @@ class LogTail(Widget):
             out.append(stamp, style="dim")
             if line.level in ("warning", "error"):
                 out.append(f"{line.level.upper()} ", style=LEVEL_STYLE[line.level])
-            out.append(self._short(line.text), style=LEVEL_STYLE.get(line.level, ""))
+            out.append(shorten_paths(line.text, self.root),
+                       style=LEVEL_STYLE.get(line.level, ""))
         return out

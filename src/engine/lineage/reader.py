@@ -16,7 +16,6 @@ import json
 import os
 import re
 import struct
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -551,9 +550,9 @@ class _Scanner:
                 else:
                     node_id = draft.name if draft.kind == "external" else draft.key
             ids.add(node_id)
+            # only what a manifest recorded: a file's mtime is when it was last written, not
+            # when the checkpoint was made (`written` keeps it, for ordering)
             created = f.get("created")
-            if created is None and draft.newest:
-                created = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(draft.newest))
             nodes.append(Node(
                 key=draft.key,
                 id=node_id,
