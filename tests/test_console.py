@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from console_support import install_recorded_run, recorded_meta, screen_text, wait_for
@@ -217,7 +218,22 @@ async def test_lineage_plan_cleanup_cancel_then_confirm(recorded: Path) -> None:
         assert isinstance(app.screen, DashboardScreen)
 
 
-async def test_export_a_tiny_model_from_lineage(recorded: Path, tmp_path: Path) -> None:
+async def _run_export(pilot: Any, modal: ExportModal, out: Path, timeout: float = 150) -> None:
+    """Point the dialog at `out`, wait for the re-plan, export, and wait for the verified result,
+    which a child process wrote while reporting progress, and which was reaped."""
+    modal.query_one("#out", Input).value = str(out)
+    await wait_for(pilot, lambda: modal.plan is not None and modal.plan["out"] == str(out),
+                   timeout=60, what="the re-plan")
+    await pilot.press("ctrl+e")
+    await wait_for(pilot, lambda: modal.finished > 0, timeout=timeout, what="the export")
+    assert modal.result is not None and modal.result["ok"], screen_text(pilot.app)
+    assert modal.progress_events > 0 and modal.process is not None
+    assert modal.process.returncode == 0
+
+
+async def test_export_from_lineage_plans_the_selected_checkpoint(recorded: Path) -> None:
+    """`e` on a lineage node plans that checkpoint's export with the chain it merges (the export
+    itself is run by the attach and GGUF tests below, through the same dialog)."""
     app = make_app(recorded, recorded.parent)
     async with app.run_test(size=WIDE) as pilot:
         await loaded_dashboard(pilot)
@@ -229,21 +245,10 @@ async def test_export_a_tiny_model_from_lineage(recorded: Path, tmp_path: Path) 
         await wait_for(pilot, lambda: isinstance(app.screen, ExportModal)
                        and app.screen.planned > 0, timeout=60, what="the export plan")
         modal = app.screen
+        assert modal.checkpoint == recorded / "stages" / "ipo"
         assert modal.plan is not None, screen_text(app)
         text = screen_text(app)
         assert "merged" in text and "ipo" in text  # the chain that will be applied
-        out = tmp_path / "exported"
-        modal.query_one("#out", Input).value = str(out)
-        await wait_for(pilot, lambda: modal.plan is not None and modal.plan["out"] == str(out),
-                       timeout=60, what="the re-plan")
-        await pilot.press("ctrl+e")
-        await wait_for(pilot, lambda: modal.finished > 0, timeout=150, what="the export")
-        assert modal.result is not None and modal.result["ok"], screen_text(app)
-        # it ran in a child process that reported progress lines, and was reaped
-        assert modal.progress_events > 0 and modal.process is not None
-        assert modal.process.returncode == 0
-        assert "verified" in screen_text(app)
-        assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
         await pilot.press("escape")
         assert isinstance(app.screen, LineageScreen)
 
@@ -283,17 +288,9 @@ async def test_export_key_on_attach_exports_the_final_model(recorded: Path,
         assert Path(target).is_absolute() and target == str(recorded.parent / "exports" / "ipo")
         assert modal.plan["out"] == target
         out = tmp_path / "exported"
-        modal.query_one("#out", Input).value = str(out)
-        await wait_for(pilot, lambda: modal.plan is not None and modal.plan["out"] == str(out),
-                       timeout=60, what="the re-plan")
-        await pilot.press("ctrl+e")
-        await wait_for(pilot, lambda: modal.finished > 0, timeout=150, what="the export")
-        assert modal.result is not None and modal.result["ok"], screen_text(app)
+        await _run_export(pilot, modal, out)
         assert "verified" in screen_text(app)
         assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
-        # a child process did it, reported progress lines, and was reaped
-        assert modal.progress_events > 0 and modal.process is not None
-        assert modal.process.returncode == 0
 
 
 async def test_export_dialog_offers_gguf_when_it_can_and_says_why_when_not(
@@ -312,14 +309,9 @@ async def test_export_dialog_offers_gguf_when_it_can_and_says_why_when_not(
         assert not gguf.disabled, screen_text(app)
         gguf.value = True
         modal.query_one("#gguf-type", Select).value = "q8_0"
-        out = tmp_path / "exported"
-        modal.query_one("#out", Input).value = str(out)
-        await wait_for(pilot, lambda: modal.plan is not None and modal.plan["out"] == str(out),
-                       timeout=60, what="the re-plan")
         assert modal.options()["gguf_type"] == "q8_0"
-        await pilot.press("ctrl+e")
-        await wait_for(pilot, lambda: modal.finished > 0, timeout=200, what="the export")
-        assert modal.result is not None and modal.result["ok"], screen_text(app)
+        out = tmp_path / "exported"
+        await _run_export(pilot, modal, out, timeout=200)
         written = list(out.glob("*.gguf"))
         assert [p.name for p in written] == ["model-q8_0.gguf"]
         assert json.loads((out / "gguf_verification.json").read_text())["passed"]
