@@ -257,3 +257,30 @@ def test_continue_a_notebook_dpo_adapter_with_ipo_and_export(notebook: Path) -> 
         planned.protected
     assert not [k for k in planned.delete if k in (dpo_key,)]
     assert files_under(notebook) == before  # nothing in the notebook was written or removed
+
+
+def test_run_reference_through_the_run_index(notebook: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`from = "run:ID/STAGE"`: another run's stage, found through the per-user run index."""
+    from graftline.engine.run import index
+
+    monkeypatch.setenv(index.STATE_DIR_ENV, str(tmp_path / "state"))
+    run_dir = tmp_path / "runs" / "older-run-1"
+    stage = run_dir / "stages" / "sft"
+    shutil.copytree(notebook / "dpo", stage, ignore=shutil.ignore_patterns("ref"))
+    (run_dir / "events.jsonl").write_text("")
+    mf.complete(stage, mf.Manifest(kind="adapter", stage="sft", run="older-run-1",
+                                   base=os.path.realpath(notebook / "merged")))
+    assert index.register(run_dir)
+    found = read_foreign("run:older/sft", tmp_path)
+    assert (found.kind, found.source, found.run, found.stage) == ("adapter", "graftline",
+                                                                  "older-run-1", "sft")
+    assert found.base_path == os.path.realpath(notebook / "merged")
+    write_data(tmp_path)
+    stages = IPO.format(base_from='base_from = "adapter"\n', extra="").replace(
+        "notebook/dpo", "run:older-run-1/sft")
+    plan = plan_of(pipeline(tmp_path, stages))
+    assert plan.step("ipo").foreign.path == str(stage.resolve()) and not plan.problems
+    for ref, words in (("run:nope/sft", "no run 'nope'"), ("run:older/grpo", "no stage")):
+        bad = plan_of(pipeline(tmp_path, stages.replace("run:older-run-1/sft", ref), "bad.toml"))
+        assert [words in p.message for p in bad.problems] == [True], bad.problems
