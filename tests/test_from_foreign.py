@@ -284,3 +284,40 @@ def test_run_reference_through_the_run_index(notebook: Path, tmp_path: Path,
     for ref, words in (("run:nope/sft", "no run 'nope'"), ("run:older/grpo", "no stage")):
         bad = plan_of(pipeline(tmp_path, stages.replace("run:older-run-1/sft", ref), "bad.toml"))
         assert [words in p.message for p in bad.problems] == [True], bad.problems
+
+
+def test_plan_new_on_a_foreign_model_and_merge_of_a_foreign_adapter(notebook: Path) -> None:
+    top = notebook.parent
+    write_data(top)
+    stages = """
+[[stage]]
+name = "m"
+kind = "merge"
+from = "notebook/agent/checkpoint-4"
+base_from = "adapter"
+
+[[stage]]
+name = "fresh"
+kind = "sft"
+from = "notebook/merged"
+adapter = "new"
+data = "sft.jsonl"
+lora = { r = 4 }
+train = { max_steps = 2 }
+
+[[stage]]
+name = "more"
+kind = "sft"
+data = "sft.jsonl"
+train = { max_steps = 2 }
+"""
+    pf = pipeline(top, stages, "shapes.toml")
+    plan = plan_of(pf)
+    merge, fresh, more = plan.steps
+    assert (merge.action, merge.foreign.source, merge.foreign.step) == ("merge", "trainer", 4)
+    merged = os.path.realpath(notebook / "merged")
+    assert (fresh.action, fresh.model_foreign, fresh.foreign.kind) == ("new", merged, "model")
+    # the stage after it continues its adapter, still on the notebook's merge
+    assert (more.parent, more.action, more.model_foreign) == ("fresh", "continue", merged)
+    assert "the model at" in more.starts_from and merged in more.starts_from
+    assert not [p for p in validate(pf) if p.severity == "error"]

@@ -220,7 +220,10 @@ def load_foreign(ctx: StageContext, *, for_merge: bool = False
         return model, tokenizer, found
     from peft import PeftModel
 
-    model, tokenizer = load_full(ctx, ctx.model_path(), for_merge=for_merge)
+    # the plan's choice (`base_from`), not model_path(): a merge's model_stage is itself
+    on = ctx.base_path if ctx.stage.base_from == "pipeline" else \
+        (foreign.base_path or foreign.base_ref or ctx.base_path)
+    model, tokenizer = load_full(ctx, on, for_merge=for_merge)
     model = PeftModel.from_pretrained(model, foreign.path, adapter_name="default")
     return model, tokenizer, found
 
