@@ -107,6 +107,7 @@ def plan(
                             "writes": s.writes,
                             "bytes": s.bytes,
                             "origin": s.origin,
+                            "foreign": s.foreign.path if s.foreign else None,
                             "lora": s.lora.model_dump() if s.lora else None,
                             "lr": s.train.lr if s.train else None,
                             "launch": launches.get(s.name),
@@ -156,6 +157,8 @@ def plan(
         if free is not None:
             line += f"; {human_bytes(free)} free on the runs volume"
         console.print(line, highlight=False)
+    for line in the_plan.chain_words:  # checkpoints from outside the run (issue 19)
+        console.print(f"from outside the run: {escape(line)}", highlight=False, soft_wrap=True)
     for stage_name, line in launches.items():
         console.print(f"launch '{escape(stage_name)}': [dim]{escape(line)}[/dim]",
                       highlight=False, soft_wrap=True)

@@ -177,9 +177,15 @@ def plan_cleanup(lineage: Lineage, rules: Sequence[KeepRule], *,
     # One breadth-first pass from everything that stays: the first path that reaches a node
     # gives its reason.
     protected: dict[str, list[str]] = {}
+    # A checkpoint made elsewhere that a run's stage started from (`from` a path): not a run's
+    # to delete, whatever is kept; it stays with what it needs.
+    for node in candidates:
+        if node.started and node.key not in keep and node.key not in refused:
+            protected[node.key] = [f"{_short(node)} was made outside graftline; "
+                                   f"{', '.join(node.started)} started from it"]
     up = need_links(lineage)
-    queue = deque((key, key) for key in (*keep, *refused))
-    reached: set[str] = set(keep) | set(refused)
+    queue = deque((key, key) for key in (*keep, *refused, *protected))
+    reached: set[str] = set(keep) | set(refused) | set(protected)
     while queue:
         key, origin = queue.popleft()
         for edge in up.get(key, ()):

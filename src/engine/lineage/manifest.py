@@ -33,6 +33,14 @@ class Parent(BaseModel):
     relation: Relation
     path: str
     id: str | None = None
+    # A parent from outside the run (issue 19: a stage's `from` named a checkpoint made
+    # elsewhere): what it is, what made it, the base it records, and the `from` as written.
+    # Outside the run, it is never cleanup's to delete.
+    kind: Literal["adapter", "model"] | None = None
+    source: str | None = None
+    base: str | None = None
+    foreign: bool = False
+    ref: str | None = None
 
 
 class LoraSpec(BaseModel):

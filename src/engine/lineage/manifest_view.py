@@ -23,6 +23,7 @@ class ParentRef(NamedTuple):
     relation: Relation  # only known relations are read (see _RELATIONS)
     path: str
     id: str | None
+    foreign: bool = False  # a checkpoint made outside graftline that a stage started from
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ def view(data: Any) -> ManifestView | None:
                         tuple(targets) if isinstance(targets, list) else targets, m.lora.dropout)
     return ManifestView(
         id=m.id, kind=m.kind, name=m.name,
-        parents=tuple(ParentRef(p.relation, p.path, p.id) for p in m.parents),
+        parents=tuple(ParentRef(p.relation, p.path, p.id, p.foreign) for p in m.parents),
         base=m.base, stage=m.stage, run=m.run, lora=lora, metrics=dict(m.metrics),
         evaluation=dict(m.evaluation), status=m.status, created=m.created,
     )
@@ -94,7 +95,7 @@ def _fast(data: dict[str, Any]) -> ManifestView:
             raise ValueError("parent")
         if pid is not None and not isinstance(pid, str):
             raise TypeError("parent id")
-        parents.append(ParentRef(relation, path, pid))
+        parents.append(ParentRef(relation, path, pid, p.get("foreign") is True))
     lora = None
     raw = data.get("lora")
     if raw is not None:

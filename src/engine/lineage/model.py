@@ -74,6 +74,9 @@ class Node:
     broken: str | None = None  # why it can no longer be loaded or exported
     warnings: tuple[str, ...] = ()
     removed_by: str | None = None  # kind == missing: "cleanup <id> at <time>" when known
+    # Made outside graftline, and these stages (`run/stage`) started from it (`from` a path):
+    # never deleted by cleanup, it is not a run's to delete (docs/bring-your-own.md).
+    started: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

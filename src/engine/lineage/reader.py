@@ -264,6 +264,9 @@ class _Scanner:
             for parent in m.parents:
                 key = self._resolve(parent.path, path, parent.id)
                 self.edges.append(Edge(path, key, parent.relation, "manifest"))
+                if parent.foreign and key in self.drafts:
+                    user = f"{m.run or draft.fields.get('run') or '?'}/{m.stage or draft.name}"
+                    self.drafts[key].fields.setdefault("started", []).append(user)
                 if parent.relation == "trained_on":
                     manifest_bases.add(key)
             if m.base and draft.kind in ("adapter", "combined") and not manifest_bases:
@@ -381,13 +384,24 @@ class _Scanner:
             pass
         kind = "base"
         manifest = _read_manifest(path)
+        config = _read_json(os.path.join(path, ADAPTER_CONFIG)) if manifest is None else None
         if manifest is not None:
             kind = manifest.kind
-        draft = _Draft(path, kind, "graftline" if manifest else "transformers", path, None,
+        elif isinstance(config, dict):
+            kind = "adapter"  # e.g. a notebook's adapter a stage started from (`from` a path)
+        source = "graftline" if manifest else "peft" if kind == "adapter" else "transformers"
+        draft = _Draft(path, kind, source, path, None,
                        os.path.basename(path), manifest, bytes=total, newest=newest,
                        fields={"in_roots": False, "status": manifest.status if manifest
                                else "complete"})
         self.drafts[path] = draft
+        if isinstance(config, dict):
+            # its own base, so the chain shows (and export's walk agrees) past the roots
+            ref = config.get("base_model_name_or_path")
+            draft.fields["base_ref"] = ref
+            if isinstance(ref, str) and ref:
+                self.edges.append(Edge(path, self._resolve(ref, path, None), "trained_on",
+                                       "config"))
         return path
 
     def _missing(self, path: str) -> str:
@@ -576,6 +590,7 @@ class _Scanner:
                 broken=f.get("broken"),
                 warnings=tuple(draft.warnings),
                 removed_by=f.get("removed_by"),
+                started=tuple(dict.fromkeys(f.get("started", ()))),
             ))
         by_key = {n.key: n for n in nodes}
         # A checkpoint whose base is gone can no longer be loaded or exported: say so loudly.

@@ -15,6 +15,7 @@ from typing import Literal
 from graftline.engine.common import disk
 from graftline.engine.common.layout import KEEP_CHECKPOINTS
 from graftline.engine.pipeline import spec
+from graftline.engine.pipeline.foreign import Foreign, ForeignError, is_reference, read_foreign
 from graftline.engine.pipeline.modelinfo import ModelInfo, describe
 from graftline.engine.pipeline.problems import Problem, did_you_mean
 
@@ -29,7 +30,7 @@ class StepPlan:
     name: str
     kind: str
     stage: spec.AnyStage
-    parent: str | None  # the stage this one starts from; None = the pipeline's base
+    parent: str | None  # the stage this one starts from; None = the pipeline's base (or `foreign`)
     action: Action
     model_stage: str | None  # the full model the result sits on: None = base, or a merge stage
     lora: spec.Lora | None = None
@@ -40,10 +41,20 @@ class StepPlan:
     writes: str = ""
     bytes: int | None = None
     origin: str | None = None  # the [[foreach]] template it was expanded from
+    # A checkpoint outside the run (issue 19): `foreign` is what this stage starts from when its
+    # `from` names one (then `parent` is None); `model_foreign` is the full model outside the
+    # run that the result sits on, when `model_stage` is None and it is not the pipeline's base.
+    foreign: Foreign | None = None
+    model_foreign: str | None = None
 
     @property
     def produces_adapter(self) -> bool:
         return self.kind in spec.ADAPTER_KINDS
+
+    @property
+    def starts_from_adapter(self) -> bool:
+        """Whether what it starts from is an adapter (a stage's or a foreign one)."""
+        return self.foreign is not None and self.foreign.kind == "adapter"
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,13 @@ class Plan:
     def step(self, name: str) -> StepPlan:
         return next(s for s in self.steps if s.name == name)
 
+    @property
+    def chain_words(self) -> tuple[str, ...]:
+        """The checkpoints from outside the run that stages start from, in words."""
+        return tuple(f"'{s.name}' starts from {s.foreign.describe()}"
+                     + (f"; its result sits on {s.model_foreign}" if s.model_foreign else "")
+                     for s in self.steps if s.foreign is not None)
+
 
 def _sum_known(sizes: list[int | None]) -> int | None:
     """The total, or None when any part is unknown."""
@@ -83,12 +101,14 @@ def _default_parent(previous: list[StepPlan]) -> str | None:
     return None
 
 
-def _model_words(model_stage: str | None) -> str:
+def _model_words(model_stage: str | None, model_foreign: str | None = None) -> str:
+    if model_stage is None and model_foreign is not None:
+        return f"the model at {model_foreign}"
     return "the base model" if model_stage is None else f"the merged model from '{model_stage}'"
 
 
 def _reference(
-    stage: spec.StageBase, action: Action, parent: str | None, model_stage: str | None
+    stage: spec.StageBase, action: Action, parent: str | None, model: str
 ) -> str | None:
     if isinstance(stage, spec.GRPOStage) and stage.beta == 0:
         return "none (beta = 0: no KL term, no reference model)"
@@ -98,11 +118,11 @@ def _reference(
     how = ", log-probs precomputed" if precomputed else ""
     if action == "continue":
         return f"the '{parent}' adapter as it is when '{stage.name}' starts (frozen copy{how})"
-    return f"{_model_words(model_stage)} with the adapter disabled{how}"
+    return f"{model} with the adapter disabled{how}"
 
 
 def _reference_label(
-    stage: spec.StageBase, action: Action, parent: str | None, model_stage: str | None
+    stage: spec.StageBase, action: Action, parent: str | None, model_label: str | None
 ) -> str | None:
     """The same fact as `_reference`, short enough for a table cell."""
     if isinstance(stage, spec.GRPOStage) and stage.beta == 0:
@@ -111,7 +131,7 @@ def _reference_label(
         return None
     if action == "continue":
         return f"{parent} (frozen)"
-    return f"{model_stage or 'base'} (adapter off)"
+    return f"{model_label or 'base'} (adapter off)"
 
 
 CHECKPOINT_OVERHEAD = 64 << 10
@@ -158,6 +178,7 @@ class _From:
     by_name: Mapping[str, StepPlan]
     default_lora: spec.Lora
     report: Report
+    foreign: Foreign | None = None  # `from` names a checkpoint outside the run
 
 
 @dataclass(frozen=True)
@@ -169,11 +190,57 @@ class _Flow:
     parent: str | None
     lora: spec.Lora | None = None
     combined_r: int | None = None
+    model_foreign: str | None = None
+
+
+def _foreign_model(stage: spec.StageBase, foreign: Foreign) -> str | None:
+    """The full model outside the run that a foreign checkpoint's result sits on: the model
+    itself, or the adapter's recorded base (None: the pipeline's base, when the stage says
+    `base_from = "pipeline"`)."""
+    if foreign.kind == "model":
+        return foreign.path
+    if stage.base_from == "pipeline":
+        return None
+    return foreign.base_path or foreign.base_ref
+
+
+def _plan_foreign_training(stage: spec.TrainingStage, at: _From, foreign: Foreign) -> _Flow:
+    """A training stage whose `from` is a checkpoint outside the run: the same rules as a stage
+    parent (continue keeps the shape; a new adapter never stacks on an adapter)."""
+    label = f"the adapter at {foreign.path}"
+    if foreign.kind == "model":
+        if stage.adapter == "continue":
+            at.report(stage, "adapter",
+                      f'adapter = "continue" but {foreign.path} is a full model with no adapter '
+                      "to continue", 'use adapter = "new"')
+        return _Flow("new", None, None, stage.lora or at.default_lora,
+                     model_foreign=foreign.path)
+    model = _foreign_model(stage, foreign)
+    if stage.adapter == "new":
+        at.report(stage, "adapter",
+                  f"a new adapter on top of {label} would stack two adapters",
+                  "add a merge stage with this `from` and start the new adapter from it, or set "
+                  'adapter = "continue"')
+        return _Flow("new", None, None, stage.lora or at.default_lora, model_foreign=model)
+    asked, lora = stage.lora, foreign.lora
+    if asked is not None and lora is not None and asked != lora:
+        what = f"rank {lora.r} → {asked.r}" if asked.r != lora.r else "a different LoRA config"
+        at.report(
+            stage,
+            "lora",
+            f"continuing {label} with {what}: a continued adapter keeps its shape",
+            "add a merge stage with this `from` and start a new adapter from it "
+            '(adapter = "new"), or drop `lora` from this stage',
+        )
+    return _Flow("continue", None, None, lora, model_foreign=model)
 
 
 def _plan_training(stage: spec.TrainingStage, at: _From) -> _Flow:
+    if at.foreign is not None:
+        return _plan_foreign_training(stage, at, at.foreign)
     parent, up = at.parent, at.up
     model_stage = up.model_stage if up else None
+    model_foreign = up.model_foreign if up else None
     parent_has_adapter = up is not None and up.produces_adapter
     wanted: Literal["new", "continue"] = stage.adapter or (
         "continue" if parent_has_adapter else "new"
@@ -188,8 +255,10 @@ def _plan_training(stage: spec.TrainingStage, at: _From) -> _Flow:
                 f"add a merge stage after "
                 f'\'{parent}\', or set adapter = "continue", or from = "base"',
             )
-        model_stage = up.name if up is not None and up.kind == "merge" else model_stage
-        return _Flow("new", model_stage, parent, stage.lora or at.default_lora)
+        if up is not None and up.kind == "merge":
+            model_stage, model_foreign = up.name, None
+        return _Flow("new", model_stage, parent, stage.lora or at.default_lora,
+                     model_foreign=model_foreign)
     if not parent_has_adapter:
         start = "the base model" if up is None else f"'{parent}' ({up.kind})"
         at.report(
@@ -209,11 +278,16 @@ def _plan_training(stage: spec.TrainingStage, at: _From) -> _Flow:
             f"add a merge stage after '{parent}' and start a new adapter "
             '(adapter = "new"), or drop `lora` from this stage',
         )
-    return _Flow("continue", model_stage, parent, lora)
+    return _Flow("continue", model_stage, parent, lora, model_foreign=model_foreign)
 
 
 def _plan_merge(stage: spec.MergeStage, at: _From) -> _Flow:
     up = at.up
+    if at.foreign is not None:
+        if at.foreign.kind != "adapter":
+            at.report(stage, "from", f"a merge needs an adapter to merge, but {at.foreign.path} "
+                      "is a full model", "point `from` at an adapter")
+        return _Flow("merge", stage.name, None)
     if up is None or not up.produces_adapter:
         at.report(
             stage,
@@ -295,7 +369,23 @@ def _plan_stage(stage: spec.AnyStage, at: _From) -> _Flow:
     if isinstance(stage, spec.CombineStage):
         return _plan_combine(stage, at)
     # eval, generate, export: read the model they start from, change nothing.
-    return _Flow("none", at.up.model_stage if at.up else None, at.parent)
+    if at.foreign is not None:
+        return _Flow("none", None, None, model_foreign=_foreign_model(stage, at.foreign))
+    return _Flow("none", at.up.model_stage if at.up else None, at.parent,
+                 model_foreign=at.up.model_foreign if at.up else None)
+
+
+def _resolve_foreign(stage: spec.AnyStage, search_dir: Path | None, report: Report
+                     ) -> Foreign | None:
+    """The checkpoint a path-like `from` names; a bad one is reported (and planned as the base,
+    so the rest of the plan still resolves)."""
+    if not is_reference(stage.from_):
+        return None
+    try:
+        return read_foreign(str(stage.from_), search_dir or Path.cwd())
+    except ForeignError as exc:
+        report(stage, "from", exc.message, exc.fix)
+        return None
 
 
 def _resolve_parent(
@@ -304,6 +394,8 @@ def _resolve_parent(
     """The stage this one starts from, or None for the base; a bad `from` is reported and
     planned as the base so the rest of the plan still resolves."""
     parent: str | None
+    if is_reference(stage.from_):
+        return None  # a checkpoint outside the run: `_resolve_foreign`
     if stage.from_ in (None, ""):
         parent = _default_parent(steps)
     elif stage.from_ == "base":
@@ -363,8 +455,14 @@ def build_plan(
 
     for stage in pipeline.stage:
         parent = _resolve_parent(stage, steps, names, report)
+        foreign = _resolve_foreign(stage, search_dir, report)
         up = by_name.get(parent) if parent else None
-        flow = _plan_stage(stage, _From(parent, up, by_name, pipeline.defaults.lora, report))
+        flow = _plan_stage(stage, _From(parent, up, by_name, pipeline.defaults.lora, report,
+                                        foreign))
+        model = _model_words(flow.model_stage, flow.model_foreign)
+        parent_label = parent if foreign is None else foreign.label
+        model_label = flow.model_stage or (foreign.label if foreign is not None and
+                                           foreign.kind == "model" else None)
         train = None
         if isinstance(stage, spec.TrainingStage):
             train = stage.train.model_copy(
@@ -379,12 +477,14 @@ def build_plan(
             model_stage=flow.model_stage,
             lora=flow.lora,
             train=train,
-            reference=_reference(stage, flow.action, flow.parent, flow.model_stage),
-            reference_label=_reference_label(stage, flow.action, flow.parent, flow.model_stage),
-            starts_from=_starts_from(stage, flow.action, flow.parent, flow.model_stage),
+            reference=_reference(stage, flow.action, parent_label, model),
+            reference_label=_reference_label(stage, flow.action, parent_label, model_label),
+            starts_from=_starts_from(stage, flow.action, flow.parent, model, foreign),
             writes=_writes(stage, flow.lora),
             bytes=_bytes(stage, flow.lora, info, flow.combined_r),
             origin=(origins or {}).get(stage.name),
+            foreign=foreign,
+            model_foreign=flow.model_foreign,
         )
         steps.append(step)
         by_name[stage.name] = step
@@ -410,16 +510,24 @@ def build_plan(
 
 
 def _starts_from(
-    stage: spec.AnyStage, action: Action, parent: str | None, model_stage: str | None
+    stage: spec.AnyStage, action: Action, parent: str | None, model: str,
+    foreign: Foreign | None = None,
 ) -> str:
     if isinstance(stage, spec.CombineStage):
-        return " + ".join(stage.adapters) + f" on {_model_words(model_stage)}"
+        return " + ".join(stage.adapters) + f" on {model}"
+    if foreign is not None:
+        what = "adapter" if foreign.kind == "adapter" else "model"
+        if action == "continue":
+            return f"the {what} at {foreign.path}, continued, on {model}"
+        if action == "new":
+            return f"a new adapter on {model}"
+        return f"the {what} at {foreign.path}" + (f" on {model}" if what == "adapter" else "")
     if parent is None:
         return "the base model"
     if action == "continue":
-        return f"'{parent}' adapter on {_model_words(model_stage)}"
+        return f"'{parent}' adapter on {model}"
     if action == "new":
-        return _model_words(model_stage)
+        return model
     return f"'{parent}'"
 
 
@@ -437,6 +545,7 @@ def _writes(stage: spec.AnyStage, lora: spec.Lora | None) -> str:
     return f"exported model → {stage.out}"
 
 
-def resolve(pipeline: spec.Pipeline) -> list[StepPlan]:
-    """The steps alone, for the runner (which has already validated the file)."""
-    return list(build_plan(pipeline).steps)
+def resolve(pipeline: spec.Pipeline, search_dir: Path | None = None) -> list[StepPlan]:
+    """The steps alone, for the runner (which has already validated the file). `search_dir`:
+    the pipeline file's folder, which a `from` path is relative to."""
+    return list(build_plan(pipeline, search_dir=search_dir).steps)

@@ -100,8 +100,13 @@ class Train(Strict):
 
 class StageBase(Strict):
     name: str = Field(pattern=STAGE_NAME)
-    from_: str | None = Field(default=None, alias="from", description="a stage name or 'base'")
+    from_: str | None = Field(default=None, alias="from",
+                              description="a stage, 'base', a checkpoint path, run:NAME/STAGE")
     note: str = ""
+    # Issue 19, starting from a checkpoint made elsewhere (docs/bring-your-own.md): when `from`
+    # names an adapter whose recorded base is not the pipeline's `base`, which of the two the
+    # adapter is loaded on. Unset, a disagreement is a validate error.
+    base_from: Literal["adapter", "pipeline"] | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -16,35 +16,26 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from graftline.engine.common import atomic
-from graftline.engine.common.layout import RunLayout
+from graftline.engine.common.run_index import (
+    INDEX,
+    STATE_DIR_ENV,
+    alive,
+    index_path,
+    read_entries,
+    state_dir,
+)
 
 __all__ = ["INDEX", "STATE_DIR_ENV", "forget", "index_path", "known", "register", "state_dir"]
 
-STATE_DIR_ENV = "GRAFTLINE_STATE_DIR"
-INDEX = "runs.json"
 _LOCK = "runs.lock"
-
-
-def state_dir() -> Path:
-    """graftline's per-user state directory (not created here)."""
-    explicit = os.environ.get(STATE_DIR_ENV)
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_STATE_HOME")
-    base = Path(xdg).expanduser() if xdg and Path(xdg).is_absolute() else \
-        Path.home() / ".local" / "state"
-    return base / "graftline"
-
-
-def index_path() -> Path:
-    return state_dir() / INDEX
+# where the index lives and how it reads: common/run_index.py (the pipeline layer reads it too)
+_read_entries, _alive = read_entries, alive
 
 
 def _ensure_dir() -> Path:
@@ -64,27 +55,6 @@ def _locked() -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-
-def _read_entries() -> list[dict]:
-    path = index_path()
-    try:
-        info = path.stat()
-        if info.st_uid != os.getuid():
-            return []  # someone else's file where ours should be: not trusted
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    runs = raw.get("runs") if isinstance(raw, dict) else None
-    if not isinstance(runs, list):
-        return []
-    return [entry for entry in runs
-            if isinstance(entry, dict) and isinstance(entry.get("path"), str)]
-
-
-def _alive(entry: dict) -> bool:
-    path = Path(entry["path"])
-    return path.is_absolute() and not path.is_symlink() and RunLayout(path).is_run()
 
 
 def _write_entries(entries: list[dict]) -> None:

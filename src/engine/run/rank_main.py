@@ -119,7 +119,7 @@ def run(request_path: Path) -> int:
     share_precomputed_reference(Path(request["work_dir"]))
     pf = pipeline_file.parse(request["pipeline_text"], request["pipeline_path"])
     header = pf.pipeline.pipeline
-    step = next(s for s in resolve(pf.pipeline) if s.name == request["stage"])
+    step = next(s for s in resolve(pf.pipeline, pf.directory) if s.name == request["stage"])
     work = Path(request["work_dir"])
     control = group_io.GroupControl(work / group_io.CONTROL, rank)
     runner._one_thread_for_tiny_models(request["base_path"])

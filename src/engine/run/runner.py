@@ -185,7 +185,7 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
     control = control or RunControl()
     pipeline = pf.pipeline
     header = pipeline.pipeline
-    steps = resolve(pipeline)
+    steps = resolve(pipeline, pf.directory)
     statuses: dict[str, str] = {}
 
     try:

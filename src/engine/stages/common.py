@@ -66,14 +66,21 @@ class StageContext:
 
     def parent_dir(self) -> Path:
         """The directory of the stage this one starts from (the plan names one for `continue`
-        and for stages that read a parent's output)."""
+        and for stages that read a parent's output), or the checkpoint outside the run that its
+        `from` names."""
+        foreign = getattr(self.step, "foreign", None)
+        if self.step.parent is None and foreign is not None:
+            return Path(foreign.path)
         if self.step.parent is None:
             raise ValueError(f"stage '{self.name}' has no parent stage")
         return stage_dir(self.run_dir, self.step.parent)
 
     def model_path(self) -> str:
-        """The full model a training stage's adapter sits on: the base, or a merge's output."""
+        """The full model a training stage's adapter sits on: the base, a merge's output, or a
+        full model outside the run (a foreign model, or a foreign adapter's recorded base)."""
         model_stage = self.step.model_stage
+        if model_stage is None and getattr(self.step, "model_foreign", None):
+            return str(self.step.model_foreign)
         return self.base_path if model_stage is None else str(stage_dir(self.run_dir, model_stage))
 
     def resolve(self, relative: str) -> Path:
@@ -114,7 +121,42 @@ def stage_dir(run_dir: Path, name: str) -> Path:
     return Path(run_dir) / STAGES / name
 
 
+def foreign_ref(ctx: StageContext, relation: mf.Relation) -> mf.Parent:
+    """The checkpoint outside the run that this stage starts from, as a manifest parent: its
+    kind, path, the base it records, and what made it, so lineage shows it, cleanup keeps it
+    (it is outside the run: never ours to delete) and export walks through it."""
+    foreign = ctx.step.foreign
+    found = mf.read(Path(foreign.path)) if foreign.source == "graftline" else None
+    return mf.Parent(relation=relation, path=foreign.path, id=found.id if found else None,
+                     kind=foreign.kind, source=foreign.source, base=foreign.base_path
+                     or foreign.base_ref, foreign=True, ref=foreign.ref)
+
+
+def model_ref(ctx: StageContext, relation: mf.Relation) -> mf.Parent:
+    """The full model a stage's result sits on, as a manifest parent."""
+    if ctx.step.model_stage is None and getattr(ctx.step, "model_foreign", None):
+        return mf.Parent(relation=relation, path=str(ctx.step.model_foreign), kind="model",
+                         foreign=True)
+    return parent_ref(ctx, relation, ctx.step.model_stage)
+
+
+def training_parents(ctx: StageContext) -> list[mf.Parent]:
+    """What a trained adapter's manifest names as its parents: the adapter it continued (a
+    stage's or one from outside the run) and the full model it was trained on."""
+    step = ctx.step
+    if step.action == "continue":
+        first = foreign_ref(ctx, "continued_from") if step.parent is None and step.foreign \
+            else parent_ref(ctx, "continued_from", step.parent)
+        on_model = step.model_stage is not None or getattr(step, "model_foreign", None)
+        return [first, model_ref(ctx, "trained_on")] if on_model else [first]
+    if step.parent is None and getattr(step, "foreign", None) is not None:
+        return [foreign_ref(ctx, "trained_on")]
+    return [model_ref(ctx, "trained_on")]
+
+
 def parent_ref(ctx: StageContext, relation: mf.Relation, stage_name: str | None) -> mf.Parent:
+    if stage_name is None and getattr(ctx.step, "foreign", None) is not None:
+        return foreign_ref(ctx, relation)
     if stage_name is None:
         return mf.Parent(relation=relation, path=ctx.base_path)
     directory = stage_dir(ctx.run_dir, stage_name)
@@ -144,7 +186,12 @@ def load_full(ctx: StageContext, path: str | Path, *, for_merge: bool = False) -
 
 def load_checkpoint_model(ctx: StageContext, stage_name: str | None, *, for_merge: bool = False
                           ) -> tuple[Any, Any, mf.Manifest | None]:
-    """The model a stage's checkpoint stands for: base, merged model, or base + adapter."""
+    """The model a stage's checkpoint stands for: base, merged model, or base + adapter. None is
+    the stage's own start when that is a checkpoint outside the run (`from` a path), else the
+    base."""
+    foreign = getattr(ctx.step, "foreign", None)
+    if stage_name is None and foreign is not None:
+        return load_foreign(ctx, for_merge=for_merge)
     if stage_name is None:
         model, tokenizer = load_full(ctx, ctx.base_path, for_merge=for_merge)
         return model, tokenizer, None
@@ -159,6 +206,25 @@ def load_checkpoint_model(ctx: StageContext, stage_name: str | None, *, for_merg
         model = PeftModel.from_pretrained(model, str(directory), adapter_name="default")
         return model, tokenizer, found
     model, tokenizer = load_full(ctx, directory, for_merge=for_merge)
+    return model, tokenizer, found
+
+
+def load_foreign(ctx: StageContext, *, for_merge: bool = False
+                 ) -> tuple[Any, Any, mf.Manifest | None]:
+    """The model a foreign checkpoint stands for: a full model, or its adapter (as `default`,
+    frozen) on the full model the plan chose for it (its recorded base, or the pipeline's)."""
+    foreign = ctx.step.foreign
+    found = mf.read(Path(foreign.path)) if foreign.source == "graftline" else None
+    if foreign.kind == "model":
+        model, tokenizer = load_full(ctx, foreign.path, for_merge=for_merge)
+        return model, tokenizer, found
+    from peft import PeftModel
+
+    # the plan's choice (`base_from`), not model_path(): a merge's model_stage is itself
+    on = ctx.base_path if ctx.stage.base_from == "pipeline" else \
+        (foreign.base_path or foreign.base_ref or ctx.base_path)
+    model, tokenizer = load_full(ctx, on, for_merge=for_merge)
+    model = PeftModel.from_pretrained(model, foreign.path, adapter_name="default")
     return model, tokenizer, found
 
 

@@ -26,9 +26,9 @@ from graftline.engine.stages.common import (
     StageContext,
     StageOutcome,
     lora_spec_from_config,
-    parent_ref,
     probe_prompts,
     stage_dir,
+    training_parents,
 )
 
 BuildTrainer = Callable[[Any, Any, Any, Any, Any, StageCallback], Any]
@@ -108,6 +108,12 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
         parent = mf.read(ctx.parent_dir())
         if parent is not None and parent.lora is not None:
             log.record(checks.lora_config_kept(parent.lora, policy))
+        elif step.foreign is not None and step.foreign.lora is not None:
+            kept = step.foreign.lora  # a foreign adapter: the shape its adapter_config records
+            log.record(checks.lora_config_kept(mf.LoraSpec(
+                r=kept.r, alpha=kept.lora_alpha, dropout=kept.dropout,
+                target_modules=kept.target_modules, use_rslora=kept.use_rslora,
+                use_dora=kept.use_dora), policy))
     probes = probe_prompts(ctx, rows)
     said_before = checks.generate(policy, tokenizer, probes, PROBE_TOKENS)
     spent += time.perf_counter() - began
@@ -150,11 +156,7 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
                               if isinstance(v, int | float)}
     outcome.lora = lora_spec_from_config(policy.peft_config[checks.ADAPTER])
     outcome.base = ctx.model_path()
-    relation: mf.Relation = "continued_from" if step.action == "continue" else "trained_on"
-    source = step.parent if step.action == "continue" else step.model_stage
-    outcome.parents = [parent_ref(ctx, relation, source)]
-    if step.action == "continue" and step.model_stage is not None:
-        outcome.parents.append(parent_ref(ctx, "trained_on", step.model_stage))
+    outcome.parents = training_parents(ctx)
     outcome.metrics["checks_seconds"] = spent
     outcome.extra = {"action": step.action, "reference": step.reference}
     return outcome
