@@ -148,3 +148,14 @@ def test_unknown_tracker_is_refused_by_the_file(tmp_path: Path) -> None:
         _pipeline_file(root, ["tensorbord"])
     (problem,) = caught.value.problems
     assert problem.line == 5 and "report_to" in (problem.field or "")
+
+
+def test_a_rehearsal_reports_to_no_tracker(tmp_path: Path) -> None:
+    """`graftline rehearse` runs the stages on a twin: that is not an experiment to log."""
+    from graftline.engine.rehearse.rehearsal import derive
+
+    root = write_data(tmp_path)
+    pf = _pipeline_file(root, ["tensorboard", "wandb"])
+    derived = derive(pf, base="toy:addition", scratch=tmp_path / "scratch", cuda=False)
+    assert derived.pipeline.pipeline.report_to == []
+    assert any("report_to" in note for note in derived.notes)
