@@ -295,3 +295,41 @@ def test_a_trl_field_written_as_a_stage_key_points_at_trl(tmp_path: Path) -> Non
         pipeline(root, SFT.format(train="", extra="dataset_num_proc = 2"))
     (problem,) = caught.value.problems
     assert "trl = { … }" in (problem.fix or "")
+
+
+def test_foreach_trl_sub_table_keys_have_their_lines(tmp_path: Path) -> None:
+    root = write_data(tmp_path)
+    stages = """
+[[foreach]]
+as = "t"
+values = ["a", "b"]
+
+  [[foreach.stage]]
+  name = "sft_{t}"
+  kind = "sft"
+  data = "sft.jsonl"
+  train = { max_steps = 2 }
+
+  [foreach.stage.trl]
+  shuffle_datasett = false
+"""
+    found = _problems(root, stages)
+    assert [p.stage for p in found] == ["sft_a", "sft_b"]
+    text = (root / "pipeline.toml").read_text().splitlines()
+    assert all(text[p.line - 1].strip().startswith("shuffle_datasett") for p in found)
+
+
+def test_a_run_started_without_validate_stops_with_the_fix(tmp_path: Path, toy_base: Path
+                                                           ) -> None:
+    """The engine checks the keys again when it builds the config: a clear error, no
+    traceback from TRL."""
+    from graftline.engine.run.runner import run_pipeline
+
+    root = write_data(tmp_path)
+    pf = pipeline(root, SFT.format(train="", extra="trl = { learning_rate = 0.1 }"))
+    sink = ListSink()
+    result = run_pipeline(pf, root / "runs" / "r", sink)
+    assert result.status == "failed"
+    errors = sink.of_type("error")
+    assert any("trl.learning_rate is set by graftline" in e["message"] for e in errors), errors
+    assert any("train.lr" in (e.get("fix") or "") for e in errors), errors

@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from graftline.engine.common.errors import GraftlineError
 from graftline.engine.common.layout import KEEP_CHECKPOINTS, TRAINER_DIR
 from graftline.engine.pipeline import spec
+from graftline.engine.stages.checks import StageFailed
 from graftline.engine.stages.common import StageContext
 
 
@@ -97,13 +97,13 @@ def config_args(config_cls: type, ctx: StageContext, args: dict[str, Any]) -> di
     extra = dict(getattr(ctx.stage, "trl", None) or {})
     owned = sorted(k for k in extra if k in OWNED)
     if owned:
-        raise GraftlineError(f"stage '{ctx.name}': trl.{owned[0]} is set by graftline",
-                             f"use {OWNED[owned[0]]} instead")
+        raise StageFailed(ctx.name, f"trl.{owned[0]} is set by graftline",
+                          fix=f"use {OWNED[owned[0]]} instead")
     merged = {**args, **extra}
     fields = {f.name for f in dataclasses.fields(config_cls) if f.init}
     unknown = sorted(k for k in merged if k not in fields)
     if unknown:
-        raise GraftlineError(f"stage '{ctx.name}': {config_cls.__name__} has no field "
-                             f"{', '.join(repr(k) for k in unknown)}",
-                             "run `graftline validate` on the pipeline file: it names the fix")
+        raise StageFailed(ctx.name, f"{config_cls.__name__} has no field "
+                          f"{', '.join(repr(k) for k in unknown)}",
+                          fix="run `graftline validate` on the pipeline file: it names the fix")
     return merged
