@@ -159,3 +159,29 @@ def test_a_rehearsal_reports_to_no_tracker(tmp_path: Path) -> None:
     derived = derive(pf, base="toy:addition", scratch=tmp_path / "scratch", cuda=False)
     assert derived.pipeline.pipeline.report_to == []
     assert any("report_to" in note for note in derived.notes)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_mlflow_local_store_steps_continue_across_stages(tmp_path: Path, toy_base: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only where mlflow is installed (not in the dev extra: heavy). transformers ends the MLflow
+    run after each stage: one MLflow run per stage, all named after the run, whose `loss` steps
+    continue one another."""
+    mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed (heavy; not in dev)")
+    from graftline.engine.run.runner import run_pipeline
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "graftline-test")
+    root = write_data(tmp_path / "w")
+    pf = _pipeline_file(root, ["mlflow"])
+    result = run_pipeline(pf, root / "runs" / "r", ListSink())
+    assert result.status == "finished", result.message
+    client = mlflow.tracking.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("graftline-test")
+    runs = client.search_runs([experiment.experiment_id])
+    assert {run.info.run_name for run in runs} == {"r"}
+    steps = sorted(m.step for run in runs
+                   for m in client.get_metric_history(run.info.run_id, "loss"))
+    assert steps == list(range(1, 12))
+
