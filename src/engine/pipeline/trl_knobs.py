@@ -262,7 +262,8 @@ def stage_problems(pf: PipelineFile, stage: spec.TrainingStage, *, cuda: bool) -
     if train.packing and kind != "sft":
         yield problem(f"packing is for SFT only ({kind} stages do not pack)", "train.packing",
                       _line(pf, name, "packing", "train"),
-                      "remove packing here; set it on the SFT stages' train")
+                      "set packing in the SFT stages' own train tables, not here or in "
+                      "[defaults]")
     if train.max_prompt_length is not None and "max_prompt_length" not in config_fields(kind):
         yield problem(f"TRL {trl_version()}'s {config} has no max_prompt_length (TRL 1.x "
                       "truncates prompt and completion together)", "train.max_prompt_length",
