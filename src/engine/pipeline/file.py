@@ -92,23 +92,28 @@ def _scan_blocks(text: str) -> dict[str, list[Block]]:
     """Header line and key lines of every table, grouped by the table's dotted name."""
     blocks: dict[str, list[Block]] = {}
     current: tuple[str, dict[str, int]] | None = None
+    prefix = ""  # `trl.` inside a [stage.trl] sub-table
     for number, line in enumerate(text.splitlines(), start=1):
         header = _HEADER.match(line)
         if header:
             name = ".".join(part.strip().strip("\"'") for part in header.group(1).split("."))
             keys: dict[str, int] = {}
-            if name.endswith((".train", ".lora")) and current is not None:
+            if name.endswith((".train", ".lora", ".trl")) and current is not None:
                 # a sub-table belongs to the stage above it: point its keys at their own lines
                 sub = name.rsplit(".", 1)[1]
                 current[1].setdefault(sub, number)
                 current = (current[0], current[1])
+                # TRL's field names overlap the stage's (beta, max_length): the escape hatch's
+                # keys are recorded as `trl.<key>` so they never take a stage key's line
+                prefix = "trl." if sub == "trl" else ""
                 continue
             blocks.setdefault(name, []).append(Block(number, keys))
             current = (name, keys)
+            prefix = ""
             continue
         key = _KEY.match(line)
         if key and current is not None:
-            current[1].setdefault(key.group(1), number)
+            current[1].setdefault(prefix + key.group(1), number)
     return blocks
 
 
@@ -142,15 +147,31 @@ def _neighbours(owner: type[BaseModel] | None, kind: str | None) -> tuple[str, d
     stage_keys = _fields(stage_model) if stage_model else []
     trains = kind in spec.TRAINING_KINDS or kind is None
     train_lora = {"train": _fields(spec.Train), "lora": _fields(spec.Lora)} if trains else {}
+    trl = _trl_neighbour(kind)
     if owner is spec.Train:
-        return "train", {"lora": _fields(spec.Lora), **({"": stage_keys} if stage_keys else {})}
+        return "train", {"lora": _fields(spec.Lora), **({"": stage_keys} if stage_keys else {}),
+                         **trl}
     if owner is spec.Lora:
         return "lora", {"train": _fields(spec.Train), **({"": stage_keys} if stage_keys else {})}
     if owner is spec.Header:
         return "pipeline", {}
     if owner is spec.Defaults:
         return "defaults", {"train": _fields(spec.Train), "lora": _fields(spec.Lora)}
-    return "", {**train_lora, "pipeline": _fields(spec.Header)}
+    return "", {**train_lora, "pipeline": _fields(spec.Header), **trl}
+
+
+def _trl_neighbour(kind: str | None) -> dict[str, list[str]]:
+    """A training stage's TRL config fields that `trl = { … }` passes on, so a TRL field written
+    as a stage or train key is pointed there (read only on this error path)."""
+    from graftline.engine.pipeline import trl_knobs
+
+    if kind not in trl_knobs.CONFIG_CLASSES:
+        return {}
+    try:
+        fields = trl_knobs.config_fields(kind)
+    except Exception:  # TRL not installed or unreadable: no pointer, the other fixes stand
+        return {}
+    return {"trl = { … }": sorted(fields - trl_knobs.OWNED.keys())}
 
 
 def _translate(

@@ -8,7 +8,7 @@ models see it; a `continue` stage inherits its LoRA shape from the adapter it co
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -49,6 +49,9 @@ CombineMethod = Literal[
 COMBINE_METHODS: tuple[str, ...] = get_args(CombineMethod)
 EvalMetric = Literal["loss", "exact_match"]
 ExportFormat = Literal["safetensors", "gguf", "ollama"]
+# Trackers and TRL knobs (docs/trackers.md)
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+Tracker = Literal["tensorboard", "wandb", "trackio", "mlflow"]
 
 
 def _all_metrics() -> list[EvalMetric]:
@@ -92,6 +95,16 @@ class Train(Strict):
     weight_decay: float = Field(default=0.0, ge=0)
     logging_steps: int = Field(default=1, ge=1)
     gradient_checkpointing: bool = False
+    # -- TRL knobs (docs/trackers.md): None/False = TRL's own default; checked by validate
+    # against the installed config classes (pipeline/trl_knobs.py)
+    optim: str | None = Field(default=None, description="e.g. adamw_torch_fused, paged_adamw_8bit")
+    precision: Precision = Field(default="auto", description="auto: what the backend picks")
+    max_grad_norm: float | None = Field(default=None, ge=0)
+    packing: bool = Field(default=False, description="SFT only")
+    neftune_noise_alpha: float | None = Field(default=None, gt=0)
+    lr_scheduler_kwargs: dict[str, Any] | None = None
+    max_prompt_length: int | None = Field(default=None, ge=1)
+    use_liger_kernel: bool = False
 
     @property
     def effective_lr(self) -> float:
@@ -136,6 +149,8 @@ class TrainingStage(StageBase, ScaleOut):
     train: Train = Train()
     data: str
     eval_data: str | None = None
+    # the escape hatch: other fields of the stage's TRL config, checked by validate
+    trl: dict[str, Any] = Field(default_factory=dict, description="other TRL config fields")
 
 
 class SFTStage(TrainingStage):
@@ -242,6 +257,8 @@ class Header(Strict):
     quantization: Literal["none", "4bit", "8bit"] = "none"
     probes: list[str] = Field(default_factory=list, description="probe prompts for checks")
     private: bool = Field(default=True, description="run directory owner-only (0700, files 0600)")
+    # trackers, through transformers' own integrations (docs/trackers.md)
+    report_to: list[Tracker] = Field(default_factory=list, description="experiment trackers")
 
 
 class Defaults(ScaleOut):

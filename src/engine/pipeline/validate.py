@@ -332,6 +332,13 @@ def _foreign_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
     return foreign_problems(pf, plan)
 
 
+def _tracker_and_knob_problems(pf: PipelineFile) -> list[Problem]:
+    """`[pipeline] report_to` and the TRL knobs (docs/trackers.md); reads no training library."""
+    from graftline.engine.pipeline import trackers, trl_knobs
+
+    return [*trackers.problems(pf), *trl_knobs.problems(pf)]
+
+
 def validate(pf: PipelineFile, runs: Path | None = None) -> list[Problem]:
     """Every problem in a parsed pipeline file (errors and warnings), in stage order. `runs`:
     the runs directory the run will use when it is not the file's (`--runs-dir`): the disk
@@ -349,6 +356,7 @@ def validate(pf: PipelineFile, runs: Path | None = None) -> list[Problem]:
         *limits.export_problems(pf),
         *_scaleout_problems(pf),
         *_foreign_problems(pf, plan),
+        *_tracker_and_knob_problems(pf),
     ]
     # file order, as a reader fixes them; a problem without a line sits at its stage's header
     def line(problem: Problem) -> int:

@@ -206,6 +206,10 @@ def derive(pf: PipelineFile, *, base: str, scratch: Path, steps: int = DEFAULT_S
         notes.append("backend = \"auto\" picks transformers + peft + trl on this machine (no "
                      "CUDA); on a GPU box with unsloth installed it picks Unsloth, whose path "
                      "is not rehearsed here")
+    if header.report_to:  # a rehearsal is not an experiment: keep it out of the user's trackers
+        head["report_to"] = []
+        notes.append(f"report_to = {header.report_to}: a rehearsal reports to no tracker "
+                     "(validate has checked their packages and credentials)")
     if _processes(header) > 1:
         head["processes"] = 1
         notes.append(f"processes = {_processes(header)} (multi-GPU) is rehearsed in one process")

@@ -137,6 +137,7 @@ def run(request_path: Path) -> int:
         global_step_offset=int(request["global_step_offset"]),
         resume_from=Path(resume_from) if resume_from else None, search_dir=pf.directory,
         hooks=hooks,
+        report_to=tuple(header.report_to),
     )
     if rank != 0:
         with contextlib.suppress(_RankDone):

@@ -239,6 +239,7 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
             quantization=header.quantization, seed=header.seed, probes=tuple(header.probes),
             global_step_offset=offset, resume_from=resume_from, search_dir=pf.directory,
             hooks=(hooks or {}).get(step.name, StageHooks()),
+            report_to=tuple(header.report_to),
         )
         sink.emit("stage_started", step.name, kind=step.kind, index=index,
                   max_steps=_max_steps(step), global_step_offset=offset, action=step.action,

@@ -48,6 +48,7 @@ class StageContext:
     resume_from: Path | None = None
     search_dir: Path = Path(".")
     hooks: StageHooks = StageHooks()
+    report_to: tuple[str, ...] = ()  # [pipeline] report_to: trackers (stages/tracking.py)
 
     @property
     def name(self) -> str:

@@ -12,7 +12,8 @@ from typing import Any
 from graftline.engine.pipeline import spec
 from graftline.engine.stages.callbacks import StageCallback
 from graftline.engine.stages.common import StageContext, StageOutcome
-from graftline.engine.stages.trainer_args import common_args
+from graftline.engine.stages.tracking import line_up
+from graftline.engine.stages.trainer_args import common_args, config_args, max_prompt_args
 from graftline.engine.stages.training import run_training
 
 
@@ -22,12 +23,13 @@ def build_trainer(ctx: StageContext, model: Any, tokenizer: Any, peft_config: An
 
     stage = ctx.spec_as(spec.DPOStage)
     train = ctx.step.train
-    config = DPOConfig(**common_args(ctx, train), max_length=train.max_length,
-                       loss_type=[stage.loss], beta=stage.beta,
-                       precompute_ref_log_probs=stage.precompute_ref)
-    return DPOTrainer(model=model, ref_model=None, args=config, train_dataset=rows,
-                      eval_dataset=eval_rows, processing_class=tokenizer,
-                      peft_config=peft_config, callbacks=[callback])
+    args = {**common_args(ctx, train), "max_length": train.max_length,
+            "loss_type": [stage.loss], "beta": stage.beta,
+            "precompute_ref_log_probs": stage.precompute_ref, **max_prompt_args(train)}
+    config = DPOConfig(**config_args(DPOConfig, ctx, args))
+    return line_up(DPOTrainer(model=model, ref_model=None, args=config, train_dataset=rows,
+                              eval_dataset=eval_rows, processing_class=tokenizer,
+                              peft_config=peft_config, callbacks=[callback]), ctx)
 
 
 def run(ctx: StageContext) -> StageOutcome:

@@ -12,7 +12,8 @@ from graftline.engine.pipeline import spec
 from graftline.engine.pipeline.rewards import named, resolve_reward
 from graftline.engine.stages.callbacks import StageCallback
 from graftline.engine.stages.common import StageContext, StageOutcome
-from graftline.engine.stages.trainer_args import common_args
+from graftline.engine.stages.tracking import line_up
+from graftline.engine.stages.trainer_args import common_args, config_args, max_prompt_args
 from graftline.engine.stages.training import run_training
 
 
@@ -39,20 +40,21 @@ def build_trainer(ctx: StageContext, model: Any, tokenizer: Any, peft_config: An
     # reward functions read dataset columns (e.g. `answer`): keep them in the batches
     args["remove_unused_columns"] = False
     rewards = [named(resolve_reward(n, ctx.search_dir), n) for n in stage.reward]
-    config = GRPOConfig(
-        **args,
+    args.update(
         num_generations=stage.num_generations,
         max_completion_length=stage.max_completion_length,
         temperature=stage.temperature,
         beta=stage.beta,
         reward_weights=stage.reward_weights,
         log_completions=False,
+        **max_prompt_args(train),
     )
+    config = GRPOConfig(**config_args(GRPOConfig, ctx, args))
     # TRL's type wants list[float | None] back; ours return list[float], which it accepts
-    return GRPOTrainer(model=model, reward_funcs=rewards,  # type: ignore[arg-type]
-                       args=config, train_dataset=rows,
-                       eval_dataset=eval_rows, processing_class=tokenizer,
-                       peft_config=peft_config, callbacks=[callback])
+    return line_up(GRPOTrainer(model=model, reward_funcs=rewards,  # type: ignore[arg-type]
+                               args=config, train_dataset=rows,
+                               eval_dataset=eval_rows, processing_class=tokenizer,
+                               peft_config=peft_config, callbacks=[callback]), ctx)
 
 
 def run(ctx: StageContext) -> StageOutcome:

@@ -1,0 +1,187 @@
+"""`[pipeline] report_to`: trackers through transformers' own integrations, one run = one curve.
+
+The TensorBoard test trains two real stages on the toy model (SFT, then SFT continuing its
+adapter) and reads the event files back with tensorboard's own EventAccumulator. The validate
+tests run the real check against this environment's real packages: a tracker that is not
+installed here is the missing-package case.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from stage_helpers import one_thread, pipeline, write_data  # noqa: F401
+
+from graftline.engine.common.sink import ListSink
+from graftline.engine.pipeline import trackers
+from graftline.engine.pipeline.file import parse
+from graftline.engine.pipeline.validate import validate
+
+TWO_STAGES = """
+[[stage]]
+name = "sft1"
+kind = "sft"
+data = "sft.jsonl"
+lora = { r = 8 }
+train = { max_steps = 6, batch_size = 8, lr = 3e-3 }
+
+[[stage]]
+name = "sft2"
+kind = "sft"
+from = "sft1"
+adapter = "continue"
+data = "sft2.jsonl"
+train = { max_steps = 5, batch_size = 8, lr = 1e-3 }
+"""
+
+
+def _with_trackers(text: str, names: list[str]) -> str:
+    quoted = ", ".join(f'"{n}"' for n in names)
+    line = f'base = "toy:addition"\nreport_to = [{quoted}]\n'
+    return text.replace('base = "toy:addition"\n', line)
+
+
+def _pipeline_file(tmp_path: Path, names: list[str], stages: str = TWO_STAGES):
+    from stage_helpers import HEADER
+
+    path = tmp_path / "p.toml"
+    text = _with_trackers(HEADER, names) + stages
+    path.write_text(text)
+    return parse(text, path)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_tensorboard_two_stages_read_back_as_one_curve(tmp_path: Path, toy_base: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("tensorboard", reason="the dev extra installs tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from graftline.engine.run.runner import run_pipeline
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    root = write_data(tmp_path)
+    pf = _pipeline_file(root, ["tensorboard"])
+    assert [p for p in validate(pf) if p.severity == "error"] == []
+    sink = ListSink()
+    run_dir = root / "runs" / "r"
+    result = run_pipeline(pf, run_dir, sink)
+    assert result.status == "finished", result.message
+
+    logs = run_dir / "tensorboard"
+    assert len(list(logs.glob("events.out.tfevents.*"))) == 2  # one writer per stage, one folder
+    acc = EventAccumulator(str(logs), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert "train/loss" in acc.Tags()["scalars"]
+    steps = [e.step for e in acc.Scalars("train/loss")]
+    losses = [e.value for e in acc.Scalars("train/loss")]
+
+    # graftline's own events say where each stage's steps sit in the run
+    metrics = [d for d in sink.of_type("metrics") if "loss" in d]
+    expected = [d["global_step"] for d in metrics]
+    first_stage = [d["step"] for d in metrics if d["global_step"] == d["step"]]
+    assert max(first_stage) == 6 and expected[-1] == 11  # 6 steps of sft1, then 5 of sft2
+    assert steps == expected  # the tracker's x axis is the run's global step
+    assert steps == sorted(set(steps)), "steps must be one increasing sequence, no restart"
+    assert steps == list(range(1, 12))  # logging_steps = 1: no gap at the stage boundary
+    # the values are the trainer's own losses, stage by stage
+    assert losses == pytest.approx([d["loss"] for d in metrics], rel=1e-6)
+
+
+def test_without_report_to_no_tracker_writes(tmp_path: Path, toy_base: Path) -> None:
+    """The default stays as it was: nothing reports anywhere."""
+    root = write_data(tmp_path)
+    pf = _pipeline_file(root, [])
+    assert pf.pipeline.pipeline.report_to == []
+    assert not [p for p in validate(pf) if "report_to" in (p.field or "")]
+
+
+@pytest.mark.parametrize("name", sorted(trackers.TRACKERS))
+def test_missing_package_is_a_validate_error_naming_pip(tmp_path: Path, name: str) -> None:
+    tracker = trackers.TRACKERS[name]
+    if trackers.installed(tracker):
+        pytest.skip(f"{tracker.package} is installed here: the missing case cannot be seen")
+    root = write_data(tmp_path)
+    pf = _pipeline_file(root, [name], TWO_STAGES)
+    found = [p for p in validate(pf) if "package" in p.message]
+    assert len(found) == 1, found
+    assert found[0].field == "pipeline.report_to"
+    assert found[0].line == 5  # the report_to line of the header
+    assert f"pip install {tracker.package}" in (found[0].fix or "")
+
+
+def test_tensorboard_installed_passes(tmp_path: Path) -> None:
+    if not trackers.installed(trackers.TRACKERS["tensorboard"]):
+        pytest.skip("tensorboard is not installed (the dev extra installs it)")
+    root = write_data(tmp_path)
+    pf = _pipeline_file(root, ["tensorboard"])
+    assert not [p for p in validate(pf) if p.field == "pipeline.report_to"]
+
+
+@pytest.mark.parametrize(("env", "netrc", "refused"), [
+    ({}, "", True),
+    ({"WANDB_MODE": "offline"}, "", False),
+    ({"WANDB_MODE": "disabled"}, "", False),
+    ({"WANDB_API_KEY": "x" * 40}, "", False),
+    ({}, "machine api.wandb.ai\n  login user\n  password " + "x" * 40 + "\n", False),
+    ({"WANDB_MODE": "online"}, "", True),
+])
+def test_wandb_credentials(tmp_path: Path, env: dict, netrc: str, refused: bool) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    if netrc:
+        (home / ".netrc").write_text(netrc)
+    root = write_data(tmp_path / "w")
+    pf = _pipeline_file(root, ["wandb"])
+    found = [p for p in trackers.problems(pf, env=env, home=home) if "account" in p.message]
+    assert bool(found) is refused, found
+    if refused:
+        assert "WANDB_MODE=offline" in (found[0].fix or "")
+        assert "WANDB_API_KEY" in (found[0].fix or "")
+
+
+def test_unknown_tracker_is_refused_by_the_file(tmp_path: Path) -> None:
+    from graftline.engine.pipeline.problems import PipelineError
+
+    root = write_data(tmp_path)
+    with pytest.raises(PipelineError) as caught:
+        _pipeline_file(root, ["tensorbord"])
+    (problem,) = caught.value.problems
+    assert problem.line == 5 and "report_to" in (problem.field or "")
+
+
+def test_a_rehearsal_reports_to_no_tracker(tmp_path: Path) -> None:
+    """`graftline rehearse` runs the stages on a twin: that is not an experiment to log."""
+    from graftline.engine.rehearse.rehearsal import derive
+
+    root = write_data(tmp_path)
+    pf = _pipeline_file(root, ["tensorboard", "wandb"])
+    derived = derive(pf, base="toy:addition", scratch=tmp_path / "scratch", cuda=False)
+    assert derived.pipeline.pipeline.report_to == []
+    assert any("report_to" in note for note in derived.notes)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_mlflow_local_store_steps_continue_across_stages(tmp_path: Path, toy_base: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only where mlflow is installed (not in the dev extra: heavy). transformers ends the MLflow
+    run after each stage: one MLflow run per stage, all named after the run, whose `loss` steps
+    continue one another."""
+    mlflow = pytest.importorskip("mlflow", reason="mlflow is not installed (heavy; not in dev)")
+    from graftline.engine.run.runner import run_pipeline
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "graftline-test")
+    root = write_data(tmp_path / "w")
+    pf = _pipeline_file(root, ["mlflow"])
+    result = run_pipeline(pf, root / "runs" / "r", ListSink())
+    assert result.status == "finished", result.message
+    client = mlflow.tracking.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("graftline-test")
+    runs = client.search_runs([experiment.experiment_id])
+    assert {run.info.run_name for run in runs} == {"r"}
+    steps = sorted(m.step for run in runs
+                   for m in client.get_metric_history(run.info.run_id, "loss"))
+    assert steps == list(range(1, 12))
+
