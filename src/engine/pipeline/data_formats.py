@@ -1,0 +1,72 @@
+"""TRL's dataset formats and the `columns = {…}` mapping.
+
+A stage reads TRL's formats as they are: standard (`text`; `prompt`/`completion`;
+`prompt`/`chosen`/`rejected`) and conversational (`messages`; `prompt`/`completion` as message
+lists; preference pairs). A preference pair with an implicit prompt (only `chosen`/`rejected`,
+the prompt being their shared beginning) is split with TRL's own `maybe_extract_prompt`, which
+DPOTrainer 1.15 does not call itself.
+
+`columns = { prompt = "question", completion = "answer" }` says which of the data's columns is
+graftline's `prompt` and `completion`: the data's `question` is read as `prompt`. The mapping is
+checked against the columns the data really has, with a "did you mean".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from graftline.engine.pipeline.problems import FixableError, did_you_mean
+
+
+class ColumnMappingError(FixableError):
+    """`columns` names a column the data does not have."""
+
+
+def mapping_problem(columns: Mapping[str, str], have: Iterable[str], where: str
+                    ) -> ColumnMappingError | None:
+    """The first source column of `columns` that the data lacks, as an error naming the ones
+    it has; None when every mapped column exists."""
+    present = list(have)
+    for target, source in columns.items():
+        if source not in present:
+            hint = did_you_mean(source, present) if present else "it has no columns"
+            return ColumnMappingError(
+                f"{where}: `columns.{target} = \"{source}\"`, but the data has no column "
+                f"'{source}' ({hint}; it has: {', '.join(present) or 'nothing'})",
+                f"set columns.{target} to one of the data's columns")
+    return None
+
+
+def renamed(names: Iterable[str], columns: Mapping[str, str]) -> list[str]:
+    """Column names as the stage will see them after the mapping."""
+    back = {source: target for target, source in columns.items()}
+    return [back.get(name, name) for name in names]
+
+
+def rename_row(row: dict[str, Any], columns: Mapping[str, str]) -> dict[str, Any]:
+    """One row with the mapped columns under graftline's names; a column the mapping replaces
+    (the data's own `prompt` when `prompt = "question"`) gives way to the mapped one."""
+    if not columns:
+        return row
+    back = {source: target for target, source in columns.items()}
+    out: dict[str, Any] = {}
+    for name, value in row.items():
+        if name in columns and name not in back:
+            continue  # shadowed by the mapped column
+        out[back.get(name, name)] = value
+    return out
+
+
+def implicit_prompt(row: Mapping[str, Any]) -> bool:
+    return "prompt" not in row and "chosen" in row and "rejected" in row
+
+
+def to_trl(rows: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """Rows in the form the stage's TRL trainer reads: preference rows with an implicit prompt
+    get it extracted (TRL's `maybe_extract_prompt`); everything else is already TRL's."""
+    if kind != "dpo" or not any(implicit_prompt(r) for r in rows):
+        return rows
+    from trl.data_utils import maybe_extract_prompt
+
+    return [{**r, **maybe_extract_prompt(r)} if implicit_prompt(r) else r for r in rows]
