@@ -22,6 +22,7 @@ from graftline.engine.pipeline.stage_rows import load_for_stage, load_stage_rows
 from graftline.engine.pipeline.validate import validate
 from graftline.engine.run.events import EventWriter, read_events
 from graftline.engine.run.runner import run_pipeline
+from graftline.engine.stages.stage_data import to_trl
 from graftline.engine.toy import tasks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -108,7 +109,8 @@ def test_each_trl_form_loads_and_trains(tmp_path: Path, toy_base: Path, form: st
 def test_implicit_prompt_is_extracted_with_trl_and_mapping_renames(tmp_path: Path) -> None:
     forms = _forms()
     write_jsonl(tmp_path / "pair.jsonl", forms["conversational_implicit_prompt"][1])
-    loaded = load_stage_rows("pair.jsonl", "dpo", base_dir=tmp_path).rows
+    loaded = load_stage_rows("pair.jsonl", "dpo", base_dir=tmp_path,
+                             convert=lambda rows: to_trl(rows, "dpo")).rows
     first = loaded[0]
     assert first["prompt"] == tasks.user(_sums()[0].question)  # the shared beginning
     assert first["chosen"] == tasks.assistant(_sums()[0].answer)

@@ -3,8 +3,8 @@
 A stage reads TRL's formats as they are: standard (`text`; `prompt`/`completion`;
 `prompt`/`chosen`/`rejected`) and conversational (`messages`; `prompt`/`completion` as message
 lists; preference pairs). A preference pair with an implicit prompt (only `chosen`/`rejected`,
-the prompt being their shared beginning) is split with TRL's own `maybe_extract_prompt`, which
-DPOTrainer 1.15 does not call itself.
+the prompt being their shared beginning) is split by the stage with TRL's own
+`maybe_extract_prompt` (stages/stage_data.py: this layer never imports trl).
 
 `columns = { prompt = "question", completion = "answer" }` says which of the data's columns is
 graftline's `prompt` and `completion`: the data's `question` is read as `prompt`. The mapping is
@@ -56,17 +56,3 @@ def rename_row(row: dict[str, Any], columns: Mapping[str, str]) -> dict[str, Any
             continue  # shadowed by the mapped column
         out[back.get(name, name)] = value
     return out
-
-
-def implicit_prompt(row: Mapping[str, Any]) -> bool:
-    return "prompt" not in row and "chosen" in row and "rejected" in row
-
-
-def to_trl(rows: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    """Rows in the form the stage's TRL trainer reads: preference rows with an implicit prompt
-    get it extracted (TRL's `maybe_extract_prompt`); everything else is already TRL's."""
-    if kind != "dpo" or not any(implicit_prompt(r) for r in rows):
-        return rows
-    from trl.data_utils import maybe_extract_prompt
-
-    return [{**r, **maybe_extract_prompt(r)} if implicit_prompt(r) else r for r in rows]

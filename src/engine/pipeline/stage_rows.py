@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from graftline.engine.pipeline.data_formats import mapping_problem, rename_row, to_trl
+from graftline.engine.pipeline.data_formats import mapping_problem, rename_row
 from graftline.engine.pipeline.data_sources import describe, resolve_sources
 from graftline.engine.pipeline.datasets import (
     TEXT_COLUMNS,
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import datasets
 
 SHOWN = 5  # bad rows named in a refusal
+Convert = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,10 @@ def _row_problem(row: dict[str, Any], needed: Sequence[str], number: int, path: 
 def load_stage_rows(ref: str | Sequence[str], kind: str, *, base_dir: Path,
                     run_dir: Path | None = None, split: str | None = None,
                     subset: str | None = None, columns: Mapping[str, str] | None = None,
-                    on_bad_rows: Literal["refuse", "skip"] = "refuse") -> Loaded:
-    """Every row of `ref` for a stage of `kind`; raises DatasetError before anything trains."""
+                    on_bad_rows: Literal["refuse", "skip"] = "refuse",
+                    convert: Convert | None = None) -> Loaded:
+    """Every row of `ref` for a stage of `kind`; raises DatasetError before anything trains.
+    `convert` turns the checked rows into the trainer's form (the stage passes TRL's)."""
     import datasets
 
     from graftline.engine.pipeline.data_sources import DataSourceError
@@ -170,7 +173,7 @@ def load_stage_rows(ref: str | Sequence[str], kind: str, *, base_dir: Path,
     if not kept:
         raise DatasetError(f"{label}: every row is bad ({bad[0].where}: {bad[0].message})",
                            bad[0].fix)
-    rows = to_trl(kept, kind)
+    rows = convert(kept) if convert is not None else kept
     try:
         dataset = datasets.Dataset.from_list(rows)
     except (ValueError, TypeError) as exc:  # pyarrow's ArrowInvalid is a ValueError
@@ -181,11 +184,11 @@ def load_stage_rows(ref: str | Sequence[str], kind: str, *, base_dir: Path,
 
 
 def load_for_stage(stage: Any, fieldname: str, kind: str, *, base_dir: Path,
-                   run_dir: Path | None = None) -> Loaded:
+                   run_dir: Path | None = None, convert: Convert | None = None) -> Loaded:
     """`load_stage_rows` with a stage's own options (`split` or `eval_split`, `subset`,
     `columns`, `on_bad_rows`); a stage model without them reads plain files."""
     split = getattr(stage, "eval_split" if fieldname == "eval_data" else "split", None)
     return load_stage_rows(getattr(stage, fieldname), kind, base_dir=base_dir, run_dir=run_dir,
                            split=split, subset=getattr(stage, "subset", None),
                            columns=getattr(stage, "columns", None) or {},
-                           on_bad_rows=getattr(stage, "on_bad_rows", "refuse"))
+                           on_bad_rows=getattr(stage, "on_bad_rows", "refuse"), convert=convert)
