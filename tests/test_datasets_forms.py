@@ -285,3 +285,17 @@ def test_bad_rows_skipped_train_on_the_rest_and_say_how_many(tmp_path: Path,
     assert check["data"]["total"] == ROWS and "skipped 2 bad row(s) of 16" in check["message"]
     assert f"{tmp_path / 'd.jsonl'}:4" in check["message"]
     assert _lora_b_moved(run_dir / "stages/s")
+
+
+def test_a_rehearsal_reads_lists_globs_and_mapped_columns(tmp_path: Path, toy_base: Path) -> None:
+    from graftline.engine.rehearse.rehearsal import PASSED, rehearse
+
+    qa = _forms()["columns_mapping"][1]
+    write_jsonl(tmp_path / "one.jsonl", qa[:8])
+    (tmp_path / "shards").mkdir()
+    write_jsonl(tmp_path / "shards/a.jsonl", qa[8:])
+    pipeline(tmp_path, _stage("sft", '["one.jsonl", "shards/*.jsonl"]',
+                              'columns = { prompt = "question", completion = "answer" }\n'))
+    report = rehearse(tmp_path / "pipeline.toml", steps=2, scratch_parent=tmp_path / "scratch")
+    assert report.ok, report
+    assert [(s.name, s.status) for s in report.stages] == [("s", PASSED)]

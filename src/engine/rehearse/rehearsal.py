@@ -143,10 +143,16 @@ def derive(pf: PipelineFile, *, base: str, scratch: Path, steps: int = DEFAULT_S
     samples: dict[Path, Sample] = {}
     data_dir = scratch / "data"
 
-    def sampled(value: str | None, stage: str, fieldname: str, kind: str, rows: int
-                ) -> str | None:
+    def sampled(value: str | list[str] | None, stage: str, fieldname: str, kind: str, rows: int
+                ) -> Any:
+        if isinstance(value, list):  # several sources (docs/datasets.md): each sampled alike
+            return [sampled(v, stage, fieldname, kind, rows) for v in value]
         if value is None or value.startswith("@"):
             return value  # a generate stage's output: made in the rehearsal run itself
+        if value.startswith("hf:"):
+            return value  # the local HF cache, read by the rehearsal run as the real run would
+        if any(c in value for c in "*?["):
+            return str(pf.resolve(value))  # a glob: its files, read by the rehearsal run
         source = pf.resolve(value)
         known = samples.get(source)
         target = known.target if known else data_dir / _sample_name(len(samples), source)
@@ -325,8 +331,10 @@ def write_samples(derived: Derived) -> list[Finding]:
     return findings
 
 
-def _rows(path: str | None) -> list[dict[str, Any]]:
-    if path is None or path.startswith("@"):
+def _rows(path: str | list[str] | None) -> list[dict[str, Any]]:
+    # a list, glob or hf: source (docs/datasets.md) is checked by the rehearsal run itself
+    if not isinstance(path, str) or path.startswith(("@", "hf:")) \
+            or any(c in path for c in "*?["):
         return []
     from graftline.engine.pipeline.datasets import load_rows
 
