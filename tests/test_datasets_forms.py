@@ -299,3 +299,16 @@ def test_a_rehearsal_reads_lists_globs_and_mapped_columns(tmp_path: Path, toy_ba
     report = rehearse(tmp_path / "pipeline.toml", steps=2, scratch_parent=tmp_path / "scratch")
     assert report.ok, report
     assert [(s.name, s.status) for s in report.stages] == [("s", PASSED)]
+
+
+def test_a_generated_source_in_a_list_is_kept_for_the_stage_that_reads_it(tmp_path: Path) -> None:
+    from graftline.engine.pipeline.validate import plan_of
+    from graftline.engine.run.between_stages import needed_dirs
+
+    write_jsonl(tmp_path / "d.jsonl", list(tasks.sft_rows(ROWS, 1)))
+    write_jsonl(tmp_path / "prompts.jsonl", list(tasks.prompt_rows(4, 5)))
+    pf = pipeline(tmp_path, '\n[[stage]]\nname = "gen"\nkind = "generate"\nfrom = "base"\n'
+                            'prompts = "prompts.jsonl"\n' + _stage("sft", '["d.jsonl", "@gen"]'))
+    assert not _problems(tmp_path)
+    needs = needed_dirs(plan_of(pf).steps, tmp_path / "runs" / "r")
+    assert needs["s"] == {tmp_path / "runs/r/stages/gen": "its generated data"}
