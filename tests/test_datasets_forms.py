@@ -215,10 +215,14 @@ def test_hf_dataset_from_the_cache_with_split_and_subset(tmp_path: Path, hub: Pa
     assert hard.rows["completion"] == [s.answer for s in _sums(8)]  # split defaults to train
 
     extra = 'subset = "easy"\nsplit = "train"\neval_data = "hf:org/qa"\neval_split = "test"\n'
-    events, run_dir = _train(tmp_path, _stage("sft", '"hf:org/qa"', extra + MAPPING))
+    held_out = ('\n[[stage]]\nname = "e"\nkind = "eval"\nfrom = "s"\ndata = "hf:org/qa"\n'
+                'subset = "hard"\n' + MAPPING)
+    events, run_dir = _train(tmp_path, _stage("sft", '"hf:org/qa"', extra + MAPPING) + held_out)
     assert _lora_b_moved(run_dir / "stages/s")
-    finished = next(e.data for e in events if e.type == "stage_finished")
-    assert finished["status"] == "complete" and "eval_loss" in finished["evaluation"]
+    finished = {e.stage: e.data for e in events if e.type == "stage_finished"}
+    assert finished["s"]["status"] == "complete" and "eval_loss" in finished["s"]["evaluation"]
+    evaluation = finished["e"]["evaluation"]  # the eval stage read hard/train.jsonl, mapped
+    assert evaluation["rows"] == ROWS and "exact_match" in evaluation
 
 
 @pytest.mark.parametrize(("extra", "said", "fix"), [
@@ -312,3 +316,13 @@ def test_a_generated_source_in_a_list_is_kept_for_the_stage_that_reads_it(tmp_pa
     assert not _problems(tmp_path)
     needs = needed_dirs(plan_of(pf).steps, tmp_path / "runs" / "r")
     assert needs["s"] == {tmp_path / "runs/r/stages/gen": "its generated data"}
+
+
+def test_split_without_an_hf_source_is_a_warning_and_a_list_checks_its_generated_refs(
+        tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "d.jsonl", list(tasks.sft_rows(ROWS, 1)))
+    pipeline(tmp_path, _stage("sft", '["d.jsonl", "@nowhere"]', 'split = "test"\n'))
+    [error] = _problems(tmp_path)
+    assert "'@nowhere' names no earlier generate stage" in error.message
+    [warning] = _problems(tmp_path, "warning")
+    assert warning.field == "split" and "names no hf: dataset" in warning.message

@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from graftline.engine.pipeline.data_formats import mapping_problem, renamed
-from graftline.engine.pipeline.data_sources import DataSourceError, as_list, resolve_sources
+from graftline.engine.pipeline.data_sources import (
+    HF_PREFIX,
+    DataSourceError,
+    as_list,
+    resolve_sources,
+)
 from graftline.engine.pipeline.problems import Problem, Where
 
 
@@ -27,7 +32,14 @@ def data_field_problems(base_dir: Path, stage: Any, fieldname: str, value: str |
     entries = [e for e in as_list(value) if not e.startswith("@")]  # made in the run
     if not entries:
         return
-    split = getattr(stage, "eval_split" if fieldname == "eval_data" else "split", None)
+    split_field = "eval_split" if fieldname == "eval_data" else "split"
+    split = getattr(stage, split_field, None)
+    if not any(e.startswith(HF_PREFIX) for e in entries):
+        for name in (split_field, "subset") if fieldname == "data" else (split_field,):
+            if getattr(stage, name, None) is not None:
+                yield Problem(f"`{name}` is set but `{fieldname}` names no hf: dataset; it is "
+                              "ignored", **{**at, "field": name}, severity="warning",
+                              fix=f"remove `{name}`, or point `{fieldname}` at hf:org/name")
     mapping: dict[str, str] = getattr(stage, "columns", None) or {}
     skip = getattr(stage, "on_bad_rows", "refuse") == "skip"
     try:

@@ -60,14 +60,17 @@ def _data_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
                 continue
             line = pf.line(stage.name, fieldname)
             at = Where(file=str(pf.path), line=line, stage=stage.name, field=fieldname)
-            if isinstance(value, str) and value.startswith("@"):
-                source = value[1:]
-                if earlier.get(source) != "generate":
+            # `data` may be a list of sources (docs/datasets.md); each `@stage` is checked here
+            generated = [r for r in ([value] if isinstance(value, str) else value)
+                         if r.startswith("@")]
+            for ref in generated:
+                if earlier.get(ref[1:]) != "generate":
                     yield Problem(
-                        f"'{value}' names no earlier generate stage",
+                        f"'{ref}' names no earlier generate stage",
                         **at,
                         fix="put a generate stage with that name above this one",
                     )
+            if isinstance(value, str) and generated:
                 continue
             kind = (
                 "generate"
