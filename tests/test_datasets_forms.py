@@ -8,6 +8,7 @@ matrices (zero at initialisation, so nonzero only if the rows produced gradients
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -186,6 +187,12 @@ def _hub_cache(root: Path) -> Path:
         "  - split: test\n    path: easy/test.parquet\n"
         "- config_name: hard\n  data_files:\n"
         "  - split: train\n    path: hard/train.jsonl\n---\n# qa\n")
+    # as huggingface_hub stores them: each snapshot file a relative link to a content blob
+    (repo / "blobs").mkdir()
+    for number, file in enumerate(sorted(p for p in snap.rglob("*") if p.is_file())):
+        blob = repo / "blobs" / f"{number:040x}"
+        file.rename(blob)
+        file.symlink_to(os.path.relpath(blob, file.parent))
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0123abcd")
     return cache

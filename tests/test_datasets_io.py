@@ -88,9 +88,11 @@ def test_at_stage_resolves_to_the_generate_stage_output(tmp_path: Path) -> None:
 def test_csv_rows_through_a_mapping_stay_text(tmp_path: Path) -> None:
     from graftline.engine.pipeline.stage_rows import load_stage_rows
 
-    (tmp_path / "qa.csv").write_text("question,answer\n12+34=,46\n1+1=,02\n")
-    loaded = load_stage_rows("qa.csv", "sft", base_dir=tmp_path,
+    (tmp_path / "qa.csv").write_text("question,answer\n12+34=,46\n1+1=,02\n3+4=,7,oops\n")
+    loaded = load_stage_rows("qa.csv", "sft", base_dir=tmp_path, on_bad_rows="skip",
                              columns={"prompt": "question", "completion": "answer"})
+    [extra] = loaded.skipped
+    assert extra.where == f"{tmp_path / 'qa.csv'}:4" and "1 more cell(s)" in extra.message
     assert loaded.rows.to_list() == [{"prompt": "12+34=", "completion": "46"},
                                      {"prompt": "1+1=", "completion": "02"}]  # "02", not 2
 

@@ -84,6 +84,11 @@ def _raw(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, RowProblem | 
         with path.open(encoding="utf-8", newline="") as handle:
             reader = csv.DictReader(handle)
             for row in reader:
+                if None in row:  # DictReader files extra cells under None
+                    yield reader.line_num, None, RowProblem(
+                        f"{len(row[None])} more cell(s) than the header has",
+                        "quote cells that hold commas, or fix the header", reader.line_num, path)
+                    continue
                 yield reader.line_num, dict(row), None
         return
     if fmt == "parquet":
