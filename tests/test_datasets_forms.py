@@ -296,6 +296,15 @@ def test_bad_rows_skipped_train_on_the_rest_and_say_how_many(tmp_path: Path,
     assert check["data"]["total"] == ROWS and "skipped 2 bad row(s) of 16" in check["message"]
     assert f"{tmp_path / 'd.jsonl'}:4" in check["message"]
     assert _lora_b_moved(run_dir / "stages/s")
+    # what the console makes of the same events: the check on the stage, a warning in the log
+    from graftline.console.run_view import fold
+
+    view = fold(events)
+    [stage] = view.stages
+    assert [(c.name, c.status) for c in stage.checks if c.name == "bad_rows"] == [("bad_rows",
+                                                                                  "warn")]
+    assert any(line.level == "warning" and "skipped 2 bad row(s) of 16" in line.text
+               for line in view.log)
 
 
 def test_a_rehearsal_reads_lists_globs_and_mapped_columns(tmp_path: Path, toy_base: Path) -> None:
