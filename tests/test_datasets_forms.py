@@ -139,6 +139,16 @@ def test_an_unknown_mapped_column_names_the_columns_that_exist(tmp_path: Path) -
     assert problem.stage == "s" and problem.field == "columns" and problem.fix
 
 
+def test_a_misspelt_mapping_target_says_which_name_it_meant(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "qa.jsonl", _forms()["columns_mapping"][1])
+    pipeline(tmp_path, _stage("sft", '"qa.jsonl"',
+                              'columns = { promt = "question", completion = "answer" }\n'))
+    problems = _problems(tmp_path)
+    typo = next(p for p in problems if p.field == "columns")
+    assert "did you mean 'prompt'?" in typo.message
+    assert typo.fix == 'write columns.prompt = "question"'
+
+
 # ------------------------------------------------------------------ several files and globs
 
 

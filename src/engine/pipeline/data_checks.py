@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from graftline.engine.pipeline.data_formats import mapping_problem, renamed
+from graftline.engine.pipeline.data_formats import mapping_problem, renamed, target_typo
 from graftline.engine.pipeline.data_sources import (
     HF_PREFIX,
     DataSourceError,
@@ -42,6 +42,11 @@ def data_field_problems(base_dir: Path, stage: Any, fieldname: str, value: str |
                               fix=f"remove `{name}`, or point `{fieldname}` at hf:org/name")
     mapping: dict[str, str] = getattr(stage, "columns", None) or {}
     skip = getattr(stage, "on_bad_rows", "refuse") == "skip"
+    typo = target_typo(mapping)
+    if typo is not None:
+        yield Problem(f"`columns.{typo[0]}`: no stage reads a column '{typo[0]}' (did you mean "
+                      f"'{typo[1]}'?)", **{**at, "field": "columns"},
+                      fix=f"write columns.{typo[1]} = \"{mapping[typo[0]]}\"")
     try:
         paths = resolve_sources(entries, base_dir, split=split,
                                 subset=getattr(stage, "subset", None))

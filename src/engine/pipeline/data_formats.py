@@ -13,10 +13,15 @@ checked against the columns the data really has, with a "did you mean".
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from graftline.engine.pipeline.problems import FixableError, did_you_mean
+
+# The names TRL's formats give columns (and the built-in rewards' `answer`): a mapping's target
+# close to one of these but not equal is a typo, not a new column.
+KNOWN_TARGETS = ("prompt", "completion", "chosen", "rejected", "text", "messages", "answer")
 
 
 class ColumnMappingError(FixableError):
@@ -35,6 +40,17 @@ def mapping_problem(columns: Mapping[str, str], have: Iterable[str], where: str
                 f"{where}: `columns.{target} = \"{source}\"`, but the data has no column "
                 f"'{source}' ({hint}; it has: {', '.join(present) or 'nothing'})",
                 f"set columns.{target} to one of the data's columns")
+    return None
+
+
+def target_typo(columns: Mapping[str, str]) -> tuple[str, str] | None:
+    """(target, the known name it is close to) for a mapping target that looks misspelt."""
+    for target in columns:
+        if target in KNOWN_TARGETS:
+            continue
+        close = difflib.get_close_matches(target, KNOWN_TARGETS, n=1, cutoff=0.75)
+        if close:
+            return target, close[0]
     return None
 
 
