@@ -352,3 +352,13 @@ def test_split_without_an_hf_source_is_a_warning_and_a_list_checks_its_generated
     assert "'@nowhere' names no earlier generate stage" in error.message
     [warning] = _problems(tmp_path, "warning")
     assert warning.field == "split" and "names no hf: dataset" in warning.message
+
+
+def test_a_dpo_stage_eval_data_needs_preference_columns(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "pairs.jsonl", list(tasks.preference_rows(ROWS, 3)))
+    write_jsonl(tmp_path / "eval.jsonl", list(tasks.eval_rows())[:8])
+    pipeline(tmp_path, _stage("dpo", '"pairs.jsonl"', 'eval_data = "eval.jsonl"\n'))
+    [problem] = _problems(tmp_path)
+    assert problem.field == "eval_data" and "missing: chosen, rejected" in problem.message
+    with pytest.raises(DatasetError, match="missing: chosen, rejected"):
+        load_stage_rows("eval.jsonl", "dpo", base_dir=tmp_path)

@@ -72,13 +72,9 @@ def _data_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
                     )
             if isinstance(value, str) and generated:
                 continue
-            kind = (
-                "generate"
-                if fieldname == "prompts"
-                else "eval"
-                if fieldname == "eval_data"
-                else step.kind
-            )
+            # eval_data is what the stage's own trainer evaluates on: its kind's columns (a
+            # dpo stage's held-out pairs), as the stage loader checks them (stages/stage_data)
+            kind = "generate" if fieldname == "prompts" else step.kind
             # sources (files, globs, hf:), column mapping, columns and rows: pipeline/data_checks
             yield from data_field_problems(pf.directory, stage, fieldname, value, kind, at)
         earlier[stage.name] = step.kind
