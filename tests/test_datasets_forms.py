@@ -321,14 +321,22 @@ def test_a_rehearsal_reads_lists_globs_and_mapped_columns(tmp_path: Path, toy_ba
     from graftline.engine.rehearse.rehearsal import PASSED, rehearse
 
     qa = _forms()["columns_mapping"][1]
-    write_jsonl(tmp_path / "one.jsonl", qa[:8])
+    # a plain file is sampled (its torn line left out of the sample); the glob is read whole
+    (tmp_path / "one.jsonl").write_text("".join(json.dumps(r) + "\n" for r in qa[:8]) + "{\n")
     (tmp_path / "shards").mkdir()
-    write_jsonl(tmp_path / "shards/a.jsonl", qa[8:])
+    lines = [json.dumps(r) for r in qa[8:]]
+    lines[1] = '{"question": '  # torn
+    lines[4] = json.dumps({"question": qa[12]["question"]})  # no answer
+    (tmp_path / "shards/a.jsonl").write_text("\n".join(lines) + "\n")
     pipeline(tmp_path, _stage("sft", '["one.jsonl", "shards/*.jsonl"]',
-                              'columns = { prompt = "question", completion = "answer" }\n'))
+                              'columns = { prompt = "question", completion = "answer" }\n'
+                              'on_bad_rows = "skip"\n'))
     report = rehearse(tmp_path / "pipeline.toml", steps=2, scratch_parent=tmp_path / "scratch")
     assert report.ok, report
-    assert [(s.name, s.status) for s in report.stages] == [("s", PASSED)]
+    [stage] = report.stages
+    assert stage.status == PASSED
+    # the glob is read whole by the rehearsal run: both bad rows skipped, and said
+    assert any("skipped 2 bad row(s) of 16" in w for w in stage.warnings), stage.warnings
 
 
 def test_a_generated_source_in_a_list_is_kept_for_the_stage_that_reads_it(tmp_path: Path) -> None:

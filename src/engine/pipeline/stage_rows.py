@@ -103,6 +103,21 @@ def _raw(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, RowProblem | 
         yield number, dict(row), None
 
 
+def read_rows(path: Path) -> tuple[list[dict[str, Any]], list[RowProblem]]:
+    """Every readable row of one source, and the lines that are not rows (malformed JSON…)."""
+    rows: list[dict[str, Any]] = []
+    bad: list[RowProblem] = []
+    try:
+        for _number, row, problem in _raw(Path(path)):
+            if problem is not None:
+                bad.append(problem)
+            elif row is not None:
+                rows.append(row)
+    except (ValueError, OSError) as exc:
+        raise DatasetError(f"{path}: cannot read: {exc}", "check the file's format") from None
+    return rows, bad
+
+
 def _row_problem(row: dict[str, Any], needed: Sequence[str], number: int, path: Path,
                  option_of: Sequence[str]) -> RowProblem | None:
     absent = [c for c in needed if c not in row]

@@ -310,19 +310,33 @@ def _remove(scratch: Path) -> None:
 
 def write_samples(derived: Derived) -> list[Finding]:
     """Write each sample; scan every row of the full datasets for empty required fields."""
-    from graftline.engine.pipeline.datasets import DatasetError, load_rows, write_jsonl
+    from graftline.engine.pipeline.data_formats import rename_row
+    from graftline.engine.pipeline.datasets import DatasetError, write_jsonl
+    from graftline.engine.pipeline.stage_rows import read_rows
     from graftline.engine.rehearse.preflight import data_finding
 
+    # a stage's `columns` and `on_bad_rows` (docs/datasets.md): the sample keeps the data's own
+    # column names (the rehearsal stage maps them) and, for a stage that skips bad rows, its bad
+    # rows too (the rehearsal stage skips them and says so, as the real one will)
+    stages = {s.name: s for s in derived.pipeline.stage}
     findings: list[Finding] = []
     for sample in derived.samples:
         try:
-            rows = load_rows(sample.source).to_list()
+            rows, bad = read_rows(sample.source)
         except DatasetError as exc:
             findings += [Finding(stage, fieldname, exc.message, fix=exc.fix)
                          for stage, fieldname, _kind in sample.uses]
             continue
         for stage, fieldname, kind in sample.uses:
-            found = data_finding(stage, fieldname, sample.source.name, kind, rows)
+            if getattr(stages.get(stage), "on_bad_rows", "refuse") == "skip":
+                continue
+            if bad:
+                findings.append(Finding(stage, fieldname, f"{bad[0].where}: {bad[0].message}",
+                                        fix=bad[0].fix))
+                continue
+            mapping = getattr(stages.get(stage), "columns", None) or {}
+            found = data_finding(stage, fieldname, sample.source.name, kind,
+                                 [rename_row(r, mapping) for r in rows])
             if found is not None:
                 findings.append(found)
         stride = max(1, len(rows) // sample.rows)  # spread over the file, not just its head
