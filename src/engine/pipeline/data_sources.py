@@ -25,7 +25,7 @@ from graftline.engine.common.layout import RunLayout
 from graftline.engine.pipeline.problems import FixableError
 
 HF_PREFIX = "hf:"
-GENERATED = "data.jsonl"
+GENERATED = "data.jsonl"  # a generate stage's output in its stage directory
 _GLOB = re.compile(r"[*?\[]")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 # file kinds graftline reads row by row (with line numbers); a hub snapshot may hold others

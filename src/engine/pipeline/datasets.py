@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 
 from graftline.engine.common.layout import RunLayout
 from graftline.engine.pipeline.data_formats import rename_row, renamed
+from graftline.engine.pipeline.data_sources import GENERATED
 from graftline.engine.pipeline.peek import REQUIRED_COLUMNS
 from graftline.engine.pipeline.problems import FixableError
 
 if TYPE_CHECKING:
     import datasets
 
-GENERATED = "data.jsonl"
 
 class DatasetError(FixableError):
     """Raised with the fix a user needs; see FixableError."""
