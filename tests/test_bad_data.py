@@ -194,3 +194,36 @@ def test_a_large_jsonl_is_sampled_within_validates_budget_and_load_names_the_lin
     assert problems[0].row is None and "at byte" in problems[0].message
     with pytest.raises(DatasetError, match=rf"big.jsonl:{count + 1}: not valid JSON"):
         load_rows(path)
+
+
+# ------------------------------------------------- issue 19: mapped columns, several files
+
+
+def test_a_mapped_column_the_data_lacks_refuses_the_launch(tmp_path: Path) -> None:
+    rows = [{"question": r["prompt"], "answer": r["completion"]} for r in _good_sft(10)]
+    _jsonl(tmp_path / "sft.jsonl", rows)
+    [problem] = _refused(tmp_path, _sft(extra='columns = { prompt = "quest", completion = '
+                                              '"answer" }\n'))
+    assert "no column 'quest'" in problem.message and "did you mean 'question'" in problem.message
+    assert "it has: question, answer" in problem.message and problem.field == "columns"
+
+
+def test_a_bad_line_in_the_second_file_of_a_glob_names_that_file(tmp_path: Path) -> None:
+    (tmp_path / "shards").mkdir()
+    _jsonl(tmp_path / "shards/a.jsonl", _good_sft(10))
+    rows: list = _good_sft(10)
+    rows[2] = "[1, 2]"
+    _jsonl(tmp_path / "shards/b.jsonl", rows)
+    [problem] = _refused(tmp_path, _sft(data="shards/*.jsonl"))
+    assert f"{tmp_path / 'shards/b.jsonl'}:3: a JSON list, not an object" in problem.message
+    assert 'on_bad_rows = "skip"' in problem.fix
+
+
+def test_a_mapped_numeric_parquet_column_is_named_by_its_stage_name(tmp_path: Path) -> None:
+    import datasets
+
+    datasets.Dataset.from_list([{"q": f"{i}+1=", "a": i + 1} for i in range(8)]).to_parquet(
+        str(tmp_path / "qa.parquet"))
+    [problem] = _refused(tmp_path, _sft(data="qa.parquet", extra='columns = { prompt = "q", '
+                                                                  'completion = "a" }\n'))
+    assert "column `completion` is int64, not text" in problem.message

@@ -83,3 +83,24 @@ def test_at_stage_resolves_to_the_generate_stage_output(tmp_path: Path) -> None:
     assert resolve_data("d.jsonl", tmp_path) == (tmp_path / "d.jsonl").resolve()
     with pytest.raises(DatasetError):
         resolve_data("@gen", tmp_path, None)
+
+
+def test_csv_rows_through_a_mapping_stay_text(tmp_path: Path) -> None:
+    from graftline.engine.pipeline.stage_rows import load_stage_rows
+
+    (tmp_path / "qa.csv").write_text("question,answer\n12+34=,46\n1+1=,02\n3+4=,7,oops\n")
+    loaded = load_stage_rows("qa.csv", "sft", base_dir=tmp_path, on_bad_rows="skip",
+                             columns={"prompt": "question", "completion": "answer"})
+    [extra] = loaded.skipped
+    assert extra.where == f"{tmp_path / 'qa.csv'}:4" and "1 more cell(s)" in extra.message
+    assert loaded.rows.to_list() == [{"prompt": "12+34=", "completion": "46"},
+                                     {"prompt": "1+1=", "completion": "02"}]  # "02", not 2
+
+
+def test_a_malformed_hf_id_is_refused_before_any_lookup(tmp_path: Path) -> None:
+    from graftline.engine.pipeline.stage_rows import load_stage_rows
+
+    with pytest.raises(DatasetError) as info:
+        load_stage_rows("hf:not a/valid/id", "sft", base_dir=tmp_path)
+    assert "is not a Hugging Face dataset id" in info.value.message
+    assert "hf:org/name" in info.value.fix

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from graftline.engine.common.layout import RunLayout
+from graftline.engine.pipeline.data_formats import rename_row, renamed
+from graftline.engine.pipeline.data_sources import GENERATED
 from graftline.engine.pipeline.peek import REQUIRED_COLUMNS
 from graftline.engine.pipeline.problems import FixableError
 
 if TYPE_CHECKING:
     import datasets
 
-GENERATED = "data.jsonl"
 
 class DatasetError(FixableError):
     """Raised with the fix a user needs; see FixableError."""
@@ -154,6 +155,13 @@ class RowProblem:
     message: str
     fix: str
     row: int | None = None
+    file: Path | None = None
+    whole_file: bool = False  # about the file, not one row: skipping rows cannot help
+
+    @property
+    def where(self) -> str:
+        place = str(self.file) if self.file is not None else ""
+        return f"{place}:{self.row}" if self.row is not None else place
 
 
 def _text_like(value: object) -> bool:
@@ -181,16 +189,18 @@ def _options(kind: str, columns: set[str]) -> tuple[str, ...] | None:
     return None
 
 
-def check_rows(path: Path, kind: str) -> list[RowProblem]:
+def check_rows(path: Path, kind: str, columns: Mapping[str, str] | None = None
+               ) -> list[RowProblem]:
     """Problems a trainer would hit mid-run, found now with file and row. JSONL is read in full
     up to FULL_SCAN_BYTES and sampled beyond (syntax, required columns, their types); parquet is
-    checked by schema plus a bounded sample; CSV is text by nature (load_rows keeps it text)."""
+    checked by schema plus a bounded sample; CSV is text by nature (load_rows keeps it text).
+    `columns` is the stage's mapping (graftline's name → the data's column)."""
     path = Path(path)
     fmt = _format_of(path)
     if fmt == "jsonl":
-        return _check_jsonl(path, kind)
+        return _check_jsonl(path, kind, columns or {})
     if fmt == "parquet":
-        return _check_parquet(path, kind)
+        return _check_parquet(path, kind, columns or {})
     return []
 
 
@@ -230,7 +240,7 @@ def _jsonl_lines(path: Path) -> Iterator[tuple[int | None, int, bytes]]:
                 at += len(line) + 1
 
 
-def _check_jsonl(path: Path, kind: str) -> list[RowProblem]:
+def _check_jsonl(path: Path, kind: str, columns: Mapping[str, str]) -> list[RowProblem]:
     problems: list[RowProblem] = []
     needed: tuple[str, ...] | None = None
     rows = empty = 0
@@ -238,7 +248,7 @@ def _check_jsonl(path: Path, kind: str) -> list[RowProblem]:
 
     def add(message: str, fix: str, number: int | None, offset: int) -> None:
         where = "" if number is not None else f" (at byte {offset:,}; a sample of a large file)"
-        problems.append(RowProblem(message + where, fix, number))
+        problems.append(RowProblem(message + where, fix, number, path))
 
     for number, offset, raw in _jsonl_lines(path):
         if len(problems) >= MAX_ROW_PROBLEMS:
@@ -260,6 +270,7 @@ def _check_jsonl(path: Path, kind: str) -> list[RowProblem]:
             add(f"a JSON {type(row).__name__}, not an object", "write one JSON object per line",
                 number, offset)
             continue
+        row = rename_row(row, columns)
         rows += 1
         if needed is None:
             needed = _options(kind, set(row)) or ()
@@ -278,27 +289,29 @@ def _check_jsonl(path: Path, kind: str) -> list[RowProblem]:
     if rows and completion_column and needed and completion_column in needed and empty == rows:
         problems.append(RowProblem(f"every `{completion_column}` is empty ({rows} rows): the "
                                    "model would learn to say nothing",
-                                   "check how the file was written", None))
+                                   "check how the file was written", None, path, True))
     return problems
 
 
-def _check_parquet(path: Path, kind: str) -> list[RowProblem]:
+def _check_parquet(path: Path, kind: str, columns: Mapping[str, str]) -> list[RowProblem]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     problems: list[RowProblem] = []
     handle = pq.ParquetFile(path)
     schema = handle.schema_arrow
-    needed = _options(kind, set(schema.names)) or ()
+    source = dict(zip(renamed(schema.names, columns), schema.names, strict=True))
+    needed = _options(kind, set(source)) or ()
     for column in needed:
         if column not in TEXT_COLUMNS:
             continue
-        kind_of = schema.field(column).type
+        kind_of = schema.field(source[column]).type
         if not (pa.types.is_string(kind_of) or pa.types.is_large_string(kind_of)
                 or pa.types.is_list(kind_of) or pa.types.is_large_list(kind_of)):
             problems.append(RowProblem(
                 f"column `{column}` is {kind_of}, not text",
-                f"cast it to string before saving (df['{column}'] = df['{column}'].astype(str))"))
+                f"cast it to string before saving (df['{column}'] = df['{column}'].astype(str))",
+                file=path, whole_file=True))
     if problems or "completion" not in needed or kind not in ("sft", "eval"):
         return problems
     # a bounded sample: the first rows and the last row group
@@ -308,18 +321,20 @@ def _check_parquet(path: Path, kind: str) -> list[RowProblem]:
     for index in range(handle.num_row_groups):
         size = handle.metadata.row_group(index).num_rows
         if index in groups:
-            values = handle.read_row_group(index, columns=["completion"]).column(0)
+            values = handle.read_row_group(index, columns=[source["completion"]]).column(0)
             for offset, value in enumerate(values.to_pylist()[:PARQUET_SAMPLE]):
                 seen += 1
                 if value is None:
                     problems.append(RowProblem("`completion` is null",
-                                               "give every row a completion", start + offset + 1))
+                                               "give every row a completion", start + offset + 1,
+                                               path))
                     return problems
                 empty += isinstance(value, str) and not value.strip()
         start += size
     if seen and empty == seen:
         problems.append(RowProblem(f"every sampled `completion` is empty ({seen} rows)",
-                                   "check how the file was written"))
+                                   "check how the file was written", file=path,
+                                   whole_file=True))
     return problems
 
 

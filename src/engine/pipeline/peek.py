@@ -18,7 +18,8 @@ from graftline.engine.pipeline.problems import FixableError
 # Each kind accepts any one of these column sets (TRL's standard and conversational formats).
 REQUIRED_COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
     "sft": (("prompt", "completion"), ("messages",), ("text",)),
-    "dpo": (("prompt", "chosen", "rejected"),),
+    # preference with an implicit prompt: chosen/rejected share it (TRL's extract_prompt)
+    "dpo": (("prompt", "chosen", "rejected"), ("chosen", "rejected")),
     "grpo": (("prompt",),),
     "eval": (("prompt", "completion"), ("messages",), ("text",)),
     "generate": (("prompt",),),
@@ -95,8 +96,12 @@ class Missing:
     options: tuple[tuple[str, ...], ...]
 
     def __str__(self) -> str:
-        options = ", or ".join("+".join(option) for option in self.options)
-        return f"missing: {', '.join(self.missing)} (a {self.kind} stage needs columns {options})"
+        # an option inside a larger one (dpo's implicit prompt) is said in words, not listed
+        shown = [o for o in self.options if not any(set(o) < set(p) for p in self.options)]
+        options = ", or ".join("+".join(option) for option in shown)
+        implicit = " (`prompt` may be left implicit)" if len(shown) < len(self.options) else ""
+        return (f"missing: {', '.join(self.missing)} (a {self.kind} stage needs columns "
+                f"{options}{implicit})")
 
 
 def missing_columns(kind: str, have: list[str]) -> Missing | None:

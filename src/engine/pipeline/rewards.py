@@ -203,16 +203,24 @@ def reward_data_problems(pf: Any, stage: Any, resolved: dict[str, Callable[..., 
                          ) -> list[Any]:
     """Validate's reward checks that need the data: an `answer` column for the built-ins that
     read it, and one trial call of every reward on a few real rows."""
+    from graftline.engine.pipeline.data_formats import rename_row, renamed
+    from graftline.engine.pipeline.data_sources import (
+        DataSourceError,
+        is_generated,
+        resolve_sources,
+    )
     from graftline.engine.pipeline.datasets import DatasetError, columns_of, sample_rows
     from graftline.engine.pipeline.problems import Problem
 
-    if stage.data.startswith("@"):
+    if is_generated(stage.data):
         return []  # a generate stage's output: it exists only in the run
-    path = pf.resolve(stage.data)
-    try:
-        columns = columns_of(path)
-        rows = sample_rows(path)
-    except (DatasetError, OSError, ValueError):
+    mapping = stage.columns
+    try:  # the first source, under the stage's column names (docs/datasets.md)
+        path = resolve_sources(stage.data, pf.directory, split=stage.split,
+                               subset=stage.subset)[0]
+        columns = renamed(columns_of(path), mapping)
+        rows = [rename_row(row, mapping) for row in sample_rows(path)]
+    except (DatasetError, DataSourceError, OSError, ValueError):
         return []  # the data checks report the file itself
     at = dict(file=str(pf.path), line=pf.line(stage.name, "reward"), stage=stage.name,
               field="reward")

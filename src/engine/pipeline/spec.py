@@ -143,12 +143,28 @@ class ScaleOut(Strict):
     main_process_port: int | None = Field(default=None, ge=1, le=65535)
 
 
-class TrainingStage(StageBase, ScaleOut):
+# ---- datasets as they come (issue 19; docs/datasets.md) -------------------------------------
+# `data` is a path, a glob, `hf:org/name` (the local Hugging Face cache only) or a list of them.
+DataRef = str | list[str]
+
+
+class DataOptions(Strict):
+    """Where a stage's rows come from and how they are read; shared by training and eval."""
+
+    split: str | None = Field(default=None, description="hf: split (train, or the only one)")
+    eval_split: str | None = Field(default=None, description="hf: split of eval_data")
+    subset: str | None = Field(default=None, description="hf: subset (config name)")
+    columns: dict[str, str] = Field(default_factory=dict,
+                                    description="graftline's column = the data's column")
+    on_bad_rows: Literal["refuse", "skip"] = "refuse"
+
+
+class TrainingStage(StageBase, ScaleOut, DataOptions):
     adapter: Literal["new", "continue"] | None = None
     lora: Lora | None = None
     train: Train = Train()
-    data: str
-    eval_data: str | None = None
+    data: DataRef
+    eval_data: DataRef | None = None
     # the escape hatch: other fields of the stage's TRL config, checked by validate
     trl: dict[str, Any] = Field(default_factory=dict, description="other TRL config fields")
 
@@ -204,9 +220,9 @@ class GenerateStage(StageBase):
     keep: Literal["all", "correct"] = "all"
 
 
-class EvalStage(StageBase):
+class EvalStage(StageBase, DataOptions):
     kind: Literal["eval"]
-    data: str
+    data: DataRef
     metrics: list[EvalMetric] = Field(default_factory=_all_metrics)
     limit: int | None = Field(default=None, ge=1)
 

@@ -44,7 +44,7 @@ def plan_of(pf: PipelineFile, runs: Path | None = None) -> Plan:
 
 
 def _data_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
-    from graftline.engine.pipeline.peek import PeekError, columns, missing_columns
+    from graftline.engine.pipeline.data_checks import data_field_problems
 
     earlier: dict[str, str] = {}
     for step in plan.steps:
@@ -60,60 +60,24 @@ def _data_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
                 continue
             line = pf.line(stage.name, fieldname)
             at = Where(file=str(pf.path), line=line, stage=stage.name, field=fieldname)
-            if value.startswith("@"):
-                source = value[1:]
-                if earlier.get(source) != "generate":
+            # `data` may be a list of sources (docs/datasets.md); each `@stage` is checked here
+            generated = [r for r in ([value] if isinstance(value, str) else value)
+                         if r.startswith("@")]
+            for ref in generated:
+                if earlier.get(ref[1:]) != "generate":
                     yield Problem(
-                        f"'{value}' names no earlier generate stage",
+                        f"'{ref}' names no earlier generate stage",
                         **at,
                         fix="put a generate stage with that name above this one",
                     )
+            if isinstance(value, str) and generated:
                 continue
-            path = pf.resolve(value)
-            if not path.exists():
-                yield Problem(
-                    f"dataset not found: {path}",
-                    **at,
-                    fix="check the path; it is relative to the pipeline file",
-                )
-                continue
-            try:
-                have = columns(path)
-            except PeekError as exc:
-                yield Problem(f"cannot read dataset {path}: {exc.message}", **at, fix=exc.fix)
-                continue
-            kind = (
-                "generate"
-                if fieldname == "prompts"
-                else "eval"
-                if fieldname == "eval_data"
-                else step.kind
-            )
-            missing = missing_columns(kind, have)
-            if missing:
-                yield Problem(
-                    f"{path.name}: {missing}",
-                    **at,
-                    fix=f"add {' and '.join(repr(c) for c in missing.missing)} to every row "
-                        f"(the file has: {', '.join(have) or 'no columns'}), or point "
-                        f"`{fieldname}` at the right file",
-                )
-            else:  # rows a trainer would choke on mid-run (issue 23): file:row and a fix
-                yield from _row_problems(path, kind, at)
+            # eval_data is what the stage's own trainer evaluates on: its kind's columns (a
+            # dpo stage's held-out pairs), as the stage loader checks them (stages/stage_data)
+            kind = "generate" if fieldname == "prompts" else step.kind
+            # sources (files, globs, hf:), column mapping, columns and rows: pipeline/data_checks
+            yield from data_field_problems(pf.directory, stage, fieldname, value, kind, at)
         earlier[stage.name] = step.kind
-
-
-def _row_problems(path: Path, kind: str, at: Where) -> Iterator[Problem]:
-    from graftline.engine.pipeline.datasets import DatasetError, check_rows
-
-    try:
-        found = check_rows(path, kind)
-    except (DatasetError, OSError, ValueError) as exc:
-        found = []
-        yield Problem(f"cannot read dataset {path}: {exc}", **at, fix="check the file's format")
-    for row in found:
-        where = f"{path}:{row.row}" if row.row else str(path)
-        yield Problem(f"{where}: {row.message}", **at, fix=row.fix)
 
 
 def _reward_problems(pf: PipelineFile) -> Iterator[Problem]:

@@ -143,10 +143,16 @@ def derive(pf: PipelineFile, *, base: str, scratch: Path, steps: int = DEFAULT_S
     samples: dict[Path, Sample] = {}
     data_dir = scratch / "data"
 
-    def sampled(value: str | None, stage: str, fieldname: str, kind: str, rows: int
-                ) -> str | None:
+    def sampled(value: str | list[str] | None, stage: str, fieldname: str, kind: str, rows: int
+                ) -> Any:
+        if isinstance(value, list):  # several sources (docs/datasets.md): each sampled alike
+            return [sampled(v, stage, fieldname, kind, rows) for v in value]
         if value is None or value.startswith("@"):
             return value  # a generate stage's output: made in the rehearsal run itself
+        if value.startswith("hf:"):
+            return value  # the local HF cache, read by the rehearsal run as the real run would
+        if any(c in value for c in "*?["):
+            return str(pf.resolve(value))  # a glob: its files, read by the rehearsal run
         source = pf.resolve(value)
         known = samples.get(source)
         target = known.target if known else data_dir / _sample_name(len(samples), source)
@@ -308,19 +314,33 @@ def _remove(scratch: Path) -> None:
 
 def write_samples(derived: Derived) -> list[Finding]:
     """Write each sample; scan every row of the full datasets for empty required fields."""
-    from graftline.engine.pipeline.datasets import DatasetError, load_rows, write_jsonl
+    from graftline.engine.pipeline.data_formats import rename_row
+    from graftline.engine.pipeline.datasets import DatasetError, write_jsonl
+    from graftline.engine.pipeline.stage_rows import read_rows
     from graftline.engine.rehearse.preflight import data_finding
 
+    # a stage's `columns` and `on_bad_rows` (docs/datasets.md): the sample keeps the data's own
+    # column names (the rehearsal stage maps them) and, for a stage that skips bad rows, its bad
+    # rows too (the rehearsal stage skips them and says so, as the real one will)
+    stages = {s.name: s for s in derived.pipeline.stage}
     findings: list[Finding] = []
     for sample in derived.samples:
         try:
-            rows = load_rows(sample.source).to_list()
+            rows, bad = read_rows(sample.source)
         except DatasetError as exc:
             findings += [Finding(stage, fieldname, exc.message, fix=exc.fix)
                          for stage, fieldname, _kind in sample.uses]
             continue
         for stage, fieldname, kind in sample.uses:
-            found = data_finding(stage, fieldname, sample.source.name, kind, rows)
+            if getattr(stages.get(stage), "on_bad_rows", "refuse") == "skip":
+                continue
+            if bad:
+                findings.append(Finding(stage, fieldname, f"{bad[0].where}: {bad[0].message}",
+                                        fix=bad[0].fix))
+                continue
+            mapping = getattr(stages.get(stage), "columns", None) or {}
+            found = data_finding(stage, fieldname, sample.source.name, kind,
+                                 [rename_row(r, mapping) for r in rows])
             if found is not None:
                 findings.append(found)
         stride = max(1, len(rows) // sample.rows)  # spread over the file, not just its head
@@ -329,8 +349,10 @@ def write_samples(derived: Derived) -> list[Finding]:
     return findings
 
 
-def _rows(path: str | None) -> list[dict[str, Any]]:
-    if path is None or path.startswith("@"):
+def _rows(path: str | list[str] | None) -> list[dict[str, Any]]:
+    # a list, glob or hf: source (docs/datasets.md) is checked by the rehearsal run itself
+    if not isinstance(path, str) or path.startswith(("@", "hf:")) \
+            or any(c in path for c in "*?["):
         return []
     from graftline.engine.pipeline.datasets import load_rows
 

@@ -44,8 +44,10 @@ def needed_dirs(steps: list[StepPlan], run_dir: Path) -> dict[str, dict[Path, st
             need(name, "an adapter it combines")
         for attr in ("data", "eval_data", "prompts"):
             value = getattr(step.stage, attr, None)
-            if isinstance(value, str) and value.startswith("@"):
-                need(value[1:], "its generated data")
+            # `data` may be a list of sources (docs/datasets.md): each `@stage` in it is needed
+            for ref in [value] if isinstance(value, str) else value or []:
+                if ref.startswith("@"):
+                    need(ref[1:], "its generated data")
         needs[step.name] = found
     return needs
 

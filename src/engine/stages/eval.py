@@ -7,10 +7,11 @@ from typing import Any
 import torch
 
 from graftline.engine.pipeline import spec
-from graftline.engine.pipeline.datasets import load_rows
 from graftline.engine.pipeline.rewards import completion_text
+from graftline.engine.stages import checks
 from graftline.engine.stages.common import StageContext, StageOutcome, load_checkpoint_model
 from graftline.engine.stages.generate import complete, prompt_text
+from graftline.engine.stages.stage_data import stage_rows
 
 BATCH = 64
 
@@ -73,7 +74,8 @@ def expected_answer(row: dict[str, Any]) -> str | None:
 def run(ctx: StageContext) -> StageOutcome:
     stage = ctx.spec_as(spec.EvalStage)
     model, tokenizer, _ = load_checkpoint_model(ctx, ctx.step.parent)
-    rows = load_rows(ctx.data_path(stage.data)).to_list()
+    log = checks.CheckLog(ctx.name, ctx.sink)
+    rows = stage_rows(ctx, stage, "data", "eval", log).to_list()
     if stage.limit:
         rows = rows[:stage.limit]
     evaluation: dict[str, float] = {"rows": float(len(rows))}
@@ -87,5 +89,5 @@ def run(ctx: StageContext) -> StageOutcome:
                        max_new_tokens=longest + 2)
         evaluation["exact_match"] = sum(g == a for g, a in zip(got, answers, strict=True)) \
             / max(1, len(rows))
-    outcome = StageOutcome(kind=None, evaluation=evaluation)
+    outcome = StageOutcome(kind=None, evaluation=evaluation, checks=log)
     return outcome

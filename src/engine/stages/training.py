@@ -18,7 +18,6 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import spec
-from graftline.engine.pipeline.datasets import load_rows
 from graftline.engine.stages import checks, resume, trl_compat
 from graftline.engine.stages.callbacks import StageCallback, summarize
 from graftline.engine.stages.checkpoint_guard import guard_checkpoint_saves
@@ -30,6 +29,7 @@ from graftline.engine.stages.common import (
     stage_dir,
     training_parents,
 )
+from graftline.engine.stages.stage_data import stage_rows
 
 BuildTrainer = Callable[[Any, Any, Any, Any, Any, StageCallback], Any]
 PROBE_TOKENS = 12
@@ -66,9 +66,8 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
     stage, step = ctx.spec_as(spec.TrainingStage), ctx.step
     log = checks.CheckLog(ctx.name, ctx.sink)
     spent = 0.0
-    rows = load_rows(ctx.data_path(stage.data))
-    eval_rows = load_rows(ctx.data_path(stage.eval_data)) if stage.eval_data \
-        else None
+    rows = stage_rows(ctx, stage, "data", ctx.kind, log)
+    eval_rows = stage_rows(ctx, stage, "eval_data", ctx.kind, log) if stage.eval_data else None
     trl_compat.install()
     # progress reaches the console through the sink; bars would only fill engine.log
     datasets.disable_progress_bars()
