@@ -21,7 +21,7 @@ from graftline.engine.pipeline.data_sources import (
     as_list,
     resolve_sources,
 )
-from graftline.engine.pipeline.problems import Problem, Where
+from graftline.engine.pipeline.problems import Problem, Where, moved
 
 
 def data_field_problems(base_dir: Path, stage: Any, fieldname: str, value: str | Sequence[str],
@@ -38,14 +38,14 @@ def data_field_problems(base_dir: Path, stage: Any, fieldname: str, value: str |
         for name in (split_field, "subset") if fieldname == "data" else (split_field,):
             if getattr(stage, name, None) is not None:
                 yield Problem(f"`{name}` is set but `{fieldname}` names no hf: dataset; it is "
-                              "ignored", **{**at, "field": name}, severity="warning",
+                              "ignored", **moved(at, field=name), severity="warning",
                               fix=f"remove `{name}`, or point `{fieldname}` at hf:org/name")
     mapping: dict[str, str] = getattr(stage, "columns", None) or {}
     skip = getattr(stage, "on_bad_rows", "refuse") == "skip"
     typo = target_typo(mapping)
     if typo is not None:
         yield Problem(f"`columns.{typo[0]}`: no stage reads a column '{typo[0]}' (did you mean "
-                      f"'{typo[1]}'?)", **{**at, "field": "columns"},
+                      f"'{typo[1]}'?)", **moved(at, field="columns"),
                       fix=f"write columns.{typo[1]} = \"{mapping[typo[0]]}\"")
     try:
         paths = resolve_sources(entries, base_dir, split=split,
@@ -61,7 +61,7 @@ def data_field_problems(base_dir: Path, stage: Any, fieldname: str, value: str |
             continue
         wrong = mapping_problem(mapping, have, str(path))
         if wrong is not None:
-            yield Problem(wrong.message, **{**at, "field": "columns"}, fix=wrong.fix)
+            yield Problem(wrong.message, **moved(at, field="columns"), fix=wrong.fix)
             continue
         names = renamed(have, mapping)
         missing = missing_columns(kind, names)

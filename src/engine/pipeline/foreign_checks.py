@@ -18,7 +18,7 @@ from graftline.engine.lineage.resolve import resolve_base
 from graftline.engine.pipeline.file import HEADER_BLOCK, PipelineFile
 from graftline.engine.pipeline.foreign import Foreign, is_full_model
 from graftline.engine.pipeline.plan import Plan, StepPlan
-from graftline.engine.pipeline.problems import Problem, Where
+from graftline.engine.pipeline.problems import Problem, Where, moved
 
 __all__ = ["foreign_problems", "pipeline_base"]
 
@@ -41,10 +41,6 @@ def pipeline_base(pf: PipelineFile) -> str | None:
     return found.path if found.exists else None
 
 
-def _moved(at: Where, line: int | None, field: str | None) -> Where:
-    return Where(file=at["file"], line=line, stage=at["stage"], field=field)
-
-
 def foreign_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
     base = pipeline_base(pf)
     for step in plan.steps:
@@ -55,8 +51,8 @@ def foreign_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
         if stage.base_from is not None and (foreign is None or foreign.kind != "adapter"):
             yield Problem(
                 "base_from only matters when `from` names an adapter made elsewhere; here it "
-                "changes nothing", **_moved(at, pf.line(stage.name, "base_from"),
-                                           "base_from"),
+                "changes nothing",
+                **moved(at, field="base_from", line=pf.line(stage.name, "base_from")),
                 fix="remove base_from", severity="warning")
         if foreign is None or foreign.kind != "adapter":
             continue
@@ -108,8 +104,8 @@ def _base_problems(pf: PipelineFile, step: StepPlan, foreign: Foreign, base: str
     elif stage.base_from is None and base is None:
         yield Problem(f"[pipeline] base {pf.pipeline.pipeline.base} is not on this machine, so "
                       f"it cannot be compared with the adapter's recorded base "
-                      f"{foreign.base_path}", **_moved(at, pf.line(HEADER_BLOCK, "base"),
-                                                          at["field"]),
+                      f"{foreign.base_path}",
+                      **moved(at, field=at["field"], line=pf.line(HEADER_BLOCK, "base")),
                       fix='set base_from = "adapter" or "pipeline" on this stage',
                       severity="warning")
 

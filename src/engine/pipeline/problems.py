@@ -18,6 +18,12 @@ class Where(TypedDict):
     field: str | None
 
 
+def moved(at: Where, *, field: str | None, line: int | None = None) -> Where:
+    """`at` pointing at another field (and, when given, another line) of the same stage."""
+    return Where(file=at["file"], line=at["line"] if line is None else line, stage=at["stage"],
+                 field=field)
+
+
 class InStage(TypedDict):
     """A stage's file and name, for problems that give their own line and field."""
 
