@@ -8,7 +8,9 @@ installed here is the missing-package case.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from stage_helpers import one_thread, pipeline, write_data  # noqa: F401
@@ -185,3 +187,64 @@ def test_mlflow_local_store_steps_continue_across_stages(tmp_path: Path, toy_bas
                    for m in client.get_metric_history(run.info.run_id, "loss"))
     assert steps == list(range(1, 12))
 
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_wandb_offline_one_run_whose_steps_continue_across_stages(
+        tmp_path: Path, toy_base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only where wandb is installed (not in the dev extra: TRL's trainers import it whenever it
+    is present). Offline mode writes the run to disk; the two stages are one wandb run, and its
+    summary's global step is the run's last (11), not the second stage's own (5)."""
+    pytest.importorskip("wandb", reason="wandb is not installed (not in dev: TRL imports it)")
+    from graftline.engine.run.runner import run_pipeline
+
+    monkeypatch.delenv("WANDB_DISABLED", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-home"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wandb-home").mkdir()
+    root = write_data(tmp_path / "w")
+    pf = _pipeline_file(root, ["wandb"])
+    assert [p for p in validate(pf) if p.severity == "error"] == []
+    result = run_pipeline(pf, root / "runs" / "r", ListSink())
+    assert result.status == "finished", result.message
+    import wandb
+
+    assert wandb.run is not None  # the engine's process ends it at exit; a test must itself
+    wandb.finish()
+    runs = sorted((tmp_path / "wandb-home" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs  # one run for the whole pipeline
+    records = _wandb_records(next(runs[0].glob("run-*.wandb")))
+    names = [r.run.display_name for r in records if r.WhichOneof("record_type") == "run"]
+    assert names == ["r"]  # named after the run
+    steps = [int(item["train/global_step"]) for item in _history(records) if "train/loss" in item]
+    assert steps == list(range(1, 12))  # 6 + 5 steps, one curve
+
+
+def _wandb_records(path: Path) -> list[Any]:
+    """The protobuf records of an offline `.wandb` file: wandb's header, then LevelDB's log
+    format (32 KiB blocks of chunks, each with a 7-byte header: crc, length, type)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, pos = path.read_bytes(), 32768, 7
+    records, chunks = [], []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        length, kind = struct.unpack("<HB", data[pos + 4:pos + 7]) if left >= 7 else (0, 0)
+        if left < 7 or (kind == 0 and length == 0):  # a block's zero padding
+            pos += left
+            continue
+        chunks.append(data[pos + 7:pos + 7 + length])
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST: a whole record
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(b"".join(chunks))
+            records.append(record)
+            chunks = []
+    return records
+
+
+def _history(records: list[Any]) -> list[dict[str, str]]:
+    return [{item.key or "/".join(item.nested_key): item.value_json
+             for item in r.history.item}
+            for r in records if r.WhichOneof("record_type") == "history"]
