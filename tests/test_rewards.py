@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from graftline.engine.pipeline.rewards import RewardError, exact_match, named, resolve_reward
+from graftline.engine.pipeline.rewards import (
+    RewardError,
+    exact_match,
+    named,
+    resolve_reward,
+    trial_call,
+)
 
 
 def test_exact_match_on_both_completion_formats() -> None:
@@ -37,3 +43,20 @@ def test_unknown_and_unimportable_rewards() -> None:
     assert "exact_match" in unknown.value.fix
     with pytest.raises(RewardError, match="cannot import"):
         resolve_reward("no_such_module_xyz:f")
+
+
+def _as_number(prompts, completions, answer, **kwargs):  # type: ignore[no-untyped-def]
+    # a conversational reward, as users write them for TRL: completions are message lists
+    return [float(int(c[0]["content"]) == int(a)) for c, a in zip(completions, answer, strict=True)]
+
+
+def test_the_trial_call_passes_completions_in_the_data_format() -> None:
+    """A conversational prompt gets message-list completions, as TRL passes them, so a reward
+    written for that format is not refused by validate; on plain prompts the same reward fails
+    the trial, as it would fail at step 1."""
+    chat = [{"prompt": [{"role": "user", "content": "2+3"}], "answer": "5"},
+            {"prompt": [{"role": "user", "content": "4+4"}], "answer": "8"}]
+    assert trial_call(_as_number, "as_number", chat) is None
+    plain = [{"prompt": "2+3=", "answer": "5"}]
+    failed = trial_call(_as_number, "as_number", plain)
+    assert failed is not None and "raised TypeError" in failed.message

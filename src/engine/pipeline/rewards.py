@@ -153,14 +153,19 @@ def answer_problem(name: str, columns: list[str]) -> str | None:
 def trial_call(fn: Callable[..., list[float]], name: str, rows: list[dict],
                timeout_s: float = TRIAL_TIMEOUT_S) -> RewardError | None:
     """Call a reward on a few real rows, as TRL would (prompts, completions, every column as a
-    keyword), with the row's answer standing in for a completion. A reward that raises, hangs
+    keyword), with the row's answer standing in for a completion, in the row's format: a
+    conversational prompt (a list of messages) gets `[{"role": "assistant", "content": …}]`
+    completions, as TRL passes them, a plain prompt plain strings. A reward that raises, hangs
     or returns anything but one number (or None) per completion is an error now, not at step 1
     of the GRPO stage. It runs in a daemon thread so a reward that never returns cannot hang
     validate."""
     if not rows:
         return None
     prompts = [r.get("prompt", "") for r in rows]
-    completions = [str(next((r[c] for c in ANSWER_COLUMNS if c in r), "")) for r in rows]
+    answers = [str(next((r[c] for c in ANSWER_COLUMNS if c in r), "")) for r in rows]
+    completions: list[Any] = [
+        [{"role": "assistant", "content": a}] if isinstance(p, list) else a
+        for p, a in zip(prompts, answers, strict=True)]
     columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
     outcome: dict[str, Any] = {}
 
