@@ -321,3 +321,28 @@ train = { max_steps = 2 }
     assert (more.parent, more.action, more.model_foreign) == ("fresh", "continue", merged)
     assert "the model at" in more.starts_from and merged in more.starts_from
     assert not [p for p in validate(pf) if p.severity == "error"]
+
+
+def test_a_rehearsal_starts_a_foreign_stage_from_the_twin(notebook: Path, tmp_path: Path) -> None:
+    """The notebook's adapter fits the real base, not a rehearsal's twin of it: the stage that
+    continues it is rehearsed from the twin with a fresh adapter, the export after it too, and
+    the report says so; the notebook is not written. On the toy base (its own twin) the
+    checkpoint is rehearsed as it is."""
+    from graftline.engine.rehearse import rehearse
+    from graftline.engine.rehearse.rehearsal import derive
+
+    top = notebook.parent
+    write_data(top)
+    before = files_under(notebook)
+    on_toy = pipeline(top, IPO.format(base_from='base_from = "adapter"\n', extra=""), "toy.toml")
+    as_is = derive(on_toy, base=on_toy.pipeline.pipeline.base, scratch=tmp_path / "d")
+    assert as_is.pipeline.by_name("ipo").from_ == "notebook/dpo"
+
+    pf = pipeline(top, IPO.format(base_from="", extra=""), "reh.toml")
+    text = pf.path.read_text().replace('base = "toy:addition"', 'base = "notebook/merged"')
+    pf.path.write_text(text)
+    report = rehearse(pf.path, steps=2, scratch_parent=tmp_path / "s")
+    assert report.ok, [(s.name, s.error) for s in report.failures]
+    assert any("'ipo' starts from notebook/dpo (made outside graftline)" in note
+               and "fresh adapter" in note for note in report.notes), report.notes
+    assert files_under(notebook) == before

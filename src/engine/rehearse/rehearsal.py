@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graftline.engine.pipeline import spec
+from graftline.engine.pipeline import foreign, spec
 from graftline.engine.pipeline.file import PipelineFile
 from graftline.engine.pipeline.plan import StepPlan, build_plan
 from graftline.engine.pipeline.problems import Problem
@@ -190,6 +190,8 @@ def derive(pf: PipelineFile, *, base: str, scratch: Path, steps: int = DEFAULT_S
         elif isinstance(stage, spec.ExportStage):
             update["out"] = str(scratch / "exports" / stage.name)
             update["force"] = True
+        if foreign.is_reference(stage.from_) and base != header.base:
+            update.update(_foreign_start(stage, notes))
         if _processes(stage) > 1:
             update["processes"] = 1
             notes.append(f"'{stage.name}': processes = {_processes(stage)} (multi-GPU) is "
@@ -227,6 +229,24 @@ def derive(pf: PipelineFile, *, base: str, scratch: Path, steps: int = DEFAULT_S
         "pipeline": header.model_copy(update=head), "stage": stages, "defaults": defaults,
     })
     return Derived(derived, tuple(samples.values()), tuple(notes))
+
+
+def _foreign_start(stage: spec.StageBase, notes: list[str]) -> dict[str, Any]:
+    """A stage that starts from a checkpoint made elsewhere (docs/bring-your-own.md) starts, on
+    a twin that is not the base itself, from the twin: the checkpoint's weights fit the real
+    base, not the twin. Validate has checked the checkpoint; the rehearsal checks the stage and
+    what follows it. (On the toy base, its own twin, the checkpoint is rehearsed as it is.)"""
+    if isinstance(stage, spec.MergeStage):
+        notes.append(f"'{stage.name}': merging {stage.from_} (made outside graftline) is not "
+                     "rehearsed: its weights fit the real base, not the twin")
+        return {}
+    update: dict[str, Any] = {"from_": "base"}
+    if isinstance(stage, spec.TrainingStage):
+        update.update(adapter="new", base_from=None)
+    notes.append(f"'{stage.name}' starts from {stage.from_} (made outside graftline): rehearsed "
+                 "from the twin" + (" with a fresh adapter" if "adapter" in update else "")
+                 + "; the checkpoint itself is checked by validate, not loaded here")
+    return update
 
 
 # ---------------------------------------------------------------- the side effects
