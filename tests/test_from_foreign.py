@@ -346,3 +346,50 @@ def test_a_rehearsal_starts_a_foreign_stage_from_the_twin(notebook: Path, tmp_pa
     assert any("'ipo' starts from notebook/dpo (made outside graftline)" in note
                and "fresh adapter" in note for note in report.notes), report.notes
     assert files_under(notebook) == before
+
+
+def _logits(model_dir: Path, adapter: Path | None = None) -> torch.Tensor:
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter)
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_merge_and_export_straight_from_a_foreign_checkpoint(notebook: Path) -> None:
+    """No training stage in between: a merge of the notebook's Trainer checkpoint, and an export
+    of its DPO adapter, each on the base the adapter records. Both reproduce base + adapter as
+    plain peft computes it here; the notebook is not written."""
+    top = notebook.parent
+    write_data(top)
+    before = files_under(notebook)
+    stages = """
+[[stage]]
+name = "m"
+kind = "merge"
+from = "notebook/agent/checkpoint-4"
+base_from = "adapter"
+
+[[stage]]
+name = "out"
+kind = "export"
+from = "notebook/dpo"
+base_from = "adapter"
+out = "dpo-exported"
+dtype = "float32"
+"""
+    pf = pipeline(top, stages, "straight.toml")
+    assert not _errors(pf), _errors(pf)
+    sink = ListSink()
+    result = run_pipeline(pf, top / "runs" / "straight", sink)
+    assert result.status == "finished", [e for e in sink.events if e["type"] == "error"]
+    merged = notebook / "merged"
+    want = _logits(merged, notebook / "agent" / "checkpoint-4")
+    got = _logits(top / "runs" / "straight" / "stages" / "m")
+    assert (got - want).abs().max() < 1e-4 < (got - _logits(merged)).abs().max()
+    want = _logits(merged, notebook / "dpo")
+    got = _logits(top / "dpo-exported")
+    assert (got - want).abs().max() < 1e-3 < (got - _logits(merged)).abs().max()
+    assert mf.read(top / "dpo-exported").kind == "export"
+    assert files_under(notebook) == before
