@@ -248,3 +248,33 @@ def _history(records: list[Any]) -> list[dict[str, str]]:
     return [{item.key or "/".join(item.nested_key): item.value_json
              for item in r.history.item}
             for r in records if r.WhichOneof("record_type") == "history"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_trackio_local_store_one_run_whose_steps_continue_across_stages(
+        tmp_path: Path, toy_base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only where trackio is installed (not in dev: heavy). Its local store, read back with its
+    own SQLiteStorage: the stages resume one run named after the run, in the pipeline's
+    project, whose loss rows carry global steps 1…11 (trackio's own step counts rows)."""
+    pytest.importorskip("trackio", reason="trackio is not installed (heavy; not in dev)")
+    from graftline.engine.run.runner import run_pipeline
+
+    store = tmp_path / "trackio"
+    import trackio.sqlite_storage
+    import trackio.utils
+
+    # trackio reads TRACKIO_DIR once, at import, into module constants
+    for module in (trackio.utils, trackio.sqlite_storage):
+        monkeypatch.setattr(module, "TRACKIO_DIR", store)
+    from trackio.sqlite_storage import SQLiteStorage
+
+    root = write_data(tmp_path / "w")
+    pf = _pipeline_file(root, ["trackio"])
+    assert [p for p in validate(pf) if p.severity == "error"] == []
+    result = run_pipeline(pf, root / "runs" / "r", ListSink())
+    assert result.status == "finished", result.message
+    assert SQLiteStorage.get_runs(pf.pipeline.pipeline.name) == ["r"]
+    logs = SQLiteStorage.get_logs(pf.pipeline.pipeline.name, "r")
+    steps = [row["train/global_step"] for row in logs if "train/loss" in row]
+    assert steps == list(range(1, 12)), logs
+    assert store.is_dir()

@@ -138,6 +138,7 @@ def run(request_path: Path) -> int:
         resume_from=Path(resume_from) if resume_from else None, search_dir=pf.directory,
         hooks=hooks,
         report_to=tuple(header.report_to),
+        pipeline_name=header.name,
     )
     if rank != 0:
         with contextlib.suppress(_RankDone):

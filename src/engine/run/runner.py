@@ -240,6 +240,7 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
             global_step_offset=offset, resume_from=resume_from, search_dir=pf.directory,
             hooks=(hooks or {}).get(step.name, StageHooks()),
             report_to=tuple(header.report_to),
+            pipeline_name=header.name,
         )
         sink.emit("stage_started", step.name, kind=step.kind, index=index,
                   max_steps=_max_steps(step), global_step_offset=offset, action=step.action,

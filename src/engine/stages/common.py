@@ -49,6 +49,7 @@ class StageContext:
     search_dir: Path = Path(".")
     hooks: StageHooks = StageHooks()
     report_to: tuple[str, ...] = ()  # [pipeline] report_to: trackers (stages/tracking.py)
+    pipeline_name: str = ""  # [pipeline] name: the trackers' project
 
     @property
     def name(self) -> str:

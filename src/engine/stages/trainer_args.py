@@ -35,6 +35,9 @@ def common_args(ctx: StageContext, train: spec.Train) -> dict[str, Any]:
         # (stages/tracking.py lines their steps up across stages)
         "report_to": list(dict.fromkeys(ctx.report_to)),
         "run_name": ctx.run_id,
+        # trackio groups runs by project (TrainingArguments' default: "huggingface"); every
+        # stage in the pipeline's, or a second stage would start a run in another project
+        "project": ctx.pipeline_name or "graftline",
         "disable_tqdm": True,
         "seed": ctx.seed,
         "data_seed": ctx.seed,
