@@ -222,17 +222,20 @@ def _plan_foreign_training(stage: spec.TrainingStage, at: _From, foreign: Foreig
                   "add a merge stage with this `from` and start the new adapter from it, or set "
                   'adapter = "continue"')
         return _Flow("new", None, None, stage.lora or at.default_lora, model_foreign=model)
-    asked, lora = stage.lora, foreign.lora
-    if asked is not None and lora is not None and asked != lora:
-        what = f"rank {lora.r} → {asked.r}" if asked.r != lora.r else "a different LoRA config"
-        at.report(
-            stage,
-            "lora",
-            f"continuing {label} with {what}: a continued adapter keeps its shape",
-            "add a merge stage with this `from` and start a new adapter from it "
-            '(adapter = "new"), or drop `lora` from this stage',
-        )
-    return _Flow("continue", None, None, lora, model_foreign=model)
+    _keeps_shape(stage, foreign.lora, label, "with this `from`", at)
+    return _Flow("continue", None, None, foreign.lora, model_foreign=model)
+
+
+def _keeps_shape(stage: spec.TrainingStage, lora: spec.Lora | None, label: str, merge_at: str,
+                 at: _From) -> None:
+    """A continued adapter keeps its LoRA shape: a stage asking for another one is reported."""
+    asked = stage.lora
+    if asked is None or lora is None or asked == lora:
+        return
+    what = f"rank {lora.r} → {asked.r}" if asked.r != lora.r else "a different LoRA config"
+    at.report(stage, "lora", f"continuing {label} with {what}: a continued adapter keeps its shape",
+              f"add a merge stage {merge_at} and start a new adapter from it (adapter = \"new\"), "
+              "or drop `lora` from this stage")
 
 
 def _plan_training(stage: spec.TrainingStage, at: _From) -> _Flow:
@@ -268,16 +271,7 @@ def _plan_training(stage: spec.TrainingStage, at: _From) -> _Flow:
             'use adapter = "new"',
         )
     lora = up.lora if up is not None else None
-    asked = stage.lora
-    if asked is not None and lora is not None and asked != lora:
-        what = f"rank {lora.r} → {asked.r}" if asked.r != lora.r else "a different LoRA config"
-        at.report(
-            stage,
-            "lora",
-            f"continuing '{parent}' with {what}: a continued adapter keeps its shape",
-            f"add a merge stage after '{parent}' and start a new adapter "
-            '(adapter = "new"), or drop `lora` from this stage',
-        )
+    _keeps_shape(stage, lora, f"'{parent}'", f"after '{parent}'", at)
     return _Flow("continue", model_stage, parent, lora, model_foreign=model_foreign)
 
 
