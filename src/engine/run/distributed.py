@@ -80,11 +80,15 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
                             search_dir=ctx.search_dir)
     ctx.sink.emit("info", ctx.name, message=f"launching {scale.world_size} processes: "
                   f"{scaleout.shell_line(argv)}", world_size=scale.world_size,
-                  launch=argv, machine_rank=scale.machine_rank)
+                  launch=argv, machine_rank=scale.machine_rank, processes=scale.processes)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("OMP_NUM_THREADS", "1")
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
-                            preexec_fn=_die_with_engine, env=env)
+    # stderr through the engine (on to engine.log): the launcher's failure report names the
+    # rank that died first
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, preexec_fn=_die_with_engine, env=env)
+    assert proc.stderr is not None
+    stderr = group_io.StderrRelay(proc.stderr)
     tail = group_io.EventTail(work / group_io.EVENTS)
     finished_seen = False
     last = (False, False, 0)
@@ -114,6 +118,7 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
         time.sleep(POLL_S)
     relay()
     code = proc.returncode
+    launcher_said = stderr.text()  # drained: every line is in engine.log before we report
     result = _read_result(work)
     if code == 0 and result is not None:
         return result
@@ -128,18 +133,23 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
         return "complete", "", 0
     # A rank failed or was killed. Rank 0 may have reported its own side of it (a collective
     # that lost its peer); the engine says what happened to the group, and how to go on.
+    failure = group_io.first_failure(launcher_said)
+    which = (f"rank {failure.rank} failed first ({failure.cause})" if failure is not None
+             else "a rank failed or was killed")
     message = (f"stage '{ctx.name}': the {scale.world_size}-process group ended with exit code "
-               f"{code}: a rank failed or was killed"
+               f"{code}: {which}"
                + ("" if result is not None else " before rank 0 finished the stage"))
     fix = (f"see engine.log for the rank and its error; if it was killed or crashed, "
            f"`graftline resume {ctx.run_id}` continues from the stage's last Trainer checkpoint")
+    lost = ({"failed_rank": failure.rank, "failed_exitcode": failure.exitcode}
+            if failure is not None else {})
     ctx.sink.emit("error", ctx.name, message=message, fix=fix, world_size=scale.world_size,
-                  exit_code=code)
+                  exit_code=code, **lost)
     _mark_failed(ctx)
     if not finished_seen:
         ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="failed",
                       seconds=time.perf_counter() - began, metrics={}, evaluation={},
-                      world_size=scale.world_size)
+                      world_size=scale.world_size, **lost)
     return "failed", message, 0
 
 

@@ -13,11 +13,16 @@ descriptor never reaches a rank, and a file survives to be read after the group 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from graftline.engine.common import atomic
 
@@ -139,3 +144,69 @@ class GroupControl:
             self._seen_save = self._save_seq
             return True
         return False
+
+
+# -- the launcher's own account of a failed group ---------------------------------------------
+
+# torchrun (and accelerate launch, which runs torch's elastic agent) ends a failed group with a
+# ChildFailedError whose "Root Cause (first observed failure)" block names the global rank that
+# failed first and its exit code (negative: the signal). The engine keeps the launcher's stderr
+# tail to read it: the rank that died is what the console marks dead, and what the error names.
+_ROOT_CAUSE = re.compile(
+    r"Root Cause \(first observed failure\):.*?rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)"
+    r".*?exitcode\s*:\s*(-?\d+)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class RankFailure:
+    rank: int
+    local_rank: int
+    exitcode: int
+
+    @property
+    def cause(self) -> str:
+        """'killed by SIGKILL' or 'exit code 1', for a message."""
+        if self.exitcode < 0:
+            try:
+                return f"killed by {signal.Signals(-self.exitcode).name}"
+            except ValueError:
+                return f"killed by signal {-self.exitcode}"
+        return f"exit code {self.exitcode}"
+
+
+def first_failure(launcher_stderr: str) -> RankFailure | None:
+    """The rank the launcher saw fail first, from its ChildFailedError report; None without one
+    (the launcher itself was killed, or it reported in a form we do not know)."""
+    found = _ROOT_CAUSE.search(launcher_stderr)
+    if found is None:
+        return None
+    return RankFailure(int(found.group(1)), int(found.group(2)), int(found.group(3)))
+
+
+class StderrRelay:
+    """Copies the launcher's stderr (its own and every rank's that inherits it) to the engine's
+    stderr, the run's engine.log, as it arrives, keeping the last `keep` bytes to read the
+    launcher's failure report from."""
+
+    def __init__(self, pipe: IO[bytes], keep: int = 64 * 1024) -> None:
+        self._pipe, self._keep = pipe, keep
+        self._tail = bytearray()
+        self._thread = threading.Thread(target=self._run, name="graftline-launcher-stderr",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        fd = self._pipe.fileno()
+        while chunk := os.read(fd, 65536):
+            # the engine's log gone: keep draining all the same, or the ranks block on a full pipe
+            with contextlib.suppress(OSError):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(2, view):]
+            self._tail += chunk
+            del self._tail[: max(0, len(self._tail) - self._keep)]
+
+    def text(self, timeout: float = 5.0) -> str:
+        """Everything kept, once the launcher has closed its end (or after `timeout`)."""
+        self._thread.join(timeout)
+        return self._tail.decode("utf-8", "replace")

@@ -281,11 +281,15 @@ class _StageResult:
 
 
 def _scale_fields(pf: PipelineFile, stage: Any) -> dict[str, Any]:
-    """`world_size` on a distributed stage's `stage_started`; nothing for one process."""
+    """`world_size` (and this host's `processes` and `machine_rank`, which say the console which
+    ranks run here) on a distributed stage's `stage_started`; nothing for one process."""
     from graftline.engine.run import distributed
 
     scale = distributed.scale_for(pf.pipeline, stage)
-    return {"world_size": scale.world_size} if scale.distributed_run else {}
+    if not scale.distributed_run:
+        return {}
+    return {"world_size": scale.world_size, "processes": scale.processes,
+            "machine_rank": scale.machine_rank}
 
 
 def _run_stage_scaled(ctx: StageContext, pf: PipelineFile) -> _StageResult:
