@@ -379,36 +379,79 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_two_machines_on_loopback(root: Path) -> None:
+def _checkpoint_steps(run_dir: Path) -> list[int]:
+    found = run_dir / "stages" / "sft" / "trainer"
+    return sorted(int(p.name.split("-")[1]) for p in found.glob("checkpoint-*")
+                  if (p / "trainer_state.json").is_file()) if found.is_dir() else []
+
+
+def test_two_machines_on_loopback_resume_after_a_kill(root: Path, engines: list[Path]) -> None:
     """Two engines, as two hosts would run them (machine 0: `graftline run FILE`; machine 1:
-    `graftline run FILE --machine-rank 1`), one process each, meeting over loopback. Machine 0
-    reports the stage and writes its one checkpoint; machine 1 lends its rank and finishes."""
-    text = _pipeline(root, processes=1, batch=4, steps=3).read_text().replace(
+    `graftline run FILE --machine-rank 1`), one process each, meeting over loopback. Each host
+    keeps its own Trainer checkpoints; kill -9 of machine 1's rank ends both groups; each host
+    resumes its own run (machine 1 by a plain `graftline resume RUN`: the run remembers its machine
+    rank) and the stage completes. Machine 0 reports the stage and writes its one adapter;
+    machine 1 lends its rank and reports its side complete."""
+    text = _pipeline(root, processes=1, batch=4, steps=8, save=2).read_text().replace(
         "processes = 1", f"processes = 1\nnum_machines = 2\nmain_process_ip = \"127.0.0.1\"\n"
         f"main_process_port = {_free_port()}")
     path = root / "hosts.toml"
     path.write_text(text)
     host0 = launch.start_run(path)
+    engines.append(host0)
     # machine 1 through the CLI, as a second host would start it
     cli = Path(sys.executable).with_name("graftline")
     started = subprocess.run([str(cli), "run", str(path), "--machine-rank", "1", "--detach",
                               "--no-rehearse"], capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stderr
     host1 = Path(started.stdout.split(" in ", 1)[1].splitlines()[0].strip())
+    engines.append(host1)
     assert host0 != host1 and host0.parent == host1.parent
+
+    # both hosts hold a Trainer checkpoint (machine 1's written by its local rank 0); then kill
+    # -9 machine 1's rank: both groups end, both runs fail with the resume fix
+    _wait(host0, "checkpoints on both hosts",
+          lambda rows: bool(set(_checkpoint_steps(host0)) & set(_checkpoint_steps(host1))))
+    os.kill(_ranks(host1)[1], signal.SIGKILL)
     rows0 = _wait(host0, "machine 0's end", _finished)
     rows1 = _wait(host1, "machine 1's end", _finished)
-    assert _finished(rows0) == "finished", (host0 / launch.ENGINE_LOG).read_text()[-3000:]
-    assert _finished(rows1) == "finished", (host1 / launch.ENGINE_LOG).read_text()[-3000:]
+    assert _finished(rows0) == _finished(rows1) == "failed"
+    # machine 1's launcher names its killed rank; machine 0's rank 0 reports its lost peer
+    error = [r["data"] for r in rows1 if r["type"] == "error"][-1]
+    assert error["failed_rank"] == 1 and "graftline resume" in error["fix"]
+    _no_ranks_left(host0)
+    _no_ranks_left(host1)
+
+    # machine 1 resumed as machine 0 is refused (its run holds machine 1's side)
+    refused = subprocess.run([str(cli), "resume", str(host1), "--machine-rank", "0", "--detach"],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "ran on this host as machine 1" in refused.stderr
+    assert "fix:" in refused.stderr and _finished(_rows(host1)) == "failed"
+    # each host resumes its own run; machine 1 with no flag: the run remembers
+    seen0, seen1 = len(rows0), len(rows1)
+    launch.resume_run(host0)
+    resumed = subprocess.run([str(cli), "resume", str(host1), "--detach"], capture_output=True,
+                             text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    rows0 = _wait(host0, "machine 0's end", lambda r: _finished(r[seen0:]) is not None)
+    rows1 = _wait(host1, "machine 1's end", lambda r: _finished(r[seen1:]) is not None)
+    assert _finished(rows0[seen0:]) == "finished", (host0 / launch.ENGINE_LOG).read_text()[-3000:]
+    assert _finished(rows1[seen1:]) == "finished", (host1 / launch.ENGINE_LOG).read_text()[-3000:]
+    for rows, seen in ((rows0, seen0), (rows1, seen1)):
+        again = [r["data"] for r in rows[seen:] if r["type"] == "stage_started"]
+        assert len(again) == 1 and "checkpoint-" in (again[0]["resumed_from"] or ""), again
     launched = [r["data"] for r in rows0 + rows1 if r["type"] == "info" and "launch" in r["data"]]
-    assert sorted(d["machine_rank"] for d in launched) == [0, 1]
+    assert sorted(d["machine_rank"] for d in launched) == [0, 0, 1, 1]
     assert all(d["world_size"] == 2 and "--nnodes" in d["launch"] for d in launched)
-    # machine 0 reports every step once and saves the one adapter; machine 1 reports no step
-    assert _steps(rows0) == [1, 2, 3] and _steps(rows1) == []
+    # machine 0 reports the steps after its checkpoint once each, up to the last, and saves the
+    # one adapter; machine 1 reports no step and no checkpoint
+    start = int(str(_steps_started(rows0, seen0)).rsplit("-", 1)[1])
+    assert _steps(rows0, seen0) == list(range(start + 1, 9))
+    assert _steps(rows1) == []
     saved = [r["data"]["kind"] for r in rows0 if r["type"] == "checkpoint_saved"]
-    assert saved == ["adapter"]
+    assert saved.count("adapter") == 1
     assert not [r for r in rows1 if r["type"] == "checkpoint_saved"]
-    lent = [r["data"] for r in rows1 if r["type"] == "stage_finished"]
+    lent = [r["data"] for r in rows1[seen1:] if r["type"] == "stage_finished"]
     assert len(lent) == 1 and lent[0]["status"] == "complete" and lent[0]["machine_rank"] == 1
     found = mf.read(host0 / "stages" / "sft")
     assert found is not None and found.status == "complete"
@@ -416,6 +459,10 @@ def test_two_machines_on_loopback(root: Path) -> None:
     assert not (host1 / "stages" / "sft" / "adapter_model.safetensors").exists()
     _no_ranks_left(host0)
     _no_ranks_left(host1)
+
+
+def _steps_started(rows: list[dict], since: int) -> str:
+    return next(r["data"]["resumed_from"] for r in rows[since:] if r["type"] == "stage_started")
 
 
 if sys.platform != "linux":  # /proc and the parent-death signal

@@ -23,23 +23,28 @@ from pathlib import Path
 from typing import Any
 
 from graftline.engine.common import atomic
+from graftline.engine.common.layout import DONE
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import scaleout
 from graftline.engine.run import group_io
 from graftline.engine.stages.common import StageContext
 
 POLL_S = 0.2
-MACHINE_RANK_ENV = "GRAFTLINE_MACHINE_RANK"  # the per-host override for multi-node runs
+MACHINE_RANK_ENV = group_io.MACHINE_RANK_ENV  # the per-host override for multi-node runs
 STOP_GRACE_S = 600.0  # after a stop, how long the group may take to save before it is ended
 
 
-def machine_rank_override() -> int | None:
+def machine_rank_override(run_dir: Path | None = None) -> int | None:
+    """GRAFTLINE_MACHINE_RANK (`--machine-rank`), else the rank this run was launched as on this
+    host (a resumed run stays the machine it was), else None: the file's `machine_rank`."""
     value = os.environ.get(MACHINE_RANK_ENV)
-    return int(value) if value not in (None, "") else None
+    if value not in (None, ""):
+        return int(value)
+    return group_io.recorded_machine_rank(run_dir) if run_dir is not None else None
 
 
-def scale_for(pipeline: Any, stage: Any) -> scaleout.Scale:
-    return scaleout.scale_of(pipeline, stage, machine_rank_override())
+def scale_for(pipeline: Any, stage: Any, run_dir: Path | None = None) -> scaleout.Scale:
+    return scaleout.scale_of(pipeline, stage, machine_rank_override(run_dir))
 
 
 def _die_with_engine() -> None:
@@ -73,6 +78,8 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
         "resume_from": str(ctx.resume_from) if ctx.resume_from else None,
         "work_dir": str(work.resolve()),
     })
+    if scale.num_machines > 1:  # a resume on this host runs as the same machine
+        group_io.record_machine(ctx.run_dir, scale.machine_rank, scale.num_machines)
     control_path = work / group_io.CONTROL
     save_seq = 0
     group_io.write_control(control_path, stop=False, paused=False, save_seq=save_seq)
@@ -126,8 +133,13 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
         # machine 0's rank 0 saved the stage; this host only lent its processes
         note = (f"machine {scale.machine_rank}'s ranks are done; machine 0 reports and saves "
                 "the stage in its own run")
+        seconds = time.perf_counter() - began
+        # the completion marker: a resume on this host skips the stage, as machine 0 does
+        atomic.write_json(ctx.stage_dir / DONE, {
+            "stage": ctx.name, "kind": ctx.kind, "status": "complete", "steps": 0,
+            "seconds": seconds, "machine_rank": scale.machine_rank, "note": note})
         ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="complete",
-                      seconds=time.perf_counter() - began, metrics={}, evaluation={},
+                      seconds=seconds, metrics={}, evaluation={},
                       world_size=scale.world_size, machine_rank=scale.machine_rank,
                       message=note)
         return "complete", "", 0

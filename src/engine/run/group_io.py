@@ -7,6 +7,9 @@
                    engine; rank 0 reads it and broadcasts it to every rank (see GroupControl)
 - `result.json`    rank 0's verdict on the stage (status, message, steps)
 
+`<run>/dist/machine.json`: the machine rank this host's engine ran the run's groups as (a
+multi-node run), so `graftline resume` on that host resumes as the same machine.
+
 Files, not pipes: torchrun and accelerate start their workers with close_fds, so an inherited
 descriptor never reaches a rank, and a file survives to be read after the group has died.
 """
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from graftline.engine.common import atomic
+from graftline.engine.common.errors import GraftlineError
 
 DIST = "dist"
 REQUEST = "request.json"
@@ -32,6 +36,8 @@ EVENTS = "events.jsonl"
 CONTROL = "control.json"
 RESULT = "result.json"
 PAUSE_POLL_S = 0.5
+MACHINE = "machine.json"
+MACHINE_RANK_ENV = "GRAFTLINE_MACHINE_RANK"  # the per-host override for multi-node runs
 
 
 def work_dir(run_dir: Path, stage: str) -> Path:
@@ -210,3 +216,41 @@ class StderrRelay:
         """Everything kept, once the launcher has closed its end (or after `timeout`)."""
         self._thread.join(timeout)
         return self._tail.decode("utf-8", "replace")
+
+
+# -- which machine this host is, across a resume -----------------------------------------------
+
+
+def record_machine(run_dir: Path, machine_rank: int, num_machines: int) -> None:
+    atomic.write_json(Path(run_dir) / DIST / MACHINE,
+                      {"machine_rank": machine_rank, "num_machines": num_machines})
+
+
+def recorded_machine_rank(run_dir: Path) -> int | None:
+    """The machine rank this run's groups were launched as on this host; None when it never
+    launched a multi-node group (or the record is unreadable: then the file and flag decide)."""
+    try:
+        data = json.loads((Path(run_dir) / DIST / MACHINE).read_text())
+        return int(data["machine_rank"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class MachineRankConflict(GraftlineError):
+    """`graftline resume --machine-rank K` on a run this host ran as another machine."""
+
+
+def machine_rank_for_resume(run_dir: Path, given: int | None) -> int | None:
+    """The machine rank a resumed engine must run as: the one given, else the one recorded in
+    the run (a run directory holds one machine's side of a multi-node run), else None (the file
+    decides). A given rank that contradicts the record is refused: resumed as another machine,
+    this host would join the group in a seat another host holds, with the wrong checkpoints."""
+    recorded = recorded_machine_rank(run_dir)
+    if given is not None and recorded is not None and given != recorded:
+        raise MachineRankConflict(
+            f"{Path(run_dir).name} ran on this host as machine {recorded} "
+            f"({Path(run_dir) / DIST / MACHINE}); --machine-rank {given} would resume it as "
+            "another machine",
+            f"resume it as machine {recorded} (drop --machine-rank: the run remembers), or "
+            f"resume machine {given}'s own run on the host that ran it")
+    return given if given is not None else recorded
