@@ -416,9 +416,13 @@ def test_two_machines_on_loopback_resume_after_a_kill(root: Path, engines: list[
     rows0 = _wait(host0, "machine 0's end", _finished)
     rows1 = _wait(host1, "machine 1's end", _finished)
     assert _finished(rows0) == _finished(rows1) == "failed"
-    # machine 1's launcher names its killed rank; machine 0's rank 0 reports its lost peer
+    # machine 1's launcher names its killed rank; machine 0's rank 0 reports its lost peer, and
+    # its launcher is ended rather than left in torch elastic's 300 s exit barrier
     error = [r["data"] for r in rows1 if r["type"] == "error"][-1]
     assert error["failed_rank"] == 1 and "graftline resume" in error["fix"]
+    error = [r["data"] for r in rows0 if r["type"] == "error"][-1]
+    assert "waited for the other machines' launchers" in error["message"], error
+    assert "graftline resume" in error["fix"]
     _no_ranks_left(host0)
     _no_ranks_left(host1)
 

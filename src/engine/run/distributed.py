@@ -32,6 +32,10 @@ from graftline.engine.stages.common import StageContext
 POLL_S = 0.2
 MACHINE_RANK_ENV = group_io.MACHINE_RANK_ENV  # the per-host override for multi-node runs
 STOP_GRACE_S = 600.0  # after a stop, how long the group may take to save before it is ended
+# Multi-node: once rank 0 has reported the stage failed, how long this host's launcher may wait
+# in torch elastic's exit barrier (300 s by default, not settable from torchrun's command line)
+# for the other machines' launchers, which a dead peer never brings.
+EXIT_BARRIER_GRACE_S = 10.0
 
 
 def machine_rank_override(run_dir: Path | None = None) -> int | None:
@@ -100,6 +104,8 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
     finished_seen = False
     last = (False, False, 0)
     stop_asked: float | None = None
+    failed_at: float | None = None
+    cut_barrier = False
 
     def relay() -> None:
         nonlocal finished_seen
@@ -122,6 +128,11 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
         if stop_asked is not None and time.monotonic() - stop_asked > STOP_GRACE_S:
             proc.send_signal(signal.SIGTERM)  # the launcher ends its ranks
             stop_asked = float("inf")
+        if failed_at is None and scale.num_machines > 1 and _result_failed(work):
+            failed_at = time.monotonic()
+        if failed_at is not None and time.monotonic() - failed_at > EXIT_BARRIER_GRACE_S:
+            proc.send_signal(signal.SIGTERM)  # its ranks are done; only the barrier is left
+            failed_at, cut_barrier = float("inf"), True
         time.sleep(POLL_S)
     relay()
     code = proc.returncode
@@ -147,7 +158,8 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
     # that lost its peer); the engine says what happened to the group, and how to go on.
     failure = group_io.first_failure(launcher_said)
     which = (f"rank {failure.rank} failed first ({failure.cause})" if failure is not None
-             else "a rank failed or was killed")
+             else "rank 0 failed (above); its launcher was ended while it waited for the other "
+             "machines' launchers" if cut_barrier else "a rank failed or was killed")
     message = (f"stage '{ctx.name}': the {scale.world_size}-process group ended with exit code "
                f"{code}: {which}"
                + ("" if result is not None else " before rank 0 finished the stage"))
@@ -163,6 +175,11 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
                       seconds=time.perf_counter() - began, metrics={}, evaluation={},
                       world_size=scale.world_size, **lost)
     return "failed", message, 0
+
+
+def _result_failed(work: Path) -> bool:
+    found = _read_result(work) if (work / group_io.RESULT).is_file() else None
+    return found is not None and found[0] == "failed"
 
 
 def _read_result(work: Path) -> tuple[str, str, int] | None:
