@@ -222,6 +222,7 @@ class StderrRelay:
 
 
 def record_machine(run_dir: Path, machine_rank: int, num_machines: int) -> None:
+    (Path(run_dir) / DIST).mkdir(parents=True, exist_ok=True)
     atomic.write_json(Path(run_dir) / DIST / MACHINE,
                       {"machine_rank": machine_rank, "num_machines": num_machines})
 
