@@ -14,6 +14,7 @@ failed, and `graftline resume` continues from the last Trainer checkpoint as for
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -131,7 +132,11 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
         if failed_at is None and scale.num_machines > 1 and _result_failed(work):
             failed_at = time.monotonic()
         if failed_at is not None and time.monotonic() - failed_at > EXIT_BARRIER_GRACE_S:
-            proc.send_signal(signal.SIGTERM)  # its ranks are done; only the barrier is left
+            # Its rank 0 is done; the barrier is a blocking store wait in C++, where the agent's
+            # SIGTERM handler never runs (measured: it waited out the 300 s). SIGKILL the
+            # launcher's session: the launcher and any rank still in it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             failed_at, cut_barrier = float("inf"), True
         time.sleep(POLL_S)
     relay()
