@@ -4,13 +4,14 @@ pause/stop reach every rank, and kill -9 of rank 1 ends the group and resumes.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from graftline.engine.common.sink import ListSink
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import file as pipeline_file
 from graftline.engine.run import client, launch
+from graftline.engine.run import state as runstate
 from graftline.engine.run.events import EVENTS, read_raw
 from graftline.engine.run.runner import run_pipeline
 from graftline.engine.toy.tasks import grpo_rows, preference_rows, sft_rows
@@ -62,6 +64,24 @@ def root(tmp_path: Path, toy_base: Path) -> Path:
         for row in sft_rows(400, 1):
             handle.write(json.dumps(row) + "\n")
     return tmp_path
+
+
+@pytest.fixture()
+def engines() -> Iterator[list[Path]]:
+    """Runs whose engine the test started: an engine a failed assertion left running (paused,
+    say) is killed at the end, and its ranks die with it (their parent-death signal)."""
+    started: list[Path] = []
+    yield started
+    for run_dir in started:
+        found = runstate.read(run_dir)
+        if found is None or not found.pid:
+            continue
+        try:
+            mine = str(run_dir).encode() in Path(f"/proc/{found.pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if mine:
+            os.kill(found.pid, signal.SIGKILL)
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -155,34 +175,71 @@ def test_two_process_sft_in_the_engine_equals_one_process(root: Path) -> None:
     assert max((two[k] - one[k]).abs().max().item() for k in two) < TOLERANCE
 
 
-def test_pause_stop_and_kill_of_rank_1_reach_the_group_and_resume(root: Path) -> None:
-    run_dir = launch.start_run(_pipeline(root, processes=2, batch=2, steps=40, save=3))
-    _wait(run_dir, "step 2", lambda rows: max(_steps(rows), default=0) >= 2)
+def _console_shows(run_dir: Path, *wanted: str) -> str:
+    """The console (Textual Pilot, the real app attached to the run) once its screen holds every
+    `wanted` text; the screen's text."""
+    from console_support import screen_text
+
+    from graftline.console.app import GraftlineApp
+
+    async def look() -> str:
+        app = GraftlineApp(run_dir, run_dir.parent)
+        async with app.run_test(size=(160, 45)) as pilot:
+            deadline = time.monotonic() + 60
+            while not all(w in (text := screen_text(app)) for w in wanted):
+                assert time.monotonic() < deadline, f"the console never showed {wanted}:\n{text}"
+                await pilot.pause(0.1)
+            return text
+
+    return asyncio.run(look())
+
+
+def test_pause_stop_and_kill_of_rank_1_reach_the_group_and_resume(
+        root: Path, monkeypatch: pytest.MonkeyPatch, engines: list[Path]) -> None:
+    """One run, three launches of its 2-process group: pause holds every rank (the console,
+    attached, shows the group with both ranks alive) and resume wakes them; kill -9 of rank 1
+    ends the group (the console marks rank 1 dead); `graftline resume` continues from the last
+    Trainer checkpoint; stop ends every rank; a second resume completes the stage."""
+    monkeypatch.setenv("GRAFTLINE_TELEMETRY_EVERY", "0.5")  # the rank heartbeat, for the console
+    run_dir = launch.start_run(_pipeline(root, processes=2, batch=2, steps=16, save=2))
+    engines.append(run_dir)
+    _wait(run_dir, "a trainer checkpoint", lambda rows: any(
+        r["type"] == "checkpoint_saved" and r["data"]["kind"] == "trainer" for r in rows))
 
     # pause: every rank holds (both alive, no step advances), then wakes
     client.send_command(run_dir, "pause")
     _wait(run_dir, "the pause", lambda rows: any(
         r["type"] == "info" and r["data"].get("message") == "paused" for r in rows))
-    time.sleep(3.0)  # a step takes well under a second here; a running rank would log
+    since = time.monotonic()
+    pids = _ranks(run_dir)
+    assert set(pids) == {0, 1}
+    # the console on the live run: the stage's world size, both ranks alive with their pids
+    _console_shows(run_dir, "PAUSED", "2 ranks ●●", "sft ×2", f"rank 0 pid {pids[0]}",
+                   f"rank 1 pid {pids[1]}")
+    # the pause reaches the ranks at the next step end (a step takes well under a second
+    # here); from then on a running rank would log
+    time.sleep(max(0.0, 3.0 - (time.monotonic() - since)))
     held = max(_steps(_rows(run_dir)))
     time.sleep(3.0)
     assert max(_steps(_rows(run_dir))) == held
-    assert set(_ranks(run_dir)) == {0, 1}
+    assert _ranks(run_dir) == pids
     client.send_command(run_dir, "resume")
     _wait(run_dir, "a step after the pause", lambda rows: max(_steps(rows)) > held)
 
-    # kill -9 of rank 1: the launcher ends rank 0, the engine reports the stage failed
-    _wait(run_dir, "a trainer checkpoint", lambda rows: any(
-        r["type"] == "checkpoint_saved" and r["data"]["kind"] == "trainer" for r in rows))
+    # kill -9 of rank 1: the launcher ends rank 0, the engine reports the stage failed and names
+    # the rank from the launcher's own report
     os.kill(_ranks(run_dir)[1], signal.SIGKILL)
     rows = _wait(run_dir, "the run's end", _finished)
     assert _finished(rows) == "failed"
     error = [r["data"] for r in rows if r["type"] == "error"][-1]
     assert "2-process group ended" in error["message"] and "graftline resume" in error["fix"]
-    assert "a rank failed or was killed" in _rows(run_dir)[-1]["data"]["message"]
+    assert "rank 1 failed first (killed by SIGKILL)" in error["message"]
+    assert error["failed_rank"] == 1 and error["failed_exitcode"] == -signal.SIGKILL
     _no_ranks_left(run_dir)
     found = mf.read(run_dir / "stages" / "sft")
     assert found is not None and found.status != "complete"
+    # the console on the failed run: rank 1 dead, rank 0 ended with its group
+    _console_shows(run_dir, "FAILED", "2 ranks ○✗ rank 1 died", "sft ×2")
 
     # resume: the stage continues from its last Trainer checkpoint; then stop it
     seen = len(rows)
@@ -190,6 +247,7 @@ def test_pause_stop_and_kill_of_rank_1_reach_the_group_and_resume(root: Path) ->
     rows = _wait(run_dir, "steps after the resume", lambda r: len(_steps(r, seen)) >= 2)
     started = [r["data"] for r in rows[seen:] if r["type"] == "stage_started"][-1]
     assert started["resumed_from"] and "checkpoint-" in started["resumed_from"]
+    assert started["world_size"] == 2 and started["processes"] == 2
     assert _steps(rows, seen)[0] > int(started["resumed_from"].rsplit("-", 1)[1])
     client.send_command(run_dir, "stop")
     rows = _wait(run_dir, "the stop", lambda r: _finished(r[seen:]) is not None)
@@ -201,7 +259,7 @@ def test_pause_stop_and_kill_of_rank_1_reach_the_group_and_resume(root: Path) ->
     launch.resume_run(run_dir)
     rows = _wait(run_dir, "the end", lambda r: _finished(r[seen:]) is not None)
     assert _finished(rows[seen:]) == "finished", (run_dir / launch.ENGINE_LOG).read_text()[-3000:]
-    assert max(_steps(rows)) == 40
+    assert max(_steps(rows)) == 16
     found = mf.read(run_dir / "stages" / "sft")
     assert found is not None and found.status == "complete"
     _no_ranks_left(run_dir)
@@ -320,36 +378,83 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_two_machines_on_loopback(root: Path) -> None:
+def _checkpoint_steps(run_dir: Path) -> list[int]:
+    found = run_dir / "stages" / "sft" / "trainer"
+    return sorted(int(p.name.split("-")[1]) for p in found.glob("checkpoint-*")
+                  if (p / "trainer_state.json").is_file()) if found.is_dir() else []
+
+
+def test_two_machines_on_loopback_resume_after_a_kill(root: Path, engines: list[Path]) -> None:
     """Two engines, as two hosts would run them (machine 0: `graftline run FILE`; machine 1:
-    `graftline run FILE --machine-rank 1`), one process each, meeting over loopback. Machine 0
-    reports the stage and writes its one checkpoint; machine 1 lends its rank and finishes."""
-    text = _pipeline(root, processes=1, batch=4, steps=3).read_text().replace(
+    `graftline run FILE --machine-rank 1`), one process each, meeting over loopback. Each host
+    keeps its own Trainer checkpoints; kill -9 of machine 1's rank ends both groups; each host
+    resumes its own run (machine 1 by a plain `graftline resume RUN`: the run remembers its machine
+    rank) and the stage completes. Machine 0 reports the stage and writes its one adapter;
+    machine 1 lends its rank and reports its side complete."""
+    text = _pipeline(root, processes=1, batch=4, steps=8, save=2).read_text().replace(
         "processes = 1", f"processes = 1\nnum_machines = 2\nmain_process_ip = \"127.0.0.1\"\n"
         f"main_process_port = {_free_port()}")
     path = root / "hosts.toml"
     path.write_text(text)
     host0 = launch.start_run(path)
+    engines.append(host0)
     # machine 1 through the CLI, as a second host would start it
     cli = Path(sys.executable).with_name("graftline")
     started = subprocess.run([str(cli), "run", str(path), "--machine-rank", "1", "--detach",
                               "--no-rehearse"], capture_output=True, text=True, timeout=120)
     assert started.returncode == 0, started.stderr
     host1 = Path(started.stdout.split(" in ", 1)[1].splitlines()[0].strip())
+    engines.append(host1)
     assert host0 != host1 and host0.parent == host1.parent
+
+    # both hosts hold a Trainer checkpoint (machine 1's written by its local rank 0); then kill
+    # -9 machine 1's rank: both groups end, both runs fail with the resume fix
+    _wait(host0, "checkpoints on both hosts",
+          lambda rows: bool(set(_checkpoint_steps(host0)) & set(_checkpoint_steps(host1))))
+    os.kill(_ranks(host1)[1], signal.SIGKILL)
     rows0 = _wait(host0, "machine 0's end", _finished)
     rows1 = _wait(host1, "machine 1's end", _finished)
-    assert _finished(rows0) == "finished", (host0 / launch.ENGINE_LOG).read_text()[-3000:]
-    assert _finished(rows1) == "finished", (host1 / launch.ENGINE_LOG).read_text()[-3000:]
+    assert _finished(rows0) == _finished(rows1) == "failed"
+    # machine 1's launcher names its killed rank; machine 0's rank 0 reports its lost peer, and
+    # its launcher is ended rather than left in torch elastic's 300 s exit barrier
+    error = [r["data"] for r in rows1 if r["type"] == "error"][-1]
+    assert error["failed_rank"] == 1 and "graftline resume" in error["fix"]
+    error = [r["data"] for r in rows0 if r["type"] == "error"][-1]
+    assert "waited for the other machines' launchers" in error["message"], error
+    assert "graftline resume" in error["fix"]
+    _no_ranks_left(host0)
+    _no_ranks_left(host1)
+
+    # machine 1 resumed as machine 0 is refused (its run holds machine 1's side)
+    refused = subprocess.run([str(cli), "resume", str(host1), "--machine-rank", "0", "--detach"],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "ran on this host as machine 1" in refused.stderr
+    assert "fix:" in refused.stderr and _finished(_rows(host1)) == "failed"
+    # each host resumes its own run; machine 1 with no flag: the run remembers
+    seen0, seen1 = len(rows0), len(rows1)
+    launch.resume_run(host0)
+    resumed = subprocess.run([str(cli), "resume", str(host1), "--detach"], capture_output=True,
+                             text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    rows0 = _wait(host0, "machine 0's end", lambda r: _finished(r[seen0:]) is not None)
+    rows1 = _wait(host1, "machine 1's end", lambda r: _finished(r[seen1:]) is not None)
+    assert _finished(rows0[seen0:]) == "finished", (host0 / launch.ENGINE_LOG).read_text()[-3000:]
+    assert _finished(rows1[seen1:]) == "finished", (host1 / launch.ENGINE_LOG).read_text()[-3000:]
+    for rows, seen in ((rows0, seen0), (rows1, seen1)):
+        again = [r["data"] for r in rows[seen:] if r["type"] == "stage_started"]
+        assert len(again) == 1 and "checkpoint-" in (again[0]["resumed_from"] or ""), again
     launched = [r["data"] for r in rows0 + rows1 if r["type"] == "info" and "launch" in r["data"]]
-    assert sorted(d["machine_rank"] for d in launched) == [0, 1]
+    assert sorted(d["machine_rank"] for d in launched) == [0, 0, 1, 1]
     assert all(d["world_size"] == 2 and "--nnodes" in d["launch"] for d in launched)
-    # machine 0 reports every step once and saves the one adapter; machine 1 reports no step
-    assert _steps(rows0) == [1, 2, 3] and _steps(rows1) == []
+    # machine 0 reports the steps after its checkpoint once each, up to the last, and saves the
+    # one adapter; machine 1 reports no step and no checkpoint
+    start = int(str(_steps_started(rows0, seen0)).rsplit("-", 1)[1])
+    assert _steps(rows0, seen0) == list(range(start + 1, 9))
+    assert _steps(rows1) == []
     saved = [r["data"]["kind"] for r in rows0 if r["type"] == "checkpoint_saved"]
-    assert saved == ["adapter"]
+    assert saved.count("adapter") == 1
     assert not [r for r in rows1 if r["type"] == "checkpoint_saved"]
-    lent = [r["data"] for r in rows1 if r["type"] == "stage_finished"]
+    lent = [r["data"] for r in rows1[seen1:] if r["type"] == "stage_finished"]
     assert len(lent) == 1 and lent[0]["status"] == "complete" and lent[0]["machine_rank"] == 1
     found = mf.read(host0 / "stages" / "sft")
     assert found is not None and found.status == "complete"
@@ -357,6 +462,10 @@ def test_two_machines_on_loopback(root: Path) -> None:
     assert not (host1 / "stages" / "sft" / "adapter_model.safetensors").exists()
     _no_ranks_left(host0)
     _no_ranks_left(host1)
+
+
+def _steps_started(rows: list[dict], since: int) -> str:
+    return next(r["data"]["resumed_from"] for r in rows[since:] if r["type"] == "stage_started")
 
 
 if sys.platform != "linux":  # /proc and the parent-death signal

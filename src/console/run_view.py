@@ -95,6 +95,11 @@ class StageView:
     started_time: float | None = None
     started_step: int = 0  # the stage step it (re)started at: a resumed stage's rate counts
     eval_latest: dict[str, float] = field(default_factory=dict)  # eval_loss … during training
+    # scale-out: the stage's process group (None: one process) and the rank that ended it
+    world_size: int | None = None
+    processes: int | None = None  # ranks on this host
+    machine_rank: int | None = None
+    failed_rank: int | None = None
 
     @property
     def progress(self) -> float | None:
@@ -201,6 +206,8 @@ class Telemetry:
     disk_free: int | None = None
     forecast_bytes: int | None = None
     seen: bool = False
+    # while a distributed stage runs: its ranks on this host (rank, pid, alive, rss, gpu_bytes)
+    ranks: list[dict[str, Any]] | None = None
 
 
 class RunModel:
@@ -472,6 +479,9 @@ def _stage_started(model: RunModel, event: Event) -> None:
     view.started_time = event.time
     view.started_step = view.step if view.resumed else 0
     view.seconds = None
+    view.world_size, view.processes, view.machine_rank = (
+        data.get("world_size"), data.get("processes"), data.get("machine_rank"))
+    view.failed_rank = None
     model.current = view.name
     if view.kind in TRAINING_KINDS and not any(n == view.name for _, n in model.boundaries):
         model.boundaries.append((view.global_step_offset, view.name))
@@ -545,6 +555,10 @@ def _check_result(model: RunModel, event: Event) -> None:
 
 def _warning(model: RunModel, event: Event) -> None:
     fix = event.data.get("fix")
+    failed = event.data.get("failed_rank")
+    view = model.stage(event.stage) if isinstance(failed, int) else None
+    if view is not None:
+        view.failed_rank = failed
     text = str(event.data.get("message", "")) + (f" — fix: {fix}" if fix else "")
     model._log(event, "warning" if event.type == "warning" else "error", text)
 
@@ -588,6 +602,10 @@ def _telemetry(model: RunModel, event: Event) -> None:
             setattr(tel, key, data[key])
     if "cpu_percent" in data:
         tel.cpu_percent = data["cpu_percent"]
+    # every sample says it afresh: one without `ranks` means no group runs now
+    ranks = data.get("ranks")
+    tel.ranks = [dict(r) for r in ranks if isinstance(r, dict)] if isinstance(ranks, list) \
+        else None
 
 
 def _run_finished(model: RunModel, event: Event) -> None:
@@ -649,7 +667,8 @@ def _load_summary(model: RunModel, summary: Summary, notices: list[str]) -> None
         view = model.stage(raw["name"], raw.get("kind") or "?")
         assert view is not None
         for key in ("index", "action", "lora_r", "reference", "max_steps", "status",
-                    "seconds", "resumed", "started_step", "done_earlier"):
+                    "seconds", "resumed", "started_step", "done_earlier",
+                    "world_size", "processes", "machine_rank", "failed_rank"):
             if raw.get(key) is not None:
                 setattr(view, key, raw[key])
         view.reference_short = raw.get("reference_label")
@@ -763,3 +782,64 @@ def format_metric(value: float | None) -> str:
     if magnitude != 0 and (magnitude < 1e-3 or magnitude >= 1e5):
         return f"{value:.2e}"
     return f"{value:.4f}" if magnitude < 10 else f"{value:.2f}"
+
+
+# -- scale-out: a distributed stage's ranks ---------------------------------------------------
+
+RANK_STATES = ("alive", "dead", "unseen", "ended")
+
+
+@dataclass(frozen=True)
+class RankLiveness:
+    """What the console says about a distributed stage's process group."""
+
+    stage: str
+    world_size: int
+    states: tuple[tuple[int, str], ...]  # (global rank, one of RANK_STATES) for this host's ranks
+    failed_rank: int | None = None
+
+    @property
+    def alive(self) -> int:
+        return sum(1 for _, state in self.states if state == "alive")
+
+    @property
+    def elsewhere(self) -> int:
+        """Ranks of the group on other machines (a multi-node run): counted, not shown."""
+        return self.world_size - len(self.states)
+
+
+def local_ranks(view: StageView) -> range:
+    """The global ranks that run on this host: torchrun and accelerate number them
+    machine_rank × processes + local rank."""
+    if not view.world_size:
+        return range(0)
+    here = view.processes or view.world_size
+    first = (view.machine_rank or 0) * here
+    return range(first, min(first + here, view.world_size))
+
+
+def rank_liveness(model: RunModel) -> RankLiveness | None:
+    """The running stage's group, from the latest telemetry sample (every rank of this host:
+    alive, dead — a zombie the launcher has not reaped —, or unseen: expected here but not in the
+    sample, starting or already gone); after a group ended on a failure, that stage's group with
+    the rank the launcher saw die first. None when no distributed stage is in view."""
+    live = model.run_status() in ("running", "paused")
+    current = model.stage(model.current) if model.current else None
+    if current is not None and live and (current.world_size or 0) > 1 \
+            and current.failed_rank is None:
+        sampled = {int(r["rank"]): bool(r.get("alive")) for r in model.telemetry.ranks or []
+                   if isinstance(r.get("rank"), int)}
+        if not sampled:
+            # no sample of this group yet: its size, no verdict on its ranks
+            return RankLiveness(current.name, int(current.world_size or 0), ())
+        states = tuple((rank, "unseen" if rank not in sampled
+                        else "alive" if sampled[rank] else "dead")
+                       for rank in local_ranks(current))
+        return RankLiveness(current.name, int(current.world_size or 0), states)
+    failed = [v for v in model.stages if v.failed_rank is not None and (v.world_size or 0) > 1]
+    if not failed:
+        return None
+    view = failed[-1]
+    states = tuple((rank, "dead" if rank == view.failed_rank else "ended")
+                   for rank in local_ranks(view))
+    return RankLiveness(view.name, int(view.world_size or 0), states, view.failed_rank)

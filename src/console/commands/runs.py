@@ -25,7 +25,12 @@ from graftline.console.commands.shared import (
     runs_dir as resolve_runs_dir,
 )
 from graftline.engine.common import human_bytes
-from graftline.engine.run import client
+from graftline.engine.run import (
+    MACHINE_RANK_ENV,
+    MachineRankConflict,
+    client,
+    machine_rank_for_resume,
+)
 
 __all__ = ["attach", "ls", "open_home", "register", "resume", "run"]
 
@@ -186,10 +191,21 @@ def resume(
     run: str | None = typer.Argument(None, help=RUN_HELP, show_default=False),
     detach: bool = typer.Option(False, "--detach", "-d", help="do not open the console"),
     runs_dir: Path | None = typer.Option(None, "--runs-dir", help=RUNS_DIR_HELP),
+    machine_rank: int | None = typer.Option(None, "--machine-rank", min=0,
+                                            help="multi-node: this host's machine rank (the run "
+                                                 "remembers it; docs/distributed.md)"),
 ) -> None:
     """Continue a crashed or stopped run (complete stages are skipped, the interrupted one
     resumes from its last checkpoint with optimizer state), or un-pause a paused one."""
     run_dir = find_or_exit(run, runs_dir)
+    try:
+        rank = machine_rank_for_resume(run_dir, machine_rank)
+    except MachineRankConflict as exc:
+        typer.echo(f"graftline: not resumed: {exc.message}\n  fix: {exc.fix}", err=True)
+        raise typer.Exit(1) from None
+    if rank is not None:
+        # the engine inherits it (run/distributed.py), as for `graftline run --machine-rank`
+        os.environ[MACHINE_RANK_ENV] = str(rank)
     if client.read_state(run_dir).status == "paused":
         try:
             reply = client.send_command(run_dir, "resume")

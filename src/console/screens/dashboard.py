@@ -82,7 +82,7 @@ class DashboardScreen(Screen[None]):
         return self.query_one(PipelineTable).following
 
     def compose(self) -> ComposeResult:
-        yield RunHeader(id="header")
+        yield RunHeader(ascii_only=self.ascii_only, id="header")
         with Horizontal(id="top"):
             yield PipelineTable(ascii_only=self.ascii_only, id="pipeline")
             with Vertical(id="side"):

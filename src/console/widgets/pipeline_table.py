@@ -209,7 +209,10 @@ class PipelineTable(DataTable):
             remaining = model.stage_eta(stage)
             eta = human_seconds(remaining) if remaining is not None else "?"
         eta_cell = Text(eta.rjust(ETA_WIDTH), style="dim" if stage.status == "pending" else "")
-        return (stage.name, stage.kind, status, progress, eta_cell, stage.metric_label(),
+        kind = stage.kind
+        if (stage.world_size or 0) > 1:  # a distributed stage: its process count beside its kind
+            kind = f"{kind} {'x' if self.ascii_only else '×'}{stage.world_size}"
+        return (stage.name, kind, status, progress, eta_cell, stage.metric_label(),
                 stage.action_label, stage.reference_label)
 
 

@@ -32,6 +32,19 @@ class ResourceGauges(QuietStatic):
         live = model.run_status() in ("running", "paused", "waiting")
         self.show(self.render_telemetry(model.telemetry, live=live))
 
+    def _rank_line(self, rank: dict) -> Text:
+        alive = bool(rank.get("alive"))
+        mark = ("o" if alive else "x") if self.ascii_only else ("●" if alive else "✗")
+        line = Text.assemble((mark, "green" if alive else "bold red"),
+                             f" rank {rank.get('rank', '?')} pid {rank.get('pid', '?')}")
+        if alive:
+            line.append(f"  RSS {human_bytes(rank.get('rss'))}")
+            if rank.get("gpu_bytes") is not None:
+                line.append(f"  VRAM {human_bytes(rank['gpu_bytes'])}")
+        else:
+            line.append("  dead", style="bold red")
+        return line
+
     def render_telemetry(self, tel: Telemetry, *, live: bool = True) -> Text:
         if not tel.seen:
             return Text("no telemetry yet", style="dim")
@@ -57,6 +70,8 @@ class ResourceGauges(QuietStatic):
                                    f" {human_bytes(tel.ram_used)}/{human_bytes(tel.ram_total)}"))
         cpu_text = f"{tel.cpu_percent:.0f}%" if tel.cpu_percent is not None else "—"
         lines.append(Text(f"engine CPU {cpu_text}  RSS {human_bytes(tel.rss)}"))
+        for rank in tel.ranks or []:  # a distributed stage's processes on this host
+            lines.append(self._rank_line(rank))
         disk = Text(f"disk free {human_bytes(tel.disk_free)}")
         if tel.forecast_bytes is not None:
             short = tel.disk_free is not None and tel.forecast_bytes > tel.disk_free

@@ -57,6 +57,10 @@ _EXPORTS = {
     "daemon": "daemon",
     "telemetry": "telemetry",
     "between_stages": "between_stages",
+    # scale-out: which machine a multi-node run's host resumes as
+    "machine_rank_for_resume": "group_io",
+    "MachineRankConflict": "group_io",
+    "MACHINE_RANK_ENV": "group_io",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -14,6 +14,7 @@ failed, and `graftline resume` continues from the last Trainer checkpoint as for
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -23,23 +24,32 @@ from pathlib import Path
 from typing import Any
 
 from graftline.engine.common import atomic
+from graftline.engine.common.layout import DONE
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import scaleout
 from graftline.engine.run import group_io
 from graftline.engine.stages.common import StageContext
 
 POLL_S = 0.2
-MACHINE_RANK_ENV = "GRAFTLINE_MACHINE_RANK"  # the per-host override for multi-node runs
+MACHINE_RANK_ENV = group_io.MACHINE_RANK_ENV  # the per-host override for multi-node runs
 STOP_GRACE_S = 600.0  # after a stop, how long the group may take to save before it is ended
+# Multi-node: once rank 0 has reported the stage failed, how long this host's launcher may wait
+# in torch elastic's exit barrier (300 s by default, not settable from torchrun's command line)
+# for the other machines' launchers, which a dead peer never brings.
+EXIT_BARRIER_GRACE_S = 10.0
 
 
-def machine_rank_override() -> int | None:
+def machine_rank_override(run_dir: Path | None = None) -> int | None:
+    """GRAFTLINE_MACHINE_RANK (`--machine-rank`), else the rank this run was launched as on this
+    host (a resumed run stays the machine it was), else None: the file's `machine_rank`."""
     value = os.environ.get(MACHINE_RANK_ENV)
-    return int(value) if value not in (None, "") else None
+    if value not in (None, ""):
+        return int(value)
+    return group_io.recorded_machine_rank(run_dir) if run_dir is not None else None
 
 
-def scale_for(pipeline: Any, stage: Any) -> scaleout.Scale:
-    return scaleout.scale_of(pipeline, stage, machine_rank_override())
+def scale_for(pipeline: Any, stage: Any, run_dir: Path | None = None) -> scaleout.Scale:
+    return scaleout.scale_of(pipeline, stage, machine_rank_override(run_dir))
 
 
 def _die_with_engine() -> None:
@@ -73,6 +83,8 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
         "resume_from": str(ctx.resume_from) if ctx.resume_from else None,
         "work_dir": str(work.resolve()),
     })
+    if scale.num_machines > 1:  # a resume on this host runs as the same machine
+        group_io.record_machine(ctx.run_dir, scale.machine_rank, scale.num_machines)
     control_path = work / group_io.CONTROL
     save_seq = 0
     group_io.write_control(control_path, stop=False, paused=False, save_seq=save_seq)
@@ -80,15 +92,21 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
                             search_dir=ctx.search_dir)
     ctx.sink.emit("info", ctx.name, message=f"launching {scale.world_size} processes: "
                   f"{scaleout.shell_line(argv)}", world_size=scale.world_size,
-                  launch=argv, machine_rank=scale.machine_rank)
+                  launch=argv, machine_rank=scale.machine_rank, processes=scale.processes)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("OMP_NUM_THREADS", "1")
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
-                            preexec_fn=_die_with_engine, env=env)
+    # stderr through the engine (on to engine.log): the launcher's failure report names the
+    # rank that died first
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, preexec_fn=_die_with_engine, env=env)
+    assert proc.stderr is not None
+    stderr = group_io.StderrRelay(proc.stderr)
     tail = group_io.EventTail(work / group_io.EVENTS)
     finished_seen = False
     last = (False, False, 0)
     stop_asked: float | None = None
+    failed_at: float | None = None
+    cut_barrier = False
 
     def relay() -> None:
         nonlocal finished_seen
@@ -111,9 +129,19 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
         if stop_asked is not None and time.monotonic() - stop_asked > STOP_GRACE_S:
             proc.send_signal(signal.SIGTERM)  # the launcher ends its ranks
             stop_asked = float("inf")
+        if failed_at is None and scale.num_machines > 1 and _result_failed(work):
+            failed_at = time.monotonic()
+        if failed_at is not None and time.monotonic() - failed_at > EXIT_BARRIER_GRACE_S:
+            # Its rank 0 is done; the barrier is a blocking store wait in C++, where the agent's
+            # SIGTERM handler never runs (measured: it waited out the 300 s). SIGKILL the
+            # launcher's session: the launcher and any rank still in it.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            failed_at, cut_barrier = float("inf"), True
         time.sleep(POLL_S)
     relay()
     code = proc.returncode
+    launcher_said = stderr.text()  # drained: every line is in engine.log before we report
     result = _read_result(work)
     if code == 0 and result is not None:
         return result
@@ -121,26 +149,42 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
         # machine 0's rank 0 saved the stage; this host only lent its processes
         note = (f"machine {scale.machine_rank}'s ranks are done; machine 0 reports and saves "
                 "the stage in its own run")
+        seconds = time.perf_counter() - began
+        # the completion marker: a resume on this host skips the stage, as machine 0 does
+        atomic.write_json(ctx.stage_dir / DONE, {
+            "stage": ctx.name, "kind": ctx.kind, "status": "complete", "steps": 0,
+            "seconds": seconds, "machine_rank": scale.machine_rank, "note": note})
         ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="complete",
-                      seconds=time.perf_counter() - began, metrics={}, evaluation={},
+                      seconds=seconds, metrics={}, evaluation={},
                       world_size=scale.world_size, machine_rank=scale.machine_rank,
                       message=note)
         return "complete", "", 0
     # A rank failed or was killed. Rank 0 may have reported its own side of it (a collective
     # that lost its peer); the engine says what happened to the group, and how to go on.
+    failure = group_io.first_failure(launcher_said)
+    which = (f"rank {failure.rank} failed first ({failure.cause})" if failure is not None
+             else "rank 0 failed (above); its launcher was ended while it waited for the other "
+             "machines' launchers" if cut_barrier else "a rank failed or was killed")
     message = (f"stage '{ctx.name}': the {scale.world_size}-process group ended with exit code "
-               f"{code}: a rank failed or was killed"
+               f"{code}: {which}"
                + ("" if result is not None else " before rank 0 finished the stage"))
     fix = (f"see engine.log for the rank and its error; if it was killed or crashed, "
            f"`graftline resume {ctx.run_id}` continues from the stage's last Trainer checkpoint")
+    lost = ({"failed_rank": failure.rank, "failed_exitcode": failure.exitcode}
+            if failure is not None else {})
     ctx.sink.emit("error", ctx.name, message=message, fix=fix, world_size=scale.world_size,
-                  exit_code=code)
+                  exit_code=code, **lost)
     _mark_failed(ctx)
     if not finished_seen:
         ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="failed",
                       seconds=time.perf_counter() - began, metrics={}, evaluation={},
-                      world_size=scale.world_size)
+                      world_size=scale.world_size, **lost)
     return "failed", message, 0
+
+
+def _result_failed(work: Path) -> bool:
+    found = _read_result(work) if (work / group_io.RESULT).is_file() else None
+    return found is not None and found[0] == "failed"
 
 
 def _read_result(work: Path) -> tuple[str, str, int] | None:

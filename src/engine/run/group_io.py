@@ -7,19 +7,28 @@
                    engine; rank 0 reads it and broadcasts it to every rank (see GroupControl)
 - `result.json`    rank 0's verdict on the stage (status, message, steps)
 
+`<run>/dist/machine.json`: the machine rank this host's engine ran the run's groups as (a
+multi-node run), so `graftline resume` on that host resumes as the same machine.
+
 Files, not pipes: torchrun and accelerate start their workers with close_fds, so an inherited
 descriptor never reaches a rank, and a file survives to be read after the group has died.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from graftline.engine.common import atomic
+from graftline.engine.common.errors import GraftlineError
 
 DIST = "dist"
 REQUEST = "request.json"
@@ -27,6 +36,8 @@ EVENTS = "events.jsonl"
 CONTROL = "control.json"
 RESULT = "result.json"
 PAUSE_POLL_S = 0.5
+MACHINE = "machine.json"
+MACHINE_RANK_ENV = "GRAFTLINE_MACHINE_RANK"  # the per-host override for multi-node runs
 
 
 def work_dir(run_dir: Path, stage: str) -> Path:
@@ -139,3 +150,108 @@ class GroupControl:
             self._seen_save = self._save_seq
             return True
         return False
+
+
+# -- the launcher's own account of a failed group ---------------------------------------------
+
+# torchrun (and accelerate launch, which runs torch's elastic agent) ends a failed group with a
+# ChildFailedError whose "Root Cause (first observed failure)" block names the global rank that
+# failed first and its exit code (negative: the signal). The engine keeps the launcher's stderr
+# tail to read it: the rank that died is what the console marks dead, and what the error names.
+_ROOT_CAUSE = re.compile(
+    r"Root Cause \(first observed failure\):.*?rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)"
+    r".*?exitcode\s*:\s*(-?\d+)", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class RankFailure:
+    rank: int
+    local_rank: int
+    exitcode: int
+
+    @property
+    def cause(self) -> str:
+        """'killed by SIGKILL' or 'exit code 1', for a message."""
+        if self.exitcode < 0:
+            try:
+                return f"killed by {signal.Signals(-self.exitcode).name}"
+            except ValueError:
+                return f"killed by signal {-self.exitcode}"
+        return f"exit code {self.exitcode}"
+
+
+def first_failure(launcher_stderr: str) -> RankFailure | None:
+    """The rank the launcher saw fail first, from its ChildFailedError report; None without one
+    (the launcher itself was killed, or it reported in a form we do not know)."""
+    found = _ROOT_CAUSE.search(launcher_stderr)
+    if found is None:
+        return None
+    return RankFailure(int(found.group(1)), int(found.group(2)), int(found.group(3)))
+
+
+class StderrRelay:
+    """Copies the launcher's stderr (its own and every rank's that inherits it) to the engine's
+    stderr, the run's engine.log, as it arrives, keeping the last `keep` bytes to read the
+    launcher's failure report from."""
+
+    def __init__(self, pipe: IO[bytes], keep: int = 64 * 1024) -> None:
+        self._pipe, self._keep = pipe, keep
+        self._tail = bytearray()
+        self._thread = threading.Thread(target=self._run, name="graftline-launcher-stderr",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        fd = self._pipe.fileno()
+        while chunk := os.read(fd, 65536):
+            # the engine's log gone: keep draining all the same, or the ranks block on a full pipe
+            with contextlib.suppress(OSError):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(2, view):]
+            self._tail += chunk
+            del self._tail[: max(0, len(self._tail) - self._keep)]
+
+    def text(self, timeout: float = 5.0) -> str:
+        """Everything kept, once the launcher has closed its end (or after `timeout`)."""
+        self._thread.join(timeout)
+        return self._tail.decode("utf-8", "replace")
+
+
+# -- which machine this host is, across a resume -----------------------------------------------
+
+
+def record_machine(run_dir: Path, machine_rank: int, num_machines: int) -> None:
+    (Path(run_dir) / DIST).mkdir(parents=True, exist_ok=True)
+    atomic.write_json(Path(run_dir) / DIST / MACHINE,
+                      {"machine_rank": machine_rank, "num_machines": num_machines})
+
+
+def recorded_machine_rank(run_dir: Path) -> int | None:
+    """The machine rank this run's groups were launched as on this host; None when it never
+    launched a multi-node group (or the record is unreadable: then the file and flag decide)."""
+    try:
+        data = json.loads((Path(run_dir) / DIST / MACHINE).read_text())
+        return int(data["machine_rank"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class MachineRankConflict(GraftlineError):
+    """`graftline resume --machine-rank K` on a run this host ran as another machine."""
+
+
+def machine_rank_for_resume(run_dir: Path, given: int | None) -> int | None:
+    """The machine rank a resumed engine must run as: the one given, else the one recorded in
+    the run (a run directory holds one machine's side of a multi-node run), else None (the file
+    decides). A given rank that contradicts the record is refused: resumed as another machine,
+    this host would join the group in a seat another host holds, with the wrong checkpoints."""
+    recorded = recorded_machine_rank(run_dir)
+    if given is not None and recorded is not None and given != recorded:
+        raise MachineRankConflict(
+            f"{Path(run_dir).name} ran on this host as machine {recorded} "
+            f"({Path(run_dir) / DIST / MACHINE}); --machine-rank {given} would resume it as "
+            "another machine",
+            f"resume it as machine {recorded} (drop --machine-rank: the run remembers), or "
+            f"resume machine {given}'s own run on the host that ran it")
+    return given if given is not None else recorded

@@ -100,6 +100,69 @@ def _leave_after_training(control: group_io.GroupControl) -> Callable[[Any], Non
     return before_train
 
 
+def multi_node() -> bool:
+    """Ranks on more than one machine: the launcher's WORLD_SIZE exceeds this host's share."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world > int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+
+
+def _each_machine_saves(trainer: Any) -> None:
+    """Multi-node: every machine's local rank 0 writes the Trainer checkpoints (weights,
+    optimizer, scheduler; each rank writes its own RNG state anyway) into its own run, so
+    `graftline resume` on any host finds the step to resume from without a shared volume. The
+    adapter, manifest and events stay machine 0's (its rank 0 alone runs the stage's save)."""
+    trainer.args.save_on_each_node = True
+
+
+def agree_on_resume(resume_from: Path | None, sink: Any, stage: str) -> Path | None:
+    """Multi-node resume: each host's engine picked its own newest Trainer checkpoint, and a kill
+    during a save can leave the hosts one checkpoint apart; ranks resumed at different steps
+    would fall out of step. The group resumes from the newest step every host holds (a MIN
+    all-reduce; the process group is started here, and the Trainer then uses it), or from the
+    start when one host holds none."""
+    import torch
+    import torch.distributed as dist
+
+    from graftline.engine.run.runner import checkpoint_problem, trainer_checkpoints
+
+    if not dist.is_initialized():
+        dist.init_process_group()  # gloo on CPU, nccl beside it on CUDA: what accelerate starts
+    stage_dir = resume_from.parent.parent if resume_from is not None else None
+    held = {int(p.name.rsplit("-", 1)[1]): p for p in
+            (trainer_checkpoints(stage_dir) if stage_dir is not None else [])
+            if checkpoint_problem(p) is None}
+    newest = torch.tensor([max(held, default=-1)], dtype=torch.int64)
+    dist.all_reduce(newest, op=dist.ReduceOp.MIN)
+    agreed = int(newest.item())
+    chosen = held.get(agreed)
+    if agreed >= 0 and chosen is None:
+        raise RuntimeError(f"no checkpoint-{agreed} on this host (it holds "
+                           f"{sorted(held) or 'none'}); every machine needs the same step")
+    if chosen != resume_from:
+        sink.emit("warning", stage, message=(
+            f"resuming from {chosen.name if chosen else 'the start'}: the newest Trainer "
+            f"checkpoint every machine holds (this host's newest: "
+            f"{resume_from.name if resume_from else 'none'})"))
+    return chosen
+
+
+def _hooks(rank: int, control: group_io.GroupControl) -> Any:
+    from graftline.engine.stages import StageHooks
+
+    steps: list[Callable[[Any], None]] = []
+    if multi_node():
+        steps.append(_each_machine_saves)
+    if rank != 0:
+        steps.append(_leave_after_training(control))
+    if not steps:
+        return StageHooks()
+
+    def before_train(trainer: Any) -> None:
+        for step in steps:
+            step(trainer)
+    return StageHooks(before_train=before_train)
+
+
 def run(request_path: Path) -> int:
     die_with_parent()
     request = json.loads(Path(request_path).read_text())
@@ -112,7 +175,7 @@ def run(request_path: Path) -> int:
     from graftline.engine.pipeline import file as pipeline_file
     from graftline.engine.pipeline.plan import resolve
     from graftline.engine.run import runner
-    from graftline.engine.stages import StageContext, StageHooks, runner_for, trl_compat
+    from graftline.engine.stages import StageContext, runner_for, trl_compat
 
     trl_compat.install()  # the Triton log-prob stand-in, in every rank (FINDINGS.md)
     accept_indexed_cpu_locations()
@@ -126,8 +189,10 @@ def run(request_path: Path) -> int:
     set_seed(header.seed + int(request["index"]))
     sink = (group_io.FileSink(work / group_io.EVENTS, world) if rank == 0
             else group_io.SilentSink())
-    hooks = StageHooks() if rank == 0 else StageHooks(before_train=_leave_after_training(control))
-    resume_from = request.get("resume_from")
+    hooks = _hooks(rank, control)
+    resume_from = Path(request["resume_from"]) if request.get("resume_from") else None
+    if multi_node():
+        resume_from = agree_on_resume(resume_from, sink, step.name)
     ctx = StageContext(
         stage=step.stage, step=step, index=int(request["index"]),
         run_dir=Path(request["run_dir"]), run_id=Path(request["run_dir"]).name,
@@ -135,7 +200,7 @@ def run(request_path: Path) -> int:
         control=control,  # type: ignore[arg-type]
         quantization=header.quantization, seed=header.seed, probes=tuple(header.probes),
         global_step_offset=int(request["global_step_offset"]),
-        resume_from=Path(resume_from) if resume_from else None, search_dir=pf.directory,
+        resume_from=resume_from, search_dir=pf.directory,
         hooks=hooks,
         report_to=tuple(header.report_to),
         pipeline_name=header.name,

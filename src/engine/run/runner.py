@@ -246,7 +246,7 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
                   max_steps=_max_steps(step), global_step_offset=offset, action=step.action,
                   reference=step.reference, reference_label=step.reference_label,
                   resumed_from=str(resume_from) if resume_from else None,
-                  **_scale_fields(pf, step.stage))
+                  **_scale_fields(pf, step.stage, run_dir))
         # an export is the user's, written outside the run: the user's umask, not the run's 077
         with umask(user_umask()) if step.kind == "export" else contextlib.nullcontext():
             result = _run_stage_scaled(ctx, pf)
@@ -282,12 +282,16 @@ class _StageResult:
     steps: int = 0
 
 
-def _scale_fields(pf: PipelineFile, stage: Any) -> dict[str, Any]:
-    """`world_size` on a distributed stage's `stage_started`; nothing for one process."""
+def _scale_fields(pf: PipelineFile, stage: Any, run_dir: Path) -> dict[str, Any]:
+    """`world_size` (and this host's `processes` and `machine_rank`, which say the console which
+    ranks run here) on a distributed stage's `stage_started`; nothing for one process."""
     from graftline.engine.run import distributed
 
-    scale = distributed.scale_for(pf.pipeline, stage)
-    return {"world_size": scale.world_size} if scale.distributed_run else {}
+    scale = distributed.scale_for(pf.pipeline, stage, run_dir)
+    if not scale.distributed_run:
+        return {}
+    return {"world_size": scale.world_size, "processes": scale.processes,
+            "machine_rank": scale.machine_rank}
 
 
 def _run_stage_scaled(ctx: StageContext, pf: PipelineFile) -> _StageResult:
@@ -295,7 +299,7 @@ def _run_stage_scaled(ctx: StageContext, pf: PipelineFile) -> _StageResult:
     (run/distributed.py); every other stage runs here, in this process, as always."""
     from graftline.engine.run import distributed
 
-    scale = distributed.scale_for(pf.pipeline, ctx.stage)
+    scale = distributed.scale_for(pf.pipeline, ctx.stage, ctx.run_dir)
     if not scale.distributed_run:
         return _run_stage(ctx)
     return _StageResult(*distributed.run_stage(ctx, scale, pf.text, pf.path))

@@ -266,6 +266,8 @@ def _stage_dict(name: str) -> dict[str, Any]:
             "global_step_offset": 0, "step": 0, "started": None, "finished": None,
             "seconds": None, "action": None, "reference": None, "reference_label": None,
             "lora_r": None, "resumed": False, "started_step": 0, "done_earlier": False,
+            # scale-out (run/distributed.py): the group, and the rank that ended it
+            "world_size": None, "processes": None, "machine_rank": None, "failed_rank": None,
             "latest": {},
             "summary": {}, "evaluation": {}, "checks": {}, "checkpoints": []}
 
@@ -573,6 +575,9 @@ def _stage_started(s: Summary, name: Any, data: dict[str, Any], when: Any) -> No
     for key in ("kind", "index", "max_steps", "action", "reference", "reference_label"):
         if data.get(key) is not None:
             view[key] = data[key]
+    for key in ("world_size", "processes", "machine_rank"):  # scale-out
+        view[key] = data.get(key)
+    view["failed_rank"] = None
     view["resumed"] = bool(data.get("resumed_from"))
     view["started_step"] = int(view.get("step") or 0) if view["resumed"] else 0
     view["seconds"] = None
@@ -626,6 +631,12 @@ def _stage_finished(s: Summary, name: Any, data: dict[str, Any], when: Any) -> N
         view["step"] = max(view["step"] or 0, view["max_steps"])
 
 
+def _error(s: Summary, name: Any, data: dict[str, Any], _when: Any) -> None:
+    # scale-out (run/distributed.py): the rank whose death ended a stage's process group
+    if isinstance(name, str) and isinstance(data.get("failed_rank"), int):
+        s.stage(name)["failed_rank"] = data["failed_rank"]
+
+
 def _run_finished(s: Summary, _name: Any, data: dict[str, Any], when: Any) -> None:
     s.status = str(data.get("status", "finished"))
     s.message = data.get("message")
@@ -643,6 +654,7 @@ _HANDLERS = {
     "check_result": _check_result,
     "stage_finished": _stage_finished,
     "run_finished": _run_finished,
+    "error": _error,
 }
 
 
