@@ -340,7 +340,7 @@ def test_a_rehearsal_starts_a_foreign_stage_from_the_twin(notebook: Path, tmp_pa
 
     pf = pipeline(top, IPO.format(base_from="", extra=""), "reh.toml")
     text = pf.path.read_text().replace('base = "toy:addition"', 'base = "notebook/merged"')
-    pf.path.write_text(text)
+    pf.path.write_text(text.replace('out = "exported"', 'out = "rehearsed-export"'))
     report = rehearse(pf.path, steps=2, scratch_parent=tmp_path / "s")
     assert report.ok, [(s.name, s.error) for s in report.failures]
     assert any("'ipo' starts from notebook/dpo (made outside graftline)" in note
