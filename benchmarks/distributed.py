@@ -54,6 +54,9 @@ if int(os.environ.get("RANK", "0")) == 0:
 '''
 
 
+ENDED = ("finished", "failed", "stopped")
+
+
 def write_data(directory: Path, rows: int) -> Path:
     from graftline.engine.toy import tasks
 
@@ -75,7 +78,7 @@ def bare_torchrun(base: Path, data: Path, out: Path, steps: int, batch: int) -> 
 
 def graftline_stage(root: Path, data: Path, name: str, steps: int, batch: int) -> float:
     from graftline.engine.run import launch
-    from graftline.engine.run.events import EVENTS, read_raw
+    from graftline.engine.run import state as runstate
 
     path = root / f"{name}.toml"
     path.write_text(f"""
@@ -99,14 +102,12 @@ max_length = 32
 scheduler = "linear"
 """)
     run_dir = launch.start_run(path)
-    while True:
-        rows = read_raw(run_dir / EVENTS)[0]
-        ends = [r["data"]["status"] for r in rows if r["type"] == "run_finished"]
-        if ends:
-            break
-        time.sleep(0.5)
-    if ends[-1] != "finished":
-        raise SystemExit(f"graftline run {run_dir} {ends[-1]}; see its engine.log")
+    # wait on state.json, a few hundred bytes: re-reading the growing event log every poll
+    # cost this side CPU the bare script's ranks never lose (two ranks already fill 2 cores)
+    while (found := runstate.read(run_dir)) is None or found.status not in ENDED:
+        time.sleep(1.0)
+    if found.status != "finished":
+        raise SystemExit(f"graftline run {run_dir} {found.status}; see its engine.log")
     summary = json.loads((run_dir / "stages" / "sft" / "metrics.json").read_text())["summary"]
     return steps / float(summary["train_runtime"])
 
