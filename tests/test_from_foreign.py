@@ -124,6 +124,16 @@ dtype = "float32"
 """
 
 
+# a merge of the notebook's Trainer checkpoint, on the base its adapter records
+MERGE_CHECKPOINT = """
+[[stage]]
+name = "m"
+kind = "merge"
+from = "notebook/agent/checkpoint-4"
+base_from = "adapter"
+"""
+
+
 def _errors(pf):
     return [p for p in validate(pf) if p.severity == "error"]
 
@@ -289,13 +299,7 @@ def test_run_reference_through_the_run_index(notebook: Path, tmp_path: Path,
 def test_plan_new_on_a_foreign_model_and_merge_of_a_foreign_adapter(notebook: Path) -> None:
     top = notebook.parent
     write_data(top)
-    stages = """
-[[stage]]
-name = "m"
-kind = "merge"
-from = "notebook/agent/checkpoint-4"
-base_from = "adapter"
-
+    stages = MERGE_CHECKPOINT + """
 [[stage]]
 name = "fresh"
 kind = "sft"
@@ -364,13 +368,7 @@ def test_merge_and_export_straight_from_a_foreign_checkpoint(notebook: Path) -> 
     top = notebook.parent
     write_data(top)
     before = files_under(notebook)
-    stages = """
-[[stage]]
-name = "m"
-kind = "merge"
-from = "notebook/agent/checkpoint-4"
-base_from = "adapter"
-
+    stages = MERGE_CHECKPOINT + """
 [[stage]]
 name = "out"
 kind = "export"
