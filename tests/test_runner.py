@@ -242,3 +242,38 @@ def test_save_now_and_pause(tmp_path: Path, toy_base: Path) -> None:
     assert [Path(p).name for p in saved] == ["checkpoint-2"]  # no save_steps: only the asked one
     assert sink.seen_while_paused == 0  # no step ran while paused
     assert [d["step"] for d in sink.of_type("metrics")][-3:] == [4, 5, 6]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_stop_on_the_last_step_completes_the_stage(tmp_path: Path, toy_base: Path) -> None:
+    """A stop that arrives as the last step ends has cut off nothing: the stage is complete and
+    saves its adapter, instead of 'stopped' at a final checkpoint from which a resume would train
+    a step past max_steps (seen in the distributed pause/stop test)."""
+    from transformers import TrainerCallback
+
+    from graftline.engine.stages import StageHooks
+
+    control = RunControl()
+
+    class StopAtTheEnd(TrainerCallback):
+        def on_step_end(self, args, state, control_, **kwargs):  # type: ignore[no-untyped-def]
+            if state.global_step == state.max_steps:
+                control.stop.set()  # the StageCallback sees it at this step's log
+
+    root = write_data(tmp_path)
+    pf = pipeline(root, """
+[[stage]]
+name = "sft"
+kind = "sft"
+data = "sft.jsonl"
+lora = { r = 4 }
+train = { max_steps = 3, batch_size = 8, save_steps = 1 }
+""")
+    sink = ListSink()
+    hooks = {"sft": StageHooks(before_train=lambda trainer: trainer.add_callback(StopAtTheEnd()))}
+    result = run_pipeline(pf, root / "runs" / "r", sink, control, hooks=hooks)
+    assert control.stop.is_set()  # the stop really was asked, at the last step
+    assert result.status == "finished", result.message
+    assert [f["status"] for f in sink.of_type("stage_finished")] == ["complete"]
+    assert (root / "runs" / "r" / "stages" / "sft" / "adapter_model.safetensors").is_file()
+    assert max(m["step"] for m in sink.of_type("metrics")) == 3

@@ -142,7 +142,8 @@ def agree_on_resume(resume_from: Path | None, sink: Any, stage: str) -> Path | N
         sink.emit("warning", stage, message=(
             f"resuming from {chosen.name if chosen else 'the start'}: the newest Trainer "
             f"checkpoint every machine holds (this host's newest: "
-            f"{resume_from.name if resume_from else 'none'})"))
+            f"{resume_from.name if resume_from else 'none'})"),
+            resumed_from=str(chosen) if chosen else None)
     return chosen
 
 

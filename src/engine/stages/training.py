@@ -127,7 +127,9 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
     outcome = StageOutcome(kind="adapter", checks=log, history=callback.history)
     outcome.metrics = summarize(callback.history, callback.summary)
     outcome.steps = int(trainer.state.global_step)
-    if callback.stopped:
+    # a stop that lands on the last step has cut off nothing: the stage is complete (a resume
+    # from that final checkpoint would train a step past max_steps)
+    if callback.stopped and trainer.state.global_step < trainer.state.max_steps:
         outcome.status = "stopped"
         return outcome
 
