@@ -41,7 +41,7 @@ def resolve_data(ref: str, base_dir: Path, run_dir: Path | None = None) -> Path:
     return path if path.is_absolute() else (Path(base_dir) / path).resolve()
 
 
-def _format_of(path: Path) -> str:
+def format_of(path: Path) -> str:
     if path.is_dir():
         return "saved"
     suffix = path.suffix.lower()
@@ -55,7 +55,7 @@ def _format_of(path: Path) -> str:
                        "use .jsonl, .parquet, .csv or a directory written by save_to_disk")
 
 
-def _saved_dir(path: Path) -> Path:
+def saved_dir(path: Path) -> Path:
     # A DatasetDict directory holds one directory per split; train on `train` (or the only one).
     if (path / "dataset_dict.json").is_file():
         splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
@@ -69,7 +69,7 @@ def columns_of(path: Path) -> list[str]:
     if not path.exists():
         raise DatasetError(f"{path}: no such file or directory",
                            "check the path (relative paths are relative to the pipeline file)")
-    fmt = _format_of(path)
+    fmt = format_of(path)
     try:
         if fmt == "jsonl":
             with path.open(encoding="utf-8") as handle:
@@ -88,12 +88,12 @@ def columns_of(path: Path) -> list[str]:
         if fmt == "csv":
             with path.open(encoding="utf-8", newline="") as handle:
                 return next(csv.reader(handle), [])
-        info = _saved_dir(path) / "dataset_info.json"
+        info = saved_dir(path) / "dataset_info.json"
         if info.is_file():
             return list(json.loads(info.read_text()).get("features", {}))
         import datasets
 
-        return list(datasets.load_from_disk(str(_saved_dir(path))).column_names)
+        return list(datasets.load_from_disk(str(saved_dir(path))).column_names)
     except DatasetError:
         raise
     except (ValueError, OSError) as exc:
@@ -106,7 +106,7 @@ def load_rows(path: Path) -> datasets.Dataset:
 
     path = Path(path)
     columns_of(path)  # the same clear errors as the validator gives
-    fmt = _format_of(path)
+    fmt = format_of(path)
     if fmt == "jsonl":
         # from_list keeps nested chat messages intact and writes no cache files
         rows = []
@@ -128,7 +128,7 @@ def load_rows(path: Path) -> datasets.Dataset:
         # prompt an int64, which the trainers then choked on mid-run)
         with path.open(encoding="utf-8", newline="") as handle:
             return datasets.Dataset.from_list(list(csv.DictReader(handle)))
-    loaded = datasets.load_from_disk(str(_saved_dir(path)))
+    loaded = datasets.load_from_disk(str(saved_dir(path)))
     return loaded
 
 
@@ -170,7 +170,7 @@ def _text_like(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(m, dict) for m in value)
 
 
-def _value_problem(column: str, value: object) -> tuple[str, str] | None:
+def value_problem(column: str, value: object) -> tuple[str, str] | None:
     if value is None:
         return (f"`{column}` is null", f"give every row a `{column}` value")
     if isinstance(value, bool) or not _text_like(value):
@@ -181,7 +181,7 @@ def _value_problem(column: str, value: object) -> tuple[str, str] | None:
     return None
 
 
-def _options(kind: str, columns: set[str]) -> tuple[str, ...] | None:
+def column_options(kind: str, columns: set[str]) -> tuple[str, ...] | None:
     """The column set (of the kind's options) that the data uses."""
     for option in REQUIRED_COLUMNS.get(kind, ()):
         if set(option) <= columns:
@@ -196,7 +196,7 @@ def check_rows(path: Path, kind: str, columns: Mapping[str, str] | None = None
     checked by schema plus a bounded sample; CSV is text by nature (load_rows keeps it text).
     `columns` is the stage's mapping (graftline's name → the data's column)."""
     path = Path(path)
-    fmt = _format_of(path)
+    fmt = format_of(path)
     if fmt == "jsonl":
         return _check_jsonl(path, kind, columns or {})
     if fmt == "parquet":
@@ -273,14 +273,14 @@ def _check_jsonl(path: Path, kind: str, columns: Mapping[str, str]) -> list[RowP
         row = rename_row(row, columns)
         rows += 1
         if needed is None:
-            needed = _options(kind, set(row)) or ()
+            needed = column_options(kind, set(row)) or ()
         absent = [c for c in needed if c not in row]
         if absent:
             add(f"no {', '.join(f'`{c}`' for c in absent)} (the first row has "
                 f"{', '.join(needed)})", "give every row the same columns", number, offset)
             continue
         for column in needed:
-            if column in TEXT_COLUMNS and (bad := _value_problem(column, row[column])):
+            if column in TEXT_COLUMNS and (bad := value_problem(column, row[column])):
                 add(bad[0], bad[1], number, offset)
                 break
         if completion_column in row and isinstance(row[completion_column], str) \
@@ -301,7 +301,7 @@ def _check_parquet(path: Path, kind: str, columns: Mapping[str, str]) -> list[Ro
     handle = pq.ParquetFile(path)
     schema = handle.schema_arrow
     source = dict(zip(renamed(schema.names, columns), schema.names, strict=True))
-    needed = _options(kind, set(source)) or ()
+    needed = column_options(kind, set(source)) or ()
     for column in needed:
         if column not in TEXT_COLUMNS:
             continue
@@ -341,7 +341,7 @@ def _check_parquet(path: Path, kind: str, columns: Mapping[str, str]) -> list[Ro
 def sample_rows(path: Path, count: int = 4) -> list[dict]:
     """The first `count` rows of a file, read cheaply (what validate calls rewards on)."""
     path = Path(path)
-    fmt = _format_of(path)
+    fmt = format_of(path)
     rows: list[dict] = []
     if fmt == "jsonl":
         with path.open(encoding="utf-8") as handle:
@@ -365,5 +365,5 @@ def sample_rows(path: Path, count: int = 4) -> list[dict]:
         return batch.to_pylist() if batch is not None else []
     import datasets
 
-    loaded = datasets.load_from_disk(str(_saved_dir(path)))
+    loaded = datasets.load_from_disk(str(saved_dir(path)))
     return [dict(loaded[i]) for i in range(min(count, len(loaded)))]

@@ -23,10 +23,10 @@ from graftline.engine.pipeline.datasets import (
     TEXT_COLUMNS,
     DatasetError,
     RowProblem,
-    _format_of,
-    _options,
-    _saved_dir,
-    _value_problem,
+    column_options,
+    format_of,
+    saved_dir,
+    value_problem,
 )
 from graftline.engine.pipeline.peek import missing_columns
 
@@ -54,7 +54,7 @@ class Loaded:
 
 def _raw(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, RowProblem | None]]:
     """(line or row number, row, problem) for every row of one source, nothing dropped."""
-    fmt = _format_of(path)
+    fmt = format_of(path)
     if fmt == "jsonl":
         with path.open("rb") as handle:
             for number, raw in enumerate(handle, start=1):
@@ -99,7 +99,7 @@ def _raw(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, RowProblem | 
         return
     import datasets
 
-    for number, row in enumerate(datasets.load_from_disk(str(_saved_dir(path))), start=1):
+    for number, row in enumerate(datasets.load_from_disk(str(saved_dir(path))), start=1):
         yield number, dict(row), None
 
 
@@ -126,7 +126,7 @@ def _row_problem(row: dict[str, Any], needed: Sequence[str], number: int, path: 
                           f"{', '.join(option_of)})", "give every row the same columns",
                           number, path)
     for column in needed:
-        if column in TEXT_COLUMNS and (bad := _value_problem(column, row[column])):
+        if column in TEXT_COLUMNS and (bad := value_problem(column, row[column])):
             return RowProblem(bad[0], bad[1], number, path)
     return None
 
@@ -166,7 +166,7 @@ def load_stage_rows(ref: str | Sequence[str], kind: str, *, base_dir: Path,
                 good.append((path, number, rename_row(row, columns)))
         except (ValueError, OSError) as exc:
             raise DatasetError(f"{path}: cannot read: {exc}", "check the file's format") from None
-    needed = next((o for _, _, r in good if (o := _options(kind, set(r))) is not None), None)
+    needed = next((o for _, _, r in good if (o := column_options(kind, set(r))) is not None), None)
     if needed is None:
         have = list(good[0][2]) if good else []
         missing = missing_columns(kind, have)
