@@ -218,6 +218,14 @@ async def test_lineage_plan_cleanup_cancel_then_confirm(recorded: Path) -> None:
         assert isinstance(app.screen, DashboardScreen)
 
 
+async def _open_export(pilot: Any) -> ExportModal:
+    """`e`, and the export dialog once it has planned."""
+    await pilot.press("e")
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, ExportModal)
+                   and pilot.app.screen.planned > 0, timeout=60, what="the export plan")
+    return pilot.app.screen
+
+
 async def _run_export(pilot: Any, modal: ExportModal, out: Path, timeout: float = 150) -> None:
     """Point the dialog at `out`, wait for the re-plan, export, and wait for the verified result,
     which a child process wrote while reporting progress, and which was reaped."""
@@ -241,10 +249,7 @@ async def test_export_from_lineage_plans_the_selected_checkpoint(recorded: Path)
         screen = await wait_lineage(pilot)
         select_node(screen, "ipo")
         await pilot.pause()
-        await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, ExportModal)
-                       and app.screen.planned > 0, timeout=60, what="the export plan")
-        modal = app.screen
+        modal = await _open_export(pilot)
         assert modal.checkpoint == recorded / "stages" / "ipo"
         assert modal.plan is not None, screen_text(app)
         text = screen_text(app)
@@ -259,10 +264,7 @@ async def test_export_key_on_dashboard_opens_the_modal(recorded: Path) -> None:
         screen = await loaded_dashboard(pilot)
         await pilot.press("down", "down", "down")
         assert screen.selected_stage == "ipo"
-        await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, ExportModal)
-                       and app.screen.planned > 0, timeout=60, what="the export plan")
-        assert app.screen.checkpoint.name == "ipo"
+        assert (await _open_export(pilot)).checkpoint.name == "ipo"
         await pilot.press("escape")
         assert isinstance(app.screen, DashboardScreen)
 
@@ -275,10 +277,7 @@ async def test_export_key_on_attach_exports_the_final_model(recorded: Path,
     app = make_app(recorded, recorded.parent)
     async with app.run_test(size=WIDE) as pilot:
         await loaded_dashboard(pilot)
-        await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, ExportModal)
-                       and app.screen.planned > 0, timeout=60, what="the export plan")
-        modal = app.screen
+        modal = await _open_export(pilot)
         assert modal.checkpoint == recorded / "stages" / "ipo"
         assert modal.plan is not None, screen_text(app)
         text = screen_text(app)
@@ -301,10 +300,7 @@ async def test_export_dialog_offers_gguf_when_it_can_and_says_why_when_not(
     app = make_app(recorded, recorded.parent)
     async with app.run_test(size=WIDE) as pilot:
         await loaded_dashboard(pilot)
-        await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, ExportModal)
-                       and app.screen.planned > 0, timeout=60, what="the export plan")
-        modal = app.screen
+        modal = await _open_export(pilot)
         gguf = modal.query_one("#fmt-gguf", Checkbox)
         assert not gguf.disabled, screen_text(app)
         gguf.value = True
@@ -320,10 +316,7 @@ async def test_export_dialog_offers_gguf_when_it_can_and_says_why_when_not(
     app = make_app(recorded, recorded.parent)
     async with app.run_test(size=WIDE) as pilot:
         await loaded_dashboard(pilot)
-        await pilot.press("e")
-        await wait_for(pilot, lambda: isinstance(app.screen, ExportModal)
-                       and app.screen.planned > 0, timeout=60, what="the export plan")
-        modal = app.screen
+        modal = await _open_export(pilot)
         assert modal.query_one("#fmt-gguf", Checkbox).disabled
         assert "gguf: unavailable" in screen_text(app)
 
