@@ -251,10 +251,9 @@ def _refuse_in_memory_merge(checkpoint: Path) -> None:
 
     lineage = scan([checkpoint.parent])
     node = lineage.get(os.path.realpath(checkpoint))
-    warning = next((w for w in (node.warnings if node else ()) if "IN-MEMORY MERGE" in w), None)
-    if warning is not None:
-        message, _, fix = warning.partition(" Fix: ")
-        raise ExportRefused(message, path=checkpoint, fix=fix or None)
+    found = node.in_memory_merge if node is not None else None
+    if found is not None and found.certainty == "proven":
+        raise ExportRefused(found.message, path=checkpoint, fix=found.fix)
 
 
 def _plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",

@@ -45,6 +45,15 @@ class LoraInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class InMemoryMerge:
+    """An adapter whose config names a base it was not trained on (a merge done in memory)."""
+
+    certainty: Literal["proven", "suspected"]
+    message: str
+    fix: str
+
+
+@dataclass(frozen=True, slots=True)
 class Node:
     """One checkpoint (or a model a checkpoint refers to).
 
@@ -73,6 +82,9 @@ class Node:
     running: bool = False  # belongs to a run whose engine is alive
     broken: str | None = None  # why it can no longer be loaded or exported
     warnings: tuple[str, ...] = ()
+    # the in-memory-merge pitfall as data (its words are in `warnings`): proven from weights or
+    # suspected from write order, with its message and fix, for export and validate to act on
+    in_memory_merge: InMemoryMerge | None = None
     removed_by: str | None = None  # kind == missing: "cleanup <id> at <time>" when known
     # Made outside graftline, and these stages (`run/stage`) started from it (`from` a path):
     # never deleted by cleanup, it is not a run's to delete (docs/bring-your-own.md).

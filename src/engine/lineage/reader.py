@@ -28,7 +28,7 @@ from graftline.engine.lineage import journal as cleanup_journal
 from graftline.engine.lineage import resolve
 from graftline.engine.lineage.manifest import MANIFEST
 from graftline.engine.lineage.manifest_view import ManifestView, view
-from graftline.engine.lineage.model import Edge, Lineage, LoraInfo, Node, Symlink
+from graftline.engine.lineage.model import Edge, InMemoryMerge, Lineage, LoraInfo, Node, Symlink
 
 ADAPTER_CONFIG = "adapter_config.json"
 TRAINER_STATE = "trainer_state.json"
@@ -481,14 +481,16 @@ class _Scanner:
         on an in-memory merge while its config names the plain base."""
         for i, adapter in enumerate(chain[1:], start=1):
             before = " + ".join(a.name for a in chain[:i])
-            adapter.warnings.append(
+            finding = InMemoryMerge(
+                "proven",
                 f"IN-MEMORY MERGE: {ADAPTER_CONFIG} names {adapter.fields.get('base_ref')}, but "
                 f"{merged.path} equals {base.name} + {' + '.join(a.name for a in chain)} exactly, "
                 f"so this adapter was trained on {base.name} + {before} merged in memory; loaded "
-                f"on {base.name} alone it is the wrong model. Fix: save each merge with "
-                "save_pretrained and load it from disk before adding the next adapter (or "
-                f"set name_or_path); export {merged.path} instead")
-            adapter.fields["in_memory_merge"] = merged.key
+                f"on {base.name} alone it is the wrong model.",
+                "save each merge with save_pretrained and load it from disk before adding the "
+                f"next adapter (or set name_or_path); export {merged.path} instead")
+            adapter.warnings.append(f"{finding.message} Fix: {finding.fix}")
+            adapter.fields["in_memory_merge"] = finding
 
     def _flag_in_memory_merges(self) -> None:
         """Warn about an adapter whose config names a base that had already been merged.
@@ -524,12 +526,16 @@ class _Scanner:
             if not candidates:
                 continue
             merge = max(candidates, key=lambda d: d.newest)
-            adapter.warnings.append(
+            message = (
                 f"{ADAPTER_CONFIG} names {adapter.fields.get('base_ref')}, but {merge.path} (a "
                 "merge of that base) was written before this adapter: if it was trained on the "
                 "merge in memory, PEFT recorded the old base and it must be loaded on "
                 f"{merge.path}; both are kept for it"
             )
+            adapter.warnings.append(message)
+            adapter.fields.setdefault("in_memory_merge", InMemoryMerge(
+                "suspected", message, f"load it on {merge.path}, or point its "
+                "base_model_name_or_path at that merge"))
             self.edges.append(Edge(adapter.key, merge.key, "trained_on", "inferred"))
 
     def _infer_continued(self) -> None:
@@ -589,6 +595,7 @@ class _Scanner:
                 running=f.get("running", False),
                 broken=f.get("broken"),
                 warnings=tuple(draft.warnings),
+                in_memory_merge=f.get("in_memory_merge"),
                 removed_by=f.get("removed_by"),
                 started=tuple(dict.fromkeys(f.get("started", ()))),
             ))

@@ -124,20 +124,18 @@ def _merge_problems(foreign: Foreign, at: Where) -> Iterator[Problem]:
     from graftline.engine.lineage.reader import ScanError, scan
 
     root = _scan_root(foreign)
-    warnings: tuple[str, ...] = ()
+    found = None
     if root is not None:
         try:
             node = scan([root]).get(foreign.path)
         except (ScanError, OSError):
             node = None
-        warnings = node.warnings if node is not None else ()
-    proven = [w for w in warnings if w.startswith("IN-MEMORY MERGE")]
-    suspected = [w for w in warnings if "in memory" in w and w not in proven]
-    if proven:
+        found = node.in_memory_merge if node is not None else None
+    if found is not None and found.certainty == "proven":
         yield Problem(f"the adapter at {foreign.path} was trained on an in-memory merge: "
-                      + proven[0].split(". Fix:")[0], **at, fix=SEEDS_FIX)
-    elif suspected:
-        yield Problem(f"the adapter at {foreign.path}: {suspected[0]}", **at, fix=SEEDS_FIX,
+                      + found.message.rstrip("."), **at, fix=SEEDS_FIX)
+    elif found is not None:
+        yield Problem(f"the adapter at {foreign.path}: {found.message}", **at, fix=SEEDS_FIX,
                       severity="warning")
     else:
         yield Problem(
