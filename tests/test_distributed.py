@@ -194,6 +194,11 @@ def _console_shows(run_dir: Path, *wanted: str) -> str:
     return asyncio.run(look())
 
 
+# A step here takes some 50 ms: enough of them that a stop sent two steps after the resume
+# (client, engine poll, control.json, the group's broadcast) lands well before the last one.
+STEPS = 60
+
+
 def test_pause_stop_and_kill_of_rank_1_reach_the_group_and_resume(
         root: Path, monkeypatch: pytest.MonkeyPatch, engines: list[Path]) -> None:
     """One run, three launches of its 2-process group: pause holds every rank (the console,
@@ -201,7 +206,7 @@ def test_pause_stop_and_kill_of_rank_1_reach_the_group_and_resume(
     ends the group (the console marks rank 1 dead); `graftline resume` continues from the last
     Trainer checkpoint; stop ends every rank; a second resume completes the stage."""
     monkeypatch.setenv("GRAFTLINE_TELEMETRY_EVERY", "0.5")  # the rank heartbeat, for the console
-    run_dir = launch.start_run(_pipeline(root, processes=2, batch=2, steps=16, save=2))
+    run_dir = launch.start_run(_pipeline(root, processes=2, batch=2, steps=STEPS, save=2))
     engines.append(run_dir)
     _wait(run_dir, "a trainer checkpoint", lambda rows: any(
         r["type"] == "checkpoint_saved" and r["data"]["kind"] == "trainer" for r in rows))
@@ -259,7 +264,7 @@ def test_pause_stop_and_kill_of_rank_1_reach_the_group_and_resume(
     launch.resume_run(run_dir)
     rows = _wait(run_dir, "the end", lambda r: _finished(r[seen:]) is not None)
     assert _finished(rows[seen:]) == "finished", (run_dir / launch.ENGINE_LOG).read_text()[-3000:]
-    assert max(_steps(rows)) == 16
+    assert max(_steps(rows)) == STEPS
     found = mf.read(run_dir / "stages" / "sft")
     assert found is not None and found.status == "complete"
     _no_ranks_left(run_dir)
