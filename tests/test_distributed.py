@@ -194,9 +194,10 @@ def _console_shows(run_dir: Path, *wanted: str) -> str:
     return asyncio.run(look())
 
 
-# A step here takes some 50 ms: enough of them that a stop sent two steps after the resume
-# (client, engine poll, control.json, the group's broadcast) lands well before the last one.
-STEPS = 60
+# A step here takes some 50 ms: enough of them that a stop, or a kill of the engine, sent two
+# steps after a resume (client, engine poll, control.json, the group's broadcast) lands well
+# before the last one.
+STEPS = 80
 
 
 def test_pause_stop_and_kill_of_rank_1_reach_the_group_and_resume(
@@ -204,7 +205,8 @@ def test_pause_stop_and_kill_of_rank_1_reach_the_group_and_resume(
     """One run, three launches of its 2-process group: pause holds every rank (the console,
     attached, shows the group with both ranks alive) and resume wakes them; kill -9 of rank 1
     ends the group (the console marks rank 1 dead); `graftline resume` continues from the last
-    Trainer checkpoint; stop ends every rank; a second resume completes the stage."""
+    Trainer checkpoint; stop ends every rank; kill -9 of the engine ends every rank; a last
+    resume completes the stage."""
     monkeypatch.setenv("GRAFTLINE_TELEMETRY_EVERY", "0.5")  # the rank heartbeat, for the console
     run_dir = launch.start_run(_pipeline(root, processes=2, batch=2, steps=STEPS, save=2))
     engines.append(run_dir)
@@ -259,11 +261,26 @@ def test_pause_stop_and_kill_of_rank_1_reach_the_group_and_resume(
     assert _finished(rows[seen:]) == "stopped"
     _no_ranks_left(run_dir)
 
-    # and resume again to the end
+    # kill -9 of the engine: its launcher (parent-death signal) ends the ranks; the run is crashed
     seen = len(rows)
+    launch.resume_run(run_dir)
+    rows = _wait(run_dir, "steps after the second resume", lambda r: len(_steps(r, seen)) >= 2)
+    engine = runstate.read(run_dir)
+    assert engine is not None and engine.pid
+    assert set(_ranks(run_dir)) == {0, 1}  # mid-stage: the kill, not the end, must end them
+    os.kill(engine.pid, signal.SIGKILL)
+    _no_ranks_left(run_dir)
+    crashed = runstate.read(run_dir)
+    assert crashed is not None and runstate.effective_status(crashed) == "crashed"
+    assert _finished(_rows(run_dir)[seen:]) is None
+
+    # and resume again to the end, from a Trainer checkpoint
+    seen = len(_rows(run_dir))
     launch.resume_run(run_dir)
     rows = _wait(run_dir, "the end", lambda r: _finished(r[seen:]) is not None)
     assert _finished(rows[seen:]) == "finished", (run_dir / launch.ENGINE_LOG).read_text()[-3000:]
+    started = [r["data"] for r in rows[seen:] if r["type"] == "stage_started"][-1]
+    assert started["resumed_from"] and "checkpoint-" in started["resumed_from"]
     assert max(_steps(rows)) == STEPS
     found = mf.read(run_dir / "stages" / "sft")
     assert found is not None and found.status == "complete"
