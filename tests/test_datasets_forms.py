@@ -243,10 +243,11 @@ def test_hf_dataset_from_the_cache_with_split_and_subset(tmp_path: Path, hub: Pa
 
 
 @pytest.mark.parametrize(("extra", "said", "fix"), [
-    ('subset = "medium"\n', "'medium' not found. Available: ['easy', 'hard']", "subset"),
+    ('subset = "medium"\n', "no subset 'medium'; it has easy, hard", "subset"),
+    ('subset = "hrad"\n', "no subset 'hrad'", "did you mean 'hard'?"),
     ('subset = "easy"\nsplit = "validation"\n', "no split 'validation'; it has train, test",
      "split"),
-    ("", "Config name is missing", "subset"),
+    ("", "has 2 subsets (easy, hard) and the stage names none", "subset"),
 ])
 def test_hf_wrong_split_or_subset_names_what_exists(tmp_path: Path, hub: Path, extra: str,
                                                     said: str, fix: str) -> None:

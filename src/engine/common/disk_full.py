@@ -11,6 +11,7 @@ raises as before.
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 from graftline.engine.common.control import RunControl
@@ -18,6 +19,9 @@ from graftline.engine.common.sink import Sink
 from graftline.engine.common.units import human_bytes
 
 FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+# torch's and safetensors' writers re-raise a failed write as RuntimeError carrying only the C
+# library's words for the errno ("No space left on device"): the errno itself is gone
+FULL_WORDS = tuple(os.strerror(code) for code in sorted(FULL))
 HEADROOM = 1 << 20  # what a resumed run needs at least: a few hundred events and a state file
 
 
@@ -28,8 +32,7 @@ def is_disk_full(exc: BaseException) -> bool:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in FULL:
             return True
-        text = str(exc)
-        if "No space left on device" in text or "Disk quota exceeded" in text:
+        if any(words in str(exc) for words in FULL_WORDS):
             return True
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return False

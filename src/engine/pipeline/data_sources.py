@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from graftline.engine.common.layout import RunLayout
-from graftline.engine.pipeline.problems import FixableError
+from graftline.engine.pipeline.problems import FixableError, did_you_mean
 
 HF_PREFIX = "hf:"
 GENERATED = "data.jsonl"  # a generate stage's output in its stage directory
@@ -97,13 +97,12 @@ def hf_files(ref: str, split: str | None, subset: str | None) -> list[Path]:
     snapshot = hf_snapshot(ref)
     import datasets
 
+    _check_subset(ref, snapshot, subset)
     try:
         builder = datasets.load_dataset_builder(str(snapshot), name=subset)
     except (ValueError, FileNotFoundError) as exc:
         text = " ".join(str(exc).split("Example of usage")[0].split())
-        fix = ("set `subset` to one of the names above" if "config" in text.lower()
-               else "check the cached snapshot's files")
-        raise DataSourceError(f"{ref}: {text}", fix) from None
+        raise DataSourceError(f"{ref}: {text}", "check the cached snapshot's files") from None
     splits = {name: list(files) for name, files in (builder.config.data_files or {}).items()}
     if not splits:
         raise DataSourceError(f"{ref}: no data files in {snapshot}",
@@ -124,6 +123,23 @@ def hf_files(ref: str, split: str | None, subset: str | None) -> list[Path]:
                               "convert it to parquet or JSONL (Dataset.to_parquet) and point "
                               "`data` at that")
     return files
+
+
+def _check_subset(ref: str, snapshot: Path, subset: str | None) -> None:
+    """The subset, checked against the ones the snapshot declares before `datasets` loads it: the
+    names come from the library as a list, so the error and its fix are ours to write."""
+    import datasets
+
+    try:
+        names = list(datasets.get_dataset_config_names(str(snapshot)))
+    except (ValueError, FileNotFoundError):
+        return  # the builder below reports an unreadable snapshot
+    if subset is None and len(names) > 1:
+        raise DataSourceError(f"{ref} has {len(names)} subsets ({', '.join(names)}) and the "
+                              "stage names none", f"set `subset` to one of: {', '.join(names)}")
+    if subset is not None and subset not in names:
+        raise DataSourceError(f"{ref}: no subset '{subset}'; it has {', '.join(names)}",
+                              f"set `subset`: {did_you_mean(subset, names)}")
 
 
 def _one(ref: str, base_dir: Path, run_dir: Path | None, split: str | None,
