@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from graftline.engine.common.layout import RunLayout
 from graftline.engine.pipeline.data_formats import rename_row, renamed
@@ -189,6 +189,40 @@ def column_options(kind: str, columns: set[str]) -> tuple[str, ...] | None:
     return None
 
 
+def parse_line(raw: bytes) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+    """One JSONL line: (row, None), (None, (message, fix)) for a line that is not a row, or
+    (None, None) for a blank line. Validate's check and the stage's loader both read lines here,
+    so they refuse the same lines with the same words."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, ("not UTF-8 text", "save the file as UTF-8")
+    if not line.strip():
+        return None, None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return None, (f"not valid JSON ({exc.msg} at column {exc.colno})",
+                      "fix or delete this line: one JSON object per line")
+    if not isinstance(row, dict):
+        return None, (f"a JSON {type(row).__name__}, not an object",
+                      "write one JSON object per line")
+    return row, None
+
+
+def row_problem(row: Mapping[str, Any], needed: Sequence[str]) -> tuple[str, str] | None:
+    """What is wrong with one (renamed) row for a stage that reads the columns `needed`: an
+    absent column, or a value a trainer cannot take as text."""
+    absent = [c for c in needed if c not in row]
+    if absent:
+        return (f"no {', '.join(f'`{c}`' for c in absent)} (the rows have "
+                f"{', '.join(needed)})", "give every row the same columns")
+    for column in needed:
+        if column in TEXT_COLUMNS and (bad := value_problem(column, row[column])):
+            return bad
+    return None
+
+
 def check_rows(path: Path, kind: str, columns: Mapping[str, str] | None = None
                ) -> list[RowProblem]:
     """Problems a trainer would hit mid-run, found now with file and row. JSONL is read in full
@@ -253,36 +287,19 @@ def _check_jsonl(path: Path, kind: str, columns: Mapping[str, str]) -> list[RowP
     for number, offset, raw in _jsonl_lines(path):
         if len(problems) >= MAX_ROW_PROBLEMS:
             break
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            add("not UTF-8 text", "save the file as UTF-8", number, offset)
-            break
-        if not line.strip():
+        parsed, bad = parse_line(raw)
+        if bad is not None:
+            add(bad[0], bad[1], number, offset)
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            add(f"not valid JSON ({exc.msg} at column {exc.colno})",
-                "fix or delete this line: one JSON object per line", number, offset)
+        if parsed is None:
             continue
-        if not isinstance(row, dict):
-            add(f"a JSON {type(row).__name__}, not an object", "write one JSON object per line",
-                number, offset)
-            continue
-        row = rename_row(row, columns)
+        row = rename_row(parsed, columns)
         rows += 1
         if needed is None:
             needed = column_options(kind, set(row)) or ()
-        absent = [c for c in needed if c not in row]
-        if absent:
-            add(f"no {', '.join(f'`{c}`' for c in absent)} (the first row has "
-                f"{', '.join(needed)})", "give every row the same columns", number, offset)
+        if (bad := row_problem(row, needed)) is not None:
+            add(bad[0], bad[1], number, offset)
             continue
-        for column in needed:
-            if column in TEXT_COLUMNS and (bad := value_problem(column, row[column])):
-                add(bad[0], bad[1], number, offset)
-                break
         if completion_column in row and isinstance(row[completion_column], str) \
                 and not row[completion_column].strip():
             empty += 1

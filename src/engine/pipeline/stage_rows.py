@@ -11,7 +11,6 @@ report. Nothing here trains or imports torch; `datasets` is imported to build th
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +19,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from graftline.engine.pipeline.data_formats import mapping_problem, rename_row
 from graftline.engine.pipeline.data_sources import describe, resolve_sources
 from graftline.engine.pipeline.datasets import (
-    TEXT_COLUMNS,
     DatasetError,
     RowProblem,
     column_options,
     format_of,
+    parse_line,
+    row_problem,
     saved_dir,
-    value_problem,
 )
 from graftline.engine.pipeline.peek import missing_columns
 
@@ -58,26 +57,11 @@ def _raw(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, RowProblem | 
     if fmt == "jsonl":
         with path.open("rb") as handle:
             for number, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    yield number, None, RowProblem("not UTF-8 text", "save the file as UTF-8",
-                                                   number, path)
-                    continue
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield number, None, RowProblem(
-                        f"not valid JSON ({exc.msg} at column {exc.colno})",
-                        "fix or delete this line: one JSON object per line", number, path)
-                    continue
-                if not isinstance(row, dict):
-                    yield number, None, RowProblem(f"a JSON {type(row).__name__}, not an object",
-                                                   "write one JSON object per line", number, path)
-                    continue
-                yield number, row, None
+                parsed, bad = parse_line(raw)
+                if bad is not None:
+                    yield number, None, RowProblem(bad[0], bad[1], number, path)
+                elif parsed is not None:
+                    yield number, parsed, None
         return
     if fmt == "csv":
         # CSV has no types: every cell stays text, as written
@@ -116,19 +100,6 @@ def read_rows(path: Path) -> tuple[list[dict[str, Any]], list[RowProblem]]:
     except (ValueError, OSError) as exc:
         raise DatasetError(f"{path}: cannot read: {exc}", "check the file's format") from None
     return rows, bad
-
-
-def _row_problem(row: dict[str, Any], needed: Sequence[str], number: int, path: Path,
-                 option_of: Sequence[str]) -> RowProblem | None:
-    absent = [c for c in needed if c not in row]
-    if absent:
-        return RowProblem(f"no {', '.join(f'`{c}`' for c in absent)} (the rows have "
-                          f"{', '.join(option_of)})", "give every row the same columns",
-                          number, path)
-    for column in needed:
-        if column in TEXT_COLUMNS and (bad := value_problem(column, row[column])):
-            return RowProblem(bad[0], bad[1], number, path)
-    return None
 
 
 def load_stage_rows(ref: str | Sequence[str], kind: str, *, base_dir: Path,
@@ -179,11 +150,11 @@ def load_stage_rows(ref: str | Sequence[str], kind: str, *, base_dir: Path,
                            "`columns = { prompt = \"...\", ... }` or point `data` elsewhere")
     kept: list[dict[str, Any]] = []
     for path, number, row in good:
-        problem = _row_problem(row, needed, number, path, needed)
-        if problem is None:
+        wrong = row_problem(row, needed)
+        if wrong is None:
             kept.append(row)
         else:
-            bad.append(problem)
+            bad.append(RowProblem(wrong[0], wrong[1], number, path))
     total = len(kept) + len(bad)
     if bad and on_bad_rows != "skip":
         shown = "; ".join(f"{p.where}: {p.message}" for p in bad[:SHOWN])
