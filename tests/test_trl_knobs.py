@@ -22,6 +22,10 @@ from graftline.engine.pipeline.problems import PipelineError
 from graftline.engine.pipeline.validate import validate
 
 KNOBS = """
+[defaults]
+# every training stage's, under its own `trl` (the sft stage sets dataloader_drop_last itself)
+trl = { dataloader_drop_last = false, logging_nan_inf_filter = false }
+
 [[stage]]
 name = "sft"
 kind = "sft"
@@ -92,6 +96,7 @@ def test_knobs_reach_each_trainer(tmp_path: Path, toy_base: Path) -> None:
     assert sft.packing is True
     assert sft.bf16 is False and sft.fp16 is False
     assert sft.shuffle_dataset is False and sft.dataloader_drop_last is True  # the escape hatch
+    assert sft.logging_nan_inf_filter is False  # from [defaults]; the stage's own key won
     assert sft.run_name == "r" and sft.report_to == []  # no trackers asked: none reports
     # packing really packed: 400 short rows fit in far fewer sequences of max_length
     assert sft_rows < 400
@@ -100,6 +105,7 @@ def test_knobs_reach_each_trainer(tmp_path: Path, toy_base: Path) -> None:
     assert str(dpo.optim.value) == "sgd" and dpo.max_grad_norm == 2.0
     assert dpo.precompute_ref_batch_size == 4 and dpo.use_weighting is True
     assert dpo.loss_type == ["ipo"]  # the stage's own fields are untouched by the hatch
+    assert dpo.logging_nan_inf_filter is False and dpo.dataloader_drop_last is False
     # unset knobs keep TRL's defaults (the config class's own)
     from trl import DPOConfig
 
@@ -107,6 +113,7 @@ def test_knobs_reach_each_trainer(tmp_path: Path, toy_base: Path) -> None:
 
     grpo, _ = seen["grpo"]
     assert grpo.scale_rewards == "batch" and grpo.top_k == 5
+    assert grpo.logging_nan_inf_filter is False
     assert grpo.lr_scheduler_kwargs == {"num_cycles": 0.5}
     assert grpo.num_generations == 4
 
@@ -168,6 +175,37 @@ def test_unknown_trl_key_did_you_mean_with_its_line(tmp_path: Path) -> None:
     assert text[problem.line - 1].startswith("shufle_dataset")  # the key's own line
     assert "SFTConfig has no field 'shufle_dataset'" in problem.message
     assert "did you mean 'shuffle_dataset'" in (problem.fix or "")
+
+
+def test_a_defaults_trl_key_one_kind_lacks_is_named_at_the_defaults_line(tmp_path: Path) -> None:
+    root = write_data(tmp_path)
+    stages = """
+[defaults]
+trl = { dataset_text_field = "text" }
+""" + SFT.format(train="", extra="") + """
+[[stage]]
+name = "dpo"
+kind = "dpo"
+from = "sft"
+adapter = "continue"
+data = "pref.jsonl"
+train = { max_steps = 2 }
+trl = { use_weighting = true }
+"""
+    (problem,) = _problems(root, stages)  # SFTConfig has the field; DPOConfig does not
+    assert problem.stage == "dpo" and problem.field == "trl.dataset_text_field"
+    assert "(from [defaults])" in problem.message and "DPOConfig has no field" in problem.message
+    text = (root / "pipeline.toml").read_text().splitlines()
+    assert text[problem.line - 1].startswith("trl = { dataset_text_field")  # [defaults]' line
+    assert "stages' own `trl`" in (problem.fix or "")
+
+
+def test_a_defaults_trl_key_graftline_owns_is_refused(tmp_path: Path) -> None:
+    root = write_data(tmp_path)
+    (problem,) = _problems(root, "[defaults]\ntrl = { learning_rate = 1e-4 }\n"
+                           + SFT.format(train="", extra=""))
+    assert problem.field == "trl.learning_rate" and "set by graftline" in problem.message
+    assert "train.lr" in (problem.fix or "")
 
 
 def test_inline_trl_table_points_at_its_line(tmp_path: Path) -> None:

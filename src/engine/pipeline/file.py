@@ -43,6 +43,7 @@ from graftline.engine.pipeline.problems import (
 
 HEADER_BLOCK = "[pipeline]"  # the key of the header's Block; no stage name can contain brackets
 CLEANUP_BLOCK = "[cleanup]"
+DEFAULTS_BLOCK = "[defaults]"
 TOP_LEVEL = ("pipeline", "defaults", "stage", "foreach", "cleanup")
 _Model = TypeVar("_Model", bound=BaseModel)
 FOREACH_KEYS = ("as", "values", "stage")
@@ -264,7 +265,7 @@ def _read_defaults(raw: dict[str, Any], blocks: dict[str, list[Block]], file: st
             problems.extend(_translate([err], file=file, block=block, stage=None, kind=None,
                                        model=owner or spec.Defaults, prefix="defaults."))
         clean: dict[str, Any] = {}
-        for table in ("train", "lora"):
+        for table in ("train", "lora", "trl"):
             values = given.get(table)
             if isinstance(values, dict) and (table,) not in bad:
                 clean[table] = {k: v for k, v in values.items() if (table, k) not in bad}
@@ -313,6 +314,8 @@ def _validate_stage(table: dict[str, Any], raw_defaults: dict[str, Any], block: 
     merged = {k: v for k, v in table.items() if k not in skip}
     if guess in spec.TRAINING_KINDS:
         merged["train"] = _merge(raw_defaults.get("train", {}), table.get("train", {}))
+        if raw_defaults.get("trl") or "trl" in table:
+            merged["trl"] = _merge(raw_defaults.get("trl", {}), table.get("trl", {}))
         if "lora" in table:
             merged["lora"] = _merge(raw_defaults.get("lora", {}), table["lora"])
     if guess is None:
@@ -562,6 +565,7 @@ def parse(text: str, path: Path | str = "<pipeline>") -> PipelineFile:
         blocks={
             HEADER_BLOCK: header_block,
             CLEANUP_BLOCK: cleanup_block,
+            DEFAULTS_BLOCK: (blocks.get("defaults") or [Block(1)])[0],
             **{s.name: b for s, b in stages},
         },
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from graftline.engine.common.layout import RUN_META
 from graftline.engine.pipeline import spec
-from graftline.engine.pipeline.file import HEADER_BLOCK, PipelineFile
+from graftline.engine.pipeline.file import DEFAULTS_BLOCK, HEADER_BLOCK, PipelineFile
 from graftline.engine.pipeline.problems import Problem
 
 # A run id is `<name>-YYYYmmdd-HHMMSS[-n]`, one path component; most file systems allow 255 bytes.
@@ -38,7 +38,7 @@ def lora_problems(pf: PipelineFile) -> Iterator[Problem]:
     defaults = pf.pipeline.defaults.lora
     if defaults.target_modules == []:
         yield Problem("[defaults] lora.target_modules is empty: the LoRA would wrap no layer",
-                      str(pf.path), pf.line("defaults", "lora"), None, "defaults.lora",
+                      str(pf.path), pf.line(DEFAULTS_BLOCK, "lora"), None, "defaults.lora",
                       'list module names (e.g. ["q_proj", "v_proj"]) or use "all-linear"')
     for stage in pf.pipeline.stage:
         lora = getattr(stage, "lora", None)

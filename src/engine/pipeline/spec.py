@@ -280,6 +280,10 @@ class Header(Strict):
 class Defaults(ScaleOut):
     lora: Lora = Lora()
     train: Train = Train()
+    # merged under every training stage's own `trl`, key by key (the stage wins); each key is
+    # checked against each stage's TRL config class
+    trl: dict[str, Any] = Field(default_factory=dict, description="TRL config fields for every "
+                                "training stage")
 
 
 class Cleanup(Strict):

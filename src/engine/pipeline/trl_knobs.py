@@ -221,6 +221,31 @@ def _line(pf: PipelineFile, stage: str, *keys: str) -> int | None:
     return block.header
 
 
+def _trl_line(pf: PipelineFile, stage: str, key: str) -> tuple[int | None, str]:
+    """The line of a stage's `trl.<key>`, and " (from [defaults])" when the stage does not write
+    it itself: [defaults]' trl applies to every training stage, and a key one kind's config
+    lacks is reported for each stage of that kind at the [defaults] line."""
+    from graftline.engine.pipeline.file import DEFAULTS_BLOCK
+
+    block = pf.blocks.get(stage)
+    own = block is not None and (f"trl.{key}" in block.keys or (
+        "trl" in block.keys and key in _inline_trl(pf.text.splitlines()[block.keys["trl"] - 1])))
+    if own or key not in pf.pipeline.defaults.trl:
+        return _line(pf, stage, f"trl.{key}", "trl"), ""
+    return _line(pf, DEFAULTS_BLOCK, f"trl.{key}", "trl"), " (from [defaults])"
+
+
+def _inline_trl(line: str) -> set[str]:
+    """The keys of an inline `trl = { … }` (TOML keeps an inline table on one line)."""
+    import tomllib
+
+    try:
+        found = tomllib.loads(line).get("trl")
+    except tomllib.TOMLDecodeError:
+        return set()
+    return set(found) if isinstance(found, dict) else set()
+
+
 def _suggest(key: str, allowed: list[str], owned: dict[str, str] | None = None,
              otherwise: str = "see the TRL config's documentation for its fields") -> str:
     owned = owned or {}
@@ -251,14 +276,17 @@ def stage_problems(pf: PipelineFile, stage: spec.TrainingStage, *, cuda: bool) -
     if stage.trl:
         fields = config_fields(kind)
         for key in stage.trl:
-            line = _line(pf, name, f"trl.{key}", "trl")
+            line, source = _trl_line(pf, name, key)
             if key in OWNED:
-                yield problem(f"trl.{key} is set by graftline", f"trl.{key}", line,
+                yield problem(f"trl.{key}{source} is set by graftline", f"trl.{key}", line,
                               f"use {OWNED[key]} instead")
             elif key not in fields:
                 allowed = sorted(fields - OWNED.keys())
-                yield problem(f"trl.{key}: TRL {trl_version()}'s {config} has no field '{key}'",
-                              f"trl.{key}", line, _suggest(key, allowed, OWNED))
+                yield problem(f"trl.{key}{source}: TRL {trl_version()}'s {config} has no field "
+                              f"'{key}'", f"trl.{key}", line,
+                              _suggest(key, allowed, OWNED) + (
+                                  f"; or set it in the {kind} stages' own `trl` instead of "
+                                  "[defaults]" if source else ""))
     if train.packing and kind != "sft":
         yield problem(f"packing is for SFT only ({kind} stages do not pack)", "train.packing",
                       _line(pf, name, "packing", "train"),
