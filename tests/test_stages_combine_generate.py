@@ -49,7 +49,7 @@ weights = [1.0, 0.25]
 name = "gen"
 kind = "generate"
 from = "base"
-prompts = "plain_prompts.jsonl"
+prompts = "prompts/plain-*.jsonl"  # two shards: `prompts` reads what `data` reads
 keep = "correct"
 max_new_tokens = 4
 
@@ -77,8 +77,10 @@ def test_combine_cat_is_the_exact_weighted_sum_and_generate_feeds_a_stage(
     # the base answers the plain `a+b=` format (its pre-training), so keep="correct" keeps the
     # rows it gets right: which ones is measured below, on this machine's base
     sums = tasks.sample(tasks.train_sums(), 24, seed=9)
-    write_jsonl(root / "plain_prompts.jsonl",
-                ({"prompt": f"<s>{s.question}=", "answer": s.answer} for s in sums))
+    (root / "prompts").mkdir()
+    for shard, part in (("a", sums[:12]), ("b", sums[12:])):
+        write_jsonl(root / "prompts" / f"plain-{shard}.jsonl",
+                    ({"prompt": f"<s>{s.question}=", "answer": s.answer} for s in part))
     run_dir = root / "runs" / "r"
     sink = ListSink()
     result = run_pipeline(pipeline(root, STAGES), run_dir, sink)
@@ -113,6 +115,8 @@ def test_combine_cat_is_the_exact_weighted_sum_and_generate_feeds_a_stage(
     got = answer(base_model, tokenizer, [s.question for s in sums], chat=False, max_new_tokens=4)
     right = sorted(s.question for s, g in zip(sums, got, strict=True) if g == s.answer)
     assert right, "the self-checked base (>= 95% held-out) gets none of 24 training sums right"
-    assert sorted(_question(r) for r in rows) == right
+    assert sorted(_question(r) for r in rows) == right  # from both shards
+    [gen] = [d for t, stage, d in sink.events if t == "stage_finished" and stage == "gen"]
+    assert gen["metrics"]["prompts"] == len(sums)
     boot = mf.read(run_dir / "stages/boot")
     assert boot.status == "complete" and boot.metrics["steps"] == 2

@@ -211,9 +211,9 @@ class CombineStage(StageBase):
     density: float | None = Field(default=None, gt=0, le=1)
 
 
-class GenerateStage(StageBase):
+class GenerateStage(StageBase, DataOptions):
     kind: Literal["generate"]
-    prompts: str
+    prompts: DataRef  # files, globs, lists and hf: as `data` takes them (docs/datasets.md)
     max_new_tokens: int = Field(default=16, ge=1)
     temperature: float = Field(default=0.0, ge=0)
     num_samples: int = Field(default=1, ge=1)

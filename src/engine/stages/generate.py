@@ -1,7 +1,9 @@
 """Generate: a stage's model writes the dataset for a later stage (progressive bootstrapping).
 
 Writes `<stage dir>/data.jsonl` with the prompt, the generated completion (as an assistant
-message when the prompts are conversational) and every other column of the prompt file;
+message when the prompts are conversational) and every other column of the prompt file.
+`prompts` takes what `data` takes (files, globs, lists, hf:, `columns`, `on_bad_rows`), read by
+the one stage loader (pipeline/stage_rows.py);
 `keep = "correct"` keeps only rows whose completion equals the row's `answer` column.
 """
 
@@ -12,9 +14,11 @@ from typing import Any
 import torch
 
 from graftline.engine.pipeline import spec
-from graftline.engine.pipeline.datasets import GENERATED, load_rows, write_jsonl
+from graftline.engine.pipeline.datasets import GENERATED, write_jsonl
 from graftline.engine.pipeline.rewards import completion_text
+from graftline.engine.stages import checks
 from graftline.engine.stages.common import StageContext, StageOutcome, load_checkpoint_model
+from graftline.engine.stages.stage_data import stage_rows
 
 BATCH = 64
 
@@ -57,7 +61,8 @@ def complete(model: Any, tokenizer: Any, prompts: list[Any], *, max_new_tokens: 
 def run(ctx: StageContext) -> StageOutcome:
     stage = ctx.spec_as(spec.GenerateStage)
     model, tokenizer, _ = load_checkpoint_model(ctx, ctx.step.parent)
-    rows = load_rows(ctx.data_path(stage.prompts)).to_list()
+    log = checks.CheckLog(ctx.name, ctx.sink)  # a bad_rows warning when rows were skipped
+    rows = stage_rows(ctx, stage, "prompts", "generate", log).to_list()
     prompts = [r["prompt"] for r in rows]
     written: list[dict[str, Any]] = []
     for sample in range(stage.num_samples):
@@ -71,7 +76,7 @@ def run(ctx: StageContext) -> StageOutcome:
                 if isinstance(row["prompt"], list) else text
             written.append({**row, "completion": completion})
     write_jsonl(ctx.stage_dir / GENERATED, written)
-    outcome = StageOutcome(kind=None)
+    outcome = StageOutcome(kind=None, checks=log)
     outcome.metrics = {"rows": float(len(written)), "prompts": float(len(rows))}
     if "answer" in (rows[0] if rows else {}):
         outcome.metrics["kept_fraction"] = len(written) / max(1, len(rows) * stage.num_samples)
