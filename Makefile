@@ -43,8 +43,8 @@ lint: setup
 test: setup tmux lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# gpu.py needs a CUDA machine and a subcommand (prepare here, run there): not part of bench
 bench: setup
-	# gpu.py needs a CUDA machine and a subcommand (prepare here, run there): not part of bench
 	for script in $(filter-out benchmarks/gpu.py,$(wildcard benchmarks/*.py)); do \
 		$(PY) $$script || exit 1; done
 
