@@ -121,3 +121,11 @@ def test_full_size_sizes_come_from_a_cached_config(tmp_path: Path) -> None:
     # a merged gpt-oss-20b in bf16 is tens of GB; an r=64 attention-only adapter is MBs
     assert 10e9 < steps["merged_tools"]["bytes"] < 80e9
     assert 1e6 < steps["tool_sft"]["bytes"] < 2e9
+
+
+def test_distributed_example_plans_a_launch_for_each_training_stage() -> None:
+    plan = {s["name"]: s for s in _plan(REPO / "examples" / "distributed.toml")["steps"]}
+    for name in ("sft", "ipo"):  # [defaults] processes = 2 reaches every training stage
+        assert "--nproc_per_node 2" in plan[name]["launch"]
+        assert f"dist/{name}/request.json" in plan[name]["launch"]
+    assert plan["export"]["launch"] is None  # export runs in the engine
