@@ -7,7 +7,8 @@ asks this one for them instead of spelling them, so the names cannot drift apart
 adapter    adapter_config.json  adapter_model.safetensors | adapter_model.bin (pickle)
 model      config.json          model.safetensors | model.safetensors.index.json + shards
                                 pytorch_model.bin | pytorch_model.bin.index.json + shards (pickle)
-trainer    trainer_state.json   training_args.bin  optimizer.pt  scheduler.pt  scaler.pt  rng_state*.pth
+trainer    trainer_state.json   training_args.bin  optimizer.pt  scheduler.pt  scaler.pt
+                                rng_state*.pth
 ```
 
 What a "full model" is depends on who asks, so this module does not answer that with one

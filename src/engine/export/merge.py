@@ -23,10 +23,15 @@ from typing import Any, Literal
 
 import torch
 
-from graftline.engine.export.chain import (
+from graftline.engine.common.checkpoint_files import (
     ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    WEIGHTS_INDEX,
+    ADAPTER_PICKLE,
+    MODEL_SAFETENSORS,
+    MODEL_SAFETENSORS_INDEX,
+    shard_name,
+)
+from graftline.engine.common.checkpoint_files import ADAPTER_SAFETENSORS as ADAPTER_WEIGHTS
+from graftline.engine.export.chain import (
     ExportRefused,
     read_adapter_config,
     weight_files,
@@ -135,8 +140,8 @@ def base_headers(base: Path) -> dict[str, tuple[Path, TensorInfo]]:
     for name in files:
         path = base / name
         if not path.is_file():
-            raise ExportRefused(f"shard {name} listed in {WEIGHTS_INDEX} is missing", path=base,
-                                fix="restore the base model's files")
+            raise ExportRefused(f"shard {name} listed in {MODEL_SAFETENSORS_INDEX} is missing",
+                                path=base, fix="restore the base model's files")
         infos, _meta = read_header(path)
         for key, info in infos.items():
             found[key] = (path, info)
@@ -196,7 +201,7 @@ def analyse_adapter(adapter: Path, base_tensors: dict[str, tuple[Path, TensorInf
     _refuse_config(adapter, config)
     weights = adapter / ADAPTER_WEIGHTS
     if not weights.is_file():
-        other = "adapter_model.bin (pickle)" if (adapter / "adapter_model.bin").is_file() else \
+        other = f"{ADAPTER_PICKLE} (pickle)" if (adapter / ADAPTER_PICKLE).is_file() else \
             "no adapter weights"
         raise ExportRefused(f"{ADAPTER_WEIGHTS} is missing ({other} found)", path=adapter,
                             fix="re-save the adapter with save_pretrained(safe_serialization=True)")
@@ -345,9 +350,9 @@ def plan_tensors(base_tensors: dict[str, tuple[Path, TensorInfo]], adapter: Adap
             groups[-1].append(job)
             size += job.out_bytes
     if len(groups) == 1:
-        return (OutShard("model.safetensors", tuple(groups[0])),)
+        return (OutShard(MODEL_SAFETENSORS, tuple(groups[0])),)
     n = len(groups)
-    return tuple(OutShard(f"model-{i + 1:05d}-of-{n:05d}.safetensors", tuple(group))
+    return tuple(OutShard(shard_name(i + 1, n), tuple(group))
                  for i, group in enumerate(groups))
 
 
