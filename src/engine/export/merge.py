@@ -26,11 +26,11 @@ import torch
 from graftline.engine.common.checkpoint_files import (
     ADAPTER_CONFIG,
     ADAPTER_PICKLE,
+    ADAPTER_SAFETENSORS,
     MODEL_SAFETENSORS,
     MODEL_SAFETENSORS_INDEX,
     shard_name,
 )
-from graftline.engine.common.checkpoint_files import ADAPTER_SAFETENSORS as ADAPTER_WEIGHTS
 from graftline.engine.export.chain import (
     ExportRefused,
     read_adapter_config,
@@ -199,11 +199,11 @@ def analyse_adapter(adapter: Path, base_tensors: dict[str, tuple[Path, TensorInf
     config_path = adapter / ADAPTER_CONFIG
     config = read_adapter_config(adapter)  # a corrupt file is refused cleanly, not a traceback
     _refuse_config(adapter, config)
-    weights = adapter / ADAPTER_WEIGHTS
+    weights = adapter / ADAPTER_SAFETENSORS
     if not weights.is_file():
         other = f"{ADAPTER_PICKLE} (pickle)" if (adapter / ADAPTER_PICKLE).is_file() else \
             "no adapter weights"
-        raise ExportRefused(f"{ADAPTER_WEIGHTS} is missing ({other} found)", path=adapter,
+        raise ExportRefused(f"{ADAPTER_SAFETENSORS} is missing ({other} found)", path=adapter,
                             fix="re-save the adapter with save_pretrained(safe_serialization=True)")
     headers, _meta = read_header(weights)
 
@@ -359,7 +359,7 @@ def plan_tensors(base_tensors: dict[str, tuple[Path, TensorInfo]], adapter: Adap
 def _job(key: str, source: Path, info: TensorInfo, adapter: AdapterPlan | None,
          out_dtype: str) -> TensorJob:
     if adapter is not None and key in adapter.replacements:
-        source = adapter.path / ADAPTER_WEIGHTS
+        source = adapter.path / ADAPTER_SAFETENSORS
         info = adapter.headers[adapter.replacements[key]]
     delta = adapter.deltas.get(key) if adapter is not None else None
     dtype = out_dtype if info.dtype in _FLOAT_DTYPES else info.dtype
@@ -425,7 +425,7 @@ def write_shards(shards: tuple[OutShard, ...], out: Path, adapter: AdapterPlan |
     def read(path: Path, info: TensorInfo) -> torch.Tensor:
         return read_tensor(handle(reads, path), info)
 
-    adapter_file = adapter.path / ADAPTER_WEIGHTS if adapter is not None else None
+    adapter_file = adapter.path / ADAPTER_SAFETENSORS if adapter is not None else None
     adapter_headers = adapter.headers if adapter is not None else {}
     weight_map: dict[str, str] = {}
     writers: list[StreamWriter] = []
