@@ -14,6 +14,7 @@ import pytest
 import torch
 from lineage_helpers import files_under, make_adapter
 from safetensors.torch import load_file
+from stage_helpers import pipeline, write_data
 from transformers import AutoModelForCausalLM
 
 from graftline.engine.common.checkpoint_files import (
@@ -29,6 +30,7 @@ from graftline.engine.export.chain import ExportRefused, resolve_chain, weight_f
 from graftline.engine.export.writer import plan_export
 from graftline.engine.lineage import scan
 from graftline.engine.pipeline.foreign import ForeignError, is_full_model, read_foreign
+from graftline.engine.pipeline.validate import validate
 
 
 def _pickled(toy_base: Path, dest: Path) -> Path:
@@ -112,6 +114,30 @@ def test_an_adapter_on_a_pickle_only_base_is_refused_by_export(toy_base: Path,
     assert "no safetensors weights" in refused.value.message
     assert "pytorch_model.bin" in refused.value.message
     assert not (tmp_path / "out").exists()
+
+
+def test_validate_names_a_pickle_only_base_of_a_foreign_adapter(toy_base: Path,
+                                                                tmp_path: Path) -> None:
+    """Changed: the adapter's base was "not a full model"; validate now says it holds pickle
+    weights only and that re-saving it as safetensors is the fix."""
+    base = _pickled(toy_base, tmp_path / "pickled")
+    adapter = make_adapter(tmp_path / "adapter", toy_base)
+    config = (adapter / ADAPTER_CONFIG).read_text().replace(str(toy_base), str(base))
+    (adapter / ADAPTER_CONFIG).write_text(config)
+    write_data(tmp_path)
+    pf = pipeline(tmp_path, """
+[[stage]]
+name = "more"
+kind = "sft"
+from = "./adapter"
+base_from = "adapter"
+data = "sft.jsonl"
+train = { max_steps = 2 }
+""")
+    errors = [p for p in validate(pf) if p.severity == "error"]
+    assert [(e.stage, e.field) for e in errors] == [("more", "from")], errors
+    assert "pickle weights only (pytorch_model.bin)" in errors[0].message
+    assert "safe_serialization=True" in (errors[0].fix or "")
 
 
 def test_trainer_state_beside_a_config_is_not_a_model(toy_base: Path, tmp_path: Path) -> None:
