@@ -1,5 +1,6 @@
 """graftline.engine.common: small pieces every area uses: the error root, atomic writes, units,
-disk space, the metrics sink, run-control flags and lazy public surfaces.
+checkpoint file names (and what a folder holds), disk space, the metrics sink, run-control flags
+and lazy public surfaces.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ _EXPORTS = {
     "errors": "errors",
     "GraftlineError": "errors",
     "atomic": "atomic",
+    "checkpoint_files": "checkpoint_files",
+    "FolderFiles": "checkpoint_files",
+    "folder_files": "checkpoint_files",
     "units": "units",
     "human_bytes": "units",
     "disk": "disk",

@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from graftline.engine.common.checkpoint_files import (
+    ADAPTER_CONFIG,
+    MODEL_CONFIG,
+    MODEL_SAFETENSORS,
+    MODEL_SAFETENSORS_INDEX,
+    folder_files,
+)
 from graftline.engine.common.errors import GraftlineError
 from graftline.engine.lineage import manifest as manifest_io
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-SINGLE_WEIGHTS = "model.safetensors"
-WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
 class ExportRefused(GraftlineError, ValueError):
@@ -61,22 +63,36 @@ class Chain:
 
 
 def is_adapter_dir(path: Path) -> bool:
-    return (path / ADAPTER_CONFIG).is_file()
+    return folder_files(path).adapter_config
 
 
 def weight_files(model_dir: Path) -> list[str] | None:
-    """The safetensors files of a full model directory, or None when it has none."""
-    index = model_dir / WEIGHTS_INDEX
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map") or {}
-        return sorted(set(weight_map.values()))
-    if (model_dir / SINGLE_WEIGHTS).is_file():
-        return [SINGLE_WEIGHTS]
-    return None
+    """The safetensors files of a full model directory (the index's shards, or the single
+    file), or None when it has none. A damaged index is refused, not a traceback."""
+    if not folder_files(model_dir).loadable_safetensors:
+        return None
+    index = model_dir / MODEL_SAFETENSORS_INDEX
+    if not index.is_file():
+        return [MODEL_SAFETENSORS]
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = None
+    weight_map = data.get("weight_map") or {} if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str)
+                                                   for f in weight_map.values()):
+        raise ExportRefused(f"{MODEL_SAFETENSORS_INDEX} is not an index of shards (a JSON "
+                            "object whose weight_map names a file per tensor)", path=model_dir,
+                            fix="restore the index from the model's source (save_pretrained "
+                                "writes it)")
+    return sorted(set(weight_map.values()))
 
 
 def is_model_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and weight_files(path) is not None
+    """A full model export can read (`FolderFiles.is_safetensors_model`): config.json with
+    model.safetensors or its index. Checked after `is_adapter_dir`; the index's shards are
+    checked when they are read."""
+    return folder_files(path).is_safetensors_model
 
 
 def removed_by(path: Path) -> str | None:
@@ -113,7 +129,7 @@ def read_adapter_config(adapter: Path) -> dict:
     """adapter_config.json, checked for the fields the merge reads: a clean refusal for a
     corrupt or hand-edited file instead of a traceback halfway through the export."""
     where = adapter / ADAPTER_CONFIG
-    fix = "restore adapter_config.json from the checkpoint's source (peft writes it)"
+    fix = f"restore {ADAPTER_CONFIG} from the checkpoint's source (peft writes it)"
     try:
         config = json.loads(where.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -173,22 +189,26 @@ def resolve_chain(checkpoint: Path) -> Chain:
             raise ExportRefused(
                 f"the base {base} is itself an adapter; an adapter applies to a full model",
                 path=checkpoint, fix="merge the base adapter first (a `merge` stage), then export")
-        if not (base / "config.json").is_file():
-            raise ExportRefused(f"the base {base} has no config.json", path=checkpoint,
+        if not (base / MODEL_CONFIG).is_file():
+            raise ExportRefused(f"the base {base} has no {MODEL_CONFIG}", path=checkpoint,
                                 fix="point the adapter at a full model directory")
         if weight_files(base) is None:
             raise ExportRefused(
-                f"the base {base} has no safetensors weights (model.safetensors or "
-                f"{WEIGHTS_INDEX})", path=checkpoint,
+                f"the base {base} has no safetensors weights ({MODEL_SAFETENSORS} or "
+                f"{MODEL_SAFETENSORS_INDEX}); it holds {folder_files(base).describe()}",
+                path=checkpoint,
                 fix="re-save the base with save_pretrained(safe_serialization=True)")
         kind: Literal["adapter", "model"] = "adapter"
         adapter: Path | None = checkpoint
     elif is_model_dir(checkpoint):
         base, adapter, kind = checkpoint, None, "model"
     else:
+        files = folder_files(checkpoint)
         raise ExportRefused(
-            "not a checkpoint: neither adapter_config.json nor config.json with safetensors "
-            "weights", path=checkpoint, fix="pass an adapter or full model directory")
+            f"not a checkpoint: neither {ADAPTER_CONFIG} nor {MODEL_CONFIG} with safetensors "
+            f"weights; it holds {files.describe()}", path=checkpoint,
+            fix="re-save the model with save_pretrained(safe_serialization=True)"
+            if files.is_model else "pass an adapter or full model directory")
     return Chain(checkpoint, kind, base, adapter, manifest, lineage(checkpoint))
 
 

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from graftline.engine.common.checkpoint_files import MODEL_CONFIG, MODEL_SAFETENSORS_INDEX
+
 GGUF_VERIFICATION = "gguf_verification.json"
 Q8_BLOCK = 32
 ELEMENT_BOUNDS = {"F32": "exact", "F16": "2^-11*|w| + 2^-25", "BF16": "2^-8*|w| + 2^-133",
@@ -89,7 +91,7 @@ def _merged_tensors(model_dir: Path) -> dict[str, Path]:
     """HF tensor name → the safetensors file holding it."""
     from graftline.engine.export.safetensors import read_header
 
-    index = model_dir / "model.safetensors.index.json"
+    index = model_dir / MODEL_SAFETENSORS_INDEX
     if index.is_file():
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         return {name: model_dir / file for name, file in weight_map.items()}
@@ -234,7 +236,7 @@ def verify_gguf(path: Path, model_dir: Path, gguf_type: str) -> GgufVerification
     from transformers import AutoTokenizer
 
     reader = gguf.GGUFReader(path)
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    config = json.loads((model_dir / MODEL_CONFIG).read_text(encoding="utf-8"))
     text = config.get("text_config", config)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     problems: list[str] = []

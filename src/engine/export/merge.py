@@ -23,10 +23,15 @@ from typing import Any, Literal
 
 import torch
 
-from graftline.engine.export.chain import (
+from graftline.engine.common.checkpoint_files import (
     ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    WEIGHTS_INDEX,
+    ADAPTER_PICKLE,
+    ADAPTER_SAFETENSORS,
+    MODEL_SAFETENSORS,
+    MODEL_SAFETENSORS_INDEX,
+    shard_name,
+)
+from graftline.engine.export.chain import (
     ExportRefused,
     read_adapter_config,
     weight_files,
@@ -135,8 +140,8 @@ def base_headers(base: Path) -> dict[str, tuple[Path, TensorInfo]]:
     for name in files:
         path = base / name
         if not path.is_file():
-            raise ExportRefused(f"shard {name} listed in {WEIGHTS_INDEX} is missing", path=base,
-                                fix="restore the base model's files")
+            raise ExportRefused(f"shard {name} listed in {MODEL_SAFETENSORS_INDEX} is missing",
+                                path=base, fix="restore the base model's files")
         infos, _meta = read_header(path)
         for key, info in infos.items():
             found[key] = (path, info)
@@ -194,11 +199,11 @@ def analyse_adapter(adapter: Path, base_tensors: dict[str, tuple[Path, TensorInf
     config_path = adapter / ADAPTER_CONFIG
     config = read_adapter_config(adapter)  # a corrupt file is refused cleanly, not a traceback
     _refuse_config(adapter, config)
-    weights = adapter / ADAPTER_WEIGHTS
+    weights = adapter / ADAPTER_SAFETENSORS
     if not weights.is_file():
-        other = "adapter_model.bin (pickle)" if (adapter / "adapter_model.bin").is_file() else \
+        other = f"{ADAPTER_PICKLE} (pickle)" if (adapter / ADAPTER_PICKLE).is_file() else \
             "no adapter weights"
-        raise ExportRefused(f"{ADAPTER_WEIGHTS} is missing ({other} found)", path=adapter,
+        raise ExportRefused(f"{ADAPTER_SAFETENSORS} is missing ({other} found)", path=adapter,
                             fix="re-save the adapter with save_pretrained(safe_serialization=True)")
     headers, _meta = read_header(weights)
 
@@ -345,16 +350,16 @@ def plan_tensors(base_tensors: dict[str, tuple[Path, TensorInfo]], adapter: Adap
             groups[-1].append(job)
             size += job.out_bytes
     if len(groups) == 1:
-        return (OutShard("model.safetensors", tuple(groups[0])),)
+        return (OutShard(MODEL_SAFETENSORS, tuple(groups[0])),)
     n = len(groups)
-    return tuple(OutShard(f"model-{i + 1:05d}-of-{n:05d}.safetensors", tuple(group))
+    return tuple(OutShard(shard_name(i + 1, n), tuple(group))
                  for i, group in enumerate(groups))
 
 
 def _job(key: str, source: Path, info: TensorInfo, adapter: AdapterPlan | None,
          out_dtype: str) -> TensorJob:
     if adapter is not None and key in adapter.replacements:
-        source = adapter.path / ADAPTER_WEIGHTS
+        source = adapter.path / ADAPTER_SAFETENSORS
         info = adapter.headers[adapter.replacements[key]]
     delta = adapter.deltas.get(key) if adapter is not None else None
     dtype = out_dtype if info.dtype in _FLOAT_DTYPES else info.dtype
@@ -420,7 +425,7 @@ def write_shards(shards: tuple[OutShard, ...], out: Path, adapter: AdapterPlan |
     def read(path: Path, info: TensorInfo) -> torch.Tensor:
         return read_tensor(handle(reads, path), info)
 
-    adapter_file = adapter.path / ADAPTER_WEIGHTS if adapter is not None else None
+    adapter_file = adapter.path / ADAPTER_SAFETENSORS if adapter is not None else None
     adapter_headers = adapter.headers if adapter is not None else {}
     weight_map: dict[str, str] = {}
     writers: list[StreamWriter] = []

@@ -23,9 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from graftline.engine.common.checkpoint_files import (
+    ADAPTER_CONFIG,
+    MODEL_CONFIG,
+    MODEL_SAFETENSORS_INDEX,
+    MODEL_SHARDS_GLOB,
+)
 from graftline.engine.common.sink import Sink
 from graftline.engine.export.chain import (
-    WEIGHTS_INDEX,
     Chain,
     ExportRefused,
     LineageNode,
@@ -57,9 +62,9 @@ GENERATION_CONFIG = "generation_config.json"
 MODEL_CARD = "README.md"
 MODELFILE = "Modelfile"
 # Files a previous export wrote; with `force` these (and only these) are replaced.
-_OWN_PATTERNS = ("model*.safetensors", WEIGHTS_INDEX, "*.gguf", "verification.json", MODELFILE,
-                 GGUF_VERIFICATION,
-                 MODEL_CARD, "config.json", GENERATION_CONFIG, manifest_io.MANIFEST,
+_OWN_PATTERNS = (MODEL_SHARDS_GLOB, MODEL_SAFETENSORS_INDEX, "*.gguf", "verification.json",
+                 MODELFILE, GGUF_VERIFICATION,
+                 MODEL_CARD, MODEL_CONFIG, GENERATION_CONFIG, manifest_io.MANIFEST,
                  *TOKENIZER_FILES)
 _SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
                "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "B": 1}
@@ -245,7 +250,7 @@ def _refuse_in_memory_merge(checkpoint: Path) -> None:
     """An adapter trained on an in-memory merge records the plain base: merged into it, the
     export would verify (it equals base + adapter) and still be the wrong model. The lineage
     proves the pitfall from its siblings' weights; export refuses with the lineage's fix."""
-    if not (checkpoint / "adapter_config.json").is_file():
+    if not (checkpoint / ADAPTER_CONFIG).is_file():
         return
     from graftline.engine.lineage import scan
 
@@ -295,7 +300,7 @@ def _plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
     out = Path(out).expanduser().absolute()
     _check_target(out, chain, force)
 
-    config = json.loads((chain.base / "config.json").read_text(encoding="utf-8"))
+    config = json.loads((chain.base / MODEL_CONFIG).read_text(encoding="utf-8"))
     if config.get("quantization_config"):
         raise ExportRefused(
             f"the base {chain.base} stores quantized weights; merging into them would bake the "
@@ -336,7 +341,7 @@ def _clear_previous(out: Path) -> None:
 
 
 def _write_config(plan: ExportPlan) -> None:
-    config = json.loads((plan.base / "config.json").read_text(encoding="utf-8"))
+    config = json.loads((plan.base / MODEL_CONFIG).read_text(encoding="utf-8"))
     config["dtype"] = plan.dtype
     if "torch_dtype" in config:
         config["torch_dtype"] = plan.dtype
@@ -344,7 +349,7 @@ def _write_config(plan: ExportPlan) -> None:
         config["tie_word_embeddings"] = False
         if isinstance(config.get("text_config"), dict):
             config["text_config"]["tie_word_embeddings"] = False
-    (plan.out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    (plan.out / MODEL_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def _copy_side_files(plan: ExportPlan) -> None:
@@ -355,7 +360,7 @@ def _copy_side_files(plan: ExportPlan) -> None:
     if plan.generation_source is not None:
         shutil.copyfile(plan.generation_source / GENERATION_CONFIG, plan.out / GENERATION_CONFIG)
     else:  # derived from config.json, as transformers does when it is missing
-        config = json.loads((plan.base / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((plan.base / MODEL_CONFIG).read_text(encoding="utf-8"))
         keys = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
         derived = {k: config[k] for k in keys if config.get(k) is not None}
         (plan.out / GENERATION_CONFIG).write_text(json.dumps(derived, indent=2) + "\n",
@@ -367,7 +372,8 @@ def _write_index(plan: ExportPlan, weight_map: dict[str, str]) -> None:
         return
     index = {"metadata": {"total_size": plan.total_bytes}, "weight_map": dict(sorted(
         weight_map.items()))}
-    (plan.out / WEIGHTS_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    (plan.out / MODEL_SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n",
+                                                    encoding="utf-8")
 
 
 def _manifest(plan: ExportPlan) -> manifest_io.Manifest:

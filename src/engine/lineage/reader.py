@@ -16,11 +16,22 @@ import json
 import os
 import re
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from graftline.engine.common.checkpoint_files import (
+    ADAPTER_CONFIG,
+    ADAPTER_PICKLE,
+    ADAPTER_SAFETENSORS,
+    MODEL_CONFIG,
+    MODEL_PICKLE,
+    MODEL_SAFETENSORS,
+    MODEL_SAFETENSORS_INDEX,
+    TRAINER_STATE,
+    files_from_names,
+)
 from graftline.engine.common.errors import GraftlineError
 from graftline.engine.common.layout import STAGES, STATE
 from graftline.engine.common.liveness import is_live
@@ -30,14 +41,11 @@ from graftline.engine.lineage.manifest import MANIFEST
 from graftline.engine.lineage.manifest_view import ManifestView, view
 from graftline.engine.lineage.model import Edge, InMemoryMerge, Lineage, LoraInfo, Node, Symlink
 
-ADAPTER_CONFIG = "adapter_config.json"
-TRAINER_STATE = "trainer_state.json"
 REF_DIR = "ref"
 # Where people keep a checkpoint's numbers: files beside it, and these folders beside or in it.
 _METRIC_FILES = {"metrics.json": "", "evaluation.json": "eval/", "eval_results.json": "",
                  "all_results.json": "", "results.json": ""}
 _METRIC_FOLDERS = ("training_logs", "test_results", "eval_results", "logs", "results", "eval")
-MODEL_CONFIG = "config.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # config.json keys that differ between a model and its merge without meaning anything.
 _VOLATILE_CONFIG = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache"}
@@ -210,7 +218,11 @@ class _Scanner:
             kind, source = ("trainer", "trainer") if is_trainer else ("adapter", "peft")
         elif is_trainer:
             kind, source = "trainer", "trainer"
-        elif MODEL_CONFIG in names and _has_weights(names):
+        elif files_from_names(names).is_model:
+            # Any model weights count, pickle included: the scan shows and protects what is
+            # there, and a Trainer's own pickles (optimizer.pt, training_args.bin) are not a
+            # model. Whether it can be trained from or exported is the caller's question
+            # (`FolderFiles.is_safetensors_model`).
             kind, source = "base", "transformers"
         elif MANIFEST in names:
             kind, source = "adapter", "graftline"
@@ -547,11 +559,11 @@ class _Scanner:
         digests: dict[str, str] = {}
         for draft in self.drafts.values():
             if draft.kind in ("adapter", "trainer", "combined") and draft.path:
-                digest = _tensor_digest(os.path.join(draft.path or "", "adapter_model.safetensors"))
+                digest = _tensor_digest(os.path.join(draft.path or "", ADAPTER_SAFETENSORS))
                 if digest is not None:
                     digests.setdefault(digest, draft.key)
         for key, ref_dir in refs.items():
-            digest = _tensor_digest(os.path.join(ref_dir, "adapter_model.safetensors"))
+            digest = _tensor_digest(os.path.join(ref_dir, ADAPTER_SAFETENSORS))
             source = digests.get(digest) if digest else None
             if source is not None and source != key:
                 self.edges.append(Edge(key, source, "continued_from", "inferred"))
@@ -703,13 +715,6 @@ def _read_manifest(path: str) -> ManifestView | None:
     return view(_read_json(os.path.join(path, MANIFEST)))
 
 
-def _has_weights(names: Iterable[str]) -> bool:
-    return any(
-        n.endswith((".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json", ".pt"))
-        for n in names
-    )
-
-
 def _stage_of(path: str, run_dir: str) -> str | None:
     rel = path[len(run_dir) + 1:].split(os.sep)
     if len(rel) >= 2 and rel[0] == STAGES:
@@ -773,17 +778,17 @@ def _metrics_beside(path: str, kind: str) -> dict[str, float]:
 def _adapter_weights_problem(path: str) -> str | None:
     """Why an adapter folder's weights cannot load, or None: missing, or a safetensors file
     shorter than its own header says (a copy or save cut short)."""
-    weights = os.path.join(path, "adapter_model.safetensors")
+    weights = os.path.join(path, ADAPTER_SAFETENSORS)
     if not os.path.lexists(weights):
-        if os.path.lexists(os.path.join(path, "adapter_model.bin")):
+        if os.path.lexists(os.path.join(path, ADAPTER_PICKLE)):
             return None
-        if os.path.lexists(os.path.join(path, "model.safetensors")) or \
-                os.path.lexists(os.path.join(path, "pytorch_model.bin")):
+        if os.path.lexists(os.path.join(path, MODEL_SAFETENSORS)) or \
+                os.path.lexists(os.path.join(path, MODEL_PICKLE)):
             return None  # a Trainer checkpoint of a full model
-        return "no adapter weights (adapter_model.safetensors)"
+        return f"no adapter weights ({ADAPTER_SAFETENSORS})"
     header = _safetensors_header(weights)
     if header is None:
-        return "adapter_model.safetensors cannot be read (truncated?)"
+        return f"{ADAPTER_SAFETENSORS} cannot be read (truncated?)"
     return None
 
 
@@ -828,10 +833,10 @@ def _fingerprint(path: str) -> str | None:
     Cached by the weight file's mtime and size. None when there is no safetensors file or no
     such tensor (then no merge is inferred: better unlinked than wrongly linked).
     """
-    index = _read_json(os.path.join(path, "model.safetensors.index.json"))
+    index = _read_json(os.path.join(path, MODEL_SAFETENSORS_INDEX))
     weight_map = index.get("weight_map", {}) if isinstance(index, dict) else {}
     candidates = [n for n in weight_map if _is_final_norm(n)]
-    filename = weight_map[candidates[0]] if candidates else "model.safetensors"
+    filename = weight_map[candidates[0]] if candidates else MODEL_SAFETENSORS
     file = os.path.join(path, filename)
     try:
         st = os.stat(file)
@@ -913,7 +918,7 @@ def _lora_delta(adapter: str, module: str) -> Any:
     """scale · B @ A of `adapter` for the base weight `module` (e.g. `model.layers.0.…q_proj`),
     None when the adapter does not target it."""
     config = _read_json(os.path.join(adapter, ADAPTER_CONFIG))
-    file = os.path.join(adapter, "adapter_model.safetensors")
+    file = os.path.join(adapter, ADAPTER_SAFETENSORS)
     found = _safetensors_header(file)
     if not isinstance(config, dict) or found is None:
         return None
@@ -941,7 +946,7 @@ def _merge_evidence(base: str | None, merged: str | None,
         return None
     files = {}
     for folder in (base, merged):
-        file = os.path.join(folder, "model.safetensors")
+        file = os.path.join(folder, MODEL_SAFETENSORS)
         if _safetensors_header(file) is None:
             return None
         files[folder] = file

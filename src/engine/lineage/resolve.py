@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from graftline.engine.common.checkpoint_files import MODEL_CONFIG
+
 __all__ = ["Resolved", "candidates", "looks_like_hub_id", "resolve_base"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
@@ -101,7 +103,7 @@ def _hub_cache_dir(name: str) -> str | None:
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(name, "config.json")
+        found = try_to_load_from_cache(name, MODEL_CONFIG)
     except Exception:  # no hub library, or a cache it cannot read: not cached
         return None
     return os.path.dirname(found) if isinstance(found, str) else None

@@ -25,6 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from graftline.engine.common.checkpoint_files import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    MODEL_CONFIG,
+    MODEL_SAFETENSORS,
+    MODEL_SAFETENSORS_INDEX,
+    folder_files,
+)
 from graftline.engine.common.errors import GraftlineError
 from graftline.engine.common.layout import STAGES
 from graftline.engine.lineage import manifest as mf
@@ -42,10 +50,6 @@ __all__ = [
 ]
 
 RUN_SCHEME = "run:"
-ADAPTER_CONFIG = "adapter_config.json"
-MODEL_CONFIG = "config.json"
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 TRL_REF = "ref"  # DPOTrainer's frozen copy of the adapter it continued
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -115,10 +119,11 @@ def is_reference(value: str | None) -> bool:
 
 
 def is_full_model(path: str | Path) -> bool:
-    folder = Path(path)
-    return (folder / MODEL_CONFIG).is_file() and any(
-        (folder / name).is_file() for name in MODEL_WEIGHTS
-    ) and not (folder / ADAPTER_CONFIG).is_file()
+    """A model a stage can start from or an adapter can apply to: `config.json` with
+    safetensors weights, not an adapter (`FolderFiles.is_safetensors_model`). Stricter than the
+    lineage's "a model" on purpose: a pickle-only model would load here but the pipeline's
+    export reads safetensors only, so validate refuses it up front with the fix."""
+    return folder_files(path).is_safetensors_model
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -169,12 +174,18 @@ def _not_a_checkpoint(folder: Path, ref: str) -> ForeignError:
     elif subs:
         fix = (f"it holds adapters in subfolders ({', '.join(subs)}): point `from` at one of "
                "them")
+    elif (files := folder_files(folder)).is_model:
+        fix = ("re-save it with save_pretrained(safe_serialization=True): graftline reads "
+               f"safetensors weights ({MODEL_SAFETENSORS} or {MODEL_SAFETENSORS_INDEX})")
+        return ForeignError(f"{folder} is a model with pickle weights only "
+                            f"({', '.join(files.pickle)}), not safetensors", fix)
     else:
-        fix = ("point `from` at a PEFT adapter directory (adapter_config.json), a full model "
-               "directory (config.json + safetensors), or a Trainer checkpoint-N")
+        fix = (f"point `from` at a PEFT adapter directory ({ADAPTER_CONFIG}), a full model "
+               f"directory ({MODEL_CONFIG} + safetensors), or a Trainer checkpoint-N")
     return ForeignError(
         f"{folder} is neither an adapter (no {ADAPTER_CONFIG}) nor a full model "
-        f"({MODEL_CONFIG} with safetensors weights)", fix)
+        f"({MODEL_CONFIG} with safetensors weights); it holds {folder_files(folder).describe()}",
+        fix)
 
 
 def _run_stage(ref: str, runs: Callable[[], Sequence[Path]]) -> tuple[Path, str, str]:
@@ -250,7 +261,7 @@ def read_foreign(ref: str, search_dir: Path, *,
         if config is None:
             raise ForeignError(f"{real / ADAPTER_CONFIG} cannot be read as a JSON object",
                                "restore it from the adapter's source (peft writes it)")
-        if not any((real / w).is_file() for w in ADAPTER_WEIGHTS):
+        if not folder_files(real).adapter_weights:
             raise ForeignError(f"{real} has {ADAPTER_CONFIG} but no adapter weights "
                                f"({' or '.join(ADAPTER_WEIGHTS)})",
                                "copy the whole adapter folder, weights included")

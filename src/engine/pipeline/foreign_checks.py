@@ -14,6 +14,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from graftline.engine.common.checkpoint_files import (
+    ADAPTER_CONFIG,
+    MODEL_CONFIG,
+    folder_files,
+)
 from graftline.engine.lineage.resolve import resolve_base
 from graftline.engine.pipeline.file import HEADER_BLOCK, PipelineFile
 from graftline.engine.pipeline.foreign import Foreign, is_full_model
@@ -64,7 +69,7 @@ def foreign_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
 def _base_problems(pf: PipelineFile, step: StepPlan, foreign: Foreign, base: str | None,
                    at: Where) -> Iterator[Problem]:
     stage = step.stage
-    config = Path(foreign.path) / "adapter_config.json"
+    config = Path(foreign.path) / ADAPTER_CONFIG
     if stage.base_from == "pipeline":
         return  # loaded on the pipeline's base, which `validate` checks on its own
     if not foreign.base_ref:
@@ -86,12 +91,16 @@ def _base_problems(pf: PipelineFile, step: StepPlan, foreign: Foreign, base: str
         yield Problem(f"the adapter at {foreign.path}: {what}", **at, fix=fix)
         return
     if not is_full_model(foreign.base_path):
+        files = folder_files(foreign.base_path)
+        pickled = files.is_model and not files.adapter_config
         yield Problem(f"the adapter at {foreign.path} records base {foreign.base_path}, which is "
-                      "not a full model (config.json + safetensors weights)"
-                      + (" but an adapter" if (Path(foreign.base_path) /
-                                               "adapter_config.json").is_file() else ""),
-                      **at, fix="merge that adapter into its base and save it "
-                                "(save_pretrained), then point base_model_name_or_path at it")
+                      f"not a full model ({MODEL_CONFIG} + safetensors weights)"
+                      + (" but an adapter" if files.adapter_config else
+                         f" but holds pickle weights only ({', '.join(files.pickle)})"
+                         if pickled else ""),
+                      **at, fix="re-save that model with save_pretrained(safe_serialization=True)"
+                      if pickled else "merge that adapter into its base and save it "
+                                      "(save_pretrained), then point base_model_name_or_path at it")
         return
     if stage.base_from is None and base is not None and \
             os.path.realpath(foreign.base_path) != base:

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from graftline.engine.common.checkpoint_files import MODEL_CONFIG
+
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
@@ -67,7 +69,7 @@ def _hf_cache_config(repo_id: str) -> Path | None:
     snapshots = hub / f"models--{repo_id.replace('/', '--')}" / "snapshots"
     if not snapshots.is_dir():
         return None
-    found = sorted(snapshots.glob("*/config.json"), key=lambda p: p.stat().st_mtime)
+    found = sorted(snapshots.glob(f"*/{MODEL_CONFIG}"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
 
 
@@ -75,13 +77,13 @@ def config_path(base: str, search_dir: Path | None = None) -> Path | None:
     """The base's config.json if it is on this machine: a local directory or the HF cache."""
     from graftline.engine.lineage.resolve import resolve_base
 
-    if base.endswith("config.json") and Path(base).expanduser().is_file():
+    if base.endswith(MODEL_CONFIG) and Path(base).expanduser().is_file():
         return Path(base).expanduser()
     # The one resolver for a recorded base (lineage/resolve.py); the hub cache is looked at below.
     found = resolve_base(base, search_dir or Path.cwd(), hub_cache=False) \
         if not base.startswith("toy:") else None
     if found is not None and found.kind == "path" and found.path:
-        candidate = Path(found.path) / "config.json"
+        candidate = Path(found.path) / MODEL_CONFIG
         if candidate.is_file():
             return candidate
     return _hf_cache_config(base) if "/" in base and not base.startswith((".", "/")) else None

@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from graftline.engine.common.checkpoint_files import MODEL_CONFIG
 from graftline.engine.common.disk import nearest_existing
 from graftline.engine.common.units import human_bytes
 from graftline.engine.pipeline import limits, spec
@@ -168,16 +169,16 @@ def _environment_problems(pf: PipelineFile, plan: Plan, runs: Path | None = None
     if not base.startswith("toy:"):
         local = pf.resolve(base)
         looks_local = base.startswith((".", "/", "~")) or local.exists()
-        if looks_local and not (local / "config.json").is_file():
+        if looks_local and not (local / MODEL_CONFIG).is_file():
             yield Problem(
-                f"base model directory {local} has no config.json"
+                f"base model directory {local} has no {MODEL_CONFIG}"
                 if local.exists()
                 else f"base model not found: {local}",
                 str(pf.path),
                 line,
                 None,
                 "pipeline.base",
-                "point base at a model directory (config.json + weights) or a hub id",
+                f"point base at a model directory ({MODEL_CONFIG} + weights) or a hub id",
             )
         elif not looks_local and plan.model is None:
             yield Problem(

@@ -22,6 +22,13 @@ from typing import Any
 
 from graftline.engine.backends.base import Backend, BackendError, select_backend
 from graftline.engine.common import atomic
+from graftline.engine.common.checkpoint_files import (
+    ADAPTER_PICKLE,
+    ADAPTER_SAFETENSORS,
+    MODEL_PICKLE,
+    MODEL_SAFETENSORS,
+    TRAINER_STATE,
+)
 from graftline.engine.common.control import RunControl
 from graftline.engine.common.disk_full import is_disk_full, wait_for_space
 from graftline.engine.common.layout import DONE
@@ -94,8 +101,7 @@ def trainer_checkpoints(directory: Path) -> list[Path]:
     return [p for _, p in found]
 
 
-WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "adapter_model.bin",
-           "pytorch_model.bin")
+WEIGHTS = (ADAPTER_SAFETENSORS, MODEL_SAFETENSORS, ADAPTER_PICKLE, MODEL_PICKLE)
 TORCH_FILES = ("optimizer.pt", "scheduler.pt", "rng_state.pth")
 
 
@@ -107,7 +113,7 @@ def checkpoint_problem(path: Path) -> str | None:
     import zipfile
 
     try:
-        state = json.loads((path / "trainer_state.json").read_text())
+        state = json.loads((path / TRAINER_STATE).read_text())
     except (OSError, ValueError) as exc:
         return f"trainer_state.json unreadable ({type(exc).__name__})"
     if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from graftline.engine.common.checkpoint_files import ADAPTER_CONFIG
 from graftline.engine.common.errors import GraftlineError
 from graftline.engine.common.sink import Sink
 from graftline.engine.lineage.manifest import CheckResult, LoraSpec
@@ -426,9 +427,9 @@ def no_stray_ref(adapter_dir: Path) -> CheckResult:
 
 def adapter_base(adapter_dir: Path, expected: str | Path) -> CheckResult:
     """The saved adapter names the model it was trained on (after a merge: the merged model)."""
-    config_path = Path(adapter_dir) / "adapter_config.json"
+    config_path = Path(adapter_dir) / ADAPTER_CONFIG
     if not config_path.is_file():
-        return _result("adapter_base", "fail", "no adapter_config.json was saved",
+        return _result("adapter_base", "fail", f"no {ADAPTER_CONFIG} was saved",
                        fix="save the adapter with save_pretrained")
     named = json.loads(config_path.read_text()).get("base_model_name_or_path")
     if not _same_model(named, expected):

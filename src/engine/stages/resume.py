@@ -19,10 +19,9 @@ from typing import Any
 
 import torch
 
+from graftline.engine.common.checkpoint_files import ADAPTER_SAFETENSORS
 from graftline.engine.lineage.manifest import CheckResult
 from graftline.engine.stages.checks import ADAPTER, _result
-
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def checkpoint_adapter(checkpoint: Path) -> dict[str, torch.Tensor] | None:
@@ -30,7 +29,7 @@ def checkpoint_adapter(checkpoint: Path) -> dict[str, torch.Tensor] | None:
     None when the checkpoint holds no PEFT adapter at its root (a full-model checkpoint)."""
     from safetensors.torch import load_file
 
-    path = Path(checkpoint) / ADAPTER_WEIGHTS
+    path = Path(checkpoint) / ADAPTER_SAFETENSORS
     return load_file(str(path)) if path.is_file() else None
 
 
@@ -58,7 +57,7 @@ def resumed_weights(policy: Any, checkpoint: Path, adapter: str = ADAPTER) -> Ch
     saved = checkpoint_adapter(checkpoint)
     if saved is None:
         return _result("resumed_weights", "warn",
-                       f"{checkpoint.name} holds no {ADAPTER_WEIGHTS}: resumed weights not "
+                       f"{checkpoint.name} holds no {ADAPTER_SAFETENSORS}: resumed weights not "
                        "verified", checkpoint=str(checkpoint))
     live = get_peft_model_state_dict(policy, adapter_name=adapter)
     absent = sorted(set(saved) - set(live))

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from graftline.engine.common.checkpoint_files import MODEL_CONFIG
 from graftline.engine.toy import tasks
 from graftline.engine.toy.recipe import (
     RECORD,
@@ -257,7 +258,7 @@ def _build_locked(recipe: ToyRecipe, target: Path, progress: Progress | None,
     root = target.parent
     if verified(target, recipe) is not None:  # built by whoever held the lock before us
         return target
-    if (target / "config.json").is_file():
+    if (target / MODEL_CONFIG).is_file():
         record = _measure(target, recipe)
         if record.accuracy >= recipe.min_accuracy:
             _write_record(target, record)

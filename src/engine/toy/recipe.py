@@ -15,6 +15,7 @@ import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from graftline.engine.common.checkpoint_files import MODEL_CONFIG
 from graftline.engine.common.errors import GraftlineError
 
 # The vocabulary, as plain data: a planner sizes the toy base without importing tokenizers.
@@ -148,7 +149,7 @@ def read_record(directory: Path) -> BaseRecord | None:
 
 def verified(directory: Path, recipe: ToyRecipe) -> BaseRecord | None:
     """The record of a cached base that may be handed out for `recipe`, else None."""
-    if not (Path(directory) / "config.json").is_file():
+    if not (Path(directory) / MODEL_CONFIG).is_file():
         return None
     record = read_record(directory)
     if record is None or record.key != recipe.key or record.accuracy < recipe.min_accuracy:
