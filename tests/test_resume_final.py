@@ -106,14 +106,17 @@ with HoldAtTheLastCheckpoint(run_dir) as writer:
 """
 
 
-def _crash_after_the_last_checkpoint(pf, run_dir: Path, stage: str, last: int) -> None:
+def _crash_after_the_last_checkpoint(pf, run_dir: Path, stage: str, last: int,
+                                     env: dict[str, str] | None = None,
+                                     held: Path | None = None) -> None:
     """Run the pipeline in a real engine process and kill -9 it at its final checkpoint."""
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(pf.path), str(run_dir), stage,
                               str(last)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+                             start_new_session=True, env=env)
+    held = held or run_dir / "held"
     deadline = time.monotonic() + 600
     try:
-        while not (run_dir / "held").exists():
+        while not held.exists():
             assert child.poll() is None, "the engine ended before its final checkpoint"
             assert time.monotonic() < deadline
             time.sleep(0.2)
@@ -242,3 +245,99 @@ def test_final_step_reads_the_trainer_state(tmp_path: Path) -> None:
     assert resume.final_step(state("cx", global_step=4)) is None
     assert resume.final_step(None) is None
     assert resume.final_step(tmp_path / "absent") is None
+
+
+# Rank 0 of a distributed stage reports through group_io.FileSink in its own process; this
+# sitecustomize (on the ranks' PYTHONPATH only in the crashed run) holds it right after it
+# reports the final checkpoint, as CHILD holds a one-process engine.
+HOLD_RANK_0 = """
+import os
+if os.environ.get("GL_TEST_HOLD_AT"):
+    import time
+    from pathlib import Path
+
+    from graftline.engine.run import group_io
+
+    emit = group_io.FileSink.emit
+
+    def held(self, type, stage=None, **data):
+        emit(self, type, stage, **data)
+        if (type == "checkpoint_saved" and data.get("kind") == "trainer"
+                and Path(str(data["path"])).name == os.environ["GL_TEST_HOLD_AT"]):
+            Path(os.environ["GL_TEST_HELD"]).write_text("")
+            while True:
+                time.sleep(1)
+
+    group_io.FileSink.emit = held
+"""
+
+TWO_PROCESSES = """
+[[stage]]
+name = "sft"
+kind = "sft"
+data = "sft.jsonl"
+lora = { r = 4, dropout = 0.0 }
+processes = 2
+
+[stage.train]
+max_steps = 4
+batch_size = 4
+lr = 3e-3
+scheduler = "constant"
+save_steps = 2
+max_length = 32
+"""
+
+
+def _ranks_alive(run_dir: Path) -> list[int]:
+    """pids of live rank processes of this run (from /proc: real processes)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmd = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+            zombie = "State:\tZ" in (entry / "status").read_text() if cmd else True
+        except OSError:
+            continue
+        if not zombie and b"graftline.engine.run.rank_main" in cmd and str(run_dir).encode() in cmd:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_two_process_stage_finishes_from_its_final_checkpoint(tmp_path: Path,
+                                                                toy_base: Path) -> None:
+    """The same path serves a distributed stage: every rank runs stages/training.py, so no rank
+    enters the Trainer's loop; rank 1 leaves, rank 0 saves and checks."""
+    root = write_data(tmp_path)
+    pf = pipeline(root, TWO_PROCESSES)
+    hook = tmp_path / "hold"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOLD_RANK_0)
+    run_dir = root / "runs" / "crashed"
+    held = tmp_path / "rank-0-held"
+    env = dict(os.environ, GL_TEST_HOLD_AT="checkpoint-4", GL_TEST_HELD=str(held),
+               PYTHONPATH=os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH"))
+                                          if p))
+    _crash_after_the_last_checkpoint(pf, run_dir, "none", 0, env=env, held=held)
+    deadline = time.monotonic() + 60
+    while _ranks_alive(run_dir):  # they end with the engine (their parent-death signal)
+        assert time.monotonic() < deadline, _ranks_alive(run_dir)
+        time.sleep(0.2)
+    stage_dir = run_dir / "stages" / "sft"
+    checkpoint = _the_crash_left(stage_dir, 4)
+    before, _ = read_events(run_dir / "events.jsonl")
+    assert [e.data["step"] for e in before if e.type == "metrics"][-1] == 4
+    assert [e.type for e in before].count("stage_finished") == 0
+    held_weights = _adapter(checkpoint)
+
+    result, after = _resume(pf, run_dir)
+    assert result.status == "finished", result.message
+    assert [e for e in after if e.type == "metrics"] == []
+    said = [e.data for e in after if e.type == "info" and "steps_trained" in e.data]
+    assert [(s["steps_trained"], s["world_size"]) for s in said] == [(0, 2)]
+    checks = {e.data["name"]: e.data["status"] for e in after if e.type == "check_result"}
+    assert checks["resumed_weights"] == "pass"
+    assert _equal(held_weights, _adapter(stage_dir))
+    assert not (stage_dir / "trainer" / "checkpoint-5").exists()
+    assert mf.read(stage_dir).metrics["steps"] == 4
+    assert not _ranks_alive(run_dir)
