@@ -4,7 +4,8 @@ Each stage writes `<run_dir>/stages/<stage>/` with `graftline.json` (partial →
 atomically), `metrics.json` and `evaluation.json`, and reports through the sink. With
 `resume=True` complete stages are skipped and the interrupted one continues from its last
 Trainer checkpoint (optimizer, scheduler, RNG, global step), so a crash loses at most one
-`save_steps` interval. Global steps in `metrics` events run on across stages.
+`save_steps` interval; a checkpoint at the stage's last step finishes the stage without another
+step (stages/resume.py `final_step`). Global steps in `metrics` events run on across stages.
 """
 
 from __future__ import annotations

@@ -10,18 +10,102 @@ log says `resumed_from checkpoint-N` (issue 23: an IPO resume trained from the S
 their identity, so the optimizer state the Trainer restores afterwards still points at them);
 `resumed_weights` then proves, at the first step of the resumed loop, that the trainable weights
 are the checkpoint's, bit for bit.
+
+A checkpoint saved at the stage's last step (a crash between it and the stage's adapter save)
+means training is over: transformers 5.17 resumed at `global_step == max_steps` still trains one
+step (step 5 of a 4-step stage, a checkpoint-5, `steps` 5 in the manifest), so the stage must not
+enter the Trainer's loop at all. `final_step` says when; `no_step` replaces `trainer.train` with
+a load of the checkpoint's state; `logged_history` gives the stage its metrics back.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from graftline.engine.common.checkpoint_files import ADAPTER_SAFETENSORS
+from graftline.engine.common.checkpoint_files import ADAPTER_SAFETENSORS, TRAINER_STATE
 from graftline.engine.lineage.manifest import CheckResult
+from graftline.engine.stages.callbacks import SUMMARY_KEYS
 from graftline.engine.stages.checks import ADAPTER, _result
+
+
+@dataclass(frozen=True)
+class CheckpointSteps:
+    """Where a Trainer checkpoint stands in its stage: the step it holds, of how many."""
+
+    global_step: int
+    max_steps: int
+
+    @property
+    def final(self) -> bool:
+        return 0 < self.max_steps <= self.global_step
+
+
+def checkpoint_steps(checkpoint: Path) -> CheckpointSteps | None:
+    """The global and max step a checkpoint's trainer_state.json records, or None when it does
+    not say (the runner only resumes from checkpoints whose state parses)."""
+    try:
+        state = json.loads((Path(checkpoint) / TRAINER_STATE).read_text())
+    except (OSError, ValueError):
+        return None
+    step, most = (state.get("global_step"), state.get("max_steps")) \
+        if isinstance(state, dict) else (None, None)
+    if not isinstance(step, int) or not isinstance(most, int):
+        return None
+    return CheckpointSteps(step, most)
+
+
+def final_step(checkpoint: Path | None) -> CheckpointSteps | None:
+    """The checkpoint's steps when it was saved at its stage's last step (nothing is left to
+    train), else None. The Trainer's own `max_steps` is the measure: it also holds for a stage
+    sized in epochs."""
+    found = checkpoint_steps(checkpoint) if checkpoint is not None else None
+    return found if found is not None and found.final else None
+
+
+def no_step(trainer: Any, checkpoint: Path,
+            after: Callable[[], None] | None = None) -> Callable[..., None]:
+    """A stand-in for `trainer.train` on a finished checkpoint: the Trainer's state (global step,
+    log history) becomes the checkpoint's and no optimizer step runs. The adapter itself is
+    `restore_policy`'s. It stands where `train` stood, so a distributed rank's wrapper around
+    `train` (rank_main) still ends the rank after it. `after` runs once the state is loaded."""
+    from transformers import TrainerState
+
+    def train(*_args: Any, **_kwargs: Any) -> None:
+        trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE))
+        if after is not None:
+            after()
+
+    return train
+
+
+def logged_history(checkpoint: Path, global_step_offset: int = 0) -> list[dict[str, Any]]:
+    """The metrics the stage logged up to the checkpoint (its trainer_state.json log history),
+    shaped like StageCallback's records, so a stage finished from it keeps its summary (a next
+    SFT stage's loss continuity reads `loss_last`). The events themselves were written before
+    the crash and are not sent again."""
+    try:
+        state = json.loads((Path(checkpoint) / TRAINER_STATE).read_text())
+    except (OSError, ValueError):
+        return []
+    entries = state.get("log_history", []) if isinstance(state, dict) else []
+    history: list[dict[str, Any]] = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("step"), int) \
+                or any(k in entry for k in SUMMARY_KEYS):
+            continue
+        record = {k: (float(v) if isinstance(v, int | float) else v) for k, v in entry.items()
+                  if not (isinstance(v, float) and math.isnan(v))}
+        record.update(step=entry["step"], global_step=global_step_offset + entry["step"],
+                      max_steps=state.get("max_steps"), epoch=entry.get("epoch"))
+        history.append(record)
+    return history
 
 
 def checkpoint_adapter(checkpoint: Path) -> dict[str, torch.Tensor] | None:

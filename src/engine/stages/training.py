@@ -117,6 +117,23 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
     said_before = checks.generate(policy, tokenizer, probes, PROBE_TOKENS)
     spent += time.perf_counter() - began
 
+    final = resume.final_step(ctx.resume_from)
+    if final is not None and ctx.resume_from is not None:
+        # saved at the last step, then the engine died before the adapter save: training is
+        # over, and the Trainer resumed there would still train a step past max_steps. Set
+        # before the hooks, so a distributed rank's wrapper around `train` wraps this one.
+        checkpoint = ctx.resume_from
+
+        def finished() -> None:
+            resumed()
+            ctx.sink.emit("info", ctx.name, message=(
+                f"{checkpoint.name} holds step {final.global_step} of {final.max_steps}, the "
+                "stage's last: its training was complete when the engine stopped, so no step "
+                "is trained; its adapter goes on to the stage's save and checks"),
+                resumed_from=str(checkpoint), steps_trained=0, step=final.global_step,
+                max_steps=final.max_steps)
+
+        trainer.train = resume.no_step(trainer, checkpoint, after=finished)
     if ctx.hooks.before_train is not None:
         ctx.hooks.before_train(trainer)
     if ctx.resume_from is not None:
@@ -124,8 +141,11 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
         resume.restore_policy(policy, ctx.resume_from)
     trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
 
-    outcome = StageOutcome(kind="adapter", checks=log, history=callback.history)
-    outcome.metrics = summarize(callback.history, callback.summary)
+    history = callback.history
+    if final is not None and ctx.resume_from is not None:
+        history = resume.logged_history(ctx.resume_from, ctx.global_step_offset)
+    outcome = StageOutcome(kind="adapter", checks=log, history=history)
+    outcome.metrics = summarize(history, callback.summary)
     outcome.steps = int(trainer.state.global_step)
     # a stop that lands on the last step has cut off nothing: the stage is complete (a resume
     # from that final checkpoint would train a step past max_steps)
