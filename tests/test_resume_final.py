@@ -33,23 +33,18 @@ from graftline.engine.stages import resume
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SFT = """
+SFT_STAGE = """
 [[stage]]
 name = "sft"
 kind = "sft"
 data = "sft.jsonl"
-lora = { r = 4, dropout = 0.0 }
-train = { max_steps = 4, batch_size = 8, lr = 3e-3, scheduler = "constant", save_steps = 2 }
+lora = {{ r = 4, dropout = 0.0 }}
+train = {{ batch_size = 8, lr = 3e-3, {train} }}
 """
-
-SFT_THEN = """
-[[stage]]
-name = "sft"
-kind = "sft"
-data = "sft.jsonl"
-lora = { r = 4, dropout = 0.0 }
-train = { max_steps = 3, batch_size = 8, lr = 3e-3 }
-"""
+# the stage killed at its final checkpoint (a constant schedule: a step past the end would move
+# the weights, where cosine's last learning rate of 0 would hide it)
+SFT = SFT_STAGE.format(train='max_steps = 4, scheduler = "constant", save_steps = 2')
+SFT_THEN = SFT_STAGE.format(train="max_steps = 3")  # the adapter a later stage continues
 
 IPO = SFT_THEN + """
 [[stage]]
