@@ -41,8 +41,9 @@ class StageFailed(GraftlineError):
         super().__init__(f"stage '{stage}' failed: {seen}", fix, text=". ".join(parts))
 
 
-def _result(name: str, status: str, message: str, *, cause: str = "", fix: str = "",
+def verdict(name: str, status: str, message: str, *, cause: str = "", fix: str = "",
             **data: Any) -> CheckResult:
+    """A check's result, its cause and fix among the data the console and the manifest show."""
     if cause:
         data["cause"] = cause
     if fix:
@@ -87,14 +88,14 @@ def adapters(model: Any, *, allowed_frozen: Sequence[str] = (REFERENCE_ADAPTER,)
     names = list(_peft_config(model))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     if not names:
-        return _result("single_adapter", "fail", "the model has no LoRA adapter",
+        return verdict("single_adapter", "fail", "the model has no LoRA adapter",
                        cause="the LoRA was never applied (a plain model reached the trainer)",
                        fix="give the trainer a peft_config for a new adapter, or a PeftModel "
                            "loaded with is_trainable=True to continue one",
                        adapters=names)
     extra = [n for n in names if n != ADAPTER and n not in allowed_frozen]
     if extra:
-        return _result("single_adapter", "fail",
+        return verdict("single_adapter", "fail",
                        f"stacked adapters: the model carries {names}, not one `default` adapter",
                        cause="an adapter was loaded with transformers' load_adapter (or a "
                              "PeftModel was wrapped again) and the trainer added a second LoRA",
@@ -103,18 +104,18 @@ def adapters(model: Any, *, allowed_frozen: Sequence[str] = (REFERENCE_ADAPTER,)
                            "peft_config; to change the rank, merge first",
                        adapters=names)
     if ADAPTER not in names:
-        return _result("single_adapter", "fail", f"no adapter named `default` (have {names})",
+        return verdict("single_adapter", "fail", f"no adapter named `default` (have {names})",
                        cause="the adapter was loaded under another name, which TRL does not train",
                        fix="load it with adapter_name='default'", adapters=names)
     active = getattr(model, "active_adapter", None)
     active = active if isinstance(active, str) else (list(active or []) or [None])[0]
     if active != ADAPTER:
-        return _result("single_adapter", "fail", f"the active adapter is '{active}', not `default`",
+        return verdict("single_adapter", "fail", f"the active adapter is '{active}', not `default`",
                        cause="set_adapter was called with another adapter",
                        fix="model.set_adapter('default') before training", adapters=names)
     in_default = [n for n in trainable if _is_lora_param(n)]
     if not in_default:
-        return _result("single_adapter", "fail",
+        return verdict("single_adapter", "fail",
                        "frozen adapter: no parameter of the `default` adapter requires grad",
                        cause="the adapter was loaded without is_trainable=True (training would "
                              "fail with 'element 0 of tensors does not require grad')",
@@ -122,11 +123,11 @@ def adapters(model: Any, *, allowed_frozen: Sequence[str] = (REFERENCE_ADAPTER,)
                        adapters=names)
     frozen_ref = [n for n in trainable if f".{REFERENCE_ADAPTER}." in n]
     if frozen_ref:
-        return _result("single_adapter", "fail",
+        return verdict("single_adapter", "fail",
                        "the reference adapter `ref` is trainable: the reference would drift",
                        cause="set_adapter(['default', 'ref']) or a manual requires_grad",
                        fix="leave `ref` frozen; only `default` trains", adapters=names)
-    return _result("single_adapter", "pass", "one trainable adapter, `default`, active",
+    return verdict("single_adapter", "pass", "one trainable adapter, `default`, active",
                    adapters=names)
 
 
@@ -147,7 +148,7 @@ def trainable_fraction(model: Any) -> CheckResult:
     data: dict[str, Any] = {"trainable": trainable, "total": total,
                             "fraction": round(fraction, 6)}
     if trainable and stray == trainable:
-        return _result("trainable_fraction", "fail",
+        return verdict("trainable_fraction", "fail",
                        f"LoRA never applied: {fraction:.0%} of the parameters are trainable and "
                        "none of them is a LoRA weight",
                        cause="the model reached the trainer without its adapter (no peft_config, "
@@ -155,34 +156,34 @@ def trainable_fraction(model: Any) -> CheckResult:
                        fix="pass a LoraConfig as peft_config (new adapter) or load the adapter "
                            "with is_trainable=True (continue)", **data)
     if stray:
-        return _result("trainable_fraction", "fail",
+        return verdict("trainable_fraction", "fail",
                        f"{stray} base-model parameters are trainable besides the LoRA "
                        f"(e.g. {', '.join(stray_names)})",
                        cause="requires_grad was set on base weights, so the base would change",
                        fix="freeze the base (peft does this) or list the modules in "
                            "modules_to_save on purpose", **data)
     if fraction > 0.5:
-        return _result("trainable_fraction", "warn",
+        return verdict("trainable_fraction", "warn",
                        f"{fraction:.1%} of the parameters train: large for a LoRA",
                        fix="a smaller rank is usually enough", **data)
-    return _result("trainable_fraction", "pass", f"{fraction:.2%} trainable, all LoRA", **data)
+    return verdict("trainable_fraction", "pass", f"{fraction:.2%} trainable, all LoRA", **data)
 
 
 def lora_config_kept(expected: LoraSpec, model: Any) -> CheckResult:
     """A continued adapter keeps the shape it was trained with."""
     config = _peft_config(model).get(ADAPTER)
     if config is None:
-        return _result("lora_config_kept", "fail", "no `default` adapter to compare")
+        return verdict("lora_config_kept", "fail", "no `default` adapter to compare")
     got = {"r": config.r, "alpha": config.lora_alpha}
     want = {"r": expected.r, "alpha": expected.alpha}
     if got != want:
-        return _result("lora_config_kept", "fail",
+        return verdict("lora_config_kept", "fail",
                        f"the continued adapter has r={got['r']} α={got['alpha']}, its parent "
                        f"was saved with r={want['r']} α={want['alpha']}",
                        cause="a different LoRA config replaced the continued one",
                        fix="continue with the parent's config, or merge and start a new adapter",
                        got=got, expected=want)
-    return _result("lora_config_kept", "pass", f"r={got['r']} α={got['alpha']} as the parent")
+    return verdict("lora_config_kept", "pass", f"r={got['r']} α={got['alpha']} as the parent")
 
 
 # ---------------------------------------------------------------- base weights
@@ -213,14 +214,14 @@ def base_unchanged(before: dict[str, tuple[float, float]],
                    after: dict[str, tuple[float, float]]) -> CheckResult:
     changed = [n for n in before if n in after and not _close(before[n], after[n])]
     if changed:
-        return _result("base_unchanged", "fail",
+        return verdict("base_unchanged", "fail",
                        f"{len(changed)} base tensors changed during the stage "
                        f"(e.g. {', '.join(changed[:3])})",
                        cause="base weights were trainable or were written in place (a merge into "
                              "the live model, or requires_grad on base layers)",
                        fix="train only the adapter; merge in a merge stage, which saves a new "
                            "model", changed=changed[:20])
-    return _result("base_unchanged", "pass", f"{len(before)} base tensors unchanged",
+    return verdict("base_unchanged", "pass", f"{len(before)} base tensors unchanged",
                    tensors=len(before))
 
 
@@ -233,15 +234,15 @@ def _close(a: tuple[float, float], b: tuple[float, float]) -> bool:
 def loss_continuity(previous_stage: str, previous_last: float | None,
                     first: float | None, *, ratio: float = 1.5) -> CheckResult:
     if previous_last is None or first is None:
-        return _result("loss_continuity", "pass", "no losses to compare")
+        return verdict("loss_continuity", "pass", "no losses to compare")
     data: dict[str, Any] = {"previous_last": previous_last, "first": first}
     if first > previous_last * ratio + 0.05:
-        return _result("loss_continuity", "warn",
+        return verdict("loss_continuity", "warn",
                        f"first loss {first:.4f} vs {previous_last:.4f} at the end of "
                        f"'{previous_stage}': the model did not pick up where it left off",
                        fix="check that the stage continues the right adapter/merged model and "
                            "that the data format matches", **data)
-    return _result("loss_continuity", "pass",
+    return verdict("loss_continuity", "pass",
                    f"first loss {first:.4f} continues '{previous_stage}' ({previous_last:.4f})",
                    **data)
 
@@ -253,12 +254,12 @@ def reference_start(kind: str, first_logs: dict[str, float], reference: str | No
         else ("kl",)
     seen: dict[str, Any] = {k: float(first_logs[k]) for k in keys if k in first_logs}
     if not seen:
-        return _result("reference_start", "pass",
+        return verdict("reference_start", "pass",
                        "no reference term logged (GRPO with beta = 0 has none)")
     worst = max(abs(v) for v in seen.values())
     what = "margin" if kind == "dpo" else "KL"
     if worst > START_TOLERANCE:
-        return _result("reference_start", "fail",
+        return verdict("reference_start", "fail",
                        f"{kind.upper()} starts at a nonzero {what} ("
                        + ", ".join(f"{k}={v:.4f}" for k, v in seen.items())
                        + f"); the planned reference was {reference or 'the policy at the start'}",
@@ -267,7 +268,7 @@ def reference_start(kind: str, first_logs: dict[str, float], reference: str | No
                              "copy of the adapter)",
                        fix="continue the adapter as a PeftModel named `default` with ref_model="
                            "None, so TRL makes the frozen `ref` copy", **seen)
-    return _result("reference_start", "pass", f"starts at {what} ≈ 0 ({worst:.2e})", **seen)
+    return verdict("reference_start", "pass", f"starts at {what} ≈ 0 ({worst:.2e})", **seen)
 
 
 # ---------------------------------------------------------------- generation sanity
@@ -363,7 +364,7 @@ def generation_sanity(before: list[Generation], after: list[Generation], probes:
     n_before = sum(b is not None for b in bad_before)
     if n_after * 2 > len(after) and n_after > n_before:
         kinds = sorted({b for b in bad_after if b})
-        return _result("generation_sanity", "fail",
+        return verdict("generation_sanity", "fail",
                        f"collapse: {n_after} of {len(after)} probe prompts give {'/'.join(kinds)} "
                        f"output (was {n_before} at the start of the stage)",
                        cause="the stage drove the model to a degenerate output (too high a "
@@ -372,10 +373,10 @@ def generation_sanity(before: list[Generation], after: list[Generation], probes:
                        fix="lower the learning rate or the steps, check the data and rewards, "
                            "and rerun the stage", samples=samples)
     if n_after * 2 > len(after):
-        return _result("generation_sanity", "warn",
+        return verdict("generation_sanity", "warn",
                        f"{n_after} of {len(after)} probes give degenerate output, as they did "
                        "before the stage", samples=samples)
-    return _result("generation_sanity", "pass",
+    return verdict("generation_sanity", "pass",
                    f"{len(after) - n_after}/{len(after)} probes answer", samples=samples)
 
 
@@ -387,17 +388,17 @@ def merge_equal(merged: Any, expected_logits: torch.Tensor, input_ids: torch.Ten
     """After a merge: no leftover peft_config, and the merged model's logits equal the adapter
     model's (computed before merging, in fp32)."""
     if hasattr(merged, "peft_config"):
-        return _result(name, "fail", "the merged model still has a peft_config",
+        return verdict(name, "fail", "the merged model still has a peft_config",
                        cause="the adapter was not merged and unloaded (merge_and_unload)",
                        fix="call merge_and_unload() and save the returned model")
     got = merged(input_ids=input_ids.to(merged.device)).logits.float().cpu()
     diff = float((got - expected_logits.float().cpu()).abs().max())
     if not diff <= tolerance:
-        return _result(name, "fail",
+        return verdict(name, "fail",
                        f"merged logits differ from the adapter's by {diff:.2e} (> {tolerance})",
                        cause="the merge was done in a lossy dtype or into a quantized base",
                        fix="merge in float32 into the full-precision base", max_abs_diff=diff)
-    return _result(name, "pass", f"merged logits = adapter logits (max |Δ| {diff:.1e})",
+    return verdict(name, "pass", f"merged logits = adapter logits (max |Δ| {diff:.1e})",
                    max_abs_diff=diff)
 
 
@@ -418,28 +419,28 @@ def probe_ids(tokenizer: Any, probes: Sequence[str]) -> torch.Tensor:
 def no_stray_ref(adapter_dir: Path) -> CheckResult:
     stray = Path(adapter_dir) / REFERENCE_ADAPTER
     if stray.exists():
-        return _result("no_stray_ref", "fail", f"the saved adapter has a stray '{stray.name}/' "
+        return verdict("no_stray_ref", "fail", f"the saved adapter has a stray '{stray.name}/' "
                        "directory (TRL's reference copy)",
                        cause="save_model() after DPO/GRPO saves every adapter",
                        fix="delete the `ref` adapter and save selected_adapters=['default']")
-    return _result("no_stray_ref", "pass", "only the `default` adapter was saved")
+    return verdict("no_stray_ref", "pass", "only the `default` adapter was saved")
 
 
 def adapter_base(adapter_dir: Path, expected: str | Path) -> CheckResult:
     """The saved adapter names the model it was trained on (after a merge: the merged model)."""
     config_path = Path(adapter_dir) / ADAPTER_CONFIG
     if not config_path.is_file():
-        return _result("adapter_base", "fail", f"no {ADAPTER_CONFIG} was saved",
+        return verdict("adapter_base", "fail", f"no {ADAPTER_CONFIG} was saved",
                        fix="save the adapter with save_pretrained")
     named = json.loads(config_path.read_text()).get("base_model_name_or_path")
     if not _same_model(named, expected):
-        return _result("adapter_base", "fail",
+        return verdict("adapter_base", "fail",
                        f"the adapter records base '{named}', but it was trained on '{expected}'",
                        cause="the adapter was trained on a model merged in memory, which keeps "
                              "the old base's name_or_path",
                        fix="save the merged model and load it from disk before adding the next "
                            "adapter (a merge stage does this)", named=named, expected=str(expected))
-    return _result("adapter_base", "pass", f"adapter records its base {expected}")
+    return verdict("adapter_base", "pass", f"adapter records its base {expected}")
 
 
 def _same_model(named: str | None, expected: str | Path) -> bool:

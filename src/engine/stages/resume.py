@@ -32,7 +32,7 @@ import torch
 from graftline.engine.common.checkpoint_files import ADAPTER_SAFETENSORS, TRAINER_STATE
 from graftline.engine.lineage.manifest import CheckResult
 from graftline.engine.stages.callbacks import SUMMARY_KEYS
-from graftline.engine.stages.checks import ADAPTER, _result
+from graftline.engine.stages.checks import ADAPTER, verdict
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def resumed_weights(policy: Any, checkpoint: Path, adapter: str = ADAPTER) -> Ch
 
     saved = checkpoint_adapter(checkpoint)
     if saved is None:
-        return _result("resumed_weights", "warn",
+        return verdict("resumed_weights", "warn",
                        f"{checkpoint.name} holds no {ADAPTER_SAFETENSORS}: resumed weights not "
                        "verified", checkpoint=str(checkpoint))
     live = get_peft_model_state_dict(policy, adapter_name=adapter)
@@ -150,7 +150,7 @@ def resumed_weights(policy: Any, checkpoint: Path, adapter: str = ADAPTER) -> Ch
     if absent or differ or not saved:
         worst = max((float((live[k].detach().cpu().float() - saved[k].float()).abs().max())
                      for k in differ), default=0.0)
-        return _result(
+        return verdict(
             "resumed_weights", "fail",
             f"resumed from {checkpoint.name} but the `{adapter}` adapter is not its weights "
             f"({len(differ)} of {len(saved)} tensors differ, max |Δ| {worst:.3g}; "
@@ -159,6 +159,6 @@ def resumed_weights(policy: Any, checkpoint: Path, adapter: str = ADAPTER) -> Ch
                   "adapter subfolders such as TRL's ref/ when they exist)",
             fix="report this; `graftline run` the stage again from its start",
             checkpoint=str(checkpoint), differ=differ[:5], missing=absent[:5])
-    return _result("resumed_weights", "pass",
+    return verdict("resumed_weights", "pass",
                    f"the `{adapter}` adapter equals {checkpoint.name} ({len(saved)} tensors)",
                    checkpoint=str(checkpoint), tensors=len(saved))
