@@ -70,8 +70,9 @@ def _fresh(work: Path, run_dir: Path) -> None:
 
 def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
               pipeline_path: Path) -> tuple[str, str, int]:
-    """Run the stage on `scale.world_size` processes; (status, message, steps) as `_run_stage`
-    reports them. Never raises for the group's failure: it is reported through the sink."""
+    """Run the stage on `scale.world_size` processes; (status, message, steps) as
+    `runner.run_stage_here` reports them. Never raises for the group's failure: it is reported
+    through the sink."""
     began = time.perf_counter()
     work = group_io.work_dir(ctx.run_dir, ctx.name)
     _fresh(work, ctx.run_dir)

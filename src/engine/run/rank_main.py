@@ -2,8 +2,8 @@
 torchrun or accelerate launch (run/distributed.py), never by hand.
 
 Every rank rebuilds the same StageContext from the request and runs the same stage code as the
-in-process path. Rank 0 runs it through the runner's `_run_stage` (partial manifest, checks,
-save, metrics.json, the complete manifest, `stage_finished`) with its events going to the
+in-process path. Rank 0 runs it through the runner's `run_stage_here` (partial manifest,
+checks, save, metrics.json, the complete manifest, `stage_finished`) with its events going to the
 group's event file; every other rank trains silently and leaves once training (and an
 evaluation, which is a collective) is over, so the save and the checks after it happen once.
 """
@@ -188,7 +188,7 @@ def run(request_path: Path) -> int:
     step = next(s for s in resolve(pf.pipeline, pf.directory) if s.name == request["stage"])
     work = Path(request["work_dir"])
     control = group_io.GroupControl(work / group_io.CONTROL, rank)
-    runner._one_thread_for_tiny_models(request["base_path"])
+    runner.one_thread_for_tiny_models(request["base_path"])
     set_seed(header.seed + int(request["index"]))
     sink = (group_io.FileSink(work / group_io.EVENTS, world) if rank == 0
             else group_io.SilentSink())
@@ -212,7 +212,7 @@ def run(request_path: Path) -> int:
         with contextlib.suppress(_RankDone):
             runner_for(ctx.kind)(ctx)
         return 0
-    result = runner._run_stage(ctx)
+    result = runner.run_stage_here(ctx)
     atomic.write_json(work / group_io.RESULT, {"status": result.status,
                                               "message": result.message,
                                               "steps": result.steps})

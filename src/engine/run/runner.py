@@ -69,7 +69,7 @@ def resolve_base(pf: PipelineFile) -> str:
     return found.path if found.kind == "path" and found.path else base
 
 
-def _one_thread_for_tiny_models(base_path: str) -> None:
+def one_thread_for_tiny_models(base_path: str) -> None:
     """On CPU a model this small gains nothing from a second thread, and on a busy 2-core box the
     threads' synchronisation made a training step up to 40× slower (measured with the toy model:
     2.3 s vs 0.05 s). Real models keep torch's default."""
@@ -217,7 +217,7 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
         sink.emit("run_finished", None, status="failed", message=message)
         return RunResult("failed", message, run_dir)
 
-    _one_thread_for_tiny_models(base_path)
+    one_thread_for_tiny_models(base_path)
     stage_cleanup.finish_interrupted(run_dir, sink)
     from transformers import set_seed
 
@@ -283,7 +283,7 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
 
 
 @dataclass(frozen=True)
-class _StageResult:
+class StageResult:
     status: str
     message: str = ""
     steps: int = 0
@@ -301,15 +301,15 @@ def _scale_fields(pf: PipelineFile, stage: Any, run_dir: Path) -> dict[str, Any]
             "machine_rank": scale.machine_rank}
 
 
-def _run_stage_scaled(ctx: StageContext, pf: PipelineFile) -> _StageResult:
+def _run_stage_scaled(ctx: StageContext, pf: PipelineFile) -> StageResult:
     """The one dispatch point for scale-out: a stage with processes > 1 runs on a process group
     (run/distributed.py); every other stage runs here, in this process, as always."""
     from graftline.engine.run import distributed
 
     scale = distributed.scale_for(pf.pipeline, ctx.stage, ctx.run_dir)
     if not scale.distributed_run:
-        return _run_stage(ctx)
-    return _StageResult(*distributed.run_stage(ctx, scale, pf.text, pf.path))
+        return run_stage_here(ctx)
+    return StageResult(*distributed.run_stage(ctx, scale, pf.text, pf.path))
 
 
 def _partial_manifest(ctx: StageContext) -> mf.Manifest | None:
@@ -324,7 +324,10 @@ def _partial_manifest(ctx: StageContext) -> mf.Manifest | None:
     return found
 
 
-def _run_stage(ctx: StageContext) -> _StageResult:
+def run_stage_here(ctx: StageContext) -> StageResult:
+    """One stage in this process, start to end: partial manifest, the stage, its save and
+    checks, metrics.json, the complete manifest and `stage_finished` (a distributed stage's rank
+    0 runs its share through here too)."""
     began = time.perf_counter()
     partial = _partial_manifest(ctx)
     outcome: StageOutcome | None = None
@@ -335,7 +338,7 @@ def _run_stage(ctx: StageContext) -> _StageResult:
     except Exception as exc:  # a library error: report it whole, with where it happened
         if is_disk_full(exc) and wait_for_space(ctx.sink, ctx.control, ctx.name,
                                                 f"stage '{ctx.name}'", 0, exc, ctx.stage_dir):
-            return _StageResult("retry")  # the stage runs again (from its last checkpoint)
+            return StageResult("retry")  # the stage runs again (from its last checkpoint)
         traceback.print_exc()
         return _failed(ctx, partial, f"stage '{ctx.name}' failed: {type(exc).__name__}: {exc}",
                        "see engine.log for the traceback", began)
@@ -343,21 +346,21 @@ def _run_stage(ctx: StageContext) -> _StageResult:
     if outcome.status == "stopped":
         ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="stopped",
                       seconds=seconds, metrics=outcome.metrics, evaluation={})
-        return _StageResult("stopped", steps=outcome.steps)
+        return StageResult("stopped", steps=outcome.steps)
     _write_outputs(ctx, outcome, partial, seconds)
     ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="complete", seconds=seconds,
                   metrics=outcome.metrics, evaluation=outcome.evaluation)
-    return _StageResult("complete", steps=outcome.steps)
+    return StageResult("complete", steps=outcome.steps)
 
 
 def _failed(ctx: StageContext, partial: mf.Manifest | None, message: str, fix: str,
-            began: float) -> _StageResult:
+            began: float) -> StageResult:
     ctx.sink.emit("error", ctx.name, message=message, fix=fix)
     if partial is not None and ctx.stage_dir.is_dir():
         mf.write(ctx.stage_dir, partial.model_copy(update={"status": "failed"}))
     ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="failed",
                   seconds=time.perf_counter() - began, metrics={}, evaluation={})
-    return _StageResult("failed", message)
+    return StageResult("failed", message)
 
 
 def _write_outputs(ctx: StageContext, outcome: StageOutcome, partial: mf.Manifest | None,
