@@ -121,8 +121,13 @@ def test_knobs_reach_each_trainer(tmp_path: Path, toy_base: Path) -> None:
 @pytest.mark.parametrize("kind", sorted(trl_knobs.CONFIG_CLASSES))
 def test_fields_read_without_import_match_the_dataclass(kind: str) -> None:
     """The ast reading of TRL's sources (what validate uses) against the imported class."""
-    trl_knobs.config_fields.cache_clear()
-    assert trl_knobs.config_fields(kind) == trl_knobs.imported_fields(kind)
+    trl_knobs.config_annotations.cache_clear()
+    read, imported = trl_knobs.config_annotations(kind), trl_knobs.imported_fields(kind)
+    assert set(read) == set(imported)
+    # the value kinds validate judges by: the same wherever the imported form can be judged
+    for name, annotation in imported.items():
+        taken = trl_knobs.kinds_taken(annotation)
+        assert taken is None or taken == trl_knobs.kinds_taken(read[name]), name
 
 
 def test_optimizer_names_match_transformers() -> None:
@@ -206,6 +211,22 @@ def test_a_defaults_trl_key_graftline_owns_is_refused(tmp_path: Path) -> None:
                            + SFT.format(train="", extra=""))
     assert problem.field == "trl.learning_rate" and "set by graftline" in problem.message
     assert "train.lr" in (problem.fix or "")
+
+
+def test_trl_values_of_the_wrong_kind_are_named_before_training(tmp_path: Path) -> None:
+    root = write_data(tmp_path)
+    extra = '\n[stage.trl]\nshuffle_dataset = "no"\ndataset_num_proc = "4"\n' \
+            'dataset_text_field = 3\nmodel_init_kwargs = { dtype = "float32" }\n'
+    found = {p.field: p for p in _problems(root, SFT.format(train="", extra=extra))}
+    assert set(found) == {"trl.shuffle_dataset", "trl.dataset_num_proc",
+                          "trl.dataset_text_field"}  # a table where a dict goes is fine
+    text = (root / "pipeline.toml").read_text().splitlines()
+    flag = found["trl.shuffle_dataset"]
+    assert "SFTConfig.shuffle_dataset is bool, not the str 'no'" in flag.message
+    assert "true or false" in (flag.fix or "")
+    assert text[flag.line - 1].startswith("shuffle_dataset")
+    assert "whole number" in (found["trl.dataset_num_proc"].fix or "")
+    assert "quoted string" in (found["trl.dataset_text_field"].fix or "")
 
 
 def test_inline_trl_table_points_at_its_line(tmp_path: Path) -> None:

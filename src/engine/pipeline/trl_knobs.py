@@ -136,24 +136,25 @@ def _is_init_false(value: ast.expr | None) -> bool:
         for k in value.keywords)
 
 
-def _ast_fields(module: str, name: str) -> frozenset[str]:
+def _ast_fields(module: str, name: str) -> dict[str, str]:
+    """A config class's init fields and their annotations as written (e.g. "int | None")."""
     node = _class(module, name)
-    names: set[str] = set()
+    fields: dict[str, str] = {}
     for base in node.bases:
         if not isinstance(base, ast.Name):
             raise FieldsUnreadable(f"{name}'s base is not a plain name")
-        names |= _ast_fields(_imported_from(module, base.id), base.id)
+        fields |= _ast_fields(_imported_from(module, base.id), base.id)
     for item in node.body:
         if (isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
                 and "ClassVar" not in ast.unparse(item.annotation)):
             if _is_init_false(item.value):
-                names.discard(item.target.id)
+                fields.pop(item.target.id, None)
             else:
-                names.add(item.target.id)
-    return frozenset(names)
+                fields[item.target.id] = ast.unparse(item.annotation)
+    return fields
 
 
-def imported_fields(kind: str) -> frozenset[str]:
+def imported_fields(kind: str) -> dict[str, str]:
     """The heavy way: import the config class and ask the dataclass (what the AST reading is
     tested against)."""
     import dataclasses
@@ -161,17 +162,74 @@ def imported_fields(kind: str) -> frozenset[str]:
 
     module, name = CONFIG_CLASSES[kind]
     cls = getattr(importlib.import_module(module), name)
-    return frozenset(f.name for f in dataclasses.fields(cls) if f.init)
+    return {f.name: _written(f.type) for f in dataclasses.fields(cls) if f.init}
+
+
+def _written(annotation: object) -> str:
+    """An imported annotation as the source writes it: `int`, not "<class 'int'>";
+    `SchedulerType | str`, not "transformers.trainer_utils.SchedulerType | str"."""
+    import re
+
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    return re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", text)
 
 
 @functools.cache
-def config_fields(kind: str) -> frozenset[str]:
-    """Every field the stage kind's TRL config accepts as a keyword."""
+def config_annotations(kind: str) -> dict[str, str]:
+    """Every field the stage kind's TRL config accepts as a keyword, with its annotation."""
     module, name = CONFIG_CLASSES[kind]
     try:
         return _ast_fields(module, name)
     except (FieldsUnreadable, OSError, SyntaxError, ValueError):
         return imported_fields(kind)
+
+
+def config_fields(kind: str) -> frozenset[str]:
+    """Every field the stage kind's TRL config accepts as a keyword."""
+    return frozenset(config_annotations(kind))
+
+
+# What a TOML value can be, by the annotation parts that take it (`float` takes an integer too).
+_TAKES = {"bool": {"bool"}, "int": {"int"}, "float": {"float", "int"}, "str": {"str"},
+          "list": {"list"}, "dict": {"dict"}, "None": set(), "Literal[False]": {"bool"},
+          "Literal[True]": {"bool"}}
+_SAY = {"bool": "true or false, without quotes", "int": "a whole number, without quotes",
+        "float": "a number, without quotes", "str": "a quoted string", "list": "a list [ … ]",
+        "dict": "a table { … }"}
+
+
+def kinds_taken(annotation: str) -> set[str] | None:
+    """The TOML value kinds an annotation such as "int | None" or "dict[str, Any] | str" takes;
+    None when a part is not plain (an enum, Optional[…], a class): then no judgement."""
+    taken: set[str] = set()
+    for part in (p.strip() for p in annotation.split("|")):
+        base = part.split("[", 1)[0] if part.startswith(("list[", "dict[")) else part
+        if base not in _TAKES:
+            return None
+        taken |= _TAKES[base]
+    return taken
+
+
+def _kind_of(value: object) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    return {int: "int", float: "float", str: "str", list: "list", dict: "dict"}.get(
+        type(value), type(value).__name__)
+
+
+def value_problem(kind: str, key: str, value: object) -> tuple[str, str] | None:
+    """(what is wrong, the fix) when `value` cannot be what the config's field `key` is
+    annotated to take (a string for a bool, a number for a string); None when it can, or when
+    the annotation is not one this reading judges."""
+    annotation = config_annotations(kind).get(key)
+    taken = kinds_taken(annotation) if annotation is not None else None
+    got = _kind_of(value)
+    if taken is None or got in taken:
+        return None
+    wanted = [k for k in ("bool", "int", "float", "str", "list", "dict") if k in taken]
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    return (f"is {annotation}, not the {got} {shown}",
+            f"write {' or '.join(_SAY[k] for k in wanted if k != 'int' or 'float' not in wanted)}")
 
 
 @functools.cache
@@ -280,6 +338,9 @@ def stage_problems(pf: PipelineFile, stage: spec.TrainingStage, *, cuda: bool) -
             if key in OWNED:
                 yield problem(f"trl.{key}{source} is set by graftline", f"trl.{key}", line,
                               f"use {OWNED[key]} instead")
+            elif key in fields and (wrong := value_problem(kind, key, stage.trl[key])):
+                yield problem(f"trl.{key}{source}: {config}.{key} {wrong[0]}", f"trl.{key}",
+                              line, wrong[1])
             elif key not in fields:
                 allowed = sorted(fields - OWNED.keys())
                 yield problem(f"trl.{key}{source}: TRL {trl_version()}'s {config} has no field "
