@@ -115,7 +115,19 @@ def _scan_blocks(text: str) -> dict[str, list[Block]]:
         key = _KEY.match(line)
         if key and current is not None:
             current[1].setdefault(prefix + key.group(1), number)
+            if not prefix and key.group(1) == "trl":
+                for inner in _inline_keys(line):  # `trl = { a = 1 }`: trl.a is on this line
+                    current[1].setdefault(f"trl.{inner}", number)
     return blocks
+
+
+def _inline_keys(line: str) -> list[str]:
+    """The keys of an inline table written on `line` (TOML keeps one on a single line)."""
+    try:
+        value = next(iter(tomllib.loads(line).values()), None)
+    except tomllib.TOMLDecodeError:
+        return []
+    return list(value) if isinstance(value, dict) else []
 
 
 def _table(model: type[_Model], raw: Any, name: str, block: Block, file: str,

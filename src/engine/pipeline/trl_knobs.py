@@ -16,6 +16,7 @@ import ast
 import difflib
 import functools
 import importlib.util
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -168,8 +169,6 @@ def imported_fields(kind: str) -> dict[str, str]:
 def _written(annotation: object) -> str:
     """An imported annotation as the source writes it: `int`, not "<class 'int'>";
     `SchedulerType | str`, not "transformers.trainer_utils.SchedulerType | str"."""
-    import re
-
     text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
     return re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", text)
 
@@ -217,7 +216,7 @@ def _kind_of(value: object) -> str:
         type(value), type(value).__name__)
 
 
-def value_problem(kind: str, key: str, value: object) -> tuple[str, str] | None:
+def value_kind_problem(kind: str, key: str, value: object) -> tuple[str, str] | None:
     """(what is wrong, the fix) when `value` cannot be what the config's field `key` is
     annotated to take (a string for a bool, a number for a string); None when it can, or when
     the annotation is not one this reading judges."""
@@ -286,22 +285,10 @@ def _trl_line(pf: PipelineFile, stage: str, key: str) -> tuple[int | None, str]:
     from graftline.engine.pipeline.file import DEFAULTS_BLOCK
 
     block = pf.blocks.get(stage)
-    own = block is not None and (f"trl.{key}" in block.keys or (
-        "trl" in block.keys and key in _inline_trl(pf.text.splitlines()[block.keys["trl"] - 1])))
+    own = block is not None and f"trl.{key}" in block.keys  # a sub-table's or inline key
     if own or key not in pf.pipeline.defaults.trl:
         return _line(pf, stage, f"trl.{key}", "trl"), ""
     return _line(pf, DEFAULTS_BLOCK, f"trl.{key}", "trl"), " (from [defaults])"
-
-
-def _inline_trl(line: str) -> set[str]:
-    """The keys of an inline `trl = { … }` (TOML keeps an inline table on one line)."""
-    import tomllib
-
-    try:
-        found = tomllib.loads(line).get("trl")
-    except tomllib.TOMLDecodeError:
-        return set()
-    return set(found) if isinstance(found, dict) else set()
 
 
 def _suggest(key: str, allowed: list[str], owned: dict[str, str] | None = None,
@@ -338,7 +325,7 @@ def stage_problems(pf: PipelineFile, stage: spec.TrainingStage, *, cuda: bool) -
             if key in OWNED:
                 yield problem(f"trl.{key}{source} is set by graftline", f"trl.{key}", line,
                               f"use {OWNED[key]} instead")
-            elif key in fields and (wrong := value_problem(kind, key, stage.trl[key])):
+            elif key in fields and (wrong := value_kind_problem(kind, key, stage.trl[key])):
                 yield problem(f"trl.{key}{source}: {config}.{key} {wrong[0]}", f"trl.{key}",
                               line, wrong[1])
             elif key not in fields:
