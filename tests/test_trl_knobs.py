@@ -18,7 +18,7 @@ from stage_helpers import one_thread, pipeline, write_data  # noqa: F401
 
 from graftline.engine.common.sink import ListSink
 from graftline.engine.pipeline import trl_knobs
-from graftline.engine.pipeline.problems import PipelineError
+from graftline.engine.pipeline.problems import PipelineError, Problem
 from graftline.engine.pipeline.validate import validate
 
 KNOBS = """
@@ -340,19 +340,22 @@ def test_cpu_flags_are_read(tmp_path: Path) -> None:
     assert trl_knobs.cpu_has_bf16(tmp_path / "absent") is None
 
 
-def test_precision_is_a_closed_choice(tmp_path: Path) -> None:
+def _refused(tmp_path: Path, train: str = "", extra: str = "") -> Problem:
+    """The one problem the file's parse refuses an SFT stage with."""
     root = write_data(tmp_path)
     with pytest.raises(PipelineError) as caught:
-        pipeline(root, SFT.format(train=', precision = "bfloat16"', extra=""))
+        pipeline(root, SFT.format(train=train, extra=extra))
     (problem,) = caught.value.problems
+    return problem
+
+
+def test_precision_is_a_closed_choice(tmp_path: Path) -> None:
+    problem = _refused(tmp_path, train=', precision = "bfloat16"')
     assert "precision" in (problem.field or "")
 
 
 def test_a_trl_field_written_as_a_stage_key_points_at_trl(tmp_path: Path) -> None:
-    root = write_data(tmp_path)
-    with pytest.raises(PipelineError) as caught:
-        pipeline(root, SFT.format(train="", extra="dataset_num_proc = 2"))
-    (problem,) = caught.value.problems
+    problem = _refused(tmp_path, extra="dataset_num_proc = 2")
     assert "trl = { … }" in (problem.fix or "")
 
 
