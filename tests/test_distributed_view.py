@@ -146,3 +146,25 @@ def test_resume_keeps_the_machine_rank_the_run_was_launched_as(tmp_path: Path) -
 
 if sys.platform != "linux":
     pytestmark = pytest.mark.skip(reason="Linux only (torchrun's signals)")
+
+
+def test_the_tail_leaves_what_it_never_relayed_for_the_next_launch(tmp_path: Path) -> None:
+    """A killed engine's unrelayed lines: those after its last mark, whole lines only; a file
+    without a mark (from before marks existed) gives nothing rather than repeat a history."""
+    events = tmp_path / group_io.EVENTS
+    sink = group_io.FileSink(events, world_size=2)
+    assert group_io.EventTail.leftover(events) == []
+    tail = group_io.EventTail(events)
+    tail.mark()
+    assert group_io.EventTail.leftover(events) == []
+    for step in (1, 2):
+        sink.emit("metrics", "sft", step=step)
+    assert [e["data"]["step"] for e in tail.read()] == [1, 2]
+    tail.mark()
+    sink.emit("metrics", "sft", step=3)
+    with events.open("a") as torn:
+        torn.write('{"type": "metr')
+    left = group_io.EventTail.leftover(events)
+    assert [(e["type"], e["data"]) for e in left] == [("metrics", {"step": 3, "world_size": 2})]
+    (tmp_path / group_io.RELAYED).unlink()
+    assert group_io.EventTail.leftover(events) == []

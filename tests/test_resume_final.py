@@ -72,6 +72,7 @@ train = { max_steps = 2, batch_size = 8, lr = 5e-3, scheduler = "constant", save
 # The engine, held at its final checkpoint: once the Trainer's `checkpoint_saved` for
 # checkpoint-<last> is written, it says so in a file and waits there to be killed.
 CHILD = """
+import os
 import sys
 import time
 import torch
@@ -83,6 +84,7 @@ from graftline.engine.run.runner import run_pipeline
 
 run_dir, stage, last = Path(sys.argv[2]), sys.argv[3], sys.argv[4]
 run_dir.mkdir(parents=True, exist_ok=True)
+os.environ["GL_TEST_ENGINE_PID"] = str(os.getpid())  # for a rank's hook (HOLD_RANK_0)
 
 
 class HoldAtTheLastCheckpoint(EventWriter):
@@ -248,6 +250,7 @@ def test_final_step_reads_the_trainer_state(tmp_path: Path) -> None:
 HOLD_RANK_0 = """
 import os
 if os.environ.get("GL_TEST_HOLD_AT"):
+    import signal
     import time
     from pathlib import Path
 
@@ -256,9 +259,12 @@ if os.environ.get("GL_TEST_HOLD_AT"):
     emit = group_io.FileSink.emit
 
     def held(self, type, stage=None, **data):
+        final = (type == "checkpoint_saved" and data.get("kind") == "trainer"
+                 and Path(str(data["path"])).name == os.environ["GL_TEST_HOLD_AT"])
+        if final:  # the engine stops relaying: this line is left for the resume to relay
+            os.kill(int(os.environ["GL_TEST_ENGINE_PID"]), signal.SIGSTOP)
         emit(self, type, stage, **data)
-        if (type == "checkpoint_saved" and data.get("kind") == "trainer"
-                and Path(str(data["path"])).name == os.environ["GL_TEST_HOLD_AT"]):
+        if final:
             Path(os.environ["GL_TEST_HELD"]).write_text("")
             while True:
                 time.sleep(1)
@@ -321,13 +327,29 @@ def test_a_two_process_stage_finishes_from_its_final_checkpoint(tmp_path: Path,
     stage_dir = run_dir / "stages" / "sft"
     checkpoint = _the_crash_left(stage_dir, 4)
     before, _ = read_events(run_dir / "events.jsonl")
-    assert [e.data["step"] for e in before if e.type == "metrics"][-1] == 4
     assert [e.type for e in before].count("stage_finished") == 0
+    rank_0_wrote = [json.loads(line) for line in
+                    (run_dir / "dist" / "sft" / "events.jsonl").read_text().splitlines()]
+    assert [e["data"]["step"] for e in rank_0_wrote if e["type"] == "metrics"][-1] == 4
     held_weights = _adapter(checkpoint)
 
     result, after = _resume(pf, run_dir)
     assert result.status == "finished", result.message
-    assert [e for e in after if e.type == "metrics"] == []
+    # The engine relays rank 0's lines every 0.2 s; the hook stopped it before the final
+    # checkpoint's line, so the kill left that line (and maybe the last step's metrics)
+    # unrelayed. The resume relays them before it clears the stage's files; no step is trained
+    # again, so any metrics after the resume are that leftover.
+    def final_saved(events: list) -> list:
+        return [e for e in events if e.type == "checkpoint_saved"
+                and e.data.get("kind") == "trainer" and Path(e.data["path"]) == checkpoint]
+
+    assert final_saved(before) == []
+    assert len(final_saved(after)) == 1
+    recovered = [e.data["recovered_events"] for e in after if "recovered_events" in e.data]
+    relayed_again = [e.data["step"] for e in after if e.type == "metrics"]
+    assert len(recovered) == 1 and recovered[0] == 1 + len(relayed_again), recovered
+    steps = [e.data["step"] for e in before if e.type == "metrics"] + relayed_again
+    assert sorted(set(steps)) == [1, 2, 3, 4] and steps[-1] == 4, steps
     said = [e.data for e in after if e.type == "info" and "steps_trained" in e.data]
     assert [(s["steps_trained"], s["world_size"]) for s in said] == [(0, 2)]
     checks = {e.data["name"]: e.data["status"] for e in after if e.type == "check_result"}

@@ -75,6 +75,7 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
     through the sink."""
     began = time.perf_counter()
     work = group_io.work_dir(ctx.run_dir, ctx.name)
+    _relay_leftover(ctx, work)
     _fresh(work, ctx.run_dir)
     request = work / group_io.REQUEST
     atomic.write_json(request, {
@@ -103,6 +104,7 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
     assert proc.stderr is not None
     stderr = group_io.StderrRelay(proc.stderr)
     tail = group_io.EventTail(work / group_io.EVENTS)
+    tail.mark()  # offset 0: every line from here on is rank 0's news
     finished_seen = False
     last = (False, False, 0)
     stop_asked: float | None = None
@@ -114,6 +116,7 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
         for event in tail.read():
             finished_seen |= event.get("type") == "stage_finished"
             ctx.sink.emit(event["type"], event.get("stage"), **(event.get("data") or {}))
+        tail.mark()
 
     while proc.poll() is None:
         relay()
@@ -181,6 +184,20 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
                       seconds=time.perf_counter() - began, metrics={}, evaluation={},
                       world_size=scale.world_size, **lost)
     return "failed", message, 0
+
+
+def _relay_leftover(ctx: StageContext, work: Path) -> None:
+    """Events rank 0 wrote in the moments before the engine was killed (it relays every POLL_S):
+    relayed now, before the stage's files are cleared for its next launch."""
+    if work.is_symlink():
+        return
+    left = group_io.EventTail.leftover(work / group_io.EVENTS)
+    if not left:
+        return
+    ctx.sink.emit("info", ctx.name, message=f"{len(left)} events rank 0 wrote before the engine "
+                  "ended were not yet in the log; relayed now", recovered_events=len(left))
+    for event in left:
+        ctx.sink.emit(event["type"], event.get("stage"), **(event.get("data") or {}))
 
 
 def _result_failed(work: Path) -> bool:

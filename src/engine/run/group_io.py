@@ -6,6 +6,9 @@
 - `control.json`   the run's control flags (stop, paused, save_seq), replaced atomically by the
                    engine; rank 0 reads it and broadcasts it to every rank (see GroupControl)
 - `result.json`    rank 0's verdict on the stage (status, message, steps)
+- `relayed.json`   how far into `events.jsonl` the engine has relayed; a killed engine's next
+                   launch of the stage relays the rest first (EventTail.leftover), so the
+                   steps rank 0 logged in its last moments stay in the run's history
 
 `<run>/dist/machine.json`: the machine rank this host's engine ran the run's groups as (a
 multi-node run), so `graftline resume` on that host resumes as the same machine.
@@ -35,6 +38,7 @@ REQUEST = "request.json"
 EVENTS = "events.jsonl"
 CONTROL = "control.json"
 RESULT = "result.json"
+RELAYED = "relayed.json"
 PAUSE_POLL_S = 0.5
 MACHINE = "machine.json"
 MACHINE_RANK_ENV = "GRAFTLINE_MACHINE_RANK"  # the per-host override for multi-node runs
@@ -69,10 +73,25 @@ class SilentSink:
 
 
 class EventTail:
-    """Reads the lines rank 0 has completed since the last call (a torn last line waits)."""
+    """Reads the lines rank 0 has completed since the last call (a torn last line waits).
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.offset = Path(path), 0
+    `mark()` records the offset relayed so far beside the file. The engine marks after it has
+    emitted a batch: a kill between the two relays that batch twice (a step logged twice reads
+    as one curve), never loses it."""
+
+    def __init__(self, path: Path, offset: int = 0) -> None:
+        self.path, self.offset = Path(path), offset
+        self._marked: int | None = None  # the first mark always writes: no mark means "legacy"
+
+    @classmethod
+    def leftover(cls, path: Path) -> list[dict[str, Any]]:
+        """The complete lines a dead engine left unrelayed: those after its last mark. A file
+        without a mark (written before marks existed) yields nothing rather than repeat all."""
+        try:
+            offset = int(json.loads((Path(path).parent / RELAYED).read_text())["offset"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        return cls(path, offset).read()
 
     def read(self) -> list[dict[str, Any]]:
         try:
@@ -92,6 +111,11 @@ class EventTail:
             except ValueError:
                 continue
         return found
+
+    def mark(self) -> None:
+        if self.offset != self._marked:
+            atomic.write_json(self.path.parent / RELAYED, {"offset": self.offset})
+            self._marked = self.offset
 
 
 def write_control(path: Path, *, stop: bool, paused: bool, save_seq: int) -> None:
