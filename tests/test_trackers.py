@@ -8,7 +8,10 @@ installed here is the missing-package case.
 
 from __future__ import annotations
 
+import signal
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +91,90 @@ def test_tensorboard_two_stages_read_back_as_one_curve(tmp_path: Path, toy_base:
     assert steps == list(range(1, 12))  # logging_steps = 1: no gap at the stage boundary
     # the values are the trainer's own losses, stage by stage
     assert losses == pytest.approx([d["loss"] for d in metrics], rel=1e-6)
+
+
+ONE_STAGE = """
+[[stage]]
+name = "sft"
+kind = "sft"
+data = "sft.jsonl"
+lora = { r = 8 }
+train = { max_steps = 7, batch_size = 8, lr = 3e-3, save_steps = 3 }
+"""
+
+# The engine, killed -9 by itself once the stage has logged step 5: checkpoint-3 is its last,
+# and TensorBoard already holds the steps after it.
+CRASH_AT_STEP_5 = """
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+from graftline.engine.pipeline.file import load
+from graftline.engine.run.events import EventWriter
+from graftline.engine.run.runner import run_pipeline
+
+
+class Crash(EventWriter):
+    def emit(self, type, stage=None, **data):
+        written = super().emit(type, stage, **data)
+        if type == "metrics" and data.get("step") == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return written
+
+
+run_dir = Path(sys.argv[2])
+run_dir.mkdir(parents=True)
+with Crash(run_dir) as writer:
+    run_pipeline(load(sys.argv[1]), run_dir, writer)
+"""
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_tensorboard_after_a_crash_and_resume_keeps_one_curve(
+        tmp_path: Path, toy_base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The steps trained again after a resume replace the crashed attempt's in TensorBoard's
+    reader (the resumed writer's purge_step), instead of a second, overlapping line."""
+    pytest.importorskip("tensorboard", reason="the dev extra installs tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from graftline.engine.run.events import EventWriter, read_events
+    from graftline.engine.run.runner import run_pipeline
+
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    root = write_data(tmp_path)
+    pf = _pipeline_file(root, ["tensorboard"], ONE_STAGE)
+    run_dir = root / "runs" / "r"
+    crashed = subprocess.run([sys.executable, "-c", CRASH_AT_STEP_5, str(pf.path), str(run_dir)],
+                             capture_output=True, timeout=600)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-2000:]
+
+    def scalars() -> list[tuple[int, float]]:
+        acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+        acc.Reload()
+        return [(e.step, e.value) for e in acc.Scalars("train/loss")]
+
+    logged = scalars()
+    assert [step for step, _ in logged][:4] == [1, 2, 3, 4]  # past checkpoint-3: trained again
+
+    with EventWriter(run_dir) as writer:
+        result = run_pipeline(pf, run_dir, writer, resume=True)
+    assert result.status == "finished", result.message
+    events, _ = read_events(run_dir / "events.jsonl")
+    started = [i for i, e in enumerate(events) if e.type == "run_started"][-1]
+    resumed = [(e.data["global_step"], e.data["loss"]) for e in events[started:]
+               if e.type == "metrics" and "loss" in e.data]
+    assert [step for step, _ in resumed] == [4, 5, 6, 7]
+
+    after = scalars()
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    assert [step for step, _ in after] == list(range(1, 8)), after  # one curve, no repeats
+    assert after[:3] == logged[:3]  # the crashed attempt's steps before its checkpoint stay
+    assert [value for _, value in after[3:]] == pytest.approx([loss for _, loss in resumed],
+                                                              rel=1e-6)
 
 
 def test_without_report_to_no_tracker_writes(tmp_path: Path, toy_base: Path) -> None:
