@@ -57,8 +57,8 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def _start(tmp_path: Path, runs: Path, max_steps: int, save_steps: int
-           ) -> tuple[Path, subprocess.Popen[bytes], Path]:
+def _start(tmp_path: Path, runs: Path, max_steps: int, save_steps: int,
+           env: dict[str, str] | None = None) -> tuple[Path, subprocess.Popen[bytes], Path]:
     from graftline.engine.toy import tasks
 
     (tmp_path / "sft.jsonl").write_text(
@@ -67,7 +67,7 @@ def _start(tmp_path: Path, runs: Path, max_steps: int, save_steps: int
     path.write_text(PIPELINE.replace("MAX", str(max_steps)).replace("SAVE", str(save_steps)))
     run_dir = create_run(load(path), runs)
     log = tmp_path / "engine.log"  # off the tmpfs: the test reads what the engine says
-    env = dict(os.environ, GRAFTLINE_DISK_POLL="0.3", OMP_NUM_THREADS="1",
+    env = dict(env or os.environ, GRAFTLINE_DISK_POLL="0.3", OMP_NUM_THREADS="1",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "graftline.engine.run.daemon",
@@ -185,3 +185,63 @@ def test_runs_dir_option_gets_the_disk_check_of_its_own_volume(
         start_run(path, tiny_fs / "runs")
     assert any(p.code == DISK_FORECAST for p in raised.value.problems), raised.value.problems
     assert not (tiny_fs / "runs").exists()
+
+
+# In the engine: once the Trainer's final checkpoint is saved, say so in a file and wait for
+# the test's word before going on to the stage's adapter save (the disk fills in between).
+HOLD_AFTER_THE_LAST_CHECKPOINT = """
+import os
+if os.environ.get("GL_TEST_HOLD_AT"):
+    import time
+    from pathlib import Path
+
+    from graftline.engine.run import events
+
+    emit = events.EventWriter.emit
+
+    def held(self, type, stage=None, **data):
+        written = emit(self, type, stage, **data)
+        if (type == "checkpoint_saved" and data.get("kind") == "trainer"
+                and Path(str(data["path"])).name == os.environ["GL_TEST_HOLD_AT"]):
+            Path(os.environ["GL_TEST_HELD"]).write_text("")
+            while not Path(os.environ["GL_TEST_GO"]).exists():
+                time.sleep(0.05)
+        return written
+
+    events.EventWriter.emit = held
+"""
+
+
+@pytest.mark.slow
+def test_adapter_save_enospc_is_retried_in_place(tmp_path: Path, tiny_fs: Path,
+                                                 toy_base: Path) -> None:
+    """The disk fills between the Trainer's final checkpoint and the stage's own adapter save:
+    the save waits for space with the trained model in memory and is done again; nothing is
+    trained again, and the adapter is whole."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOLD_AFTER_THE_LAST_CHECKPOINT)
+    held, go = tmp_path / "held", tmp_path / "go"
+    env = dict(os.environ, GL_TEST_HOLD_AT="checkpoint-20", GL_TEST_HELD=str(held),
+               GL_TEST_GO=str(go), PYTHONPATH=os.pathsep.join(
+                   p for p in (str(hook), os.environ.get("PYTHONPATH")) if p))
+    run_dir, proc, log = _start(tmp_path, tiny_fs / "runs", max_steps=20, save_steps=20,
+                                env=env)
+    stage = run_dir / "stages" / "sft"
+    _wait(held.exists, proc, log)
+    # room for the checks' events, not for the adapter (r = 4: about 90 kB)
+    ballast = _fill(tiny_fs, leave=32 << 10)
+    go.write_text("")
+    _wait(lambda: "paused: disk full while writing the stage's adapter" in log.read_text(),
+          proc, log)
+    assert proc.poll() is None
+    ballast.unlink()
+    _assert_finished_whole(run_dir, proc, log)
+    steps = [r["data"]["step"] for r in _types(run_dir, "metrics") if "loss" in r["data"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 20, steps  # trained once
+    assert len(_types(run_dir, "stage_started")) == 1  # the stage was not started again
+    warning = next(r for r in _types(run_dir, "warning") if r["data"].get("disk_full"))
+    assert warning["data"]["what"] == "the stage's adapter"
+    from safetensors.torch import load_file
+
+    assert load_file(str(stage / "adapter_model.safetensors"))  # whole, not torn

@@ -1,4 +1,4 @@
-"""A Trainer checkpoint that hits a full disk is undone and saved again once space is back.
+"""A stage's saves that hit a full disk are done again once space is back, not the stage.
 
 transformers writes `checkpoint-N` in place (weights, optimizer, scheduler, RNG, then
 `trainer_state.json`) and lets an OSError out of `train()`, which used to fail the stage. The
@@ -6,18 +6,24 @@ guard wraps the Trainer's `_save_checkpoint`: on ENOSPC/EDQUOT it deletes the ha
 directory (never marked complete: `checkpoint_saved` is only emitted after a whole save, and
 resume skips a directory without a valid `trainer_state.json` anyway), asks the engine to pause
 until the checkpoint fits (`common.disk_full`), and saves the same step again.
+
+The stage's own adapter save after training (`save_when_space`) is retried the same way, with
+the trained model still in memory. (The runner's fallback, running the whole stage again from
+its last Trainer checkpoint, loads the model and runs the checks before training once more.)
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from graftline.engine.common.disk_full import is_disk_full, wait_for_space
 from graftline.engine.stages.common import StageContext
 
 PREFIX = "checkpoint-"
+T = TypeVar("T")
 
 
 def guard_checkpoint_saves(trainer: Any, ctx: StageContext) -> None:
@@ -45,6 +51,20 @@ def guard_checkpoint_saves(trainer: Any, ctx: StageContext) -> None:
                     raise
 
     trainer._save_checkpoint = save
+
+
+def save_when_space(ctx: StageContext, what: str, where: Path, need: int,
+                    write: Callable[[], T]) -> T:
+    """`write()`, again after each full disk once the engine has resumed; the same error when
+    no engine waits (a rehearsal, a test's sink) or a stop came while it waited. `write` must
+    be safe to repeat: it rewrites the same files."""
+    while True:
+        try:
+            return write()
+        except Exception as exc:
+            if not is_disk_full(exc) or not wait_for_space(ctx.sink, ctx.control, ctx.name, what,
+                                                           need, exc, where):
+                raise
 
 
 def _remove_partial(folder: Path) -> None:

@@ -20,7 +20,7 @@ from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import spec
 from graftline.engine.stages import checks, resume, trl_compat
 from graftline.engine.stages.callbacks import StageCallback, summarize
-from graftline.engine.stages.checkpoint_guard import guard_checkpoint_saves
+from graftline.engine.stages.checkpoint_guard import guard_checkpoint_saves, save_when_space
 from graftline.engine.stages.common import (
     StageContext,
     StageOutcome,
@@ -161,8 +161,14 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
     spent += time.perf_counter() - began
 
     out = ctx.stage_dir
-    policy.save_pretrained(str(out), selected_adapters=[checks.ADAPTER])
-    tokenizer.save_pretrained(str(out))
+
+    def save() -> None:
+        policy.save_pretrained(str(out), selected_adapters=[checks.ADAPTER])
+        tokenizer.save_pretrained(str(out))
+
+    adapter_bytes = sum(p.numel() * p.element_size() for p in policy.parameters()
+                        if p.requires_grad)
+    save_when_space(ctx, "the stage's adapter", out, adapter_bytes, save)
     ctx.sink.emit("info", ctx.name, message=f"adapter saved to {out}")
 
     began = time.perf_counter()
