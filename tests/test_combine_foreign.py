@@ -90,8 +90,8 @@ def test_combine_a_stage_with_a_foreign_adapter_is_the_exact_weighted_sum(
     assert (mix.model_stage, mix.model_foreign, mix.lora.r) == (None, None, 8)
     # plan says in words where the foreign part comes from
     (words,) = plan.chain_words
-    assert words.startswith("'mix' combines adapters[1] is a PEFT adapter at " + foreign)
-    assert "r=4" in words and f"recorded base {os.path.realpath(toy_base)}" in words
+    assert words == (f"'mix' combines a PEFT adapter at {foreign} (r=4, recorded base "
+                     f"{os.path.realpath(toy_base)}) (adapters[1])")
     assert "notebook/foreign" in mix.starts_from and "s4" in mix.starts_from
 
     run_dir = top / "runs" / "r"

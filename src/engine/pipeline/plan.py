@@ -41,9 +41,8 @@ class CombinePart:
 
     def describe(self) -> str:
         """Where it comes from, in words, for `plan`."""
-        if self.foreign is not None:
-            return f"adapters[{self.index}] is {self.foreign.describe()}"
-        return f"adapters[{self.index}] is stage '{self.entry}'"
+        what = self.foreign.describe() if self.foreign is not None else f"stage '{self.entry}'"
+        return f"{what} (adapters[{self.index}])"
 
 
 @dataclass(frozen=True)
