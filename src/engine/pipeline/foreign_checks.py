@@ -25,7 +25,7 @@ from graftline.engine.pipeline.foreign import Foreign, is_full_model
 from graftline.engine.pipeline.plan import Plan, StepPlan
 from graftline.engine.pipeline.problems import Problem, Where, moved
 
-__all__ = ["foreign_problems", "pipeline_base"]
+__all__ = ["foreign_problems", "merge_problems", "pipeline_base", "recorded_base_problems"]
 
 SEEDS_FIX = ("save the merged model with save_pretrained and load it from disk before adding "
              "the next adapter (or set model.name_or_path), then point the adapter's "
@@ -63,15 +63,13 @@ def foreign_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
             continue
         yield from _base_problems(pf, step, foreign, base, at)
         if foreign.source != "graftline":
-            yield from _merge_problems(foreign, at)
+            yield from merge_problems(foreign, at)
 
 
-def _base_problems(pf: PipelineFile, step: StepPlan, foreign: Foreign, base: str | None,
-                   at: Where) -> Iterator[Problem]:
-    stage = step.stage
+def recorded_base_problems(foreign: Foreign, at: Where) -> Iterator[Problem]:
+    """The base a foreign adapter records: named, on this machine, and a full model. Shared by
+    a `from = path` stage and a combine's adapter folders (pipeline/combine_checks.py)."""
     config = Path(foreign.path) / ADAPTER_CONFIG
-    if stage.base_from == "pipeline":
-        return  # loaded on the pipeline's base, which `validate` checks on its own
     if not foreign.base_ref:
         yield Problem(f"{config} names no base_model_name_or_path: which model it applies to is "
                       "unknown", **at,
@@ -101,7 +99,18 @@ def _base_problems(pf: PipelineFile, step: StepPlan, foreign: Foreign, base: str
                       **at, fix="re-save that model with save_pretrained(safe_serialization=True)"
                       if pickled else "merge that adapter into its base and save it "
                                       "(save_pretrained), then point base_model_name_or_path at it")
+
+
+def _base_problems(pf: PipelineFile, step: StepPlan, foreign: Foreign, base: str | None,
+                   at: Where) -> Iterator[Problem]:
+    stage = step.stage
+    if stage.base_from == "pipeline":
+        return  # loaded on the pipeline's base, which `validate` checks on its own
+    found = list(recorded_base_problems(foreign, at))
+    if found:
+        yield from found
         return
+    assert foreign.base_path is not None  # recorded_base_problems reports a missing one
     if stage.base_from is None and base is not None and \
             os.path.realpath(foreign.base_path) != base:
         yield Problem(
@@ -128,7 +137,7 @@ def _scan_root(foreign: Foreign) -> str | None:
     return root if len(Path(root).parts) > _MIN_SCAN_DEPTH else None
 
 
-def _merge_problems(foreign: Foreign, at: Where) -> Iterator[Problem]:
+def merge_problems(foreign: Foreign, at: Where) -> Iterator[Problem]:
     """The in-memory-merge pitfall, through the lineage reader's proof from weights."""
     from graftline.engine.lineage.reader import ScanError, scan
 

@@ -26,6 +26,26 @@ Report = Callable[[spec.StageBase, str, str, str], None]
 
 
 @dataclass(frozen=True)
+class CombinePart:
+    """One entry of a combine's `adapters`: an earlier stage, or a PEFT adapter folder made
+    elsewhere (a path relative to the pipeline file, read by the one foreign resolver)."""
+
+    index: int
+    entry: str  # as written
+    stage: str | None = None
+    foreign: Foreign | None = None
+
+    @property
+    def label(self) -> str:
+        return self.foreign.label if self.foreign is not None else self.entry
+
+    def describe(self) -> str:
+        """Where it comes from, in words, for `plan`."""
+        what = self.foreign.describe() if self.foreign is not None else f"stage '{self.entry}'"
+        return f"{what} (adapters[{self.index}])"
+
+
+@dataclass(frozen=True)
 class StepPlan:
     name: str
     kind: str
@@ -46,6 +66,8 @@ class StepPlan:
     # run that the result sits on, when `model_stage` is None and it is not the pipeline's base.
     foreign: Foreign | None = None
     model_foreign: str | None = None
+    # A combine's adapters, each a stage or an adapter folder made elsewhere (in file order).
+    parts: tuple[CombinePart, ...] = ()
 
     @property
     def produces_adapter(self) -> bool:
@@ -82,10 +104,17 @@ class Plan:
 
     @property
     def chain_words(self) -> tuple[str, ...]:
-        """The checkpoints from outside the run that stages start from, in words."""
-        return tuple(f"'{s.name}' starts from {s.foreign.describe()}"
-                     + (f"; its result sits on {s.model_foreign}" if s.model_foreign else "")
-                     for s in self.steps if s.foreign is not None)
+        """The checkpoints from outside the run that stages start from or combine, in words."""
+        words: list[str] = []
+        for s in self.steps:
+            if s.foreign is not None:
+                words.append(f"'{s.name}' starts from {s.foreign.describe()}"
+                             + (f"; its result sits on {s.model_foreign}"
+                                if s.model_foreign else ""))
+            for part in s.parts:
+                if part.foreign is not None:
+                    words.append(f"'{s.name}' combines {part.describe()}")
+        return tuple(words)
 
 
 def _sum_known(sizes: list[int | None]) -> int | None:
@@ -179,6 +208,7 @@ class _From:
     default_lora: spec.Lora
     report: Report
     foreign: Foreign | None = None  # `from` names a checkpoint outside the run
+    search_dir: Path | None = None  # the pipeline file's folder: paths are relative to it
 
 
 @dataclass(frozen=True)
@@ -191,6 +221,7 @@ class _Flow:
     lora: spec.Lora | None = None
     combined_r: int | None = None
     model_foreign: str | None = None
+    parts: tuple[CombinePart, ...] = ()
 
 
 def _foreign_model(stage: spec.StageBase, foreign: Foreign) -> str | None:
@@ -297,25 +328,59 @@ def _plan_merge(stage: spec.MergeStage, at: _From) -> _Flow:
 _EQUAL_RANK_METHODS = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 
 
+@dataclass(frozen=True)
+class _Part:
+    """What the flow needs of a combined adapter: the model it sits on and its shape."""
+
+    model_stage: str | None
+    model_foreign: str | None
+    lora: spec.Lora | None
+
+
+def _combine_part(stage: spec.CombineStage, index: int, entry: str, at: _From
+                  ) -> tuple[CombinePart, _Part | None]:
+    """One `adapters` entry: a stage above, or an adapter folder made elsewhere. A bad entry is
+    reported on `adapters[i]` and left out of the flow."""
+    field_name = f"adapters[{index}]"
+    if is_reference(entry):
+        try:
+            foreign = read_foreign(entry, at.search_dir or Path.cwd())
+        except ForeignError as exc:
+            at.report(stage, field_name, exc.message, exc.fix)
+            return CombinePart(index, entry), None
+        part = CombinePart(index, entry, foreign=foreign)
+        if foreign.kind != "adapter":
+            at.report(stage, field_name,
+                      f"{foreign.path} is a full model, not an adapter: there is nothing to "
+                      "combine in it", "point it at a PEFT adapter folder (adapter_config.json "
+                      "+ adapter weights), or add a stage that trains an adapter on that model")
+            return part, None
+        # the model it applies to, chosen as a `from = path` stage chooses (`base_from`)
+        return part, _Part(None, _foreign_model(stage, foreign), foreign.lora)
+    step = at.by_name.get(entry)
+    if step is None:
+        at.report(stage, field_name, f"no earlier stage named '{entry}'",
+                  "list adapters made by earlier stages, or a path (with a `/`, relative to "
+                  "this file) to a PEFT adapter folder made elsewhere")
+        return CombinePart(index, entry), None
+    part = CombinePart(index, entry, stage=entry)
+    if not step.produces_adapter:
+        at.report(stage, field_name, f"'{entry}' is a {step.kind} stage, not an adapter",
+                  "combine only sft, dpo, grpo or combine stages, or adapter folders")
+        return part, None
+    return part, _Part(step.model_stage, step.model_foreign, step.lora)
+
+
 def _plan_combine(stage: spec.CombineStage, at: _From) -> _Flow:
     model_stage = at.up.model_stage if at.up else None
-    parts = [at.by_name.get(a) for a in stage.adapters]
-    for name, part in zip(stage.adapters, parts, strict=True):
-        if part is None:
-            at.report(
-                stage,
-                "adapters",
-                f"no earlier stage named '{name}'",
-                "list adapters made by earlier stages",
-            )
-        elif not part.produces_adapter:
-            at.report(
-                stage,
-                "adapters",
-                f"'{name}' is a {part.kind} stage, not an adapter",
-                "combine only sft, dpo, grpo or combine stages",
-            )
-    real = [p for p in parts if p is not None and p.produces_adapter]
+    parts: list[CombinePart] = []
+    planned: list[tuple[CombinePart, _Part]] = []  # the entries that resolved to an adapter
+    for index, entry in enumerate(stage.adapters):
+        part, flow = _combine_part(stage, index, entry, at)
+        parts.append(part)
+        if flow is not None:
+            planned.append((part, flow))
+    real = [flow for _, flow in planned]
     if len(stage.weights) != len(stage.adapters):
         at.report(
             stage,
@@ -323,7 +388,10 @@ def _plan_combine(stage: spec.CombineStage, at: _From) -> _Flow:
             f"{len(stage.weights)} weights for {len(stage.adapters)} adapters",
             "give one weight per adapter",
         )
-    if len({p.model_stage for p in real}) > 1:
+    # Stages' adapters are compared here; an adapter made elsewhere is compared with them by
+    # validate (pipeline/combine_checks.py), which knows where the pipeline's base really is.
+    staged = [flow for part, flow in planned if part.stage is not None]
+    if len({(p.model_stage, p.model_foreign) for p in staged}) > 1:
         at.report(
             stage,
             "adapters",
@@ -341,8 +409,12 @@ def _plan_combine(stage: spec.CombineStage, at: _From) -> _Flow:
         )
     lora: spec.Lora | None = None
     combined_r: int | None = None
+    model_foreign: str | None = None
     if real:
-        model_stage = real[0].model_stage
+        # the result sits on the stages' model when a stage is combined, else on the model the
+        # first adapter made elsewhere applies to
+        first_on = staged[0] if staged else real[0]
+        model_stage, model_foreign = first_on.model_stage, first_on.model_foreign
         first = real[0].lora
         if method == "cat":
             combined_r = sum(p.lora.r for p in real if p.lora)
@@ -351,7 +423,7 @@ def _plan_combine(stage: spec.CombineStage, at: _From) -> _Flow:
         if first is not None:
             lora = first.model_copy(update={"r": combined_r, "alpha": combined_r})
     # A combine reads its adapters, not a parent: it has none.
-    return _Flow("combine", model_stage, None, lora, combined_r)
+    return _Flow("combine", model_stage, None, lora, combined_r, model_foreign, tuple(parts))
 
 
 def _plan_stage(stage: spec.AnyStage, at: _From) -> _Flow:
@@ -444,7 +516,8 @@ def build_plan(
     by_name: dict[str, StepPlan] = {}
 
     def report(stage: spec.StageBase, fieldname: str, message: str, fix: str) -> None:
-        line = line_of(stage.name, fieldname) if line_of else None
+        # `adapters[1]` is written on the `adapters` line
+        line = line_of(stage.name, fieldname.partition("[")[0]) if line_of else None
         problems.append(Problem(message, file, line, stage.name, fieldname, fix))
 
     for stage in pipeline.stage:
@@ -452,7 +525,7 @@ def build_plan(
         foreign = _resolve_foreign(stage, search_dir, report)
         up = by_name.get(parent) if parent else None
         flow = _plan_stage(stage, _From(parent, up, by_name, pipeline.defaults.lora, report,
-                                        foreign))
+                                        foreign, search_dir))
         model = _model_words(flow.model_stage, flow.model_foreign)
         parent_label = parent if foreign is None else foreign.label
         model_label = flow.model_stage or (foreign.label if foreign is not None and
@@ -473,12 +546,14 @@ def build_plan(
             train=train,
             reference=_reference(stage, flow.action, parent_label, model),
             reference_label=_reference_label(stage, flow.action, parent_label, model_label),
-            starts_from=_starts_from(stage, flow.action, flow.parent, model, foreign),
+            starts_from=_starts_from(stage, flow.action, flow.parent, model, foreign,
+                                     flow.parts),
             writes=_writes(stage, flow.lora),
             bytes=_bytes(stage, flow.lora, info, flow.combined_r),
             origin=(origins or {}).get(stage.name),
             foreign=foreign,
             model_foreign=flow.model_foreign,
+            parts=flow.parts,
         )
         steps.append(step)
         by_name[stage.name] = step
@@ -505,10 +580,10 @@ def build_plan(
 
 def _starts_from(
     stage: spec.AnyStage, action: Action, parent: str | None, model: str,
-    foreign: Foreign | None = None,
+    foreign: Foreign | None = None, parts: tuple[CombinePart, ...] | None = None,
 ) -> str:
     if isinstance(stage, spec.CombineStage):
-        return " + ".join(stage.adapters) + f" on {model}"
+        return " + ".join(p.label for p in parts or ()) + f" on {model}"
     if foreign is not None:
         what = "adapter" if foreign.kind == "adapter" else "model"
         if action == "continue":

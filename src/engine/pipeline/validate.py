@@ -297,6 +297,13 @@ def _foreign_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
     return foreign_problems(pf, plan)
 
 
+def _combine_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
+    """A combine's adapter folders made elsewhere (pipeline/combine_checks.py)."""
+    from graftline.engine.pipeline.combine_checks import combine_problems
+
+    return combine_problems(pf, plan)
+
+
 def _tracker_and_knob_problems(pf: PipelineFile) -> list[Problem]:
     """`[pipeline] report_to` and the TRL knobs (docs/trackers.md); reads no training library."""
     from graftline.engine.pipeline import trackers, trl_knobs
@@ -321,6 +328,7 @@ def validate(pf: PipelineFile, runs: Path | None = None) -> list[Problem]:
         *limits.export_problems(pf),
         *_scaleout_problems(pf),
         *_foreign_problems(pf, plan),
+        *_combine_problems(pf, plan),
         *_tracker_and_knob_problems(pf),
     ]
     # file order, as a reader fixes them; a problem without a line sits at its stage's header

@@ -123,11 +123,12 @@ def stage_dir(run_dir: Path, name: str) -> Path:
     return Path(run_dir) / STAGES / name
 
 
-def foreign_ref(ctx: StageContext, relation: mf.Relation) -> mf.Parent:
-    """The checkpoint outside the run that this stage starts from, as a manifest parent: its
-    kind, path, the base it records, and what made it, so lineage shows it, cleanup keeps it
-    (it is outside the run: never ours to delete) and export walks through it."""
-    foreign = ctx.step.foreign
+def foreign_ref(ctx: StageContext, relation: mf.Relation, foreign: Any = None) -> mf.Parent:
+    """The checkpoint outside the run that this stage starts from (or `foreign`, one of a
+    combine's adapter folders), as a manifest parent: its kind, path, the base it records, and
+    what made it, so lineage shows it, cleanup keeps it (it is outside the run: never ours to
+    delete) and export walks through it."""
+    foreign = foreign if foreign is not None else ctx.step.foreign
     found = mf.read(Path(foreign.path)) if foreign.source == "graftline" else None
     return mf.Parent(relation=relation, path=foreign.path, id=found.id if found else None,
                      kind=foreign.kind, source=foreign.source, base=foreign.base_path
