@@ -199,3 +199,24 @@ weights = [1.0, 0.5]
         "notebook/on-merged-2", "notebook/foreign"), "own.toml")
     (error,) = _errors(pf)
     assert error.field == "adapters[1]" and merged in error.message
+
+
+def test_a_rehearsal_stands_a_stage_adapter_in_for_the_folder(top: Path) -> None:
+    """On a base that is not its own twin, the folder's weights fit the real base, not the
+    twin the rehearsed SFT trains on: the rehearsal combines the stage's adapter in its place,
+    says so, and passes where validate passes the real file; the folder is not written."""
+    from graftline.engine.rehearse import rehearse
+
+    nb = top / "notebook"
+    before = files_under(nb)
+    pf = pipeline(top, COMBINE.replace("{entry}", "notebook/on-merged"), "rehearse.toml")
+    pf.path.write_text(pf.path.read_text().replace('base = "toy:addition"',
+                                                   'base = "notebook/merged"'))
+    from graftline.engine.pipeline.file import load
+
+    assert not _errors(load(pf.path))
+    report = rehearse(pf.path, steps=2, scratch_parent=top / "scratch")
+    assert report.ok, [(s.name, s.error) for s in report.failures]
+    assert any("'mix'" in note and "notebook/on-merged" in note and "'s4' stands in" in note
+               for note in report.notes), report.notes
+    assert files_under(nb) == before

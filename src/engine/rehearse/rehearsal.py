@@ -192,6 +192,8 @@ def derive(pf: PipelineFile, *, base: str, scratch: Path, steps: int = DEFAULT_S
             update["force"] = True
         if foreign.is_reference(stage.from_) and base != header.base:
             update.update(_foreign_start(stage, notes))
+        if isinstance(stage, spec.CombineStage) and base != header.base:
+            update.update(_combine_on_the_twin(stage, notes))
         if _processes(stage) > 1:
             update["processes"] = 1
             notes.append(f"'{stage.name}': processes = {_processes(stage)} (multi-GPU) is "
@@ -247,6 +249,27 @@ def _foreign_start(stage: spec.StageBase, notes: list[str]) -> dict[str, Any]:
                  "from the twin" + (" with a fresh adapter" if "adapter" in update else "")
                  + "; the checkpoint itself is checked by validate, not loaded here")
     return update
+
+
+def _combine_on_the_twin(stage: spec.CombineStage, notes: list[str]) -> dict[str, Any]:
+    """A combine's adapter folders made elsewhere fit the real base, not the twin the rehearsed
+    stages train on: each is stood in for by the first stage adapter of the list, so the
+    combine's loading, weighting and save are rehearsed on the twin. With folders only, the
+    combine is left as written (like a merge of a foreign adapter) and noted."""
+    entries = list(stage.adapters)
+    folders = [e for e in entries if foreign.is_reference(e)]
+    if not folders:
+        return {}
+    staged = [e for e in entries if not foreign.is_reference(e)]
+    if not staged:
+        notes.append(f"'{stage.name}': combining only adapters made outside graftline "
+                     f"({', '.join(folders)}) is not rehearsed: their weights fit the real base, "
+                     "not the twin")
+        return {}
+    notes.append(f"'{stage.name}': the adapters made outside graftline ({', '.join(folders)}) "
+                 f"fit the real base, not the twin: '{staged[0]}' stands in for them, so the "
+                 "combine is rehearsed but not their weights (validate has checked the folders)")
+    return {"adapters": [staged[0] if foreign.is_reference(e) else e for e in entries]}
 
 
 # ---------------------------------------------------------------- the side effects
