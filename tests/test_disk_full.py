@@ -58,13 +58,14 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
 
 
 def _start(tmp_path: Path, runs: Path, max_steps: int, save_steps: int,
-           env: dict[str, str] | None = None) -> tuple[Path, subprocess.Popen[bytes], Path]:
+           env: dict[str, str] | None = None, text: str = PIPELINE
+           ) -> tuple[Path, subprocess.Popen[bytes], Path]:
     from graftline.engine.toy import tasks
 
     (tmp_path / "sft.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in tasks.sft_rows(200, 1)))
     path = tmp_path / "p.toml"
-    path.write_text(PIPELINE.replace("MAX", str(max_steps)).replace("SAVE", str(save_steps)))
+    path.write_text(text.replace("MAX", str(max_steps)).replace("SAVE", str(save_steps)))
     run_dir = create_run(load(path), runs)
     log = tmp_path / "engine.log"  # off the tmpfs: the test reads what the engine says
     env = dict(env or os.environ, GRAFTLINE_DISK_POLL="0.3", OMP_NUM_THREADS="1",
@@ -245,3 +246,33 @@ def test_adapter_save_enospc_is_retried_in_place(tmp_path: Path, tiny_fs: Path,
     from safetensors.torch import load_file
 
     assert load_file(str(stage / "adapter_model.safetensors"))  # whole, not torn
+
+
+@pytest.mark.slow
+def test_a_two_process_stage_on_a_full_disk_is_launched_again_once_space_is_back(
+        tmp_path: Path, tiny_fs: Path, toy_base: Path) -> None:
+    """Rank 0's checkpoint save meets a full disk: a rank cannot wait there while its peer waits
+    in a collective, so the group's launch ends and the engine waits for space (the run paused,
+    as for one process), then launches the group again from the last whole checkpoint."""
+    pipeline = PIPELINE.replace('kind = "sft"\n', 'kind = "sft"\nprocesses = 2\n')
+    run_dir, proc, log = _start(tmp_path, tiny_fs / "runs", max_steps=60, save_steps=20,
+                                text=pipeline)
+    trainer = run_dir / "stages" / "sft" / "trainer"
+    _wait(lambda: any(r["data"].get("kind") == "trainer"
+                      for r in _types(run_dir, "checkpoint_saved")), proc, log)
+    first = trainer / "checkpoint-20"
+    size = sum(f.stat().st_size for f in first.rglob("*") if f.is_file())
+    ballast = _fill(tiny_fs, leave=size // 3)
+    _wait(lambda: "paused: disk full while writing checkpoint-40" in log.read_text(), proc, log)
+    assert proc.poll() is None
+    ballast.unlink()
+    _assert_finished_whole(run_dir, proc, log)
+    saved = [r["data"]["id"] for r in _types(run_dir, "checkpoint_saved")
+             if r["data"].get("kind") == "trainer"]
+    assert saved == ["sft@20", "sft@40", "sft@60"]
+    assert _types(run_dir, "error") == []
+    assert [r["data"]["status"] for r in _types(run_dir, "stage_finished")] == ["complete"]
+    launches = [r for r in _types(run_dir, "info") if r["data"].get("launch")]
+    assert len(launches) == 2 and all(r["data"]["world_size"] == 2 for r in launches)
+    steps = [r["data"]["step"] for r in _types(run_dir, "metrics") if "loss" in r["data"]]
+    assert steps[-1] == 60 and set(steps) == set(range(1, 61))

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 @dataclass
 class RunControl:
+    # Where a full disk is waited out: here, in the engine's process. A rank of a process group
+    # (run/group_io.GroupControl) says False: it cannot stop in a save while its peers wait in a
+    # collective, so it ends the group's launch and the engine waits, then launches again.
+    waits_here: ClassVar[bool] = True
     stop: threading.Event = field(default_factory=threading.Event)
     paused: threading.Event = field(default_factory=threading.Event)
     save_now: threading.Event = field(default_factory=threading.Event)

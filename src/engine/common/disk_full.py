@@ -41,7 +41,8 @@ def is_disk_full(exc: BaseException) -> bool:
 def wait_for_space(sink: Sink, control: RunControl | None, stage: str | None, what: str,
                    need: int, exc: BaseException, where: Path) -> bool:
     """Report the failed write and wait until the engine resumes. True: space is back, retry
-    the write. False: nobody paused (no engine behind the sink) or a stop was asked meanwhile:
+    the write. False: nobody paused (no engine behind the sink), a stop was asked meanwhile, or
+    this is a rank of a process group (`control.waits_here`; its engine waits for the group):
     the caller gives up (raise, or stop where it is)."""
     need = max(int(need), HEADROOM)
     sink.emit("warning", stage,
@@ -50,7 +51,7 @@ def wait_for_space(sink: Sink, control: RunControl | None, stage: str | None, wh
               fix="free space on that volume: the run resumes by itself (or `graftline "
                   "resume`); state.json's message and engine.log name what can be freed",
               disk_full=True, need_bytes=need, what=what, error=str(exc))
-    if control is None or not control.paused.is_set():
+    if control is None or not control.waits_here or not control.paused.is_set():
         return False
     control.wait_while_paused()
     return not control.stop.is_set()

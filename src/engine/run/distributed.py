@@ -111,11 +111,17 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
     failed_at: float | None = None
     cut_barrier = False
 
+    disk_paused = False  # rank 0 met a full disk and the engine's disk guard paused the run
+
     def relay() -> None:
-        nonlocal finished_seen
+        nonlocal finished_seen, disk_paused
         for event in tail.read():
             finished_seen |= event.get("type") == "stage_finished"
-            ctx.sink.emit(event["type"], event.get("stage"), **(event.get("data") or {}))
+            data = event.get("data") or {}
+            ctx.sink.emit(event["type"], event.get("stage"), **data)
+            if event["type"] == "warning" and data.get("disk_full"):
+                # the engine's sink pauses in emit; a plain sink (no engine) never does
+                disk_paused |= ctx.control is not None and ctx.control.paused.is_set()
         tail.mark()
 
     while proc.poll() is None:
@@ -147,6 +153,8 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
     code = proc.returncode
     launcher_said = stderr.text()  # drained: every line is in engine.log before we report
     result = _read_result(work)
+    if result is not None and result[0] == "retry":
+        return _after_a_full_disk(ctx, result[1], began, disk_paused)
     if code == 0 and result is not None:
         return result
     if code == 0 and scale.machine_rank > 0:
@@ -183,6 +191,29 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
         ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="failed",
                       seconds=time.perf_counter() - began, metrics={}, evaluation={},
                       world_size=scale.world_size, **lost)
+    return "failed", message, 0
+
+
+def _after_a_full_disk(ctx: StageContext, said: str, began: float,
+                       paused: bool) -> tuple[str, str, int]:
+    """Rank 0 met a full disk and ended the launch (a rank cannot wait in a save while its peers
+    wait in a collective). Its `disk_full` warning, relayed, `paused` the run: wait here as a
+    one-process stage waits in its save (the pause may be over already), then ("retry", …): the
+    runner launches the group again from the last Trainer checkpoint. Without an engine that
+    paused (or after a stop) the stage fails, with the resume fix."""
+    control = ctx.control
+    if control is not None and paused:
+        control.wait_while_paused()  # the engine's disk guard resumes once the space is back
+        if not control.stop.is_set():
+            ctx.sink.emit("info", ctx.name, message="disk space is back: the group is launched "
+                          "again from its last Trainer checkpoint")
+            return "retry", "", 0
+    message = f"stage '{ctx.name}' ended on a full disk ({said})"
+    ctx.sink.emit("error", ctx.name, message=message, fix="free space on the runs volume, then "
+                  f"`graftline resume {ctx.run_id}` continues from the last Trainer checkpoint")
+    _mark_failed(ctx)
+    ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="failed",
+                  seconds=time.perf_counter() - began, metrics={}, evaluation={})
     return "failed", message, 0
 
 

@@ -141,6 +141,8 @@ class GroupControl:
     the same broadcast repeated every PAUSE_POLL_S, so paused ranks stay in step and wake
     together; a stop wakes a paused group."""
 
+    waits_here = False  # a full disk ends the launch; the engine waits (common/control.py)
+
     def __init__(self, path: Path, rank: int) -> None:
         self.path, self.rank = Path(path), rank
         self.stop = threading.Event()

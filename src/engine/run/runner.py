@@ -336,9 +336,14 @@ def run_stage_here(ctx: StageContext) -> StageResult:
     except checks.StageFailed as exc:
         return _failed(ctx, partial, str(exc), exc.fix, began)
     except Exception as exc:  # a library error: report it whole, with where it happened
-        if is_disk_full(exc) and wait_for_space(ctx.sink, ctx.control, ctx.name,
-                                                f"stage '{ctx.name}'", 0, exc, ctx.stage_dir):
-            return StageResult("retry")  # the stage runs again (from its last checkpoint)
+        if is_disk_full(exc):
+            if wait_for_space(ctx.sink, ctx.control, ctx.name, f"stage '{ctx.name}'", 0, exc,
+                              ctx.stage_dir):
+                return StageResult("retry")  # the stage runs again (from its last checkpoint)
+            if ctx.control is not None and not ctx.control.waits_here \
+                    and not ctx.control.stop.is_set():
+                # rank 0 of a group: its engine waits for space, then launches the group again
+                return StageResult("retry", f"disk full: {exc}")
         traceback.print_exc()
         return _failed(ctx, partial, f"stage '{ctx.name}' failed: {type(exc).__name__}: {exc}",
                        "see engine.log for the traceback", began)
