@@ -144,18 +144,25 @@ def test_event_log_enospc_pauses_and_the_run_finishes_after_space_returns(
     assert _types(run_dir, "run_finished")[-1]["data"]["status"] == "finished"
 
 
+def _fill_before_checkpoint_40(run_dir: Path, mount: Path, proc: subprocess.Popen[bytes],
+                               log: Path) -> tuple[Path, int]:
+    """Once checkpoint-20 is whole, fill the tmpfs so that the events of the next steps fit and
+    checkpoint-40 does not; wait for the engine's pause. (ballast, checkpoint-20's bytes)"""
+    _wait(lambda: any(r["data"].get("kind") == "trainer"
+                      for r in _types(run_dir, "checkpoint_saved")), proc, log)
+    first = run_dir / "stages" / "sft" / "trainer" / "checkpoint-20"
+    size = sum(f.stat().st_size for f in first.rglob("*") if f.is_file())
+    ballast = _fill(mount, leave=size // 3)
+    _wait(lambda: "paused: disk full while writing checkpoint-40" in log.read_text(), proc, log)
+    return ballast, size
+
+
 @pytest.mark.slow
 def test_checkpoint_enospc_leaves_nothing_partial_and_the_save_is_retried(
         tmp_path: Path, tiny_fs: Path, toy_base: Path) -> None:
     run_dir, proc, log = _start(tmp_path, tiny_fs / "runs", max_steps=60, save_steps=20)
     trainer = run_dir / "stages" / "sft" / "trainer"
-    _wait(lambda: any(r["data"].get("kind") == "trainer"
-                      for r in _types(run_dir, "checkpoint_saved")), proc, log)
-    first = trainer / "checkpoint-20"
-    size = sum(f.stat().st_size for f in first.rglob("*") if f.is_file())
-    # room for the events of the next steps, not for the next checkpoint
-    ballast = _fill(tiny_fs, leave=size // 3)
-    _wait(lambda: "paused: disk full while writing checkpoint-40" in log.read_text(), proc, log)
+    ballast, size = _fill_before_checkpoint_40(run_dir, tiny_fs, proc, log)
     # the half-written checkpoint is gone, nothing else claims step 40
     assert not (trainer / "checkpoint-40").exists()
     assert [r for r in _types(run_dir, "checkpoint_saved") if r["data"]["id"] == "sft@40"] == []
@@ -257,13 +264,7 @@ def test_a_two_process_stage_on_a_full_disk_is_launched_again_once_space_is_back
     pipeline = PIPELINE.replace('kind = "sft"\n', 'kind = "sft"\nprocesses = 2\n')
     run_dir, proc, log = _start(tmp_path, tiny_fs / "runs", max_steps=60, save_steps=20,
                                 text=pipeline)
-    trainer = run_dir / "stages" / "sft" / "trainer"
-    _wait(lambda: any(r["data"].get("kind") == "trainer"
-                      for r in _types(run_dir, "checkpoint_saved")), proc, log)
-    first = trainer / "checkpoint-20"
-    size = sum(f.stat().st_size for f in first.rglob("*") if f.is_file())
-    ballast = _fill(tiny_fs, leave=size // 3)
-    _wait(lambda: "paused: disk full while writing checkpoint-40" in log.read_text(), proc, log)
+    ballast, _ = _fill_before_checkpoint_40(run_dir, tiny_fs, proc, log)
     assert proc.poll() is None
     ballast.unlink()
     _assert_finished_whole(run_dir, proc, log)
