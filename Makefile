@@ -13,7 +13,7 @@ comma := ,
 EXTRAS := $(if $(HAS_CUDA),dev$(comma)gguf$(comma)unsloth,dev$(comma)gguf)
 # One pytest worker per core, a test file to a worker: a file's module fixtures (a shared engine
 # run) stay in one process, and the snapshot file's fixed folder is never used twice at once.
-PYTEST_ARGS ?= -n auto --dist loadfile
+PYTEST_ARGS ?= -n auto --dist loadfile --no-loadscope-reorder
 
 .PHONY: setup demo test lint bench clean
 

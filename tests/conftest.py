@@ -39,6 +39,31 @@ def _own_state_and_config(tmp_path_factory: pytest.TempPathFactory,
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The order files are handed to xdist's workers (`--dist loadfile --no-loadscope-reorder`).
+
+    On an empty model cache the first test that needs the toy base builds it (about 90 s, under
+    a lock) and every other worker that needs it waits. So: first one file that needs it (its
+    worker builds), then every file that never asks for it (the other worker runs them
+    meanwhile), then the rest, the files with the most slow tests first so that no long file
+    starts last. Within a file, the order is the file's own."""
+    files: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+
+    def needs_base(file: list[pytest.Item]) -> bool:
+        return any(name.startswith("toy_base") for item in file
+                   for name in getattr(item, "fixturenames", ()))
+
+    def weight(file: list[pytest.Item]) -> tuple[int, int]:
+        return (-sum(1 for item in file if item.get_closest_marker("slow")), -len(file))
+
+    building = sorted((f for f in files.values() if needs_base(f)), key=weight)
+    rest = [f for f in files.values() if not needs_base(f)]
+    order = building[:1] + rest + building[1:]
+    items[:] = [item for file in order for item in file]
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     """The toy base every training test stands on, and the accuracy its build measured (a weak
     base makes half the suite fail for no fault of the code: say up front which one is used)."""
