@@ -347,7 +347,7 @@ def test_a_two_process_stage_finishes_from_its_final_checkpoint(tmp_path: Path,
     assert len(final_saved(after)) == 1
     recovered = [e.data["recovered_events"] for e in after if "recovered_events" in e.data]
     relayed_again = [e.data["step"] for e in after if e.type == "metrics"]
-    assert len(recovered) == 1 and recovered[0] == 1 + len(relayed_again), recovered
+    assert len(recovered) == 1 and recovered[0] >= 1 + len(relayed_again), recovered
     steps = [e.data["step"] for e in before if e.type == "metrics"] + relayed_again
     assert sorted(set(steps)) == [1, 2, 3, 4] and steps[-1] == 4, steps
     said = [e.data for e in after if e.type == "info" and "steps_trained" in e.data]
