@@ -117,8 +117,7 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
         nonlocal finished_seen, disk_paused
         for event in tail.read():
             finished_seen |= event.get("type") == "stage_finished"
-            data = event.get("data") or {}
-            ctx.sink.emit(event["type"], event.get("stage"), **data)
+            data = _relay(ctx, event)
             if event["type"] == "warning" and data.get("disk_full"):
                 # the engine's sink pauses in emit; a plain sink (no engine) never does
                 disk_paused |= ctx.control is not None and ctx.control.paused.is_set()
@@ -205,9 +204,7 @@ def _after_a_full_disk(ctx: StageContext, said: str, began: float,
     if control is not None and paused:
         control.wait_while_paused()  # the engine's disk guard resumes once the space is back
         if not control.stop.is_set():
-            ctx.sink.emit("info", ctx.name, message="disk space is back: the group is launched "
-                          "again from its last Trainer checkpoint")
-            return "retry", "", 0
+            return "retry", "", 0  # the disk guard has said the space is back (an info)
     message = f"stage '{ctx.name}' ended on a full disk ({said})"
     ctx.sink.emit("error", ctx.name, message=message, fix="free space on the runs volume, then "
                   f"`graftline resume {ctx.run_id}` continues from the last Trainer checkpoint")
@@ -228,7 +225,14 @@ def _relay_leftover(ctx: StageContext, work: Path) -> None:
     ctx.sink.emit("info", ctx.name, message=f"{len(left)} events rank 0 wrote before the engine "
                   "ended were not yet in the log; relayed now", recovered_events=len(left))
     for event in left:
-        ctx.sink.emit(event["type"], event.get("stage"), **(event.get("data") or {}))
+        _relay(ctx, event)
+
+
+def _relay(ctx: StageContext, event: dict[str, Any]) -> dict[str, Any]:
+    """One of rank 0's events into the engine's sink, as rank 0 wrote it; returns its data."""
+    data = event.get("data") or {}
+    ctx.sink.emit(event["type"], event.get("stage"), **data)
+    return data
 
 
 def _result_failed(work: Path) -> bool:

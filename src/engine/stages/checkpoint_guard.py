@@ -17,13 +17,12 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from graftline.engine.common.disk_full import is_disk_full, wait_for_space
 from graftline.engine.stages.common import StageContext
 
 PREFIX = "checkpoint-"
-T = TypeVar("T")
 
 
 def guard_checkpoint_saves(trainer: Any, ctx: StageContext) -> None:
@@ -54,7 +53,7 @@ def guard_checkpoint_saves(trainer: Any, ctx: StageContext) -> None:
 
 
 def save_when_space(ctx: StageContext, what: str, where: Path, need: int,
-                    write: Callable[[], T]) -> T:
+                    write: Callable[[], None]) -> None:
     """`write()`, again after each full disk once the engine has resumed; the same error when
     no engine waits (a rehearsal, a test's sink) or a stop came while it waited. `write` must
     be safe to repeat: it rewrites the same files."""
