@@ -7,7 +7,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
+
+from graftline.engine.toy.pinned_math import pin_math
+
+# The suite's training takes the math path the shipped toy base was built on (AVX2 kernels in
+# ATen, MKL and oneDNN), whatever the CPU offers; set before torch is imported. A path the user
+# chose wins: `ATEN_CPU_CAPABILITY=default make test` runs the plain one (docs/reproducibility.md).
+pin_math()
+
+import torch  # noqa: E402
 
 # One thread: these models are so small that a second thread only adds synchronisation, and on
 # a busy 2-core machine it made a training step 40× slower. Engines started as subprocesses by
@@ -42,11 +50,12 @@ def _own_state_and_config(tmp_path_factory: pytest.TempPathFactory,
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The order files are handed to xdist's workers (`--dist loadfile --no-loadscope-reorder`).
 
-    On an empty model cache the first test that needs the toy base builds it (about 90 s, under
-    a lock) and every other worker that needs it waits. So: first one file that needs it (its
-    worker builds), then every file that never asks for it (the other worker runs them
-    meanwhile), then the rest, the files with the most slow tests first so that no long file
-    starts last. Within a file, the order is the file's own."""
+    The toy base ships with graftline and is only copied into an empty cache, but a forced
+    `GRAFTLINE_TOY_SEED` builds it (about 90 s, under a lock) and every other worker that needs
+    it waits. So: first one file that needs it (its worker builds), then every file that never
+    asks for it (the other worker runs them meanwhile), then the rest, the files with the most
+    slow tests first so that no long file starts last. Within a file, the order is the file's
+    own."""
     files: dict[str, list[pytest.Item]] = {}
     for item in items:
         files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
@@ -68,8 +77,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     """The toy base every training test stands on, and the accuracy its build measured (a weak
     base makes half the suite fail for no fault of the code: say up front which one is used)."""
     from graftline.engine.toy import describe_base
+    from graftline.engine.toy.pinned_math import PINNED_MATH
 
-    return [describe_base()]
+    pins = " ".join(f"{name}={os.environ[name]}" for name in PINNED_MATH if name in os.environ)
+    return [describe_base(),
+            f"CPU math path: {torch.backends.cpu.get_cpu_capability()} ({pins or 'not pinned'})"]
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
@@ -92,6 +104,7 @@ def toy_base() -> Path:
 def toy_base_tied() -> Path:
     """A tiny model with tied input/output embeddings, for export tests: they compare logits, not
     accuracy, so a short pre-training keeps the first (uncached) build cheap (no threshold)."""
-    from graftline.engine.toy.model import ToyRecipe, build_base
+    from graftline.engine.toy.model import build_base
+    from graftline.engine.toy.recipe import TIED_TEST_RECIPE
 
-    return build_base(ToyRecipe(tie_word_embeddings=True, steps=150, min_accuracy=0.0))
+    return build_base(TIED_TEST_RECIPE)

@@ -1,4 +1,5 @@
-"""What a non-editable install carries: the console's themes live outside the package."""
+"""What a non-editable install carries: the console's themes (outside the package) and the
+shipped toy bases (package data)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ def test_the_wheel_carries_the_themes(tmp_path: Path) -> None:
     for theme_file in ("graftline.tcss", "themes.py"):
         assert any(n.endswith(f".data/data/share/graftline/themes/{theme_file}") for n in names)
     assert "graftline/console/app.py" in names
+    # the shipped toy bases: every file their records name travels in the wheel
+    from graftline.engine.toy.shipped import SHIPPED_ROOT, checked_record
+
+    for base in (p for p in SHIPPED_ROOT.iterdir() if p.is_dir()):
+        wanted = [*checked_record(base).files, "toy_base.json"]
+        assert all(f"graftline/engine/toy/bases/{base.name}/{n}" in names for n in wanted)
 
 
 def test_an_installed_console_finds_its_themes_under_the_prefix(

@@ -31,10 +31,12 @@ from graftline.engine.toy.recipe import (
     ToyBaseTooWeak,
     ToyRecipe,
     base_dir,
+    changed_files,
     default_recipe,
     describe_base,
     read_record,
 )
+from graftline.engine.toy.shipped import ShippedBaseDamaged, shipped_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SHORT = 40  # steps: far too few to learn addition on any machine
@@ -179,3 +181,49 @@ def test_the_key_names_the_recipe_and_its_threshold() -> None:
     assert ToyRecipe(min_accuracy=0.9).key != ToyRecipe().key
     assert ToyRecipe(steps=801).key != ToyRecipe().key
     assert ToyRecipe(seed=1).key != ToyRecipe().key
+
+
+def test_the_shipped_base_is_copied_not_trained_and_passes_the_self_check_here(
+        tmp_path: Path) -> None:
+    """`toy:addition` ships as package data: an empty cache gets the shipped bytes, no training,
+    and those bytes reach the recipe's threshold on this machine's own math path."""
+    recipe = ToyRecipe()
+    source = shipped_dir(recipe)
+    assert source is not None, "the default recipe's base must ship (python -m ...toy.shipped)"
+    steps: list[int] = []
+    target = build_base(recipe, cache=tmp_path, progress=lambda s, _loss: steps.append(s))
+    assert steps == [] and target == base_dir(recipe, tmp_path)
+    record = read_record(target)
+    assert record is not None and record.origin == "shipped" and record.key == recipe.key
+    for name in record.files:
+        assert (target / name).read_bytes() == (source / name).read_bytes(), name
+    assert "shipped with graftline" in describe_base(recipe, tmp_path)
+    assert _measured(target) >= recipe.min_accuracy
+
+
+def test_a_shipped_base_whose_bytes_differ_from_its_record_is_refused(tmp_path: Path) -> None:
+    recipe = ToyRecipe()
+    source = shipped_dir(recipe)
+    assert source is not None
+    package = tmp_path / "package"
+    shutil.copytree(source, package / recipe.key)
+    weights = package / recipe.key / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0x01  # one bit of one weight
+    weights.write_bytes(bytes(blob))
+    cache = tmp_path / "cache"
+    with pytest.raises(ShippedBaseDamaged) as caught:
+        build_base(recipe, cache=cache, shipped=package)
+    assert "model.safetensors" in caught.value.message and caught.value.fix
+    assert not base_dir(recipe, cache).exists()
+    assert [p.name for p in (cache / "toy-base").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_a_cached_copy_that_changed_is_replaced_by_the_shipped_bytes(tmp_path: Path) -> None:
+    recipe = ToyRecipe()
+    target = build_base(recipe, cache=tmp_path)
+    (target / "tokenizer.json").write_text("{}")  # edited by hand, or a torn copy
+    assert build_base(recipe, cache=tmp_path) == target
+    record = read_record(target)
+    assert record is not None
+    assert changed_files(target, record) == []

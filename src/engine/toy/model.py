@@ -37,6 +37,7 @@ from graftline.engine.toy.recipe import (
     default_recipe,
     verified,
 )
+from graftline.engine.toy.shipped import SHIPPED_ROOT, install, shipped_dir
 from graftline.engine.toy.tokenizer import ASSISTANT, END, USER, build_tokenizer
 
 TOY_SCHEME = "toy:"
@@ -62,7 +63,7 @@ def model_config(
 
 
 def generation_config(tokenizer: PreTrainedTokenizerFast) -> GenerationConfig:
-    # A chat answer ends with <|end|>; a plain one with </s>.
+    # Every answer ends with <|end|> (the plain pre-training format too); </s> ends a document.
     return GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.convert_tokens_to_ids(END), tokenizer.eos_token_id],
@@ -75,8 +76,11 @@ def generation_config(tokenizer: PreTrainedTokenizerFast) -> GenerationConfig:
 def _plain_batch(tokenizer: PreTrainedTokenizerFast, rng: random.Random, size: int) -> dict:
     pool = tasks.train_sums()
     texts = [f"{s.question}={s.answer}" for s in (rng.choice(pool) for _ in range(size))]
+    # Every answer ends with the chat template's <|end|>: a base that never predicted it has an
+    # `lm_head` row no LoRA on the linear layers can train, and every tuned model then runs on
+    # past its answer (GRPO's sampled completions hit their length limit, the reward stays flat).
     enc = tokenizer(
-        [tokenizer.bos_token + t + tokenizer.eos_token for t in texts],
+        [tokenizer.bos_token + t + END for t in texts],
         padding=True,
         return_tensors="pt",
         add_special_tokens=False,
@@ -218,11 +222,13 @@ def build_base(
     progress: Progress | None = None,
     fallback: Fallback = Fallback(),
     log: Callable[[str], None] | None = None,
+    shipped: Path | None = SHIPPED_ROOT,
 ) -> Path:
     """The cached, verified base directory for `recipe` (default: `toy:addition`'s), building it
-    the first time. A cached base is handed out only with a record saying it reached the
-    recipe's threshold; one without (built before the self-check) is measured first, and rebuilt
-    when it falls short.
+    the first time. A recipe that ships with graftline (toy/shipped.py) is copied from the
+    package under `shipped` instead (None: always build), its bytes checked against its record.
+    A cached base is handed out only with a record saying it reached the recipe's threshold; one
+    without (built before the self-check) is measured first, and rebuilt when it falls short.
 
     Concurrent builders (pytest-xdist workers, a demo and a test run) train it once: the first
     holds the recipe's build lock and the others wait for it, then find the finished base. The
@@ -234,7 +240,7 @@ def build_base(
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with _build_lock(target, log):
-        return _build_locked(recipe, target, progress, fallback, log)
+        return _build_locked(recipe, target, progress, fallback, log, shipped)
 
 
 @contextmanager
@@ -254,10 +260,16 @@ def _build_lock(target: Path, log: Callable[[str], None] | None) -> Iterator[Non
 
 
 def _build_locked(recipe: ToyRecipe, target: Path, progress: Progress | None,
-                  fallback: Fallback, log: Callable[[str], None] | None) -> Path:
+                  fallback: Fallback, log: Callable[[str], None] | None,
+                  shipped: Path | None) -> Path:
     root = target.parent
     if verified(target, recipe) is not None:  # built by whoever held the lock before us
         return target
+    source = None if shipped is None else shipped_dir(recipe, shipped)
+    if source is not None:
+        if target.exists():  # an older or damaged copy: the shipped bytes replace it
+            _discard(target, root)
+        return install(source, target)
     if (target / MODEL_CONFIG).is_file():
         record = _measure(target, recipe)
         if record.accuracy >= recipe.min_accuracy:

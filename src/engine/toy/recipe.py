@@ -25,6 +25,8 @@ SPECIAL_TOKENS = [PAD, BOS, EOS, UNK, USER, ASSISTANT, END]
 CHARACTERS = string.digits + string.ascii_letters + " +-=*/?.,:;!'\"()[]{}<>_#@%&\n"
 
 RECORD = "toy_base.json"
+# the bases that ship as package data, one folder per recipe key (toy/shipped.py)
+SHIPPED_ROOT = Path(__file__).resolve().with_name("bases")
 SEED_ENV = "GRAFTLINE_TOY_SEED"  # choose the first seed tried, e.g. one known to plateau
 
 
@@ -43,7 +45,7 @@ class ToyRecipe:
     # the held-out plain exact match a build must reach before it is handed out (0 = no check:
     # export tests compare logits, not answers, and use a short recipe)
     min_accuracy: float = 0.95
-    version: int = 3  # bump when the build changes in a way the fields do not show
+    version: int = 4  # bump when the build changes in a way the fields do not show
 
     @property
     def key(self) -> str:
@@ -100,6 +102,12 @@ class BaseRecord:
     seed: int  # the seed of the model handed out
     steps: int  # the total steps it trained
     attempts: tuple[AttemptResult, ...] = field(default_factory=tuple)
+    # "built" on this machine, or "shipped": the bytes that came with graftline (toy/shipped.py)
+    origin: str = "built"
+    # sha256 of every file of a shipped base, by name: a copy that differs is refused
+    files: dict[str, str] = field(default_factory=dict)
+    # where a shipped base was built: torch, the CPU path (ATen capability) and the math pins
+    built_with: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -113,7 +121,8 @@ class BaseRecord:
     def summary(self) -> str:
         tries = len(self.attempts)
         how = {0: "measured when reused", 1: "first try"}.get(tries, f"{tries} attempts")
-        return (f"held-out plain exact match {self.accuracy:.1%} (seed {self.seed}, "
+        origin = "shipped with graftline, " if self.origin == "shipped" else ""
+        return (f"held-out plain exact match {self.accuracy:.1%} ({origin}seed {self.seed}, "
                 f"{self.steps} steps, {how}; needs ≥ {self.threshold:.0%})")
 
 
@@ -123,6 +132,11 @@ class ToyBaseTooWeak(GraftlineError):
 
 def cache_root() -> Path:
     return Path(os.environ.get("GRAFTLINE_CACHE", Path.home() / ".cache" / "graftline"))
+
+
+# The tied-embeddings base the export tests use: they compare logits, not answers, so a short
+# pre-training with no threshold is enough (it ships too: the suite builds nothing).
+TIED_TEST_RECIPE = ToyRecipe(tie_word_embeddings=True, steps=150, min_accuracy=0.0)
 
 
 def default_recipe(*, tied: bool = False) -> ToyRecipe:
@@ -154,7 +168,24 @@ def verified(directory: Path, recipe: ToyRecipe) -> BaseRecord | None:
     record = read_record(directory)
     if record is None or record.key != recipe.key or record.accuracy < recipe.min_accuracy:
         return None
+    if record.files and changed_files(directory, record):
+        return None  # a shipped base's copy that is no longer the shipped bytes
     return record
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def changed_files(directory: Path, record: BaseRecord) -> list[str]:
+    """The files of `record.files` that are missing from `directory` or differ from their
+    recorded sha256 (a few milliseconds for the toy's 1.4 MB)."""
+    changed = []
+    for name, digest in sorted(record.files.items()):
+        path = Path(directory) / name
+        if not path.is_file() or file_digest(path) != digest:
+            changed.append(name)
+    return changed
 
 
 def describe_base(recipe: ToyRecipe | None = None, cache: Path | None = None) -> str:
@@ -164,10 +195,15 @@ def describe_base(recipe: ToyRecipe | None = None, cache: Path | None = None) ->
     directory = base_dir(recipe, cache)
     record = verified(directory, recipe)
     if record is None:
+        shipped = read_record(SHIPPED_ROOT / recipe.key)
+        if shipped is not None:
+            return (f"toy base {recipe.key}: {shipped.summary()}; copied into the cache on "
+                    "first use")
         return f"toy base {recipe.key}: not built yet (the first run builds and checks it)"
     return f"toy base {recipe.key}: {record.summary()}"
 
 
-__all__ = ["RECORD", "SEED_ENV", "Attempt", "AttemptResult", "BaseRecord", "Fallback",
-           "ToyBaseTooWeak", "ToyRecipe", "base_dir", "cache_root", "default_recipe",
-           "describe_base", "read_record", "verified"]
+__all__ = ["RECORD", "SEED_ENV", "SHIPPED_ROOT", "TIED_TEST_RECIPE", "Attempt", "AttemptResult",
+           "BaseRecord", "Fallback", "ToyBaseTooWeak", "ToyRecipe", "base_dir", "cache_root",
+           "changed_files", "default_recipe", "describe_base", "file_digest", "read_record",
+           "verified"]
