@@ -117,8 +117,11 @@ def test_cli_exports_f16_gguf_and_prints_the_worst_tensor(run: Path, tmp_path: P
         capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=600,
         check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "GGUF verified" in done.stdout and "worst blk." in done.stdout
     report = json.loads((out / "gguf_verification.json").read_text())
+    # which tensor is worst depends on the weights (the base's, this CPU's training): the one
+    # printed is the one the report names
+    assert "GGUF verified" in done.stdout
+    assert f"worst {report['worst']['name']}" in done.stdout
     assert report["passed"] and report["metadata"]["file_type"] == "MOSTLY_F16"
     f16 = [t for t in report["tensors"] if t["ggml_type"] == "F16"]
     assert f16 and all(t["max_abs_err"] > 0 for t in f16)  # rounded, within half an ulp

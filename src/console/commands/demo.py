@@ -16,7 +16,8 @@ EVAL_GOAL = 0.90
 
 def summary_lines(events: Iterable[Any]) -> list[str]:
     """What the run learned, in numbers, from its `stage_finished` events: each stage's held-out
-    exact match, GRPO's reward from start to end, and a verdict against the demo's promise."""
+    exact match, whether the model ends its turn after a right answer, GRPO's reward from start
+    to end, and a verdict against the demo's promise."""
     lines: list[str] = []
     final_match: float | None = None
     reward: tuple[float, float] | None = None
@@ -28,6 +29,9 @@ def summary_lines(events: Iterable[Any]) -> list[str]:
         if "exact_match" in evaluation:
             final_match = float(evaluation["exact_match"])
             lines.append(f"  {event.stage}: held-out chat exact match {final_match:.1%}")
+        if "end_of_turn" in evaluation:
+            lines.append(f"  {event.stage}: P(end of turn) right after a right answer "
+                         f"{float(evaluation['end_of_turn']):.2f} (a model that stops: near 1)")
         if event.data.get("kind") == "grpo" and "reward_start" in metrics:
             reward = (float(metrics["reward_start"]), float(metrics["reward_end"]))
             lines.append(f"  {event.stage}: reward {reward[0]:.3f} → {reward[1]:.3f} "
@@ -62,7 +66,11 @@ def register(app: typer.Typer) -> None:
         """
         from graftline.engine.run import LaunchError, start_run
         from graftline.engine.toy import describe_base
+        from graftline.engine.toy.pinned_math import pin_math
 
+        # graftline's own training takes the math path its shipped toy base was built on (the
+        # engine inherits the environment); a user's `graftline run` never does this
+        pin_math()
         if not pipeline.is_file():
             typer.echo(f"{pipeline}: not found; pass --pipeline FILE", err=True)
             raise typer.Exit(2)

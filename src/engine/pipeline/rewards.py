@@ -8,6 +8,7 @@ kwargs carry `completion_ids`, `trainer_state` and every dataset column (so `ans
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import inspect
 import io
@@ -55,6 +56,19 @@ def contains_answer(prompts: list, completions: list, answer: list[str] | None =
                                                                           strict=True)]
 
 
+def answer_similarity(prompts: list, completions: list, answer: list[str] | None = None,
+                      **kwargs: Any) -> list[float]:
+    """Partial credit from 0 to 1: how closely the completion, stripped, matches the row's
+    `answer` (difflib's ratio of matching characters; 1.0 is an exact match). GRPO learns from
+    the spread of rewards within a group: where right answers are rare at the start, exact_match
+    gives groups of zeros that teach nothing, and a graded reward still points the way."""
+    if answer is None:
+        raise RewardError("answer_similarity needs an `answer` column in the data",
+                          "add an `answer` column, or use another reward function")
+    return [difflib.SequenceMatcher(None, completion_text(c).strip(), str(a).strip()).ratio()
+            for c, a in zip(completions, answer, strict=True)]
+
+
 def non_empty(prompts: list, completions: list, **kwargs: Any) -> list[float]:
     """1.0 for any non-blank completion: a floor against collapse to empty output."""
     return [float(bool(completion_text(c).strip())) for c in completions]
@@ -63,6 +77,7 @@ def non_empty(prompts: list, completions: list, **kwargs: Any) -> list[float]:
 BUILTINS: dict[str, Callable[..., list[float]]] = {
     "exact_match": exact_match,
     "contains_answer": contains_answer,
+    "answer_similarity": answer_similarity,
     "non_empty": non_empty,
 }
 
@@ -144,7 +159,7 @@ ANSWER_COLUMNS = ("answer", "solution", "completion")
 
 def answer_problem(name: str, columns: list[str]) -> str | None:
     """A built-in that reads `answer` on data without that column: found before the run."""
-    if name in ("exact_match", "contains_answer") and "answer" not in columns:
+    if name in ("exact_match", "contains_answer", "answer_similarity") and "answer" not in columns:
         return (f"reward '{name}' compares with an `answer` column; the data has "
                 f"{', '.join(columns) or 'no columns'}")
     return None

@@ -47,7 +47,7 @@ CombineMethod = Literal[
     "magnitude_prune_svd",
 ]
 COMBINE_METHODS: tuple[str, ...] = get_args(CombineMethod)
-EvalMetric = Literal["loss", "exact_match"]
+EvalMetric = Literal["loss", "exact_match", "end_of_turn"]
 ExportFormat = Literal["safetensors", "gguf", "ollama"]
 # Trackers and TRL knobs (docs/trackers.md)
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
@@ -55,7 +55,7 @@ Tracker = Literal["tensorboard", "wandb", "trackio", "mlflow"]
 
 
 def _all_metrics() -> list[EvalMetric]:
-    return ["loss", "exact_match"]
+    return ["loss", "exact_match", "end_of_turn"]
 
 
 def _safetensors_only() -> list[ExportFormat]:

@@ -1,4 +1,5 @@
-"""Eval: held-out loss on the completions and exact-match accuracy, into evaluation.json."""
+"""Eval: held-out loss on the completions, exact-match accuracy, and whether the model ends its
+turn after a right answer, into evaluation.json."""
 
 from __future__ import annotations
 
@@ -63,6 +64,44 @@ def completion_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> f
     return total / max(1, count)
 
 
+@torch.no_grad()
+def end_of_turn_probability(model: Any, tokenizer: Any, rows: list[dict[str, Any]],
+                            answers: list[str | None]) -> float | None:
+    """The mean probability of the chat template's end-of-turn token right after each row's
+    expected answer, teacher-forced. A model that answers right but does not stop (its base never
+    learned the template's end token, whose `lm_head` row no LoRA on the linear layers trains)
+    shows it here, where greedy exact match does not. None without chat rows to measure."""
+    model.eval()
+    prefixes: list[list[int]] = []
+    ends: list[int] = []
+    for row, answer in zip(rows, answers, strict=True):
+        prompt = row.get("prompt")
+        if not isinstance(prompt, list) or answer is None:
+            continue
+        head = tokenizer(prompt_text(tokenizer, prompt) + answer,
+                         add_special_tokens=False)["input_ids"]
+        full = tokenizer(tokenizer.apply_chat_template(
+            [*prompt, {"role": "assistant", "content": answer}], tokenize=False),
+            add_special_tokens=False)["input_ids"]
+        if len(full) > len(head) and full[:len(head)] == head:  # else the tokens merged across
+            prefixes.append(head)
+            ends.append(full[len(head)])
+    if not prefixes:
+        return None
+    total = 0.0
+    for i in range(0, len(prefixes), BATCH):
+        chunk, wanted = prefixes[i:i + BATCH], ends[i:i + BATCH]
+        width = max(len(x) for x in chunk)
+        ids = torch.tensor([x + [tokenizer.pad_token_id or 0] * (width - len(x)) for x in chunk])
+        lengths = torch.tensor([len(x) for x in chunk])
+        mask = torch.arange(width)[None, :] < lengths[:, None]
+        logits = model(input_ids=ids.to(model.device),
+                       attention_mask=mask.to(model.device)).logits.float().cpu()
+        last = logits[torch.arange(len(chunk)), lengths - 1].softmax(-1)
+        total += float(last[torch.arange(len(chunk)), torch.tensor(wanted)].sum())
+    return total / len(prefixes)
+
+
 def expected_answer(row: dict[str, Any]) -> str | None:
     if "answer" in row:
         return str(row["answer"]).strip()
@@ -89,5 +128,9 @@ def run(ctx: StageContext) -> StageOutcome:
                        max_new_tokens=longest + 2)
         evaluation["exact_match"] = sum(g == a for g, a in zip(got, answers, strict=True)) \
             / max(1, len(rows))
+    if "end_of_turn" in stage.metrics:
+        ended = end_of_turn_probability(model, tokenizer, rows, answers)
+        if ended is not None:
+            evaluation["end_of_turn"] = ended
     outcome = StageOutcome(kind=None, evaluation=evaluation, checks=log)
     return outcome
