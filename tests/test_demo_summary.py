@@ -17,12 +17,13 @@ def test_a_chain_that_learned_says_so_in_numbers() -> None:
     lines = summary_lines([
         _finished(1, "sft", "sft", evaluation={"exact_match": 0.56}),
         _finished(2, "grpo", "grpo", metrics={"reward_start": 0.5, "reward_end": 0.71}),
-        _finished(3, "eval", "eval", evaluation={"exact_match": 0.953}),
+        _finished(3, "eval", "eval", evaluation={"exact_match": 0.953, "end_of_turn": 0.987}),
     ])
     assert lines == [
         "  sft: held-out chat exact match 56.0%",
         "  grpo: reward 0.500 → 0.710 (rising)",
         "  eval: held-out chat exact match 95.3%",
+        "  eval: P(end of turn) right after a right answer 0.99 (a model that stops: near 1)",
         "the demo learned: final exact match 95.3% (goal ≥ 90%), GRPO reward rose",
     ]
 

@@ -8,6 +8,8 @@ import pytest
 
 from graftline.engine.pipeline.rewards import (
     RewardError,
+    answer_similarity,
+    answer_problem,
     exact_match,
     named,
     resolve_reward,
@@ -20,6 +22,21 @@ def test_exact_match_on_both_completion_formats() -> None:
     assert exact_match(["a", "b"], conv, answer=["46", "46"]) == [1.0, 0.0]
     assert exact_match(["a"], [" 46 "], answer=["46"]) == [1.0]
     assert resolve_reward("exact_match") is exact_match
+
+
+def test_answer_similarity_gives_partial_credit_ordered_by_closeness() -> None:
+    """The graded reward: exact is 1, one digit off is between, nothing alike is 0; on both
+    completion formats, with the same `answer` column requirement as exact_match."""
+    conv = [[{"role": "assistant", "content": c}] for c in ("146", "147", "14", "xyz")]
+    exact, one_off, short, unlike = answer_similarity(["q"] * 4, conv, answer=["146"] * 4)
+    assert exact == 1.0 and unlike == 0.0
+    assert 0.0 < one_off < 1.0 and 0.0 < short < 1.0
+    assert answer_similarity(["q"], [" 146 "], answer=["146"]) == [1.0]
+    assert resolve_reward("answer_similarity") is answer_similarity
+    with pytest.raises(RewardError) as caught:
+        answer_similarity(["q"], ["1"])
+    assert "answer" in caught.value.message and caught.value.fix
+    assert answer_problem("answer_similarity", ["prompt"]) is not None
 
 
 def test_module_function_import_from_the_pipeline_directory(tmp_path: Path) -> None:
