@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from graftline.engine.common.checkpoint_files import (
     ADAPTER_CONFIG,
@@ -29,24 +27,26 @@ from graftline.engine.common.checkpoint_files import (
     MODEL_PICKLE,
     MODEL_SAFETENSORS,
     MODEL_SAFETENSORS_INDEX,
+    REFERENCE_ADAPTER,
     TRAINER_STATE,
+    checkpoint_step,
     files_from_names,
+    lora_scale,
 )
 from graftline.engine.common.errors import GraftlineError
 from graftline.engine.common.layout import STAGES, STATE
 from graftline.engine.common.liveness import is_live
+from graftline.engine.common.safetensors_header import Header, read_header, whole_header
 from graftline.engine.lineage import journal as cleanup_journal
 from graftline.engine.lineage import resolve
 from graftline.engine.lineage.manifest import MANIFEST
 from graftline.engine.lineage.manifest_view import ManifestView, view
 from graftline.engine.lineage.model import Edge, InMemoryMerge, Lineage, LoraInfo, Node, Symlink
 
-REF_DIR = "ref"
 # Where people keep a checkpoint's numbers: files beside it, and these folders beside or in it.
 _METRIC_FILES = {"metrics.json": "", "evaluation.json": "eval/", "eval_results.json": "",
                  "all_results.json": "", "results.json": ""}
 _METRIC_FOLDERS = ("training_logs", "test_results", "eval_results", "logs", "results", "eval")
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # config.json keys that differ between a model and its merge without meaning anything.
 _VOLATILE_CONFIG = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache"}
 
@@ -148,7 +148,7 @@ class _Scanner:
             if STATE in names and any(d.name == STAGES for d in subdirs):
                 run_dir = path
                 self.runs[path] = self._run_state(path)
-            if owner is not None and base == REF_DIR and ADAPTER_CONFIG in names:
+            if owner is not None and base == REFERENCE_ADAPTER and ADAPTER_CONFIG in names:
                 # TRL's frozen reference (DPO on a PeftModel saves it inside its output): part
                 # of the checkpoint that holds it, kept and deleted with it, never on its own.
                 self.drafts[owner].fields["ref_dir"] = path
@@ -206,8 +206,8 @@ class _Scanner:
         jsons: dict[str, os.DirEntry[str]],
         run_dir: str | None,
     ) -> bool:
-        step_match = _CHECKPOINT.match(base)
-        is_trainer = step_match is not None and TRAINER_STATE in names
+        step = checkpoint_step(base)
+        is_trainer = step is not None and TRAINER_STATE in names
         fields: dict[str, Any] = {}
         manifest: ManifestView | None = None
         if MANIFEST in jsons:
@@ -229,8 +229,8 @@ class _Scanner:
             fields["broken"] = f"{MANIFEST} cannot be read; fix or remove it"
         else:
             return False
-        if step_match is not None:
-            fields["step"] = int(step_match.group(1))
+        if step is not None:
+            fields["step"] = step
         if run_dir is not None:
             fields["run_dir"] = run_dir
             fields["running"] = self.runs[run_dir]["active"]
@@ -239,7 +239,7 @@ class _Scanner:
             if stage:
                 fields["stage"] = stage
         name = manifest.name if manifest and manifest.name else base
-        if step_match is not None and (parent_stage := fields.get("stage")):
+        if step is not None and (parent_stage := fields.get("stage")):
             name = f"{parent_stage}/{base}"
         draft = _Draft(path, kind, source, path, root, name, manifest, fields=fields)
         draft.fields["jsons"] = jsons
@@ -722,7 +722,7 @@ def _stage_of(path: str, run_dir: str) -> str | None:
     return None
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -792,11 +792,12 @@ def _adapter_weights_problem(path: str) -> str | None:
     return None
 
 
-_header_cache: dict[str, tuple[int, int, tuple[int, dict[str, Any]] | None]] = {}
+_header_cache: dict[str, tuple[int, int, Header | None]] = {}
 
 
-def _safetensors_header(file: str) -> tuple[int, dict[str, Any]] | None:
-    """(data start, header) of a safetensors file whose size matches its header, else None."""
+def _safetensors_header(file: str) -> Header | None:
+    """The header of a safetensors file whose size matches it (`whole_header`), else None;
+    cached by the file's mtime and size."""
     try:
         st = os.stat(file)
     except OSError:
@@ -804,17 +805,7 @@ def _safetensors_header(file: str) -> tuple[int, dict[str, Any]] | None:
     cached = _header_cache.get(file)
     if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
         return cached[2]
-    result: tuple[int, dict[str, Any]] | None = None
-    try:
-        with open(file, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if length < 100_000_000:
-                header = json.loads(handle.read(length))
-                ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-                if 8 + length + max(ends, default=0) == st.st_size:
-                    result = (8 + length, header)
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
-        result = None
+    result = whole_header(file)
     _header_cache[file] = (st.st_mtime_ns, st.st_size, result)
     return result
 
@@ -847,16 +838,14 @@ def _fingerprint(path: str) -> str | None:
         return cached[2]
     result: str | None = None
     try:
-        with open(file, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if length < 100_000_000:
-                header = json.loads(handle.read(length))
-                names = sorted(n for n in header if _is_final_norm(n))
-                if names:
-                    start, end = header[names[0]]["data_offsets"]
-                    handle.seek(8 + length + start)
-                    result = handle.read(min(end - start, 1 << 20)).hex()
-    except (OSError, ValueError, KeyError, struct.error):
+        header = read_header(file)
+        names = sorted(n for n in header.tensors if _is_final_norm(n))
+        if names:
+            start, end = header.tensors[names[0]]["data_offsets"]
+            with open(file, "rb") as handle:
+                handle.seek(header.data_start + start)
+                result = handle.read(min(end - start, 1 << 20)).hex()
+    except (OSError, ValueError, KeyError):
         result = None
     _fingerprint_cache[file] = (st.st_mtime_ns, st.st_size, result)
     return result
@@ -870,17 +859,16 @@ def _tensor(file: str, name: str) -> Any:
     import numpy as np
 
     found = _safetensors_header(file)
-    if found is None or name not in found[1]:
+    if found is None or name not in found.tensors:
         return None
-    start, header = found
-    info = header[name]
+    info = found.tensors[name]
     dtype = _DTYPES.get(info.get("dtype"))
     if dtype is None:
         return None
     begin, end = info["data_offsets"]
     try:
         with open(file, "rb") as handle:
-            handle.seek(start + begin)
+            handle.seek(found.data_start + begin)
             raw = handle.read(end - begin)
     except OSError:
         return None
@@ -899,14 +887,13 @@ def _tensor_digest(file: str) -> str | None:
     found = _safetensors_header(file)
     if found is None:
         return None
-    start, header = found
     digest = hashlib.sha256()
     try:
         with open(file, "rb") as handle:
-            for name in sorted(k for k in header if k != "__metadata__"):
-                info = header[name]
+            for name in sorted(found.tensors):
+                info = found.tensors[name]
                 begin, end = info["data_offsets"]
-                handle.seek(start + begin)
+                handle.seek(found.data_start + begin)
                 digest.update(f"{name}|{info['dtype']}|{info['shape']}|".encode())
                 digest.update(handle.read(end - begin))
     except (OSError, KeyError):
@@ -923,7 +910,7 @@ def _lora_delta(adapter: str, module: str) -> Any:
     if not isinstance(config, dict) or found is None:
         return None
     suffix = f"{module}.lora_A.weight"
-    names = [k for k in found[1] if k.endswith(suffix)]
+    names = [k for k in found.tensors if k.endswith(suffix)]
     if not names:
         return None
     a = _tensor(file, names[0])
@@ -931,8 +918,7 @@ def _lora_delta(adapter: str, module: str) -> Any:
     r, alpha = config.get("r"), config.get("lora_alpha")
     if a is None or b is None or not _is_number(r) or not _is_number(alpha) or not r:
         return None
-    scale = alpha / (r ** 0.5) if config.get("use_rslora") else alpha / r
-    delta = (b @ a) * scale
+    delta = (b @ a) * lora_scale(r, alpha, bool(config.get("use_rslora")))
     return delta.T if config.get("fan_in_fan_out") else delta
 
 
@@ -955,7 +941,7 @@ def _merge_evidence(base: str | None, merged: str | None,
         if not adapter:
             return None
         found = None
-        for name in _safetensors_header(files[base])[1]:  # type: ignore[index]
+        for name in _safetensors_header(files[base]).tensors:  # type: ignore[union-attr]
             if name.endswith(".weight") and ".layers." in name:
                 module = name[: -len(".weight")]
                 delta = _lora_delta(adapter, module)
