@@ -11,7 +11,8 @@ import pytest
 from console_support import screen_text, wait_for
 
 from graftline.console.app import GraftlineApp
-from graftline.console.run_view import LogLine, shorten_paths
+from graftline.console.formats import shorten_paths
+from graftline.console.run_view import LogLine
 from graftline.console.screens.dashboard import DashboardScreen
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from graftline.console.formats import format_metric, human_bytes, human_seconds
 from graftline.console.plot import downsample, rasterise
-from graftline.console.run_view import RunModel, fold, format_metric, human_bytes, human_seconds
+from graftline.console.run_view import RunModel, fold
 from graftline.engine.run.events import read_events
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
@@ -174,7 +175,7 @@ def test_eta_per_stage_kind_from_measured_rates(tmp_path: Path) -> None:
 
 
 def test_labels_for_rows_evaluation_and_gpu() -> None:
-    from graftline.console.run_view import evaluation_text, gpu_reason_label
+    from graftline.console.formats import evaluation_text, gpu_reason_label
     from graftline.console.widgets.pipeline_table import fit
 
     assert fit("sft_r16 at start", 8) == "sft_r16…" and fit("short", 8) == "short"

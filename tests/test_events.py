@@ -62,7 +62,8 @@ def test_a_crash_leftover_line_is_skipped_and_the_next_engine_continues_the_sequ
     rows = [json.loads(line) for line in text if line.endswith(b"}")]
     assert read_raw(tmp_path / EVENTS)[0] == rows
     history = load_history(tmp_path)
-    assert history.series("loss") == ([1, 2, 3, 4], [1.0, 1.0, 1.0, 0.5])
+    assert [(r["data"]["global_step"], r["data"]["loss"]) for r in history.metrics] == \
+        [(1, 1.0), (2, 1.0), (3, 1.0), (4, 0.5)]
     assert history.finished == {"status": "finished"}
 
 
@@ -106,10 +107,11 @@ def test_history_folds_stages_checkpoints_and_follows_incrementally(tmp_path: Pa
         writer.emit("checkpoint_saved", "a", path="stages/a", kind="adapter", id="x", bytes=10)
         writer.emit("stage_finished", "a", kind="sft", status="complete", seconds=1.0, metrics={})
     load_history(tmp_path, history)
-    assert history.series("loss") == ([1, 2], [2.0, 1.0])
+    assert [(r["data"]["global_step"], r["data"]["loss"]) for r in history.metrics] == \
+        [(1, 2.0), (2, 1.0)]
     assert history.stages["a"].status == "complete"
     assert [c["data"]["id"] for c in history.checkpoints] == ["x"]
-    assert history.boundaries == [(0, "a")]
+    assert history.stages["a"].global_step_offset == 0
 
 
 def test_iter_rows_streams_in_bounded_chunks_and_reports_a_torn_tail(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from stage_helpers import one_thread, pipeline, write_data  # noqa: F401
 
-from graftline.engine.lineage.manifest import directory_bytes
+from graftline.engine.common.checkpoint_files import directory_bytes
 from graftline.engine.pipeline import plan_of
 from graftline.engine.run import EventWriter, run_pipeline
 

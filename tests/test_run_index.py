@@ -139,7 +139,7 @@ def test_ls_lists_every_known_run_with_location_duration_metric_and_disk(
     assert "1h02m" in row  # started 1000.0, last heartbeat 3725 s later
     assert "finished" in row
     history = client.load_history(run_a)
-    last = history.latest_metrics
+    last = history.metrics[-1]["data"]
     key = "reward" if "reward" in last else "loss"
     assert f"{key} {last[key]:.4g}" in row
     assert client.disk_usage(run_a) > 0

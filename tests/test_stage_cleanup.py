@@ -13,7 +13,7 @@ from stage_helpers import one_thread, pipeline, write_data  # noqa: F401
 from transformers import AutoModelForCausalLM
 
 from graftline.engine import lineage
-from graftline.engine.lineage.manifest import directory_bytes
+from graftline.engine.common.checkpoint_files import directory_bytes
 from graftline.engine.run.events import Event, EventWriter, read_events
 from graftline.engine.run.runner import run_pipeline
 

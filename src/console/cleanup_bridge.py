@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.text import Text
 
-from graftline.console.run_view import human_bytes
+from graftline.console.formats import human_bytes
 
 
 def plan(lineage: Any, keep_keys: list[str]) -> Any:

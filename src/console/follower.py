@@ -41,12 +41,12 @@ class EngineState:
 
 
 def read_engine_state(run_dir: Path) -> EngineState | None:
-    """The client's view of the engine; None when the client or the state file is not there."""
+    """The client's view of the engine; None when its state cannot be read."""
     try:
         from graftline.engine.run import client
 
         info = client.read_state(run_dir)
-    except Exception:  # the client may not be implemented yet, or state.json may be absent
+    except Exception:  # state.json absent or unreadable: no engine state this poll
         return None
     return EngineState(status=info.status, pid=info.pid, heartbeat=info.heartbeat)
 

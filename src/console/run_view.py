@@ -4,23 +4,26 @@ Pure and incremental: `RunModel.apply(events)` may be called with the whole hist
 with each new batch as the log grows, and gives the same model either way. No Textual, no I/O,
 so every rule about what the console shows is unit-tested without a terminal.
 
+How numbers, times and paths are written is `console/formats.py`'s business.
+
 Curves are kept per metric on the run's global-step axis in flat `array('d')` columns: a million
 points cost 16 MB and the chart reads them without copying (numpy `frombuffer`).
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import re
 from array import array
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from graftline.engine.common import units
+from graftline.console.formats import (
+    evaluation_text,
+    format_metric,
+    human_bytes,
+    short_metric,
+)
 from graftline.engine.run import Event
 
 if TYPE_CHECKING:
@@ -45,23 +48,6 @@ STAGE_STATUSES = ("pending", "running", "complete", "failed", "stopped", "skippe
 # and the history (a stage done before a resume, a stage continued by one).
 DISPLAY_STATUSES = (*STAGE_STATUSES, "paused", "crashed", "resumed", "done earlier")
 ENDED = ("finished", "failed", "stopped", "crashed")
-
-
-@functools.lru_cache(maxsize=8)
-def _root_prefix(root: str, cwd: str) -> tuple[re.Pattern[str], str] | None:
-    resolved = (Path(cwd) / root).resolve()
-    if str(resolved) in ("", "/"):
-        return None
-    # only a whole path prefix: a path that merely contains the folder's name stays as it is
-    return re.compile(r"(?<![\w./-])" + re.escape(str(resolved).rstrip("/")) + r"/"), \
-        resolved.name + "/"
-
-
-def shorten_paths(text: str, root: Path | None) -> str:
-    """Absolute paths under `root` (the runs folder) shown as `<runs>/<run>/…`."""
-    found = _root_prefix(str(root), "" if root.is_absolute() else os.getcwd()) \
-        if root is not None else None
-    return text if found is None else found[0].sub(found[1], text)
 
 
 @dataclass
@@ -720,68 +706,6 @@ def fold(events: Iterable[Event]) -> RunModel:
 
 def _bytes(value: Any) -> str:
     return human_bytes(value) if isinstance(value, int | float) else ""
-
-
-def short_metric(metric: str) -> str:
-    return {"rewards/margins": "margin", "rewards/accuracies": "acc"}.get(metric, metric)
-
-
-def evaluation_text(evaluation: dict[str, Any] | None, *, short: bool = False) -> str:
-    """An evaluation as words: "exact_match 79.0%, loss 0.4123 (200 rows)". Empty when there
-    is none. `short` drops the row count and abbreviates, for a table cell."""
-    if not evaluation:
-        return ""
-    parts: list[str] = []
-    rows = evaluation.get("rows")
-    for key, value in evaluation.items():
-        if key == "rows" or not isinstance(value, int | float) or isinstance(value, bool):
-            continue
-        name = key.removeprefix("eval_")
-        if short:
-            name = {"exact_match": "exact", "accuracy": "acc"}.get(name, name)
-        shown = f"{value:.1%}" if name in ("exact_match", "exact", "accuracy", "acc") \
-            and 0 <= value <= 1 else format_metric(float(value))
-        parts.append(f"{name} {shown}")
-    if not parts:
-        return ""
-    text = ", ".join(parts)
-    if short:
-        return "eval " + text
-    return text + (f" ({int(rows)} rows)" if isinstance(rows, int | float) else "")
-
-
-def gpu_reason_label(reason: str | None) -> str:
-    """Why there is no GPU, in a user's words (never a library's exception text)."""
-    text = (reason or "").lower()
-    if not text or "nvml" in text or "driver" in text or "librarynotfound" in text:
-        return "no NVIDIA driver"
-    if "cuda" in text:
-        return "CUDA not available"
-    if "bench" in text or len(text) > 40:
-        return "not detected"
-    return reason.split(": ")[-1] if reason else "not detected"
-
-
-def human_bytes(value: float | None) -> str:
-    return units.human_bytes(value, unknown="—")
-
-
-def human_seconds(value: float | None) -> str:
-    if value is None:
-        return "—"
-    total = round(value)
-    hours, rest = divmod(total, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
-
-
-def format_metric(value: float | None) -> str:
-    if value is None:
-        return "—"
-    magnitude = abs(value)
-    if magnitude != 0 and (magnitude < 1e-3 or magnitude >= 1e5):
-        return f"{value:.2e}"
-    return f"{value:.4f}" if magnitude < 10 else f"{value:.2f}"
 
 
 # -- scale-out: a distributed stage's ranks ---------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any, get_args
 import typer
 
 from graftline.console.commands.shared import RUNS_DIR_HELP, find_or_exit
+from graftline.console.formats import human_bytes
 from graftline.engine.run import Event, client, events, iter_rows, torn_tail
 
 __all__ = ["describe_event", "format_event", "logs", "register", "show_logs"]
@@ -59,10 +60,10 @@ def describe_event(event: Event) -> str:
     if kind == "check_result":
         return f"check {data.get('name')}: {data.get('status')}: {data.get('message')}"
     if kind == "telemetry":
-        gpu = (", ".join(f"gpu{g['index']} {g['used'] >> 20}/{g['total'] >> 20} MiB"
+        gpu = (", ".join(f"gpu{g['index']} {human_bytes(g['used'])}/{human_bytes(g['total'])}"
                          for g in data["gpus"]) if data.get("gpus") else "no GPU")
-        return (f"{gpu}, rss {int(data.get('rss') or 0) >> 20} MiB, "
-                f"disk free {int(data.get('disk_free') or 0) >> 30} GiB")
+        return (f"{gpu}, rss {human_bytes(int(data.get('rss') or 0))}, "
+                f"disk free {human_bytes(int(data.get('disk_free') or 0))}")
     if kind == "run_started":
         names = ", ".join(s.get("name", "?") for s in data.get("stages") or [])
         resumed = " (resumed)" if data.get("resumed") else ""

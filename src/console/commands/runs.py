@@ -16,14 +16,13 @@ from graftline.console.commands.shared import (
     RUN_HELP,
     RUNS_DIR_HELP,
     STATUS_STYLE,
-    age,
-    duration,
     find_or_exit,
     interactive,
 )
 from graftline.console.commands.shared import (
     runs_dir as resolve_runs_dir,
 )
+from graftline.console.formats import age, duration
 from graftline.engine.common import human_bytes
 from graftline.engine.run import (
     MACHINE_RANK_ENV,

@@ -9,8 +9,8 @@ import typer
 
 from graftline.engine.run import client
 
-__all__ = ["RUNS_DIR_HELP", "RUN_HELP", "STATUS_STYLE", "age", "duration", "find_or_exit",
-           "interactive", "runs_dir"]
+__all__ = ["RUNS_DIR_HELP", "RUN_HELP", "STATUS_STYLE", "find_or_exit", "interactive",
+           "runs_dir"]
 
 RUNS_DIR_HELP = ("look only under this directory (default: every run you started, from any "
                  "directory)")
@@ -40,25 +40,3 @@ def interactive() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
-def duration(seconds: float | None) -> str:
-    """A run's length: 45s, 12m05s, 3h12m, 2d04h."""
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
-
-
-def age(seconds: float | None) -> str:
-    """A compact age: 45s, 12m, 3h, 2d."""
-    if seconds is None:
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"

@@ -212,10 +212,6 @@ class DashboardScreen(Screen[None]):
             what = "the pipeline's final model" if ended else "the newest model so far"
             return self._path(saved), f"{what} (stage {stage.name})"
 
-    def selected_checkpoint(self) -> Path | None:
-        choice = self.export_choice()
-        return choice[0] if choice else None
-
     def action_export(self) -> None:
         from graftline.console.screens.export import ExportModal
 

@@ -23,7 +23,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
-from graftline.console.run_view import human_bytes
+from graftline.console.formats import human_bytes
 
 
 def pipeline_files(folder: Path) -> list[Path]:

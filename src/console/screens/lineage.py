@@ -23,7 +23,7 @@ from textual.widgets import Footer, Static, Tree
 from textual.widgets.tree import TreeNode
 
 from graftline.console import cleanup_bridge
-from graftline.console.run_view import format_metric, human_bytes
+from graftline.console.formats import format_metric, human_bytes
 from graftline.console.screens.confirm import ConfirmModal
 from graftline.engine.common import GraftlineError
 

@@ -14,7 +14,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
-from graftline.engine.common import human_bytes
+from graftline.console.formats import ago, duration, human_bytes
 from graftline.engine.run import EVENTS
 
 REFRESH = 2.0
@@ -36,24 +36,6 @@ def has_runs(runs_dir: Path) -> bool:
     return bool(index.known())
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit} ago"
-    return "just now"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    seconds = int(seconds)
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 @dataclass(frozen=True)
 class Row:
     """One run as the table shows it (read in a worker thread)."""
@@ -69,9 +51,9 @@ class Row:
     started: float | None
 
     def cells(self, now: float) -> tuple[str, ...]:
-        return (self.run_id, self.status, self.stage, self.progress, _duration(self.duration),
-                self.metric, human_bytes(self.disk),
-                _age(now - self.started) if self.started else "—", str(self.path.parent))
+        return (self.run_id, self.status, self.stage, self.progress,
+                duration(self.duration, unknown="—"), self.metric, human_bytes(self.disk),
+                ago(now - self.started) if self.started else "—", str(self.path.parent))
 
     def matches(self, needle: str) -> bool:
         needle = needle.lower()

@@ -23,14 +23,9 @@ from rich.text import Text
 from textual.events import Resize
 from textual.widget import Widget
 
+from graftline.console.formats import format_metric, short_metric
 from graftline.console.plot import ema, nice_ticks, place_labels, rasterise
-from graftline.console.run_view import (
-    KEY_METRIC,
-    TRAINING_KINDS,
-    RunModel,
-    format_metric,
-    short_metric,
-)
+from graftline.console.run_view import KEY_METRIC, TRAINING_KINDS, RunModel
 
 AXIS = 9  # characters of y-axis labels on the left
 BY_STAGE = "by stage"

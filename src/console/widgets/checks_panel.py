@@ -10,7 +10,8 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 
-from graftline.console.run_view import RunModel, shorten_paths
+from graftline.console.formats import shorten_paths
+from graftline.console.run_view import RunModel
 from graftline.console.widgets.quiet_static import QuietStatic
 
 MARK = {"pass": ("✓", "green"), "warn": ("!", "yellow"), "fail": ("✗", "bold red")}

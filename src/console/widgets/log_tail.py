@@ -7,7 +7,8 @@ from pathlib import Path
 from rich.text import Text
 from textual.widget import Widget
 
-from graftline.console.run_view import LogLine, RunModel, shorten_paths
+from graftline.console.formats import log_stamp, shorten_paths
+from graftline.console.run_view import LogLine, RunModel
 
 LEVEL_STYLE = {"warning": "yellow", "error": "bold red", "info": ""}
 
@@ -36,9 +37,7 @@ class LogTail(Widget):
         if not shown:
             return Text("nothing logged yet", style="dim")
         for index, line in enumerate(shown):
-            minutes, seconds = divmod(int(line.time), 60)
-            hours, minutes = divmod(minutes, 60)
-            stamp = f"+{hours}:{minutes:02d}:{seconds:02d} "
+            stamp = log_stamp(line.time)
             if index:
                 out.append("\n")
             out.append(stamp, style="dim")

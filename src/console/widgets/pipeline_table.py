@@ -11,7 +11,8 @@ from rich.text import Text
 from textual import events
 from textual.widgets import DataTable
 
-from graftline.console.run_view import TRAINING_KINDS, RunModel, StageView, human_seconds
+from graftline.console.formats import human_seconds
+from graftline.console.run_view import TRAINING_KINDS, RunModel, StageView
 
 STATUS_GLYPH = {"pending": "·", "running": "▶", "complete": "✓", "failed": "✗",
                 "stopped": "■", "skipped": "↷", "paused": "‖", "crashed": "✗",

@@ -7,7 +7,8 @@ import time
 from rich.text import Text
 
 from graftline.console.follower import EngineState
-from graftline.console.run_view import RankLiveness, RunModel, human_seconds, rank_liveness
+from graftline.console.formats import human_seconds
+from graftline.console.run_view import RankLiveness, RunModel, rank_liveness
 from graftline.console.widgets.quiet_static import QuietStatic
 
 STATUS_STYLE = {

@@ -1,5 +1,6 @@
 """graftline.engine.common: small pieces every area uses: the error root, atomic writes, units,
-checkpoint file names (and what a folder holds), disk space, the metrics sink, run-control flags
+checkpoint file names (and what a folder holds, its Trainer checkpoints, its size, its LoRA
+scaling), the one safetensors header reader, disk space, the metrics sink, run-control flags
 and lazy public surfaces.
 """
 
@@ -14,6 +15,7 @@ _EXPORTS = {
     "checkpoint_files": "checkpoint_files",
     "FolderFiles": "checkpoint_files",
     "folder_files": "checkpoint_files",
+    "safetensors_header": "safetensors_header",
     "units": "units",
     "human_bytes": "units",
     "disk": "disk",

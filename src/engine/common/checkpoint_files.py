@@ -9,7 +9,13 @@ model      config.json          model.safetensors | model.safetensors.index.json
                                 pytorch_model.bin | pytorch_model.bin.index.json + shards (pickle)
 trainer    trainer_state.json   training_args.bin  optimizer.pt  scheduler.pt  scaler.pt
                                 rng_state*.pth
+           checkpoint-N/        a Trainer checkpoint of global step N (`checkpoint_dirs`)
+           ref/                 TRL's frozen reference adapter, saved beside `default`
 ```
+
+The other facts of a checkpoint live here too: the LoRA scaling its `adapter_config.json`
+implies (`lora_scale`) and its size on disk (`directory_bytes`). Its safetensors headers are
+read by the sibling `common/safetensors_header.py`.
 
 What a "full model" is depends on who asks, so this module does not answer that with one
 yes/no. `folder_files` (or `files_from_names`, for a caller that already listed the folder)
@@ -24,12 +30,14 @@ weights in safetensors form and which in pickle form. Callers decide from that o
   reads safetensors headers only and never unpickles, so pickle weights are refused there
   and at validate, with the fix, instead of hours later).
 
-Pure apart from one directory listing: no file is opened.
+Pure apart from directory listings and stats: no file is opened.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,17 +47,25 @@ __all__ = [
     "ADAPTER_PICKLE",
     "ADAPTER_SAFETENSORS",
     "ADAPTER_WEIGHTS",
+    "CHECKPOINT_DIR",
+    "CHECKPOINT_PREFIX",
     "MODEL_CONFIG",
     "MODEL_PICKLE",
     "MODEL_PICKLE_INDEX",
     "MODEL_SAFETENSORS",
     "MODEL_SAFETENSORS_INDEX",
     "MODEL_SHARDS_GLOB",
+    "REFERENCE_ADAPTER",
     "TRAINER_STATE",
     "TRAINER_STATE_FILES",
     "FolderFiles",
+    "checkpoint_dirs",
+    "checkpoint_name",
+    "checkpoint_step",
+    "directory_bytes",
     "files_from_names",
     "folder_files",
+    "lora_scale",
     "shard_name",
 ]
 
@@ -67,6 +83,14 @@ TRAINER_STATE = "trainer_state.json"
 # What a Trainer checkpoint holds besides the model: pickles that are not weights.
 TRAINER_STATE_FILES = ("training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt")
 
+# The Trainer's checkpoint of global step N: `checkpoint-N` in its output_dir.
+CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+# TRL's frozen reference adapter (DPO/GRPO on a PeftModel): its name beside `default` in the
+# model, and the folder save_pretrained gives it inside the output (a copy of the adapter the
+# stage continued, bit for bit).
+REFERENCE_ADAPTER = "ref"
+
 _SAFETENSORS = (".safetensors", ".safetensors.index.json")
 _PICKLE = (".bin", ".pt", ".bin.index.json")
 
@@ -74,6 +98,50 @@ _PICKLE = (".bin", ".pt", ".bin.index.json")
 def shard_name(index: int, count: int) -> str:
     """save_pretrained's name for shard `index` (1-based) of `count` safetensors shards."""
     return f"model-{index:05d}-of-{count:05d}.safetensors"
+
+
+def checkpoint_name(step: int) -> str:
+    """The folder the Trainer saves global step `step` in: `checkpoint-N`."""
+    return f"{CHECKPOINT_PREFIX}{step}"
+
+
+def checkpoint_step(name: str) -> int | None:
+    """N of a `checkpoint-N` folder name, None for any other name."""
+    match = CHECKPOINT_DIR.match(name)
+    return int(match.group(1)) if match else None
+
+
+def checkpoint_dirs(folder: str | Path) -> list[tuple[int, Path]]:
+    """The `checkpoint-N` folders directly in `folder`, as (N, path), newest first; symlinks are
+    never followed and a missing folder holds none."""
+    found: list[tuple[int, Path]] = []
+    try:
+        children = list(Path(folder).iterdir())
+    except OSError:
+        return []
+    for child in children:
+        step = checkpoint_step(child.name)
+        if step is not None and child.is_dir() and not child.is_symlink():
+            found.append((step, child))
+    return sorted(found, reverse=True)
+
+
+def lora_scale(r: float, alpha: float, rslora: bool = False) -> float:
+    """What peft multiplies `B @ A` by: alpha / r, or alpha / √r with rsLoRA."""
+    return alpha / math.sqrt(r) if rslora else alpha / r
+
+
+def directory_bytes(path: str | Path) -> int:
+    """Bytes on disk under `path`, from stat only (never reads weights, never follows links: a
+    link counts as itself)."""
+    total = 0
+    for root, _dirs, files in os.walk(path, followlinks=False):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
 
 
 @dataclass(frozen=True)

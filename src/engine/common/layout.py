@@ -54,18 +54,6 @@ class RunLayout:
     root: Path
 
     @property
-    def pipeline(self) -> Path:
-        return self.root / PIPELINE_COPY
-
-    @property
-    def pipeline_hash(self) -> Path:
-        return self.root / PIPELINE_HASH
-
-    @property
-    def meta(self) -> Path:
-        return self.root / RUN_META
-
-    @property
     def lock(self) -> Path:
         return self.root / LOCK
 
@@ -74,20 +62,8 @@ class RunLayout:
         return self.root / EVENTS
 
     @property
-    def summary(self) -> Path:
-        return self.root / SUMMARY
-
-    @property
     def state(self) -> Path:
         return self.root / STATE
-
-    @property
-    def socket(self) -> Path:
-        return self.root / CONTROL_SOCKET
-
-    @property
-    def engine_log(self) -> Path:
-        return self.root / ENGINE_LOG
 
     @property
     def stages(self) -> Path:
@@ -95,12 +71,6 @@ class RunLayout:
 
     def stage(self, name: str) -> Path:
         return self.root / STAGES / name
-
-    def done_marker(self, name: str) -> Path:
-        return self.stage(name) / DONE
-
-    def trainer(self, name: str) -> Path:
-        return self.stage(name) / TRAINER_DIR
 
     def is_run(self) -> bool:
         """A run directory has its state file or its event log."""

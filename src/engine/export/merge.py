@@ -14,7 +14,6 @@ over the base's: both replace the base tensor here as they do there.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from graftline.engine.common.checkpoint_files import (
     ADAPTER_SAFETENSORS,
     MODEL_SAFETENSORS,
     MODEL_SAFETENSORS_INDEX,
+    lora_scale,
     shard_name,
 )
 from graftline.engine.export.chain import (
@@ -251,7 +251,7 @@ def analyse_adapter(adapter: Path, base_tensors: dict[str, tuple[Path, TensorInf
                                 f"{expected_r}", path=weights)
         alpha = float(alpha_pattern.get(get_pattern_key(list(alpha_pattern), module),
                                         alpha_default))
-        scale = alpha / math.sqrt(r) if rslora else alpha / r
+        scale = lora_scale(r, alpha, rslora)
         module_type = layout.module_types.get(module, "")
         base_shape = _base_shape(base_key, base_tensors, layout)
         if embedding:

@@ -6,7 +6,8 @@ shard by shard only needs one tensor at a time: the header tells every tensor's 
 byte range, so we read each tensor with one `readinto` into its own buffer, and write an output
 file by laying out its header first (the output dtypes and shapes are known in advance) and then
 streaming the tensors' bytes in order. Peak memory is then about the largest tensor, not a shard.
-The format is the published one (8-byte little-endian header length, JSON header, data).
+The header is parsed by `common.safetensors_header` (the one reader, torch-free); this module
+gives its entries torch dtypes and absolute byte ranges.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from pathlib import Path
 
 import torch
 
-from graftline.engine.common.errors import GraftlineError
+from graftline.engine.common import safetensors_header
+from graftline.engine.common.safetensors_header import METADATA, SafetensorsError
+
+__all__ = ["DTYPES", "NAMES", "OutEntry", "SafetensorsError", "StreamWriter", "TensorInfo",
+           "nbytes_of", "read_header", "read_tensor"]
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -29,11 +34,6 @@ DTYPES: dict[str, torch.dtype] = {
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
-_MAX_HEADER = 100 * 1024 * 1024  # the format's own limit
-
-
-class SafetensorsError(GraftlineError, ValueError):
-    """A file that is not valid safetensors (or uses a dtype we do not know)."""
 
 
 @dataclass(frozen=True)
@@ -59,32 +59,21 @@ def nbytes_of(dtype: str, shape: tuple[int, ...]) -> int:
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Every tensor's layout (in file order) and the file's `__metadata__`; reads the header."""
     path = Path(path)
-    with path.open("rb") as handle:
-        raw = handle.read(8)
-        if len(raw) != 8:
-            raise SafetensorsError(f"{path}: too short to be a safetensors file")
-        (length,) = struct.unpack("<Q", raw)
-        if length > _MAX_HEADER:
-            raise SafetensorsError(f"{path}: header length {length} is not plausible")
-        try:
-            header = json.loads(handle.read(length))
-        except json.JSONDecodeError as exc:
-            raise SafetensorsError(f"{path}: unreadable header ({exc})") from exc
-    base = 8 + length
-    metadata = header.pop("__metadata__", None) or {}
+    header = safetensors_header.read_header(path)
     infos: list[TensorInfo] = []
-    for name, entry in header.items():
+    for name, entry in header.tensors.items():
         dtype = entry["dtype"]
         if dtype not in DTYPES:
             raise SafetensorsError(f"{path}: tensor {name!r} has dtype {dtype}, which export "
                                    "does not handle")
         start, end = entry["data_offsets"]
-        info = TensorInfo(name, dtype, tuple(entry["shape"]), base + start, base + end)
+        info = TensorInfo(name, dtype, tuple(entry["shape"]), header.data_start + start,
+                          header.data_start + end)
         if info.nbytes != nbytes_of(dtype, info.shape):
             raise SafetensorsError(f"{path}: tensor {name!r} byte range does not match its shape")
         infos.append(info)
     infos.sort(key=lambda info: info.start)
-    return {info.name: info for info in infos}, metadata
+    return {info.name: info for info in infos}, header.metadata
 
 
 def read_tensor(handle: BufferedIOBase, info: TensorInfo) -> torch.Tensor:
@@ -120,7 +109,7 @@ class StreamWriter:
         self.path = Path(path)
         self.entries = entries
         self.fsync = fsync
-        header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
+        header: dict[str, object] = {METADATA: dict(metadata or {"format": "pt"})}
         offset = 0
         for entry in entries:
             size = nbytes_of(entry.dtype, entry.shape)

@@ -28,6 +28,7 @@ from graftline.engine.common.checkpoint_files import (
     MODEL_CONFIG,
     MODEL_SAFETENSORS_INDEX,
     MODEL_SHARDS_GLOB,
+    directory_bytes,
 )
 from graftline.engine.common.sink import Sink
 from graftline.engine.export.chain import (
@@ -213,7 +214,7 @@ def _check_disk(out: Path, needed: int, force: bool) -> None:
     stat = os.statvfs(probe)
     free = stat.f_bavail * stat.f_frsize
     if force and out.is_dir():
-        free += manifest_io.directory_bytes(out)
+        free += directory_bytes(out)
     if needed > free:
         raise ExportRefused(f"not enough disk: the export needs {needed / 1e9:.2f} GB, "
                             f"{free / 1e9:.2f} GB free", path=out,
@@ -468,7 +469,7 @@ def run_export(plan: ExportPlan, progress: Callable[[ExportProgress], None] | No
                                        "problems": problems})
     if verification is not None and not verification["passed"]:
         record = record.model_copy(update={"status": "failed",
-                                           "bytes": manifest_io.directory_bytes(out)})
+                                           "bytes": directory_bytes(out)})
         manifest_io.write(out, record)
         if sink is not None:
             sink.emit("error", stage, message=f"export verification failed: {problems[0]}",

@@ -6,9 +6,11 @@
     plan_cleanup(lineage, rules)         # pure: what to delete, what is protected and why
     execute(plan, ...)                   # journaled deletion inside the roots only
 
-Modules: model (frozen nodes and edges), scan, views (tree and JSON), manifest (graftline.json),
-manifest_view, cleanup, journal (the cleanup journal and history), resolve (the one resolver
-for a recorded base, used by lineage, cleanup, export and the runner).
+Modules: model (frozen nodes and edges), reader (`scan`: the walk), forensics (hand-made
+merges and TRL references proven from the bytes), cached_reads (JSON and safetensors headers
+cached by mtime), views (tree and JSON), manifest (graftline.json), manifest_view, cleanup,
+journal (the cleanup journal and history), resolve (the one resolver for a recorded base, used
+by lineage, cleanup, export and the runner).
 """
 
 from __future__ import annotations

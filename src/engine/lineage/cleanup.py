@@ -33,6 +33,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
+from graftline.engine.common.checkpoint_files import CHECKPOINT_PREFIX
 from graftline.engine.common.errors import GraftlineError
 from graftline.engine.common.units import human_bytes
 from graftline.engine.lineage import journal as cleanup_journal
@@ -255,7 +256,7 @@ def _reason(
 def _short(node: Node) -> str:
     """A node's name, with its folder when the name alone says nothing (`sft/final`)."""
     name = node.name
-    if node.path and (name == "final" or name.startswith("checkpoint-")):
+    if node.path and (name == "final" or name.startswith(CHECKPOINT_PREFIX)):
         return f"{os.path.basename(os.path.dirname(node.path))}/{name}"
     return name
 

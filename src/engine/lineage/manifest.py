@@ -7,7 +7,6 @@ one.
 
 from __future__ import annotations
 
-import os
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from graftline import __version__
 from graftline.engine.common import atomic
+from graftline.engine.common.checkpoint_files import directory_bytes
 
 MANIFEST = "graftline.json"
 METRICS = "metrics.json"
@@ -90,18 +90,6 @@ class Manifest(BaseModel):
     formats: list[str] | None = None
     source_base: str | None = None
     untied_embeddings: bool | None = None
-
-
-def directory_bytes(path: Path) -> int:
-    """Bytes on disk under `path`, from stat only (never reads weights, never follows links)."""
-    total = 0
-    for root, _dirs, files in os.walk(path, followlinks=False):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except FileNotFoundError:
-                continue
-    return total
 
 
 def read(directory: Path) -> Manifest | None:

@@ -3,9 +3,11 @@
 Reads only small JSON files (graftline.json, adapter_config.json, trainer_state.json, config.json,
 metrics.json, evaluation.json, state.json) and stats everything else: weights are never read,
 except a few bytes of one normalization tensor used to tell whether a hand-made full model is a
-merge of another (see `_infer_merges`). Never follows a symlink: each one is reported instead.
+merge of another (`forensics`: hand-made merges and TRL references, proven from the bytes).
+Never follows a symlink: each one is reported instead.
 
-Sizes and parsed JSON are cached in-process by mtime, so the console can rescan cheaply. A file
+Sizes and parsed JSON are cached in-process by mtime (`cached_reads`), so the console can rescan
+cheaply. A file
 rewritten in place without its directory changing keeps its cached size until the directory
 itself changes (every writer we know of writes a new file and renames it).
 """
@@ -14,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,34 +25,35 @@ from graftline.engine.common.checkpoint_files import (
     ADAPTER_CONFIG,
     ADAPTER_PICKLE,
     ADAPTER_SAFETENSORS,
-    MODEL_CONFIG,
     MODEL_PICKLE,
     MODEL_SAFETENSORS,
-    MODEL_SAFETENSORS_INDEX,
+    REFERENCE_ADAPTER,
     TRAINER_STATE,
+    checkpoint_step,
     files_from_names,
 )
 from graftline.engine.common.errors import GraftlineError
 from graftline.engine.common.layout import STAGES, STATE
 from graftline.engine.common.liveness import is_live
+from graftline.engine.lineage import forensics, resolve
 from graftline.engine.lineage import journal as cleanup_journal
-from graftline.engine.lineage import resolve
+from graftline.engine.lineage.cached_reads import (
+    is_number,
+    read_entry,
+    read_json,
+    read_manifest,
+    safetensors_header,
+)
 from graftline.engine.lineage.manifest import MANIFEST
 from graftline.engine.lineage.manifest_view import ManifestView, view
-from graftline.engine.lineage.model import Edge, InMemoryMerge, Lineage, LoraInfo, Node, Symlink
+from graftline.engine.lineage.model import Edge, Lineage, LoraInfo, Node, Symlink
 
-REF_DIR = "ref"
 # Where people keep a checkpoint's numbers: files beside it, and these folders beside or in it.
 _METRIC_FILES = {"metrics.json": "", "evaluation.json": "eval/", "eval_results.json": "",
                  "all_results.json": "", "results.json": ""}
 _METRIC_FOLDERS = ("training_logs", "test_results", "eval_results", "logs", "results", "eval")
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-# config.json keys that differ between a model and its merge without meaning anything.
-_VOLATILE_CONFIG = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache"}
 
 _dir_cache: dict[str, tuple[int, int, float]] = {}  # dir -> (mtime_ns, file bytes, newest mtime)
-_json_cache: dict[str, tuple[int, int, Any]] = {}  # file -> (mtime_ns, size, parsed)
-_fingerprint_cache: dict[str, tuple[int, int, str | None]] = {}
 
 
 class ScanError(GraftlineError, ValueError):
@@ -60,7 +61,7 @@ class ScanError(GraftlineError, ValueError):
 
 
 @dataclass
-class _Draft:
+class Draft:
     """A node being assembled; frozen into a `Node` once every edge is known."""
 
     key: str
@@ -101,7 +102,7 @@ class _Scanner:
         self.roots = roots
         self.symlinks: list[Symlink] = []
         self.runs: dict[str, dict[str, Any]] = {}  # run dir -> {"active", "pid", "status"}
-        self.drafts: dict[str, _Draft] = {}
+        self.drafts: dict[str, Draft] = {}
         self.edges: list[Edge] = []
         self.history: dict[str, cleanup_journal.Removal] = {}
         self.journals: list[str] = []
@@ -116,9 +117,9 @@ class _Scanner:
             self._walk(root)
         for draft in list(self.drafts.values()):
             self._link(draft)
-        self._infer_merges()
-        self._flag_in_memory_merges()
-        self._infer_continued()
+        forensics.infer_merges(self.drafts, self.edges)
+        forensics.flag_in_memory_merges(self.drafts, self.edges)
+        forensics.infer_continued(self.drafts, self.edges)
         return self._freeze()
 
     def _walk(self, root: str) -> None:
@@ -148,7 +149,7 @@ class _Scanner:
             if STATE in names and any(d.name == STAGES for d in subdirs):
                 run_dir = path
                 self.runs[path] = self._run_state(path)
-            if owner is not None and base == REF_DIR and ADAPTER_CONFIG in names:
+            if owner is not None and base == REFERENCE_ADAPTER and ADAPTER_CONFIG in names:
                 # TRL's frozen reference (DPO on a PeftModel saves it inside its output): part
                 # of the checkpoint that holds it, kept and deleted with it, never on its own.
                 self.drafts[owner].fields["ref_dir"] = path
@@ -206,12 +207,12 @@ class _Scanner:
         jsons: dict[str, os.DirEntry[str]],
         run_dir: str | None,
     ) -> bool:
-        step_match = _CHECKPOINT.match(base)
-        is_trainer = step_match is not None and TRAINER_STATE in names
+        step = checkpoint_step(base)
+        is_trainer = step is not None and TRAINER_STATE in names
         fields: dict[str, Any] = {}
         manifest: ManifestView | None = None
         if MANIFEST in jsons:
-            manifest = view(_read_entry(jsons[MANIFEST]))
+            manifest = view(read_entry(jsons[MANIFEST]))
         if manifest is not None:
             kind, source = manifest.kind, "graftline"
         elif ADAPTER_CONFIG in names:
@@ -229,8 +230,8 @@ class _Scanner:
             fields["broken"] = f"{MANIFEST} cannot be read; fix or remove it"
         else:
             return False
-        if step_match is not None:
-            fields["step"] = int(step_match.group(1))
+        if step is not None:
+            fields["step"] = step
         if run_dir is not None:
             fields["run_dir"] = run_dir
             fields["running"] = self.runs[run_dir]["active"]
@@ -239,21 +240,21 @@ class _Scanner:
             if stage:
                 fields["stage"] = stage
         name = manifest.name if manifest and manifest.name else base
-        if step_match is not None and (parent_stage := fields.get("stage")):
+        if step is not None and (parent_stage := fields.get("stage")):
             name = f"{parent_stage}/{base}"
-        draft = _Draft(path, kind, source, path, root, name, manifest, fields=fields)
+        draft = Draft(path, kind, source, path, root, name, manifest, fields=fields)
         draft.fields["jsons"] = jsons
         self.drafts[path] = draft
         return True
 
-    def _link(self, draft: _Draft) -> None:
+    def _link(self, draft: Draft) -> None:
         path = draft.path
         assert path is not None
         jsons: dict[str, os.DirEntry[str]] = draft.fields.pop("jsons")
         metrics: dict[str, float] = {}
         config = None
         if ADAPTER_CONFIG in jsons:
-            config = _read_entry(jsons[ADAPTER_CONFIG])
+            config = read_entry(jsons[ADAPTER_CONFIG])
             if not isinstance(config, dict):
                 config = None
                 draft.warnings.append(
@@ -315,7 +316,7 @@ class _Scanner:
         if ADAPTER_CONFIG in jsons and config is None:
             corrupt.append(f"{ADAPTER_CONFIG} cannot be read")
         if TRAINER_STATE in jsons:
-            state = _read_entry(jsons[TRAINER_STATE])
+            state = read_entry(jsons[TRAINER_STATE])
             if isinstance(state, dict):
                 metrics.update(_trainer_metrics(state))
             else:
@@ -365,7 +366,7 @@ class _Scanner:
         if resolve.looks_like_hub_id(ref):
             key = f"hub:{ref}"
             if key not in self.drafts:
-                self.drafts[key] = _Draft(key, "external", "hub", None, None, ref,
+                self.drafts[key] = Draft(key, "external", "hub", None, None, ref,
                                           fields={"in_roots": False, "status": "external"})
             return key
         return self._missing(os.path.realpath(candidates[0]))
@@ -374,7 +375,7 @@ class _Scanner:
         """graftline's built-in toy base: a cached model outside the roots, never ours."""
         key = f"hub:{ref}"
         if key not in self.drafts:
-            self.drafts[key] = _Draft(key, "external", "hub", None, None, ref,
+            self.drafts[key] = Draft(key, "external", "hub", None, None, ref,
                                       fields={"in_roots": False, "status": "external"})
         return key
 
@@ -395,14 +396,14 @@ class _Scanner:
         except OSError:
             pass
         kind = "base"
-        manifest = _read_manifest(path)
-        config = _read_json(os.path.join(path, ADAPTER_CONFIG)) if manifest is None else None
+        manifest = read_manifest(path)
+        config = read_json(os.path.join(path, ADAPTER_CONFIG)) if manifest is None else None
         if manifest is not None:
             kind = manifest.kind
         elif isinstance(config, dict):
             kind = "adapter"  # e.g. a notebook's adapter a stage started from (`from` a path)
         source = "graftline" if manifest else "peft" if kind == "adapter" else "transformers"
-        draft = _Draft(path, kind, source, path, None,
+        draft = Draft(path, kind, source, path, None,
                        os.path.basename(path), manifest, bytes=total, newest=newest,
                        fields={"in_roots": False, "status": manifest.status if manifest
                                else "complete"})
@@ -426,147 +427,9 @@ class _Scanner:
                 by = cleanup_journal.removed_by(Path(path))
                 if by:
                     fields["removed_by"] = by
-            self.drafts[path] = _Draft(path, "missing", "missing", path, None,
+            self.drafts[path] = Draft(path, "missing", "missing", path, None,
                                        os.path.basename(path), fields=fields)
         return path
-
-    # -- hand-made merges ----------------------------------------------------------------------
-
-    def _infer_merges(self) -> None:
-        """Link a hand-made full model to what it is a merge of, only with evidence.
-
-        A candidate pair: a full model without a manifest and an older one with the same config
-        and bit-identical final-norm weights (a LoRA merge never touches norms). That alone is
-        no evidence (identical copies of one base in sibling projects match too), so the link is
-        made only when one target weight of the newer model equals the older one's plus the
-        delta of an adapter trained on it (or of several, applied in the order they were
-        written: the in-memory-merge chain). The merge then needs the base AND those adapters:
-        both are protected, or neither (see docs/cleanup.md).
-        """
-        models = [
-            d for d in self.drafts.values()
-            if d.kind in ("base", "merged", "export") and d.path and os.path.isdir(d.path)
-        ]
-        orphans = [d for d in models if d.manifest is None and d.fields.get("in_roots", True)]
-        if not orphans or len(models) < 2:
-            return
-        adapters_on: dict[str, list[_Draft]] = {}
-        for edge in self.edges:
-            if edge.relation == "trained_on":
-                child = self.drafts[edge.child]
-                if child.kind in ("adapter", "trainer", "combined") and child.path:
-                    adapters_on.setdefault(edge.parent, []).append(child)
-        shapes = {d.key: _config_shape(d.path) for d in models}  # type: ignore[arg-type]
-        for merged in orphans:
-            shape = shapes[merged.key]
-            if shape is None:
-                continue
-            older = [
-                d for d in models
-                if d is not merged and shapes[d.key] == shape and d.newest < merged.newest
-            ]
-            mine = _fingerprint(merged.path)  # type: ignore[arg-type]
-            if mine is None:
-                continue
-            for base in sorted(older, key=lambda d: d.newest, reverse=True):
-                if _fingerprint(base.path) != mine:  # type: ignore[arg-type]
-                    continue
-                adapters = sorted(
-                    (a for a in adapters_on.get(base.key, ())
-                     if a.kind != "trainer" and a.newest <= merged.newest),
-                    key=lambda a: a.newest)
-                used = _merge_evidence(base.path, merged.path, [a.path for a in adapters])
-                if used is None:
-                    continue
-                merged.kind = "merged"
-                self.edges.append(Edge(merged.key, base.key, "merged_from", "inferred"))
-                chain = [adapters[i] for i in used]
-                for adapter in chain:
-                    self.edges.append(Edge(merged.key, adapter.key, "merged_from", "inferred"))
-                if len(chain) > 1:
-                    self._flag_proven_chain(base, merged, chain)
-                break
-
-    def _flag_proven_chain(self, base: _Draft, merged: _Draft, chain: list[_Draft]) -> None:
-        """The in-memory-merge pitfall, proven: `merged` equals base + every adapter of `chain`
-        applied in turn, and no single one of them, so each adapter after the first was trained
-        on an in-memory merge while its config names the plain base."""
-        for i, adapter in enumerate(chain[1:], start=1):
-            before = " + ".join(a.name for a in chain[:i])
-            finding = InMemoryMerge(
-                "proven",
-                f"IN-MEMORY MERGE: {ADAPTER_CONFIG} names {adapter.fields.get('base_ref')}, but "
-                f"{merged.path} equals {base.name} + {' + '.join(a.name for a in chain)} exactly, "
-                f"so this adapter was trained on {base.name} + {before} merged in memory; loaded "
-                f"on {base.name} alone it is the wrong model.",
-                "save each merge with save_pretrained and load it from disk before adding the "
-                f"next adapter (or set name_or_path); export {merged.path} instead")
-            adapter.warnings.append(f"{finding.message} Fix: {finding.fix}")
-            adapter.fields["in_memory_merge"] = finding
-
-    def _flag_in_memory_merges(self) -> None:
-        """Warn about an adapter whose config names a base that had already been merged.
-
-        PEFT records the in-memory model's `name_or_path`, which a merge does not change, so an
-        adapter trained on `merge_and_unload()`'s result names the OLD base. When a merge of
-        that base was written before the adapter (and the adapter is not what went into it),
-        the adapter probably belongs on the merge: both are then kept for it.
-        """
-        # Only hand-made merges: the engine saves a merge and reloads it before the next stage,
-        # so its own merges never have this problem (and flagging them would cry wolf on every
-        # later run that starts from the same base).
-        merges_of: dict[str, list[_Draft]] = {}
-        merged_in: dict[str, set[str]] = {}
-        for edge in self.edges:
-            if edge.relation == "merged_from":
-                merged_in.setdefault(edge.child, set()).add(edge.parent)
-                child = self.drafts[edge.child]
-                if child.kind == "merged" and child.manifest is None:
-                    merges_of.setdefault(edge.parent, []).append(child)
-        if not merges_of:
-            return
-        for edge in list(self.edges):
-            if edge.relation != "trained_on" or edge.source != "config":
-                continue
-            adapter = self.drafts[edge.child]
-            if adapter.manifest is not None or adapter.fields.get("run_dir"):
-                continue  # the engine recorded the real base; checked in _link
-            candidates = [
-                m for m in merges_of.get(edge.parent, ())
-                if m.newest < adapter.newest and adapter.key not in merged_in.get(m.key, ())
-            ]
-            if not candidates:
-                continue
-            merge = max(candidates, key=lambda d: d.newest)
-            message = (
-                f"{ADAPTER_CONFIG} names {adapter.fields.get('base_ref')}, but {merge.path} (a "
-                "merge of that base) was written before this adapter: if it was trained on the "
-                "merge in memory, PEFT recorded the old base and it must be loaded on "
-                f"{merge.path}; both are kept for it"
-            )
-            adapter.warnings.append(message)
-            adapter.fields.setdefault("in_memory_merge", InMemoryMerge(
-                "suspected", message, f"load it on {merge.path}, or point its "
-                "base_model_name_or_path at that merge"))
-            self.edges.append(Edge(adapter.key, merge.key, "trained_on", "inferred"))
-
-    def _infer_continued(self) -> None:
-        """`continued_from` from TRL's frozen reference: DPO on a PeftModel saves the adapter it
-        started from as `ref/`, bit-identical to that adapter, so equal tensors are proof."""
-        refs = {d.key: d.fields["ref_dir"] for d in self.drafts.values() if d.fields.get("ref_dir")}
-        if not refs:
-            return
-        digests: dict[str, str] = {}
-        for draft in self.drafts.values():
-            if draft.kind in ("adapter", "trainer", "combined") and draft.path:
-                digest = _tensor_digest(os.path.join(draft.path or "", ADAPTER_SAFETENSORS))
-                if digest is not None:
-                    digests.setdefault(digest, draft.key)
-        for key, ref_dir in refs.items():
-            digest = _tensor_digest(os.path.join(ref_dir, ADAPTER_SAFETENSORS))
-            source = digests.get(digest) if digest else None
-            if source is not None and source != key:
-                self.edges.append(Edge(key, source, "continued_from", "inferred"))
 
     # -- freezing ------------------------------------------------------------------------------
 
@@ -659,62 +522,6 @@ def run_is_active(run_dir: str) -> bool:
     return bool(run_state(run_dir)["active"])
 
 
-def _read_json(path: str) -> Any:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return _parse_cached(path, st, os.O_RDONLY)
-
-
-def _read_entry(entry: os.DirEntry[str]) -> Any:
-    """Like `_read_json` for a file inside the roots, with the stat the walk already made (a
-    DirEntry keeps it). A symlinked JSON file there is not followed: it reads as None."""
-    try:
-        st = entry.stat(follow_symlinks=False)
-    except OSError:
-        return None
-    return _parse_cached(entry.path, st, os.O_RDONLY | os.O_NOFOLLOW)
-
-
-def _parse_cached(path: str, st: os.stat_result, flags: int) -> Any:
-    cached = _json_cache.get(path)
-    if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
-        return cached[2]
-    try:
-        data = json.loads(_read_small(path, st.st_size, flags))
-    except (OSError, ValueError):
-        data = None
-    _json_cache[path] = (st.st_mtime_ns, st.st_size, data)
-    return data
-
-
-def _read_small(path: str, size: int, flags: int) -> bytes | str:
-    """The whole file, in one read of the size a stat just gave.
-
-    A buffered `open()` costs twice as much for a file this small, and a cold scan reads
-    thousands of them.
-    """
-    fd = os.open(path, flags)
-    try:
-        raw = os.read(fd, size + 1)
-        if len(raw) > size:  # it grew since the stat
-            chunks = [raw]
-            while chunk := os.read(fd, 1 << 16):
-                chunks.append(chunk)
-            raw = b"".join(chunks)
-    finally:
-        os.close(fd)
-    try:
-        return raw.decode()  # skips json's encoding detection for the usual UTF-8
-    except UnicodeDecodeError:
-        return raw
-
-
-def _read_manifest(path: str) -> ManifestView | None:
-    return view(_read_json(os.path.join(path, MANIFEST)))
-
-
 def _stage_of(path: str, run_dir: str) -> str | None:
     rel = path[len(run_dir) + 1:].split(os.sep)
     if len(rel) >= 2 and rel[0] == STAGES:
@@ -722,15 +529,11 @@ def _stage_of(path: str, run_dir: str) -> str | None:
     return None
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _trainer_metrics(state: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
-    if _is_number(state.get("global_step")):
+    if is_number(state.get("global_step")):
         out["global_step"] = float(state["global_step"])
-    if _is_number(state.get("best_metric")):
+    if is_number(state.get("best_metric")):
         out["best_metric"] = float(state["best_metric"])
     # The latest value of each; the newest records are enough (a log can hold thousands).
     history = state.get("log_history")
@@ -738,7 +541,7 @@ def _trainer_metrics(state: dict[str, Any]) -> dict[str, float]:
         if not isinstance(record, dict):
             continue
         for key, value in record.items():
-            if key not in out and key not in ("step", "epoch") and _is_number(value):
+            if key not in out and key not in ("step", "epoch") and is_number(value):
                 out[key] = float(value)
     return out
 
@@ -749,12 +552,12 @@ def _flat_numbers(data: Any, prefix: str) -> dict[str, float]:
     if not isinstance(data, dict):
         return out
     for key, value in data.items():
-        if _is_number(value):
+        if is_number(value):
             out[f"{prefix}{key}"] = float(value)
     for value in data.values():
         if isinstance(value, dict):
             for key, inner in value.items():
-                if _is_number(inner):
+                if is_number(inner):
                     out.setdefault(f"{prefix}{key}", float(inner))
     return out
 
@@ -770,7 +573,7 @@ def _metrics_beside(path: str, kind: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for folder in folders:
         for name, prefix in _METRIC_FILES.items():
-            for key, value in _flat_numbers(_read_json(os.path.join(folder, name)), prefix).items():
+            for key, value in _flat_numbers(read_json(os.path.join(folder, name)), prefix).items():
                 out.setdefault(key, value)
     return out
 
@@ -786,207 +589,9 @@ def _adapter_weights_problem(path: str) -> str | None:
                 os.path.lexists(os.path.join(path, MODEL_PICKLE)):
             return None  # a Trainer checkpoint of a full model
         return f"no adapter weights ({ADAPTER_SAFETENSORS})"
-    header = _safetensors_header(weights)
+    header = safetensors_header(weights)
     if header is None:
         return f"{ADAPTER_SAFETENSORS} cannot be read (truncated?)"
     return None
 
 
-_header_cache: dict[str, tuple[int, int, tuple[int, dict[str, Any]] | None]] = {}
-
-
-def _safetensors_header(file: str) -> tuple[int, dict[str, Any]] | None:
-    """(data start, header) of a safetensors file whose size matches its header, else None."""
-    try:
-        st = os.stat(file)
-    except OSError:
-        return None
-    cached = _header_cache.get(file)
-    if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
-        return cached[2]
-    result: tuple[int, dict[str, Any]] | None = None
-    try:
-        with open(file, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if length < 100_000_000:
-                header = json.loads(handle.read(length))
-                ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-                if 8 + length + max(ends, default=0) == st.st_size:
-                    result = (8 + length, header)
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
-        result = None
-    _header_cache[file] = (st.st_mtime_ns, st.st_size, result)
-    return result
-
-
-def _config_shape(path: str) -> tuple[tuple[str, str], ...] | None:
-    data = _read_json(os.path.join(path, MODEL_CONFIG))
-    if not isinstance(data, dict):
-        return None
-    return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in data.items()
-                        if k not in _VOLATILE_CONFIG))
-
-
-def _fingerprint(path: str) -> str | None:
-    """The raw bytes of the final normalization weight (a few KB), read from safetensors.
-
-    Cached by the weight file's mtime and size. None when there is no safetensors file or no
-    such tensor (then no merge is inferred: better unlinked than wrongly linked).
-    """
-    index = _read_json(os.path.join(path, MODEL_SAFETENSORS_INDEX))
-    weight_map = index.get("weight_map", {}) if isinstance(index, dict) else {}
-    candidates = [n for n in weight_map if _is_final_norm(n)]
-    filename = weight_map[candidates[0]] if candidates else MODEL_SAFETENSORS
-    file = os.path.join(path, filename)
-    try:
-        st = os.stat(file)
-    except OSError:
-        return None
-    cached = _fingerprint_cache.get(file)
-    if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
-        return cached[2]
-    result: str | None = None
-    try:
-        with open(file, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if length < 100_000_000:
-                header = json.loads(handle.read(length))
-                names = sorted(n for n in header if _is_final_norm(n))
-                if names:
-                    start, end = header[names[0]]["data_offsets"]
-                    handle.seek(8 + length + start)
-                    result = handle.read(min(end - start, 1 << 20)).hex()
-    except (OSError, ValueError, KeyError, struct.error):
-        result = None
-    _fingerprint_cache[file] = (st.st_mtime_ns, st.st_size, result)
-    return result
-
-
-_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": "bf16"}
-
-
-def _tensor(file: str, name: str) -> Any:
-    """One tensor of a safetensors file as a float64 numpy array (None when unreadable)."""
-    import numpy as np
-
-    found = _safetensors_header(file)
-    if found is None or name not in found[1]:
-        return None
-    start, header = found
-    info = header[name]
-    dtype = _DTYPES.get(info.get("dtype"))
-    if dtype is None:
-        return None
-    begin, end = info["data_offsets"]
-    try:
-        with open(file, "rb") as handle:
-            handle.seek(start + begin)
-            raw = handle.read(end - begin)
-    except OSError:
-        return None
-    if dtype == "bf16":
-        array = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
-    else:
-        array = np.frombuffer(raw, dtype)
-    return array.astype(np.float64).reshape(info["shape"])
-
-
-def _tensor_digest(file: str) -> str | None:
-    """A hash of a safetensors file's tensors (names, dtypes, shapes, bytes), not its header
-    layout: two saves of the same adapter weights hash alike."""
-    import hashlib
-
-    found = _safetensors_header(file)
-    if found is None:
-        return None
-    start, header = found
-    digest = hashlib.sha256()
-    try:
-        with open(file, "rb") as handle:
-            for name in sorted(k for k in header if k != "__metadata__"):
-                info = header[name]
-                begin, end = info["data_offsets"]
-                handle.seek(start + begin)
-                digest.update(f"{name}|{info['dtype']}|{info['shape']}|".encode())
-                digest.update(handle.read(end - begin))
-    except (OSError, KeyError):
-        return None
-    return digest.hexdigest()
-
-
-def _lora_delta(adapter: str, module: str) -> Any:
-    """scale · B @ A of `adapter` for the base weight `module` (e.g. `model.layers.0.…q_proj`),
-    None when the adapter does not target it."""
-    config = _read_json(os.path.join(adapter, ADAPTER_CONFIG))
-    file = os.path.join(adapter, ADAPTER_SAFETENSORS)
-    found = _safetensors_header(file)
-    if not isinstance(config, dict) or found is None:
-        return None
-    suffix = f"{module}.lora_A.weight"
-    names = [k for k in found[1] if k.endswith(suffix)]
-    if not names:
-        return None
-    a = _tensor(file, names[0])
-    b = _tensor(file, names[0].replace("lora_A", "lora_B"))
-    r, alpha = config.get("r"), config.get("lora_alpha")
-    if a is None or b is None or not _is_number(r) or not _is_number(alpha) or not r:
-        return None
-    scale = alpha / (r ** 0.5) if config.get("use_rslora") else alpha / r
-    delta = (b @ a) * scale
-    return delta.T if config.get("fan_in_fan_out") else delta
-
-
-def _merge_evidence(base: str | None, merged: str | None,
-                    adapters: Sequence[str | None]) -> tuple[int, ...] | None:
-    """Which adapters (indices into `adapters`, in order) `merged` is `base` plus: a single one,
-    else all of the first k applied in turn. None when no such sum equals it (then no link)."""
-    import numpy as np
-
-    if not base or not merged or not adapters:
-        return None
-    files = {}
-    for folder in (base, merged):
-        file = os.path.join(folder, MODEL_SAFETENSORS)
-        if _safetensors_header(file) is None:
-            return None
-        files[folder] = file
-    deltas: list[tuple[str, Any]] = []
-    for adapter in adapters:
-        if not adapter:
-            return None
-        found = None
-        for name in _safetensors_header(files[base])[1]:  # type: ignore[index]
-            if name.endswith(".weight") and ".layers." in name:
-                module = name[: -len(".weight")]
-                delta = _lora_delta(adapter, module)
-                if delta is not None:
-                    found = (name, delta)
-                    break
-        deltas.append(found if found else ("", None))
-
-    def equal(name: str, total: Any) -> bool:
-        w0, w1 = _tensor(files[base], name), _tensor(files[merged], name)
-        if w0 is None or w1 is None or w0.shape != total.shape or not np.any(total):
-            return False
-        if np.array_equal(w0, w1):
-            return False  # the same weight: a copy, not a merge
-        tolerance = 1e-2 * float(np.max(np.abs(total))) + 1e-6
-        return bool(np.max(np.abs(w0 + total - w1)) <= tolerance)
-
-    for i, (name, delta) in enumerate(deltas):
-        if delta is not None and equal(name, delta):
-            return (i,)
-    # The chain: every adapter's delta on one weight they all target, summed in order.
-    names = {name for name, _ in deltas}
-    if len(adapters) > 1 and len(names) == 1 and "" not in names:
-        (name,) = names
-        total = 0
-        for k, (_, delta) in enumerate(deltas):
-            total = total + delta
-            if k >= 1 and equal(name, total):
-                return tuple(range(k + 1))
-    return None
-
-
-def _is_final_norm(name: str) -> bool:
-    return name.endswith("norm.weight") and ".layers." not in name and ".h." not in name

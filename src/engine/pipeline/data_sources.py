@@ -178,8 +178,3 @@ def resolve_sources(ref: str | Sequence[str], base_dir: Path, run_dir: Path | No
         for path in _one(entry, base_dir, run_dir, split, subset):
             seen.setdefault(path, None)
     return list(seen)
-
-
-def needs_datasets(ref: str | Sequence[str]) -> bool:
-    """Whether resolving `ref` imports the `datasets` library (a hub id does)."""
-    return any(r.startswith(HF_PREFIX) for r in as_list(ref))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,9 @@ from graftline.engine.common.checkpoint_files import (
     MODEL_CONFIG,
     MODEL_SAFETENSORS,
     MODEL_SAFETENSORS_INDEX,
+    REFERENCE_ADAPTER,
+    checkpoint_dirs,
+    checkpoint_step,
     folder_files,
 )
 from graftline.engine.common.errors import GraftlineError
@@ -50,8 +52,6 @@ __all__ = [
 ]
 
 RUN_SCHEME = "run:"
-TRL_REF = "ref"  # DPOTrainer's frozen copy of the adapter it continued
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 ForeignKind = Literal["adapter", "model"]
 Source = Literal["peft", "transformers", "trainer", "graftline"]
@@ -156,12 +156,8 @@ def lora_of(config: dict[str, Any]) -> spec.Lora | None:
 
 
 def _newest_checkpoint(folder: Path) -> Path | None:
-    found = []
-    for child in folder.iterdir() if folder.is_dir() else ():
-        match = _CHECKPOINT.match(child.name)
-        if match and child.is_dir() and not child.is_symlink():
-            found.append((int(match.group(1)), child))
-    return max(found)[1] if found else None
+    found = checkpoint_dirs(folder)
+    return found[0][1] if found else None
 
 
 def _not_a_checkpoint(folder: Path, ref: str) -> ForeignError:
@@ -243,8 +239,7 @@ def read_foreign(ref: str, search_dir: Path, *,
         raise ForeignError(f"{folder} is a file, not a checkpoint directory",
                            "point `from` at the folder that holds it")
     real = Path(os.path.realpath(folder))
-    match = _CHECKPOINT.match(real.name)
-    step = int(match.group(1)) if match else None
+    step = checkpoint_step(real.name)
     manifest = None
     try:
         manifest = mf.read(real)
@@ -277,8 +272,9 @@ def read_foreign(ref: str, search_dir: Path, *,
             found = resolve_base(base_ref, real)
             base_kind = found.kind
             base_path = found.path if found.exists else None
+        has_ref = (real / REFERENCE_ADAPTER / ADAPTER_CONFIG).is_file()
         return Foreign(ref, str(real), "adapter", source, base_ref or None, base_path, base_kind,
-                       lora, step, (real / TRL_REF / ADAPTER_CONFIG).is_file(), run, stage)
+                       lora, step, has_ref, run, stage)
     if is_full_model(real):
         return Foreign(ref, str(real), "model",
                        "transformers" if source == "peft" else source, step=step, run=run,

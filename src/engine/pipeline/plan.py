@@ -73,11 +73,6 @@ class StepPlan:
     def produces_adapter(self) -> bool:
         return self.kind in spec.ADAPTER_KINDS
 
-    @property
-    def starts_from_adapter(self) -> bool:
-        """Whether what it starts from is an adapter (a stage's or a foreign one)."""
-        return self.foreign is not None and self.foreign.kind == "adapter"
-
 
 @dataclass(frozen=True)
 class Plan:

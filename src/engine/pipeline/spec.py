@@ -2,7 +2,7 @@
 
 Written for people who type these by hand: every field has an obvious default, unknown keys are
 errors (with a "did you mean"), and each stage kind accepts only the fields that mean something
-for it. Defaults from `[defaults]` are merged into each stage by `pipeline_file.py` before these
+for it. Defaults from `[defaults]` are merged into each stage by `file.py` before these
 models see it; a `continue` stage inherits its LoRA shape from the adapter it continues.
 """
 

@@ -300,9 +300,7 @@ class StageView:
 class History:
     """Everything a run's log says, folded for display: stages, metric rows, checkpoints, checks,
     warnings, the latest telemetry. `apply` folds further rows, so a follower keeps it current.
-
-    Metric rows are kept as the decoded dicts; `series(key)` builds the chart's x/y columns on
-    first use and extends them as rows arrive, so loading pays for the keys that are shown only.
+    Metric rows are kept as the decoded dicts.
     """
 
     offset: int = 0
@@ -317,7 +315,6 @@ class History:
     gpu_reason: str | None = None
     finished: dict[str, Any] | None = None
     resumes: int = 0
-    _series: dict[str, tuple[list[float], list[float], int]] = field(default_factory=dict)
 
     def apply(self, rows: list[dict[str, Any]]) -> None:
         metrics = self.metrics
@@ -371,32 +368,6 @@ class History:
             self.checks.append(row)
         elif kind == "run_finished":
             self.finished = data
-
-    def series(self, key: str, stage: str | None = None) -> tuple[list[float], list[float]]:
-        """(global steps, values) of one logged metric, in log order (a resumed stage's steps
-        continue where the checkpoint left them, so x may step back once after a crash)."""
-        cache_key = f"{stage}\0{key}"
-        xs, ys, done = self._series.get(cache_key, ([], [], 0))
-        for row in self.metrics[done:]:
-            if stage is not None and row.get("stage") != stage:
-                continue
-            data = row["data"]
-            value = data.get(key)
-            if value is not None:
-                xs.append(data.get("global_step", data.get("step", 0)))
-                ys.append(value)
-        self._series[cache_key] = (xs, ys, len(self.metrics))
-        return xs, ys
-
-    @property
-    def boundaries(self) -> list[tuple[int, str]]:
-        """(global step where a stage starts, stage name) for the chart's stage markers."""
-        return sorted((view.global_step_offset, name) for name, view in self.stages.items()
-                      if view.status != "pending")
-
-    @property
-    def latest_metrics(self) -> dict[str, Any]:
-        return self.metrics[-1]["data"] if self.metrics else {}
 
     @property
     def warnings(self) -> list[dict[str, Any]]:

@@ -209,11 +209,6 @@ class EventWriter:
             self._flush_pending()
             return len(self._pending)
 
-    def save_summary(self) -> None:
-        with self._lock:
-            if self._summary is not None:
-                self._save()
-
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:

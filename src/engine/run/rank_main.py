@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from graftline.engine.common import atomic
+from graftline.engine.common.checkpoint_files import checkpoint_name, checkpoint_step
 from graftline.engine.run import group_io
 
 PR_SET_PDEATHSIG = 1
@@ -130,15 +131,14 @@ def agree_on_resume(resume_from: Path | None, sink: Any, stage: str) -> Path | N
     if not dist.is_initialized():
         dist.init_process_group()  # gloo on CPU, nccl beside it on CUDA: what accelerate starts
     stage_dir = resume_from.parent.parent if resume_from is not None else None
-    held = {int(p.name.rsplit("-", 1)[1]): p for p in
-            (trainer_checkpoints(stage_dir) if stage_dir is not None else [])
-            if checkpoint_problem(p) is None}
+    held = {step: p for p in (trainer_checkpoints(stage_dir) if stage_dir is not None else [])
+            if (step := checkpoint_step(p.name)) is not None and checkpoint_problem(p) is None}
     newest = torch.tensor([max(held, default=-1)], dtype=torch.int64)
     dist.all_reduce(newest, op=dist.ReduceOp.MIN)
     agreed = int(newest.item())
     chosen = held.get(agreed)
     if agreed >= 0 and chosen is None:
-        raise RuntimeError(f"no checkpoint-{agreed} on this host (it holds "
+        raise RuntimeError(f"no {checkpoint_name(agreed)} on this host (it holds "
                            f"{sorted(held) or 'none'}); every machine needs the same step")
     if chosen != resume_from:
         sink.emit("warning", stage, message=(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import shutil
 import time
 import traceback
@@ -29,11 +28,13 @@ from graftline.engine.common.checkpoint_files import (
     MODEL_PICKLE,
     MODEL_SAFETENSORS,
     TRAINER_STATE,
+    checkpoint_dirs,
 )
 from graftline.engine.common.control import RunControl
 from graftline.engine.common.disk_full import is_disk_full, wait_for_space
 from graftline.engine.common.layout import DONE
 from graftline.engine.common.private import make_private, umask, user_umask
+from graftline.engine.common.safetensors_header import whole_header
 from graftline.engine.common.sink import Sink
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline.file import PipelineFile
@@ -41,8 +42,6 @@ from graftline.engine.run import between_stages as stage_cleanup
 from graftline.engine.stages import StageContext, StageHooks, StageOutcome, checks, runner_for
 from graftline.engine.stages.common import completed_earlier, stage_dir
 from graftline.engine.stages.trainer_args import TRAINER_DIR
-
-CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -96,10 +95,7 @@ def trainer_checkpoints(directory: Path) -> list[Path]:
     root = directory / TRAINER_DIR
     if not root.is_dir() or root.is_symlink():
         return []
-    found = sorted(((int(m.group(1)), p) for p in root.iterdir()
-                    if (m := CHECKPOINT.match(p.name)) and p.is_dir() and not p.is_symlink()),
-                   reverse=True)
-    return [p for _, p in found]
+    return [p for _, p in checkpoint_dirs(root)]
 
 
 WEIGHTS = (ADAPTER_SAFETENSORS, MODEL_SAFETENSORS, ADAPTER_PICKLE, MODEL_PICKLE)
@@ -123,7 +119,7 @@ def checkpoint_problem(path: Path) -> str | None:
     if not weights:
         return "no weights file"
     for file in weights:
-        if file.suffix == ".safetensors" and not _whole_safetensors(file):
+        if file.suffix == ".safetensors" and whole_header(file) is None:
             return f"{file.name} is truncated"
         if file.suffix == ".bin" and not zipfile.is_zipfile(file):
             return f"{file.name} is truncated"
@@ -132,18 +128,6 @@ def checkpoint_problem(path: Path) -> str | None:
         if file.exists() and not zipfile.is_zipfile(file):
             return f"{name} is truncated"
     return None
-
-
-def _whole_safetensors(file: Path) -> bool:
-    try:
-        with file.open("rb") as handle:
-            size = int.from_bytes(handle.read(8), "little")
-            header = json.loads(handle.read(size))
-        end = max((int(v["data_offsets"][1]) for k, v in header.items()
-                   if k != "__metadata__"), default=0)
-        return file.stat().st_size == 8 + size + end
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
 
 
 def _warn_half_written(sink: Sink, stage: str, directory: Path, chosen: Path | None) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from graftline.engine.common.checkpoint_files import checkpoint_name, directory_bytes
 from graftline.engine.common.control import RunControl
 from graftline.engine.common.sink import Sink
 
@@ -95,14 +96,12 @@ class StageCallback(TrainerCallback):
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                 **kwargs: Any) -> Any:
-        path = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
+        path = Path(str(args.output_dir)) / checkpoint_name(state.global_step)
         self.sink.emit("checkpoint_saved", self.stage, path=str(path), kind="trainer",
                        id=f"{self.stage}@{state.global_step}", bytes=_bytes(path))
 
 
 def _bytes(path: Path) -> int:
-    from graftline.engine.lineage.manifest import directory_bytes
-
     return directory_bytes(path) if path.exists() else 0
 
 

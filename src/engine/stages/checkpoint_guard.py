@@ -19,10 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from graftline.engine.common.checkpoint_files import (
+    checkpoint_dirs,
+    checkpoint_name,
+    directory_bytes,
+)
 from graftline.engine.common.disk_full import is_disk_full, wait_for_space
 from graftline.engine.stages.common import StageContext
-
-PREFIX = "checkpoint-"
 
 
 def guard_checkpoint_saves(trainer: Any, ctx: StageContext) -> None:
@@ -31,14 +34,14 @@ def guard_checkpoint_saves(trainer: Any, ctx: StageContext) -> None:
 
     def save(model: Any, trial: Any, *args: Any, **kwargs: Any) -> None:
         while True:
-            folder = Path(trainer.args.output_dir) / f"{PREFIX}{trainer.state.global_step}"
+            folder = Path(trainer.args.output_dir) / checkpoint_name(trainer.state.global_step)
             existed = folder.exists()
             try:
                 return original(model, trial, *args, **kwargs)
             except Exception as exc:
                 if not is_disk_full(exc):
                     raise
-                written = _dir_bytes(folder)
+                written = directory_bytes(folder)
                 if not existed:
                     _remove_partial(folder)
                 # at least what the failed save had reached, and what the last whole one took
@@ -75,12 +78,4 @@ def _remove_partial(folder: Path) -> None:
 def _checkpoint_need(root: Path) -> int:
     """What one more checkpoint takes: the largest earlier one (the Trainer deletes the oldest
     only after the new one is whole), or 0 when none is there yet."""
-    sizes = [_dir_bytes(child) for child in (root.iterdir() if root.is_dir() else ())
-             if child.name.startswith(PREFIX) and child.is_dir() and not child.is_symlink()]
-    return max(sizes, default=0)
-
-
-def _dir_bytes(folder: Path) -> int:
-    if not folder.is_dir() or folder.is_symlink():
-        return 0
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+    return max((directory_bytes(child) for _step, child in checkpoint_dirs(root)), default=0)

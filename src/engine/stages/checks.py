@@ -16,14 +16,12 @@ from typing import Any
 
 import torch
 
-from graftline.engine.common.checkpoint_files import ADAPTER_CONFIG
+from graftline.engine.common.checkpoint_files import ADAPTER_CONFIG, REFERENCE_ADAPTER
 from graftline.engine.common.errors import GraftlineError
 from graftline.engine.common.sink import Sink
 from graftline.engine.lineage.manifest import CheckResult, LoraSpec
 
 ADAPTER = "default"
-# TRL's frozen copy of the adapter, the reference of DPO/GRPO on a continued adapter.
-REFERENCE_ADAPTER = "ref"
 MERGE_TOLERANCE = 1e-4
 START_TOLERANCE = 0.05
 FINGERPRINT_SAMPLES = 4096

@@ -89,11 +89,6 @@ class StageContext:
         path = Path(relative).expanduser()
         return path if path.is_absolute() else (self.search_dir / path).resolve()
 
-    def data_path(self, ref: str) -> Path:
-        from graftline.engine.pipeline.datasets import resolve_data
-
-        return resolve_data(ref, self.search_dir, self.run_dir)
-
     def spec_as(self, kind: type[StageSpec]) -> StageSpec:
         """The stage's spec as its own kind's model. The runner dispatches on the kind, so this
         holds; the check turns a dispatch bug into a clear error instead of a wrong attribute."""

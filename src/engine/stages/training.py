@@ -16,6 +16,7 @@ from typing import Any
 import datasets
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from graftline.engine.common.checkpoint_files import REFERENCE_ADAPTER
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import spec
 from graftline.engine.stages import checks, resume, trl_compat
@@ -99,7 +100,7 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
     policy = trainer.accelerator.unwrap_model(trainer.model)
 
     began = time.perf_counter()
-    allowed = (checks.REFERENCE_ADAPTER,) if ctx.kind in ("dpo", "grpo") else ()
+    allowed = (REFERENCE_ADAPTER,) if ctx.kind in ("dpo", "grpo") else ()
     before = checks.fingerprint(policy)
     log.record(checks.adapters(policy, allowed_frozen=allowed))
     log.record(checks.trainable_fraction(policy))
@@ -156,8 +157,8 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
     began = time.perf_counter()
     log.record(checks.base_unchanged(before, checks.fingerprint(policy)))
     log.record(checks.adapters(policy, allowed_frozen=allowed))
-    if checks.REFERENCE_ADAPTER in getattr(policy, "peft_config", {}):
-        policy.delete_adapter(checks.REFERENCE_ADAPTER)
+    if REFERENCE_ADAPTER in getattr(policy, "peft_config", {}):
+        policy.delete_adapter(REFERENCE_ADAPTER)
     spent += time.perf_counter() - began
 
     out = ctx.stage_dir
