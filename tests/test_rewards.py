@@ -8,8 +8,8 @@ import pytest
 
 from graftline.engine.pipeline.rewards import (
     RewardError,
-    answer_similarity,
     answer_problem,
+    answer_similarity,
     exact_match,
     named,
     resolve_reward,
