@@ -61,7 +61,8 @@ data = "grpo.jsonl"
 reward = "exact_match"
 num_generations = 8
 max_completion_length = 6
-train = { max_steps = GRPO_STEPS, lr = 1e-3, batch_size = 16 }
+temperature = 1.5
+train = { max_steps = GRPO_STEPS, lr = 2e-3, batch_size = 64 }
 
 [[stage]]
 name = "final"
@@ -69,9 +70,8 @@ kind = "export"
 out = "exported"
 dtype = "float32"
 """
-# sft1 is kept short so it stops early (its merge answered 0% of held-out chat sums for pipeline
-# seeds 0–2 on a Zen 3 EPYC) and sft2 has something to add (63–73% there)
-STEPS = {"SFT1_STEPS": 40, "SFT2_STEPS": 40, "IPO_STEPS": 40, "GRPO_STEPS": 60}
+# sft1 is kept short so it stops early and sft2 has something to add
+STEPS = {"SFT1_STEPS": 15, "SFT2_STEPS": 40, "IPO_STEPS": 40, "GRPO_STEPS": 60}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -103,12 +103,6 @@ def test_demo_chain_learns_and_records_its_lineage(tmp_path: Path, toy_base: Pat
 
     # learning, each against a baseline measured in this run (no figure from one machine): SFT
     # loss falls; the second SFT improves accuracy; IPO and GRPO improve their own objectives.
-    # Margins from pipeline seeds 0, 1, 2 on a 2-core Zen 3 EPYC (base: seed 0, 98.9%):
-    #   sft1 loss_end / loss_start        0.336, 0.328, 0.330   → asserted < 0.6
-    #   chat exact match merge1 → +sft2   0→73%, 0→67%, 0→63%   → asserted after > before
-    #   IPO reward accuracy start → end   .62→.82, .51→.80, .60→.91 (gain ≥ .20) → gain > 0.1
-    #   IPO reward margin start → end     .12→.56, .10→.59, .21→.96 (gain ≥ .44) → gain > 0.2
-    #   GRPO reward start → end           .075→.617, .183→.642, .062→.096  → asserted end > start
     # (start/end are the means of the first/last logged windows, see stages/callbacks.py)
     sft1 = m["sft1"].metrics
     assert sft1["loss_end"] < 0.6 * sft1["loss_start"]
@@ -118,13 +112,13 @@ def test_demo_chain_learns_and_records_its_lineage(tmp_path: Path, toy_base: Pat
     ipo = m["ipo"].metrics
     assert ipo["rewards/accuracies_end"] > ipo["rewards/accuracies_start"] + 0.1, ipo
     assert ipo["rewards/margins_end"] > ipo["rewards/margins_start"] + 0.2, ipo
-    # GRPO learns from the spread of rewards within a group: when almost no sampled answer is
-    # right at the start there is no advantage to follow, and "rising" is a coin flip, not a
-    # measurement (the plateau seed's base, GRAFTLINE_TOY_SEED=3: 0.004 -> 0.0). With a signal
-    # (seeds 0-2 above: start 0.06-0.18) the reward must rise.
+    # GRPO learns from the spread of rewards within a group. Sampled at temperature 1.5 a model
+    # that answers greedily right is sampled right only part of the time: the groups spread, and
+    # sharpening the policy is what raises the reward. Asserted where that spread exists (the
+    # start has room below 1 and above 0); a base with no signal is caught by the demo's verdict.
     grpo = m["grpo"].metrics
-    if grpo["reward_start"] >= 0.05:
-        assert grpo["reward_end"] > grpo["reward_start"], grpo
+    assert 0.05 <= grpo["reward_start"] <= 0.95, grpo
+    assert grpo["reward_end"] > grpo["reward_start"], grpo
 
     # checks: merge equality, the IPO reference starting at zero margin, all passed
     merge_check = next(c for c in m["merge1"].checks if c.name == "merge_equal")
