@@ -152,7 +152,8 @@ async def test_stop_then_resume_from_the_console_with_a_real_engine(
                        what="the stopped row")
         lines = screen.query_one(LogTail).lines
         assert not any(line.level == "error" for line in lines), [ln.text for ln in lines]
-        assert "R resumes" in screen_text(app)
+        # the model says stopped before the screen has drawn it: wait for the drawn hint
+        await wait_for(pilot, lambda: "R resumes" in screen_text(app), what="the resume hint")
         await pilot.press("R")
         await pilot.press("y")
         await wait_for(pilot, lambda: "done earlier" in str(table.get_cell("first", "status")),

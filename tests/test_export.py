@@ -247,6 +247,28 @@ def test_bfloat16_export_verifies_and_halves_size(toy_base: Path, tmp_path: Path
     assert 'PARAMETER stop "<|end|>"' in modelfile
 
 
+def test_a_half_precision_bound_comes_from_the_reference_run_in_that_precision(
+        toy_base: Path, tmp_path: Path) -> None:
+    """bf16's bound is measured, not assumed: the reference run in bf16 says how far rounding
+    alone moves the logits, and the export may drift up to twice that. An export checked against
+    another adapter (the wrong model) is still far outside it."""
+    from graftline.engine.export.verify import verify
+
+    adapter = random_adapter(toy_base, tmp_path / "sft", r=8, lora_alpha=16, seed=8)
+    other = random_adapter(toy_base, tmp_path / "other", r=8, lora_alpha=16, seed=9)
+    out = tmp_path / "exported"
+    _plan, result, _sink = export(adapter, out, dtype="bfloat16")
+    right = result.verification
+    assert right["passed"] and right["baseline_diff"] > 0
+    assert right["tolerance"] >= 2 * right["baseline_diff"]
+    assert f"the reference itself in bfloat16: {right['baseline_diff']:.3g}" in right["message"]
+    wrong = verify(out, toy_base, other, "bfloat16")
+    assert not wrong.passed and wrong.max_abs_diff > wrong.tolerance
+    assert "do not reproduce base + adapter" in wrong.message
+    exact = verify(out, toy_base, adapter, "float32")  # bf16 weights judged as float32: no
+    assert exact.baseline_diff is None and not exact.passed
+
+
 def test_full_model_export_is_a_verified_copy(toy_base: Path, tmp_path: Path):
     source = tmp_path / "merged"
     shutil.copytree(toy_base, source)
