@@ -17,6 +17,7 @@ import numpy
 
 from graftline.console.follower import Follower
 from graftline.engine.run import summary as S
+from graftline.engine.run import summary_file as SF
 from graftline.engine.run.events import EVENTS, EventWriter, read_events
 
 # A real engine-like writer: three stages, metrics every step (a spike now and then), telemetry,
@@ -67,22 +68,22 @@ def test_summary_equals_a_rebuild_after_kill_9_at_a_random_moment(tmp_path: Path
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     log = tmp_path / EVENTS
-    on_disk = S.load(tmp_path)  # atomically replaced: never half a file
-    assert S.verify(on_disk, log) is None, f"seed {seed}"
+    on_disk = SF.load(tmp_path)  # atomically replaced: never half a file
+    assert SF.verify(on_disk, log) is None, f"seed {seed}"
     assert on_disk.offset <= log.stat().st_size
     # What the dead engine saved is exactly what the log up to its offset says.
-    replay, _ = S.rebuild(log, upto=on_disk.offset)
+    replay, _ = SF.rebuild(log, upto=on_disk.offset)
     assert _text(on_disk) == _text(replay), f"seed {seed}, delay {delay:.2f}s"
     # Opening it (summary + the log's tail) equals a rebuild of the whole log.
-    opened = S.open_summary(tmp_path, write_back=False)
-    whole, _ = S.rebuild(log)
+    opened = SF.open_summary(tmp_path, write_back=False)
+    whole, _ = SF.rebuild(log)
     assert not opened.rebuilt and opened.summary.offset == whole.offset
     assert _text(opened.summary) == _text(whole), f"seed {seed}"
     # and a resumed writer continues the sequence from the summary, not from a full read
     events, _ = read_events(log)
     with EventWriter(tmp_path) as writer:
         assert writer.emit("run_finished", None, status="stopped").seq == events[-1].seq + 1
-    assert S.open_summary(tmp_path, write_back=False).summary.status == "stopped"
+    assert SF.open_summary(tmp_path, write_back=False).summary.status == "stopped"
 
 
 def _small_run(run_dir: Path, steps: int = 300) -> None:
@@ -100,7 +101,7 @@ def test_truncated_corrupt_or_stale_summary_is_rebuilt_with_a_notice(tmp_path: P
     _small_run(tmp_path)
     path = tmp_path / S.SUMMARY
     good = path.read_bytes()
-    whole, _ = S.rebuild(tmp_path / EVENTS)
+    whole, _ = SF.rebuild(tmp_path / EVENTS)
     cases = {
         "truncated": good[: len(good) // 2],
         "corrupt": b"\x00\xff not json",
@@ -110,15 +111,15 @@ def test_truncated_corrupt_or_stale_summary_is_rebuilt_with_a_notice(tmp_path: P
     }
     for name, content in cases.items():
         path.write_bytes(content)
-        opened = S.open_summary(tmp_path)
+        opened = SF.open_summary(tmp_path)
         assert opened.rebuilt, name
         assert opened.notices and "rebuilt from events.jsonl" in opened.notices[0], name
         assert _text(opened.summary) == _text(whole), name
         # written back: the next reader trusts it
-        again = S.open_summary(tmp_path)
+        again = SF.open_summary(tmp_path)
         assert not again.rebuilt and not again.notices, name
     path.unlink()
-    missing = S.open_summary(tmp_path, write_back=False)  # an older run: rebuilt, quietly
+    missing = SF.open_summary(tmp_path, write_back=False)  # an older run: rebuilt, quietly
     assert missing.rebuilt and missing.reason == "none yet" and not missing.notices
     assert _text(missing.summary) == _text(whole)
     assert not path.exists()
@@ -128,7 +129,7 @@ def test_a_torn_last_line_is_skipped_with_a_notice(tmp_path: Path) -> None:
     _small_run(tmp_path, steps=5)
     with (tmp_path / EVENTS).open("a") as handle:
         handle.write('{"seq": 99, "time": 1.0, "type": "metr')
-    opened = S.open_summary(tmp_path, write_back=False)
+    opened = SF.open_summary(tmp_path, write_back=False)
     assert not opened.rebuilt
     assert any("incomplete line" in notice for notice in opened.notices)
     assert opened.summary.last_seq == 9
@@ -136,7 +137,7 @@ def test_a_torn_last_line_is_skipped_with_a_notice(tmp_path: Path) -> None:
 
 def test_attach_on_a_log_longer_than_its_summary_shows_every_event_once(tmp_path: Path) -> None:
     _small_run(tmp_path, steps=200)
-    covered = S.load(tmp_path).offset
+    covered = SF.load(tmp_path).offset
     # An engine without a summary (or one killed before its next save) appends more.
     with EventWriter(tmp_path, summary=False) as writer:
         writer.emit("run_started", None, run="r", resumed=True,
@@ -146,7 +147,7 @@ def test_attach_on_a_log_longer_than_its_summary_shows_every_event_once(tmp_path
         for step in range(1, 101):
             writer.emit("metrics", "b", step=step, global_step=200 + step, loss=0.5 / step)
         writer.emit("check_result", "b", name="adapter", status="warn", message="look")
-    assert S.load(tmp_path).offset == covered < (tmp_path / EVENTS).stat().st_size
+    assert SF.load(tmp_path).offset == covered < (tmp_path / EVENTS).stat().st_size
 
     follower = Follower(tmp_path, lambda: None)
     follower.attach()
@@ -157,8 +158,8 @@ def test_attach_on_a_log_longer_than_its_summary_shows_every_event_once(tmp_path
     assert model.events_seen == len(events) and model.last_seq == events[-1].seq
     assert follower.summary is not None
     assert follower.summary.series["loss"].points == 300  # every metric event, once
-    assert follower.summary.counts == S.rebuild(tmp_path / EVENTS)[0].counts
-    assert _text(follower.summary) == _text(S.rebuild(tmp_path / EVENTS)[0])
+    assert follower.summary.counts == SF.rebuild(tmp_path / EVENTS)[0].counts
+    assert _text(follower.summary) == _text(SF.rebuild(tmp_path / EVENTS)[0])
     texts = [line.text for line in model.log]
     assert len(texts) == len(set(texts)), texts  # no line twice
     assert sum("disk is tight" in t for t in texts) == 1
@@ -253,7 +254,7 @@ print(len(errors), errors[0][0])
     assert "stage_finished" in kinds and kinds[-2:] == ["warning", "run_finished"]
     assert "4 events were dropped" in rows[-2]["data"]["message"]
     assert [row["data"]["step"] for row in rows if row["type"] == "metrics"] == [5, 6, 7, 8]
-    assert S.open_summary(tmp_path, write_back=False).rebuilt is False
+    assert SF.open_summary(tmp_path, write_back=False).rebuilt is False
 
 
 def test_the_view_model_from_a_summary_matches_the_view_model_from_every_event(
@@ -267,7 +268,7 @@ def test_the_view_model_from_a_summary_matches_the_view_model_from_every_event(
     events, _ = read_events(run / EVENTS)
     whole = fold(events)
     loaded = RunModel()
-    loaded.load_summary(S.rebuild(run / EVENTS)[0])
+    loaded.load_summary(SF.rebuild(run / EVENTS)[0])
 
     def stages(model: RunModel) -> list[tuple]:
         return [(s.name, s.kind, s.index, s.status, s.step, s.max_steps, s.global_step_offset,

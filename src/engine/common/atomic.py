@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 
-def write_text(path: Path, text: str, *, mode: int | None = None) -> None:
+def write_text(path: Path, text: str, *, mode: int | None = None, fsync: bool = True) -> None:
     """`mode` None: what a plain new file would get under the umask (mkstemp makes 0600), so a
-    private run's engine (umask 077) writes 0600 and anyone else's 0644 as before."""
+    private run's engine (umask 077) writes 0600 and anyone else's 0644 as before. `fsync`
+    False: still atomic, but not durable across a power cut (for a cache of other files that a
+    reader rebuilds when it finds it old or empty, such as the events summary)."""
     from graftline.engine.common.private import file_mode
 
     path = Path(path)
@@ -20,8 +22,9 @@ def write_text(path: Path, text: str, *, mode: int | None = None) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

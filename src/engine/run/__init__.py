@@ -2,7 +2,8 @@
 
 Modules: launch (create and spawn), daemon (the engine process), runner (stages in order),
 client (what a console or CLI reads and sends), state (state.json, liveness), control (the
-owner-only socket), events (events.jsonl), summary (events.summary.json), telemetry,
+owner-only socket), events (events.jsonl), summary (events.summary.json: the fold; its series
+in summary_series, the file in summary_file), telemetry,
 between_stages ([cleanup] between stages).
 """
 
@@ -45,7 +46,8 @@ _EXPORTS = {
     "summary": "summary",
     "SUMMARY": "summary",
     "Summary": "summary",
-    "open_summary": "summary",
+    "summary_file": "summary_file",
+    "open_summary": "summary_file",
     "state": "state",
     "RunState": "state",
     "StateKeeper": "state",

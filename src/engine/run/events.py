@@ -28,14 +28,8 @@ from typing import Any, Literal
 
 from graftline.engine.common.errors import GraftlineError
 from graftline.engine.common.layout import EVENTS
-from graftline.engine.run.summary import (
-    Summary,
-    crc,
-    first_line,
-    open_summary,
-    rebuild,
-    save,
-)
+from graftline.engine.run.summary import Summary, crc
+from graftline.engine.run.summary_file import first_line, open_summary, rebuild, save
 
 SAVE_EVERY = 2.0  # seconds between summary saves while events flow
 PENDING_MAX = 10_000  # events held in memory while the disk refuses writes

@@ -7,54 +7,45 @@ only the log's tail after the summary's `offset`: a week of history opens as fas
 
 What the summary holds (bounded, about 1 MB at most whatever the run's length):
 
-- per metric series (on the run's global-step axis) a multi-resolution downsample: a *top* level
-  covering the whole run in at most 512 buckets (bucket width a power of two, doubled as the run
-  grows) and up to three *zoom* levels (widths 16^j steps below the top's) holding the most recent
-  256 buckets each. Every bucket keeps min, max and last (the value at the bucket's largest step,
-  the later one on a tie), so a spike survives any zoom. Every level is a pure function of the
-  set of points (bucket = floor(step / width), no history of when it was folded), so a summary
-  folded incrementally by the engine equals one rebuilt from the log in one pass. With many
-  series the bucket counts shrink by powers of two to keep the total under `BUCKET_BUDGET`;
+- per metric series (on the run's global-step axis) a multi-resolution downsample
+  (run/summary_series.py); with many series the bucket counts shrink by powers of two to keep
+  the total under `BUCKET_BUDGET`;
 - stage boundaries, the latest state of every stage (status, step, latest metrics, summary,
   evaluation, checks by name, the last checkpoints), the run's status, the latest telemetry;
 - the last `LOG_ROWS` events that are not metrics, telemetry or progress (the console's log);
 - `offset` (the log bytes it covers), `last_seq`, and CRCs of the log's first line and of the line
-  ending at `offset`. A reader that finds the log shorter than `offset`, or either line
-  different, does not trust the summary: it rebuilds it from the log and says so.
+  ending at `offset`, which a reader checks before it trusts the file (run/summary_file.py:
+  save, load, verify, rebuild, `open_summary`).
 
-Values are stored as float32 (min/max/last) beside float64 steps, base64 in the JSON; rounding is
-monotone, so merging float32 with new float64 points gives what a rebuild gives.
+This module is the fold: events in, `Summary` out, and the summary as JSON.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import tempfile
 import zlib
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from operator import methodcaller
-from pathlib import Path
 from typing import Any
 
-from graftline.engine.common.layout import EVENTS, SUMMARY
+from graftline.engine.common.layout import SUMMARY
+from graftline.engine.run.summary_series import (
+    BUCKET_BUDGET,
+    MIN_TOP,
+    MIN_ZOOM,
+    PENDING_POINTS,
+    TOP_CAP,
+    ZOOM_CAP,
+    ZOOM_LEVELS,
+    SeriesSummary,
+)
 
-__all__ = [
-    "BUCKET_BUDGET", "LOG_ROWS", "SUMMARY", "Opened", "SeriesSummary", "Summary", "load",
-    "open_summary", "rebuild", "save", "verify",
-]
+__all__ = ["BUCKET_BUDGET", "LOG_ROWS", "SUMMARY", "SeriesSummary", "Summary", "crc"]
 
 VERSION = 1
-TOP_CAP = 512  # buckets of the whole-run level
-ZOOM_CAP = 256  # most recent buckets kept by each zoom level
-ZOOM_STEP = 4  # zoom widths are 2 ** (4 j) = 16 ** j steps
-ZOOM_LEVELS = 3  # zoom levels kept below the top
-BUCKET_BUDGET = 16_000  # all series together (about 430 kB of base64)
 SERIES_MAX = 1_000  # series beyond this are counted, not summarised
-MIN_TOP, MIN_ZOOM = 8, 4
 LOG_ROWS = 200
 ROW_BYTES = 1_000  # a log row longer than this keeps its message only, cut
 CHECKPOINTS_KEPT = 8  # trainer checkpoints per stage (a week of them stays bounded)
@@ -62,200 +53,12 @@ CHECKS_KEPT = 64  # per stage, by name
 # Metric events held before they are sorted into series: few, because every held dict is one
 # more object for Python's garbage collector to walk (measured: the larger cost, not the sort).
 PENDING_ROWS = 256
-PENDING_POINTS = 65_536  # points per series held before numpy folds them into the levels
 NOT_SERIES = frozenset({"step", "global_step", "max_steps", "epoch", "tokens_per_s",
                         "steps_per_s", "eta_s"})
 THROUGHPUT = ("tokens_per_s", "steps_per_s")
 NOT_LOGGED = frozenset({"metrics", "telemetry", "progress"})
 TRAINING_KINDS = frozenset({"sft", "dpo", "grpo"})
 SUMMARY_BYTES_MAX = 1 << 20
-
-
-def _np():  # numpy only when folding points: `graftline --help` never pays for it
-    import numpy
-
-    return numpy
-
-
-# -- one series -----------------------------------------------------------------------------
-
-
-@dataclass
-class Level:
-    """Buckets at width 2**exp, ascending: the step of each bucket's last point, min, max, last."""
-
-    exp: int
-    xl: Any  # float64 array
-    lo: Any  # float64 arrays (values already rounded to float32)
-    hi: Any
-    last: Any
-
-    def index(self) -> Any:
-        np = _np()
-        return np.floor(self.xl / float(2 ** self.exp)).astype(np.int64)
-
-
-def _aggregate(exp: int, xl: Any, lo: Any, hi: Any, last: Any) -> Level:
-    """Points or buckets (in log order) → one bucket per index at width 2**exp.
-
-    `last` of a bucket is the value at its largest step; on a tie the later in log order wins
-    (a resumed run re-logs steps after its checkpoint).
-    """
-    np = _np()
-    if xl.size == 0:
-        return Level(exp, xl, lo, hi, last)
-    order = np.argsort(xl, kind="stable")  # by step, then log order (linear when sorted)
-    xl, lo, hi, last = xl[order], lo[order], hi[order], last[order]
-    idx = np.floor(xl / float(2 ** exp)).astype(np.int64)
-    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
-    ends = np.r_[starts[1:], idx.size] - 1
-    return Level(exp, xl[ends], np.fmin.reduceat(lo, starts), np.fmax.reduceat(hi, starts),
-                 last[ends])
-
-
-def _merge(old: Level | None, new: Level) -> Level:
-    if old is None or old.xl.size == 0:
-        return new
-    np = _np()
-    cat = np.concatenate
-    return _aggregate(new.exp, cat([old.xl, new.xl]), cat([old.lo, new.lo]),
-                      cat([old.hi, new.hi]), cat([old.last, new.last]))
-
-
-def _keep_recent(level: Level, cap: int, max_x: float) -> Level:
-    np = _np()
-    newest = int(np.floor(max_x / float(2 ** level.exp)))
-    keep = level.index() > newest - cap
-    if keep.all():
-        return level
-    return Level(level.exp, level.xl[keep], level.lo[keep], level.hi[keep], level.last[keep])
-
-
-def _f32(values: Any) -> Any:
-    np = _np()
-    return np.asarray(values, dtype=np.float64).astype(np.float32).astype(np.float64)
-
-
-class SeriesSummary:
-    """One metric's downsample. `add` is a list append; `fold` does the numpy work in batches."""
-
-    __slots__ = ("_vs", "_xs", "max_x", "min_x", "points", "top", "zooms")
-
-    def __init__(self) -> None:
-        self.min_x: float | None = None
-        self.max_x: float | None = None
-        self.points = 0
-        self.top: Level | None = None
-        self.zooms: dict[int, Level] = {}
-        self._xs: list[float] = []
-        self._vs: list[float] = []
-
-    def add(self, x: float, value: float) -> None:
-        self._xs.append(x)
-        self._vs.append(value)
-
-    def add_many(self, xs: list[float], values: list[float]) -> None:
-        self._xs += xs
-        self._vs += values
-
-    @property
-    def pending(self) -> int:
-        return len(self._xs)
-
-    def fold(self, top_cap: int, zoom_cap: int) -> None:
-        np = _np()
-        if self._xs:
-            xs = np.asarray(self._xs, dtype=np.float64)
-            vs = _f32(self._vs)
-            self._xs, self._vs = [], []
-            finite = np.isfinite(xs)
-            if not finite.all():
-                xs, vs = xs[finite], vs[finite]
-            if xs.size:
-                self.points += int(xs.size)
-                lo_x, hi_x = float(xs.min()), float(xs.max())
-                self.min_x = lo_x if self.min_x is None else min(self.min_x, lo_x)
-                self.max_x = hi_x if self.max_x is None else max(self.max_x, hi_x)
-                top_exp = self.top.exp if self.top is not None else 0
-                # the chunk at the finest width first, each coarser width from those buckets
-                # (nested widths: exact, and cheaper than re-reading every point)
-                chunk = Level(-1, xs, vs, vs, vs)
-                for exp in sorted([*self.zooms, top_exp]):
-                    chunk = _aggregate(exp, chunk.xl, chunk.lo, chunk.hi, chunk.last)
-                    if exp == top_exp:
-                        self.top = _merge(self.top, chunk)
-                    else:
-                        self.zooms[exp] = _merge(self.zooms[exp], chunk)
-        self._fit(top_cap, zoom_cap)
-
-    def _fit(self, top_cap: int, zoom_cap: int) -> None:
-        """Widen the top until the run fits in `top_cap` buckets; derive and trim zoom levels."""
-        if self.top is None or self.min_x is None or self.max_x is None:
-            return
-        exp = self.top.exp
-        while (int(self.max_x // 2 ** exp) - int(self.min_x // 2 ** exp) + 1) > top_cap:
-            exp += 1
-        if exp != self.top.exp:
-            old = self.top
-            # A zoom width the old top was at least as fine as: derived from it exactly (the top
-            # holds every point), so it equals a level folded from the start.
-            for zoom in range(0, exp, ZOOM_STEP):
-                if zoom not in self.zooms and zoom >= old.exp:
-                    self.zooms[zoom] = _aggregate(zoom, old.xl, old.lo, old.hi, old.last)
-            self.top = _aggregate(exp, old.xl, old.lo, old.hi, old.last)
-        lowest = exp - ZOOM_STEP * ZOOM_LEVELS
-        for zoom in list(self.zooms):
-            if zoom >= exp or zoom < lowest:
-                del self.zooms[zoom]
-            else:
-                self.zooms[zoom] = _keep_recent(self.zooms[zoom], zoom_cap, self.max_x)
-
-    def levels(self) -> list[Level]:
-        """Coarsest first: the top, then the zoom levels from coarse to fine."""
-        out = [self.top] if self.top is not None else []
-        return out + [self.zooms[exp] for exp in sorted(self.zooms, reverse=True)]
-
-    def buckets(self) -> int:
-        return sum(level.xl.size for level in self.levels())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"min_x": self.min_x, "max_x": self.max_x, "points": self.points,
-                "levels": [_encode_level(level) for level in self.levels()]}
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> SeriesSummary:
-        series = cls()
-        series.min_x, series.max_x = raw.get("min_x"), raw.get("max_x")
-        series.points = int(raw.get("points", 0))
-        levels = [_decode_level(item) for item in raw.get("levels") or []]
-        if levels:
-            series.top = levels[0]
-            series.zooms = {level.exp: level for level in levels[1:]}
-        return series
-
-
-def _b64(array: Any, dtype: str) -> str:
-    return base64.b64encode(array.astype(dtype).tobytes()).decode("ascii")
-
-
-def _unb64(text: str, dtype: str) -> Any:
-    np = _np()
-    return np.frombuffer(base64.b64decode(text), dtype=dtype).astype(np.float64)
-
-
-def _encode_level(level: Level) -> dict[str, Any]:
-    return {"exp": level.exp, "n": int(level.xl.size), "xl": _b64(level.xl, "<f8"),
-            "lo": _b64(level.lo, "<f4"), "hi": _b64(level.hi, "<f4"),
-            "last": _b64(level.last, "<f4")}
-
-
-def _decode_level(raw: dict[str, Any]) -> Level:
-    level = Level(int(raw["exp"]), _unb64(raw["xl"], "<f8"), _unb64(raw["lo"], "<f4"),
-                  _unb64(raw["hi"], "<f4"), _unb64(raw["last"], "<f4"))
-    sizes = {level.xl.size, level.lo.size, level.hi.size, level.last.size, int(raw["n"])}
-    if len(sizes) != 1:
-        raise ValueError(f"series level of width 2**{level.exp}: columns of unequal length")
-    return level
 
 
 # -- the whole run ----------------------------------------------------------------------------
@@ -487,7 +290,8 @@ class Summary:
 
     def points(self, key: str, level: int = 0) -> tuple[Any, Any, Any, Any]:
         """(steps, min, max, last) of one series at one level (0: the whole run)."""
-        np = _np()
+        import numpy as np  # only when a chart asks: `graftline --help` never pays for it
+
         self._sort_pending()
         line = self.series.get(key)
         if line is None:
@@ -658,155 +462,8 @@ _HANDLERS = {
 }
 
 
-# -- the file: save, load, verify, rebuild ---------------------------------------------------
-
-
-def first_line(path: Path) -> bytes | None:
-    """The log's first complete line (with its newline), or None."""
-    try:
-        with Path(path).open("rb") as handle:
-            line = handle.readline(1 << 22)
-    except FileNotFoundError:
-        return None
-    return line if line.endswith(b"\n") else None
-
-
-def line_before(path: Path, offset: int) -> bytes | None:
-    """The complete line that ends exactly at `offset` (with its newline), or None."""
-    if offset <= 0:
-        return None
-    try:
-        with Path(path).open("rb") as handle:
-            start = max(0, offset - 65_536)
-            while True:
-                handle.seek(start)
-                blob = handle.read(offset - start)
-                if len(blob) != offset - start or not blob.endswith(b"\n"):
-                    return None
-                cut = blob.rfind(b"\n", 0, len(blob) - 1)
-                if cut >= 0 or start == 0:
-                    return blob[cut + 1:]
-                start = max(0, start - (1 << 22))
-    except FileNotFoundError:
-        return None
 
 
 def crc(line: bytes | None) -> int | None:
+    """The CRC a summary keeps of a log line (its first, and the one ending at its offset)."""
     return None if line is None else zlib.crc32(line)
-
-
-def verify(summary: Summary, events_path: Path) -> str | None:
-    """Why the summary cannot be trusted for this log, or None when it agrees with it."""
-    try:
-        size = Path(events_path).stat().st_size
-    except FileNotFoundError:
-        return "events.jsonl is missing" if summary.offset else None
-    if summary.offset > size:
-        return f"it covers {summary.offset:,} bytes but events.jsonl has {size:,}"
-    if summary.offset == 0:
-        return None
-    if crc(first_line(events_path)) != summary.head_crc:
-        return "events.jsonl starts differently (a replaced log)"
-    if crc(line_before(events_path, summary.offset)) != summary.tail_crc:
-        return f"events.jsonl differs at byte {summary.offset:,} (an edited or replaced log)"
-    return None
-
-
-def save(run_dir: Path, summary: Summary) -> int:
-    """Replace the summary file atomically (a reader sees the old file or the new one); its size.
-
-    No fsync: the summary is a cache of the log, and the engine's training thread should not wait
-    for the disk every couple of seconds. After a power cut it may be empty or old; a reader then
-    finds it corrupt or behind and rebuilds it or reads the longer tail."""
-    path = Path(run_dir) / SUMMARY
-    text = summary.to_json()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return len(text)
-
-
-def load(run_dir: Path) -> Summary:
-    """The summary file as written (ValueError/OSError when missing, truncated or foreign)."""
-    raw = (Path(run_dir) / SUMMARY).read_bytes()
-    try:
-        decoded = json.loads(raw)
-    except ValueError as exc:
-        raise ValueError(f"not JSON ({len(raw):,} bytes; truncated or corrupt): {exc}") from exc
-    try:
-        return Summary.from_dict(decoded)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(f"unreadable: {exc}") from exc
-
-
-def catch_up(summary: Summary, events_path: Path, *, upto: int | None = None) -> list[str]:
-    """Fold the log's complete lines after `summary.offset` (streamed, bounded memory)."""
-    from graftline.engine.run.events import iter_rows, torn_tail
-
-    events_path = Path(events_path)
-    for rows, end, last_line in iter_rows(events_path, summary.offset, upto=upto):
-        summary.extend(rows)
-        summary.covered(end, last_line)
-    if summary.head_crc is None and summary.offset:
-        summary.head_crc = crc(first_line(events_path))
-    summary.fold()
-    torn = torn_tail(events_path, summary.offset) if upto is None else 0
-    return [f"events.jsonl ends in an incomplete line ({torn:,} bytes) after byte "
-            f"{summary.offset:,}: skipped (a writer killed mid-line, or one writing now)"
-            ] if torn else []
-
-
-def rebuild(events_path: Path, *, upto: int | None = None) -> tuple[Summary, list[str]]:
-    """A summary folded from the log's start, in one streaming pass."""
-    summary = Summary()
-    return summary, catch_up(summary, events_path, upto=upto)
-
-
-@dataclass
-class Opened:
-    summary: Summary
-    notices: list[str]
-    rebuilt: bool
-    from_offset: int  # where the trusted summary ended and the log's tail began
-    reason: str | None = None  # why it was rebuilt
-
-
-def open_summary(run_dir: Path, *, tail: bool = True, write_back: bool = True) -> Opened:
-    """The run's summary, checked against its log; rebuilt from the log when it is missing
-    (quietly: an older run, or an engine before its first save) or corrupt or disagrees (with a
-    notice). `tail`: also fold the log after its offset.
-    `write_back`: store a rebuilt summary (best effort; a reader without write access goes on)."""
-    run_dir = Path(run_dir)
-    events_path = run_dir / EVENTS
-    notices: list[str] = []
-    reason: str | None
-    missing = False
-    try:
-        summary = load(run_dir)
-        reason = verify(summary, events_path)
-    except FileNotFoundError:
-        has_log = events_path.exists() and events_path.stat().st_size > 0
-        summary, reason, missing = Summary(), "none yet" if has_log else None, True
-    except (OSError, ValueError) as exc:
-        summary, reason = Summary(), str(exc)
-    rebuilt = reason is not None
-    if rebuilt:
-        summary = Summary()
-    from_offset = summary.offset
-    if rebuilt or tail:
-        notices += catch_up(summary, events_path)
-    if rebuilt and not missing:  # a missing one is normal (an older run, a new engine)
-        notices.insert(0, f"summary {SUMMARY}: {reason}; rebuilt from {EVENTS} "
-                          f"({summary.events:,} events)")
-    if rebuilt and write_back and summary.offset:
-        try:
-            save(run_dir, summary)
-        except OSError as exc:
-            notices.append(f"could not store the rebuilt summary: {exc}")
-    return Opened(summary, notices, rebuilt, from_offset, reason)
