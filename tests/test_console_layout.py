@@ -12,8 +12,8 @@ from console_support import screen_text, wait_for
 
 from graftline.console.app import GraftlineApp
 from graftline.console.formats import shorten_paths
-from graftline.console.run_view import LogLine
 from graftline.console.screens.dashboard import DashboardScreen
+from graftline.console.stage_view import LogLine
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from synthetic_run import write_synthetic_run

@@ -1,4 +1,4 @@
-"""What the console says about a distributed stage's ranks (run_view.rank_liveness and the
+"""What the console says about a distributed stage's ranks (ranks.rank_liveness and the
 header's text), the launcher's failure report the engine reads the dead rank from (a real
 torchrun), and which machine a multi-node run resumes as. Fast: no training here; the full path
 (a real engine, a real kill, the real console under Pilot) is in test_distributed.py."""
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from graftline.console.run_view import RunModel, fold, local_ranks, rank_liveness
+from graftline.console.ranks import local_ranks, rank_liveness
+from graftline.console.run_view import RunModel, fold
 from graftline.console.widgets.run_header import rank_text
 from graftline.engine.run import Event, Summary, group_io
 

@@ -20,8 +20,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
 from graftline.console.follower import Follower
-from graftline.console.run_view import EXPORTABLE, StageView
 from graftline.console.screens.confirm import ConfirmModal
+from graftline.console.stage_view import EXPORTABLE, StageView
 from graftline.console.widgets.chart import MetricChart
 from graftline.console.widgets.checks_panel import ChecksPanel
 from graftline.console.widgets.log_tail import LogTail

@@ -25,7 +25,8 @@ from textual.widget import Widget
 
 from graftline.console.formats import format_metric, short_metric
 from graftline.console.plot import ema, nice_ticks, place_labels, rasterise
-from graftline.console.run_view import KEY_METRIC, TRAINING_KINDS, RunModel
+from graftline.console.run_view import RunModel
+from graftline.console.stage_view import KEY_METRIC, TRAINING_KINDS
 
 AXIS = 9  # characters of y-axis labels on the left
 BY_STAGE = "by stage"

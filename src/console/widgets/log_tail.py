@@ -8,7 +8,8 @@ from rich.text import Text
 from textual.widget import Widget
 
 from graftline.console.formats import log_stamp, shorten_paths
-from graftline.console.run_view import LogLine, RunModel
+from graftline.console.run_view import RunModel
+from graftline.console.stage_view import LogLine
 
 LEVEL_STYLE = {"warning": "yellow", "error": "bold red", "info": ""}
 

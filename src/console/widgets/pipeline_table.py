@@ -12,7 +12,8 @@ from textual import events
 from textual.widgets import DataTable
 
 from graftline.console.formats import human_seconds
-from graftline.console.run_view import TRAINING_KINDS, RunModel, StageView
+from graftline.console.run_view import RunModel
+from graftline.console.stage_view import TRAINING_KINDS, StageView
 
 STATUS_GLYPH = {"pending": "·", "running": "▶", "complete": "✓", "failed": "✗",
                 "stopped": "■", "skipped": "↷", "paused": "‖", "crashed": "✗",

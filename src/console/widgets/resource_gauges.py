@@ -5,7 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 
 from graftline.console.formats import gpu_reason_label, human_bytes
-from graftline.console.run_view import RunModel, Telemetry
+from graftline.console.run_view import RunModel
+from graftline.console.stage_view import Telemetry
 from graftline.console.widgets.quiet_static import QuietStatic
 
 

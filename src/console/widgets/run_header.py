@@ -8,7 +8,8 @@ from rich.text import Text
 
 from graftline.console.follower import EngineState
 from graftline.console.formats import human_seconds
-from graftline.console.run_view import RankLiveness, RunModel, rank_liveness
+from graftline.console.ranks import RankLiveness, rank_liveness
+from graftline.console.run_view import RunModel
 from graftline.console.widgets.quiet_static import QuietStatic
 
 STATUS_STYLE = {
