@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Literal
 
 from graftline.engine.common import disk
-from graftline.engine.common.layout import KEEP_CHECKPOINTS
 from graftline.engine.pipeline import spec
+from graftline.engine.pipeline.disk_forecast import stage_bytes
 from graftline.engine.pipeline.foreign import Foreign, ForeignError, is_reference, read_foreign
 from graftline.engine.pipeline.modelinfo import ModelInfo, describe
 from graftline.engine.pipeline.problems import Problem, did_you_mean
@@ -156,41 +156,6 @@ def _reference_label(
     if action == "continue":
         return f"{parent} (frozen)"
     return f"{model_label or 'base'} (adapter off)"
-
-
-CHECKPOINT_OVERHEAD = 64 << 10
-EVENT_BYTES = 512  # one logged step's line in events.jsonl
-
-
-def _bytes(
-    stage: spec.AnyStage,
-    lora: spec.Lora | None,
-    info: ModelInfo | None,
-    combined_r: int | None,
-) -> int | None:
-    if isinstance(stage, spec.EvalStage):
-        return 4096
-    if isinstance(stage, spec.GenerateStage):
-        return 1 << 20
-    if info is None:
-        return None
-    if isinstance(stage, spec.MergeStage | spec.ExportStage):
-        return info.full_bytes(stage.dtype)
-    if isinstance(stage, spec.CombineStage) and combined_r:
-        return info.lora_bytes(combined_r)
-    if lora is None:
-        return None
-    adapter = info.lora_bytes(lora.r, lora.target_modules)
-    if not isinstance(stage, spec.TrainingStage):
-        return adapter
-    train = stage.train
-    # A Trainer checkpoint holds the adapter, AdamW's two moments, the scheduler, RNG state,
-    # tokenizer and trainer state: measured at about 4x the adapter + 64 KiB on the toy demo.
-    # For a moment KEEP_CHECKPOINTS + 1 exist: the new one is written before the oldest goes.
-    resume = (KEEP_CHECKPOINTS + 1) * (4 * adapter + CHECKPOINT_OVERHEAD) \
-        if train.save_steps else 0
-    logged = (train.max_steps or 0) // max(1, train.logging_steps or 1) * EVENT_BYTES
-    return adapter + resume + logged
 
 
 @dataclass(frozen=True)
@@ -544,7 +509,7 @@ def build_plan(
             starts_from=_starts_from(stage, flow.action, flow.parent, model, foreign,
                                      flow.parts),
             writes=_writes(stage, flow.lora),
-            bytes=_bytes(stage, flow.lora, info, flow.combined_r),
+            bytes=stage_bytes(stage, flow.lora, info, flow.combined_r),
             origin=(origins or {}).get(stage.name),
             foreign=foreign,
             model_foreign=flow.model_foreign,
