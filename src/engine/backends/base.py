@@ -9,16 +9,18 @@ from typing import Any
 
 import torch
 
+from graftline.engine.common.errors import GraftlineError
 from graftline.engine.pipeline import spec
-from graftline.engine.pipeline.problems import FixableError
 
 # What "all-linear" means for the decoder-only families Unsloth patches (it wants a list).
 DECODER_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                        "down_proj"]
 
 
-class BackendError(FixableError):
-    """Raised with the fix a user needs; see FixableError."""
+class BackendError(GraftlineError):
+    """Raised with the fix a user needs, which its text carries."""
+
+    fix_in_text = True
 
 
 class Backend(ABC):

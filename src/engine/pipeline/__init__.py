@@ -23,7 +23,6 @@ _EXPORTS = {
     "problems": "problems",
     "Problem": "problems",
     "PipelineError": "problems",
-    "FixableError": "problems",
     "did_you_mean": "problems",
     "datasets": "datasets",
     "rewards": "rewards",

@@ -17,15 +17,18 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from graftline.engine.pipeline.problems import FixableError, did_you_mean
+from graftline.engine.common.errors import GraftlineError
+from graftline.engine.pipeline.problems import did_you_mean
 
 # The names TRL's formats give columns (and the built-in rewards' `answer`): a mapping's target
 # close to one of these but not equal is a typo, not a new column.
 KNOWN_TARGETS = ("prompt", "completion", "chosen", "rejected", "text", "messages", "answer")
 
 
-class ColumnMappingError(FixableError):
+class ColumnMappingError(GraftlineError):
     """`columns` names a column the data does not have."""
+
+    fix_in_text = True
 
 
 def mapping_problem(columns: Mapping[str, str], have: Iterable[str], where: str

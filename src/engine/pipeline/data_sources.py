@@ -21,8 +21,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from graftline.engine.common.errors import GraftlineError
 from graftline.engine.common.layout import RunLayout
-from graftline.engine.pipeline.problems import FixableError, did_you_mean
+from graftline.engine.pipeline.problems import did_you_mean
 
 HF_PREFIX = "hf:"
 GENERATED = "data.jsonl"  # a generate stage's output in its stage directory
@@ -32,8 +33,10 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)
 READABLE = (".jsonl", ".json", ".ndjson", ".parquet", ".pq", ".csv")
 
 
-class DataSourceError(FixableError):
+class DataSourceError(GraftlineError):
     """A `data` reference that names nothing readable; the message names the reference."""
+
+    fix_in_text = True
 
 
 def as_list(ref: str | Sequence[str]) -> list[str]:

@@ -15,18 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from graftline.engine.common.errors import GraftlineError
 from graftline.engine.common.layout import RunLayout
 from graftline.engine.pipeline.data_formats import rename_row, renamed
 from graftline.engine.pipeline.data_sources import GENERATED
 from graftline.engine.pipeline.peek import REQUIRED_COLUMNS
-from graftline.engine.pipeline.problems import FixableError
 
 if TYPE_CHECKING:
     import datasets
 
 
-class DatasetError(FixableError):
-    """Raised with the fix a user needs; see FixableError."""
+class DatasetError(GraftlineError):
+    """Raised with the fix a user needs, which its text carries."""
+
+    fix_in_text = True
 
 
 def resolve_data(ref: str, base_dir: Path, run_dir: Path | None = None) -> Path:

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from graftline.engine.pipeline.problems import FixableError
+from graftline.engine.common.errors import GraftlineError
 
 # Each kind accepts any one of these column sets (TRL's standard and conversational formats).
 REQUIRED_COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
@@ -27,8 +27,10 @@ REQUIRED_COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
 _FIRST_LINE_LIMIT = 64 * 1024 * 1024  # a first "row" longer than this is not a JSONL dataset
 
 
-class PeekError(FixableError):
+class PeekError(GraftlineError):
     """The dataset cannot be read far enough to know its columns."""
+
+    fix_in_text = True
 
 
 def columns(path: Path) -> list[str]:

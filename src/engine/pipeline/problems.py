@@ -58,13 +58,6 @@ class Problem:
         return text + (f"\n    fix: {self.fix}" if self.fix else "")
 
 
-class FixableError(GraftlineError):
-    """An error that knows its fix: what went wrong, and what the user should do about it."""
-
-    def __str__(self) -> str:
-        return f"{self.message} (fix: {self.fix})" if self.fix else self.message
-
-
 class PipelineError(GraftlineError):
     """A pipeline file cannot be used. Carries every problem found, not just the first."""
 

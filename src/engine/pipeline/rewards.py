@@ -18,11 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from graftline.engine.pipeline.problems import FixableError
+from graftline.engine.common.errors import GraftlineError
 
 
-class RewardError(FixableError):
-    """Raised with the fix a user needs; see FixableError."""
+class RewardError(GraftlineError):
+    """Raised with the fix a user needs, which its text carries."""
+
+    fix_in_text = True
 
 
 def completion_text(completion: Any) -> str:
