@@ -53,18 +53,21 @@ class RunResult:
     failed_stage: str | None = None
 
 
-def resolve_base(pf: PipelineFile) -> str:
-    from graftline.engine.toy.model import resolve_base as toy
+def base_model_path(pf: PipelineFile) -> str:
+    """What the run loads as the pipeline's base: the toy base's directory (built on first use),
+    a local folder found by the one resolver of a recorded base, or the name as written (a hub
+    id)."""
+    from graftline.engine.toy.model import resolve_base as built_toy_base
 
     base = pf.pipeline.pipeline.base
-    resolved = toy(base)
+    resolved = built_toy_base(base)
     if resolved != base:
         return resolved
     # The one resolver for a recorded base (lineage/resolve.py): relative to the file's folder
     # and the folders above it, then a hub id.
-    from graftline.engine.lineage.resolve import resolve_base as one_resolver
+    from graftline.engine.lineage.resolve import resolve_base
 
-    found = one_resolver(base, pf.directory, use_cwd=False, hub_cache=False)
+    found = resolve_base(base, pf.directory, use_cwd=False, hub_cache=False)
     return found.path if found.kind == "path" and found.path else base
 
 
@@ -194,7 +197,7 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
                        "max_steps": _max_steps(s)} for s in steps],
               backend=backend.name, resumed=resume)
     try:
-        base_path = resolve_base(pf)
+        base_path = base_model_path(pf)
     except Exception as exc:  # the base could not be built or found
         message = f"cannot resolve the base model '{header.base}': {exc}"
         sink.emit("error", None, message=message, fix="check [pipeline] base")
