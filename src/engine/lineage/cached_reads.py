@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, TypeGuard
+from collections.abc import Callable
+from typing import Any, TypeGuard, TypeVar
 
 from graftline.engine.common.safetensors_header import Header, whole_header
 from graftline.engine.lineage.manifest import MANIFEST
 from graftline.engine.lineage.manifest_view import ManifestView, view
 
-__all__ = ["is_number", "read_entry", "read_json", "read_manifest", "safetensors_header"]
+__all__ = ["cached_by_stat", "is_number", "read_entry", "read_json", "read_manifest",
+           "safetensors_header"]
+
+T = TypeVar("T")
 
 _json_cache: dict[str, tuple[int, int, Any]] = {}  # file -> (mtime_ns, size, parsed)
 
@@ -83,16 +87,23 @@ def is_number(value: Any) -> TypeGuard[int | float]:
 _header_cache: dict[str, tuple[int, int, Header | None]] = {}
 
 
-def safetensors_header(file: str) -> Header | None:
-    """The header of a safetensors file whose size matches it (`whole_header`), else None;
-    cached by the file's mtime and size."""
+def cached_by_stat(cache: dict[str, tuple[int, int, T]], file: str,
+                   read: Callable[[], T]) -> T | None:
+    """`read()`'s answer about `file`, read again only when its mtime or size changed; None when
+    the file cannot be stat'ed."""
     try:
         st = os.stat(file)
     except OSError:
         return None
-    cached = _header_cache.get(file)
+    cached = cache.get(file)
     if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
         return cached[2]
-    result = whole_header(file)
-    _header_cache[file] = (st.st_mtime_ns, st.st_size, result)
+    result = read()
+    cache[file] = (st.st_mtime_ns, st.st_size, result)
     return result
+
+
+def safetensors_header(file: str) -> Header | None:
+    """The header of a safetensors file whose size matches it (`whole_header`), else None;
+    cached by the file's mtime and size."""
+    return cached_by_stat(_header_cache, file, lambda: whole_header(file))

@@ -32,7 +32,12 @@ from graftline.engine.common.checkpoint_files import (
     lora_scale,
 )
 from graftline.engine.common.safetensors_header import read_header
-from graftline.engine.lineage.cached_reads import is_number, read_json, safetensors_header
+from graftline.engine.lineage.cached_reads import (
+    cached_by_stat,
+    is_number,
+    read_json,
+    safetensors_header,
+)
 from graftline.engine.lineage.model import Edge, InMemoryMerge
 
 if TYPE_CHECKING:
@@ -204,13 +209,10 @@ def fingerprint(path: str) -> str | None:
     candidates = [n for n in weight_map if _is_final_norm(n)]
     filename = weight_map[candidates[0]] if candidates else MODEL_SAFETENSORS
     file = os.path.join(path, filename)
-    try:
-        st = os.stat(file)
-    except OSError:
-        return None
-    cached = _fingerprint_cache.get(file)
-    if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
-        return cached[2]
+    return cached_by_stat(_fingerprint_cache, file, lambda: _final_norm_bytes(file))
+
+
+def _final_norm_bytes(file: str) -> str | None:
     result: str | None = None
     try:
         header = read_header(file)
@@ -222,7 +224,6 @@ def fingerprint(path: str) -> str | None:
                 result = handle.read(min(end - start, 1 << 20)).hex()
     except (OSError, ValueError, KeyError):
         result = None
-    _fingerprint_cache[file] = (st.st_mtime_ns, st.st_size, result)
     return result
 
 
