@@ -88,3 +88,31 @@ def test_engine_areas_import_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_each_areas_type_checking_mirror_names_its_lazy_surface() -> None:
+    """mypy sees an area's public names through the `if TYPE_CHECKING:` imports of its
+    `__init__` (at run time `lazy_exports` serves them): the two must name the same things, from
+    the same modules, or a name is `Any` to mypy (or missing at run time)."""
+    for area in ("pipeline", "run", "lineage", "export", "rehearse", "common"):
+        path = SRC / "engine" / area / "__init__.py"
+        tree = ast.parse(path.read_text(), str(path))
+        exports: dict[str, str] = {}
+        mirrored: dict[str, str] = {}
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(
+                    getattr(t, "id", None) == "_EXPORTS" for t in node.targets):
+                exports = ast.literal_eval(node.value)
+            if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+                for imp in node.body:
+                    assert isinstance(imp, ast.ImportFrom) and imp.module
+                    prefix = f"graftline.engine.{area}"
+                    for alias in imp.names:
+                        name = alias.asname or alias.name
+                        module = alias.name if imp.module == prefix else \
+                            imp.module.removeprefix(prefix + ".")
+                        mirrored[name] = module
+        assert mirrored == exports, (
+            f"graftline.engine.{area}: keep the TYPE_CHECKING imports and _EXPORTS in step "
+            f"(only in _EXPORTS: {sorted(set(exports) - set(mirrored))}, only mirrored: "
+            f"{sorted(set(mirrored) - set(exports))})")

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from graftline.engine.common import human_bytes
-from graftline.engine.pipeline import Problem, plan_of, scaleout, validate_file
+from graftline.engine.pipeline import PipelineFile, Problem, plan_of, scaleout, validate_file
 
 FILE = typer.Argument(..., help="The pipeline file (TOML).", show_default=False)
 
@@ -173,13 +173,12 @@ def plan(
     raise typer.Exit(1 if any(p.severity == "error" for p in problems) else 0)
 
 
-def _launch_lines(pf: object) -> dict[str, str]:
+def _launch_lines(pf: PipelineFile) -> dict[str, str]:
     """The exact command line of each stage with processes > 1 (docs/distributed.md)."""
-    pipeline = pf.pipeline  # type: ignore[attr-defined]
+    pipeline = pf.pipeline
     if not scaleout.any_distributed(pipeline):
         return {}
-    return scaleout.launch_lines(pipeline, scaleout.detect_env(),
-                                 search_dir=pf.directory)  # type: ignore[attr-defined]
+    return scaleout.launch_lines(pipeline, scaleout.detect_env(), search_dir=pf.directory)
 
 
 def register(app: typer.Typer) -> None:

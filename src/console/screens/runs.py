@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from textual import work
 from textual.app import ComposeResult
@@ -16,6 +16,9 @@ from textual.widgets import DataTable, Footer, Input, Static
 
 from graftline.console.formats import ago, duration, human_bytes
 from graftline.engine.run import EVENTS
+
+if TYPE_CHECKING:
+    from graftline.engine.run import RunDetails, RunInfo
 
 REFRESH = 2.0
 SORTS = ("newest", "name", "status", "duration", "disk")
@@ -97,7 +100,7 @@ class RunsScreen(Screen[None]):
         self.sort = SORTS[0]
         self.needle = ""
         self.listed = 0  # refreshes applied (tests wait on this)
-        self._details: dict[Path, tuple[float, object]] = {}
+        self._details: dict[Path, tuple[float, RunDetails]] = {}
 
     def compose(self) -> ComposeResult:
         yield Static("your runs", id="runs-title", markup=False)
@@ -118,23 +121,21 @@ class RunsScreen(Screen[None]):
 
     # -- reading (a worker thread) ------------------------------------------------------------
 
-    def _row(self, info: object, now: float) -> Row:
+    def _row(self, info: RunInfo, now: float) -> Row:
         from graftline.engine.run import client
 
-        path = Path(info.path)  # type: ignore[attr-defined]
+        path = Path(info.path)
         cached = self._details.get(path)
         # a finished run does not change: its disk walk and log tail are read once
-        if cached is not None and not info.live:  # type: ignore[attr-defined]
+        if cached is not None and not info.live:
             details = cached[1]
         else:
-            details = client.run_details(info, now)  # type: ignore[arg-type]
+            details = client.run_details(info, now)
             self._details[path] = (now, details)
-        progress = info.progress  # type: ignore[attr-defined]
-        return Row(path, info.run_id, info.status,  # type: ignore[attr-defined]
-                   info.stage or "",  # type: ignore[attr-defined]
+        progress = info.progress
+        return Row(path, info.run_id, info.status, info.stage or "",
                    f"{progress * 100:.0f}%" if progress is not None else "",
-                   details.duration, details.metric or "",  # type: ignore[attr-defined]
-                   details.disk_bytes, info.started)  # type: ignore[attr-defined]
+                   details.duration, details.metric or "", details.disk_bytes, info.started)
 
     @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
     def action_refresh(self) -> None:

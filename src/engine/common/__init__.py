@@ -6,7 +6,33 @@ and lazy public surfaces.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from graftline.engine.common.lazy import lazy_exports
+
+if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at run time)
+    from graftline.engine.common import atomic as atomic
+    from graftline.engine.common import checkpoint_files as checkpoint_files
+    from graftline.engine.common import control as control
+    from graftline.engine.common import disk as disk
+    from graftline.engine.common import errors as errors
+    from graftline.engine.common import lazy as lazy
+    from graftline.engine.common import safetensors_header as safetensors_header
+    from graftline.engine.common import sink as sink
+    from graftline.engine.common import units as units
+    from graftline.engine.common.checkpoint_files import (
+        FolderFiles as FolderFiles,
+    )
+    from graftline.engine.common.checkpoint_files import (
+        folder_files as folder_files,
+    )
+    from graftline.engine.common.control import RunControl as RunControl
+    from graftline.engine.common.errors import GraftlineError as GraftlineError
+    from graftline.engine.common.lazy import lazy_exports as lazy_exports
+    from graftline.engine.common.sink import ListSink as ListSink
+    from graftline.engine.common.sink import Sink as Sink
+    from graftline.engine.common.units import human_bytes as human_bytes
+
 
 _EXPORTS = {
     "errors": "errors",

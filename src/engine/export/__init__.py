@@ -11,7 +11,55 @@ ollama (the Modelfile), card (the model card).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from graftline.engine.common.lazy import lazy_exports
+
+if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at run time)
+    from graftline.engine.export import card as card
+    from graftline.engine.export import chain as chain
+    from graftline.engine.export import formats as formats
+    from graftline.engine.export import gguf_convert as gguf_convert
+    from graftline.engine.export import gguf_verify as gguf_verify
+    from graftline.engine.export import merge as merge
+    from graftline.engine.export import ollama as ollama
+    from graftline.engine.export import ordered_io as ordered_io
+    from graftline.engine.export import safetensors as safetensors
+    from graftline.engine.export import verify as verify
+    from graftline.engine.export import worker as worker
+    from graftline.engine.export import writer as writer
+    from graftline.engine.export.chain import ExportRefused as ExportRefused
+    from graftline.engine.export.formats import available_formats as available_formats
+    from graftline.engine.export.gguf_convert import GGUF_TYPES as GGUF_TYPES
+    from graftline.engine.export.gguf_verify import verify_gguf as verify_gguf
+    from graftline.engine.export.worker import (
+        parse_worker_line as parse_worker_line,
+    )
+    from graftline.engine.export.worker import (
+        worker_command as worker_command,
+    )
+    from graftline.engine.export.writer import (
+        FORMATS as FORMATS,
+    )
+    from graftline.engine.export.writer import (
+        ExportPlan as ExportPlan,
+    )
+    from graftline.engine.export.writer import (
+        ExportProgress as ExportProgress,
+    )
+    from graftline.engine.export.writer import (
+        ExportResult as ExportResult,
+    )
+    from graftline.engine.export.writer import (
+        parse_size as parse_size,
+    )
+    from graftline.engine.export.writer import (
+        plan_export as plan_export,
+    )
+    from graftline.engine.export.writer import (
+        run_export as run_export,
+    )
+
 
 _EXPORTS = {
     "writer": "writer",

@@ -16,7 +16,81 @@ and the runner).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from graftline.engine.common.lazy import lazy_exports
+
+if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at run time)
+    from graftline.engine.lineage import cleanup as cleanup
+    from graftline.engine.lineage import journal as journal
+    from graftline.engine.lineage import manifest as manifest
+    from graftline.engine.lineage import manifest_view as manifest_view
+    from graftline.engine.lineage import model as model
+    from graftline.engine.lineage import reader as reader
+    from graftline.engine.lineage import resolve as resolve
+    from graftline.engine.lineage import views as views
+    from graftline.engine.lineage.cleanup import (
+        CleanupError as CleanupError,
+    )
+    from graftline.engine.lineage.cleanup import (
+        CleanupPlan as CleanupPlan,
+    )
+    from graftline.engine.lineage.cleanup import (
+        KeepRule as KeepRule,
+    )
+    from graftline.engine.lineage.cleanup import (
+        describe as describe,
+    )
+    from graftline.engine.lineage.cleanup import (
+        execute as execute,
+    )
+    from graftline.engine.lineage.cleanup import (
+        format_plan as format_plan,
+    )
+    from graftline.engine.lineage.cleanup import (
+        parse_keep as parse_keep,
+    )
+    from graftline.engine.lineage.cleanup import (
+        plan_cleanup as plan_cleanup,
+    )
+    from graftline.engine.lineage.journal import (
+        read_history as read_history,
+    )
+    from graftline.engine.lineage.journal import (
+        removed_by as removed_by,
+    )
+    from graftline.engine.lineage.manifest import Manifest as Manifest
+    from graftline.engine.lineage.model import (
+        NEEDED_RELATIONS as NEEDED_RELATIONS,
+    )
+    from graftline.engine.lineage.model import (
+        Edge as Edge,
+    )
+    from graftline.engine.lineage.model import (
+        Lineage as Lineage,
+    )
+    from graftline.engine.lineage.model import (
+        LoraInfo as LoraInfo,
+    )
+    from graftline.engine.lineage.model import (
+        Node as Node,
+    )
+    from graftline.engine.lineage.model import (
+        Symlink as Symlink,
+    )
+    from graftline.engine.lineage.reader import ScanError as ScanError
+    from graftline.engine.lineage.reader import scan as scan
+    from graftline.engine.lineage.resolve import resolve_base as resolve_base
+    from graftline.engine.lineage.views import (
+        node_json as node_json,
+    )
+    from graftline.engine.lineage.views import (
+        primary_parent as primary_parent,
+    )
+    from graftline.engine.lineage.views import (
+        to_json as to_json,
+    )
+
 
 _EXPORTS = {
     "model": "model",

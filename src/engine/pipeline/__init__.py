@@ -6,7 +6,47 @@ modelinfo (sizes from config.json), datasets, rewards, problems (Problem, did_yo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from graftline.engine.common.lazy import lazy_exports
+
+if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at run time)
+    from graftline.engine.pipeline import datasets as datasets
+    from graftline.engine.pipeline import file as file
+    from graftline.engine.pipeline import modelinfo as modelinfo
+    from graftline.engine.pipeline import plan as plan
+    from graftline.engine.pipeline import problems as problems
+    from graftline.engine.pipeline import rewards as rewards
+    from graftline.engine.pipeline import scaleout as scaleout
+    from graftline.engine.pipeline import spec as spec
+    from graftline.engine.pipeline import validate as validate
+    from graftline.engine.pipeline.file import (
+        PipelineFile as PipelineFile,
+    )
+    from graftline.engine.pipeline.file import (
+        load as load,
+    )
+    from graftline.engine.pipeline.file import (
+        parse as parse,
+    )
+    from graftline.engine.pipeline.plan import Plan as Plan
+    from graftline.engine.pipeline.plan import build_plan as build_plan
+    from graftline.engine.pipeline.problems import (
+        PipelineError as PipelineError,
+    )
+    from graftline.engine.pipeline.problems import (
+        Problem as Problem,
+    )
+    from graftline.engine.pipeline.problems import (
+        did_you_mean as did_you_mean,
+    )
+    from graftline.engine.pipeline.validate import (
+        plan_of as plan_of,
+    )
+    from graftline.engine.pipeline.validate import (
+        validate_file as validate_file,
+    )
+
 
 _EXPORTS = {
     "file": "file",

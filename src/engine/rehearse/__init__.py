@@ -7,7 +7,36 @@ randomly initialised twin built from the base's config.json).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from graftline.engine.common.lazy import lazy_exports
+
+if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at run time)
+    from graftline.engine.rehearse import preflight as preflight
+    from graftline.engine.rehearse import rehearsal as rehearsal
+    from graftline.engine.rehearse import twin as twin
+    from graftline.engine.rehearse.rehearsal import (
+        DEFAULT_STEPS as DEFAULT_STEPS,
+    )
+    from graftline.engine.rehearse.rehearsal import (
+        FAILED as FAILED,
+    )
+    from graftline.engine.rehearse.rehearsal import (
+        NOT_RUN as NOT_RUN,
+    )
+    from graftline.engine.rehearse.rehearsal import (
+        PASSED as PASSED,
+    )
+    from graftline.engine.rehearse.rehearsal import (
+        CleanupPolicy as CleanupPolicy,
+    )
+    from graftline.engine.rehearse.rehearsal import (
+        RehearsalReport as RehearsalReport,
+    )
+    from graftline.engine.rehearse.rehearsal import (
+        rehearse as rehearse,
+    )
+
 
 _EXPORTS = {
     "rehearsal": "rehearsal",
