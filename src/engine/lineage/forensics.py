@@ -74,7 +74,7 @@ def infer_merges(drafts: dict[str, Draft], edges: list[Edge]) -> None:
             child = drafts[edge.child]
             if child.kind in ("adapter", "trainer", "combined") and child.path:
                 adapters_on.setdefault(edge.parent, []).append(child)
-    shapes = {d.key: config_shape(d.path) for d in models}  # type: ignore[arg-type]
+    shapes = {d.key: config_shape(d.path or "") for d in models}  # every model has a path
     for merged in orphans:
         shape = shapes[merged.key]
         if shape is None:
@@ -83,11 +83,11 @@ def infer_merges(drafts: dict[str, Draft], edges: list[Edge]) -> None:
             d for d in models
             if d is not merged and shapes[d.key] == shape and d.newest < merged.newest
         ]
-        mine = fingerprint(merged.path)  # type: ignore[arg-type]
+        mine = fingerprint(merged.path or "")
         if mine is None:
             continue
         for base in sorted(older, key=lambda d: d.newest, reverse=True):
-            if fingerprint(base.path) != mine:  # type: ignore[arg-type]
+            if fingerprint(base.path or "") != mine:
                 continue
             adapters = sorted(
                 (a for a in adapters_on.get(base.key, ())
@@ -312,12 +312,13 @@ def merge_evidence(base: str | None, merged: str | None,
         if safetensors_header(file) is None:
             return None
         files[folder] = file
+    base_header = safetensors_header(files[base])
     deltas: list[tuple[str, Any]] = []
     for adapter in adapters:
         if not adapter:
             return None
         found = None
-        for name in safetensors_header(files[base]).tensors:  # type: ignore[union-attr]
+        for name in base_header.tensors if base_header is not None else ():
             if name.endswith(".weight") and ".layers." in name:
                 module = name[: -len(".weight")]
                 delta = _lora_delta(adapter, module)
