@@ -10,7 +10,7 @@ import contextlib
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +57,9 @@ class GpuProbe:
             name = nvml.nvmlDeviceGetName(handle)
             gpus.append({"index": index, "name": name.decode() if isinstance(name, bytes) else name,
                          "used": int(memory.used), "total": int(memory.total)})
-            for getter in ("nvmlDeviceGetComputeRunningProcesses",
-                           "nvmlDeviceGetGraphicsRunningProcesses"):
-                try:
-                    procs = getattr(nvml, getter)(handle)
-                except Exception:  # not supported on every device / driver
-                    continue
-                for proc in procs:
-                    if proc.pid == pid and proc.usedGpuMemory:
-                        proc_bytes += int(proc.usedGpuMemory)
+            for proc in _gpu_processes(nvml, handle):
+                if proc.pid == pid and proc.usedGpuMemory:
+                    proc_bytes += int(proc.usedGpuMemory)
         return gpus, proc_bytes
 
     def process_bytes(self) -> dict[int, int]:
@@ -76,15 +70,9 @@ class GpuProbe:
             return found
         for index in range(nvml.nvmlDeviceGetCount()):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            for getter in ("nvmlDeviceGetComputeRunningProcesses",
-                           "nvmlDeviceGetGraphicsRunningProcesses"):
-                try:
-                    procs = getattr(nvml, getter)(handle)
-                except Exception:  # not supported on every device / driver
-                    continue
-                for proc in procs:
-                    if proc.usedGpuMemory:
-                        found[proc.pid] = found.get(proc.pid, 0) + int(proc.usedGpuMemory)
+            for proc in _gpu_processes(nvml, handle):
+                if proc.usedGpuMemory:
+                    found[proc.pid] = found.get(proc.pid, 0) + int(proc.usedGpuMemory)
         return found
 
     def close(self) -> None:
@@ -92,6 +80,18 @@ class GpuProbe:
             with contextlib.suppress(Exception):
                 self._nvml.nvmlShutdown()
             self._nvml = None
+
+
+def _gpu_processes(nvml: Any, handle: Any) -> Iterator[Any]:
+    """The compute and graphics processes NVML reports on one device; a kind the device or its
+    driver does not support reports none."""
+    for getter in ("nvmlDeviceGetComputeRunningProcesses",
+                   "nvmlDeviceGetGraphicsRunningProcesses"):
+        try:
+            procs = getattr(nvml, getter)(handle)
+        except Exception:  # not supported on every device / driver
+            continue
+        yield from procs
 
 
 def sample(probe: GpuProbe, runs_volume: Path, forecast_bytes: int | None,
