@@ -65,8 +65,7 @@ def register(app: typer.Typer) -> None:
         training; `graftline attach` comes back to it from any directory.
         """
         from graftline.engine.run import LaunchError, start_run
-        from graftline.engine.toy import describe_base
-        from graftline.engine.toy.pinned_math import pin_math
+        from graftline.engine.toy import describe_base, pin_math
 
         # graftline's own training takes the math path its shipped toy base was built on (the
         # engine inherits the environment); a user's `graftline run` never does this

@@ -143,8 +143,7 @@ def starter(file: Path, base: str, flow: str) -> str:
 
 def write_toy_data(directory: Path) -> list[Path]:
     """Small toy datasets for a starter on toy:addition; existing files are kept."""
-    from graftline.engine.toy import tasks
-    from graftline.engine.toy.files import write_jsonl
+    from graftline.engine.toy import files, tasks
 
     directory.mkdir(parents=True, exist_ok=True)
     wanted = {"sft.jsonl": tasks.sft_rows(2000, 1), "eval.jsonl": tasks.eval_rows(),
@@ -152,7 +151,7 @@ def write_toy_data(directory: Path) -> list[Path]:
     written = []
     for name, rows in wanted.items():
         if not (directory / name).exists():
-            written.append(write_jsonl(directory / name, rows))
+            written.append(files.write_jsonl(directory / name, rows))
     return written
 
 
