@@ -362,11 +362,10 @@ def _expand_foreach(
     return stages, origins
 
 
-def parse(text: str, path: Path | str = "<pipeline>") -> PipelineFile:
-    """Parse and validate the file's structure. Raises PipelineError with every problem found."""
-    file = str(path)
+def _read_toml(text: str, file: str) -> dict[str, Any]:
+    """The file as TOML; PipelineError at the syntax error's line (nothing else can be read)."""
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
         raise PipelineError(
@@ -379,6 +378,43 @@ def parse(text: str, path: Path | str = "<pipeline>") -> PipelineFile:
                 )
             ]
         ) from None
+
+
+def _validate_stages(tables: list[tuple[Any, Block, Any]], raw_defaults: dict[str, Any],
+                     file: str, problems: list[Problem]) -> list[tuple[spec.AnyStage, Block]]:
+    """Each expanded stage table as its model (with `[defaults]` merged), in file order; a
+    table that does not validate, or a name used twice, adds its problems instead."""
+    stages = []
+    seen: dict[str, int] = {}
+    for index, (table, block, _template) in enumerate(tables, start=1):
+        if not isinstance(table, dict):
+            problems.append(Problem("a stage must be a table", file, block.header,
+                                    fix="write each stage as a [[stage]] table of `key = value`"))
+            continue
+        name = str(table.get("name", f"#{index}"))
+        stage = _validate_stage(table, raw_defaults, block, name, file, problems)
+        if stage is None:
+            continue
+        if stage.name in seen:
+            problems.append(
+                Problem(
+                    f"stage name '{stage.name}' is used twice (first at line {seen[stage.name]})",
+                    file,
+                    block.line_of("name"),
+                    stage=stage.name,
+                    field="name",
+                    fix="give each stage its own name",
+                )
+            )
+        seen.setdefault(stage.name, block.line_of("name"))
+        stages.append((stage, block))
+    return stages
+
+
+def parse(text: str, path: Path | str = "<pipeline>") -> PipelineFile:
+    """Parse and validate the file's structure. Raises PipelineError with every problem found."""
+    file = str(path)
+    raw = _read_toml(text, file)
     blocks = _scan_blocks(text)
     problems: list[Problem] = []
     for key in raw:
@@ -422,30 +458,7 @@ def parse(text: str, path: Path | str = "<pipeline>") -> PipelineFile:
                 "the pipeline has no stages", file, None, fix="add at least one [[stage]] table"
             )
         )
-    stages = []
-    seen: dict[str, int] = {}
-    for index, (table, block, _template) in enumerate(tables, start=1):
-        if not isinstance(table, dict):
-            problems.append(Problem("a stage must be a table", file, block.header,
-                                    fix="write each stage as a [[stage]] table of `key = value`"))
-            continue
-        name = str(table.get("name", f"#{index}"))
-        stage = _validate_stage(table, raw_defaults, block, name, file, problems)
-        if stage is None:
-            continue
-        if stage.name in seen:
-            problems.append(
-                Problem(
-                    f"stage name '{stage.name}' is used twice (first at line {seen[stage.name]})",
-                    file,
-                    block.line_of("name"),
-                    stage=stage.name,
-                    field="name",
-                    fix="give each stage its own name",
-                )
-            )
-        seen.setdefault(stage.name, block.line_of("name"))
-        stages.append((stage, block))
+    stages = _validate_stages(tables, raw_defaults, file, problems)
 
     # file order: a reader fixes from the top; problems without a line (the whole file) first
     problems.sort(key=lambda p: p.line or 0)
