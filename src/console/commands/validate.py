@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -11,7 +12,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from graftline.engine.common import human_bytes
-from graftline.engine.pipeline import PipelineFile, Problem, plan_of, scaleout, validate_file
+from graftline.engine.pipeline import (
+    PipelineFile,
+    Plan,
+    Problem,
+    plan_of,
+    scaleout,
+    validate_file,
+)
 
 FILE = typer.Argument(..., help="The pipeline file (TOML).", show_default=False)
 
@@ -88,57 +96,10 @@ def plan(
     the_plan = plan_of(pf)
     launches = _launch_lines(pf)
     if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "name": the_plan.name,
-                    "base": the_plan.base,
-                    "total_bytes": the_plan.total_bytes,
-                    "free_bytes": the_plan.free_bytes,
-                    "merged_bytes": the_plan.merged_bytes,
-                    "steps": [
-                        {
-                            "name": s.name,
-                            "kind": s.kind,
-                            "from": s.parent,
-                            "action": s.action,
-                            "starts_from": s.starts_from,
-                            "reference": s.reference,
-                            "writes": s.writes,
-                            "bytes": s.bytes,
-                            "origin": s.origin,
-                            "foreign": s.foreign.path if s.foreign else None,
-                            "lora": s.lora.model_dump() if s.lora else None,
-                            "lr": s.train.lr if s.train else None,
-                            "launch": launches.get(s.name),
-                        }
-                        for s in the_plan.steps
-                    ],
-                    "cleanup": pf.pipeline.cleanup.model_dump() if pf.pipeline.cleanup else None,
-                    "problems": [p.__dict__ for p in problems],
-                },
-                indent=2,
-            )
-        )
+        typer.echo(json.dumps(_plan_json(the_plan, pf, launches, problems), indent=2))
         raise typer.Exit(1 if any(p.severity == "error" for p in problems) else 0)
 
-    table = Table(title=f"{the_plan.name}: plan", title_justify="left", expand=False)
-    for column in ("#", "stage", "kind", "adapter", "starts from", "writes", "size"):
-        table.add_column(column, overflow="fold")
-    for index, step in enumerate(the_plan.steps, start=1):
-        action = {"new": f"new r{step.lora.r}" if step.lora else "new"}.get(
-            step.action, step.action
-        )
-        name = step.name + (f"\n[dim](foreach {step.origin})[/dim]" if step.origin else "")
-        starts = step.starts_from
-        if step.reference:
-            starts += f"\n[cyan]reference:[/cyan] {step.reference}"
-        if step.train is not None:
-            steps = step.train.max_steps or f"{step.train.epochs} epochs"
-            starts += f"\n[dim]{steps} steps, lr {step.train.lr:g}[/dim]"
-        size = human_bytes(step.bytes) if step.bytes is not None else "unknown"
-        table.add_row(str(index), name, step.kind, action, starts, step.writes, size)
-    console.print(table)
+    console.print(_plan_table(the_plan))
     console.print(
         f"base: {the_plan.base}"
         + (f"  [dim]({the_plan.model.source})[/dim]" if the_plan.model else ""),
@@ -171,6 +132,60 @@ def plan(
         console.print()
         _print_problems(console, problems)
     raise typer.Exit(1 if any(p.severity == "error" for p in problems) else 0)
+
+
+def _plan_json(the_plan: Plan, pf: PipelineFile, launches: dict[str, str],
+               problems: list[Problem]) -> dict[str, Any]:
+    """`graftline plan --json`: the plan, each stage's launch line, and the file's problems."""
+    return {
+        "name": the_plan.name,
+        "base": the_plan.base,
+        "total_bytes": the_plan.total_bytes,
+        "free_bytes": the_plan.free_bytes,
+        "merged_bytes": the_plan.merged_bytes,
+        "steps": [
+            {
+                "name": s.name,
+                "kind": s.kind,
+                "from": s.parent,
+                "action": s.action,
+                "starts_from": s.starts_from,
+                "reference": s.reference,
+                "writes": s.writes,
+                "bytes": s.bytes,
+                "origin": s.origin,
+                "foreign": s.foreign.path if s.foreign else None,
+                "lora": s.lora.model_dump() if s.lora else None,
+                "lr": s.train.lr if s.train else None,
+                "launch": launches.get(s.name),
+            }
+            for s in the_plan.steps
+        ],
+        "cleanup": pf.pipeline.cleanup.model_dump() if pf.pipeline.cleanup else None,
+        "problems": [p.__dict__ for p in problems],
+    }
+
+
+def _plan_table(the_plan: Plan) -> Table:
+    """One row a stage: what it starts from (and its reference and steps), its adapter action,
+    what it writes and about how many bytes."""
+    table = Table(title=f"{the_plan.name}: plan", title_justify="left", expand=False)
+    for column in ("#", "stage", "kind", "adapter", "starts from", "writes", "size"):
+        table.add_column(column, overflow="fold")
+    for index, step in enumerate(the_plan.steps, start=1):
+        action = {"new": f"new r{step.lora.r}" if step.lora else "new"}.get(
+            step.action, step.action
+        )
+        name = step.name + (f"\n[dim](foreach {step.origin})[/dim]" if step.origin else "")
+        starts = step.starts_from
+        if step.reference:
+            starts += f"\n[cyan]reference:[/cyan] {step.reference}"
+        if step.train is not None:
+            steps = step.train.max_steps or f"{step.train.epochs} epochs"
+            starts += f"\n[dim]{steps} steps, lr {step.train.lr:g}[/dim]"
+        size = human_bytes(step.bytes) if step.bytes is not None else "unknown"
+        table.add_row(str(index), name, step.kind, action, starts, step.writes, size)
+    return table
 
 
 def _launch_lines(pf: PipelineFile) -> dict[str, str]:
