@@ -174,8 +174,43 @@ def plan_cleanup(lineage: Lineage, rules: Sequence[KeepRule], *,
         if node.running and node.key not in keep and not between_own_stages:
             refused[node.key] = f"run {node.run} is running: its files are not touched"
 
-    # One breadth-first pass from everything that stays: the first path that reaches a node
-    # gives its reason.
+    protected = _protected(lineage, candidates, keep, refused)
+
+    stays = set(keep) | set(protected) | set(refused)
+    delete = [n for n in candidates if n.key not in stays]
+    delete.sort(key=lambda n: (-(n.path or "").count(os.sep), n.path or ""))
+    delete_keys = tuple(n.key for n in delete)
+    leave = _nested_that_stay(delete, lineage.nodes, set(delete_keys))
+    for root in lineage.journals:
+        warnings.append(f"an interrupted cleanup left a journal in {root}: it is finished first")
+    for link in lineage.symlinks:
+        if link.outside:
+            warnings.append(
+                f"symlink {link.path} -> {link.target} points outside the roots: "
+                "not followed, not deleted through"
+            )
+    reclaimed = sum(n.bytes for n in delete)
+    return CleanupPlan(
+        roots=lineage.roots,
+        rules=tuple(r.text for r in rules),
+        keep=MappingProxyType({k: tuple(v) for k, v in keep.items()}),
+        protected=MappingProxyType({k: tuple(v) for k, v in protected.items()}),
+        refused=MappingProxyType(refused),
+        delete=delete_keys,
+        leave=MappingProxyType(leave),
+        bytes_reclaimed=reclaimed,
+        bytes_remaining=sum(n.bytes for n in candidates) - reclaimed,
+        warnings=tuple(warnings),
+    )
+
+
+def _protected(lineage: Lineage, candidates: Sequence[Node], keep: Mapping[str, object],
+               refused: Mapping[str, str]) -> dict[str, list[str]]:
+    """What must stay because something that stays needs it, with up to three reasons each.
+
+    One breadth-first pass from everything that stays: the first path that reaches a node
+    gives its reason.
+    """
     protected: dict[str, list[str]] = {}
     # A checkpoint made elsewhere that a run's stage started from (`from` a path): not a run's
     # to delete, whatever is kept; it stays with what it needs.
@@ -204,33 +239,7 @@ def plan_cleanup(lineage: Lineage, rules: Sequence[KeepRule], *,
                 reasons = protected.setdefault(parent.key, [])
                 if len(reasons) < 3 and reason not in reasons:
                     reasons.append(reason)
-
-    stays = set(keep) | set(protected) | set(refused)
-    delete = [n for n in candidates if n.key not in stays]
-    delete.sort(key=lambda n: (-(n.path or "").count(os.sep), n.path or ""))
-    delete_keys = tuple(n.key for n in delete)
-    leave = _nested_that_stay(delete, lineage.nodes, set(delete_keys))
-    for root in lineage.journals:
-        warnings.append(f"an interrupted cleanup left a journal in {root}: it is finished first")
-    for link in lineage.symlinks:
-        if link.outside:
-            warnings.append(
-                f"symlink {link.path} -> {link.target} points outside the roots: "
-                "not followed, not deleted through"
-            )
-    reclaimed = sum(n.bytes for n in delete)
-    return CleanupPlan(
-        roots=lineage.roots,
-        rules=tuple(r.text for r in rules),
-        keep=MappingProxyType({k: tuple(v) for k, v in keep.items()}),
-        protected=MappingProxyType({k: tuple(v) for k, v in protected.items()}),
-        refused=MappingProxyType(refused),
-        delete=delete_keys,
-        leave=MappingProxyType(leave),
-        bytes_reclaimed=reclaimed,
-        bytes_remaining=sum(n.bytes for n in candidates) - reclaimed,
-        warnings=tuple(warnings),
-    )
+    return protected
 
 
 def _reason(
