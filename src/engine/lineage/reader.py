@@ -263,38 +263,7 @@ class _Scanner:
                 )
         m = draft.manifest
         if m is not None:
-            draft.fields.update(
-                created=m.created,
-                status=m.status,
-                stage=m.stage or draft.fields.get("stage"),
-                run=m.run or draft.fields.get("run"),
-            )
-            if m.lora is not None:
-                draft.fields["lora"] = m.lora
-            metrics.update(m.metrics)
-            metrics.update({f"eval/{k}": v for k, v in m.evaluation.items()})
-            manifest_bases: set[str] = set()
-            for parent in m.parents:
-                key = self._resolve(parent.path, path, parent.id)
-                self.edges.append(Edge(path, key, parent.relation, "manifest"))
-                if parent.foreign and key in self.drafts:
-                    user = f"{m.run or draft.fields.get('run') or '?'}/{m.stage or draft.name}"
-                    self.drafts[key].fields.setdefault("started", []).append(user)
-                if parent.relation == "trained_on":
-                    manifest_bases.add(key)
-            if m.base and draft.kind in ("adapter", "combined") and not manifest_bases:
-                key = self._resolve(m.base, path, None)
-                self.edges.append(Edge(path, key, "trained_on", "manifest"))
-                manifest_bases.add(key)
-            if config is not None and manifest_bases:
-                named = self._resolve(config.get("base_model_name_or_path"), path, None)
-                if named not in manifest_bases:
-                    draft.warnings.append(
-                        f"{ADAPTER_CONFIG} names {config.get('base_model_name_or_path')} but it "
-                        f"was trained on {', '.join(sorted(manifest_bases))} (an in-memory merge "
-                        "keeps the old name): load it on the base its manifest records"
-                    )
-                    self.edges.append(Edge(path, named, "trained_on", "config"))
+            self._link_manifest(draft, m, config, metrics)
         elif config is not None:
             ref = config.get("base_model_name_or_path")
             draft.fields["base_ref"] = ref
@@ -330,6 +299,45 @@ class _Scanner:
         for key, value in _metrics_beside(path, draft.kind).items():
             metrics.setdefault(key, value)
         draft.fields["metrics"] = metrics
+
+    def _link_manifest(self, draft: Draft, m: ManifestView, config: dict[str, Any] | None,
+                       metrics: dict[str, float]) -> None:
+        """What a graftline manifest records: its fields, metrics, parents and base; and a
+        warning when the adapter config names another base (an in-memory merge)."""
+        path = draft.path
+        assert path is not None
+        draft.fields.update(
+            created=m.created,
+            status=m.status,
+            stage=m.stage or draft.fields.get("stage"),
+            run=m.run or draft.fields.get("run"),
+        )
+        if m.lora is not None:
+            draft.fields["lora"] = m.lora
+        metrics.update(m.metrics)
+        metrics.update({f"eval/{k}": v for k, v in m.evaluation.items()})
+        manifest_bases: set[str] = set()
+        for parent in m.parents:
+            key = self._resolve(parent.path, path, parent.id)
+            self.edges.append(Edge(path, key, parent.relation, "manifest"))
+            if parent.foreign and key in self.drafts:
+                user = f"{m.run or draft.fields.get('run') or '?'}/{m.stage or draft.name}"
+                self.drafts[key].fields.setdefault("started", []).append(user)
+            if parent.relation == "trained_on":
+                manifest_bases.add(key)
+        if m.base and draft.kind in ("adapter", "combined") and not manifest_bases:
+            key = self._resolve(m.base, path, None)
+            self.edges.append(Edge(path, key, "trained_on", "manifest"))
+            manifest_bases.add(key)
+        if config is not None and manifest_bases:
+            named = self._resolve(config.get("base_model_name_or_path"), path, None)
+            if named not in manifest_bases:
+                draft.warnings.append(
+                    f"{ADAPTER_CONFIG} names {config.get('base_model_name_or_path')} but it "
+                    f"was trained on {', '.join(sorted(manifest_bases))} (an in-memory merge "
+                    "keeps the old name): load it on the base its manifest records"
+                )
+                self.edges.append(Edge(path, named, "trained_on", "config"))
 
     def _resolve(self, ref: str | None, where: str, ref_id: str | None) -> str:
         """The node key `ref` (a path or hub id named in `where`) points at; adds it if new.
