@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from graftline.engine.run import summary as S
+from graftline.engine.run import summary_file
 from graftline.engine.run.events import DURABLE, EVENTS, Event, EventWriter
 
 SCHEMA = 2  # bump when the generated run changes: the cache is rebuilt
@@ -210,7 +211,7 @@ def generate(run_dir: Path, n: int) -> None:
     emit("run_finished", None, {"status": "finished", "message": ""})
     handle.write(b"".join(buffer))
     handle.close()
-    S.save(run_dir, summary)
+    summary_file.save(run_dir, summary)
     (run_dir / "bench.json").write_text(json.dumps({"schema": SCHEMA, "events": seq}))
 
 
@@ -290,8 +291,9 @@ def load_history_ratio(n: int) -> tuple[float, float]:
 
         def client() -> None:
             history = load_history(run_dir)
-            history.series("loss")
-            history.series("learning_rate")
+            for key in ("loss", "learning_rate"):  # the two curves a chart would draw
+                [(row["data"].get("global_step"), row["data"][key]) for row in history.metrics
+                 if key in row["data"]]
 
         base = mine = math.inf
         for _ in range(3):

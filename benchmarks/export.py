@@ -167,7 +167,7 @@ def main() -> None:
     try:
         started = time.perf_counter()
         base, adapter = build(work, args.layers, args.shard_mb * 10**6)
-        from graftline.engine.lineage.manifest import directory_bytes
+        from graftline.engine.common.checkpoint_files import directory_bytes
 
         base_bytes = sum(p.stat().st_size for p in base.glob("*.safetensors"))
         n_shards = len(list(base.glob("*.safetensors")))

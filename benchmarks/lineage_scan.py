@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from graftline.engine import lineage
-from graftline.engine.lineage import cleanup
+from graftline.engine.lineage import cached_reads, cleanup, forensics
 from graftline.engine.lineage import reader as lineage_scan
 from graftline.engine.lineage.manifest import LoraSpec, Manifest, Parent
 
@@ -129,8 +129,8 @@ def best(fn, repeat: int = 9, before=None) -> float:
 
 def cold() -> None:
     lineage_scan._dir_cache.clear()
-    lineage_scan._json_cache.clear()
-    lineage_scan._fingerprint_cache.clear()
+    cached_reads._json_cache.clear()
+    forensics._fingerprint_cache.clear()
 
 
 def main() -> None:
