@@ -77,30 +77,13 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
     work = group_io.work_dir(ctx.run_dir, ctx.name)
     _relay_leftover(ctx, work)
     _fresh(work, ctx.run_dir)
-    request = work / group_io.REQUEST
-    atomic.write_json(request, {
-        "run_dir": str(Path(ctx.run_dir).resolve()), "stage": ctx.name, "index": ctx.index,
-        "pipeline_text": pipeline_text, "pipeline_path": str(pipeline_path),
-        "base_path": ctx.base_path, "global_step_offset": ctx.global_step_offset,
-        "resume_from": str(ctx.resume_from) if ctx.resume_from else None,
-        "work_dir": str(work.resolve()),
-    })
+    request = _write_request(ctx, work, pipeline_text, pipeline_path)
     if scale.num_machines > 1:  # a resume on this host runs as the same machine
         group_io.record_machine(ctx.run_dir, scale.machine_rank, scale.num_machines)
     control_path = work / group_io.CONTROL
     save_seq = 0
     group_io.write_control(control_path, stop=False, paused=False, save_seq=save_seq)
-    argv = scaleout.command(scale, ctx.backend.name, scaleout.detect_env(), str(request),
-                            search_dir=ctx.search_dir)
-    ctx.sink.emit("info", ctx.name, message=f"launching {scale.world_size} processes: "
-                  f"{scaleout.shell_line(argv)}", world_size=scale.world_size,
-                  launch=argv, machine_rank=scale.machine_rank, processes=scale.processes)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    # stderr through the engine (on to engine.log): the launcher's failure report names the
-    # rank that died first
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True, preexec_fn=_die_with_engine, env=env)
+    proc = _launch(ctx, scale, request)
     assert proc.stderr is not None
     stderr = group_io.StderrRelay(proc.stderr)
     tail = group_io.EventTail(work / group_io.EVENTS)
@@ -157,21 +140,67 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
     if code == 0 and result is not None:
         return result
     if code == 0 and scale.machine_rank > 0:
-        # machine 0's rank 0 saved the stage; this host only lent its processes
-        note = (f"machine {scale.machine_rank}'s ranks are done; machine 0 reports and saves "
-                "the stage in its own run")
-        seconds = time.perf_counter() - began
-        # the completion marker: a resume on this host skips the stage, as machine 0 does
-        atomic.write_json(ctx.stage_dir / DONE, {
-            "stage": ctx.name, "kind": ctx.kind, "status": "complete", "steps": 0,
-            "seconds": seconds, "machine_rank": scale.machine_rank, "note": note})
-        ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="complete",
-                      seconds=seconds, metrics={}, evaluation={},
-                      world_size=scale.world_size, machine_rank=scale.machine_rank,
-                      message=note)
-        return "complete", "", 0
-    # A rank failed or was killed. Rank 0 may have reported its own side of it (a collective
-    # that lost its peer); the engine says what happened to the group, and how to go on.
+        return _lent_processes_done(ctx, scale, began)
+    return _group_failed(ctx, scale, code, launcher_said, result, began,
+                         cut_barrier=cut_barrier, finished_seen=finished_seen)
+
+
+def _write_request(ctx: StageContext, work: Path, pipeline_text: str,
+                   pipeline_path: Path) -> Path:
+    """What every rank reads to run the stage (run/rank_main.py), in the group's work folder."""
+    request = work / group_io.REQUEST
+    atomic.write_json(request, {
+        "run_dir": str(Path(ctx.run_dir).resolve()), "stage": ctx.name, "index": ctx.index,
+        "pipeline_text": pipeline_text, "pipeline_path": str(pipeline_path),
+        "base_path": ctx.base_path, "global_step_offset": ctx.global_step_offset,
+        "resume_from": str(ctx.resume_from) if ctx.resume_from else None,
+        "work_dir": str(work.resolve()),
+    })
+    return request
+
+
+def _launch(ctx: StageContext, scale: scaleout.Scale, request: Path) -> subprocess.Popen[bytes]:
+    """The launcher (torchrun or accelerate) for this host's ranks, in its own session, said in
+    the log first."""
+    argv = scaleout.command(scale, ctx.backend.name, scaleout.detect_env(), str(request),
+                            search_dir=ctx.search_dir)
+    ctx.sink.emit("info", ctx.name, message=f"launching {scale.world_size} processes: "
+                  f"{scaleout.shell_line(argv)}", world_size=scale.world_size,
+                  launch=argv, machine_rank=scale.machine_rank, processes=scale.processes)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    # stderr through the engine (on to engine.log): the launcher's failure report names the
+    # rank that died first
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, preexec_fn=_die_with_engine, env=env)
+    return proc
+
+
+def _lent_processes_done(ctx: StageContext, scale: scaleout.Scale,
+                         began: float) -> tuple[str, str, int]:
+    """Machine 0's rank 0 saved the stage; this host only lent its processes: it marks the
+    stage done (a resume here skips it, as machine 0 does) and says so."""
+    note = (f"machine {scale.machine_rank}'s ranks are done; machine 0 reports and saves "
+            "the stage in its own run")
+    seconds = time.perf_counter() - began
+    # the completion marker: a resume on this host skips the stage, as machine 0 does
+    atomic.write_json(ctx.stage_dir / DONE, {
+        "stage": ctx.name, "kind": ctx.kind, "status": "complete", "steps": 0,
+        "seconds": seconds, "machine_rank": scale.machine_rank, "note": note})
+    ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="complete",
+                  seconds=seconds, metrics={}, evaluation={},
+                  world_size=scale.world_size, machine_rank=scale.machine_rank,
+                  message=note)
+    return "complete", "", 0
+
+
+def _group_failed(ctx: StageContext, scale: scaleout.Scale, code: int | None,
+                  launcher_said: str, result: tuple[str, str, int] | None, began: float, *,
+                  cut_barrier: bool, finished_seen: bool) -> tuple[str, str, int]:
+    """A rank failed or was killed: the error (the rank the launcher saw die first, and how to
+    go on), the stage marked failed, and its stage_finished unless rank 0 sent one."""
+    # Rank 0 may have reported its own side of it (a collective that lost its peer); the
+    # engine says what happened to the group, and how to go on.
     failure = group_io.first_failure(launcher_said)
     which = (f"rank {failure.rank} failed first ({failure.cause})" if failure is not None
              else "rank 0 failed (above); its launcher was ended while it waited for the other "
