@@ -8,10 +8,10 @@
 
 Modules: model (frozen nodes and edges), reader (`scan`: the walk), forensics (hand-made
 merges and TRL references proven from the bytes), cached_reads (JSON and safetensors headers
-cached by mtime), views (tree and JSON), manifest (graftline.json), manifest_view, cleanup
-(planner and executor), keep_select (what a keep word selects), journal (the cleanup journal
-and history), resolve (the one resolver for a recorded base, used by lineage, cleanup, export
-and the runner).
+cached by mtime), checkpoint_metrics (the numbers kept with a checkpoint), views (tree and
+JSON), manifest (graftline.json), manifest_view, cleanup (planner and executor), keep_select
+(what a keep word selects), journal (the cleanup journal and history), resolve (the one
+resolver for a recorded base, used by lineage, cleanup, export and the runner).
 """
 
 from __future__ import annotations

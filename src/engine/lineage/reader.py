@@ -38,20 +38,15 @@ from graftline.engine.common.liveness import is_live
 from graftline.engine.lineage import forensics, resolve
 from graftline.engine.lineage import journal as cleanup_journal
 from graftline.engine.lineage.cached_reads import (
-    is_number,
     read_entry,
     read_json,
     read_manifest,
     safetensors_header,
 )
+from graftline.engine.lineage.checkpoint_metrics import metrics_beside, trainer_metrics
 from graftline.engine.lineage.manifest import MANIFEST
 from graftline.engine.lineage.manifest_view import ManifestView, view
 from graftline.engine.lineage.model import Edge, Lineage, LoraInfo, Node, Symlink
-
-# Where people keep a checkpoint's numbers: files beside it, and these folders beside or in it.
-_METRIC_FILES = {"metrics.json": "", "evaluation.json": "eval/", "eval_results.json": "",
-                 "all_results.json": "", "results.json": ""}
-_METRIC_FOLDERS = ("training_logs", "test_results", "eval_results", "logs", "results", "eval")
 
 _dir_cache: dict[str, tuple[int, int, float]] = {}  # dir -> (mtime_ns, file bytes, newest mtime)
 
@@ -287,7 +282,7 @@ class _Scanner:
         if TRAINER_STATE in jsons:
             state = read_entry(jsons[TRAINER_STATE])
             if isinstance(state, dict):
-                metrics.update(_trainer_metrics(state))
+                metrics.update(trainer_metrics(state))
             else:
                 corrupt.append(f"{TRAINER_STATE} cannot be read (truncated?): not resumable")
         if draft.kind in ("adapter", "trainer") and config is not None \
@@ -296,7 +291,7 @@ class _Scanner:
         if corrupt and draft.fields.get("status") != "partial":
             draft.fields["status"] = "corrupt"
             draft.warnings.append("CORRUPT: " + "; ".join(corrupt))
-        for key, value in _metrics_beside(path, draft.kind).items():
+        for key, value in metrics_beside(path, draft.kind).items():
             metrics.setdefault(key, value)
         draft.fields["metrics"] = metrics
 
@@ -535,55 +530,6 @@ def _stage_of(path: str, run_dir: str) -> str | None:
     if len(rel) >= 2 and rel[0] == STAGES:
         return rel[1]
     return None
-
-
-def _trainer_metrics(state: dict[str, Any]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    if is_number(state.get("global_step")):
-        out["global_step"] = float(state["global_step"])
-    if is_number(state.get("best_metric")):
-        out["best_metric"] = float(state["best_metric"])
-    # The latest value of each; the newest records are enough (a log can hold thousands).
-    history = state.get("log_history")
-    for record in (history if isinstance(history, list) else [])[-200:][::-1]:
-        if not isinstance(record, dict):
-            continue
-        for key, value in record.items():
-            if key not in out and key not in ("step", "epoch") and is_number(value):
-                out[key] = float(value)
-    return out
-
-
-def _flat_numbers(data: Any, prefix: str) -> dict[str, float]:
-    """Numbers of a metrics file: top level, and one level down ({"summary": {...}})."""
-    out: dict[str, float] = {}
-    if not isinstance(data, dict):
-        return out
-    for key, value in data.items():
-        if is_number(value):
-            out[f"{prefix}{key}"] = float(value)
-    for value in data.values():
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                if is_number(inner):
-                    out.setdefault(f"{prefix}{key}", float(inner))
-    return out
-
-
-def _metrics_beside(path: str, kind: str) -> dict[str, float]:
-    """Metrics kept in files beside a checkpoint: in its folder, in the usual sub-folders of it
-    (training_logs/, test_results/, …), and, for a stage result (not a Trainer checkpoint), in
-    those sub-folders of the folder that holds it (`sft/final` + `sft/training_logs/`)."""
-    folders = [path, *(os.path.join(path, f) for f in _METRIC_FOLDERS)]
-    if kind != "trainer":
-        parent = os.path.dirname(path)
-        folders += [os.path.join(parent, f) for f in _METRIC_FOLDERS]
-    out: dict[str, float] = {}
-    for folder in folders:
-        for name, prefix in _METRIC_FILES.items():
-            for key, value in _flat_numbers(read_json(os.path.join(folder, name)), prefix).items():
-                out.setdefault(key, value)
-    return out
 
 
 def _adapter_weights_problem(path: str) -> str | None:
