@@ -5,6 +5,7 @@ pause/stop reach every rank, and kill -9 of rank 1 ends the group and resumes.""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -380,7 +381,7 @@ def test_sft_dpo_grpo_chain_on_two_processes(root: Path) -> None:
     assert any(std > 0 for std in _stage_metric(rows, "grpo", "reward_std")), rows[-5:]
     weights = [load_file(run_dir / "stages" / s / "adapter_model.safetensors")
                for s in ("sft", "dpo", "grpo")]
-    for before, after in zip(weights, weights[1:], strict=False):
+    for before, after in itertools.pairwise(weights):
         assert before.keys() == after.keys()
         assert any(not before[k].equal(after[k]) for k in before)
     _no_ranks_left(run_dir)
