@@ -24,7 +24,7 @@ from graftline.console.formats import (
     human_bytes,
     short_metric,
 )
-from graftline.engine.run import Event
+from graftline.engine.run import Event, fold_rehearsal
 
 if TYPE_CHECKING:
     from graftline.engine.run import Summary
@@ -222,6 +222,8 @@ class RunModel:
         self.last_seq = 0
         self.version = 0  # bumped on every apply that changed something
         self.summary: Summary | None = None  # set by load_summary (the follower's, bounded)
+        # the engine's rehearsal before stage 1 (status, stage, passed, seconds, message, fix)
+        self.rehearsal: dict[str, Any] | None = None
 
     # -- folding ---------------------------------------------------------------------------
 
@@ -608,6 +610,31 @@ def _run_finished(model: RunModel, event: Event) -> None:
                f"run {model.status}{tail}")
 
 
+def _rehearsal(model: RunModel, event: Event) -> None:
+    data = event.data
+    model.rehearsal = fold_rehearsal(model.rehearsal, data)
+    phase = data.get("phase")
+    if phase == "started":
+        model._log(event, "info", str(data.get("message") or "rehearsing on a tiny twin"))
+    elif phase == "twin":
+        model._log(event, "info", f"rehearsal twin: {data.get('describe')}")
+    elif phase == "stage" and data.get("status") in ("passed", "failed"):
+        secs = data.get("seconds")
+        took = f" in {secs:.1f}s" if isinstance(secs, int | float) else ""
+        level = "info" if data.get("status") == "passed" else "error"
+        model._log(event, level, f"rehearsal: {data.get('name')} ({data.get('kind')}) "
+                                 f"{data.get('status')}{took}")
+    elif phase == "finished":
+        view = model.rehearsal
+        secs = view.get("seconds")
+        took = f" in {secs:.0f}s" if isinstance(secs, int | float) else ""
+        if view.get("status") == "passed":
+            model._log(event, "info", f"rehearsal passed{took}: {view.get('passed')} stages")
+        elif view.get("status") == "stopped":
+            model._log(event, "info", "rehearsal stopped on request")
+        # a failure: the `error` event that follows says it, with its fix
+
+
 def _info(model: RunModel, event: Event) -> None:
     message = event.data.get("message")
     if message:
@@ -626,6 +653,7 @@ _HANDLERS = {
     "telemetry": _telemetry,
     "run_finished": _run_finished,
     "info": _info,
+    "rehearsal": _rehearsal,
 }
 
 
@@ -678,6 +706,7 @@ def _load_summary(model: RunModel, summary: Summary, notices: list[str]) -> None
         _telemetry(model, Event(0, summary.last_time or 0.0, "telemetry", None,
                                 summary.telemetry))
     model.events_seen, model.last_seq = summary.events, summary.last_seq
+    model.rehearsal = dict(summary.rehearsal) if summary.rehearsal else None
     model.summary = summary
     _adopt_series(model, summary)
     model.version += 1

@@ -23,6 +23,11 @@ STATUS_ASCII = {"pending": ".", "running": ">", "complete": "v", "failed": "x",
 STATUS_STYLE = {"running": "bold", "resumed": "bold", "failed": "bold red", "crashed": "bold red",
                 "stopped": "yellow", "paused": "bold yellow", "pending": "dim", "skipped": "dim",
                 "done earlier": "dim"}
+# the engine's rehearsal before stage 1 (`graftline run`): a row above the stages, under its own
+# key so that no stage name can clash with it
+REHEARSAL_ROW = "\x00rehearsal"
+REHEARSAL_STATUS = {"running": "running", "passed": "complete", "failed": "failed",
+                    "stopped": "stopped"}
 BAR = 6
 ETA_WIDTH = 7
 MIN_REFERENCE = 4
@@ -112,6 +117,8 @@ class PipelineTable(DataTable):
         """Where a following cursor sits: the running stage, else the final model's stage."""
         if model.current is not None:
             return model.current
+        if model.rehearsal is not None and model.rehearsal.get("status") != "passed":
+            return REHEARSAL_ROW  # rehearsing now, or the rehearsal that ended the run
         final = model.final_checkpoint()
         if final is not None:
             return final[0].name
@@ -130,9 +137,12 @@ class PipelineTable(DataTable):
         live = model.status == "running"
         columns = self.ALL_COLUMNS if live else self.ENDED_COLUMNS
         rows = [self._row(stage, model, run_status) for stage in model.stages]
+        names = [stage.name for stage in model.stages]
+        if model.rehearsal is not None:
+            rows.insert(0, self._rehearsal_row(model, run_status))
+            names.insert(0, REHEARSAL_ROW)
         if not live:
             rows = [row[:4] + row[5:] for row in rows]
-        names = [stage.name for stage in model.stages]
         widths = [max([len(label), *(_width(r[i]) for r in rows)])
                   for i, label in enumerate(columns)]
         widths[3] = max(len("progress"), *(self._progress_width(s) for s in model.stages), 0)
@@ -188,6 +198,29 @@ class PipelineTable(DataTable):
             digits = len(str(stage.max_steps))
             return BAR + 1 + 2 * digits + 1
         return BAR
+
+    def _rehearsal_row(self, model: RunModel, run_status: str) -> tuple[object, ...]:
+        glyphs = STATUS_ASCII if self.ascii_only else STATUS_GLYPH
+        view = model.rehearsal or {}
+        status = str(view.get("status") or "running")
+        shown = REHEARSAL_STATUS.get(status, status)
+        if shown == "running" and run_status in ("paused", "crashed", "stopped", "failed"):
+            shown = run_status
+        label = "passed" if shown == "complete" else shown
+        cell = Text(f"{glyphs.get(shown, '?')} {label}", style=STATUS_STYLE.get(shown, ""))
+        total = len(model.stages)
+        passed = int(view.get("passed") or 0)
+        progress = progress_bar(min(1.0, passed / total), BAR, self.ascii_only) if total else ""
+        if status == "running":
+            now = view.get("stage")
+            result = f"{passed}/{total} stages" + (f" · on {now}" if now else "")
+        elif status == "passed":
+            secs = view.get("seconds")
+            result = f"{passed}/{total} passed" + (
+                f" in {human_seconds(secs)}" if isinstance(secs, int | float) else "")
+        else:
+            result = fit(str(view.get("message") or status), 40)
+        return ("rehearsal", "twin", cell, progress, Text(" " * ETA_WIDTH), result, "", "")
 
     def _row(self, stage: StageView, model: RunModel, run_status: str) -> tuple[object, ...]:
         glyphs = STATUS_ASCII if self.ascii_only else STATUS_GLYPH

@@ -46,6 +46,8 @@ _EXPORTS = {
     "SUMMARY": "summary",
     "Summary": "summary",
     "open_summary": "summary",
+    "fold_rehearsal": "summary",
+    "rehearsal_phase": "rehearsal_phase",
     "state": "state",
     "RunState": "state",
     "StateKeeper": "state",

@@ -255,9 +255,18 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
         first = next((n for n in names if n not in sink.done), None)
         sink.check_disk(before=first)
         control.wait_while_paused()
+        from graftline.engine.run import rehearsal_phase
         from graftline.engine.run.runner import run_pipeline
 
-        result = run_pipeline(pf, run_dir, sink, control, resume=resume)
+        def rehearsal() -> tuple[str, str]:
+            keeper.update(stage=rehearsal_phase.NAME, message="rehearsing on a tiny twin")
+            outcome = rehearsal_phase.rehearse_first(run_dir, sink, control)
+            if outcome[0] == rehearsal_phase.PASSED:
+                keeper.update(stage=None, message="")
+            return outcome
+
+        first_phase = rehearsal if rehearsal_phase.wanted(run_dir, resume=resume) else None
+        result = run_pipeline(pf, run_dir, sink, control, resume=resume, rehearsal=first_phase)
         status = str(getattr(result, "status", "finished"))
         message = str(getattr(result, "message", "") or "")
     except BaseException as exc:

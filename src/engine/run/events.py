@@ -57,6 +57,7 @@ EventType = Literal[
     "run_finished",
     "progress",
     "info",
+    "rehearsal",
 ]
 DURABLE: frozenset[str] = frozenset(
     {
@@ -67,6 +68,7 @@ DURABLE: frozenset[str] = frozenset(
         "error",
         "stage_finished",
         "run_finished",
+        "rehearsal",
     }
 )
 

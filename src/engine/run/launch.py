@@ -60,8 +60,10 @@ def new_run_id(name: str, runs_dir: Path, now: datetime | None = None) -> str:
     return run_id
 
 
-def create_run(pf: PipelineFile, runs_dir: Path) -> Path:
-    """A fresh run directory holding the pipeline's copy, its hash, and a `starting` state."""
+def create_run(pf: PipelineFile, runs_dir: Path, *, rehearse: bool = False) -> Path:
+    """A fresh run directory holding the pipeline's copy, its hash, and a `starting` state.
+    `rehearse`: the engine rehearses every stage on a tiny twin before stage 1 (run.json says
+    so; run/rehearsal_phase.py)."""
     runs_dir = Path(runs_dir).expanduser().resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
     name = pf.pipeline.pipeline.name
@@ -80,7 +82,7 @@ def create_run(pf: PipelineFile, runs_dir: Path) -> Path:
     (run_dir / PIPELINE_COPY).write_text(pf.text, encoding="utf-8")
     (run_dir / PIPELINE_HASH).write_text(f"{digest}  {pf.path.name}\n", encoding="utf-8")
     meta = {"run_id": run_id, "source": str(Path(pf.path).resolve()), "sha256": digest,
-            "cwd": os.getcwd(), "created": time.time()}
+            "cwd": os.getcwd(), "created": time.time(), "rehearse": rehearse}
     (run_dir / RUN_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     runstate.write(run_dir, runstate.RunState(run_id, name, status="starting",
                                               heartbeat=time.time(),
@@ -126,8 +128,10 @@ def spawn(run_dir: Path, *, resume: bool = False) -> int:
 
 
 def start_run(pipeline_path: Path, runs_dir: Path | None = None, *,
-              check: bool = True) -> Path:
+              check: bool = True, rehearse: bool = False) -> Path:
     """Validate the pipeline file, create its run directory, start the engine; the run directory.
+    Returns as soon as the engine is spawned: with `rehearse` the engine itself rehearses every
+    stage on a tiny twin as the run's first phase, so nothing slow happens before the return.
 
     Raises LaunchError (with the problems) when validation finds errors: nothing is created then.
     """
@@ -146,7 +150,7 @@ def start_run(pipeline_path: Path, runs_dir: Path | None = None, *,
             raise LaunchError(f"{pipeline_path} has problems", errors)
     if runs_dir is None:
         runs_dir = pf.resolve(pf.pipeline.pipeline.runs_dir)
-    run_dir = create_run(pf, runs_dir)
+    run_dir = create_run(pf, runs_dir, rehearse=rehearse)
     spawn(run_dir)
     return run_dir
 

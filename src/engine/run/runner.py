@@ -15,7 +15,7 @@ import json
 import shutil
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -166,9 +166,12 @@ def _max_steps(step: Any) -> int | None:
 
 def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunControl | None = None,
                  *, resume: bool = False, backend: Backend | None = None,
-                 hooks: Mapping[str, StageHooks] | None = None) -> RunResult:
+                 hooks: Mapping[str, StageHooks] | None = None,
+                 rehearsal: Callable[[], tuple[str, str]] | None = None) -> RunResult:
     """Run every stage in file order. Never raises for a stage's failure: it is reported through
-    the sink (`error`, `stage_finished` failed, `run_finished` failed) and in the result."""
+    the sink (`error`, `stage_finished` failed, `run_finished` failed) and in the result.
+    `rehearsal` runs first, after `run_started` (run/rehearsal_phase.py): anything but
+    `passed` ends the run before stage 1."""
     from graftline.engine.pipeline.plan import resolve
 
     run_dir = Path(run_dir)
@@ -193,6 +196,11 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
                        "reference_label": s.reference_label,
                        "max_steps": _max_steps(s)} for s in steps],
               backend=backend.name, resumed=resume)
+    if rehearsal is not None:
+        outcome, message = rehearsal()
+        if outcome != "passed":
+            sink.emit("run_finished", None, status=outcome, message=message)
+            return RunResult(outcome, message, run_dir, statuses)
     try:
         base_path = resolve_base(pf)
     except Exception as exc:  # the base could not be built or found

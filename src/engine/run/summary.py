@@ -43,7 +43,8 @@ from typing import Any
 from graftline.engine.common.layout import EVENTS, SUMMARY
 
 __all__ = [
-    "BUCKET_BUDGET", "LOG_ROWS", "SUMMARY", "Opened", "SeriesSummary", "Summary", "load",
+    "BUCKET_BUDGET", "LOG_ROWS", "SUMMARY", "Opened", "SeriesSummary", "Summary",
+    "fold_rehearsal", "load",
     "open_summary", "rebuild", "save", "verify",
 ]
 
@@ -323,6 +324,8 @@ class Summary:
     log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=LOG_ROWS))
     series: dict[str, SeriesSummary] = field(default_factory=dict)
     dropped_points: int = 0  # points of series beyond SERIES_MAX
+    # the engine's rehearsal before stage 1 (run/rehearsal_phase.py): status, stage, done, …
+    rehearsal: dict[str, Any] | None = None
     _pending_rows: list[tuple[Any, dict[str, Any], Any, Any]] = field(default_factory=list)
 
     # -- folding --------------------------------------------------------------------------
@@ -515,7 +518,7 @@ class Summary:
             "telemetry": self.telemetry, "gpu_reason": self.gpu_reason,
             "throughput": self.throughput, "log": list(self.log),
             "series": {key: line.to_dict() for key, line in self.series.items()},
-            "dropped_points": self.dropped_points,
+            "dropped_points": self.dropped_points, "rehearsal": self.rehearsal,
         }
 
     def to_json(self) -> str:
@@ -541,6 +544,7 @@ class Summary:
             series={str(k): SeriesSummary.from_dict(v)
                     for k, v in (raw.get("series") or {}).items()},
             dropped_points=int(raw.get("dropped_points", 0)),
+            rehearsal=raw.get("rehearsal") if isinstance(raw.get("rehearsal"), dict) else None,
         )
         summary.log.extend(raw.get("log") or [])
         return summary
@@ -647,7 +651,36 @@ def _run_finished(s: Summary, _name: Any, data: dict[str, Any], when: Any) -> No
             view["status"] = "stopped" if s.status == "stopped" else "failed"
 
 
+def fold_rehearsal(view: dict[str, Any] | None, data: dict[str, Any]) -> dict[str, Any]:
+    """The rehearsal row from one `rehearsal` event: `status` (running, passed, failed,
+    stopped), the twin stage it is on, how many passed, its seconds, message and fix. The
+    console folds live events with the same function."""
+    view = dict(view or {"status": "running", "stage": None, "passed": 0, "seconds": None,
+                         "message": "", "fix": ""})
+    phase = data.get("phase")
+    if phase == "started":
+        view.update(status="running", stage=None, passed=0, seconds=None, message="", fix="")
+    elif phase == "stage":
+        view["stage"] = data.get("name")
+        if data.get("status") == "passed":
+            view["passed"] = int(view.get("passed") or 0) + 1
+    elif phase == "finished":
+        view.update(status=str(data.get("status") or ("passed" if data.get("ok") else "failed")),
+                    stage=None, seconds=data.get("seconds"),
+                    message=str(data.get("message") or ""), fix=str(data.get("fix") or ""))
+        stages = data.get("stages")
+        if isinstance(stages, list):
+            view["passed"] = sum(1 for st in stages if isinstance(st, dict)
+                                 and st.get("status") == "passed")
+    return view
+
+
+def _rehearsal(s: Summary, _name: Any, data: dict[str, Any], _when: Any) -> None:
+    s.rehearsal = fold_rehearsal(s.rehearsal, data)
+
+
 _HANDLERS = {
+    "rehearsal": _rehearsal,
     "run_started": _run_started,
     "stage_started": _stage_started,
     "checkpoint_saved": _checkpoint_saved,
