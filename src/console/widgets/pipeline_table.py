@@ -7,6 +7,8 @@ Every other panel and `e` read the same choice, so what the table points at is w
 
 from __future__ import annotations
 
+import re
+
 from rich.text import Text
 from textual import events
 from textual.widgets import DataTable
@@ -49,6 +51,27 @@ def fit(text: str, width: int, ellipsis: str = "…") -> str:
     if len(text) <= width:
         return text
     return text[: max(0, width - len(ellipsis))] + ellipsis
+
+
+def fit_words(text: str, width: int, ellipsis: str = "…") -> str:
+    """`text` in at most `width` cells without cutting a word or parting a name from its value:
+    whole parts (between " · " and ", ") are dropped from the end, an ellipsis marking what
+    went; a first part too long on its own loses whole words."""
+    if len(text) <= width:
+        return text
+    if width <= len(ellipsis):
+        return ellipsis[:max(0, width)]
+    ends = [m.start() for m in re.finditer(r"(?<=,) | · ", text)]  # where each part ends
+    for end in reversed(ends):
+        head = text[:end].rstrip(",")
+        if len(head) + len(ellipsis) <= width:
+            return head + ellipsis
+    words = text[:ends[0] if ends else len(text)].split(" ")
+    for keep in range(len(words) - 1, 0, -1):
+        head = " ".join(words[:keep])
+        if len(head) + len(ellipsis) <= width:
+            return head + ellipsis
+    return fit(text, width, ellipsis)
 
 
 class PipelineTable(DataTable):
@@ -153,10 +176,18 @@ class PipelineTable(DataTable):
         # the same answer before and after layout settles
         visible = max(0, self.size.width - self.styles.scrollbar_size_vertical)
         pad = 2 * self.cell_padding
+        mark = "..." if self.ascii_only else "…"
+        # a metric too long for the width (an evaluation's many keys) gives up whole parts,
+        # never half a word, so the reference keeps its few cells
+        metric = columns.index("metric")
+        over = sum(w + pad for w in widths[:-1]) + pad + MIN_REFERENCE - visible
+        if visible and over > 0 and widths[metric] > len("metric"):
+            widths[metric] = max(len("metric"), widths[metric] - over)
+            rows = [(*row[:metric], fit_words(str(row[metric]), widths[metric], mark),
+                     *row[metric + 1:]) for row in rows]
         room = visible - sum(w + pad for w in widths[:-1]) - pad
         if visible and room < widths[-1]:
             widths[-1] = max(MIN_REFERENCE, room)
-            mark = "..." if self.ascii_only else "…"
             rows = [(*row[:-1], fit(str(row[-1]), widths[-1], mark)) for row in rows]
         signature = (tuple(tuple(str(c) for c in row) for row in rows), self.following)
         target = self.followed_stage(model) if self.following else None
