@@ -125,9 +125,10 @@ def evaluation_text(evaluation: dict[str, Any] | None, *, short: bool = False) -
         parts.append(f"{name} {shown}")
     if not parts:
         return ""
+    if short:  # a table cell may keep only its first part: the headline (exact, acc) first
+        parts.sort(key=lambda part: not part.startswith(("exact ", "acc ")))
+        return "eval " + ", ".join(parts)
     text = ", ".join(parts)
-    if short:
-        return "eval " + text
     return text + (f" ({int(rows)} rows)" if isinstance(rows, int | float) else "")
 
 

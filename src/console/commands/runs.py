@@ -16,6 +16,7 @@ from graftline.console.commands.shared import (
     RUN_HELP,
     RUNS_DIR_HELP,
     STATUS_STYLE,
+    disk_full_lines,
     find_or_exit,
     interactive,
 )
@@ -172,6 +173,9 @@ def ls(runs_dir: Path | None = typer.Option(None, "--runs-dir", help=RUNS_DIR_HE
     typer.echo(line(headers))
     for row in rows:
         typer.echo(line(row, style_status=True))
+    for info in runs:  # a run paused for a full disk: how much to free, and where
+        for text in disk_full_lines(info):
+            typer.echo(text)
 
 
 def resume(
@@ -193,7 +197,17 @@ def resume(
     if rank is not None:
         # the engine inherits it (run/distributed.py), as for `graftline run --machine-rank`
         os.environ[MACHINE_RANK_ENV] = str(rank)
-    if client.read_state(run_dir).status == "paused":
+    info = client.read_state(run_dir)
+    advice = disk_full_lines(info)
+    if advice and info.disk_full and \
+            int(info.disk_full.get("free_bytes") or 0) < int(info.disk_full.get("need_bytes") or 0):
+        # the engine is alive and waits for space; un-pausing now would only pause it again
+        for text in advice:
+            typer.echo(text, err=True)
+        typer.echo(f"graftline: run {run_dir.name} is alive, paused until the disk has space; "
+                   "nothing to resume: free the space and it continues by itself", err=True)
+        raise typer.Exit(1)
+    if info.status == "paused":
         try:
             reply = client.send_command(run_dir, "resume")
         except client.ControlError as exc:
@@ -205,6 +219,8 @@ def resume(
         pid = client.resume_run(run_dir)
     except client.LaunchError as exc:
         typer.echo(f"graftline: {exc}", err=True)
+        if exc.fix:
+            typer.echo(f"  fix: {exc.fix}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"resuming run {run_dir.name} (engine pid {pid})")
     typer.echo(_attach_hint(run_dir))

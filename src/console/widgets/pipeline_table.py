@@ -178,16 +178,16 @@ class PipelineTable(DataTable):
         pad = 2 * self.cell_padding
         mark = "..." if self.ascii_only else "…"
         # a metric too long for the width (an evaluation's many keys) gives up whole parts,
-        # never half a word, so the reference keeps its few cells
+        # never half a word, once the reference is down to its ellipsis
         metric = columns.index("metric")
-        over = sum(w + pad for w in widths[:-1]) + pad + MIN_REFERENCE - visible
+        over = sum(w + pad for w in widths[:-1]) + pad + 1 - visible
         if visible and over > 0 and widths[metric] > len("metric"):
             widths[metric] = max(len("metric"), widths[metric] - over)
             rows = [(*row[:metric], fit_words(str(row[metric]), widths[metric], mark),
                      *row[metric + 1:]) for row in rows]
         room = visible - sum(w + pad for w in widths[:-1]) - pad
         if visible and room < widths[-1]:
-            widths[-1] = max(MIN_REFERENCE, room)
+            widths[-1] = max(MIN_REFERENCE, room) if room >= MIN_REFERENCE else max(1, room)
             rows = [(*row[:-1], fit(str(row[-1]), widths[-1], mark)) for row in rows]
         signature = (tuple(tuple(str(c) for c in row) for row in rows), self.following)
         target = self.followed_stage(model) if self.following else None

@@ -26,6 +26,7 @@ from graftline.engine.common.layout import (
     RUN_META,
     STATE,
 )
+from graftline.engine.common.liveness import lock_held
 from graftline.engine.common.private import (
     PRIVATE_UMASK,
     USER_UMASK_ENV,
@@ -41,8 +42,9 @@ from graftline.engine.run import state as runstate
 class LaunchError(GraftlineError, RuntimeError):
     """The run could not be started; `problems` holds validation problems when there were any."""
 
-    def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, problems: list[Problem] | None = None,
+                 fix: str = "") -> None:
+        super().__init__(message, fix)
         self.problems = problems or []
 
 
@@ -162,6 +164,12 @@ def resume_run(run_dir: Path) -> int:
     state = runstate.read(run_dir)
     if state is not None:
         status = runstate.effective_status(state)
+        if lock_held(run_dir) and status not in runstate.LIVE:
+            # alive whatever its heartbeat says (a full disk takes no heartbeat)
+            raise LaunchError(f"run {run_dir.name} is alive: its engine (pid {state.pid}) holds "
+                              f"the run's lock, but its state.json is behind",
+                              fix=f"`graftline ls` asks the engine what it is doing; `graftline "
+                                  f"stop {run_dir.name}` stops it")
         if status in runstate.LIVE:
             raise LaunchError(f"run {run_dir.name} is {status} (pid {state.pid}); "
                               f"attach to it, or stop it first with `graftline stop`")
@@ -170,6 +178,14 @@ def resume_run(run_dir: Path) -> int:
     if state is not None:
         # Written before the engine starts (no race with its own first write): readers see a run
         # that is starting, not the crash it is recovering from.
-        runstate.write(run_dir, replace(state, status="starting", pid=None, pid_started=None,
-                                        heartbeat=time.time(), message="resuming"))
+        try:
+            runstate.write(run_dir, replace(state, status="starting", pid=None,
+                                            pid_started=None, heartbeat=time.time(),
+                                            message="resuming"))
+        except OSError as exc:
+            raise LaunchError(f"cannot resume run {run_dir.name}: writing its state failed "
+                              f"({exc.strerror or exc})",
+                              fix=f"free space on {run_dir.parent} (a full disk is the usual "
+                                  f"cause), then `graftline resume {run_dir.name}` again") \
+                from None
     return spawn(run_dir, resume=True)
