@@ -213,7 +213,7 @@ class DashboardScreen(Screen[None]):
             return self._path(saved), f"{what} (stage {stage.name})"
 
     def action_export(self) -> None:
-        from graftline.console.screens.export import ExportModal
+        from graftline.console.screens.export import ExportedModel, ExportModal
 
         choice = self.export_choice()
         if choice is None:
@@ -221,7 +221,27 @@ class DashboardScreen(Screen[None]):
                         severity="warning")
             return
         checkpoint, why = choice
-        self.app.push_screen(ExportModal(checkpoint, root=self.run_dir.parent, why=why))
+        # the pipeline's export stage wrote it already: show that model, and export its source
+        # again (other formats, another dtype) into a new directory
+        exported = ExportedModel.read(checkpoint)
+        if exported is not None:
+            checkpoint = exported.source or checkpoint
+            why = f"{why}, again"
+        self.app.push_screen(ExportModal(checkpoint, root=self.run_dir.parent, why=why,
+                                         exported=exported, dtype=self._export_dtype()))
+
+    def _export_dtype(self) -> str | None:
+        """The dtype the pipeline's export stage used, the default of any export from here."""
+        with self.follower.lock:
+            for stage in self.follower.model.stages:
+                for saved in stage.checkpoints:
+                    if saved.get("kind") == "export" and saved.get("path"):
+                        from graftline.console.screens.export import ExportedModel
+
+                        found = ExportedModel.read(self._path(saved))
+                        if found is not None and found.dtype:
+                            return found.dtype
+        return None
 
     def action_pause(self) -> None:
         with self.follower.lock:
