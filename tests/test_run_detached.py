@@ -204,4 +204,13 @@ def test_no_rehearse_starts_stage_one_without_a_rehearsal(tmp_path: Path,
     finally:
         _stop(run_dir)
     assert info.status == "finished", (run_dir / "engine.log").read_text()[-3000:]
-    assert not [e for e in _events(run_dir) if e["type"] == "rehearsal"]
+    events = _events(run_dir)
+    assert not [e for e in events if e["type"] == "rehearsal"]
+    # the file names no probes: the first stage's first prompts are asked, start and end
+    first = [json.loads(line)["prompt"][-1]["content"]
+             for line in (tmp_path / "grpo.jsonl").read_text().splitlines()[:4]]
+    asked = [[r["prompt"] for r in e["data"]["samples"]] for e in events
+             if e["type"] == "samples"]
+    assert asked == [first, first]
+    planned = CliRunner().invoke(app, ["plan", str(pipeline)])
+    assert "probes: none named; the first 4 prompts of grpo.jsonl" in planned.output

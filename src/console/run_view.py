@@ -24,7 +24,7 @@ from graftline.console.formats import (
     human_bytes,
     short_metric,
 )
-from graftline.engine.run import Event, fold_rehearsal
+from graftline.engine.run import Event, fold_rehearsal, fold_samples
 
 if TYPE_CHECKING:
     from graftline.engine.run import Summary
@@ -86,6 +86,8 @@ class StageView:
     processes: int | None = None  # ranks on this host
     machine_rank: int | None = None
     failed_rank: int | None = None
+    # what the model answers to the probes: {"start"|"end": {"global_step", "samples": [...]}}
+    samples: dict[str, Any] = field(default_factory=dict)
 
     @property
     def progress(self) -> float | None:
@@ -635,6 +637,47 @@ def _rehearsal(model: RunModel, event: Event) -> None:
         # a failure: the `error` event that follows says it, with its fix
 
 
+def _samples(model: RunModel, event: Event) -> None:
+    view = model.stage(event.stage)
+    if view is not None:
+        holder: dict[str, Any] = {"samples": view.samples}
+        fold_samples(holder, event.data)
+        view.samples = holder["samples"]
+
+
+def sample_table(model: RunModel) -> tuple[list[str], list[str], list[list[tuple[str, bool]]]]:
+    """The Samples view as data: (column titles, probes, rows of (answer, changed)). Probes down;
+    across, what the model said before the first training stage, then at the end of each stage
+    (a running stage: its start, until it ends). `changed`: differs from the column before."""
+    columns: list[tuple[str, list[dict[str, Any]]]] = []
+    for view in model.stages:
+        if not view.samples:
+            continue
+        if not columns and "start" in view.samples:
+            columns.append(("before", list(view.samples["start"].get("samples") or [])))
+        if "end" in view.samples:
+            columns.append((view.name, list(view.samples["end"].get("samples") or [])))
+        elif view.status == "running":
+            columns.append((f"{view.name} (now)", list(view.samples["start"].get("samples")
+                                                       or [])))
+    probes: list[str] = []
+    for _title, rows in columns:
+        for row in rows:
+            if row.get("prompt") not in probes:
+                probes.append(str(row.get("prompt")))
+    table: list[list[tuple[str, bool]]] = []
+    for probe in probes:
+        cells: list[tuple[str, bool]] = []
+        previous: str | None = None
+        for _title, rows in columns:
+            answer = next((str(r.get("answer", "")) for r in rows if r.get("prompt") == probe),
+                          "")
+            cells.append((answer, previous is not None and answer != previous))
+            previous = answer
+        table.append(cells)
+    return [title for title, _ in columns], probes, table
+
+
 def _info(model: RunModel, event: Event) -> None:
     message = event.data.get("message")
     if message:
@@ -654,6 +697,7 @@ _HANDLERS = {
     "run_finished": _run_finished,
     "info": _info,
     "rehearsal": _rehearsal,
+    "samples": _samples,
 }
 
 
@@ -697,6 +741,7 @@ def _load_summary(model: RunModel, summary: Summary, notices: list[str]) -> None
         view.checks = [CheckView(str(name), str(c.get("status")), str(c.get("message") or ""))
                        for name, c in (raw.get("checks") or {}).items()]
         view.checkpoints = [dict(c) for c in raw.get("checkpoints") or []]
+        view.samples = dict(raw.get("samples") or {})
     model.current = summary.current
     model.boundaries = [(int(step), name) for step, name, kind in summary.boundaries
                         if kind in TRAINING_KINDS]

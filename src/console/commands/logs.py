@@ -74,6 +74,11 @@ def describe_event(event: Event) -> str:
         return f"run {data.get('status')}" + (f": {message}" if message else "")
     if kind == "rehearsal":
         return describe_rehearsal(data)
+    if kind == "samples":
+        rows = [f"\n  {r.get('prompt')!r} → {r.get('answer')!r}" for r in data.get("samples") or []
+                if isinstance(r, dict)]
+        return (f"probe answers at the {data.get('when')} of the {data.get('kind', '')} stage "
+                f"(global step {data.get('global_step')})" + "".join(rows))
     text = str(data.get("message", "")) or " ".join(f"{k}={v}" for k, v in data.items())
     if data.get("fix"):
         text += f" (fix: {data['fix']})"

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from graftline.engine.common import human_bytes
-from graftline.engine.pipeline import Problem, plan_of, scaleout, validate_file
+from graftline.engine.pipeline import Problem, describe_default, plan_of, scaleout, validate_file
 
 FILE = typer.Argument(..., help="The pipeline file (TOML).", show_default=False)
 
@@ -162,6 +162,9 @@ def plan(
     for stage_name, line in launches.items():
         console.print(f"launch '{escape(stage_name)}': [dim]{escape(line)}[/dim]",
                       highlight=False, soft_wrap=True)
+    probes = describe_default(pf.pipeline)
+    if probes is not None:
+        console.print(escape(probes), highlight=False, soft_wrap=True)
     policy = pf.pipeline.cleanup
     if policy is not None:
         when = "after " + ", ".join(policy.after) if policy.after else "after every stage"

@@ -58,6 +58,7 @@ class DashboardScreen(Screen[None]):
         Binding("S", "smooth", "Smooth"),
         Binding("r", "runs", "Runs"),
         Binding("M", "next_metric(-1)", "Prev metric", show=False),
+        Binding("a", "samples", "Samples", show=False),
     ]
 
     def __init__(self, run_dir: Path, *, ascii_only: bool = False) -> None:
@@ -186,6 +187,12 @@ class DashboardScreen(Screen[None]):
         from graftline.console.screens.lineage import LineageScreen
 
         self.app.push_screen(LineageScreen(self.run_dir, ascii_only=self.ascii_only))
+
+    def action_samples(self) -> None:
+        from graftline.console.screens.samples import SamplesScreen
+
+        self.app.push_screen(SamplesScreen(lambda: self.follower.model, self.follower.lock,
+                                           ascii_only=self.ascii_only))
 
     def action_runs(self) -> None:
         self.app.action_runs()  # type: ignore[attr-defined]

@@ -17,6 +17,8 @@ _EXPORTS = {
     "validate": "validate",
     "validate_file": "validate",
     "plan_of": "validate",
+    "probes": "probes",
+    "describe_default": "probes",
     "plan": "plan",
     "Plan": "plan",
     "build_plan": "plan",

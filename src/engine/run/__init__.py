@@ -47,6 +47,7 @@ _EXPORTS = {
     "Summary": "summary",
     "open_summary": "summary",
     "fold_rehearsal": "summary",
+    "fold_samples": "summary",
     "rehearsal_phase": "rehearsal_phase",
     "state": "state",
     "RunState": "state",

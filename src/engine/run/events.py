@@ -58,6 +58,7 @@ EventType = Literal[
     "progress",
     "info",
     "rehearsal",
+    "samples",
 ]
 DURABLE: frozenset[str] = frozenset(
     {

@@ -210,6 +210,15 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
         return RunResult("failed", message, run_dir)
 
     one_thread_for_tiny_models(base_path)
+    probes = tuple(header.probes)
+    if not probes:  # every stage asks the same questions: the first stage's first prompts
+        from graftline.engine.pipeline.probes import default_probes
+
+        try:
+            probes = tuple(default_probes(pipeline, pf.directory))
+        except Exception as exc:  # a data problem is the stage's to report, with its fix
+            sink.emit("info", None, message=f"no default probes from the first stage's data "
+                                            f"({type(exc).__name__}); each stage asks its own")
     stage_cleanup.finish_interrupted(run_dir, sink)
     from transformers import set_seed
 
@@ -235,7 +244,7 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
         ctx = StageContext(
             stage=step.stage, step=step, index=index, run_dir=run_dir, run_id=run_dir.name,
             base_path=base_path, backend=backend, sink=sink, control=control,
-            quantization=header.quantization, seed=header.seed, probes=tuple(header.probes),
+            quantization=header.quantization, seed=header.seed, probes=probes,
             global_step_offset=offset, resume_from=resume_from, search_dir=pf.directory,
             hooks=(hooks or {}).get(step.name, StageHooks()),
             report_to=tuple(header.report_to),

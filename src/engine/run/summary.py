@@ -44,7 +44,7 @@ from graftline.engine.common.layout import EVENTS, SUMMARY
 
 __all__ = [
     "BUCKET_BUDGET", "LOG_ROWS", "SUMMARY", "Opened", "SeriesSummary", "Summary",
-    "fold_rehearsal", "load",
+    "fold_rehearsal", "fold_samples", "load",
     "open_summary", "rebuild", "save", "verify",
 ]
 
@@ -67,7 +67,7 @@ PENDING_POINTS = 65_536  # points per series held before numpy folds them into t
 NOT_SERIES = frozenset({"step", "global_step", "max_steps", "epoch", "tokens_per_s",
                         "steps_per_s", "eta_s"})
 THROUGHPUT = ("tokens_per_s", "steps_per_s")
-NOT_LOGGED = frozenset({"metrics", "telemetry", "progress"})
+NOT_LOGGED = frozenset({"metrics", "telemetry", "progress", "samples"})
 TRAINING_KINDS = frozenset({"sft", "dpo", "grpo"})
 SUMMARY_BYTES_MAX = 1 << 20
 
@@ -675,12 +675,35 @@ def fold_rehearsal(view: dict[str, Any] | None, data: dict[str, Any]) -> dict[st
     return view
 
 
+SAMPLE_ROWS = 8  # probes kept per stage and moment (the engine sends no more)
+SAMPLE_CHARS = 160
+
+
+def fold_samples(stage: dict[str, Any], data: dict[str, Any]) -> None:
+    """A stage's probe answers from one `samples` event: the latest per moment (start, end),
+    bounded, so a week-long run's samples open as fast as its chart."""
+    when = str(data.get("when") or "end")
+    rows = [{"prompt": str(r.get("prompt", ""))[:SAMPLE_CHARS],
+             "answer": str(r.get("answer", ""))[:SAMPLE_CHARS]}
+            for r in (data.get("samples") or [])[:SAMPLE_ROWS] if isinstance(r, dict)]
+    kept = stage.get("samples")
+    kept = dict(kept) if isinstance(kept, dict) else {}
+    kept[when] = {"global_step": data.get("global_step"), "samples": rows}
+    stage["samples"] = kept
+
+
+def _samples(s: Summary, name: Any, data: dict[str, Any], _when: Any) -> None:
+    if isinstance(name, str):
+        fold_samples(s.stage(name), data)
+
+
 def _rehearsal(s: Summary, _name: Any, data: dict[str, Any], _when: Any) -> None:
     s.rehearsal = fold_rehearsal(s.rehearsal, data)
 
 
 _HANDLERS = {
     "rehearsal": _rehearsal,
+    "samples": _samples,
     "run_started": _run_started,
     "stage_started": _stage_started,
     "checkpoint_saved": _checkpoint_saved,
