@@ -184,7 +184,7 @@ async def test_a_failed_rehearsal_ends_the_run_before_stage_one_with_the_report_
         table = console.screen.query_one(PipelineTable)
         rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
         assert rows[0][0] == "rehearsal" and "failed" in rows[0][2]
-        assert "rehearsal failed at stage" in rows[0][4]
+        assert "failed at stage rl" in rows[0][4]
         assert rows[1][0] == "rl" and "pending" in rows[1][2]
         text = screen_text(console)
         assert "rehearsal" in text and "call it yourself" in text

@@ -249,8 +249,10 @@ class PipelineTable(DataTable):
             secs = view.get("seconds")
             result = f"{passed}/{total} passed" + (
                 f" in {human_seconds(secs)}" if isinstance(secs, int | float) else "")
+        elif view.get("failed_stage"):
+            result = f"failed at stage {view['failed_stage']}: the fix is in the log"
         else:
-            result = fit(str(view.get("message") or status), 40)
+            result = fit_words(str(view.get("message") or status), 40)
         return ("rehearsal", "twin", cell, progress, Text(" " * ETA_WIDTH), result, "", "")
 
     def _row(self, stage: StageView, model: RunModel, run_status: str) -> tuple[object, ...]:

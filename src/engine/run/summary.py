@@ -672,6 +672,8 @@ def fold_rehearsal(view: dict[str, Any] | None, data: dict[str, Any]) -> dict[st
         if isinstance(stages, list):
             view["passed"] = sum(1 for st in stages if isinstance(st, dict)
                                  and st.get("status") == "passed")
+            view["failed_stage"] = next((st.get("name") for st in stages if isinstance(st, dict)
+                                         and st.get("status") == "failed"), None)
     return view
 
 
