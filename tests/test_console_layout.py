@@ -87,3 +87,53 @@ def test_log_paths_are_shortened_only_at_the_runs_folder(tmp_path: Path) -> None
     # a relative root (`runs`, as the CLI's default) used to strip every "runs/" it met
     assert shorten_paths(f"kept {elsewhere} and runs/literal", Path("runs")) == \
         f"kept {elsewhere} and runs/literal"
+
+
+def test_fit_words_drops_whole_parts_never_half_a_word() -> None:
+    from graftline.console.widgets.pipeline_table import fit_words
+
+    text = "loss 0.5938 · eval loss 0.6007, exact 79.0%"
+    assert fit_words(text, 60) == text
+    assert fit_words(text, 40) == "loss 0.5938 · eval loss 0.6007…"
+    assert fit_words(text, 20) == "loss 0.5938…"
+    assert fit_words(text, 8) == "loss…"
+    assert fit_words(text, 20, "...") == "loss 0.5938..."
+
+
+@pytest.mark.asyncio
+async def test_80x24_metric_column_fits_whole_parts_and_skips_eval_bookkeeping(
+        tmp_path: Path) -> None:
+    """A stage whose evaluation has many keys (and the Trainer's runtime figures) at 80 columns:
+    the metric cell shows whole "name value" parts, an ellipsis for the rest, never a cut word;
+    how long the evaluation took is not shown at all."""
+    from graftline.console.widgets.pipeline_table import PipelineTable
+    from graftline.engine.run.events import EventWriter
+
+    run_dir = tmp_path / "runs" / "evals-1"
+    run_dir.mkdir(parents=True)
+    evaluation = {"eval_loss": 0.6007, "eval_runtime": 1.25, "eval_samples_per_second": 160.2,
+                  "exact_match": 0.79, "accuracy": 0.81, "rows": 200}
+    with EventWriter(run_dir) as writer:
+        writer.emit("run_started", run=run_dir.name, pipeline="evals",
+                    stages=[{"name": "sft_long_name", "kind": "sft", "action": "new",
+                             "lora_r": 64, "reference": "none", "max_steps": 10}],
+                    backend="hf", resumed=False)
+        writer.emit("stage_started", "sft_long_name", kind="sft", index=0, max_steps=10,
+                    global_step_offset=0, action="new")
+        writer.emit("metrics", "sft_long_name", step=10, global_step=10, max_steps=10,
+                    loss=0.5938)
+        writer.emit("stage_finished", "sft_long_name", kind="sft", status="complete",
+                    seconds=12.0, metrics={"loss": 0.5938}, evaluation=evaluation)
+        writer.emit("run_finished", status="finished", message="1 stages done")
+    app = GraftlineApp(run_dir, run_dir.parent)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await attach(pilot)
+        table = screen.query_one(PipelineTable)
+        cell = str(table.get_row_at(0)[table.COLUMNS.index("metric")])
+        full = screen.follower.model.stages[0].metric_label()
+        assert "runtime" not in full and "samples" not in full
+        assert cell.endswith("…"), (cell, full)  # 80 columns: it does not all fit
+        head = cell[:-1]
+        assert (full + " · ").startswith(head + " · ") or (full + ", ").startswith(head + ", "), \
+            (cell, full)
+        assert "runtime" not in screen_text(app)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import inspect
 import re
+from typing import Any
 
 import typer
-from typer.core import TyperArgument, TyperOption
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from graftline import __version__
 from graftline.console.commands import (
@@ -25,6 +26,7 @@ from graftline.console.commands import (
     runs,
     validate,
 )
+from graftline.engine.common import GraftlineError
 
 # -- help that reads well -------------------------------------------------------------------------
 # Typer shows a type tag after every parameter (`--yes <bool>`, `{file} <path>`). A flag takes no
@@ -122,7 +124,31 @@ def _teach(app: typer.Typer) -> None:
         info.epilog = info.epilog or _epilog(name)
 
 
+def say_error(exc: GraftlineError) -> None:
+    """An error graftline raised on purpose, as the user should read it: what went wrong, the
+    problems behind it (a launch's), and the fix. Never a traceback."""
+    typer.echo(f"graftline: error: {exc.message}", err=True)
+    for problem in getattr(exc, "problems", None) or []:
+        typer.echo(f"  {problem}", err=True)
+    if exc.fix:
+        typer.echo(f"  fix: {exc.fix}", err=True)
+
+
+class _Commands(TyperGroup):
+    """Every command (and `graftline` alone) runs inside this: a `GraftlineError` that reaches
+    it is printed with its fix and ends the command with status 1. Anything else escaping is a
+    bug and keeps its traceback."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's own vendored click.Context
+        try:
+            return super().invoke(ctx)
+        except GraftlineError as exc:
+            say_error(exc)
+            raise typer.Exit(1) from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="graftline",
     help=(
         "A terminal console for multi-stage LoRA post-training.\n\n"
@@ -176,7 +202,7 @@ def main() -> None:
     app()
 
 
-__all__ = ["EXAMPLES", "app", "main"]
+__all__ = ["EXAMPLES", "app", "main", "say_error"]
 
 if __name__ == "__main__":
     main()

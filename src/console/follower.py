@@ -38,6 +38,9 @@ class EngineState:
     status: str | None  # running | paused | crashed | finished | … (client vocabulary)
     pid: int | None
     heartbeat: float | None
+    message: str = ""
+    # paused for a full disk: how much to free and where, in words (client.disk_full_advice)
+    disk_full: str | None = None
 
 
 def read_engine_state(run_dir: Path) -> EngineState | None:
@@ -48,7 +51,11 @@ def read_engine_state(run_dir: Path) -> EngineState | None:
         info = client.read_state(run_dir)
     except Exception:  # state.json absent or unreadable: no engine state this poll
         return None
-    return EngineState(status=info.status, pid=info.pid, heartbeat=info.heartbeat)
+    advice = None
+    if info.status == "paused" and client.DISK_FULL in (info.message or ""):
+        advice = client.disk_full_advice(info.disk_full) if info.disk_full else info.message
+    return EngineState(status=info.status, pid=info.pid, heartbeat=info.heartbeat,
+                       message=info.message or "", disk_full=advice)
 
 
 class Follower:

@@ -102,6 +102,9 @@ def short_metric(metric: str) -> str:
     return {"rewards/margins": "margin", "rewards/accuracies": "acc"}.get(metric, metric)
 
 
+_EVAL_TIMING = ("runtime", "samples_per_second", "steps_per_second")  # the Trainer's bookkeeping
+
+
 def evaluation_text(evaluation: dict[str, Any] | None, *, short: bool = False) -> str:
     """An evaluation as words: "exact_match 79.0%, loss 0.4123 (200 rows)". Empty when there
     is none. `short` drops the row count and abbreviates, for a table cell."""
@@ -112,6 +115,8 @@ def evaluation_text(evaluation: dict[str, Any] | None, *, short: bool = False) -
     for key, value in evaluation.items():
         if key == "rows" or not isinstance(value, int | float) or isinstance(value, bool):
             continue
+        if key.removeprefix("eval_") in _EVAL_TIMING or key == "epoch":
+            continue  # how long the evaluation took is not what it found
         name = key.removeprefix("eval_")
         if short:
             name = {"exact_match": "exact", "accuracy": "acc"}.get(name, name)
@@ -120,9 +125,10 @@ def evaluation_text(evaluation: dict[str, Any] | None, *, short: bool = False) -
         parts.append(f"{name} {shown}")
     if not parts:
         return ""
+    if short:  # a table cell may keep only its first part: the headline (exact, acc) first
+        parts.sort(key=lambda part: not part.startswith(("exact ", "acc ")))
+        return "eval " + ", ".join(parts)
     text = ", ".join(parts)
-    if short:
-        return "eval " + text
     return text + (f" ({int(rows)} rows)" if isinstance(rows, int | float) else "")
 
 

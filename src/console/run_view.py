@@ -33,7 +33,7 @@ from graftline.console.stage_view import (
     StageView,
     Telemetry,
 )
-from graftline.engine.run import Event
+from graftline.engine.run import Event, fold_rehearsal, fold_samples
 
 if TYPE_CHECKING:
     from graftline.engine.run import Summary
@@ -76,6 +76,8 @@ class RunModel:
         self.last_seq = 0
         self.version = 0  # bumped on every apply that changed something
         self.summary: Summary | None = None  # set by load_summary (the follower's, bounded)
+        # the engine's rehearsal before stage 1 (status, stage, passed, seconds, message, fix)
+        self.rehearsal: dict[str, Any] | None = None
 
     # -- folding ---------------------------------------------------------------------------
 
@@ -462,6 +464,72 @@ def _run_finished(model: RunModel, event: Event) -> None:
                f"run {model.status}{tail}")
 
 
+def _rehearsal(model: RunModel, event: Event) -> None:
+    data = event.data
+    model.rehearsal = fold_rehearsal(model.rehearsal, data)
+    phase = data.get("phase")
+    if phase == "started":
+        model._log(event, "info", str(data.get("message") or "rehearsing on a tiny twin"))
+    elif phase == "twin":
+        model._log(event, "info", f"rehearsal twin: {data.get('describe')}")
+    elif phase == "stage" and data.get("status") in ("passed", "failed"):
+        secs = data.get("seconds")
+        took = f" in {secs:.1f}s" if isinstance(secs, int | float) else ""
+        level = "info" if data.get("status") == "passed" else "error"
+        model._log(event, level, f"rehearsal: {data.get('name')} ({data.get('kind')}) "
+                                 f"{data.get('status')}{took}")
+    elif phase == "finished":
+        view = model.rehearsal
+        secs = view.get("seconds")
+        took = f" in {secs:.0f}s" if isinstance(secs, int | float) else ""
+        if view.get("status") == "passed":
+            model._log(event, "info", f"rehearsal passed{took}: {view.get('passed')} stages")
+        elif view.get("status") == "stopped":
+            model._log(event, "info", "rehearsal stopped on request")
+        # a failure: the `error` event that follows says it, with its fix
+
+
+def _samples(model: RunModel, event: Event) -> None:
+    view = model.stage(event.stage)
+    if view is not None:
+        holder: dict[str, Any] = {"samples": view.samples}
+        fold_samples(holder, event.data)
+        view.samples = holder["samples"]
+
+
+def sample_table(model: RunModel) -> tuple[list[str], list[str], list[list[tuple[str, bool]]]]:
+    """The Samples view as data: (column titles, probes, rows of (answer, changed)). Probes down;
+    across, what the model said before the first training stage, then at the end of each stage
+    (a running stage: its start, until it ends). `changed`: differs from the column before."""
+    columns: list[tuple[str, list[dict[str, Any]]]] = []
+    for view in model.stages:
+        if not view.samples:
+            continue
+        if not columns and "start" in view.samples:
+            columns.append(("before", list(view.samples["start"].get("samples") or [])))
+        if "end" in view.samples:
+            columns.append((view.name, list(view.samples["end"].get("samples") or [])))
+        elif view.status == "running":
+            columns.append((f"{view.name} (now)", list(view.samples["start"].get("samples")
+                                                       or [])))
+    probes: list[str] = []
+    for _title, rows in columns:
+        for row in rows:
+            if row.get("prompt") not in probes:
+                probes.append(str(row.get("prompt")))
+    table: list[list[tuple[str, bool]]] = []
+    for probe in probes:
+        cells: list[tuple[str, bool]] = []
+        previous: str | None = None
+        for _title, rows in columns:
+            answer = next((str(r.get("answer", "")) for r in rows if r.get("prompt") == probe),
+                          "")
+            cells.append((answer, previous is not None and answer != previous))
+            previous = answer
+        table.append(cells)
+    return [title for title, _ in columns], probes, table
+
+
 def _info(model: RunModel, event: Event) -> None:
     message = event.data.get("message")
     if message:
@@ -480,6 +548,8 @@ _HANDLERS = {
     "telemetry": _telemetry,
     "run_finished": _run_finished,
     "info": _info,
+    "rehearsal": _rehearsal,
+    "samples": _samples,
 }
 
 
@@ -523,6 +593,7 @@ def _load_summary(model: RunModel, summary: Summary, notices: list[str]) -> None
         view.checks = [CheckView(str(name), str(c.get("status")), str(c.get("message") or ""))
                        for name, c in (raw.get("checks") or {}).items()]
         view.checkpoints = [dict(c) for c in raw.get("checkpoints") or []]
+        view.samples = dict(raw.get("samples") or {})
     model.current = summary.current
     model.boundaries = [(int(step), name) for step, name, kind in summary.boundaries
                         if kind in TRAINING_KINDS]
@@ -532,6 +603,7 @@ def _load_summary(model: RunModel, summary: Summary, notices: list[str]) -> None
         _telemetry(model, Event(0, summary.last_time or 0.0, "telemetry", None,
                                 summary.telemetry))
     model.events_seen, model.last_seq = summary.events, summary.last_seq
+    model.rehearsal = dict(summary.rehearsal) if summary.rehearsal else None
     model.summary = summary
     _adopt_series(model, summary)
     model.version += 1

@@ -63,6 +63,8 @@ class StageView:
     processes: int | None = None  # ranks on this host
     machine_rank: int | None = None
     failed_rank: int | None = None
+    # what the model answers to the probes: {"start"|"end": {"global_step", "samples": [...]}}
+    samples: dict[str, Any] = field(default_factory=dict)
 
     @property
     def progress(self) -> float | None:

@@ -21,11 +21,12 @@ from graftline.console.commands.shared import RUNS_DIR_HELP, find_or_exit
 from graftline.console.formats import human_bytes
 from graftline.engine.run import Event, client, events, iter_rows, torn_tail
 
-__all__ = ["describe_event", "format_event", "logs", "register", "show_logs"]
+__all__ = ["describe_event", "describe_rehearsal", "format_event", "logs", "register", "show_logs"]
 
 _TYPE_STYLE = {"warning": "yellow", "error": "bold red", "run_started": "bold cyan",
                "run_finished": "bold cyan", "stage_started": "bold", "stage_finished": "bold",
-               "checkpoint_saved": "green", "check_result": "cyan", "info": "dim"}
+               "checkpoint_saved": "green", "check_result": "cyan", "info": "dim",
+               "rehearsal": "magenta"}
 # metric keys worth a column in a log line, in this order; the rest stay in events.jsonl
 _METRIC_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "reward", "kl", "learning_rate",
                 "grad_norm", "steps_per_s", "eta_s")
@@ -71,10 +72,55 @@ def describe_event(event: Event) -> str:
     if kind == "run_finished":
         message = data.get("message")
         return f"run {data.get('status')}" + (f": {message}" if message else "")
+    if kind == "rehearsal":
+        return describe_rehearsal(data)
+    if kind == "samples":
+        rows = [f"\n  {r.get('prompt')!r} → {r.get('answer')!r}" for r in data.get("samples") or []
+                if isinstance(r, dict)]
+        return (f"probe answers at the {data.get('when')} of the {data.get('kind', '')} stage "
+                f"(global step {data.get('global_step')})" + "".join(rows))
     text = str(data.get("message", "")) or " ".join(f"{k}={v}" for k, v in data.items())
     if data.get("fix"):
         text += f" (fix: {data['fix']})"
     return text
+
+
+def describe_rehearsal(data: dict[str, Any]) -> str:
+    """A `rehearsal` event (engine/run/rehearsal_phase.py); the final one is the whole report:
+    one line per rehearsed stage, the failure and its fix, what was not rehearsed as it runs."""
+    phase = data.get("phase")
+    if phase == "twin":
+        return f"twin: {data.get('describe')}"
+    if phase == "stage":
+        secs = f" in {float(data['seconds']):.1f} s" \
+            if isinstance(data.get("seconds"), int | float) else ""
+        return f"{data.get('name')} ({data.get('kind')}): {data.get('status')}{secs}"
+    if phase == "cleanup":
+        return f"cleanup after {data.get('name')}: {data.get('rules')}"
+    if phase != "finished":
+        return str(data.get("message") or phase)
+    status = data.get("status") or ("passed" if data.get("ok") else "failed")
+    lines = [f"rehearsal {status} in {float(data.get('seconds') or 0):.0f} s"
+             + (f" on {data['twin']}" if data.get("twin") else "")]
+    for stage in data.get("stages") or []:
+        checks = f", checks {stage['checks']}" if stage.get("checks") else ""
+        lines.append(f"  {stage.get('name')} ({stage.get('kind')}): {stage.get('status')}"
+                     f"{checks}")
+        if stage.get("error"):
+            lines.append(f"    error: {stage['error']}")
+        if stage.get("fix"):
+            lines.append(f"    fix: {stage['fix']}")
+    for problem in data.get("problems") or []:
+        lines.append(f"  {problem.get('where')}: {problem.get('message')}")
+        if problem.get("fix"):
+            lines.append(f"    fix: {problem['fix']}")
+    if not data.get("ok") and data.get("message") and not data.get("stages"):
+        lines.append(f"  {data['message']}")
+        if data.get("fix"):
+            lines.append(f"    fix: {data['fix']}")
+    for note in data.get("notes") or []:
+        lines.append(f"  not rehearsed as it will run: {note}")
+    return "\n".join(lines)
 
 
 def format_event(event: Event) -> str:

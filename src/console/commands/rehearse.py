@@ -1,7 +1,7 @@
 """`graftline rehearse FILE`: every stage for a few steps on a tiny twin, before the real run.
 
-`rehearse_or_exit(path)` is the "rehearse first" step that `graftline run` and the launch screen
-call by default: it prints the same report and returns whether the launch may go ahead.
+`graftline run` rehearses inside the engine instead, as the run's first phase
+(engine/run/rehearsal_phase.py); the launch screen calls this command with `--json`.
 """
 
 from __future__ import annotations
@@ -127,11 +127,6 @@ def run_rehearsal(path: Path, *, steps: int | None = None, keep: bool = False,
     else:
         print_report(console, report)
     return report
-
-
-def rehearse_or_exit(path: Path | str, console: Console | None = None) -> bool:
-    """The "rehearse first" gate before a launch: True when every stage passed."""
-    return run_rehearsal(Path(path), console=console).ok
 
 
 def rehearse_command(

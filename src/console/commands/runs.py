@@ -16,6 +16,7 @@ from graftline.console.commands.shared import (
     RUN_HELP,
     RUNS_DIR_HELP,
     STATUS_STYLE,
+    disk_full_lines,
     find_or_exit,
     interactive,
 )
@@ -74,19 +75,6 @@ def _wait_started(run_dir: Path, timeout: float = 20.0) -> client.RunInfo:
     return info
 
 
-def _rehearsal_passes(file: Path) -> bool:
-    """The "rehearse first" gate. A file with static errors goes straight to `start_run`, which
-    reports them; rehearsing it would only say the same thing more slowly."""
-    from graftline.console.commands.rehearse import rehearse_or_exit
-    from graftline.engine.pipeline import validate_file
-
-    _pf, problems = validate_file(file)
-    if any(p.severity == "error" for p in problems):
-        return True
-    typer.echo(f"rehearsing {file} on a tiny twin first (--no-rehearse skips this)")
-    return rehearse_or_exit(file)
-
-
 def run(
     file: Path = typer.Argument(..., help="the pipeline file (TOML)"),
     detach: bool = typer.Option(False, "--detach", "-d",
@@ -96,24 +84,22 @@ def run(
                                          help="where to create the run (default: the "
                                               "pipeline's runs_dir, relative to the file)"),
     rehearse: bool = typer.Option(True, "--rehearse/--no-rehearse",
-                                  help="first run every stage for a few steps on a tiny twin "
-                                       "of the base, on CPU (minutes), and start only if all "
-                                       "pass"),
+                                  help="the engine first runs every stage for a few steps on a "
+                                       "tiny twin of the base, on CPU (minutes), and goes on to "
+                                       "stage 1 only if all pass (this command returns at once)"),
     machine_rank: int | None = typer.Option(None, "--machine-rank", min=0,
                                             help="multi-node: this host's machine rank (0 on "
                                                  "the main host; docs/distributed.md)"),
 ) -> None:
-    """Validate FILE, rehearse it, start it as a background engine, and attach (unless
-    --detach). The engine keeps training when this terminal or SSH session closes."""
+    """Validate FILE, start it as a background engine, and attach (unless --detach). The engine
+    rehearses every stage on a tiny twin first, as the run's first phase, and keeps training when
+    this terminal or SSH session closes: the command returns as soon as the file is validated and
+    the engine started."""
     if machine_rank is not None:
         # the engine inherits it and overrides the file's machine_rank (run/distributed.py)
         os.environ["GRAFTLINE_MACHINE_RANK"] = str(machine_rank)
-    if rehearse and not _rehearsal_passes(file):
-        typer.echo("graftline: not started: the rehearsal failed (above); fix it, or skip "
-                   "it with --no-rehearse", err=True)
-        raise typer.Exit(1)
     try:
-        run_dir = client.start_run(file, runs_dir)
+        run_dir = client.start_run(file, runs_dir, rehearse=rehearse)
     except client.LaunchError as exc:
         typer.echo(f"graftline: not started: {exc}", err=True)
         for problem in exc.problems:
@@ -122,6 +108,9 @@ def run(
     info = _wait_started(run_dir)
     typer.echo(f"started run {run_dir.name} (engine pid {info.pid}) in {run_dir}")
     typer.echo("it keeps running when this terminal closes.")
+    if rehearse:
+        typer.echo(f"it rehearses every stage on a tiny twin before stage 1; the report: "
+                   f"graftline logs {run_dir.name} --kind rehearsal")
     typer.echo(_attach_hint(run_dir))
     if info.status in ("crashed", "failed"):
         reason = f": {info.message}" if info.message else ""
@@ -184,6 +173,9 @@ def ls(runs_dir: Path | None = typer.Option(None, "--runs-dir", help=RUNS_DIR_HE
     typer.echo(line(headers))
     for row in rows:
         typer.echo(line(row, style_status=True))
+    for info in runs:  # a run paused for a full disk: how much to free, and where
+        for text in disk_full_lines(info):
+            typer.echo(text)
 
 
 def resume(
@@ -205,7 +197,17 @@ def resume(
     if rank is not None:
         # the engine inherits it (run/distributed.py), as for `graftline run --machine-rank`
         os.environ[MACHINE_RANK_ENV] = str(rank)
-    if client.read_state(run_dir).status == "paused":
+    info = client.read_state(run_dir)
+    advice = disk_full_lines(info)
+    if advice and info.disk_full and \
+            int(info.disk_full.get("free_bytes") or 0) < int(info.disk_full.get("need_bytes") or 0):
+        # the engine is alive and waits for space; un-pausing now would only pause it again
+        for text in advice:
+            typer.echo(text, err=True)
+        typer.echo(f"graftline: run {run_dir.name} is alive, paused until the disk has space; "
+                   "nothing to resume: free the space and it continues by itself", err=True)
+        raise typer.Exit(1)
+    if info.status == "paused":
         try:
             reply = client.send_command(run_dir, "resume")
         except client.ControlError as exc:
@@ -217,6 +219,8 @@ def resume(
         pid = client.resume_run(run_dir)
     except client.LaunchError as exc:
         typer.echo(f"graftline: {exc}", err=True)
+        if exc.fix:
+            typer.echo(f"  fix: {exc.fix}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"resuming run {run_dir.name} (engine pid {pid})")
     typer.echo(_attach_hint(run_dir))

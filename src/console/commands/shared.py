@@ -9,8 +9,8 @@ import typer
 
 from graftline.engine.run import client
 
-__all__ = ["RUNS_DIR_HELP", "RUN_HELP", "STATUS_STYLE", "find_or_exit", "interactive",
-           "runs_dir"]
+__all__ = ["RUNS_DIR_HELP", "RUN_HELP", "STATUS_STYLE", "disk_full_lines", "find_or_exit",
+           "interactive", "runs_dir"]
 
 RUNS_DIR_HELP = ("look only under this directory (default: every run you started, from any "
                  "directory)")
@@ -34,6 +34,19 @@ def find_or_exit(ref: str | None, root: Path | None = None) -> Path:
     except LookupError as exc:
         typer.echo(f"graftline: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def disk_full_lines(info: client.RunInfo) -> list[str]:
+    """A run paused for a full disk, in words: what happened, how much to free and where, the
+    command that frees what is safe to free. Empty for any other run."""
+    if info.status != "paused" or client.DISK_FULL not in (info.message or ""):
+        return []
+    lines = [f"{info.run_id}: {info.message}"]
+    if info.disk_full:
+        lines.append(f"  {client.disk_full_advice(info.disk_full)}")
+        if info.disk_full.get("fix"):
+            lines.append(f"  fix: {info.disk_full['fix']}")
+    return lines
 
 
 def interactive() -> bool:

@@ -16,6 +16,7 @@ from graftline.engine.pipeline import (
     PipelineFile,
     Plan,
     Problem,
+    describe_default,
     plan_of,
     scaleout,
     validate_file,
@@ -123,6 +124,9 @@ def plan(
     for stage_name, line in launches.items():
         console.print(f"launch '{escape(stage_name)}': [dim]{escape(line)}[/dim]",
                       highlight=False, soft_wrap=True)
+    probes = describe_default(pf.pipeline)
+    if probes is not None:
+        console.print(escape(probes), highlight=False, soft_wrap=True)
     policy = pf.pipeline.cleanup
     if policy is not None:
         when = "after " + ", ".join(policy.after) if policy.after else "after every stage"

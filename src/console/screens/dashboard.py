@@ -58,6 +58,7 @@ class DashboardScreen(Screen[None]):
         Binding("S", "smooth", "Smooth"),
         Binding("r", "runs", "Runs"),
         Binding("M", "next_metric(-1)", "Prev metric", show=False),
+        Binding("a", "samples", "Samples", show=False),
     ]
 
     def __init__(self, run_dir: Path, *, ascii_only: bool = False) -> None:
@@ -187,6 +188,12 @@ class DashboardScreen(Screen[None]):
 
         self.app.push_screen(LineageScreen(self.run_dir, ascii_only=self.ascii_only))
 
+    def action_samples(self) -> None:
+        from graftline.console.screens.samples import SamplesScreen
+
+        self.app.push_screen(SamplesScreen(lambda: self.follower.model, self.follower.lock,
+                                           ascii_only=self.ascii_only))
+
     def action_runs(self) -> None:
         self.app.action_runs()  # type: ignore[attr-defined]
 
@@ -213,7 +220,7 @@ class DashboardScreen(Screen[None]):
             return self._path(saved), f"{what} (stage {stage.name})"
 
     def action_export(self) -> None:
-        from graftline.console.screens.export import ExportModal
+        from graftline.console.screens.export import ExportedModel, ExportModal
 
         choice = self.export_choice()
         if choice is None:
@@ -221,7 +228,27 @@ class DashboardScreen(Screen[None]):
                         severity="warning")
             return
         checkpoint, why = choice
-        self.app.push_screen(ExportModal(checkpoint, root=self.run_dir.parent, why=why))
+        # the pipeline's export stage wrote it already: show that model, and export its source
+        # again (other formats, another dtype) into a new directory
+        exported = ExportedModel.read(checkpoint)
+        if exported is not None:
+            checkpoint = exported.source or checkpoint
+            why = f"{why}, again"
+        self.app.push_screen(ExportModal(checkpoint, root=self.run_dir.parent, why=why,
+                                         exported=exported, dtype=self._export_dtype()))
+
+    def _export_dtype(self) -> str | None:
+        """The dtype the pipeline's export stage used, the default of any export from here."""
+        with self.follower.lock:
+            for stage in self.follower.model.stages:
+                for saved in stage.checkpoints:
+                    if saved.get("kind") == "export" and saved.get("path"):
+                        from graftline.console.screens.export import ExportedModel
+
+                        found = ExportedModel.read(self._path(saved))
+                        if found is not None and found.dtype:
+                            return found.dtype
+        return None
 
     def action_pause(self) -> None:
         with self.follower.lock:

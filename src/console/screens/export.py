@@ -14,6 +14,7 @@ import os
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -47,6 +48,73 @@ def _tilde_paths(line: str) -> str:
     return line.replace(home + "/", "~/") if home else line
 
 
+@dataclass(frozen=True)
+class ExportedModel:
+    """A model an export already wrote (its `graftline.json`, kind export)."""
+
+    path: Path
+    formats: tuple[str, ...]
+    bytes: int
+    dtype: str | None
+    verified: bool | None  # None: no verification recorded
+    verification: str = ""
+    status: str = "complete"
+
+    @classmethod
+    def read(cls, directory: Path) -> ExportedModel | None:
+        from graftline.engine.lineage import manifest
+
+        found = manifest.read(Path(directory))
+        if found is None or found.kind != "export":
+            return None
+        check = next((c for c in found.checks if c.name == "export_logits"), None)
+        return cls(Path(directory), tuple(found.formats or ("safetensors",)), found.bytes,
+                   found.dtype, None if check is None else check.status == "pass",
+                   check.message if check is not None else "", found.status)
+
+    @property
+    def source(self) -> Path | None:
+        """The checkpoint it was exported from, when that is still on disk."""
+        from graftline.engine.lineage import manifest
+
+        found = manifest.read(self.path)
+        for parent in found.parents if found is not None else []:
+            if parent.relation == "exported_from" and Path(parent.path).is_dir():
+                return Path(parent.path)
+        return None
+
+    def describe(self) -> str:
+        from graftline.engine.common import human_bytes
+
+        if self.verified is True:
+            verdict = "verified" + (f": {self.verification}" if self.verification else "")
+        elif self.verified is False:
+            verdict = f"NOT verified: {self.verification}"
+        else:
+            verdict = "no verification recorded"
+        state = "" if self.status == "complete" else f" ({self.status})"
+        return (f"already exported{state}: {display_path(self.path)}\n"
+                f"  {' + '.join(self.formats)}, {self.dtype or '?'}, "
+                f"{human_bytes(self.bytes)}, {verdict}\n"
+                "  other formats or another dtype go into a new directory (the target below)")
+
+
+def free_target(base: Path, checkpoint: Path) -> Path:
+    """`base`, or `base-2`, `base-3` …: the first that does not exist (or is empty) and neither
+    holds nor lies inside the checkpoint."""
+    base = Path(base)
+    source = Path(checkpoint).resolve()
+    for n in range(1, 1000):
+        path = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        resolved = path.resolve()
+        overlaps = resolved == source or source in resolved.parents \
+            or resolved in source.parents
+        taken = path.exists() and (not path.is_dir() or any(path.iterdir()))
+        if not overlaps and not taken:
+            return path
+    return base
+
+
 class ExportModal(ModalScreen[Path | None]):
     DEFAULT_CSS = """
     ExportModal { align: center middle; }
@@ -55,6 +123,7 @@ class ExportModal(ModalScreen[Path | None]):
         background: $surface; padding: 0 1;
     }
     ExportModal #export-title { text-style: bold; }
+    ExportModal #exported { color: $success; }
     ExportModal .row { height: auto; }
     ExportModal .row Label { width: 9; padding-top: 1; }
     ExportModal #out { width: 1fr; }
@@ -71,11 +140,17 @@ class ExportModal(ModalScreen[Path | None]):
         Binding("ctrl+e", "start", "Export", priority=True),
     ]
 
-    def __init__(self, checkpoint: Path, *, root: Path, why: str | None = None) -> None:
+    def __init__(self, checkpoint: Path, *, root: Path, why: str | None = None,
+                 exported: ExportedModel | None = None, dtype: str | None = None) -> None:
         super().__init__()
         self.checkpoint = Path(checkpoint)
         self.why = why  # e.g. "the pipeline's final model (stage grpo)"
         self.root = Path(root)
+        # the model the pipeline's export stage already wrote from this checkpoint: shown, and
+        # the default target is a new directory beside it (other formats, another dtype)
+        self.exported = exported
+        wanted = dtype or (exported.dtype if exported is not None else None)
+        self.dtype = wanted if wanted in DTYPES else "bfloat16"
         self.plan: Any = None
         self.result: Any = None
         self.running = False
@@ -87,19 +162,25 @@ class ExportModal(ModalScreen[Path | None]):
         self._plan_lock = threading.Lock()
 
     def default_out(self) -> Path:
-        return self.root / "exports" / self.checkpoint.name
+        """A target the export will not refuse: a new directory, never the checkpoint, never
+        one that holds something (the pipeline's own export included)."""
+        base = self.exported.path if self.exported is not None \
+            else self.root / "exports" / self.checkpoint.name
+        return free_target(base, self.checkpoint)
 
     def compose(self) -> ComposeResult:
         with Vertical():
             what = f"export {self.why}" if self.why else "export"
             yield Static(f"{what}\n{display_path(self.checkpoint)}", id="export-title",
                          markup=False)
+            if self.exported is not None:
+                yield Static(self.exported.describe(), id="exported", markup=False)
             with Horizontal(classes="row"):
                 yield Label("target")
                 yield Input(display_path(self.default_out()), id="out")
             with Horizontal(classes="row"):
                 yield Label("dtype")
-                yield Select([(d, d) for d in DTYPES], value="bfloat16", allow_blank=False,
+                yield Select([(d, d) for d in DTYPES], value=self.dtype, allow_blank=False,
                              id="dtype")
                 yield Checkbox("safetensors", True, disabled=True, id="fmt-safetensors")
                 for fmt in OPTIONAL_FORMATS:

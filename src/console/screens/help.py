@@ -35,6 +35,8 @@ PROMISE = (
 SENTENCES: dict[str, str] = {
     "detach": "leave the console; training keeps running in its own process.",
     "help": "show this list of keys.",
+    "samples": "open the Samples view: what the model answers to the probes before the first "
+               "stage and at the end of each, a changed answer marked.",
     "cycle_theme": "switch to the next theme (dark, light, low-colour, then yours); the choice "
                    "is remembered for the next time.",
     "next_metric": "show the next metric on the chart: loss, margins, reward, KL, learning "

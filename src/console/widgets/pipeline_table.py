@@ -7,6 +7,8 @@ Every other panel and `e` read the same choice, so what the table points at is w
 
 from __future__ import annotations
 
+import re
+
 from rich.text import Text
 from textual import events
 from textual.widgets import DataTable
@@ -24,6 +26,11 @@ STATUS_ASCII = {"pending": ".", "running": ">", "complete": "v", "failed": "x",
 STATUS_STYLE = {"running": "bold", "resumed": "bold", "failed": "bold red", "crashed": "bold red",
                 "stopped": "yellow", "paused": "bold yellow", "pending": "dim", "skipped": "dim",
                 "done earlier": "dim"}
+# the engine's rehearsal before stage 1 (`graftline run`): a row above the stages, under its own
+# key so that no stage name can clash with it
+REHEARSAL_ROW = "\x00rehearsal"
+REHEARSAL_STATUS = {"running": "running", "passed": "complete", "failed": "failed",
+                    "stopped": "stopped"}
 BAR = 6
 ETA_WIDTH = 7
 MIN_REFERENCE = 4
@@ -45,6 +52,27 @@ def fit(text: str, width: int, ellipsis: str = "…") -> str:
     if len(text) <= width:
         return text
     return text[: max(0, width - len(ellipsis))] + ellipsis
+
+
+def fit_words(text: str, width: int, ellipsis: str = "…") -> str:
+    """`text` in at most `width` cells without cutting a word or parting a name from its value:
+    whole parts (between " · " and ", ") are dropped from the end, an ellipsis marking what
+    went; a first part too long on its own loses whole words."""
+    if len(text) <= width:
+        return text
+    if width <= len(ellipsis):
+        return ellipsis[:max(0, width)]
+    ends = [m.start() for m in re.finditer(r"(?<=,) | · ", text)]  # where each part ends
+    for end in reversed(ends):
+        head = text[:end].rstrip(",")
+        if len(head) + len(ellipsis) <= width:
+            return head + ellipsis
+    words = text[:ends[0] if ends else len(text)].split(" ")
+    for keep in range(len(words) - 1, 0, -1):
+        head = " ".join(words[:keep])
+        if len(head) + len(ellipsis) <= width:
+            return head + ellipsis
+    return fit(text, width, ellipsis)
 
 
 class PipelineTable(DataTable):
@@ -113,6 +141,8 @@ class PipelineTable(DataTable):
         """Where a following cursor sits: the running stage, else the final model's stage."""
         if model.current is not None:
             return model.current
+        if model.rehearsal is not None and model.rehearsal.get("status") != "passed":
+            return REHEARSAL_ROW  # rehearsing now, or the rehearsal that ended the run
         final = model.final_checkpoint()
         if final is not None:
             return final[0].name
@@ -131,9 +161,12 @@ class PipelineTable(DataTable):
         live = model.status == "running"
         columns = self.ALL_COLUMNS if live else self.ENDED_COLUMNS
         rows = [self._row(stage, model, run_status) for stage in model.stages]
+        names = [stage.name for stage in model.stages]
+        if model.rehearsal is not None:
+            rows.insert(0, self._rehearsal_row(model, run_status))
+            names.insert(0, REHEARSAL_ROW)
         if not live:
             rows = [row[:4] + row[5:] for row in rows]
-        names = [stage.name for stage in model.stages]
         widths = [max([len(label), *(_width(r[i]) for r in rows)])
                   for i, label in enumerate(columns)]
         widths[3] = max(len("progress"), *(self._progress_width(s) for s in model.stages), 0)
@@ -144,10 +177,18 @@ class PipelineTable(DataTable):
         # the same answer before and after layout settles
         visible = max(0, self.size.width - self.styles.scrollbar_size_vertical)
         pad = 2 * self.cell_padding
+        mark = "..." if self.ascii_only else "…"
+        # a metric too long for the width (an evaluation's many keys) gives up whole parts,
+        # never half a word, once the reference is down to its ellipsis
+        metric = columns.index("metric")
+        over = sum(w + pad for w in widths[:-1]) + pad + 1 - visible
+        if visible and over > 0 and widths[metric] > len("metric"):
+            widths[metric] = max(len("metric"), widths[metric] - over)
+            rows = [(*row[:metric], fit_words(str(row[metric]), widths[metric], mark),
+                     *row[metric + 1:]) for row in rows]
         room = visible - sum(w + pad for w in widths[:-1]) - pad
         if visible and room < widths[-1]:
-            widths[-1] = max(MIN_REFERENCE, room)
-            mark = "..." if self.ascii_only else "…"
+            widths[-1] = max(MIN_REFERENCE, room) if room >= MIN_REFERENCE else max(1, room)
             rows = [(*row[:-1], fit(str(row[-1]), widths[-1], mark)) for row in rows]
         signature = (tuple(tuple(str(c) for c in row) for row in rows), self.following)
         target = self.followed_stage(model) if self.following else None
@@ -189,6 +230,31 @@ class PipelineTable(DataTable):
             digits = len(str(stage.max_steps))
             return BAR + 1 + 2 * digits + 1
         return BAR
+
+    def _rehearsal_row(self, model: RunModel, run_status: str) -> tuple[object, ...]:
+        glyphs = STATUS_ASCII if self.ascii_only else STATUS_GLYPH
+        view = model.rehearsal or {}
+        status = str(view.get("status") or "running")
+        shown = REHEARSAL_STATUS.get(status, status)
+        if shown == "running" and run_status in ("paused", "crashed", "stopped", "failed"):
+            shown = run_status
+        label = "passed" if shown == "complete" else shown
+        cell = Text(f"{glyphs.get(shown, '?')} {label}", style=STATUS_STYLE.get(shown, ""))
+        total = len(model.stages)
+        passed = int(view.get("passed") or 0)
+        progress = progress_bar(min(1.0, passed / total), BAR, self.ascii_only) if total else ""
+        if status == "running":
+            now = view.get("stage")
+            result = f"{passed}/{total} stages" + (f" · on {now}" if now else "")
+        elif status == "passed":
+            secs = view.get("seconds")
+            result = f"{passed}/{total} passed" + (
+                f" in {human_seconds(secs)}" if isinstance(secs, int | float) else "")
+        elif view.get("failed_stage"):
+            result = f"failed at stage {view['failed_stage']}: the fix is in the log"
+        else:
+            result = fit_words(str(view.get("message") or status), 40)
+        return ("rehearsal", "twin", cell, progress, Text(" " * ETA_WIDTH), result, "", "")
 
     def _row(self, stage: StageView, model: RunModel, run_status: str) -> tuple[object, ...]:
         glyphs = STATUS_ASCII if self.ascii_only else STATUS_GLYPH

@@ -89,6 +89,8 @@ class RunHeader(QuietStatic):
             text.append("  ")
             text.append_text(rank_text(group, self.ascii_only))
         hint = HINT.get(self.status)
+        if self.status == "paused" and engine is not None and engine.disk_full:
+            hint = f"disk full: {engine.disk_full}"  # alive, waiting for space: not a crash
         if hint:
             text.append(f"  {hint}", style=STATUS_STYLE.get(self.status, "bold"))
         tps = model.throughput.get("tokens_per_s")

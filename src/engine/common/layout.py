@@ -2,7 +2,8 @@
 
 ```
 <run>/pipeline.toml  pipeline.sha256  run.json  engine.lock  events.jsonl  events.summary.json
-      state.json      control.sock  engine.log  stages/<stage>/  stages/<stage>/stage.json
+      state.json      control.sock  engine.log  rehearsal.json  stages/<stage>/
+      stages/<stage>/stage.json
       stages/<stage>/trainer/checkpoint-N
 ```
 
@@ -24,6 +25,7 @@ __all__ = [
     "LOCK",
     "PIPELINE_COPY",
     "PIPELINE_HASH",
+    "REHEARSAL",
     "RUN_META",
     "STAGES",
     "STATE",
@@ -42,6 +44,7 @@ STATE = "state.json"
 CONTROL_SOCKET = "control.sock"
 ENGINE_LOG = "engine.log"
 STAGES = "stages"
+REHEARSAL = "rehearsal.json"  # the report of the rehearsal the engine ran first (run -d)
 DONE = "stage.json"  # the completion marker of stages that write no checkpoint (eval, generate)
 TRAINER_DIR = "trainer"
 KEEP_CHECKPOINTS = 2  # Trainer checkpoints kept per stage (save_total_limit)

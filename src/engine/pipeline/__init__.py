@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.pipeline import file as file
     from graftline.engine.pipeline import modelinfo as modelinfo
     from graftline.engine.pipeline import plan as plan
+    from graftline.engine.pipeline import probes as probes
     from graftline.engine.pipeline import problems as problems
     from graftline.engine.pipeline import rewards as rewards
     from graftline.engine.pipeline import scaleout as scaleout
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     )
     from graftline.engine.pipeline.plan import Plan as Plan
     from graftline.engine.pipeline.plan import build_plan as build_plan
+    from graftline.engine.pipeline.probes import describe_default as describe_default
     from graftline.engine.pipeline.problems import (
         PipelineError as PipelineError,
     )
@@ -57,6 +59,8 @@ _EXPORTS = {
     "validate": "validate",
     "validate_file": "validate",
     "plan_of": "validate",
+    "probes": "probes",
+    "describe_default": "probes",
     "plan": "plan",
     "Plan": "plan",
     "build_plan": "plan",

@@ -83,9 +83,20 @@ def _saved(path: Path) -> list[str]:
     info = split / "dataset_info.json"
     if info.is_file():
         return list(json.loads(info.read_text()).get("features", {}))
+    if not any((split / name).is_file() for name in ("state.json", "dataset_dict.json")):
+        raise PeekError(f"{path} is a plain directory, not a dataset saved with "
+                        "`save_to_disk` (it has no dataset_info.json, state.json or "
+                        "dataset_dict.json)",
+                        "point it at a .jsonl, .parquet or .csv file, a glob of them (e.g. "
+                        f"\"{path.name}/*.jsonl\"), or a folder written by "
+                        "`Dataset.save_to_disk`")
+    from graftline.engine.common.errors import GraftlineError
     from graftline.engine.pipeline.datasets import columns_of
 
-    return columns_of(path)
+    try:
+        return columns_of(path)
+    except GraftlineError as exc:
+        raise PeekError(exc.message, exc.fix) from None
 
 
 @dataclass(frozen=True)

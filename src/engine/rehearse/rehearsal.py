@@ -463,19 +463,25 @@ def _problems_report(path: str, pf: PipelineFile | None, errors: list[Problem],
                            notes=("the validator found errors: nothing was rehearsed",))
 
 
-def rehearse(path: Path | str, *, steps: int = DEFAULT_STEPS, keep: bool = False,
+def rehearse(path: Path | str | PipelineFile, *, steps: int = DEFAULT_STEPS, keep: bool = False,
              scratch_parent: Path | None = None, cleanup: CleanupPolicy | None = None,
              on_event: Callable[[str, str | None, dict[str, Any]], None] | None = None
              ) -> RehearsalReport:
     """Validate, build the twin, sample the data, check each stage's data, template and rewards,
-    run every stage for `steps` steps, and report. Never raises for a fault in the pipeline."""
+    run every stage for `steps` steps, and report. Never raises for a fault in the pipeline.
+    `path` may be a parsed file (a run's copy, parsed under its original path: run/launch.py)."""
     from graftline.engine.backends.base import cuda_available
     from graftline.engine.pipeline.validate import validate, validate_file
     from graftline.engine.rehearse.twin import build_twin
     from graftline.engine.run.runner import run_pipeline
 
     began = time.perf_counter()
-    pf, problems = validate_file(path)
+    pf: PipelineFile | None
+    if isinstance(path, PipelineFile):
+        pf, problems = path, validate(path)
+        path = path.path
+    else:
+        pf, problems = validate_file(path)
     errors = [p for p in problems if p.severity == "error"]
     # The disk forecast is the real run's, not the rehearsal's: report it, rehearse anyway.
     disk = [p for p in errors if _disk_forecast(p)]

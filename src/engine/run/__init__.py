@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.run import index as index
     from graftline.engine.run import launch as launch
     from graftline.engine.run import reconcile as reconcile
+    from graftline.engine.run import rehearsal_phase as rehearsal_phase
     from graftline.engine.run import runner as runner
     from graftline.engine.run import state as state
     from graftline.engine.run import summary as summary
@@ -119,6 +120,8 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.run.state import StateKeeper as StateKeeper
     from graftline.engine.run.summary import SUMMARY as SUMMARY
     from graftline.engine.run.summary import Summary as Summary
+    from graftline.engine.run.summary import fold_rehearsal as fold_rehearsal
+    from graftline.engine.run.summary import fold_samples as fold_samples
     from graftline.engine.run.summary_file import open_summary as open_summary
 
 
@@ -159,6 +162,9 @@ _EXPORTS = {
     "Summary": "summary",
     "summary_file": "summary_file",
     "open_summary": "summary_file",
+    "fold_rehearsal": "summary",
+    "fold_samples": "summary",
+    "rehearsal_phase": "rehearsal_phase",
     "state": "state",
     "RunState": "state",
     "StateKeeper": "state",

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from graftline.engine.common.liveness import lock_held
 from graftline.engine.run import control
 from graftline.engine.run import index as run_index
 from graftline.engine.run import state as runstate
-from graftline.engine.run.control import ControlError  # noqa: F401  (re-exported)
+from graftline.engine.run.control import ControlError  # also re-exported
 from graftline.engine.run.events import (  # noqa: F401  (re-exported)
     EVENTS,
     Event,
@@ -55,6 +56,9 @@ class RunInfo:
     heartbeat: float | None
     pid: int | None
     message: str = ""
+    # a run paused for a full disk, as its engine tells it (run/disk_pause.py `report`):
+    # message, need_bytes, free_bytes, where, fix
+    disk_full: dict[str, Any] | None = None
 
     @property
     def live(self) -> bool:
@@ -81,11 +85,50 @@ def read_state(run_dir: Path) -> RunInfo:
     if state is None:
         # Created but never started (or state.json lost): say what we can from the events.
         return RunInfo(run_dir.name, run_dir, "", "unknown", None, None, None, None, None)
+    status, message = runstate.effective_status(state), state.message or ""
+    disk_full = None
+    stale = status == "crashed" and state.status in runstate.LIVE and lock_held(run_dir)
+    if stale or (status == "paused" and DISK_FULL in message):
+        status, message, disk_full = _ask_engine(run_dir, state, status, message)
     return RunInfo(
         run_id=state.run_id, path=run_dir, pipeline=state.pipeline,
-        status=runstate.effective_status(state), stage=state.stage, progress=state.progress,
-        started=state.started, heartbeat=state.heartbeat, pid=state.pid, message=state.message,
+        status=status, stage=state.stage, progress=state.progress,
+        started=state.started, heartbeat=state.heartbeat, pid=state.pid, message=message,
+        disk_full=disk_full,
     )
+
+
+DISK_FULL = "disk full"  # in the message of a run paused for a full disk (run/disk_pause.py)
+
+
+def disk_full_advice(disk: dict[str, Any]) -> str:
+    """How much to free and where, for a run paused for a full disk (`RunInfo.disk_full`)."""
+    from graftline.engine.common.units import human_bytes
+
+    need, free = int(disk.get("need_bytes") or 0), int(disk.get("free_bytes") or 0)
+    where = disk.get("where") or "the runs volume"
+    if free >= need:
+        return f"{human_bytes(free)} free on {where} now: it resumes within seconds"
+    return (f"free {human_bytes(need - free)} on {where} ({human_bytes(free)} free, it needs "
+            f"{human_bytes(need)}): it resumes by itself")
+
+
+def _ask_engine(run_dir: Path, state: runstate.RunState, status: str, message: str
+                ) -> tuple[str, str, dict[str, Any] | None]:
+    """A live engine whose state.json has fallen behind (a full disk takes no heartbeat) tells
+    its state over the control socket, which needs no disk. An engine that holds the run's lock
+    is alive whatever its heartbeat says: never `crashed`."""
+    try:
+        reply = control.send(run_dir, "status", 2.0)
+    except ControlError:
+        if status != "crashed":
+            return status, message, None
+        age = time.time() - (state.heartbeat or time.time())
+        return (state.status, f"the engine (pid {state.pid}) holds the run's lock, but its "
+                f"state.json is {age:.0f} s old and it does not answer on its socket", None)
+    disk = reply.get("disk_full")
+    return (str(reply.get("status") or state.status), str(reply.get("message") or message),
+            disk if isinstance(disk, dict) else None)
 
 
 def list_runs(runs_dir: Path) -> list[RunInfo]:

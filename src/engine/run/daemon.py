@@ -158,7 +158,8 @@ def _completed_stages(run_dir: Path, names: list[str]) -> list[str]:
     return [name for name in names if completed_earlier(layout.stage(name)) is not None]
 
 
-def _handler(control: RunControl, keeper: StateKeeper, writer: EventWriter):
+def _handler(control: RunControl, keeper: StateKeeper, writer: EventWriter,
+             disk: DiskPause | None = None):
     def handle(command: str, request: dict[str, Any]) -> dict[str, Any]:
         if command == "stop":
             control.stop.set()
@@ -177,8 +178,11 @@ def _handler(control: RunControl, keeper: StateKeeper, writer: EventWriter):
             control.save_now.set()
             writer.emit("info", keeper.state.stage, message="checkpoint requested")
         state = keeper.state
+        # the engine's own state, from memory: the answer a reader needs when state.json on a
+        # full disk has fallen behind (`client.read_state` asks when the heartbeat is stale)
         return {"status": state.status, "stage": state.stage, "global_step": state.global_step,
-                "pid": state.pid}
+                "pid": state.pid, "message": state.message,
+                "disk_full": disk.report() if disk is not None else None}
     return handle
 
 
@@ -244,7 +248,7 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = ControlServer(run_dir, _handler(control, keeper, writer)).start()
+    server = ControlServer(run_dir, _handler(control, keeper, writer, disk)).start()
     telemetry = TelemetryThread(sink, run_dir, sink.forecast, stage=lambda: sink.current)
     sink.telemetry = telemetry
     print(f"graftline: engine pid {pid} {'resuming' if resume else 'starting'} {run_dir}",
@@ -255,9 +259,18 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
         first = next((n for n in names if n not in sink.done), None)
         sink.check_disk(before=first)
         control.wait_while_paused()
+        from graftline.engine.run import rehearsal_phase
         from graftline.engine.run.runner import run_pipeline
 
-        result = run_pipeline(pf, run_dir, sink, control, resume=resume)
+        def rehearsal() -> tuple[str, str]:
+            keeper.update(stage=rehearsal_phase.NAME, message="rehearsing on a tiny twin")
+            outcome = rehearsal_phase.rehearse_first(run_dir, sink, control)
+            if outcome[0] == rehearsal_phase.PASSED:
+                keeper.update(stage=None, message="")
+            return outcome
+
+        first_phase = rehearsal if rehearsal_phase.wanted(run_dir, resume=resume) else None
+        result = run_pipeline(pf, run_dir, sink, control, resume=resume, rehearsal=first_phase)
         status = str(getattr(result, "status", "finished"))
         message = str(getattr(result, "message", "") or "")
     except BaseException as exc:

@@ -153,6 +153,18 @@ class DiskPause:
         say(f"graftline: disk space is back: resumed after {waited:.0f} s")
         return True
 
+    def report(self) -> dict[str, object] | None:
+        """The pause as the control socket's `status` tells it (no disk needed to answer): the
+        message, how many bytes it waits for, what is free and where, and the fix; None when the
+        run is not paused for a full disk."""
+        with self._lock:
+            if self._message is None:
+                return None
+            message, need, since = self._message, self._need, self._since
+        return {"message": message, "need_bytes": need, "free_bytes": _free(self.run_dir),
+                "where": str(self.run_dir.parent), "since": since,
+                "fix": fix_for(self.run_dir)}
+
     def drain(self) -> None:
         """Before the engine exits: wait (paused) until the log and state.json are written,
         unless a stop is asked; a run must not end with its last events only in memory."""

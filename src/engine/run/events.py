@@ -51,6 +51,8 @@ EventType = Literal[
     "run_finished",
     "progress",
     "info",
+    "rehearsal",
+    "samples",
 ]
 DURABLE: frozenset[str] = frozenset(
     {
@@ -61,6 +63,7 @@ DURABLE: frozenset[str] = frozenset(
         "error",
         "stage_finished",
         "run_finished",
+        "rehearsal",
     }
 )
 

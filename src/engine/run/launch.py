@@ -26,6 +26,7 @@ from graftline.engine.common.layout import (
     RUN_META,
     STATE,
 )
+from graftline.engine.common.liveness import lock_held
 from graftline.engine.common.private import (
     PRIVATE_UMASK,
     USER_UMASK_ENV,
@@ -41,8 +42,9 @@ from graftline.engine.run import state as runstate
 class LaunchError(GraftlineError, RuntimeError):
     """The run could not be started; `problems` holds validation problems when there were any."""
 
-    def __init__(self, message: str, problems: list[Problem] | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, problems: list[Problem] | None = None,
+                 fix: str = "") -> None:
+        super().__init__(message, fix)
         self.problems = problems or []
 
 
@@ -60,8 +62,10 @@ def new_run_id(name: str, runs_dir: Path, now: datetime | None = None) -> str:
     return run_id
 
 
-def create_run(pf: PipelineFile, runs_dir: Path) -> Path:
-    """A fresh run directory holding the pipeline's copy, its hash, and a `starting` state."""
+def create_run(pf: PipelineFile, runs_dir: Path, *, rehearse: bool = False) -> Path:
+    """A fresh run directory holding the pipeline's copy, its hash, and a `starting` state.
+    `rehearse`: the engine rehearses every stage on a tiny twin before stage 1 (run.json says
+    so; run/rehearsal_phase.py)."""
     runs_dir = Path(runs_dir).expanduser().resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
     name = pf.pipeline.pipeline.name
@@ -80,7 +84,7 @@ def create_run(pf: PipelineFile, runs_dir: Path) -> Path:
     (run_dir / PIPELINE_COPY).write_text(pf.text, encoding="utf-8")
     (run_dir / PIPELINE_HASH).write_text(f"{digest}  {pf.path.name}\n", encoding="utf-8")
     meta = {"run_id": run_id, "source": str(Path(pf.path).resolve()), "sha256": digest,
-            "cwd": os.getcwd(), "created": time.time()}
+            "cwd": os.getcwd(), "created": time.time(), "rehearse": rehearse}
     (run_dir / RUN_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     runstate.write(run_dir, runstate.RunState(run_id, name, status="starting",
                                               heartbeat=time.time(),
@@ -126,8 +130,10 @@ def spawn(run_dir: Path, *, resume: bool = False) -> int:
 
 
 def start_run(pipeline_path: Path, runs_dir: Path | None = None, *,
-              check: bool = True) -> Path:
+              check: bool = True, rehearse: bool = False) -> Path:
     """Validate the pipeline file, create its run directory, start the engine; the run directory.
+    Returns as soon as the engine is spawned: with `rehearse` the engine itself rehearses every
+    stage on a tiny twin as the run's first phase, so nothing slow happens before the return.
 
     Raises LaunchError (with the problems) when validation finds errors: nothing is created then.
     """
@@ -146,7 +152,7 @@ def start_run(pipeline_path: Path, runs_dir: Path | None = None, *,
             raise LaunchError(f"{pipeline_path} has problems", errors)
     if runs_dir is None:
         runs_dir = pf.resolve(pf.pipeline.pipeline.runs_dir)
-    run_dir = create_run(pf, runs_dir)
+    run_dir = create_run(pf, runs_dir, rehearse=rehearse)
     spawn(run_dir)
     return run_dir
 
@@ -158,6 +164,12 @@ def resume_run(run_dir: Path) -> int:
     state = runstate.read(run_dir)
     if state is not None:
         status = runstate.effective_status(state)
+        if lock_held(run_dir) and status not in runstate.LIVE:
+            # alive whatever its heartbeat says (a full disk takes no heartbeat)
+            raise LaunchError(f"run {run_dir.name} is alive: its engine (pid {state.pid}) holds "
+                              f"the run's lock, but its state.json is behind",
+                              fix=f"`graftline ls` asks the engine what it is doing; `graftline "
+                                  f"stop {run_dir.name}` stops it")
         if status in runstate.LIVE:
             raise LaunchError(f"run {run_dir.name} is {status} (pid {state.pid}); "
                               f"attach to it, or stop it first with `graftline stop`")
@@ -166,6 +178,14 @@ def resume_run(run_dir: Path) -> int:
     if state is not None:
         # Written before the engine starts (no race with its own first write): readers see a run
         # that is starting, not the crash it is recovering from.
-        runstate.write(run_dir, replace(state, status="starting", pid=None, pid_started=None,
-                                        heartbeat=time.time(), message="resuming"))
+        try:
+            runstate.write(run_dir, replace(state, status="starting", pid=None,
+                                            pid_started=None, heartbeat=time.time(),
+                                            message="resuming"))
+        except OSError as exc:
+            raise LaunchError(f"cannot resume run {run_dir.name}: writing its state failed "
+                              f"({exc.strerror or exc})",
+                              fix=f"free space on {run_dir.parent} (a full disk is the usual "
+                                  f"cause), then `graftline resume {run_dir.name}` again") \
+                from None
     return spawn(run_dir, resume=True)

@@ -196,12 +196,18 @@ def run(request_path: Path) -> int:
     resume_from = Path(request["resume_from"]) if request.get("resume_from") else None
     if multi_node():
         resume_from = agree_on_resume(resume_from, sink, step.name)
+    probes = tuple(header.probes)
+    if not probes:  # the same default as the runner's: the first stage's first prompts
+        from graftline.engine.pipeline.probes import default_probes
+
+        with contextlib.suppress(Exception):
+            probes = tuple(default_probes(pf.pipeline, pf.directory))
     ctx = StageContext(
         stage=step.stage, step=step, index=int(request["index"]),
         run_dir=Path(request["run_dir"]), run_id=Path(request["run_dir"]).name,
         base_path=request["base_path"], backend=select_backend(header.backend), sink=sink,
         control=control,  # type: ignore[arg-type]
-        quantization=header.quantization, seed=header.seed, probes=tuple(header.probes),
+        quantization=header.quantization, seed=header.seed, probes=probes,
         global_step_offset=int(request["global_step_offset"]),
         resume_from=resume_from, search_dir=pf.directory,
         hooks=hooks,

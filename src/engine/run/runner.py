@@ -15,7 +15,7 @@ import json
 import shutil
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -169,9 +169,12 @@ def _max_steps(step: Any) -> int | None:
 
 def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunControl | None = None,
                  *, resume: bool = False, backend: Backend | None = None,
-                 hooks: Mapping[str, StageHooks] | None = None) -> RunResult:
+                 hooks: Mapping[str, StageHooks] | None = None,
+                 rehearsal: Callable[[], tuple[str, str]] | None = None) -> RunResult:
     """Run every stage in file order. Never raises for a stage's failure: it is reported through
-    the sink (`error`, `stage_finished` failed, `run_finished` failed) and in the result."""
+    the sink (`error`, `stage_finished` failed, `run_finished` failed) and in the result.
+    `rehearsal` runs first, after `run_started` (run/rehearsal_phase.py): anything but
+    `passed` ends the run before stage 1."""
     from graftline.engine.pipeline.plan import resolve
 
     run_dir = Path(run_dir)
@@ -196,6 +199,11 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
                        "reference_label": s.reference_label,
                        "max_steps": _max_steps(s)} for s in steps],
               backend=backend.name, resumed=resume)
+    if rehearsal is not None:
+        outcome, message = rehearsal()
+        if outcome != "passed":
+            sink.emit("run_finished", None, status=outcome, message=message)
+            return RunResult(outcome, message, run_dir, statuses)
     try:
         base_path = base_model_path(pf)
     except Exception as exc:  # the base could not be built or found
@@ -205,6 +213,15 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
         return RunResult("failed", message, run_dir)
 
     one_thread_for_tiny_models(base_path)
+    probes = tuple(header.probes)
+    if not probes:  # every stage asks the same questions: the first stage's first prompts
+        from graftline.engine.pipeline.probes import default_probes
+
+        try:
+            probes = tuple(default_probes(pipeline, pf.directory))
+        except Exception as exc:  # a data problem is the stage's to report, with its fix
+            sink.emit("info", None, message=f"no default probes from the first stage's data "
+                                            f"({type(exc).__name__}); each stage asks its own")
     stage_cleanup.finish_interrupted(run_dir, sink)
     from transformers import set_seed
 
@@ -230,7 +247,7 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
         ctx = StageContext(
             stage=step.stage, step=step, index=index, run_dir=run_dir, run_id=run_dir.name,
             base_path=base_path, backend=backend, sink=sink, control=control,
-            quantization=header.quantization, seed=header.seed, probes=tuple(header.probes),
+            quantization=header.quantization, seed=header.seed, probes=probes,
             global_step_offset=offset, resume_from=resume_from, search_dir=pf.directory,
             hooks=(hooks or {}).get(step.name, StageHooks()),
             report_to=tuple(header.report_to),

@@ -42,7 +42,8 @@ from graftline.engine.run.summary_series import (
     SeriesSummary,
 )
 
-__all__ = ["BUCKET_BUDGET", "LOG_ROWS", "SUMMARY", "SeriesSummary", "Summary", "crc"]
+__all__ = ["BUCKET_BUDGET", "LOG_ROWS", "SUMMARY", "SeriesSummary", "Summary", "crc",
+           "fold_rehearsal", "fold_samples"]
 
 VERSION = 1
 SERIES_MAX = 1_000  # series beyond this are counted, not summarised
@@ -56,7 +57,7 @@ PENDING_ROWS = 256
 NOT_SERIES = frozenset({"step", "global_step", "max_steps", "epoch", "tokens_per_s",
                         "steps_per_s", "eta_s"})
 THROUGHPUT = ("tokens_per_s", "steps_per_s")
-NOT_LOGGED = frozenset({"metrics", "telemetry", "progress"})
+NOT_LOGGED = frozenset({"metrics", "telemetry", "progress", "samples"})
 TRAINING_KINDS = frozenset({"sft", "dpo", "grpo"})
 SUMMARY_BYTES_MAX = 1 << 20
 
@@ -126,6 +127,8 @@ class Summary:
     log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=LOG_ROWS))
     series: dict[str, SeriesSummary] = field(default_factory=dict)
     dropped_points: int = 0  # points of series beyond SERIES_MAX
+    # the engine's rehearsal before stage 1 (run/rehearsal_phase.py): status, stage, done, …
+    rehearsal: dict[str, Any] | None = None
     _pending_rows: list[tuple[Any, dict[str, Any], Any, Any]] = field(default_factory=list)
 
     # -- folding --------------------------------------------------------------------------
@@ -319,7 +322,7 @@ class Summary:
             "telemetry": self.telemetry, "gpu_reason": self.gpu_reason,
             "throughput": self.throughput, "log": list(self.log),
             "series": {key: line.to_dict() for key, line in self.series.items()},
-            "dropped_points": self.dropped_points,
+            "dropped_points": self.dropped_points, "rehearsal": self.rehearsal,
         }
 
     def to_json(self) -> str:
@@ -345,6 +348,7 @@ class Summary:
             series={str(k): SeriesSummary.from_dict(v)
                     for k, v in (raw.get("series") or {}).items()},
             dropped_points=int(raw.get("dropped_points", 0)),
+            rehearsal=raw.get("rehearsal") if isinstance(raw.get("rehearsal"), dict) else None,
         )
         summary.log.extend(raw.get("log") or [])
         return summary
@@ -451,7 +455,61 @@ def _run_finished(s: Summary, _name: Any, data: dict[str, Any], when: Any) -> No
             view["status"] = "stopped" if s.status == "stopped" else "failed"
 
 
+def fold_rehearsal(view: dict[str, Any] | None, data: dict[str, Any]) -> dict[str, Any]:
+    """The rehearsal row from one `rehearsal` event: `status` (running, passed, failed,
+    stopped), the twin stage it is on, how many passed, its seconds, message and fix. The
+    console folds live events with the same function."""
+    view = dict(view or {"status": "running", "stage": None, "passed": 0, "seconds": None,
+                         "message": "", "fix": ""})
+    phase = data.get("phase")
+    if phase == "started":
+        view.update(status="running", stage=None, passed=0, seconds=None, message="", fix="")
+    elif phase == "stage":
+        view["stage"] = data.get("name")
+        if data.get("status") == "passed":
+            view["passed"] = int(view.get("passed") or 0) + 1
+    elif phase == "finished":
+        view.update(status=str(data.get("status") or ("passed" if data.get("ok") else "failed")),
+                    stage=None, seconds=data.get("seconds"),
+                    message=str(data.get("message") or ""), fix=str(data.get("fix") or ""))
+        stages = data.get("stages")
+        if isinstance(stages, list):
+            view["passed"] = sum(1 for st in stages if isinstance(st, dict)
+                                 and st.get("status") == "passed")
+            view["failed_stage"] = next((st.get("name") for st in stages if isinstance(st, dict)
+                                         and st.get("status") == "failed"), None)
+    return view
+
+
+SAMPLE_ROWS = 8  # probes kept per stage and moment (the engine sends no more)
+SAMPLE_CHARS = 160
+
+
+def fold_samples(stage: dict[str, Any], data: dict[str, Any]) -> None:
+    """A stage's probe answers from one `samples` event: the latest per moment (start, end),
+    bounded, so a week-long run's samples open as fast as its chart."""
+    when = str(data.get("when") or "end")
+    rows = [{"prompt": str(r.get("prompt", ""))[:SAMPLE_CHARS],
+             "answer": str(r.get("answer", ""))[:SAMPLE_CHARS]}
+            for r in (data.get("samples") or [])[:SAMPLE_ROWS] if isinstance(r, dict)]
+    kept = stage.get("samples")
+    kept = dict(kept) if isinstance(kept, dict) else {}
+    kept[when] = {"global_step": data.get("global_step"), "samples": rows}
+    stage["samples"] = kept
+
+
+def _samples(s: Summary, name: Any, data: dict[str, Any], _when: Any) -> None:
+    if isinstance(name, str):
+        fold_samples(s.stage(name), data)
+
+
+def _rehearsal(s: Summary, _name: Any, data: dict[str, Any], _when: Any) -> None:
+    s.rehearsal = fold_rehearsal(s.rehearsal, data)
+
+
 _HANDLERS = {
+    "rehearsal": _rehearsal,
+    "samples": _samples,
     "run_started": _run_started,
     "stage_started": _stage_started,
     "checkpoint_saved": _checkpoint_saved,

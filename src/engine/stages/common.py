@@ -241,6 +241,20 @@ def probe_prompts(ctx: StageContext, rows: Any = None, count: int = 4) -> list[s
     return [p for p in found if p] or ["Hello", "1+1"]
 
 
+SAMPLE_PROBES = 8  # probes kept per sample event (the summary keeps the same)
+SAMPLE_CHARS = 160  # characters kept per answer
+
+
+def emit_samples(ctx: StageContext, when: str, probes: list[str], said: list[Any],
+                 step: int | None = None) -> None:
+    """What the model answers to the probes (greedy, bounded), as a `samples` event: `when`
+    start or end of the stage, `step` on the run's global axis, `samples` [{prompt, answer}]."""
+    rows = [{"prompt": str(p)[:SAMPLE_CHARS], "answer": str(getattr(g, "text", g))[:SAMPLE_CHARS]}
+            for p, g in zip(probes[:SAMPLE_PROBES], said, strict=False)]
+    ctx.sink.emit("samples", ctx.name, when=when, kind=ctx.kind, samples=rows,
+                  global_step=ctx.global_step_offset + (step or 0))
+
+
 def completed_earlier(directory: Path) -> dict[str, Any] | None:
     """{'steps': n} for a stage that completed earlier (its manifest, or the `stage.json` marker
     of stages that write no checkpoint), else None. A corrupt manifest or marker is not complete."""

@@ -25,6 +25,7 @@ from graftline.engine.stages.checkpoint_guard import guard_checkpoint_saves, sav
 from graftline.engine.stages.common import (
     StageContext,
     StageOutcome,
+    emit_samples,
     lora_spec_from_config,
     probe_prompts,
     stage_dir,
@@ -116,6 +117,7 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
                 use_dora=kept.use_dora), policy))
     probes = probe_prompts(ctx, rows)
     said_before = checks.generate(policy, tokenizer, probes, PROBE_TOKENS)
+    emit_samples(ctx, "start", probes, said_before)
     spent += time.perf_counter() - began
 
     final = resume.final_step(ctx.resume_from)
@@ -176,6 +178,7 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
     log.record(checks.no_stray_ref(out))
     log.record(checks.adapter_base(out, ctx.model_path()))
     said_after = checks.generate(policy, tokenizer, probes, PROBE_TOKENS)
+    emit_samples(ctx, "end", probes, said_after, outcome.steps)
     log.record(checks.generation_sanity(said_before, said_after, probes, PROBE_TOKENS))
     spent += time.perf_counter() - began
 
