@@ -388,8 +388,9 @@ def generation_sanity(before: list[Generation], after: list[Generation], probes:
                 if b is not None and (i >= len(bad_before) or bad_before[i] is None))
     margin = max(COLLAPSE_MIN_NEW, math.ceil(COLLAPSE_NEW_SHARE * total))
     kinds = "/".join(sorted({b for b in bad_after if b}))
-    data = {"samples": samples, "degenerate_before": n_before, "degenerate_after": n_after,
-            "newly_degenerate": newly, "margin": margin, "probes": total}
+    data: dict[str, Any] = {"samples": samples, "degenerate_before": n_before,
+                            "degenerate_after": n_after,
+                            "newly_degenerate": newly, "margin": margin, "probes": total}
     if n_after * 2 > total and newly >= margin:
         message = (f"collapse: {n_after} of {total} probe prompts give {kinds} output (was "
                    f"{n_before} at the start of the stage; {newly} newly, a collapse needs "
