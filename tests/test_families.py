@@ -1,0 +1,141 @@
+"""The family matrix: tiny pre-trained twins of nine families through the real `graftline run`
+(its default rehearsal first), the export checked against plain PEFT applying the same chain,
+and GGUF f32/q8_0 converted and verified, or refused before conversion with a reason.
+
+Twins are built once and cached (graftline.engine.rehearse.families, a few seconds each).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from family_helpers import (
+    TRAINED,
+    cli,
+    model_logits,
+    peft_chain_logits,
+    probe_ids,
+    run_detached,
+    tokenizer_bytes,
+    write_chain,
+)
+from graftline.engine.rehearse.families import FAMILIES, build_family, family
+
+EXPORT_BOUND = 1e-5  # max |logit diff| of the export against plain PEFT's chain, float32
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_runs_the_demo_chain_exports_exactly_and_converts(name: str,
+                                                                 tmp_path: Path) -> None:
+    spec = family(name)
+    base = build_family(name)
+    run_dir, rows, said = run_detached(write_chain(tmp_path, name, base))
+    finished = [r for r in rows if r["type"] == "run_finished"][-1]["data"]
+    assert finished["status"] == "finished", (finished, (run_dir / "engine.log").read_text()[-3000:])
+    assert "rehearsal passed" in said
+    failed = [r["data"] for r in rows if r["type"] == "check_result"
+              and r["data"]["status"] == "fail"]
+    assert not failed
+
+    # the tokenizer the twin was built with travels through every stage and the export unchanged
+    stages = run_dir / "stages"
+    want = tokenizer_bytes(base)
+    assert want
+    for stage in TRAINED:
+        assert tokenizer_bytes(stages / stage) == want, stage
+    export = tmp_path / "exports" / name
+    assert tokenizer_bytes(export) == want
+    verification = json.loads((export / "verification.json").read_text())
+    assert verification["passed"] and verification["tokenizer_same"] is True
+
+    # the export equals plain PEFT merging the same chain (sft into the base, then grpo's)
+    ids = probe_ids(base)
+    reference = peft_chain_logits(base, stages / "sft", stages / "grpo", ids)
+    diff = float((model_logits(export, ids) - reference).abs().max())
+    assert diff <= EXPORT_BOUND, diff
+
+    # GGUF: verified tensor by tensor where the pinned converter knows the tokenizer, refused
+    # before conversion (family, reason, fix) where it does not; safetensors delivered either way
+    for gguf_type in ("f32", "q8_0") if spec.tokenizer == "spm" else ("f32",):
+        out = tmp_path / f"gguf-{gguf_type}"
+        done = cli("export", str(stages / "grpo"), "--out", str(out), "--dtype", "float32",
+                   "--gguf-type", gguf_type, cwd=tmp_path)
+        printed = done.stdout + done.stderr
+        assert (out / "model.safetensors").is_file() and (out / "verification.json").is_file()
+        assert "Traceback" not in printed
+        if spec.tokenizer == "spm":
+            assert done.returncode == 0, printed[-3000:]
+            report = json.loads((out / "gguf_verification.json").read_text())
+            assert report["passed"] and report["gguf_type"] == gguf_type, report["message"]
+        else:
+            assert done.returncode == 1
+            assert "GGUF refused before conversion" in printed and spec.model_type in printed
+            assert not list(out.glob("*.gguf"))
+
+
+def _char_tokenizer_copy(base: Path, out: Path) -> Path:
+    """The twin with graftline's character-level tokenizer, which the converter takes for any
+    architecture (graftline's driver): the way to convert the families whose twin tokenizer the
+    pinned converter refuses, so their tensors are verified too."""
+    from graftline.engine.toy.tokenizer import build_tokenizer
+
+    shutil.copytree(base, out)
+    for path in out.iterdir():
+        if path.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            path.unlink()
+    build_tokenizer().save_pretrained(str(out))
+    return out
+
+
+@torch.no_grad()
+def _random_adapter(base: Path, out: Path) -> Path:
+    """An all-linear adapter with random (non-zero) weights: every targeted tensor merges."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                  task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(0)
+    for param_name, param in peft_model.named_parameters():
+        if "lora_" in param_name:
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    peft_model.save_pretrained(str(out))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["qwen3_moe", "gpt_oss", "gemma3"])
+def test_experts_and_padded_embeddings_convert_and_verify(name: str, tmp_path: Path) -> None:
+    """Mixture-of-experts (per-expert tensors stacked; gpt-oss's fused experts transposed and
+    split) and an embedding padded past the vocabulary: merged, converted, verified."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from graftline.engine.export.writer import plan_export, run_export
+
+    base = _char_tokenizer_copy(build_family(name), tmp_path / "base")
+    adapter = _random_adapter(base, tmp_path / "adapter")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    if name == "qwen3_moe":  # PEFT reaches the experts as parameters (target_parameters)
+        assert {"gate_up_proj", "down_proj"} <= set(config["target_parameters"])
+    plan = plan_export(adapter, tmp_path / "out", dtype="float32", gguf_type="f32")
+    result = run_export(plan)
+    assert result.ok, result.problems
+    assert result.gguf_verification is not None and result.gguf_verification["passed"], \
+        result.gguf_verification
+
+    ids = torch.tensor([[1, 20, 30, 14, 40, 7, 9, 12]])
+    with torch.no_grad():
+        merged = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+            adapter).merge_and_unload()
+        reference = merged(input_ids=ids).logits
+    diff = float((model_logits(tmp_path / "out", ids) - reference).abs().max())
+    assert diff <= EXPORT_BOUND, diff
