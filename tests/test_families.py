@@ -139,3 +139,61 @@ def test_experts_and_padded_embeddings_convert_and_verify(name: str, tmp_path: P
         reference = merged(input_ids=ids).logits
     diff = float((model_logits(tmp_path / "out", ids) - reference).abs().max())
     assert diff <= EXPORT_BOUND, diff
+
+
+def _zero_rows(model_dir: Path, token_ids: list[int]) -> None:
+    """Zero the rows of `token_ids` in the embedding and lm_head, as Llama-3 base ships its
+    never-trained template tokens."""
+    from safetensors.torch import load_file, save_file
+
+    path = model_dir / "model.safetensors"
+    tensors = load_file(path)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        tensors[name][token_ids] = 0.0
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def test_validate_warns_of_template_tokens_the_base_never_learned(tmp_path: Path) -> None:
+    from graftline.engine.pipeline.validate import validate_file
+    from graftline.engine.rehearse.families import FAMILIES
+
+    def warnings(base: Path) -> list:
+        path = write_chain(tmp_path / base.name, "t", base)
+        _, problems = validate_file(path)
+        return [p for p in problems if p.code == "untrained_template_tokens"]
+
+    twin = build_family("llama")
+    assert warnings(twin) == []  # its template tokens were pre-trained with it
+    untrained = tmp_path / "untrained"
+    shutil.copytree(twin, untrained)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(untrained)
+    eot = tokenizer.convert_tokens_to_ids(FAMILIES["llama"].end_of_turn)
+    _zero_rows(untrained, [eot])
+    found = warnings(untrained)
+    assert len(found) == 1 and found[0].severity == "warning"
+    assert "<|eot_id|>" in found[0].message and f"id {eot}" in found[0].message
+    assert "trainable_token_indices" in (found[0].fix or "") and "instruct" in found[0].fix
+
+
+def test_plan_says_what_all_linear_reaches_on_a_mixture_of_experts(tmp_path: Path) -> None:
+    from graftline.engine.pipeline.file import load
+    from graftline.engine.pipeline.plan import build_plan
+
+    def notes(name: str, lora: str) -> str:
+        path = write_chain(tmp_path / f"{name}-{len(lora)}", "t", build_family(name))
+        path.write_text(path.read_text().replace(
+            'lora = { dropout = 0.0, target_modules = "all-linear" }', lora))
+        pf = load(path)
+        return " ".join(build_plan(pf.pipeline, search_dir=pf.directory).notes)
+
+    all_linear = 'lora = { dropout = 0.0, target_modules = "all-linear" }'
+    assert "attention projections only" in notes("gpt_oss", all_linear)
+    said = notes("qwen3_moe", all_linear)
+    assert "mixture of experts" in said and "target_parameters" in said
+    named = notes("qwen3_moe", 'lora = { dropout = 0.0, target_modules = ["q_proj"], '
+                               'target_parameters = ["mlp.experts.gate_up_proj"] }')
+    assert "LoRA on parameters: mlp.experts.gate_up_proj" in named
+    assert "mixture of experts" not in named
+    assert notes("qwen3", all_linear) == ""

@@ -112,6 +112,8 @@ def select_backend(requested: str) -> Backend:
 def lora_config(lora: spec.Lora) -> Any:
     from peft import LoraConfig
 
+    extra: dict[str, Any] = ({"target_parameters": list(lora.target_parameters)}
+                             if lora.target_parameters else {})
     return LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.dropout,
                       target_modules=lora.target_modules, use_rslora=lora.use_rslora,
-                      use_dora=lora.use_dora, bias="none", task_type="CAUSAL_LM")
+                      use_dora=lora.use_dora, bias="none", task_type="CAUSAL_LM", **extra)
