@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from family_helpers import (
     TRAINED,
     cli,
@@ -24,6 +23,7 @@ from family_helpers import (
     tokenizer_bytes,
     write_chain,
 )
+
 from graftline.engine.rehearse.families import FAMILIES, build_family, family
 
 EXPORT_BOUND = 1e-5  # max |logit diff| of the export against plain PEFT's chain, float32
@@ -37,7 +37,8 @@ def test_family_runs_the_demo_chain_exports_exactly_and_converts(name: str,
     base = build_family(name)
     run_dir, rows, said = run_detached(write_chain(tmp_path, name, base))
     finished = [r for r in rows if r["type"] == "run_finished"][-1]["data"]
-    assert finished["status"] == "finished", (finished, (run_dir / "engine.log").read_text()[-3000:])
+    log = (run_dir / "engine.log").read_text()[-3000:]
+    assert finished["status"] == "finished", (finished, log)
     assert "rehearsal passed" in said
     failed = [r["data"] for r in rows if r["type"] == "check_result"
               and r["data"]["status"] == "fail"]
@@ -58,6 +59,8 @@ def test_family_runs_the_demo_chain_exports_exactly_and_converts(name: str,
     ids = probe_ids(base)
     reference = peft_chain_logits(base, stages / "sft", stages / "grpo", ids)
     diff = float((model_logits(export, ids) - reference).abs().max())
+    print(f"\n{name}: export vs plain PEFT chain max |logit diff| {diff:.2e}; engine check: "
+          f"{verification['message']}")
     assert diff <= EXPORT_BOUND, diff
 
     # GGUF: verified tensor by tensor where the pinned converter knows the tokenizer, refused
@@ -72,6 +75,7 @@ def test_family_runs_the_demo_chain_exports_exactly_and_converts(name: str,
         if spec.tokenizer == "spm":
             assert done.returncode == 0, printed[-3000:]
             report = json.loads((out / "gguf_verification.json").read_text())
+            print(f"{name}: GGUF {gguf_type}: {report['message']}")
             assert report["passed"] and report["gguf_type"] == gguf_type, report["message"]
         else:
             assert done.returncode == 1
