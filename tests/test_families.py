@@ -208,3 +208,20 @@ def test_plan_says_what_all_linear_reaches_on_a_mixture_of_experts(tmp_path: Pat
     assert "LoRA on parameters: mlp.experts.gate_up_proj" in named
     assert "mixture of experts" not in named
     assert notes("qwen3", all_linear) == ""
+
+
+REAL_CONFIGS = Path(__file__).parent / "fixtures" / "real_configs"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(p.name for p in REAL_CONFIGS.iterdir()))
+def test_rehearsal_twins_real_configs_and_rehearses_the_chain(name: str, tmp_path: Path) -> None:
+    """The rehearsal builds a twin of each published config.json (stored here without weights
+    or tokenizer: the twin takes the toy tokenizer) and rehearses the demo chain on it."""
+    from graftline.engine.rehearse.rehearsal import rehearse
+
+    base = tmp_path / name
+    shutil.copytree(REAL_CONFIGS / name, base)
+    report = rehearse(write_chain(tmp_path, "real", base))
+    assert report.ok, [(s.name, s.error) for s in report.stages if s.error]
+    assert "toy model" not in report.twin, report.twin  # a twin of the config, not the fallback
