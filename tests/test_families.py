@@ -218,10 +218,13 @@ REAL_CONFIGS = Path(__file__).parent / "fixtures" / "real_configs"
 def test_rehearsal_twins_real_configs_and_rehearses_the_chain(name: str, tmp_path: Path) -> None:
     """The rehearsal builds a twin of each published config.json (stored here without weights
     or tokenizer: the twin takes the toy tokenizer) and rehearses the demo chain on it."""
+    from graftline.engine.pipeline.validate import DISK_FORECAST
     from graftline.engine.rehearse.rehearsal import rehearse
 
     base = tmp_path / name
     shutil.copytree(REAL_CONFIGS / name, base)
     report = rehearse(write_chain(tmp_path, "real", base))
-    assert report.ok, [(s.name, s.error) for s in report.stages if s.error]
+    assert report.stages and not report.failures, [(s.name, s.error) for s in report.failures]
+    # the real model's merge and export may not fit this disk: said, and rehearsed anyway
+    assert all(p.code == DISK_FORECAST for p in report.problems), report.problems
     assert "toy model" not in report.twin, report.twin  # a twin of the config, not the fallback
