@@ -407,7 +407,7 @@ def _rank_scale(base_key: str, config: dict[str, Any]) -> tuple[int, float]:
     r = int(rank_pattern.get(get_pattern_key(list(rank_pattern), base_key), config["r"]))
     alpha = float(alpha_pattern.get(get_pattern_key(list(alpha_pattern), base_key),
                                     config["lora_alpha"]))
-    return r, alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+    return r, lora_scale(r, alpha, bool(config.get("use_rslora")))
 
 
 def _parameter_delta(wrapped: tuple[str, str], transposed: bool, parts: dict[str, str],

@@ -12,12 +12,13 @@ zero, or far below every trained row's scale, is a token the base never learned.
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from graftline.engine.common.safetensors_header import read_header
 
 # A template token's row is "never learned" when its norm is below this share of the median
 # norm of the trained rows (initialisation leaves rows ~ initializer_range·√hidden, training
@@ -40,9 +41,8 @@ class UntrainedToken:
 
 
 def _header(path: Path) -> tuple[dict[str, Any], int]:
-    with path.open("rb") as handle:
-        size = struct.unpack("<Q", handle.read(8))[0]
-        return json.loads(handle.read(size)), 8 + size
+    header = read_header(path)
+    return header.tensors, header.data_start
 
 
 def _tensor_files(model_dir: Path) -> dict[str, Path]:
@@ -54,7 +54,7 @@ def _tensor_files(model_dir: Path) -> dict[str, Path]:
     if not single.is_file():
         return {}
     header, _ = _header(single)
-    return {name: single for name in header if name != "__metadata__"}
+    return {name: single for name in header}
 
 
 def _rows(path: Path, name: str, ids: list[int]) -> np.ndarray | None:
