@@ -68,7 +68,7 @@ def test_family_runs_the_demo_chain_exports_exactly_and_converts(name: str,
     # f32 through the CLI, q8_0 through the same engine call in this process (no second start)
     out = tmp_path / "gguf-f32"
     done = cli("export", str(stages / "grpo"), "--out", str(out), "--dtype", "float32",
-               "--gguf-type", "f32", cwd=tmp_path)
+               "--gguf-type", "f32", "--format", "ollama", cwd=tmp_path)
     printed = done.stdout + done.stderr
     assert (out / "model.safetensors").is_file() and (out / "verification.json").is_file()
     assert "Traceback" not in printed
@@ -81,6 +81,10 @@ def test_family_runs_the_demo_chain_exports_exactly_and_converts(name: str,
     report = json.loads((out / "gguf_verification.json").read_text())
     assert report["passed"] and report["gguf_type"] == "f32", report["message"]
     print(f"{name}: GGUF f32: {report['message']}")
+    # Ollama: the Modelfile loads the verified GGUF and stops at the family's end-of-turn token
+    modelfile = (out / "Modelfile").read_text()
+    assert "FROM ./model-f32.gguf" in modelfile
+    assert f'PARAMETER stop "{spec.end_of_turn}"' in modelfile, modelfile
     from graftline.engine.export.writer import plan_export, run_export
 
     result = run_export(plan_export(stages / "grpo", tmp_path / "gguf-q8_0", dtype="float32",
