@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from graftline.engine.common.errors import GraftlineError
+from graftline.engine.common.tokenizer_files import save_tokenizer
 from graftline.engine.pipeline import spec
 
 # What "all-linear" means for the decoder-only families Unsloth patches (it wants a list).
@@ -58,7 +59,7 @@ class Backend(ABC):
     def save_merged(self, model: Any, tokenizer: Any, out: Path) -> None:
         """Save a full model that `load_model(out)` reads back with its tokenizer and template."""
         model.save_pretrained(str(out), safe_serialization=True)
-        tokenizer.save_pretrained(str(out))
+        save_tokenizer(tokenizer, out)
 
 
 def cuda_available() -> bool:
@@ -111,6 +112,8 @@ def select_backend(requested: str) -> Backend:
 def lora_config(lora: spec.Lora) -> Any:
     from peft import LoraConfig
 
+    extra: dict[str, Any] = ({"target_parameters": list(lora.target_parameters)}
+                             if lora.target_parameters else {})
     return LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.dropout,
                       target_modules=lora.target_modules, use_rslora=lora.use_rslora,
-                      use_dora=lora.use_dora, bias="none", task_type="CAUSAL_LM")
+                      use_dora=lora.use_dora, bias="none", task_type="CAUSAL_LM", **extra)

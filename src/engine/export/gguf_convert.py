@@ -209,6 +209,7 @@ def write_gguf(model_dir: Path, gguf_type: str, *, converter: Converter | None =
     if converter is None:
         raise GgufError(reason or "llama.cpp's converter is not installed",
                         fix=f"run `{INSTALL_COMMAND}`")
+    preflight(converter, model_dir)
     target = model_dir / gguf_filename(gguf_type)
     if gguf_type in CONVERTER_TYPES:
         return convert(converter, model_dir, target, gguf_type, name=name)
@@ -220,6 +221,90 @@ def write_gguf(model_dir: Path, gguf_type: str, *, converter: Converter | None =
     with tempfile.TemporaryDirectory(prefix=".gguf-", dir=model_dir) as scratch:
         full = convert(converter, model_dir, Path(scratch) / "model-f32.gguf", "f32", name=name)
         return quantize(binary, full, target, gguf_type)
+
+
+# Architectures whose converter class always takes the GPT-2 BPE path (`_set_vocab_gpt2`), even
+# beside a tokenizer.model.
+GPT2_VOCAB_ONLY = frozenset({"GptOssForCausalLM"})
+
+
+def _converter_sources(converter: Converter) -> list[Path]:
+    root = converter.script.parent
+    return [converter.script, *sorted((root / "conversion").glob("*.py"))]
+
+
+def _check_text(base_source: str) -> str | None:
+    """The converter's own pre-tokenizer probe text (`chktxt` in get_vocab_base_pre)."""
+    import ast
+
+    for node in ast.walk(ast.parse(base_source)):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "chktxt"
+                                                for t in node.targets):
+            value = ast.literal_eval(node.value)
+            return value if isinstance(value, str) else None
+    return None
+
+
+def tokenizer_kind(model_dir: Path) -> str:
+    """"bpe" (byte-level BPE: the converter's hash-checked GPT-2 path), "llama-bpe" (BPE with
+    byte fallback, the llama HF path), "sentencepiece", or the tokenizer.json model type in lower
+    case ("wordlevel": graftline's driver converts a character-level one)."""
+    import json
+
+    path = model_dir / "tokenizer.json"
+    spec = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    model = spec.get("model") or {}
+    if model.get("type") == "BPE":
+        fallback = model.get("byte_fallback") and (spec.get("decoder") or {}).get(
+            "type") == "Sequence"
+        return "llama-bpe" if fallback else "bpe"
+    if (model_dir / "tokenizer.model").is_file():
+        return "sentencepiece"
+    return str(model.get("type") or "none").lower()
+
+
+def preflight(converter: Converter, model_dir: Path) -> None:
+    """Refuse, before converting, what the pinned converter cannot convert: an architecture it
+    has no class for, or a BPE tokenizer whose pre-tokenizer it does not recognise (it would die
+    with a traceback in get_vocab_base_pre). Names the family, the reason and the fix."""
+    import hashlib
+    import json
+
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    family = str(config.get("model_type", "?"))
+    arch = str((config.get("architectures") or [""])[0])
+    sources = {path: path.read_text(encoding="utf-8", errors="replace")
+               for path in _converter_sources(converter) if path.is_file()}
+    everything = "\n".join(sources.values())
+    if arch and f'"{arch}"' not in everything:
+        raise GgufError(
+            f"GGUF refused before conversion: the {family} family ({arch}) has no conversion in "
+            f"{converter.describe()}; the safetensors export is complete",
+            fix="use the safetensors export (drop the gguf format), or point "
+                "GRAFTLINE_LLAMA_CPP at a llama.cpp checkout whose converter knows " + arch)
+    kind = tokenizer_kind(model_dir)
+    sentencepiece = (model_dir / "tokenizer.model").is_file() and arch not in GPT2_VOCAB_ONLY
+    if kind != "bpe" or sentencepiece:
+        return
+    base = next((text for path, text in sources.items() if path.name == "base.py"
+                 and "def get_vocab_base_pre" in text), everything)
+    probe = _check_text(base)
+    if probe is None:
+        return  # a converter we cannot read ahead: let it decide
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    digest = hashlib.sha256(str(tokenizer.encode(probe)).encode()).hexdigest()
+    if digest not in base:
+        raise GgufError(
+            f"GGUF refused before conversion: the {family} model's byte-level BPE tokenizer has "
+            f"a pre-tokenizer {converter.describe()} does not recognise (its probe hash "
+            f"{digest[:12]}… is not among the BPE tokenizers it knows), so llama.cpp would "
+            "split text differently from the tokenizer you trained with; the safetensors "
+            "export is complete",
+            fix="use the safetensors export, or a converter that knows this tokenizer (a newer "
+                "llama.cpp via GRAFTLINE_LLAMA_CPP: its convert_hf_to_gguf_update.py adds "
+                "tokenizers by hash); a tokenizer published with a known model converts as is")
 
 
 def main(argv: list[str] | None = None) -> int:

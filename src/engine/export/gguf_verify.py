@@ -21,6 +21,8 @@ quantized, not that each value is near.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,14 @@ RMS_BOUNDS = {"Q2_K": 0.6, "Q3_K": 0.35, "Q4_0": 0.2, "Q4_1": 0.2, "Q4_K": 0.2, 
               "Q5_1": 0.1, "Q5_K": 0.1, "Q6_K": 0.05}
 # HF model_type → GGUF general.architecture, where graftline knows the converter's choice.
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
-                 "gemma": "gemma", "gemma2": "gemma2", "phi3": "phi3"}
+                 "qwen3_moe": "qwen3moe", "gemma": "gemma", "gemma2": "gemma2",
+                 "gemma3_text": "gemma3", "gemma3": "gemma3", "phi3": "phi3",
+                 "gpt_oss": "gpt-oss"}
+# GGUF architectures whose converter stores RMSNorm weights + 1 (Gemma's norm is x·(1 + w)).
+NORM_PLUS_ONE = {"gemma", "gemma2", "gemma3"}
+# Per-expert tensors a checkpoint stores apart; the converter stacks them into one `*_exps`.
+_SPLIT_EXPERT = re.compile(r"(.+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight")
+EMBEDDINGS = ("token_embd.weight", "output.weight")
 # GGUF architectures whose converter permutes Q/K rows (LlamaModel.undo_permute = True).
 PERMUTED = {"llama"}
 FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0"}
@@ -196,7 +205,8 @@ def _check_metadata(reader: Any, config: dict[str, Any], gguf_type: str, tokeniz
 
     tokens = _field(reader, "tokenizer.ggml.tokens") or []
     vocab_size = int(text.get("vocab_size") or len(tokenizer))
-    if len(tokens) != vocab_size:
+    if len(tokens) != vocab_size and not len(tokenizer) <= len(tokens) < vocab_size:
+        # fewer is the converter dropping the embedding's padding rows (every token kept)
         problems.append(f"tokenizer.ggml.tokens has {len(tokens)} tokens, the model "
                         f"{vocab_size}")
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
@@ -252,8 +262,10 @@ def verify_gguf(path: Path, model_dir: Path, gguf_type: str) -> GgufVerification
     stored = {t.name: t for t in reader.tensors}
     checks: list[TensorCheck] = []
     seen: set[str] = set()
-    for source, file in sorted(_merged_tensors(model_dir).items()):
-        target = names.get_name(source, try_suffixes=(".weight", ".bias"))
+    for source, hf_name, want_of in expected_tensors(arch, _merged_tensors(model_dir)):
+        target = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if target is not None and target not in stored and f"{target}.weight" in stored:
+            target = f"{target}.weight"
         if target is None or target not in stored:
             problems.append(f"{source}: missing from the GGUF"
                             + (f" (expected as {target})" if target else ""))
@@ -263,18 +275,29 @@ def verify_gguf(path: Path, model_dir: Path, gguf_type: str) -> GgufVerification
         kind = tensor.tensor_type.name
         got = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type),
                          dtype=np.float32)
-        want = _load(file, source)
+        want = want_of()
+        declared = tuple(int(s) for s in reversed(list(tensor.shape)))
+        note = ""
+        if (target in EMBEDDINGS and want.ndim == 2 and declared[0] < want.shape[0]
+                and len(tokenizer) <= declared[0] and declared[1:] == want.shape[1:]):
+            # the converter writes one row per token: rows past the tokenizer's vocabulary
+            # (the embedding's padding) are dropped; the kept rows are verified
+            note = f"{want.shape[0] - declared[0]} padding row(s) past the vocabulary dropped"
+            want = want[: declared[0]]
         if got.size == want.size:
             got = got.reshape(want.shape)
         if arch in PERMUTED and source.endswith(("q_proj.weight", "q_proj.bias")):
             got = unpermute(got, n_head)
         elif arch in PERMUTED and source.endswith(("k_proj.weight", "k_proj.bias")):
             got = unpermute(got, n_kv)
-        declared = tuple(int(s) for s in reversed(list(tensor.shape)))
         check = compare(target, source, kind, got, want)
         if declared != tuple(want.shape):
             check = TensorCheck(target, source, kind, check.shape, check.max_abs_err,
                                 float("inf"), False, f"GGUF shape {declared} != {want.shape}")
+        elif note:
+            check = TensorCheck(check.name, check.source, check.ggml_type, check.shape,
+                                check.max_abs_err, check.ratio, check.passed,
+                                "; ".join(d for d in (note, check.detail) if d))
         checks.append(check)
     extra = sorted(set(stored) - seen)
     if extra:
@@ -287,6 +310,67 @@ def verify_gguf(path: Path, model_dir: Path, gguf_type: str) -> GgufVerification
                             + (f"; {check.detail}" if check.detail else ""))
     metadata["tensor_count"] = len(stored)
     return _result(path, gguf_type, problems, checks, metadata)
+
+
+Expected = tuple[str, str, Callable[[], np.ndarray]]
+
+
+def expected_tensors(arch: str, merged: dict[str, Path]) -> list[Expected]:
+    """(source, the HF name the converter maps, the values it writes) for every merged tensor,
+    after the converter's documented rewrites: Gemma's norms + 1; experts a checkpoint stores
+    one per expert stacked into `*_exps` (Qwen-MoE); gpt-oss's fused experts transposed and its
+    gate_up split into gate (even rows) and up (odd rows), biases likewise, `sinks` as a weight."""
+    found: list[Expected] = []
+    stacks: dict[tuple[str, str], dict[int, tuple[str, Path]]] = {}
+    for source, file in sorted(merged.items()):
+        split = _SPLIT_EXPERT.fullmatch(source)
+        if split:
+            stacks.setdefault((split.group(1), split.group(3)), {})[int(split.group(2))] = (
+                source, file)
+            continue
+        if arch == "gpt-oss" and ".mlp.experts." in source:
+            found += _gpt_oss_experts(source, file)
+            continue
+        name = f"{source}.weight" if arch == "gpt-oss" and source.endswith(".sinks") else source
+        shift = arch in NORM_PLUS_ONE and source.endswith("norm.weight")
+        found.append((source, name, _loader(file, source, shift)))
+    for (prefix, proj), by_expert in sorted(stacks.items()):
+        parts = [by_expert[e] for e in sorted(by_expert)]
+        label = f"{prefix}.{{0..{len(parts) - 1}}}.{proj}.weight"
+        found.append((label, f"{prefix}.{proj}.weight", _stacked(parts)))
+    return found
+
+
+def _loader(file: Path, name: str, plus_one: bool = False) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        want = _load(file, name)
+        return want + np.float32(1) if plus_one else want
+    return load
+
+
+def _stacked(parts: list[tuple[str, Path]]) -> Callable[[], np.ndarray]:
+    return lambda: np.stack([_load(file, name) for name, file in parts])
+
+
+def _gpt_oss_experts(source: str, file: Path) -> list[Expected]:
+    prefix, _, param = source.rpartition(".")
+    load = _loader(file, source)
+    if param == "down_proj":
+        return [(source, f"{prefix}.down_proj.weight",
+                 lambda: np.ascontiguousarray(np.swapaxes(load(), -1, -2)))]
+    if param == "down_proj_bias":
+        return [(source, f"{prefix}.down_proj.bias", load)]
+    if param == "gate_up_proj":
+        return [(f"{source} (gate: even columns)", f"{prefix}.gate_proj.weight",
+                 lambda: np.ascontiguousarray(np.swapaxes(load(), -1, -2)[:, ::2, :])),
+                (f"{source} (up: odd columns)", f"{prefix}.up_proj.weight",
+                 lambda: np.ascontiguousarray(np.swapaxes(load(), -1, -2)[:, 1::2, :]))]
+    if param == "gate_up_proj_bias":
+        return [(f"{source} (gate)", f"{prefix}.gate_proj.bias",
+                 lambda: np.ascontiguousarray(load()[..., ::2])),
+                (f"{source} (up)", f"{prefix}.up_proj.bias",
+                 lambda: np.ascontiguousarray(load()[..., 1::2]))]
+    return [(source, source, load)]
 
 
 def _result(path: Path, gguf_type: str, problems: list[str], checks: list[TensorCheck],

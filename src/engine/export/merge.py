@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,7 +59,6 @@ _PLAIN_INITS = (True, False, "gaussian", "orthogonal")
 _UNSUPPORTED: dict[str, str] = {
     "use_dora": "DoRA rescales each merged column by a learned magnitude over the weight norm",
     "lora_bias": "the adapter trains a bias on lora_B",
-    "target_parameters": "the adapter targets raw parameters (e.g. MoE experts), not modules",
     "layer_replication": "the adapter replicates base layers",
     "trainable_token_indices": "the adapter trains individual token embeddings",
     "alora_invocation_tokens": "an activated LoRA only applies after its invocation tokens",
@@ -77,7 +77,16 @@ class LoraDelta:
     b_key: str
     r: int
     scale: float
-    layout: Literal["linear", "linear_t", "embedding"]  # linear_t: fan_in_fan_out (Conv1D)
+    # linear_t: fan_in_fan_out (Conv1D); experts: a parameter PEFT's `target_parameters` wraps
+    # (ParamWrapper), 2-D or stacked experts [E, d1, d2]
+    layout: Literal["linear", "linear_t", "embedding", "experts"]
+    experts: int = 1
+    transposed: bool = False  # experts stored [E, in, out] (the module's `is_transposed`)
+    # a checkpoint that stores each expert apart (`experts.<e>.gate_proj.weight`, as Qwen3-MoE's
+    # do) while transformers fuses them in memory: this tensor is expert `expert`'s rows
+    # [rows[0], rows[1]) of the fused delta
+    expert: int | None = None
+    rows: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,10 @@ class ModelLayout:
     input_embedding: str | None  # tensor name, e.g. model.embed_tokens.weight
     output_embedding: str | None  # e.g. lm_head.weight
     module_types: dict[str, str]  # module name -> class name (Linear, Embedding, Conv1D, ...)
+    # module name -> its own parameters in definition order (PEFT nests one ParamWrapper per
+    # targeted parameter in this order), and the modules that store experts [E, in, out]
+    params: dict[str, tuple[str, ...]] = dataclass_field(default_factory=dict)
+    transposed: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -167,8 +180,13 @@ def model_layout(base: Path, config: dict[str, Any]) -> ModelLayout:
         inp_name = names.get(id(inp)) if inp is not None else None
         out_name = names.get(id(out)) if out is not None else None
         tied = bool(getattr(hf_config.get_text_config(), "tie_word_embeddings", tied))
+        params = {name: tuple(n for n, _ in module.named_parameters(recurse=False))
+                  for name, module in model.named_modules() if name}
+        transposed = frozenset(name for name, module in model.named_modules()
+                               if getattr(module, "is_transposed", False))
         return ModelLayout(model_type, tied, inp_name and f"{inp_name}.weight",
-                           out_name and f"{out_name}.weight", types)
+                           out_name and f"{out_name}.weight", types,
+                           {k: v for k, v in params.items() if v}, transposed)
     except Exception:
         return ModelLayout(model_type, tied, "model.embed_tokens.weight", "lm_head.weight", {})
 
@@ -237,6 +255,12 @@ def analyse_adapter(adapter: Path, base_tensors: dict[str, tuple[Path, TensorInf
         if set(parts) != {"A", "B"}:
             raise ExportRefused(f"module {module} has lora_{next(iter(parts))} without its pair",
                                 path=weights)
+        wrapped = _parameter_target(module, config, layout, base_tensors, weights)
+        if wrapped is not None:
+            for found in _parameter_deltas(wrapped, wrapped[0] in layout.transposed, parts,
+                                           headers, config, base_tensors, weights):
+                deltas[found.base_key] = found
+            continue
         base_key = f"{module}.weight"
         if base_key not in base_tensors and base_key != _untied_output(layout, base_tensors):
             raise ExportRefused(
@@ -288,6 +312,131 @@ def analyse_adapter(adapter: Path, base_tensors: dict[str, tuple[Path, TensorInf
         raise ExportRefused("ensure_weight_tying shares the adapter between tied embeddings; "
                             "export cannot reproduce that exactly", path=config_path)
     return AdapterPlan(adapter, config, deltas, replacements, headers)
+
+
+def _targets(config: dict[str, Any]) -> list[str]:
+    found = config.get("target_parameters") or []
+    return [found] if isinstance(found, str) else list(found)
+
+
+def _parameter_target(module: str, config: dict[str, Any], layout: ModelLayout,
+                      base_tensors: dict[str, tuple[Path, TensorInfo]], weights: Path
+                      ) -> tuple[str, str] | None:
+    """(unwrapped module, base tensor) when `module` is a ParamWrapper of `target_parameters`.
+
+    PEFT wraps each targeted parameter of a module in one ParamWrapper, nesting them in the
+    module's parameter order: the last parameter's wrapper is outermost (`experts.lora_A`), the
+    one before it sits under one `base_layer` (`experts.base_layer.lora_A`), and so on."""
+    targets = _targets(config)
+    if not targets:
+        return None
+    unwrapped, depth = module, 0
+    while unwrapped.endswith(".base_layer"):
+        unwrapped, depth = unwrapped[: -len(".base_layer")], depth + 1
+    own = layout.params.get(unwrapped)
+    if own is None:
+        if depth or f"{module}.weight" not in base_tensors:
+            raise ExportRefused(
+                f"the adapter wraps parameters of {unwrapped} (target_parameters), and the "
+                "base's architecture could not be built to learn their order", path=weights,
+                fix="install the transformers version the base was saved with, or merge in "
+                    "memory with PEFT (merge_and_unload)")
+        return None
+    targeted = [p for p in own if any(f"{unwrapped}.{p}" == t or
+                                      f"{unwrapped}.{p}".endswith(f".{t}") for t in targets)]
+    if not targeted:
+        return None
+    if depth >= len(targeted):
+        raise ExportRefused(f"the adapter nests {depth + 1} wrappers on {unwrapped}, which has "
+                            f"{len(targeted)} targeted parameter(s) ({', '.join(targeted)})",
+                            path=weights, fix="check that the adapter was trained on this base")
+    return unwrapped, f"{unwrapped}.{targeted[len(targeted) - 1 - depth]}"
+
+
+# A fused in-memory expert parameter → the per-expert tensors a checkpoint stores it as, in the
+# order transformers concatenates them (its conversion mapping: gate then up, along the rows).
+SPLIT_EXPERTS: dict[str, tuple[str, ...]] = {"gate_up_proj": ("gate_proj", "up_proj"),
+                                             "down_proj": ("down_proj",)}
+
+
+def _parameter_deltas(wrapped: tuple[str, str], transposed: bool, parts: dict[str, str],
+                      headers: dict[str, TensorInfo], config: dict[str, Any],
+                      base_tensors: dict[str, tuple[Path, TensorInfo]],
+                      weights: Path) -> list[LoraDelta]:
+    """The deltas of one ParamWrapper on the tensors the base stores: the parameter itself, or
+    (experts stored apart) each expert's split tensors."""
+    unwrapped, base_key = wrapped
+    if base_key in base_tensors:
+        return [_parameter_delta(wrapped, transposed, parts, headers, config, base_tensors,
+                                 weights)]
+    param = base_key.rsplit(".", 1)[-1]
+    a, b = headers[parts["A"]].shape, headers[parts["B"]].shape
+    r, scale = _rank_scale(base_key, config)
+    names = SPLIT_EXPERTS.get(param)
+    first = names and f"{unwrapped}.0.{names[0]}.weight"
+    if not names or transposed or first not in base_tensors or a[0] % r:
+        raise ExportRefused(f"the adapter changes {base_key}, which the base does not store "
+                            "under that name (nor as one tensor per expert)", path=weights,
+                            fix="check that the adapter was trained on this base")
+    experts = a[0] // r
+    found: list[LoraDelta] = []
+    for e in range(experts):
+        start = 0
+        for name in names:
+            key = f"{unwrapped}.{e}.{name}.weight"
+            if key not in base_tensors:
+                raise ExportRefused(f"{base_key} is stored per expert, but {key} is missing",
+                                    path=weights, fix="check that the adapter was trained on "
+                                                      "this base")
+            rows, cols = base_tensors[key][1].shape
+            found.append(LoraDelta(key, parts["A"], parts["B"], r, scale, "experts", experts,
+                                   False, e, (start, start + rows)))
+            if cols != a[1]:
+                raise ExportRefused(f"{key} has {cols} columns, the adapter's lora_A {a[1]}",
+                                    path=weights)
+            start += rows
+        if start != b[0]:
+            raise ExportRefused(f"{base_key}: expert {e}'s stored rows add up to {start}, the "
+                                f"adapter's lora_B has {b[0]}", path=weights)
+    return found
+
+
+def _rank_scale(base_key: str, config: dict[str, Any]) -> tuple[int, float]:
+    rank_pattern: dict[str, int] = config.get("rank_pattern") or {}
+    alpha_pattern: dict[str, float] = config.get("alpha_pattern") or {}
+    r = int(rank_pattern.get(get_pattern_key(list(rank_pattern), base_key), config["r"]))
+    alpha = float(alpha_pattern.get(get_pattern_key(list(alpha_pattern), base_key),
+                                    config["lora_alpha"]))
+    return r, lora_scale(r, alpha, bool(config.get("use_rslora")))
+
+
+def _parameter_delta(wrapped: tuple[str, str], transposed: bool, parts: dict[str, str],
+                     headers: dict[str, TensorInfo], config: dict[str, Any],
+                     base_tensors: dict[str, tuple[Path, TensorInfo]],
+                     weights: Path) -> LoraDelta:
+    """The exact delta of a ParamWrapper (peft.tuners.lora.layer.ParamWrapper.get_delta_weight).
+
+    A stacked-experts parameter [E, d1, d2] has lora_A [r·E, in] and lora_B [out, r·E]; expert
+    e's delta is B[:, :, e] @ A[e] (A viewed [E, r, in], B [out, r, E]), stored [E, out, in], or
+    [E, in, out] when the module is `is_transposed`. A 2-D parameter is a plain linear delta."""
+    base_key = wrapped[1]
+    if base_key not in base_tensors:
+        raise ExportRefused(f"the adapter changes {base_key}, which the base does not store "
+                            "under that name", path=weights,
+                            fix="check that the adapter was trained on this base")
+    shape = base_tensors[base_key][1].shape
+    a, b = headers[parts["A"]].shape, headers[parts["B"]].shape
+    r, scale = _rank_scale(base_key, config)
+    experts = int(shape[0]) if len(shape) == 3 else 1
+    delta_shape: tuple[int, ...] = (b[0], a[1])
+    if len(shape) == 3:
+        delta_shape = (experts, a[1], b[0]) if transposed else (experts, b[0], a[1])
+    if a[0] != r * experts or b[1] != r * experts or tuple(shape) != delta_shape:
+        raise ExportRefused(
+            f"{base_key}: the adapter's lora_A {list(a)} / lora_B {list(b)} (rank {r}, "
+            f"{experts} expert(s)) do not make a delta of the base's shape {list(shape)}",
+            path=weights, fix="check that the adapter was trained on this base")
+    return LoraDelta(base_key, parts["A"], parts["B"], r, scale, "experts", experts, transposed)
 
 
 def _untied_output(layout: ModelLayout, base_tensors: dict[str, Any]) -> str | None:
@@ -383,6 +532,8 @@ def merged_tensor(job: TensorJob, read: Callable[[Path, TensorInfo], torch.Tenso
     delta = job.delta
     a = read(adapter_file, adapter_headers[delta.a_key]).float()
     b = read(adapter_file, adapter_headers[delta.b_key]).float()
+    if delta.layout == "experts":
+        return _parameter_merged(tensor, a, b, delta, target)
     # W[i, :] += s · left[i, :] @ right, row by row of the stored weight:
     if delta.layout == "linear":  # W[out,in] += s · B[out,r] @ A[r,in]
         left, right = b, a
@@ -402,6 +553,27 @@ def merged_tensor(job: TensorJob, read: Callable[[Path, TensorInfo], torch.Tenso
         block.addmm_(left[i:j], right, alpha=delta.scale)
         out[i:j].copy_(block)
     return out
+
+
+def _parameter_merged(tensor: torch.Tensor, a: torch.Tensor, b: torch.Tensor, delta: LoraDelta,
+                      target: torch.dtype) -> torch.Tensor:
+    """W + scale · ΔW of a ParamWrapper, the same products PEFT forms (see _parameter_delta)."""
+    merged = tensor.float()
+    if delta.expert is not None and delta.rows is not None:  # one expert's stored tensor
+        a_e = a.reshape(delta.experts, -1, a.shape[-1])[delta.expert]  # [r, in]
+        b_e = b.reshape(b.shape[0], -1, delta.experts)[:, :, delta.expert]  # [out, r]
+        start, stop = delta.rows
+        merged.addmm_(b_e[start:stop], a_e, alpha=delta.scale)
+        return merged.to(target)
+    if delta.experts == 1 and merged.dim() == 2:
+        merged.addmm_(b, a, alpha=delta.scale)
+        return merged.to(target)
+    a3 = a.reshape(delta.experts, -1, a.shape[-1])  # [E, r, in]
+    b3 = b.reshape(b.shape[0], -1, delta.experts)  # [out, r, E]
+    for e in range(delta.experts):  # one expert at a time: peak memory one expert's delta
+        product = b3[:, :, e] @ a3[e]  # [out, in]
+        merged[e].add_(product.t() if delta.transposed else product, alpha=delta.scale)
+    return merged.to(target)
 
 
 def write_shards(shards: tuple[OutShard, ...], out: Path, adapter: AdapterPlan | None,

@@ -43,6 +43,8 @@ class Verification:
     seconds: float = 0.0
     # max |logit diff| of the reference itself run in the export's dtype (None for float32)
     baseline_diff: float | None = None
+    tokenizer_same: bool | None = None  # encodes the corpus and the chat like the base's
+    tokenizer_message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,8 +106,57 @@ def reference_outputs(base: Path, adapter: Path | None, tokenizer: Any,
     return logits, texts, baseline
 
 
+# A fixed corpus the export's tokenizer must encode exactly like the base's: digits, spaces,
+# punctuation, accents, CJK, emoji, code and the special tokens' neighbourhood.
+TOKENIZER_CORPUS: tuple[str, ...] = (
+    "12+34=46", "Hello! Who are you?", "  two  spaces and a tab\there\n\nnew lines",
+    "naïve café, Ærøskøbing", "我想在apple工作1314151天", "🚀 emoji 😶\u200d🌫️ ✅",
+    "def f(x):\n    return x**2  # code", "I've been 'told he's there, 'RE you sure?",
+    "3 33 333 3333 33333 3.3 3..3", "------======= ......!!!!!!??????",
+)
+CHAT_SAMPLE = ({"role": "system", "content": "You add numbers."},
+               {"role": "user", "content": "12+34"}, {"role": "assistant", "content": "46"},
+               {"role": "user", "content": "Hello! Who are you?"})
+
+
+def _encodings(tokenizer: Any) -> list[tuple[str, list[int]]]:
+    rows = [(text, list(tokenizer(text)["input_ids"])) for text in TOKENIZER_CORPUS]
+    if getattr(tokenizer, "chat_template", None):
+        for messages, prompt in ((CHAT_SAMPLE, True), (CHAT_SAMPLE[1:3], False)):
+            try:
+                rendered = tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                                         add_generation_prompt=prompt)
+            except Exception:  # a template that refuses a system turn, say
+                rendered = tokenizer.apply_chat_template(list(messages[1:]), tokenize=False,
+                                                         add_generation_prompt=prompt)
+            rows.append((f"chat: {rendered!r}", list(
+                tokenizer(rendered, add_special_tokens=False)["input_ids"])))
+    return rows
+
+
+def compare_tokenizers(export_dir: Path, reference: Path) -> tuple[bool, str]:
+    """Whether the export's tokenizer encodes the corpus and a rendered chat like the one in
+    `reference` (the base the lineage started from), loaded the same way (AutoTokenizer)."""
+    from transformers import AutoTokenizer
+
+    try:
+        base = AutoTokenizer.from_pretrained(reference)
+    except Exception as exc:
+        return True, f"the base's tokenizer in {reference} does not load ({exc}); not compared"
+    got = AutoTokenizer.from_pretrained(export_dir)
+    if getattr(got, "chat_template", None) != getattr(base, "chat_template", None):
+        return False, f"the export's chat template differs from the base's ({reference})"
+    for (text, want), (_, have) in zip(_encodings(base), _encodings(got), strict=True):
+        if want != have:
+            return False, (f"the export's tokenizer encodes {text[:60]!r} as {have[:12]} where "
+                           f"the base's ({reference}) gives {want[:12]}")
+    return True, (f"the tokenizer encodes {len(TOKENIZER_CORPUS)} texts and the chat template "
+                  "exactly like the base's")
+
+
 def verify(export_dir: Path, base: Path, adapter: Path | None, dtype: str, *,
-           probes: tuple[str, ...] = PROBES, new_tokens: int = 8) -> Verification:
+           probes: tuple[str, ...] = PROBES, new_tokens: int = 8,
+           tokenizer_reference: Path | None = None) -> Verification:
     """Compare the exported model with base + adapter; never raises for a mismatch."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -129,6 +180,8 @@ def verify(export_dir: Path, base: Path, adapter: Path | None, dtype: str, *,
         return Verification(False, f"the exported model does not load or run: {exc}", dtype,
                             float("nan"), float("nan"), float("nan"), 0.0, list(probes),
                             ref_text, tokenizer_loaded=True, seconds=time.monotonic() - started)
+    same, said = (None, "") if tokenizer_reference is None else compare_tokenizers(
+        export_dir, tokenizer_reference)
     diff = max(float((g - r).abs().max()) for g, r in zip(got_logits, ref_logits, strict=True))
     scale = max(1.0, max(float(r.abs().max()) for r in ref_logits))
     agree = [(g.argmax(-1) == r.argmax(-1)).float().mean().item()
@@ -139,6 +192,8 @@ def verify(export_dir: Path, base: Path, adapter: Path | None, dtype: str, *,
     message = (f"max |logit diff| {diff:.3g} ≤ {tolerance:.3g} ({dtype}{rounding})" if passed
                else f"max |logit diff| {diff:.3g} exceeds the {dtype} tolerance {tolerance:.3g}"
                f"{rounding}: the exported weights do not reproduce base + adapter")
+    if same is False:
+        passed, message = False, said if passed else f"{message}; {said}"
     return Verification(passed, message, dtype, diff, tolerance, scale, sum(agree) / len(agree),
                         list(probes), ref_text, got_text, ref_text == got_text, True,
-                        time.monotonic() - started, baseline)
+                        time.monotonic() - started, baseline, same, said)

@@ -31,6 +31,7 @@ from graftline.engine.common.checkpoint_files import (
     directory_bytes,
 )
 from graftline.engine.common.sink import Sink
+from graftline.engine.common.tokenizer_files import TOKENIZER_FILES
 from graftline.engine.export.chain import (
     Chain,
     ExportRefused,
@@ -54,11 +55,6 @@ from graftline.engine.lineage import manifest as manifest_io
 
 FORMATS = ("safetensors", "gguf", "ollama")
 GGUF_VERIFICATION = "gguf_verification.json"
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-    "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-    "vocab.txt", "spiece.model",
-)
 GENERATION_CONFIG = "generation_config.json"
 MODEL_CARD = "README.md"
 MODELFILE = "Modelfile"
@@ -92,6 +88,9 @@ class ExportPlan:
     gguf_converter: Any | None  # gguf_convert.Converter
     checkpoint_manifest: manifest_io.Manifest | None = field(repr=False)
     gguf_type: str | None = None
+    # the lineage's first folder with tokenizer files (the original base): the export's
+    # tokenizer must encode like it
+    tokenizer_reference: Path | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -323,13 +322,15 @@ def _plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
                             fix="save the tokenizer next to the checkpoint or its base "
                                 "(tokenizer.save_pretrained)")
     generation_source = _first_with(ancestors, lambda p: (p / GENERATION_CONFIG).is_file())
+    tokenizer_reference = _first_with(list(reversed(ancestors)), _has_tokenizer)
     return ExportPlan(
         checkpoint=chain.checkpoint, out=out, kind=chain.kind, base=chain.base,
         adapter=chain.adapter, dtype=dtype, formats=wanted, force=force, verify=verify,
         shards=shards, untie=must_untie(layout, adapter), lineage=chain.lineage,
         adapter_plan=adapter, tokenizer_source=tokenizer_source,
         generation_source=generation_source, gguf_converter=converter,
-        checkpoint_manifest=chain.manifest, gguf_type=gguf_type)
+        checkpoint_manifest=chain.manifest, gguf_type=gguf_type,
+        tokenizer_reference=tokenizer_reference)
 
 
 def _clear_previous(out: Path) -> None:
@@ -495,7 +496,8 @@ def _verify(plan: ExportPlan, report: _Reporter, sink: Sink | None,
     total = plan.total_bytes
     report(ExportProgress("verify", total, total, message="reloading and comparing logits"),
            force_event=True)
-    result = verify(plan.out, plan.base, plan.adapter, plan.dtype).to_dict()
+    result = verify(plan.out, plan.base, plan.adapter, plan.dtype,
+                    tokenizer_reference=plan.tokenizer_reference).to_dict()
     atomic.write_json(plan.out / VERIFICATION, result)
     if sink is not None:
         sink.emit("check_result", stage, name="export_logits",

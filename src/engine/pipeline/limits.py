@@ -46,6 +46,11 @@ def lora_problems(pf: PipelineFile) -> Iterator[Problem]:
             yield Problem("lora.target_modules is empty: the LoRA would wrap no layer",
                           str(pf.path), pf.line(stage.name, "lora"), stage.name, "lora",
                           'list module names (e.g. ["q_proj", "v_proj"]) or use "all-linear"')
+        if lora is not None and lora.target_parameters and lora.dropout > 0:
+            yield Problem(f"lora.target_parameters with dropout {lora.dropout}: PEFT cannot "
+                          "apply dropout to a LoRA on parameters (it refuses at the stage's start)",
+                          str(pf.path), pf.line(stage.name, "lora"), stage.name, "lora",
+                          "set lora.dropout = 0 for this stage")
 
 
 def enclosing_run(path: Path) -> Path | None:

@@ -29,6 +29,7 @@ class ModelInfo:
     experts: int = 0
     tied: bool = False
     dtype: str = "bfloat16"
+    model_type: str = ""
 
     @property
     def params(self) -> int:
@@ -107,6 +108,7 @@ def from_config(config: dict, source: str) -> ModelInfo:
         experts=int(text.get("num_local_experts") or text.get("num_experts") or 0),
         tied=bool(config.get("tie_word_embeddings", False)),
         dtype=str(config.get("torch_dtype") or config.get("dtype") or "bfloat16"),
+        model_type=str(text.get("model_type") or config.get("model_type") or ""),
     )
 
 

@@ -526,7 +526,7 @@ def build_plan(
             f"sizes unknown: no config.json for '{pipeline.pipeline.base}' on this machine "
             "(a local path or the Hugging Face cache); nothing is downloaded",
         )
-    )
+    ) + moe_target_notes(info, [s.lora for s in steps if s.lora is not None])
     return Plan(
         pipeline.pipeline.name,
         pipeline.pipeline.base,
@@ -536,6 +536,40 @@ def build_plan(
         free,
         notes,
     )
+
+
+# What PEFT 0.21 with transformers 5.17 does with `target_modules = "all-linear"` on the
+# mixture-of-experts families we measured (experts are parameters, not nn.Linear modules).
+MOE_ALL_LINEAR = {
+    "qwen3_moe": "the attention projections, and — through PEFT's weight conversion for this "
+                 "family — the experts' fused gate_up_proj/down_proj and the router as "
+                 "target_parameters",
+    "gpt_oss": "the attention projections only: the experts (gate_up_proj, down_proj) and the "
+               "router are parameters it does not reach",
+}
+
+
+def moe_target_notes(info: ModelInfo | None, loras: list[spec.Lora]) -> tuple[str, ...]:
+    """In words, what an adapter reaches on a mixture-of-experts base. Pure."""
+    if info is None or not info.experts:
+        return ()
+    notes: list[str] = []
+    if any(lora.target_modules == "all-linear" and not lora.target_parameters
+           for lora in loras):
+        reached = MOE_ALL_LINEAR.get(
+            info.model_type, "the attention projections (and any nn.Linear router or shared "
+            "expert); the experts are parameters, reached only through lora.target_parameters")
+        notes.append(
+            f"mixture of experts ({info.model_type or 'this model'}, {info.experts} experts a "
+            f"layer): target_modules = \"all-linear\" trains {reached}. To train the experts "
+            "for sure, name them: lora = { target_parameters = [\"mlp.experts.gate_up_proj\", "
+            "\"mlp.experts.down_proj\"] } (dropout 0; the export merges each expert's delta)")
+    for lora in loras:
+        if lora.target_parameters:
+            notes.append(f"LoRA on parameters: {', '.join(lora.target_parameters)} (PEFT "
+                         "target_parameters; each expert gets its own rank-r delta)")
+            break
+    return tuple(notes)
 
 
 def _starts_from(

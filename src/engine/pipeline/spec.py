@@ -71,6 +71,10 @@ class Lora(Strict):
     alpha: int | None = Field(default=None, ge=1, description="defaults to 2·r")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    # parameters LoRA wraps directly (PEFT's target_parameters), e.g. a mixture-of-experts
+    # model's ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"] (experts are parameters,
+    # not nn.Linear modules, so target_modules cannot name them)
+    target_parameters: list[str] = Field(default_factory=list)
     use_rslora: bool = False
     use_dora: bool = False
 

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from graftline.engine.common.errors import GraftlineError
+from graftline.engine.common.tokenizer_files import save_tokenizer
 from graftline.engine.pipeline.modelinfo import config_path
+from graftline.engine.stages.checks import RANDOM_TWIN_MARKER
 
 TOY_BASE = "toy:addition"
 LAYERS = 2
@@ -81,8 +83,15 @@ def shrink_config(raw: Mapping[str, Any], *, vocab_size: int | None = None,
     model_type = str(raw["model_type"])
     text = raw.get("text_config")
     if isinstance(text, Mapping) and "hidden_size" not in raw:
-        raise TwinError(f"'{model_type}' keeps its language model in text_config "
-                        "(a multimodal wrapper); twins are built for causal LMs")
+        if not text.get("model_type"):
+            raise TwinError(f"'{model_type}' keeps its language model in text_config "
+                            "(a multimodal wrapper) without naming its type; twins are built "
+                            "for causal LMs")
+        # a multimodal wrapper (gemma-3-*-it): the twin is its language model
+        outer = {k: raw[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+                 if k in raw and k not in text}
+        raw = {**text, **outer}
+        model_type = str(text["model_type"])
     kv = raw.get("num_key_value_heads")
     heads = raw.get("num_attention_heads") or HEADS
     shrunk: dict[str, Any] = {k: v for k, v in raw.items() if k not in DROP_KEYS}
@@ -110,10 +119,26 @@ def shrink_config(raw: Mapping[str, Any], *, vocab_size: int | None = None,
         if isinstance(raw.get(key), int):
             cap = LAYERS - 1 if key == "first_k_dense_replace" else LAYERS
             shrunk[key] = min(int(raw[key]), cap)
+    _shrink_rope_factors(shrunk)
     if vocab_size is not None:
         shrunk["vocab_size"] = vocab_size
     shrunk.update(special_ids or {})
     return model_type, shrunk
+
+
+def _shrink_rope_factors(shrunk: dict[str, Any]) -> None:
+    """LongRoPE's per-frequency factors (Phi-3/Phi-4) have one entry per rotary frequency: cut
+    them to the twin's head_dim (rotary dim / 2 entries)."""
+    rotary = int(HEAD_DIM * float(shrunk.get("partial_rotary_factor") or 1.0)) // 2
+    for key in ("rope_scaling", "rope_parameters"):
+        rope = shrunk.get(key)
+        if not isinstance(rope, Mapping):
+            continue
+        rope = dict(rope)
+        for name in ("short_factor", "long_factor"):
+            if isinstance(rope.get(name), list) and len(rope[name]) > rotary:
+                rope[name] = list(rope[name])[:rotary]
+        shrunk[key] = rope
 
 
 def _tokenizer_dir(config_file: Path) -> Path | None:
@@ -167,6 +192,10 @@ def _from_config(found: Path, out: Path, seed: int) -> Twin:
 
     raw = json.loads(found.read_text())
     notes: list[str] = []
+    if isinstance(raw.get("text_config"), Mapping) and "hidden_size" not in raw:
+        notes.append(f"{raw.get('model_type')} is a multimodal wrapper: the twin is its language "
+                     f"model ({raw['text_config'].get('model_type')}); the vision tower is not "
+                     "rehearsed")
     tokenizer = None
     tok_dir = _tokenizer_dir(found)
     if tok_dir is not None:
@@ -213,7 +242,10 @@ def _from_config(found: Path, out: Path, seed: int) -> Twin:
     model.generation_config = generation
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
-    tokenizer.save_pretrained(str(out))
+    save_tokenizer(tokenizer, out)
+    # the stages' quality checks (collapse) report on random weights without gating
+    (out / RANDOM_TWIN_MARKER).write_text(json.dumps({"random_weights": True,
+                                                      "config_from": str(found)}) + "\n")
     return Twin(
         base=str(out.resolve()), source="config", model_type=model_type,
         experts=_experts(config), params=sum(p.numel() for p in model.parameters()),

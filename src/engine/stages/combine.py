@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from graftline.engine.common.checkpoint_files import ADAPTER_CONFIG
+from graftline.engine.common.tokenizer_files import save_tokenizer
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import spec
 from graftline.engine.stages import checks
@@ -115,7 +116,7 @@ def run(ctx: StageContext) -> StageOutcome:
     model.peft_config[checks.ADAPTER].base_model_name_or_path = str(base)
     out = ctx.stage_dir
     model.save_pretrained(str(out), selected_adapters=[checks.ADAPTER])
-    tokenizer.save_pretrained(str(out))
+    save_tokenizer(tokenizer, out)
     log = checks.CheckLog(ctx.name, ctx.sink)
     log.record(checks.no_stray_ref(out))
     log.record(checks.adapter_base(out, base))

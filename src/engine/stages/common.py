@@ -226,18 +226,24 @@ def load_foreign(ctx: StageContext, *, for_merge: bool = False
     return model, tokenizer, found
 
 
-def probe_prompts(ctx: StageContext, rows: Any = None, count: int = 4) -> list[str]:
-    """The pipeline's probes, or the first prompts of the stage's own data."""
-    if ctx.probes:
+def probe_prompts(ctx: StageContext, rows: Any = None, count: int = 4,
+                  at_least: bool = False) -> list[str]:
+    """The pipeline's probes, or the first prompts of the stage's own data. With `at_least`,
+    the pipeline's probes topped up from the data to `count` (a collapse is judged on enough)."""
+    if ctx.probes and not (at_least and len(ctx.probes) < count):
         return list(ctx.probes)
-    found: list[str] = []
+    found: list[str] = list(ctx.probes)
     if rows is not None and "prompt" in rows.column_names:
-        for prompt in rows.select(range(min(count, len(rows))))["prompt"]:
+        for prompt in rows.select(range(min(count * 2, len(rows))))["prompt"]:
+            if len(found) >= count:
+                break
             if isinstance(prompt, list):
                 users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
-                found.append(users[-1] if users else "")
+                text = users[-1] if users else ""
             else:
-                found.append(str(prompt))
+                text = str(prompt)
+            if text and text not in found:
+                found.append(text)
     return [p for p in found if p] or ["Hello", "1+1"]
 
 

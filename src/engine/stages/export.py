@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from graftline.engine.common.tokenizer_files import save_tokenizer
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import spec
 from graftline.engine.stages import checks
@@ -38,7 +39,7 @@ def plain_export(ctx: StageContext, out: Path) -> StageOutcome:
     model.config.name_or_path = str(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
-    tokenizer.save_pretrained(str(out))
+    save_tokenizer(tokenizer, out)
     del model
     reloaded, _ = load_full(ctx, out, for_merge=True)
     tolerance = checks.MERGE_TOLERANCE if dtype == torch.float32 else 5e-2

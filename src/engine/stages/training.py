@@ -17,6 +17,7 @@ import datasets
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from graftline.engine.common.checkpoint_files import REFERENCE_ADAPTER
+from graftline.engine.common.tokenizer_files import save_tokenizer
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import spec
 from graftline.engine.stages import checks, resume, trl_compat
@@ -115,7 +116,7 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
                 r=kept.r, alpha=kept.lora_alpha, dropout=kept.dropout,
                 target_modules=kept.target_modules, use_rslora=kept.use_rslora,
                 use_dora=kept.use_dora), policy))
-    probes = probe_prompts(ctx, rows)
+    probes = probe_prompts(ctx, rows, count=checks.MIN_PROBES, at_least=True)
     said_before = checks.generate(policy, tokenizer, probes, PROBE_TOKENS)
     emit_samples(ctx, "start", probes, said_before)
     spent += time.perf_counter() - began
@@ -167,7 +168,7 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
 
     def save() -> None:
         policy.save_pretrained(str(out), selected_adapters=[checks.ADAPTER])
-        tokenizer.save_pretrained(str(out))
+        save_tokenizer(tokenizer, out)
 
     adapter_bytes = sum(p.numel() * p.element_size() for p in policy.parameters()
                         if p.requires_grad)
@@ -179,7 +180,8 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
     log.record(checks.adapter_base(out, ctx.model_path()))
     said_after = checks.generate(policy, tokenizer, probes, PROBE_TOKENS)
     emit_samples(ctx, "end", probes, said_after, outcome.steps)
-    log.record(checks.generation_sanity(said_before, said_after, probes, PROBE_TOKENS))
+    log.record(checks.generation_sanity(said_before, said_after, probes, PROBE_TOKENS,
+                                        gate=not checks.random_weights(ctx.base_path)))
     spent += time.perf_counter() - began
 
     if eval_rows is not None:

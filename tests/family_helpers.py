@@ -1,0 +1,155 @@
+"""Helpers for the family matrix: the demo-like chain as a pipeline file, the real CLI, and plain
+PEFT applying the same chain for the reference logits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from graftline.engine.common.tokenizer_files import TOKENIZER_FILES
+from graftline.engine.run.events import EVENTS, read_raw
+from graftline.engine.toy import tasks
+
+GRAFTLINE = [sys.executable, "-c", "from graftline.console.cli import main; main()"]
+PROBES = ["12+34", "55+27", "90+19", "23+45"]
+
+CHAIN = """
+[pipeline]
+name = "{name}"
+base = "{base}"
+runs_dir = "runs"
+seed = 0
+probes = {probes}
+
+[defaults]
+train = {{ batch_size = 16, warmup = 2, max_length = 48, logging_steps = 5 }}
+lora = {{ dropout = 0.0, target_modules = "all-linear" }}
+
+[[stage]]
+name = "sft"
+kind = "sft"
+data = "sft.jsonl"
+lora = {{ r = 8, alpha = 16 }}
+train = {{ max_steps = 30, lr = 3e-3, save_steps = 30 }}
+
+[[stage]]
+name = "merged"
+kind = "merge"
+
+[[stage]]
+name = "sft_r16"
+kind = "sft"
+adapter = "new"
+data = "sft.jsonl"
+lora = {{ r = 16, alpha = 32 }}
+train = {{ max_steps = 15, lr = 2e-3, save_steps = 15 }}
+
+[[stage]]
+name = "ipo"
+kind = "dpo"
+loss = "ipo"
+beta = 0.5
+adapter = "continue"
+precompute_ref = true
+data = "prefs.jsonl"
+train = {{ max_steps = 8, lr = 1e-3, batch_size = 8, save_steps = 8 }}
+
+[[stage]]
+name = "grpo"
+kind = "grpo"
+adapter = "continue"
+data = "grpo.jsonl"
+reward = ["exact_match"]
+num_generations = 4
+max_completion_length = 6
+train = {{ max_steps = 6, lr = 5e-4, batch_size = 8, save_steps = 6 }}
+
+[[stage]]
+name = "export"
+kind = "export"
+from = "grpo"
+out = "exports/{name}"
+dtype = "float32"
+"""
+TRAINED = ("sft", "merged", "sft_r16", "ipo", "grpo")
+
+
+def _jsonl(path: Path, rows: Any) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_chain(directory: Path, name: str, base: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    _jsonl(directory / "sft.jsonl", tasks.sft_rows(400, 1))
+    _jsonl(directory / "prefs.jsonl", tasks.preference_rows(200, 2))
+    _jsonl(directory / "grpo.jsonl", tasks.grpo_rows(200, 3))
+    path = directory / "p.toml"
+    path.write_text(CHAIN.format(name=name, base=base, probes=json.dumps(PROBES)))
+    return path
+
+
+def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*GRAFTLINE, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def run_detached(pipeline: Path, timeout: float = 900) -> tuple[Path, list[dict], str]:
+    """`graftline run FILE --detach` (its default rehearsal first), then wait for the engine."""
+    started = cli("run", pipeline.name, "--detach", cwd=pipeline.parent)
+    assert started.returncode == 0, started.stdout[-4000:] + started.stderr[-4000:]
+    runs = pipeline.parent / "runs"
+    run_dir = max(runs.iterdir(), key=lambda p: p.stat().st_mtime)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = read_raw(run_dir / EVENTS)[0] if (run_dir / EVENTS).is_file() else []
+        if any(r["type"] == "run_finished" for r in rows):
+            return run_dir, rows, started.stdout
+        time.sleep(0.5)
+    raise AssertionError(f"the run in {run_dir} did not finish in {timeout} s:\n"
+                         + (run_dir / "engine.log").read_text()[-3000:])
+
+
+def tokenizer_bytes(folder: Path) -> dict[str, bytes]:
+    return {name: (folder / name).read_bytes() for name in TOKENIZER_FILES
+            if (folder / name).is_file()}
+
+
+@torch.no_grad()
+def peft_chain_logits(base: Path, merged_adapter: Path, final_adapter: Path,
+                      ids: torch.Tensor) -> torch.Tensor:
+    """Plain PEFT applying the chain: base + the first adapter merged, + the final adapter
+    merged, in float32."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, merged_adapter).merge_and_unload()
+    model = PeftModel.from_pretrained(model, final_adapter).merge_and_unload()
+    model.eval()
+    return model(input_ids=ids).logits.float()
+
+
+@torch.no_grad()
+def model_logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model.eval()
+    return model(input_ids=ids).logits.float()
+
+
+def probe_ids(folder: Path) -> torch.Tensor:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": p}],
+                                                    tokenize=False, add_generation_prompt=True),
+                      add_special_tokens=False)["input_ids"] for p in PROBES]
+    width = min(len(r) for r in rows)
+    return torch.tensor([r[:width] for r in rows])
