@@ -255,8 +255,11 @@ def emit_samples(ctx: StageContext, when: str, probes: list[str], said: list[Any
                  step: int | None = None) -> None:
     """What the model answers to the probes (greedy, bounded), as a `samples` event: `when`
     start or end of the stage, `step` on the run's global axis, `samples` [{prompt, answer}]."""
+    # the pipeline's own probes when it names them: the collapse check tops them up with rows
+    # of the data, which are not what the user chose to read
+    shown = min(SAMPLE_PROBES, len(ctx.probes) or len(probes))
     rows = [{"prompt": str(p)[:SAMPLE_CHARS], "answer": str(getattr(g, "text", g))[:SAMPLE_CHARS]}
-            for p, g in zip(probes[:SAMPLE_PROBES], said, strict=False)]
+            for p, g in zip(probes[:shown], said, strict=False)]
     ctx.sink.emit("samples", ctx.name, when=when, kind=ctx.kind, samples=rows,
                   global_step=ctx.global_step_offset + (step or 0))
 
