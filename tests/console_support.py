@@ -58,3 +58,24 @@ async def wait_for(pilot: Pilot, condition: Callable[[], bool], timeout: float =
 def screen_text(app: App) -> str:
     """What the terminal shows, as plain text (the current screen, modals included)."""
     return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+def finished_run(folder: Path, pipeline: str, sft_rows: int = 40) -> Path:
+    """A real run of `pipeline` (its data `sft.jsonl`: toy SFT rows), started the way `graftline
+    run` starts one and waited for to the end; fails with the engine's log unless it finished."""
+    from graftline.engine.run import client
+    from graftline.engine.run.launch import start_run
+    from graftline.engine.toy import tasks
+
+    (folder / "sft.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in tasks.sft_rows(sft_rows, 1)))
+    path = folder / "p.toml"
+    path.write_text(pipeline)
+    run_dir = start_run(path)
+    deadline = time.monotonic() + 600
+    while client.read_state(run_dir).live:
+        assert time.monotonic() < deadline, (run_dir / "engine.log").read_text()[-3000:]
+        time.sleep(0.5)
+    assert client.read_state(run_dir).status == "finished", \
+        (run_dir / "engine.log").read_text()[-3000:]
+    return run_dir

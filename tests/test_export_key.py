@@ -8,18 +8,15 @@ under Pilot; the dialog plans through the real export worker.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from console_support import screen_text, wait_for
+from console_support import finished_run, screen_text, wait_for
 from textual.widgets import Input, Select
 
 from graftline.console.app import GraftlineApp
 from graftline.console.screens.dashboard import DashboardScreen
 from graftline.console.screens.export import ExportModal, free_target
-from graftline.engine.run import client
-from graftline.engine.run.launch import start_run
 
 PIPELINE = """
 [pipeline]
@@ -56,21 +53,7 @@ def test_free_target_never_names_the_checkpoint_or_a_folder_that_holds_something
 @pytest.mark.asyncio
 async def test_e_on_a_shipped_run_shows_the_export_and_offers_a_new_directory(
         tmp_path: Path, toy_base: Path) -> None:
-    import json
-
-    from graftline.engine.toy import tasks
-
-    (tmp_path / "sft.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in tasks.sft_rows(40, 1)))
-    path = tmp_path / "p.toml"
-    path.write_text(PIPELINE)
-    run_dir = start_run(path)
-    deadline = time.monotonic() + 600
-    while client.read_state(run_dir).live:
-        assert time.monotonic() < deadline, (run_dir / "engine.log").read_text()[-3000:]
-        time.sleep(0.5)
-    assert client.read_state(run_dir).status == "finished", \
-        (run_dir / "engine.log").read_text()[-3000:]
+    run_dir = finished_run(tmp_path, PIPELINE)
     shipped = tmp_path / "runs" / "exports" / "shipped"
     assert (shipped / "graftline.json").is_file()
 

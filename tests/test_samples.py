@@ -5,11 +5,10 @@ the console's Samples view (`a` on the dashboard). A real engine trains two tiny
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
-from console_support import screen_text, wait_for
+from console_support import finished_run, screen_text, wait_for
 from textual.widgets import DataTable
 from typer.testing import CliRunner
 
@@ -18,8 +17,7 @@ from graftline.console.cli import app
 from graftline.console.run_view import RunModel, sample_table
 from graftline.console.screens.dashboard import DashboardScreen
 from graftline.console.screens.samples import SamplesScreen
-from graftline.engine.run import client, open_summary
-from graftline.engine.run.launch import start_run
+from graftline.engine.run import open_summary
 
 PIPELINE = """
 [pipeline]
@@ -46,19 +44,7 @@ train = { max_steps = 4, batch_size = 4, max_length = 32, lr = 3e-3 }
 @pytest.mark.asyncio
 async def test_samples_at_every_stage_in_log_summary_logs_and_console(
         tmp_path: Path, toy_base: Path) -> None:
-    from graftline.engine.toy import tasks
-
-    (tmp_path / "sft.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in tasks.sft_rows(40, 1)))
-    path = tmp_path / "p.toml"
-    path.write_text(PIPELINE)
-    run_dir = start_run(path)
-    deadline = time.monotonic() + 600
-    while client.read_state(run_dir).live:
-        assert time.monotonic() < deadline, (run_dir / "engine.log").read_text()[-3000:]
-        time.sleep(0.5)
-    assert client.read_state(run_dir).status == "finished", \
-        (run_dir / "engine.log").read_text()[-3000:]
+    run_dir = finished_run(tmp_path, PIPELINE)
 
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     samples = [e for e in events if e["type"] == "samples"]

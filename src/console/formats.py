@@ -83,10 +83,7 @@ def ago(seconds: float | None) -> str:
     """An age in words for a table cell: `12m ago`, `just now` under a minute; `—` for none."""
     if seconds is None:
         return "—"
-    for unit, size in _AGE_UNITS:
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit} ago"
-    return "just now"
+    return "just now" if seconds < 60 else f"{age(seconds)} ago"
 
 
 def format_metric(value: float | None) -> str:
