@@ -325,6 +325,7 @@ data = "grpo.jsonl"
 reward = ["answer_similarity"]
 num_generations = 4
 max_completion_length = 4
+temperature = 3.0  # every group spreads on any base (tests/test_resume_final.py says why)
 train = { max_steps = 10, lr = 5e-3, batch_size = 8 }
 """
 

@@ -66,6 +66,7 @@ data = "grpo.jsonl"
 reward = ["answer_similarity"]
 num_generations = 4
 max_completion_length = 4
+temperature = 3.0
 train = { max_steps = 2, batch_size = 8, lr = 5e-3, scheduler = "constant", save_steps = 1 }
 """
 
@@ -212,8 +213,9 @@ def test_dpo_and_grpo_finish_from_their_final_checkpoint(tmp_path: Path, toy_bas
     assert (checkpoint / "ref" / "adapter_model.safetensors").is_file() == ref
     held = _adapter(checkpoint)
     # the stage did train: IPO from its reference's gradient; GRPO from the spread of a graded
-    # reward within each group of sampled completions (an exact-match reward can be all zeros
-    # on a base that rarely answers right at the start, and then nothing moves)
+    # reward within each group of sampled completions. Sampled at temperature 3 every group
+    # spreads on any base: a confident one answers the same four times at 1.0 (a seed-2 base:
+    # "2<|end|>" eight times out of eight), and identical completions have zero advantages
     assert not _equal(held, _adapter(run_dir / "stages" / "sft"))
 
     result, after = _resume(pf, run_dir)
