@@ -35,11 +35,16 @@ def test_family_runs_the_demo_chain_exports_exactly_and_converts(name: str,
                                                                  tmp_path: Path) -> None:
     spec = family(name)
     base = build_family(name)
-    run_dir, rows, said = run_detached(write_chain(tmp_path, name, base))
+    run_dir, rows, _said = run_detached(write_chain(tmp_path, name, base))
     finished = [r for r in rows if r["type"] == "run_finished"][-1]["data"]
     log = (run_dir / "engine.log").read_text()[-3000:]
     assert finished["status"] == "finished", (finished, log)
-    assert "rehearsal passed" in said
+    # the engine rehearsed the chain on the family's random-weight twin before stage 1
+    rehearsal = json.loads((run_dir / "rehearsal.json").read_text())
+    assert rehearsal["ok"], rehearsal
+    ended = [r["data"] for r in rows if r["type"] == "rehearsal"
+             and r["data"].get("phase") == "finished"]
+    assert [e["status"] for e in ended] == ["passed"], ended
     failed = [r["data"] for r in rows if r["type"] == "check_result"
               and r["data"]["status"] == "fail"]
     assert not failed
