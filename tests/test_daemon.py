@@ -80,9 +80,13 @@ def _wait(run_dir: Path, what: str, until: Callable[[list[dict]], bool],
             return rows
         info = client.read_state(run_dir)
         if not info.live and info.status != "unknown":
-            rows = _rows(run_dir)
-            if until(rows):
-                return rows
+            # the engine writes its final state first, then its last events: let them land
+            settle = time.monotonic() + 5
+            while time.monotonic() < settle:
+                rows = _rows(run_dir)
+                if until(rows):
+                    return rows
+                time.sleep(0.1)
             log = (run_dir / "engine.log").read_text()[-3000:]
             raise AssertionError(f"engine {info.status} before {what}\n{log}")
         time.sleep(0.1)

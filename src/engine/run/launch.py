@@ -157,6 +157,19 @@ def start_run(pipeline_path: Path, runs_dir: Path | None = None, *,
     return run_dir
 
 
+# An engine writes its final status, then its last events, then exits and drops the lock: a
+# resume asked for in that moment (right after `stop`) waits for the exit instead of calling
+# the ending engine alive.
+ENDING = ("stopped", "failed", "finished")
+EXIT_WAIT_S = 15.0
+
+
+def _wait_for_exit(run_dir: Path) -> None:
+    deadline = time.monotonic() + EXIT_WAIT_S
+    while lock_held(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def resume_run(run_dir: Path) -> int:
     """Start a new engine on a run that is not running (crashed, stopped, failed); its pid."""
     run_dir = Path(run_dir).resolve()
@@ -164,6 +177,8 @@ def resume_run(run_dir: Path) -> int:
     state = runstate.read(run_dir)
     if state is not None:
         status = runstate.effective_status(state)
+        if state.status in ENDING and lock_held(run_dir):
+            _wait_for_exit(run_dir)
         if lock_held(run_dir) and status not in runstate.LIVE:
             # alive whatever its heartbeat says (a full disk takes no heartbeat)
             raise LaunchError(f"run {run_dir.name} is alive: its engine (pid {state.pid}) holds "
