@@ -26,7 +26,7 @@ from graftline.engine.common.layout import (
     RUN_META,
     STATE,
 )
-from graftline.engine.common.liveness import lock_held
+from graftline.engine.common.liveness import lock_held, process_alive
 from graftline.engine.common.private import (
     PRIVATE_UMASK,
     USER_UMASK_ENV,
@@ -157,9 +157,9 @@ def start_run(pipeline_path: Path, runs_dir: Path | None = None, *,
     return run_dir
 
 
-# An engine writes its final status, then its last events, then exits and drops the lock: a
-# resume asked for in that moment (right after `stop`) waits for the exit instead of calling
-# the ending engine alive.
+# An engine writes its final status, then its last events, then exits and drops the lock; a
+# killed one's lock goes with the last of its process tree. A resume asked for in that moment
+# (right after `stop`, or a kill) waits for the lock instead of calling the ending engine alive.
 ENDING = ("stopped", "failed", "finished")
 EXIT_WAIT_S = 15.0
 
@@ -177,7 +177,8 @@ def resume_run(run_dir: Path) -> int:
     state = runstate.read(run_dir)
     if state is not None:
         status = runstate.effective_status(state)
-        if state.status in ENDING and lock_held(run_dir):
+        engine_gone = not process_alive(state.pid, state.pid_started)
+        if (state.status in ENDING or engine_gone) and lock_held(run_dir):
             _wait_for_exit(run_dir)
         if lock_held(run_dir) and status not in runstate.LIVE:
             # alive whatever its heartbeat says (a full disk takes no heartbeat)
