@@ -13,7 +13,9 @@ comma := ,
 EXTRAS := $(if $(HAS_CUDA),dev$(comma)gguf$(comma)unsloth,dev$(comma)gguf)
 # One pytest worker per core, a test file to a worker: a file's module fixtures (a shared engine
 # run) stay in one process, and the snapshot file's fixed folder is never used twice at once.
-PYTEST_ARGS ?= -n auto --dist loadfile --no-loadscope-reorder
+# Tests marked `spread` (long, independent: the family matrix) go one by one to whichever worker
+# is free (tests/conftest.py sets the groups).
+PYTEST_ARGS ?= -n auto --dist loadgroup --no-loadscope-reorder
 
 .PHONY: setup demo test lint bench clean
 

@@ -47,18 +47,28 @@ def _own_state_and_config(tmp_path_factory: pytest.TempPathFactory,
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The order files are handed to xdist's workers (`--dist loadfile --no-loadscope-reorder`).
+    """How the tests are shared between xdist's workers (`--dist loadgroup
+    --no-loadscope-reorder`): a file's tests stay together on one worker (its module fixtures are
+    built once), except tests marked `spread`, which each go to whichever worker is free. A file
+    of long independent tests (the family matrix) would otherwise hold one worker for most of
+    the suite while the other sits idle.
 
-    The toy base ships with graftline and is only copied into an empty cache, but a forced
-    `GRAFTLINE_TOY_SEED` builds it (about 90 s, under a lock) and every other worker that needs
-    it waits. So: first one file that needs it (its worker builds), then every file that never
-    asks for it (the other worker runs them meanwhile), then the rest, the files with the most
-    slow tests first so that no long file starts last. Within a file, the order is the file's
-    own."""
+    The order: the toy base ships with graftline and is only copied into an empty cache, but a
+    forced `GRAFTLINE_TOY_SEED` builds it (about 90 s, under a lock) and every other worker that
+    needs it waits. So: first one file that needs it (its worker builds), then the spread tests,
+    slow first (they balance the workers best while there is most left to do), then every file
+    that never asks for the base, then the rest, the files with the most slow tests first so that
+    no long file starts last. Within a file, the order is the file's own."""
     files: dict[str, list[pytest.Item]] = {}
+    spread: list[pytest.Item] = []
     for item in items:
-        files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+        if item.get_closest_marker("spread"):
+            spread.append(item)
+        else:
+            files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
 
     def needs_base(file: list[pytest.Item]) -> bool:
         return any(name.startswith("toy_base") for item in file
@@ -69,7 +79,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     building = sorted((f for f in files.values() if needs_base(f)), key=weight)
     rest = [f for f in files.values() if not needs_base(f)]
-    order = building[:1] + rest + building[1:]
+    spread.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    order = building[:1] + [[item] for item in spread] + rest + building[1:]
     items[:] = [item for file in order for item in file]
 
 

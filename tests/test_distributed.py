@@ -29,7 +29,8 @@ from graftline.engine.run.events import EVENTS, read_raw
 from graftline.engine.run.runner import run_pipeline
 from graftline.engine.toy.tasks import grpo_rows, preference_rows, sft_rows
 
-pytestmark = pytest.mark.slow
+# each test starts its own ranks on free ports: any worker may take any of them
+pytestmark = [pytest.mark.slow, pytest.mark.spread]
 # Same global batch, same data order: two ranks × 4 rows against one process × 8 rows. DDP
 # averages the ranks' gradients in another order than one process sums them; measured on this
 # machine the adapters differ by 2e-6 with weights up to 0.1.
@@ -505,4 +506,4 @@ def _steps_started(rows: list[dict], since: int) -> str:
 
 
 if sys.platform != "linux":  # /proc and the parent-death signal
-    pytestmark = [pytestmark, pytest.mark.skip(reason="Linux only")]
+    pytestmark = [*pytestmark, pytest.mark.skip(reason="Linux only")]

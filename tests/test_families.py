@@ -30,6 +30,7 @@ EXPORT_BOUND = 1e-5  # max |logit diff| of the export against plain PEFT's chain
 
 
 @pytest.mark.slow
+@pytest.mark.spread
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_family_runs_the_demo_chain_exports_exactly_and_converts(name: str,
                                                                  tmp_path: Path) -> None:
@@ -131,6 +132,7 @@ def _random_adapter(base: Path, out: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.spread
 @pytest.mark.parametrize("name", ["qwen3_moe", "gpt_oss", "gemma3"])
 def test_experts_and_padded_embeddings_convert_and_verify(name: str, tmp_path: Path) -> None:
     """Mixture-of-experts (per-expert tensors stacked; gpt-oss's fused experts transposed and
