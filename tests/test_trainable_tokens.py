@@ -101,6 +101,15 @@ def test_validate_resolves_tokens_and_names_an_unknown_one(untrained_base: Path,
     assert bad.field == "lora.trainable_tokens" and "lora = {" in text[bad.line - 1]
     assert '"<|eot_id|>"' in bad.message
     assert '"<|end|>"' in (bad.fix or "") and '"template"' in (bad.fix or "")
+    # in [defaults]: said once, at the defaults' lora line, however many stages inherit it
+    path = tmp_path / "p.toml"
+    path.write_text(header(untrained_base) + '[defaults]\nlora = { trainable_tokens = ["<|x|>"] }\n'
+                    + SFT.format(tokens="").replace("lora = { r = 8 }\n", "")
+                    + SFT.format(tokens="").replace('"sft"\nkind', '"sft2"\nkind')
+                    .replace("lora = { r = 8 }\n", ""))
+    errors = [p for p in validate_file(path)[1] if p.severity == "error"]
+    assert len(errors) == 1 and errors[0].field == "defaults.lora.trainable_tokens", errors
+    assert errors[0].line == 7 and '"<|x|>"' in errors[0].message
 
 
 def _end_of_turn(sink: ListSink, stage: str) -> dict:

@@ -253,6 +253,7 @@ def trainable_token_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
     tokenizer whose chat template writes no special token: errors, at the `lora` line."""
     from graftline.engine.pipeline.file import DEFAULTS_BLOCK
 
+    said: set[tuple[int | None, str]] = set()  # [defaults]' field: once, not once per stage
     for step, folder, wanted in _asking(pf, plan):
         try:
             vocab, template = tokenizer_vocab(folder), template_tokens(folder)
@@ -266,7 +267,10 @@ def trainable_token_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
         own = block is not None and "lora" in block.keys
         line = pf.line(step.name, "lora") if own else pf.line(DEFAULTS_BLOCK, "lora")
         field = "lora.trainable_tokens" if own else "defaults.lora.trainable_tokens"
-        stage = step.name
+        stage = step.name if own else None
+        if (line, str(folder)) in said:
+            continue
+        said.add((line, str(folder)))
         special = ", ".join(json.dumps(t) for t in sorted(template, key=template.__getitem__))
         if unknown:
             yield Problem(
