@@ -245,3 +245,20 @@ def test_export_merges_token_rows_of_tied_embeddings_exactly(toy_base_tied: Path
     probe = torch.tensor([[1, 4, 7, 8, 18, 9, 10, 5, 12, end]])
     diff = float((_logits(exported, probe) - _logits(reference, probe)).abs().max())
     assert diff <= EXPORT_BOUND, diff
+
+
+def test_end_of_turn_verdicts_say_low_from_the_start_dropped_or_fine() -> None:
+    from graftline.engine.stages.checks import end_of_turn
+
+    low = end_of_turn(0.02, 0.03, "<|eot_id|>", trained=False, rows=8)
+    assert low.status == "warn" and "already low at the start" in low.message
+    assert 'trainable_tokens = ["<|eot_id|>"]' in low.data["fix"]
+    dropped = end_of_turn(0.9, 0.2, "<|eot_id|>", trained=False, rows=8)
+    assert dropped.status == "warn" and "dropped from 0.90" in dropped.message
+    trained = end_of_turn(0.02, 0.2, "<|eot_id|>", trained=True, rows=8)
+    assert trained.status == "warn" and "more steps" in trained.data["fix"]
+    assert end_of_turn(0.5, 0.97, "<|end|>", trained=False, rows=8).status == "pass"
+    # a random-weight twin: reported, never judged; nothing to measure: said so
+    twin = end_of_turn(0.01, 0.01, "<|end|>", trained=False, judge=False, rows=8)
+    assert twin.status == "pass" and "not judged" in twin.message
+    assert "not measured" in end_of_turn(None, None, "<|end|>", trained=False).message
