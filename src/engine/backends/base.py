@@ -35,9 +35,11 @@ class Backend(ABC):
         """(model, tokenizer) for a full model directory or hub id."""
 
     @abstractmethod
-    def new_adapter(self, model: Any, lora: spec.Lora, seed: int = 0) -> tuple[Any, Any]:
+    def new_adapter(self, model: Any, lora: spec.Lora, seed: int = 0,
+                    tokenizer: Any = None) -> tuple[Any, Any]:
         """(model, peft_config_for_trl): a fresh `default` adapter, either applied here (and no
-        config for TRL) or described by a LoraConfig that TRL applies — never both."""
+        config for TRL) or described by a LoraConfig that TRL applies — never both. The
+        tokenizer resolves `lora.trainable_tokens` to ids."""
 
     def load_adapter(self, model: Any, adapter_dir: str | Path, *, trainable: bool = True) -> Any:
         """The saved adapter as the one trainable `default` adapter of a PeftModel."""
@@ -109,11 +111,55 @@ def select_backend(requested: str) -> Backend:
     return HFBackend()
 
 
-def lora_config(lora: spec.Lora) -> Any:
+def trainable_token_ids(lora: spec.Lora, tokenizer: Any) -> list[int]:
+    """`lora.trainable_tokens` as ids of the stage's tokenizer ("template": the special tokens
+    its chat template writes). Validate said it first; this is the stage's own word on it."""
+    from graftline.engine.pipeline.template_tokens import (
+        resolve_trainable_tokens,
+        written_by_template,
+    )
+
+    if not lora.trainable_tokens:
+        return []
+    special = {str(t.content): int(i) for i, t in
+               getattr(tokenizer, "added_tokens_decoder", {}).items() if t.special}
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    written = written_by_template(template, special, tokenizer.bos_token, tokenizer.eos_token)
+    found, unknown = resolve_trainable_tokens(lora.trainable_tokens, tokenizer.get_vocab(),
+                                              written)
+    if unknown:
+        raise BackendError(f"lora.trainable_tokens names {unknown}, which the stage's tokenizer "
+                           "does not have as one token",
+                           "name tokens exactly as the tokenizer spells them, or use "
+                           'trainable_tokens = "template"')
+    if not found:
+        raise BackendError('lora.trainable_tokens = "template", but the chat template writes no '
+                           "special token", 'list the tokens to train, e.g. ["<|eot_id|>"]')
+    return sorted(set(found.values()))
+
+
+def trainable_token_indices(model: Any, ids: list[int]) -> list[int] | dict[str, list[int]]:
+    """PEFT's `trainable_token_indices` for `ids`: the list form (the input embedding) when the
+    output embedding is tied to it (PEFT then shares one delta between both), else the same rows
+    of the input embedding AND of the output layer by module name, so both train."""
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if out is None or out.weight is inp.weight:
+        return list(ids)
+    names = {id(module): name for name, module in model.named_modules()}
+    return {names[id(inp)]: list(ids), names[id(out)]: list(ids)}
+
+
+def lora_config(lora: spec.Lora, model: Any = None, tokenizer: Any = None) -> Any:
+    """PEFT's LoraConfig for `lora`; `model` and `tokenizer` resolve `trainable_tokens`."""
     from peft import LoraConfig
 
     extra: dict[str, Any] = ({"target_parameters": list(lora.target_parameters)}
                              if lora.target_parameters else {})
+    if lora.trainable_tokens:
+        if model is None or tokenizer is None:
+            raise ValueError("lora.trainable_tokens needs the model and its tokenizer")
+        ids = trainable_token_ids(lora, tokenizer)
+        extra["trainable_token_indices"] = trainable_token_indices(model, ids)
     return LoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.dropout,
                       target_modules=lora.target_modules, use_rslora=lora.use_rslora,
                       use_dora=lora.use_dora, bias="none", task_type="CAUSAL_LM", **extra)

@@ -63,6 +63,7 @@ class HFBackend(Backend):
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         return model, tokenizer
 
-    def new_adapter(self, model: Any, lora: spec.Lora, seed: int = 0) -> tuple[Any, Any]:
+    def new_adapter(self, model: Any, lora: spec.Lora, seed: int = 0,
+                    tokenizer: Any = None) -> tuple[Any, Any]:
         # TRL applies it: the trainer then owns exactly one adapter, `default`.
-        return model, lora_config(lora)
+        return model, lora_config(lora, model, tokenizer)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from graftline.engine.backends.base import DECODER_PROJECTIONS, Backend
+from graftline.engine.backends.base import DECODER_PROJECTIONS, Backend, BackendError
 from graftline.engine.pipeline import spec
 
 
@@ -39,7 +39,13 @@ class UnslothBackend(Backend):
             tokenizer.pad_token = tokenizer.eos_token
         return model, tokenizer
 
-    def new_adapter(self, model: Any, lora: spec.Lora, seed: int = 0) -> tuple[Any, Any]:
+    def new_adapter(self, model: Any, lora: spec.Lora, seed: int = 0,
+                    tokenizer: Any = None) -> tuple[Any, Any]:
+        if lora.trainable_tokens:
+            # Unsloth's get_peft_model has no trainable_token_indices; a silently dropped field
+            # would train a model that never stops
+            raise BackendError("lora.trainable_tokens is not supported by the unsloth backend",
+                               'use backend = "hf" for the stages that train token rows')
         flm = _fast_language_model()
         targets = DECODER_PROJECTIONS if lora.target_modules == "all-linear" \
             else list(lora.target_modules)

@@ -10,6 +10,11 @@ module's weight as `<module>.weight`. `modules_to_save` weights are saved under 
 `<module>.weight` key (PEFT strips `modules_to_save.<adapter>`), and an adapter that targets an
 embedding also saves the embedding's base layer (`<module>.base_layer.weight`), which PEFT loads
 over the base's: both replace the base tensor here as they do there.
+
+Trained token rows (`lora.trainable_tokens`, PEFT's `trainable_token_indices`) are saved as
+`<module>.token_adapter.trainable_tokens_delta`: the new ROWS themselves, which PEFT's merge
+writes over the base's (`weight.index_copy(0, indices, rows)`, a replacement, not an addition).
+On tied embeddings one set of rows serves both sides, so the tie holds.
 """
 
 from __future__ import annotations
@@ -60,7 +65,6 @@ _UNSUPPORTED: dict[str, str] = {
     "use_dora": "DoRA rescales each merged column by a learned magnitude over the weight norm",
     "lora_bias": "the adapter trains a bias on lora_B",
     "layer_replication": "the adapter replicates base layers",
-    "trainable_token_indices": "the adapter trains individual token embeddings",
     "alora_invocation_tokens": "an activated LoRA only applies after its invocation tokens",
     "use_qalora": "QA-LoRA pools inputs in groups",
     "use_bdlora": "block-diagonal LoRA shards its matrices",
@@ -90,12 +94,21 @@ class LoraDelta:
 
 
 @dataclass(frozen=True)
+class TokenRows:
+    """Rows of a base tensor that the adapter replaces: row `indices[i]` := adapter row i."""
+
+    key: str  # the adapter tensor holding the rows, [len(indices), dim]
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class AdapterPlan:
     path: Path
     config: dict[str, Any]
     deltas: dict[str, LoraDelta]  # by the base tensor it changes
     replacements: dict[str, str]  # base tensor -> adapter tensor that replaces it
     headers: dict[str, TensorInfo]
+    token_rows: dict[str, TokenRows] = dataclass_field(default_factory=dict)  # by base tensor
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,7 @@ class TensorJob:
     info: TensorInfo
     delta: LoraDelta | None
     dtype: str  # output safetensors dtype
+    tokens: TokenRows | None = None  # rows written over the (merged) tensor
 
     @property
     def out_bytes(self) -> int:
@@ -233,11 +247,16 @@ def analyse_adapter(adapter: Path, base_tensors: dict[str, tuple[Path, TensorInf
 
     pairs: dict[str, dict[str, str]] = {}
     replacements: dict[str, str] = {}
+    rows: dict[str, str] = {}  # module -> its trained token rows
     for key in headers:
         if not key.startswith(PEFT_PREFIX):
             raise ExportRefused(f"adapter tensor {key!r} is not under {PEFT_PREFIX!r}",
                                 path=weights, fix="save the adapter with PEFT's save_pretrained")
         rest = key[len(PEFT_PREFIX):]
+        token_match = re.fullmatch(r"(.+)\.token_adapter\.trainable_tokens_delta", rest)
+        if token_match:
+            rows[token_match.group(1)] = key
+            continue
         match = re.fullmatch(r"(.+)\.(lora_A|lora_B)\.weight|(.+)\.(lora_embedding_[AB])", rest)
         if match:
             module = match.group(1) or match.group(3)
@@ -311,7 +330,65 @@ def analyse_adapter(adapter: Path, base_tensors: dict[str, tuple[Path, TensorInf
             layout, set(deltas) | set(replacements)):
         raise ExportRefused("ensure_weight_tying shares the adapter between tied embeddings; "
                             "export cannot reproduce that exactly", path=config_path)
-    return AdapterPlan(adapter, config, deltas, replacements, headers)
+    token_rows = _token_rows(rows, config, headers, base_tensors, layout, weights)
+    for target in token_rows:
+        if target in deltas or target in replacements:
+            raise ExportRefused(f"the adapter both trains token rows of {target} and changes the "
+                                "whole tensor; export cannot order the two as PEFT does",
+                                path=weights, fix="merge in memory with PEFT (merge_and_unload)")
+    return AdapterPlan(adapter, config, deltas, replacements, headers, token_rows)
+
+
+def _token_rows(rows: dict[str, str], config: dict[str, Any], headers: dict[str, TensorInfo],
+                base_tensors: dict[str, tuple[Path, TensorInfo]], layout: ModelLayout,
+                weights: Path) -> dict[str, TokenRows]:
+    """The rows each trained-token module writes over its base tensor (by base tensor).
+
+    `trainable_token_indices` is a list (the input embedding's rows) or one list per module name
+    (a name matches the module or its last dotted parts). On a tied base PEFT ties the output
+    layer to the embedding's rows: the output embedding gets the same rows (it matters when the
+    base stores it, or when the export unties it for another reason)."""
+    indices = config.get("trainable_token_indices")
+    if not rows:
+        if indices:
+            raise ExportRefused("the adapter config names trainable_token_indices but the "
+                                "adapter holds no token rows", path=weights,
+                                fix="re-save the adapter with PEFT's save_pretrained")
+        return {}
+    embedding = layout.input_embedding.removesuffix(".weight") if layout.input_embedding \
+        else None
+    found: dict[str, TokenRows] = {}
+    for module, key in sorted(rows.items()):
+        if isinstance(indices, dict):
+            wanted = [ids for name, ids in indices.items()
+                      if module == name or module.endswith(f".{name}")]
+        else:
+            wanted = [indices] if indices and module == embedding else []
+        if len(wanted) != 1:
+            raise ExportRefused(f"the adapter trains token rows of {module}, which its config's "
+                                f"trainable_token_indices ({indices}) does not name once",
+                                path=weights, fix="check the adapter's adapter_config.json")
+        ids = tuple(int(i) for i in wanted[0])
+        target = f"{module}.weight"
+        shape = _base_shape(target, base_tensors, layout)
+        info = headers[key]
+        if len(shape) != 2 or len(info.shape) != 2 or info.shape != (len(ids), shape[1]) or \
+                not all(0 <= i < shape[0] for i in ids):
+            raise ExportRefused(
+                f"{module}: the adapter's token rows {list(info.shape)} at ids {list(ids)} do not "
+                f"fit the base's {target} {list(shape)}", path=weights,
+                fix="check that the adapter was trained on this base (a resized vocabulary "
+                    "cannot be merged here)")
+        found[target] = TokenRows(key, ids)
+    tied = layout.output_embedding if layout.tied else None
+    if tied and layout.input_embedding in found:
+        if tied in found and found[tied].indices != found[layout.input_embedding].indices:
+            raise ExportRefused("the adapter trains different token rows on the two sides of "
+                                "tied embeddings; one merged tensor cannot hold both",
+                                path=weights, fix="merge in memory with PEFT and check it, or "
+                                "train the same tokens on both sides")
+        found.setdefault(tied, found[layout.input_embedding])
+    return found
 
 
 def _targets(config: dict[str, Any]) -> list[str]:
@@ -511,8 +588,9 @@ def _job(key: str, source: Path, info: TensorInfo, adapter: AdapterPlan | None,
         source = adapter.path / ADAPTER_SAFETENSORS
         info = adapter.headers[adapter.replacements[key]]
     delta = adapter.deltas.get(key) if adapter is not None else None
+    tokens = adapter.token_rows.get(key) if adapter is not None else None
     dtype = out_dtype if info.dtype in _FLOAT_DTYPES else info.dtype
-    return TensorJob(key, source, info, delta, dtype)
+    return TensorJob(key, source, info, delta, dtype, tokens)
 
 
 # fp32 rows merged at a time: small enough to stay in cache between the load, the product and
@@ -523,9 +601,16 @@ _BLOCK_ELEMENTS = 1 << 18
 def merged_tensor(job: TensorJob, read: Callable[[Path, TensorInfo], torch.Tensor],
                   adapter_headers: dict[str, TensorInfo],
                   adapter_file: Path | None) -> torch.Tensor:
-    """The output tensor of one job: the base tensor plus its LoRA delta, added in fp32, cast."""
+    """The output tensor of one job: the base tensor plus its LoRA delta, added in fp32, cast;
+    or the base tensor with its trained token rows written over it."""
     tensor = read(job.source, job.info)
     target = DTYPES[job.dtype]
+    if job.tokens is not None:
+        assert adapter_file is not None
+        # PEFT's merge: index_copy of the rows cast to the base's dtype, then the model's cast
+        new_rows = read(adapter_file, adapter_headers[job.tokens.key]).to(tensor.dtype)
+        tensor = tensor.index_copy(0, torch.tensor(job.tokens.indices), new_rows)
+        return tensor if tensor.dtype == target else tensor.to(target)
     if job.delta is None:
         return tensor if tensor.dtype == target else tensor.to(target)
     assert adapter_file is not None
@@ -610,7 +695,7 @@ def write_shards(shards: tuple[OutShard, ...], out: Path, adapter: AdapterPlan |
                                       fsync=fsync)
                 writers.append(writer)
                 for job in shard.jobs:
-                    if job.delta is None and job.dtype == job.info.dtype:
+                    if job.delta is None and job.tokens is None and job.dtype == job.info.dtype:
                         io.submit(writer.copy_from, job.name, handle(copies, job.source),
                                   job.info)
                     else:
@@ -632,5 +717,5 @@ def write_shards(shards: tuple[OutShard, ...], out: Path, adapter: AdapterPlan |
 
 
 __all__ = ["EXPORT_DTYPES", "NAMES", "AdapterPlan", "LoraDelta", "ModelLayout", "OutShard",
-           "TensorJob", "analyse_adapter", "base_headers", "model_layout", "must_untie",
-           "plan_tensors", "write_shards"]
+           "TensorJob", "TokenRows", "analyse_adapter", "base_headers", "model_layout",
+           "must_untie", "plan_tensors", "write_shards"]

@@ -54,6 +54,9 @@ class LoraSpec(BaseModel):
     target_modules: list[str] | str = "all-linear"
     use_rslora: bool = False
     use_dora: bool = False
+    # token ids whose embedding/lm_head rows the adapter trains (PEFT's trainable_token_indices);
+    # None: not recorded (manifests written before graftline trained token rows)
+    trainable_tokens: list[int] | None = None
 
 
 class CheckResult(BaseModel):

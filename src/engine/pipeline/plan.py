@@ -596,7 +596,12 @@ def _starts_from(
 
 def _writes(stage: spec.AnyStage, lora: spec.Lora | None) -> str:
     if isinstance(stage, spec.TrainingStage):
-        return f"adapter r={lora.r} α={lora.lora_alpha}" if lora is not None else ""
+        if lora is None:
+            return ""
+        rows = lora.trainable_tokens
+        tokens = "" if not rows else " + the template's token rows" if rows == "template" \
+            else f" + token rows {', '.join(rows)}"
+        return f"adapter r={lora.r} α={lora.lora_alpha}{tokens}"
     if isinstance(stage, spec.MergeStage):
         return "full merged model (config, tokenizer, weights)"
     if isinstance(stage, spec.CombineStage):

@@ -75,6 +75,11 @@ class Lora(Strict):
     # model's ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"] (experts are parameters,
     # not nn.Linear modules, so target_modules cannot name them)
     target_parameters: list[str] = Field(default_factory=list)
+    # token rows (embedding and lm_head) trained beside the LoRA: tokens of the stage's
+    # tokenizer, e.g. ["<|eot_id|>"], or "template" for every special token the chat template
+    # writes. A LoRA on the linear layers cannot train these rows, and a base that never learned
+    # its template's end-of-turn token answers and never stops (PEFT's trainable_token_indices).
+    trainable_tokens: list[str] | Literal["template"] = Field(default_factory=list)
     use_rslora: bool = False
     use_dora: bool = False
 

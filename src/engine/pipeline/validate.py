@@ -7,6 +7,7 @@ export targets, the runs directory, and the disk forecast.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,12 +162,14 @@ def _stage_problems(pf: PipelineFile) -> Iterator[Problem]:
             )
 
 
-def _template_token_problems(pf: PipelineFile) -> Iterator[Problem]:
+def _template_token_problems(pf: PipelineFile, plan: Plan) -> Iterator[Problem]:
     """Chat-template tokens the base never learned (their embedding/lm_head rows untrained):
-    a LoRA on linear layers cannot learn them, and the model answers and never stops."""
+    a LoRA on linear layers cannot learn them, and the model answers and never stops — unless
+    the stages train those rows (`lora.trainable_tokens`), whose tokens are checked here too."""
+    from graftline.engine.pipeline import template_tokens as tt
     from graftline.engine.pipeline.modelinfo import config_path
-    from graftline.engine.pipeline.template_tokens import untrained_template_tokens
 
+    yield from tt.trainable_token_problems(pf, plan)
     base = pf.pipeline.pipeline.base
     if base.startswith("toy:"):
         return
@@ -174,21 +177,23 @@ def _template_token_problems(pf: PipelineFile) -> Iterator[Problem]:
     if found is None:
         return
     try:
-        untrained = untrained_template_tokens(found.parent)
+        untrained = tt.untrained_template_tokens(found.parent)
+        if not untrained or tt.covered(untrained, plan, tt.trainable_token_ids(pf, plan)):
+            return
     except Exception:  # unreadable files: the other checks say what is wrong with them
-        return
-    if not untrained:
         return
     names = ", ".join(f"{t.token} (id {t.id}, {t.where} row at {t.ratio:.0%} of the trained "
                       "rows' scale)" for t in untrained[:4])
-    ids = [t.id for t in untrained]
+    tokens = ", ".join(json.dumps(t.token) for t in untrained)
     yield Problem(
         f"the chat template uses token(s) the base never learned: {names}. A LoRA on the "
         "linear layers cannot train their embedding and lm_head rows: the model will answer "
         "and never stop (or never start a turn)",
         str(pf.path), pf.line(HEADER_BLOCK, "base"), None, "pipeline.base",
-        f"train those rows (PEFT's trainable_token_indices = {ids} on the embedding), or start "
-        "from the instruct model, whose template tokens are trained",
+        f"train those rows: lora = {{ ..., trainable_tokens = [{tokens}] }} in [defaults] (or "
+        "in each stage that starts from the base; PEFT's trainable_token_indices = "
+        f"{[t.id for t in untrained]} underneath), or start from the instruct model, whose "
+        "template tokens are trained",
         severity="warning", code="untrained_template_tokens")
 
 
@@ -353,7 +358,7 @@ def validate(pf: PipelineFile, runs: Path | None = None) -> list[Problem]:
         *_data_problems(pf, plan),
         *_reward_problems(pf),
         *_environment_problems(pf, plan, runs),
-        *_template_token_problems(pf),
+        *_template_token_problems(pf, plan),
         *_cleanup_problems(pf),
         *limits.name_problems(pf),
         *limits.lora_problems(pf),

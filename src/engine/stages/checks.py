@@ -77,8 +77,13 @@ def _peft_config(model: Any) -> dict[str, Any]:
     return dict(getattr(model, "peft_config", None) or {})
 
 
+# The adapter's own weights besides lora_A/B: full copies of modules (`modules_to_save`) and the
+# rows of the tokens it trains (`lora.trainable_tokens`: `token_adapter.trainable_tokens_delta`).
+ADAPTER_PARTS = ("lora_", "modules_to_save", "trainable_tokens_")
+
+
 def _is_lora_param(name: str, adapter: str = ADAPTER) -> bool:
-    return ("lora_" in name or "modules_to_save" in name) and f".{adapter}" in name
+    return any(part in name for part in ADAPTER_PARTS) and f".{adapter}" in name
 
 
 def adapters(model: Any, *, allowed_frozen: Sequence[str] = (REFERENCE_ADAPTER,)) -> CheckResult:
@@ -172,16 +177,33 @@ def lora_config_kept(expected: LoraSpec, model: Any) -> CheckResult:
     config = _peft_config(model).get(ADAPTER)
     if config is None:
         return verdict("lora_config_kept", "fail", "no `default` adapter to compare")
-    got = {"r": config.r, "alpha": config.lora_alpha}
-    want = {"r": expected.r, "alpha": expected.alpha}
+    got: dict[str, Any] = {"r": config.r, "alpha": config.lora_alpha}
+    want: dict[str, Any] = {"r": expected.r, "alpha": expected.alpha}
+    if expected.trainable_tokens is not None:  # recorded: the trained token rows go on too
+        got["trainable_tokens"] = token_ids_of(config)
+        want["trainable_tokens"] = sorted(expected.trainable_tokens)
+    tokens = f", trainable tokens {got['trainable_tokens']}" \
+        if got.get("trainable_tokens") else ""
     if got != want:
         return verdict("lora_config_kept", "fail",
-                       f"the continued adapter has r={got['r']} α={got['alpha']}, its parent "
-                       f"was saved with r={want['r']} α={want['alpha']}",
+                       f"the continued adapter has r={got['r']} α={got['alpha']}"
+                       f"{tokens}, its parent was saved with r={want['r']} α={want['alpha']}"
+                       + (f", trainable tokens {want['trainable_tokens']}"
+                          if want.get("trainable_tokens") else ""),
                        cause="a different LoRA config replaced the continued one",
                        fix="continue with the parent's config, or merge and start a new adapter",
                        got=got, expected=want)
-    return verdict("lora_config_kept", "pass", f"r={got['r']} α={got['alpha']} as the parent")
+    return verdict("lora_config_kept", "pass",
+                   f"r={got['r']} α={got['alpha']}{tokens} as the parent")
+
+
+def token_ids_of(config: Any) -> list[int]:
+    """The token ids whose rows a PEFT LoraConfig trains (`trainable_token_indices`, a list or
+    one list per module: the same rows on the embedding and an untied lm_head)."""
+    found = getattr(config, "trainable_token_indices", None) or []
+    if isinstance(found, dict):
+        return sorted({int(i) for ids in found.values() for i in ids})
+    return sorted({int(i) for i in found})
 
 
 # ---------------------------------------------------------------- base weights
@@ -196,7 +218,7 @@ def fingerprint(model: Any) -> dict[str, tuple[float, float]]:
     change to any sampled element changes it."""
     prints: dict[str, tuple[float, float]] = {}
     for name, param in model.named_parameters():
-        if "lora_" in name or "modules_to_save" in name or f".{REFERENCE_ADAPTER}." in name:
+        if any(part in name for part in ADAPTER_PARTS) or f".{REFERENCE_ADAPTER}." in name:
             continue
         flat = param.detach().reshape(-1)
         if flat.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
@@ -415,6 +437,49 @@ def generation_sanity(before: list[Generation], after: list[Generation], probes:
                        "before the stage", **data)
     return verdict("generation_sanity", "pass", f"{total - n_after}/{total} probes answer",
                    **data)
+
+
+# ---------------------------------------------------------------- the end of the turn
+
+# Below this mean probability of the end-of-turn token right after a right answer, the model
+# gives the answer and goes on (a healthy chat model puts most of its mass there).
+END_OF_TURN_LOW = 0.5
+END_OF_TURN_ROWS = 8  # rows of the stage's data measured (one forward pass)
+
+
+def end_of_turn(before: float | None, after: float | None, token: str, *, trained: bool,
+                judge: bool = True, rows: int = 0) -> CheckResult:
+    """P(end-of-turn | prompt + expected answer), teacher-forced, at the stage's start and end.
+    Low after the stage is a warning, never a failure (the stage's adapter is sound; the model
+    does not stop); on a random-weight twin (`judge` False) it is only reported."""
+    if after is None:
+        return verdict("end_of_turn", "pass", "not measured: no chat rows with an expected "
+                       "answer in the stage's data", rows=0)
+    data: dict[str, Any] = {"before": before, "after": after, "token": token, "rows": rows,
+                            "threshold": END_OF_TURN_LOW, "trained": trained}
+    was = f"{before:.2f} at the start" if before is not None else "not measured at the start"
+    said = f"P({token} | prompt + expected answer) {after:.2f} after the stage ({was})"
+    if not judge:
+        return verdict("end_of_turn", "pass", f"{said} — on a random-weight twin: reported, not "
+                       "judged", **data)
+    if after >= END_OF_TURN_LOW:
+        return verdict("end_of_turn", "pass", said, **data)
+    how = "it was already low at the start" if before is None or before < END_OF_TURN_LOW \
+        else f"it dropped from {before:.2f} during the stage"
+    if trained:
+        fix = (f"the stage trains {token}'s rows but not enough yet: more steps or a higher "
+               "learning rate, then check again")
+    else:
+        fix = (f"train {token}'s embedding and lm_head rows: lora = {{ ..., trainable_tokens = "
+               f'["{token}"] }} (or "template") in the stage that starts the adapter, or start '
+               "from an instruct model whose template tokens are trained")
+    return verdict("end_of_turn", "warn",
+                   f"the model does not end its turn after right answers: P({token} | prompt + "
+                   f"expected answer) is {after:.2f} after the stage ({how}; a chat model "
+                   f"needs ≥ {END_OF_TURN_LOW})",
+                   cause="the base never learned the chat template's end-of-turn token, whose "
+                         "rows a LoRA on the linear layers cannot train" if not trained else "",
+                   fix=fix, **data)
 
 
 # ---------------------------------------------------------------- merges and saved adapters

@@ -16,7 +16,7 @@ from graftline.engine.common.layout import DONE, STAGES
 from graftline.engine.common.sink import Sink
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import spec
-from graftline.engine.stages.checks import CheckLog
+from graftline.engine.stages.checks import CheckLog, token_ids_of
 
 StageSpec = TypeVar("StageSpec", bound=spec.StageBase)
 
@@ -167,7 +167,8 @@ def lora_spec_from_config(config: Any) -> mf.LoraSpec:
     targets = sorted(targets) if isinstance(targets, set | list | tuple) else str(targets)
     return mf.LoraSpec(r=int(config.r), alpha=int(config.lora_alpha),
                        dropout=float(config.lora_dropout), target_modules=targets,
-                       use_rslora=bool(config.use_rslora), use_dora=bool(config.use_dora))
+                       use_rslora=bool(config.use_rslora), use_dora=bool(config.use_dora),
+                       trainable_tokens=token_ids_of(config))
 
 
 def load_full(ctx: StageContext, path: str | Path, *, for_merge: bool = False) -> tuple[Any, Any]:

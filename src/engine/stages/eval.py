@@ -72,20 +72,7 @@ def end_of_turn_probability(model: Any, tokenizer: Any, rows: list[dict[str, Any
     learned the template's end token, whose `lm_head` row no LoRA on the linear layers trains)
     shows it here, where greedy exact match does not. None without chat rows to measure."""
     model.eval()
-    prefixes: list[list[int]] = []
-    ends: list[int] = []
-    for row, answer in zip(rows, answers, strict=True):
-        prompt = row.get("prompt")
-        if not isinstance(prompt, list) or answer is None:
-            continue
-        head = tokenizer(prompt_text(tokenizer, prompt) + answer,
-                         add_special_tokens=False)["input_ids"]
-        full = tokenizer(tokenizer.apply_chat_template(
-            [*prompt, {"role": "assistant", "content": answer}], tokenize=False),
-            add_special_tokens=False)["input_ids"]
-        if len(full) > len(head) and full[:len(head)] == head:  # else the tokens merged across
-            prefixes.append(head)
-            ends.append(full[len(head)])
+    prefixes, ends = end_of_turn_targets(tokenizer, rows, answers)
     if not prefixes:
         return None
     total = 0.0
@@ -102,12 +89,56 @@ def end_of_turn_probability(model: Any, tokenizer: Any, rows: list[dict[str, Any
     return total / len(prefixes)
 
 
-def expected_answer(row: dict[str, Any]) -> str | None:
+def end_of_turn_targets(tokenizer: Any, rows: list[dict[str, Any]], answers: list[str | None]
+                        ) -> tuple[list[list[int]], list[int]]:
+    """(prompt + answer token ids, the token the chat template writes right after the answer)
+    for each chat row with an answer whose tokens do not merge across the turn's end."""
+    prefixes: list[list[int]] = []
+    ends: list[int] = []
+    for row, answer in zip(rows, answers, strict=True):
+        prompt = row.get("prompt")
+        if not isinstance(prompt, list) or answer is None:
+            continue
+        head = tokenizer(prompt_text(tokenizer, prompt) + answer,
+                         add_special_tokens=False)["input_ids"]
+        full = tokenizer(tokenizer.apply_chat_template(
+            [*prompt, {"role": "assistant", "content": answer}], tokenize=False),
+            add_special_tokens=False)["input_ids"]
+        if len(full) > len(head) and full[:len(head)] == head:  # else the tokens merged across
+            prefixes.append(head)
+            ends.append(full[len(head)])
+    return prefixes, ends
+
+
+def expected_answer(row: dict[str, Any], *, preferred: bool = False) -> str | None:
+    """The answer a row expects: its `answer`, else its completion; with `preferred`, a
+    preference row's `chosen` too."""
     if "answer" in row:
         return str(row["answer"]).strip()
     if "completion" in row:
         return completion_text(row["completion"]).strip()
+    if preferred and "chosen" in row:
+        return completion_text(row["chosen"]).strip()
     return None
+
+
+def answered_rows(rows: Any, limit: int) -> tuple[list[dict[str, Any]], list[str | None]]:
+    """Up to `limit` chat rows of a stage's data that carry an expected answer (prompt +
+    completion, prompt + answer, a preference row's chosen, or a conversation ending in the
+    assistant's turn), as (rows with a `prompt` conversation, answers)."""
+    picked: list[dict[str, Any]] = []
+    answers: list[str | None] = []
+    for row in rows:
+        messages = row.get("messages")
+        if isinstance(messages, list) and messages and messages[-1].get("role") == "assistant":
+            row = {"prompt": messages[:-1], "completion": [messages[-1]]}
+        answer = expected_answer(row, preferred=True)
+        if isinstance(row.get("prompt"), list) and answer:
+            picked.append(row)
+            answers.append(answer)
+            if len(picked) >= limit:
+                break
+    return picked, answers
 
 
 def run(ctx: StageContext) -> StageOutcome:

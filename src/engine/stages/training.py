@@ -10,6 +10,7 @@ plus a peft_config is a ValueError, or a silent second adapter). After DPO/GRPO 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,11 @@ from graftline.engine.stages.common import (
     stage_dir,
     training_parents,
 )
+from graftline.engine.stages.eval import (
+    answered_rows,
+    end_of_turn_probability,
+    end_of_turn_targets,
+)
 from graftline.engine.stages.stage_data import stage_rows
 
 BuildTrainer = Callable[[Any, Any, Any, Any, Any, StageCallback], Any]
@@ -47,7 +53,8 @@ def start_model(ctx: StageContext) -> tuple[Any, Any, Any]:
     if ctx.step.action == "continue":
         model = ctx.backend.load_adapter(model, ctx.parent_dir(), trainable=True)
         return model, tokenizer, None
-    model, peft_config = ctx.backend.new_adapter(model, ctx.step.lora, seed=ctx.seed)
+    model, peft_config = ctx.backend.new_adapter(model, ctx.step.lora, seed=ctx.seed,
+                                                 tokenizer=tokenizer)
     return model, tokenizer, peft_config
 
 
@@ -63,6 +70,36 @@ def _previous_sft_loss(ctx: StageContext) -> tuple[str, float | None] | None:
     if found is None or found.stage_kind != "sft":
         return None
     return parent, found.metrics.get("loss_last")
+
+
+class _EndOfTurn:
+    """The end-of-turn measure of one stage: the same ≤ 8 rows of its data at start and end."""
+
+    def __init__(self, rows: Any, tokenizer: Any) -> None:
+        head = rows.select(range(min(len(rows), 8 * checks.END_OF_TURN_ROWS)))
+        self.rows, self.answers = answered_rows(head, checks.END_OF_TURN_ROWS)
+        self.tokenizer = tokenizer
+        _, ends = end_of_turn_targets(tokenizer, self.rows, self.answers)
+        self.token_id = Counter(ends).most_common(1)[0][0] if ends else None
+
+    def measure(self, model: Any) -> float | None:
+        if self.token_id is None:
+            return None
+        was_training = model.training
+        try:
+            return end_of_turn_probability(model, self.tokenizer, self.rows, self.answers)
+        finally:
+            if was_training:
+                model.train()
+
+    def check(self, before: float | None, after: float | None, model: Any, *, judge: bool
+              ) -> mf.CheckResult:
+        token = str(self.tokenizer.convert_ids_to_tokens(self.token_id)) \
+            if self.token_id is not None else "end of turn"
+        config = getattr(model, "peft_config", {}).get(checks.ADAPTER)
+        trained = self.token_id in checks.token_ids_of(config) if config is not None else False
+        return checks.end_of_turn(before, after, token, trained=trained, judge=judge,
+                                  rows=len(self.rows))
 
 
 def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
@@ -94,12 +131,16 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
 
     callback = StageCallback(ctx.name, ctx.sink, ctx.control, ctx.global_step_offset,
                              on_first_log=first_log, on_begin=resumed)
+    # a continued adapter is a PeftModel already: TRL may use its head (and add `ref`) in __init__
+    trl_compat.token_rows_for_trl(model)
+    trl_compat.ref_copies_token_rows(model)
     trainer = build(model, tokenizer, peft_config, rows, eval_rows, callback)
     # progress goes through the sink; the Trainer's own printer would flood engine.log
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     guard_checkpoint_saves(trainer, ctx)  # a full disk pauses the save, never fails the stage
     policy = trainer.accelerator.unwrap_model(trainer.model)
+    trl_compat.token_rows_for_trl(policy)  # a new adapter: TRL wrapped the model just now
 
     began = time.perf_counter()
     allowed = (REFERENCE_ADAPTER,) if ctx.kind in ("dpo", "grpo") else ()
@@ -119,6 +160,8 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
     probes = probe_prompts(ctx, rows, count=checks.MIN_PROBES, at_least=True)
     said_before = checks.generate(policy, tokenizer, probes, PROBE_TOKENS)
     emit_samples(ctx, "start", probes, said_before)
+    end_of_turn = _EndOfTurn(rows, tokenizer)
+    ended_before = end_of_turn.measure(policy)
     spent += time.perf_counter() - began
 
     final = resume.final_step(ctx.resume_from)
@@ -180,8 +223,11 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
     log.record(checks.adapter_base(out, ctx.model_path()))
     said_after = checks.generate(policy, tokenizer, probes, PROBE_TOKENS)
     emit_samples(ctx, "end", probes, said_after, outcome.steps)
+    random_twin = checks.random_weights(ctx.base_path)
     log.record(checks.generation_sanity(said_before, said_after, probes, PROBE_TOKENS,
-                                        gate=not checks.random_weights(ctx.base_path)))
+                                        gate=not random_twin))
+    log.record(end_of_turn.check(ended_before, end_of_turn.measure(policy), policy,
+                                 judge=not random_twin))
     spent += time.perf_counter() - began
 
     if eval_rows is not None:

@@ -6,11 +6,17 @@ Triton, so TRL sets the kernel to None and the first training step fails with
 "'NoneType' object has no attribute 'apply'". This module fills the slot with the same
 computation in plain torch (full logits per call; autograd does the backward). It changes
 nothing where Triton is present.
+
+Also two seams where TRL meets PEFT's trained token rows (`lora.trainable_tokens`), at the end.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from graftline.engine.common.checkpoint_files import REFERENCE_ADAPTER
 
 OPTIONAL_OUTPUTS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 
@@ -57,3 +63,47 @@ def install() -> bool:
     # TRL types the slot as its Triton autograd Function; ours has the same apply() signature
     utils._ChunkedLogProbFunction = TorchChunkedLogProb  # type: ignore[misc,assignment]
     return True
+
+
+# ---------------------------------------------------------------- trained token rows under TRL
+
+def token_rows_for_trl(model: Any) -> None:
+    """Let TRL's fused LM head see an output layer whose token rows train (`lora.trainable_tokens`).
+
+    TRL 1.15 computes every loss from `lm_head.weight` and `lm_head.bias` directly. PEFT's
+    TrainableTokensWrapper answers `weight` with the merged rows (gradients reach the trained
+    rows) but has no `bias` while its adapter is active, and the first step fails with
+    "'TrainableTokensWrapper' object has no attribute 'bias'". The wrapped layer's own bias (None
+    for every family we train) is the right answer: the rows replace weights only."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or type(head).__name__ != "TrainableTokensWrapper" or "bias" in vars(head):
+        return
+    vars(head)["bias"] = getattr(head.original_module, "bias", None)
+
+
+def ref_copies_token_rows(model: Any) -> None:
+    """Make TRL's frozen `ref` adapter a true copy of a continued adapter that trains token rows.
+
+    On a continued adapter TRL (DPO, GRPO) adds `ref` and copies every parameter whose name holds
+    `.default.`; the rows' parameter is named `…trainable_tokens_delta.default` (no dot after),
+    so `ref` would keep the base's rows and the reference would not be the policy at the start.
+    This copies them right after TRL's `add_adapter("ref", …)`, before any reference is computed."""
+    if not hasattr(model, "add_adapter") or not any(
+            name.endswith(_ROWS + "default") for name, _ in model.named_parameters()):
+        return
+    original = model.add_adapter
+
+    def add_adapter(adapter_name: str, peft_config: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(adapter_name, peft_config, *args, **kwargs)
+        if adapter_name == REFERENCE_ADAPTER:
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if name.endswith(_ROWS + "default"):
+                        copy = name[: -len("default")] + REFERENCE_ADAPTER
+                        model.get_parameter(copy).copy_(param)
+        return result
+
+    model.add_adapter = add_adapter
+
+
+_ROWS = "trainable_tokens_delta."
