@@ -49,10 +49,18 @@ def node_label(node: Node, lineage: Lineage, relation: str | None = None) -> str
         parts.append(f"[yellow]{node.status}[/]")
     if node.stage or node.run:
         parts.append(f"[dim]{escape(node.run or '')}/{escape(node.stage or '')}[/]")
-    if node.lora is not None:
-        parts.append(f"r={node.lora.r} α={node.lora.alpha}")
-    if metrics := _key_metrics(node):
-        parts.append(escape(metrics))
+    if node.export is not None:  # what it is, not the numbers of the checkpoint it came from
+        verdict = node.export.describe()
+        style = "green" if node.export.verified else "bold red" \
+            if node.export.verified is False else "yellow"
+        parts.append(f"[{style}]{escape(verdict)}[/]")
+        if node.path:
+            parts.append(f"[dim]{escape(node.path)}[/]")
+    else:
+        if node.lora is not None:
+            parts.append(f"r={node.lora.r} α={node.lora.alpha}")
+        if metrics := _key_metrics(node):
+            parts.append(escape(metrics))
     if not node.in_roots and not any(
             (node.path or "").startswith(r + os.sep) for r in lineage.roots):
         parts.append("[dim](outside the roots)[/]")
@@ -66,6 +74,8 @@ def node_label(node: Node, lineage: Lineage, relation: str | None = None) -> str
     line = "  ".join(parts)
     if node.broken:
         line += f"\n[bold red]{escape(node.broken)}[/]"
+    for warning in node.export.warnings if node.export is not None else ():
+        line += f"\n[yellow]⚠ (when exported) {escape(warning)}[/]"
     for warning in node.warnings:
         line += f"\n[yellow]⚠ {escape(warning)}[/]"
     return line
@@ -138,6 +148,11 @@ def cleanup_command(
         help="What to keep (repeatable): final | last:N | best:METRIC[:min|max] | id:ID | "
              "a path | a glob. Everything else that nothing kept needs is deleted.",
     ),
+    delete_export: list[str] = typer.Option(
+        [], "--delete-export",
+        help="An export to delete too (repeatable): its id, path, name or a glob. Exports are "
+             "never deleted otherwise.",
+    ),
     dry_run: bool = typer.Option(True, "--dry-run/--no-dry-run",
                                  help="Only print the plan (the default)."),
     yes: bool = typer.Option(False, "--yes", help="Delete without asking."),
@@ -153,6 +168,7 @@ def cleanup_command(
         raise typer.Exit(2)
     try:
         rules = [cleanup_api.parse_keep(token) for token in keep]
+        doomed = [cleanup_api.parse_keep(token) for token in delete_export]
     except cleanup_api.CleanupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -172,7 +188,7 @@ def cleanup_command(
         else:
             console.print("It is finished first when you run this again with --yes.")
     try:
-        plan = cleanup_api.plan_cleanup(lineage, rules)
+        plan = cleanup_api.plan_cleanup(lineage, rules, delete_exports=doomed)
     except cleanup_api.CleanupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

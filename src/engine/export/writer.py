@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from graftline.engine.common import export_index
 from graftline.engine.common.checkpoint_files import (
     ADAPTER_CONFIG,
     MODEL_CONFIG,
@@ -482,6 +483,8 @@ def run_export(plan: ExportPlan, progress: Callable[[ExportProgress], None] | No
                       bytes=record.bytes)
             for problem in problems:
                 sink.emit("warning", stage, message=problem)
+    # where it went, so `graftline lineage` shows it under its source wherever `out` is
+    export_index.record(out, plan.checkpoint, record.id)
     report(ExportProgress("done", total, total, message="done"), force_event=True)
     files = tuple(sorted(p.name for p in out.iterdir() if p.is_file()))
     return ExportResult(out, record, verification, files, record.bytes,
