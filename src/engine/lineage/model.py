@@ -46,11 +46,17 @@ class LoraInfo:
 
 @dataclass(frozen=True, slots=True)
 class InMemoryMerge:
-    """An adapter whose config names a base it was not trained on (a merge done in memory)."""
+    """An adapter whose config may name a base it was not trained on (a merge done in memory):
+    proven from a saved merge's weights, suspected from one written before it, or unproven
+    (several hand-made adapters on one base, one after another: nothing on disk can tell)."""
 
-    certainty: Literal["proven", "suspected"]
+    certainty: Literal["proven", "suspected", "unproven"]
     message: str
     fix: str
+    # unproven: the recorded base and the adapters written on it before this one, in order
+    # (what `--check-data` merges to decide it)
+    base: str | None = None
+    chain: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,6 +116,7 @@ class _Scanner:
         self._exports_elsewhere()
         forensics.infer_merges(self.drafts, self.edges)
         forensics.flag_in_memory_merges(self.drafts, self.edges)
+        forensics.flag_unsaved_chains(self.drafts, self.edges)
         forensics.infer_continued(self.drafts, self.edges)
         return self._freeze()
 
