@@ -15,8 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from console_support import screen_text, wait_for
 from lineage_helpers import make_adapter
+from textual.app import App
+from textual.widgets import Tree
+from textual.widgets.tree import TreeNode
 
+from graftline.console.screens.lineage import LineageScreen
 from graftline.engine.export import plan_export, run_export
 from graftline.engine.lineage import Edge, Lineage, Node, parse_keep, plan_cleanup, scan
 from graftline.engine.lineage.cleanup import CleanupError, format_plan
@@ -37,7 +42,8 @@ def export(checkpoint: Path, out: Path) -> str:
     return result.manifest.id
 
 
-def test_exports_are_leaves_with_their_verification_and_cleanup_keeps_them(
+@pytest.mark.asyncio
+async def test_exports_are_leaves_with_their_verification_and_cleanup_keeps_them(
         toy_base: Path, tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     adapter = make_adapter(tree / "sft", toy_base)
@@ -64,6 +70,24 @@ def test_exports_are_leaves_with_their_verification_and_cleanup_keeps_them(
     exports = [n for n in data["nodes"] if n["kind"] == "export"]
     assert {n["export"]["verified"] for n in exports} == {True} and len(exports) == 2
 
+    # the console's lineage tree: both exports under the adapter, verified, the outside one
+    # with where it went; the detail panel says how it was written and verified
+    host = _Host(tree)
+    async with host.run_test(size=(140, 30)) as pilot:
+        await wait_for(pilot, lambda: isinstance(host.screen, LineageScreen)
+                       and host.screen.scans > 0, what="the lineage scan")
+        screen = host.screen
+        widget = screen.query_one(Tree)
+        sft = next(n for n in _walk(widget.root) if n.data == source)
+        leaves = {screen.lineage.node(c.data).path: str(c.label) for c in sft.children}
+        assert set(leaves) == {str(inside.resolve()), str(outside.resolve())}
+        assert all("verified" in label and "NOT" not in label for label in leaves.values())
+        assert "→" in leaves[str(outside.resolve())]
+        widget.move_cursor(next(c for c in sft.children if c.data == str(outside.resolve())))
+        await pilot.pause()
+        detail = " ".join(screen_text(host).split())
+        assert "safetensors, float32, verified" in detail
+
     # cleanup keeping only the adapter: the export inside the tree stays, listed as an export
     kept = graftline("cleanup", str(tree), "--keep", "sft", "--yes", cwd=tmp_path)
     assert kept.returncode == 0, kept.stderr
@@ -86,6 +110,22 @@ def test_exports_are_leaves_with_their_verification_and_cleanup_keeps_them(
     # the export outside the tree was never the cleanup's to touch
     assert (outside / "model.safetensors").is_file()
     assert str(outside.resolve()) in scan([tree])
+
+
+class _Host(App[None]):
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def on_mount(self) -> None:
+        self.push_screen(LineageScreen(self.root))
+
+
+def _walk(node: TreeNode[str]) -> list[TreeNode[str]]:
+    out = [node]
+    for child in node.children:
+        out += _walk(child)
+    return out
 
 
 def _shipped_tree() -> Lineage:
