@@ -205,11 +205,14 @@ def flag_unsaved_chains(drafts: dict[str, Draft], edges: list[Edge]) -> None:
                 "merged in memory (merge_and_unload, nothing saved), PEFT recorded the plain "
                 f"base, and loaded on {base.name} alone (as export does) it is the wrong "
                 "model; its files look the same either way.")
-            fix = (f"`graftline lineage ROOT --check-data DATA.jsonl` decides it from "
-                   f"{adapter.name}'s data; if it was trained on the merge, export the chain "
-                   f"(export {earlier[-1].name if i == 1 else 'each earlier adapter in turn'}, "
-                   f"point {adapter.name}'s base_model_name_or_path at that export, then "
-                   f"export {adapter.name}) or retrain it on a saved merge")
+            word = os.path.relpath(adapter.path, adapter.root) if adapter.root and \
+                adapter.path else adapter.name
+            fix = (f"`graftline lineage ROOT --check-data DATA.jsonl --adapter {word}` decides "
+                   f"it from {adapter.name}'s data; if it was trained on the merge, export the "
+                   f"chain (export {earlier[0].name}; then for each of "
+                   f"{', '.join(a.name for a in [*earlier[1:], adapter])} in turn, point its "
+                   "base_model_name_or_path at the export before it and export it) or retrain "
+                   "it on a saved merge")
             adapter.warnings.append(f"{message} Fix: {fix}")
             adapter.fields["in_memory_merge"] = InMemoryMerge(
                 "unproven", message, fix, base=base.key,
