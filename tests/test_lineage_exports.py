@@ -163,3 +163,23 @@ def test_an_export_is_protected_until_named() -> None:
     assert "Exports, never deleted unless named" in format_plan(plan, lineage)
     named = plan_cleanup(lineage, [parse_keep("sft")], delete_exports=[parse_keep("id:gguf")])
     assert set(named.delete) == {"/r/gguf", "/r/old"}
+
+
+def test_the_export_index_is_owner_only_and_forgets_exports_that_are_gone(
+        tmp_path: Path) -> None:
+    from graftline.engine.common import export_index
+
+    def fake_export(name: str, export_id: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "graftline.json").write_text(json.dumps({"id": export_id, "kind": "export"}))
+        return folder
+
+    first, second = fake_export("a", "id-a"), fake_export("b", "id-b")
+    assert export_index.record(first, tmp_path / "src", "id-a")
+    assert export_index.record(second, tmp_path / "src", "id-b")
+    assert {e["id"] for e in export_index.read_entries()} == {"id-a", "id-b"}
+    assert export_index.index_path().stat().st_mode & 0o777 == 0o600
+    (first / "graftline.json").write_text(json.dumps({"id": "another", "kind": "export"}))
+    assert export_index.record(second, tmp_path / "src", "id-b")  # rewrites: prunes the stale
+    assert [e["id"] for e in export_index.read_entries()] == ["id-b"]
