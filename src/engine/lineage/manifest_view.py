@@ -123,7 +123,9 @@ def export_info(data: dict[str, Any]) -> ExportInfo:
     """An export's own record, read leniently: a field of an unexpected shape is left out
     (shown as unknown), never a reason to drop the export from the lineage."""
     checks = {c.get("name"): c for c in data.get("checks") or () if isinstance(c, dict)}
-    logits, gguf = checks.get("export_logits"), checks.get("gguf_tensors")
+    # the streaming export's logit check, or the plain export stage's (a bare base, no adapter)
+    logits = checks.get("export_logits") or checks.get("export_equal")
+    gguf = checks.get("gguf_tensors")
     formats = data.get("formats")
     words = data.get("warnings")
     return ExportInfo(
