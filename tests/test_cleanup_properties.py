@@ -140,6 +140,8 @@ def test_plan_invariants(n: int, seed: int) -> None:
     assert not delete & refused
     assert not protected & keep
     assert delete | keep | protected | refused == candidates
+    # An export is never deleted unless named (--delete-export), whatever the keep words.
+    assert not any(lineage.node(k).kind == "export" for k in delete)
     # Nothing outside the roots, and no running checkpoint, is ever deleted.
     assert all(lineage.node(k).in_roots and not lineage.node(k).running for k in delete)
     # Bytes add up.

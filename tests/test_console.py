@@ -355,12 +355,16 @@ async def test_launch_screen_validates_plans_and_refuses_errors(tmp_path: Path) 
         assert "plan" in screen_text(app) and "sft_r8" in screen_text(app)
 
 
-async def test_launch_rehearses_first_and_refuses_what_the_rehearsal_catches(
+async def test_launch_starts_at_once_and_the_engine_rehearses_and_refuses_what_it_catches(
     tmp_path: Path,
 ) -> None:
     """Validation calls a reward on real rows (where the answer stands in for the completion),
     so it cannot see a reward that breaks on what a model really writes; the rehearsal samples
-    from a twin and catches it before a run exists."""
+    from a twin and catches it. L starts the run the way `graftline run -d` does and attaches at
+    once: the rehearsal is the engine's first phase (no wait on the launch screen), and its
+    failure ends the run before stage 1, on the dashboard's rehearsal row, with the fix."""
+    from graftline.console.widgets.pipeline_table import PipelineTable
+
     folder = tmp_path / "work"
     (folder / "data").mkdir(parents=True)
     rows = (REPO / "examples" / "data" / "grpo.jsonl").read_text().splitlines()[:40]
@@ -385,18 +389,22 @@ async def test_launch_rehearses_first_and_refuses_what_the_rehearsal_catches(
         assert screen.report.ok, screen_text(app)  # validation passes: the fault is in the data
         assert screen.rehearse_first
         await pilot.press("L")
-
-        def refused() -> bool:
-            return any("not launched: the rehearsal failed" in n.message
-                       for n in app._notifications)
-
-        await wait_for(pilot, refused, timeout=240, what="the rehearsal's verdict")
-        message = next(n.message for n in app._notifications if "rehearsal failed" in n.message)
-        assert "grpo (grpo): " in message and "strict_rewards:as_number" in message
-        assert "Fix:" in message
-        assert isinstance(app.screen, LaunchScreen)  # still here: nothing to attach to
-        # while it rehearsed, the screen said what it was doing, from the rehearsal's own events
-        assert screen.progress[0].startswith("starting")
-        assert any("built the twin" in line for line in screen.progress[1:]), screen.progress
-    made = [p.name for p in runs.iterdir()] if runs.exists() else []
-    assert [name for name in made if not name.startswith(".")] == []  # no run was started
+        # attached at once: nothing slow happens on the launch screen
+        await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen)
+                       and app.screen.loaded, timeout=30, what="the dashboard")
+        dashboard = app.screen
+        await wait_for(pilot, lambda: dashboard.follower.model.status == "failed",
+                       timeout=240, what="the rehearsal's verdict")
+        model = dashboard.follower.model
+        assert model.rehearsal is not None and model.rehearsal.get("status") == "failed"
+        assert "rehearsal failed" in (model.message or "")
+        table = dashboard.query_one(PipelineTable)
+        await wait_for(pilot, lambda: str(table.get_row_at(0)[0]) == "rehearsal"
+                       and "failed" in str(table.get_row_at(0)[2]), what="the rehearsal row")
+        text = " ".join(screen_text(app).split())
+        assert "strict_rewards:as_number" in text or "as_number" in text, text
+    (run_dir,) = [p for p in runs.iterdir() if not p.name.startswith(".")]
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert not [e for e in events if e["type"] == "stage_started"]  # stage 1 never began
+    error = next(e for e in events if e["type"] == "error")
+    assert "as_number" in error["data"]["message"] and error["data"].get("fix")

@@ -1,5 +1,5 @@
 """The launch screen in an empty directory offers a starter file and the demo, opens the user's
-$EDITOR on the selected file (and re-validates it), and shows a rehearsal's progress."""
+$EDITOR on the selected file (and re-validates it)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from console_support import screen_text, wait_for
 
 from graftline.console.app import GraftlineApp
-from graftline.console.screens.launch import LaunchScreen, rehearsal_line
+from graftline.console.screens.launch import LaunchScreen
 
 WIDE = (120, 40)
 
@@ -75,13 +75,3 @@ async def test_e_without_an_editor_says_how_to_set_one(tmp_path: Path,
         await wait_for(pilot, lambda: app.screen.report is not None, what="the starter")
         await pilot.press("e")
         assert any("$EDITOR" in n.message for n in app._notifications)
-
-
-def test_rehearsal_events_read_as_progress_lines() -> None:
-    done: list[str] = []
-    assert "twin" in rehearsal_line({"event": "twin", "describe": "llama, 2 layers"}, done)
-    assert rehearsal_line({"event": "stage_started", "stage": "sft", "kind": "sft"}, done) == \
-        "sft (sft) running…"
-    assert rehearsal_line({"event": "stage_finished", "stage": "sft", "status": "complete",
-                           "seconds": 2.5}, done) == "sft passed"
-    assert done == ["✓ sft 2.5 s"]

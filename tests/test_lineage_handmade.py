@@ -118,7 +118,12 @@ def test_scan_shows_each_case(tree: Path) -> None:
     assert stale.base_ref == str(tree / "base")
     assert any("in memory" in w for w in stale.warnings)
     assert (key("adapters/after-merge"), key("merged"), "trained_on") in up
-    assert not by_id["adapters/on-merged"].warnings and not by_id["adapters/a2"].warnings
+    assert not by_id["adapters/on-merged"].warnings
+    # a2 was written after a1 on the same recorded base, with no manifest: nothing on disk can
+    # tell whether it sat on base + a1 merged in memory, so it says so (issue 32, part 5)
+    unsaved = by_id["adapters/a2"].in_memory_merge
+    assert unsaved is not None and unsaved.certainty == "unproven"
+    assert unsaved.chain == (key("adapters/a1"),) and "--check-data" in unsaved.fix
     # Trainer checkpoints: step, loss from trainer_state.json, and their base.
     steps = sorted((n.step, n.kind) for n in lin.nodes if n.id.startswith("sft-out/"))
     assert steps == [(1, "trainer"), (2, "trainer"), (3, "trainer")]

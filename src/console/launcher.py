@@ -10,14 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def launch_background(pipeline: Path) -> Path:
-    """The new run directory; a clear error (with every problem) when it cannot start."""
+def launch_background(pipeline: Path, *, rehearse: bool = False) -> Path:
+    """The new run directory; a clear error (with every problem) when it cannot start. With
+    `rehearse`, the engine rehearses the pipeline on a tiny twin as the run's first phase."""
     from graftline.console.reaper import engine_children, reap_later
     from graftline.engine.run import LaunchError, start_run
 
     before = engine_children()
     try:
-        run_dir = start_run(Path(pipeline))
+        run_dir = start_run(Path(pipeline), rehearse=rehearse)
     except LaunchError as exc:
         details = "\n".join(str(p) for p in exc.problems[:5])
         raise RuntimeError(f"{exc}\n{details}".strip()) from None

@@ -509,7 +509,13 @@ def sample_table(model: RunModel) -> tuple[list[str], list[str], list[list[tuple
             columns.append(("before", list(view.samples["start"].get("samples") or [])))
         if "end" in view.samples:
             columns.append((view.name, list(view.samples["end"].get("samples") or [])))
-        elif view.status == "running":
+        elif view.status == "running" and "eval" in view.samples:
+            # the latest evaluation during training: the live column
+            latest = view.samples["eval"]
+            step = latest.get("global_step")
+            columns.append((f"{view.name} (step {step})" if step is not None
+                            else f"{view.name} (now)", list(latest.get("samples") or [])))
+        elif view.status == "running" and "start" in view.samples:
             columns.append((f"{view.name} (now)", list(view.samples["start"].get("samples")
                                                        or [])))
     probes: list[str] = []
@@ -528,6 +534,18 @@ def sample_table(model: RunModel) -> tuple[list[str], list[str], list[list[tuple
             previous = answer
         table.append(cells)
     return [title for title, _ in columns], probes, table
+
+
+def expected_answers(model: RunModel) -> dict[str, str]:
+    """The data's own answer to each probe, where a stage's samples carry one (the Samples
+    view's "expected" column)."""
+    found: dict[str, str] = {}
+    for view in model.stages:
+        for moment in (view.samples or {}).values():
+            for row in moment.get("samples") or ():
+                if row.get("expected") and row.get("prompt") not in found:
+                    found[str(row.get("prompt"))] = str(row["expected"])
+    return found
 
 
 def _info(model: RunModel, event: Event) -> None:

@@ -41,6 +41,11 @@ def export(
                                                "5GB); default: mirror the base's shards."),
     no_verify: bool = typer.Option(False, "--no-verify",
                                    help="Skip reloading and comparing logits (not recommended)."),
+    check_data: Path | None = typer.Option(
+        None, "--check-data",
+        help="JSON lines the adapter was trained on: decides from its loss whether it was "
+             "trained on its recorded base or on an in-memory merge of the hand-made adapters "
+             "written before it (refused if the latter)."),
 ) -> None:
     """Export a checkpoint as a complete, verified model directory.
 
@@ -62,7 +67,8 @@ def export(
     err = Console(stderr=True)
     try:
         plan = plan_export(checkpoint, out, dtype=dtype, formats=tuple(formats), force=force,
-                           shard_size=shard_size, verify=not no_verify, gguf_type=gguf_type)
+                           shard_size=shard_size, verify=not no_verify, gguf_type=gguf_type,
+                           check_data=check_data)
     except ExportRefused as exc:
         where = f"[bold]{escape(exc.path)}[/bold]: " if exc.path else ""
         err.print(f"[red]✗ export refused[/red]: {where}{escape(exc.message)}", highlight=False,
@@ -71,7 +77,9 @@ def export(
             err.print(f"    [dim]fix:[/dim] {escape(exc.fix)}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     for line in plan.describe():
-        console.print(escape(line), highlight=False, soft_wrap=True)
+        style = "yellow" if line.startswith("warning") else ""
+        console.print(f"[{style}]{escape(line)}[/]" if style else escape(line), highlight=False,
+                      soft_wrap=True)
 
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                TransferSpeedColumn(), TimeRemainingColumn())

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -49,10 +50,18 @@ def node_label(node: Node, lineage: Lineage, relation: str | None = None) -> str
         parts.append(f"[yellow]{node.status}[/]")
     if node.stage or node.run:
         parts.append(f"[dim]{escape(node.run or '')}/{escape(node.stage or '')}[/]")
-    if node.lora is not None:
-        parts.append(f"r={node.lora.r} α={node.lora.alpha}")
-    if metrics := _key_metrics(node):
-        parts.append(escape(metrics))
+    if node.export is not None:  # what it is, not the numbers of the checkpoint it came from
+        verdict = node.export.describe()
+        style = "green" if node.export.verified else "bold red" \
+            if node.export.verified is False else "yellow"
+        parts.append(f"[{style}]{escape(verdict)}[/]")
+        if node.path:
+            parts.append(f"[dim]{escape(node.path)}[/]")
+    else:
+        if node.lora is not None:
+            parts.append(f"r={node.lora.r} α={node.lora.alpha}")
+        if metrics := _key_metrics(node):
+            parts.append(escape(metrics))
     if not node.in_roots and not any(
             (node.path or "").startswith(r + os.sep) for r in lineage.roots):
         parts.append("[dim](outside the roots)[/]")
@@ -66,6 +75,8 @@ def node_label(node: Node, lineage: Lineage, relation: str | None = None) -> str
     line = "  ".join(parts)
     if node.broken:
         line += f"\n[bold red]{escape(node.broken)}[/]"
+    for warning in node.export.warnings if node.export is not None else ():
+        line += f"\n[yellow]⚠ (when exported) {escape(warning)}[/]"
     for warning in node.warnings:
         line += f"\n[yellow]⚠ {escape(warning)}[/]"
     return line
@@ -118,17 +129,71 @@ def lineage_command(
     root: Path | None = typer.Argument(None, help="A runs directory, a run, or any folder "
                                        "(default: ./runs, else the current folder)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    check_data: Path | None = typer.Option(
+        None, "--check-data",
+        help="JSON lines an adapter was trained on: decides, from its loss, whether it was "
+             "trained on its recorded base or on an in-memory merge of the hand-made adapters "
+             "written before it (the CANNOT BE PROVEN warning)."),
+    adapter: str | None = typer.Option(
+        None, "--adapter", help="Which flagged adapter --check-data is for (an id, name or "
+                                "path), when there are several."),
 ) -> None:
     """Show the checkpoint lineage: what each checkpoint was made from and what needs it."""
     lineage = _scan_or_exit([root or _default_root()])
+    verdict = _check_data(lineage, check_data, adapter) if check_data is not None else None
     if as_json:
-        sys.stdout.write(json.dumps(lineage_api.to_json(lineage), indent=2) + "\n")
+        data = lineage_api.to_json(lineage)
+        if verdict is not None:
+            data["data_check"] = verdict.to_dict()
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     Console().print(render_tree(lineage))
+    if verdict is not None:
+        style = {"chain": "bold red", "base": "green"}.get(verdict.verdict, "yellow")
+        Console().print(f"[bold]data check[/] ({escape(str(check_data))}): "
+                        f"[{style}]{escape(verdict.describe())}[/]", highlight=False)
     broken = lineage.broken()
     if broken:
         Console(stderr=True).print(f"[bold red]{len(broken)} broken checkpoint(s)[/]: their base "
                                    "no longer exists; they cannot be loaded or exported.")
+
+
+def _check_data(lineage: Lineage, data: Path, word: str | None) -> Any:
+    """Run the data check (`export.provenance`) on the flagged adapter `word` names (or the
+    only one); a refusal with the fix when there is none or it is ambiguous."""
+    from graftline.engine.common.errors import GraftlineError
+
+    flagged = [n for n in lineage.nodes if n.in_memory_merge is not None
+               and n.in_memory_merge.certainty == "unproven" and n.in_memory_merge.chain]
+    if word is not None:
+        wanted = set(lineage.find(word)) | {os.path.realpath(word)}
+        chosen = [n for n in flagged if n.key in wanted]
+        if not chosen:
+            raise GraftlineError(
+                f"--adapter {word}: not an adapter whose base cannot be proven",
+                "flagged here: " + (", ".join(n.id for n in flagged) or "none"))
+    else:
+        chosen = flagged
+    if not chosen:
+        raise GraftlineError(
+            f"--check-data: no adapter under {', '.join(lineage.roots)} has an unproven base "
+            "(several hand-made adapters written one after another on one base)",
+            "nothing to decide; scan the folder that holds the adapters and their base")
+    if len(chosen) > 1:
+        raise GraftlineError(
+            f"--check-data: {len(chosen)} adapters have an unproven base; the data is one's",
+            "name it with --adapter: " + ", ".join(n.id for n in chosen))
+    node = chosen[0]
+    finding = node.in_memory_merge
+    assert finding is not None and node.path is not None
+    base = lineage.get(finding.base or "")
+    if base is None or base.path is None or base.kind in ("missing", "external"):
+        raise GraftlineError(f"{node.id}: its recorded base {node.base_ref} is not on this "
+                             "machine", "the check loads it: make it available locally")
+    from graftline.engine.export import check_adapter
+
+    return check_adapter(Path(node.path), Path(base.path), [Path(p) for p in finding.chain],
+                         data)
 
 
 def cleanup_command(
@@ -137,6 +202,11 @@ def cleanup_command(
         [], "--keep",
         help="What to keep (repeatable): final | last:N | best:METRIC[:min|max] | id:ID | "
              "a path | a glob. Everything else that nothing kept needs is deleted.",
+    ),
+    delete_export: list[str] = typer.Option(
+        [], "--delete-export",
+        help="An export to delete too (repeatable): its id, path, name or a glob. Exports are "
+             "never deleted otherwise.",
     ),
     dry_run: bool = typer.Option(True, "--dry-run/--no-dry-run",
                                  help="Only print the plan (the default)."),
@@ -153,6 +223,7 @@ def cleanup_command(
         raise typer.Exit(2)
     try:
         rules = [cleanup_api.parse_keep(token) for token in keep]
+        doomed = [cleanup_api.parse_keep(token) for token in delete_export]
     except cleanup_api.CleanupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -172,7 +243,7 @@ def cleanup_command(
         else:
             console.print("It is finished first when you run this again with --yes.")
     try:
-        plan = cleanup_api.plan_cleanup(lineage, rules)
+        plan = cleanup_api.plan_cleanup(lineage, rules, delete_exports=doomed)
     except cleanup_api.CleanupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -75,9 +75,12 @@ def describe_event(event: Event) -> str:
     if kind == "rehearsal":
         return describe_rehearsal(data)
     if kind == "samples":
-        rows = [f"\n  {r.get('prompt')!r} → {r.get('answer')!r}" for r in data.get("samples") or []
-                if isinstance(r, dict)]
-        return (f"probe answers at the {data.get('when')} of the {data.get('kind', '')} stage "
+        rows = [f"\n  {r.get('prompt')!r} → {r.get('answer')!r}"
+                + (f" (expected {r['expected']!r})" if r.get("expected") else "")
+                for r in data.get("samples") or [] if isinstance(r, dict)]
+        moment = ("at an evaluation during" if data.get("when") == "eval"
+                  else f"at the {data.get('when')} of")
+        return (f"probe answers {moment} the {data.get('kind', '')} stage "
                 f"(global step {data.get('global_step')})" + "".join(rows))
     text = str(data.get("message", "")) or " ".join(f"{k}={v}" for k, v in data.items())
     if data.get("fix"):

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -87,28 +83,6 @@ def check_file(path: Path, root: Path) -> Report:
     return Report(path, ok=pf is not None and not errors, text=text)
 
 
-def rehearsal_verdict(done: subprocess.CompletedProcess[str]) -> str:
-    """What a failed `graftline rehearse --json` found, in one line: the first failing stage's
-    error and fix (or the file's first problem); the process's own error if it printed no
-    report."""
-    lines = done.stdout.strip().splitlines()
-    try:
-        report = json.loads(lines[-1]) if lines else None
-    except ValueError:
-        report = None
-    if not isinstance(report, dict):
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        return " / ".join(tail) or f"exit status {done.returncode}"
-    for stage in report.get("stages", []):
-        if stage.get("status") == "failed":
-            fix = f" Fix: {stage['fix']}" if stage.get("fix") else ""
-            return f"{stage['name']} ({stage['kind']}): {stage['error']}{fix}"
-    for problem in report.get("problems", []):
-        fix = f" Fix: {problem['fix']}" if problem.get("fix") else ""
-        return f"{problem['message']}{fix}"
-    return "see `graftline rehearse` for the report"
-
-
 def empty_report(folder: Path) -> Group:
     """What an empty folder shows: what to do, as a table that wraps to the box's width."""
     table = Table(box=None, show_header=False, padding=(0, 1), expand=True)
@@ -122,25 +96,6 @@ def empty_report(folder: Path) -> Group:
     return Group(Text(f"No pipeline files in {folder} or its examples/ folder.\n",
                       style="yellow"),
                  Text("To start:"), table, Text("\ng rescans this folder.", style="dim"))
-
-
-def rehearsal_line(event: dict[str, object], done: list[str]) -> str:
-    """One progress line from a `graftline rehearse --json` stderr event; `done` collects the
-    finished stages' marks."""
-    kind, stage = event.get("event"), event.get("stage")
-    if kind == "twin":
-        return f"built the twin: {event.get('describe', '')}"
-    if kind == "stage_started":
-        return f"{stage} ({event.get('kind', '')}) running…"
-    if kind == "stage_finished":
-        mark = "✓" if event.get("status") == "complete" else "✗"
-        seconds = event.get("seconds")
-        took = float(seconds) if isinstance(seconds, int | float) else 0.0
-        done.append(f"{mark} {stage} {took:.1f} s")
-        return f"{stage} {'passed' if mark == '✓' else 'failed'}"
-    if kind == "cleanup":
-        return f"cleanup after {stage}"
-    return ""
 
 
 def editor_command() -> list[str] | None:
@@ -167,8 +122,6 @@ class LaunchScreen(Screen[None]):
     }
     LaunchScreen #report-box { width: 3fr; border: round $panel-lighten-2; padding: 0 1; }
     LaunchScreen #launch-title { height: 1; background: $panel; padding: 0 1; }
-    LaunchScreen #progress { height: auto; padding: 0 1; color: $warning; display: none; }
-    LaunchScreen #progress.shown { display: block; }
     """
 
     def __init__(self, folder: Path, runs_dir: Path) -> None:
@@ -178,15 +131,10 @@ class LaunchScreen(Screen[None]):
         self.files: list[Path] = []
         self.report: Report | None = None
         self.checks = 0  # reports shown (tests wait on this)
-        self.progress: list[str] = []  # rehearsal progress lines shown (tests read this)
-        self._rehearsing_since: float | None = None
-        self._progress_now = ""
-        self._progress_done: list[str] = []
 
     def compose(self) -> ComposeResult:
         yield Static("launch — pick a pipeline file (here and in examples/)", id="launch-title",
                      markup=False)
-        yield Static("", id="progress", markup=False)
         with Horizontal(id="launch-body"):
             yield OptionList(id="files")
             with VerticalScroll(id="report-box"):
@@ -197,7 +145,6 @@ class LaunchScreen(Screen[None]):
         self.query_one("#files").border_title = "pipelines"
         self.query_one("#report-box").border_title = "validate · plan"
         self.action_rescan()
-        self.set_interval(1.0, self._tick)
 
     def action_rescan(self) -> None:
         self.files = pipeline_files(self.folder)
@@ -252,64 +199,25 @@ class LaunchScreen(Screen[None]):
             self.notify(f"{report.file.name} has errors: fix them first (listed on the right).",
                         severity="error")
             return
-        first = " after a rehearsal on a tiny twin (R turns it off)" if self.rehearse_first else ""
-        self.notify(f"launching {report.file.name} in the background{first}…")
+        first = (": the engine rehearses it on a tiny twin first (R turns it off)"
+                 if self.rehearse_first else "")
+        self.notify(f"launching {report.file.name} in the background{first}")
         self._launch(report.file, self.rehearse_first)
 
     @work(thread=True, exclusive=True, group="launch", exit_on_error=False)
     def _launch(self, path: Path, rehearse_first: bool) -> None:
+        """Start the run the way `graftline run -d` does and attach at once: the rehearsal is
+        the engine's first phase (a `rehearsal` row on the dashboard, its report in the log;
+        a failed one ends the run before stage 1 with the fix), never a wait here."""
         from graftline.console.launcher import launch_background
 
-        if rehearse_first:
-            # in its own process: the console never holds a trainer, and a rehearsal's imports
-            # and training stay out of the UI's memory; its progress arrives on stderr
-            self.app.call_from_thread(self._rehearsal_started)
-            try:
-                done = self._rehearse(path)
-            finally:
-                self.app.call_from_thread(self._rehearsal_ended)
-            if done.returncode != 0:
-                self.app.call_from_thread(
-                    self.notify, f"not launched: the rehearsal failed: {rehearsal_verdict(done)}",
-                    severity="error", timeout=30)
-                return
         try:
-            run_dir = launch_background(path)
+            run_dir = launch_background(path, rehearse=rehearse_first)
         except Exception as exc:
             self.app.call_from_thread(self.notify, f"launch failed: {exc}", severity="error",
                                       timeout=10)
             return
         self.app.call_from_thread(self.app.attach, run_dir)  # type: ignore[attr-defined]
-
-    def _rehearse(self, path: Path) -> subprocess.CompletedProcess[str]:
-        """`graftline rehearse --json PATH`, its progress shown line by line as it comes."""
-        command = [sys.executable, "-m", "graftline", "rehearse", "--json", str(path)]
-        tail: list[str] = []
-        done_marks: list[str] = []
-        with tempfile.TemporaryFile("w+", encoding="utf-8") as out:
-            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.PIPE, text=True,
-                                    env=os.environ.copy())
-            assert proc.stderr is not None
-            for raw in proc.stderr:
-                tail = [*tail, raw.rstrip()][-20:]
-                try:
-                    event = json.loads(raw)
-                except ValueError:
-                    continue
-                if not isinstance(event, dict):
-                    continue
-                line = rehearsal_line(event, done_marks)
-                if line:
-                    marks = list(done_marks)
-                    self.app.call_from_thread(self._progress_event, line, marks)
-            proc.wait()
-            out.seek(0)
-            stdout = out.read()
-        return subprocess.CompletedProcess(command, proc.returncode, stdout, "\n".join(tail))
-
-    def _progress_event(self, line: str, marks: list[str]) -> None:
-        self._progress_done = marks
-        self._progress_show(line)
 
     def action_runs(self) -> None:
         self.app.action_runs()  # type: ignore[attr-defined]
@@ -360,32 +268,3 @@ class LaunchScreen(Screen[None]):
             self.notify(f"cannot start the editor {command[0]}: {exc}", severity="error")
             return
         self._check(path)  # re-validate what was edited
-
-    # -- rehearsal progress -------------------------------------------------------------------
-
-    def _progress_show(self, now_line: str | None = None) -> None:
-        if now_line is not None:
-            self._progress_now = now_line
-            self.progress.append(now_line)
-        box = self.query_one("#progress", Static)
-        if self._rehearsing_since is None:
-            box.remove_class("shown")
-            return
-        elapsed = time.monotonic() - self._rehearsing_since
-        done = "  ".join(self._progress_done)
-        box.update(f"rehearsing on a tiny twin ({elapsed:.0f} s): {self._progress_now}"
-                   + (f"\n{done}" if done else ""))
-        box.add_class("shown")
-
-    def _tick(self) -> None:
-        if self._rehearsing_since is not None:
-            self._progress_show()
-
-    def _rehearsal_started(self) -> None:
-        self._rehearsing_since = time.monotonic()
-        self._progress_done = []
-        self._progress_show("starting: building the twin and sampling the data…")
-
-    def _rehearsal_ended(self) -> None:
-        self._rehearsing_since = None
-        self._progress_show()

@@ -170,6 +170,14 @@ class LineageScreen(Screen[None]):
             text.append(f"  {human_bytes(node.bytes)}")
         text.append(STATUS_MARK.get(node.status, f" {node.status}"),
                     style="red" if node.status in ("partial", "failed") else "")
+        if node.export is not None:  # a leaf: where the model went, and whether it checked out
+            verified = node.export.verified
+            text.append("  verified" if verified else "  NOT verified" if verified is False
+                        else "  unverified",
+                        style="green" if verified else "bold red" if verified is False
+                        else "yellow")
+            if not node.in_roots:
+                text.append(f"  → {short_path(node.path, self.root)}", style="dim")
         if node.running:
             text.append("  running", style="yellow")
         if node.broken:
@@ -203,10 +211,12 @@ class LineageScreen(Screen[None]):
             rows.append(("LoRA", f"r={lora.r} alpha={lora.alpha} targets={targets}"))
         if node.base_ref:
             rows.append(("base", short_path(node.base_ref, self.root)))
+        if node.export is not None:
+            rows.append(("export", node.export.describe()))
         for label, value in rows:
             text.append(f"{label:>9} ", style="dim")
             text.append(f"{value}\n")
-        if node.metrics:
+        if node.metrics and node.export is None:  # an export's are its source's
             text.append("  metrics ", style="dim")
             text.append(", ".join(f"{k} {format_metric(float(v))}"
                                   for k, v in sorted(node.metrics.items())[:8]) + "\n")
@@ -223,6 +233,8 @@ class LineageScreen(Screen[None]):
             text.append(f"removed by {node.removed_by}\n", style="red")
         for warning in node.warnings:
             text.append(f"warning: {warning}\n", style="yellow")
+        for warning in node.export.warnings if node.export is not None else ():
+            text.append(f"warning (when exported): {warning}\n", style="yellow")
         if self.cleanup and self.plan is not None:
             text.append("\n")
             text.append_text(cleanup_bridge.describe_plan(self.plan, self.lineage, self.root))

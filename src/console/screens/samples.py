@@ -1,9 +1,11 @@
 """`a` (answers): what the model says to the probes, stage by stage.
 
-Probes down; across, the answers before the first training stage and at the end of each stage
-(the running stage: its start, until it ends), greedy and bounded, from the engine's `samples`
-events (or the summary's copy of them). An answer that differs from the column before it is
-marked `*`. Refreshed every second from the dashboard's follower, so the current stage is live.
+Probes down; beside each, the data's own answer when it has one ("expected"); across, the
+answers before the first training stage and at the end of each stage (the running stage: its
+latest evaluation during training, else its start, until it ends), greedy and bounded, from
+the engine's `samples` events (or the summary's copy of them). An answer that differs from the
+column before it is marked `*`. Refreshed every second from the dashboard's follower, so the
+current stage is live.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from graftline.console.run_view import RunModel, sample_table
+from graftline.console.run_view import RunModel, expected_answers, sample_table
 
 CELL = 28  # characters shown per answer (the engine keeps up to 160)
 
@@ -42,6 +44,7 @@ class SamplesScreen(Screen[None]):
         self.ascii_only = ascii_only
         self.shape: tuple[list[str], list[str]] = ([], [])
         self.rows: list[list[tuple[str, bool]]] = []
+        self.expected: dict[str, str] = {}
 
     def compose(self) -> ComposeResult:
         yield Static("samples: what the model answers to the probes, stage by stage",
@@ -57,23 +60,29 @@ class SamplesScreen(Screen[None]):
 
     def refresh_table(self) -> None:
         with self.model_lock:
-            titles, probes, rows = sample_table(self.model())
-        if (titles, probes) == self.shape and rows == self.rows:
+            model = self.model()
+            titles, probes, rows = sample_table(model)
+            expected = expected_answers(model)
+        if (titles, probes) == self.shape and rows == self.rows and expected == self.expected:
             return
         table = self.query_one(DataTable)
         table.clear(columns=True)
         table.add_column("probe", key="probe")
+        if expected:  # the data's own answer, where it has one
+            table.add_column("expected", key="expected")
         for title in titles:
             table.add_column(title, key=title)
         mark = "*"
         for probe, cells in zip(probes, rows, strict=True):
             shown = [Text(f"{mark} {answer}"[:CELL + 2], style="bold yellow") if changed
                      else Text(answer[:CELL]) for answer, changed in cells]
-            table.add_row(Text(probe[:CELL], style="bold"), *shown)
+            want = [Text(expected.get(probe, "—")[:CELL], style="green")] if expected else []
+            table.add_row(Text(probe[:CELL], style="bold"), *want, *shown)
         if not probes:
             self.query_one("#samples-title", Static).update(
-                "samples: none yet (a training stage writes them when it starts and ends)")
-        self.shape, self.rows = (titles, probes), rows
+                "samples: none yet (a training stage writes them when it starts, at every "
+                "evaluation (train.eval_steps) and when it ends)")
+        self.shape, self.rows, self.expected = (titles, probes), rows, expected
 
     def action_close(self) -> None:
         self.app.pop_screen()

@@ -6,7 +6,8 @@ JSON lines: what the console runs), chain (the adapter chain to merge), merge (t
 streaming per-tensor merge), safetensors (header and tensor reads), ordered_io (the writer
 thread), verify (reload and compare logits), formats (which formats can run here), gguf_convert
 (llama.cpp's converter in its own process), gguf_verify (the GGUF read back, tensor by tensor),
-ollama (the Modelfile), card (the model card).
+ollama (the Modelfile), card (the model card), provenance (`--check-data`: which model a
+hand-made adapter was trained on, decided from its loss on data).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.export import merge as merge
     from graftline.engine.export import ollama as ollama
     from graftline.engine.export import ordered_io as ordered_io
+    from graftline.engine.export import provenance as provenance
     from graftline.engine.export import safetensors as safetensors
     from graftline.engine.export import verify as verify
     from graftline.engine.export import worker as worker
@@ -32,6 +34,7 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.export.formats import available_formats as available_formats
     from graftline.engine.export.gguf_convert import GGUF_TYPES as GGUF_TYPES
     from graftline.engine.export.gguf_verify import verify_gguf as verify_gguf
+    from graftline.engine.export.provenance import check_adapter as check_adapter
     from graftline.engine.export.worker import (
         parse_worker_line as parse_worker_line,
     )
@@ -87,6 +90,8 @@ _EXPORTS = {
     "worker": "worker",
     "worker_command": "worker",
     "parse_worker_line": "worker",
+    "provenance": "provenance",
+    "check_adapter": "provenance",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

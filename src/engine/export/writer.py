@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from graftline.engine.common import export_index
 from graftline.engine.common.checkpoint_files import (
     ADAPTER_CONFIG,
     MODEL_CONFIG,
@@ -91,6 +92,9 @@ class ExportPlan:
     # the lineage's first folder with tokenizer files (the original base): the export's
     # tokenizer must encode like it
     tokenizer_reference: Path | None = None
+    # what the export must say before it writes (the in-memory-merge doubt, a data check's
+    # answer); recorded in the export's manifest too
+    warnings: tuple[str, ...] = ()
 
     @property
     def total_bytes(self) -> int:
@@ -116,6 +120,7 @@ class ExportPlan:
                          "verified tensor by tensor")
         if self.untie:
             lines.append("note        tied embeddings are untied: the adapter changes one side")
+        lines += [f"warning     {w}" for w in self.warnings]
         return lines
 
 
@@ -234,24 +239,29 @@ def _first_with(paths: list[Path], test: Callable[[Path], bool]) -> Path | None:
 def plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
                 formats: tuple[str, ...] | list[str] = ("safetensors",), force: bool = False,
                 shard_size: int | str | None = None, verify: bool = True,
-                gguf_type: str | None = None) -> ExportPlan:
+                gguf_type: str | None = None, check_data: Path | None = None) -> ExportPlan:
     """See `_plan_export`; a corrupt weights file is a refusal naming it, not a traceback."""
     from graftline.engine.export.safetensors import SafetensorsError
 
     try:
         return _plan_export(checkpoint, out, dtype=dtype, formats=formats, force=force,
-                            shard_size=shard_size, verify=verify, gguf_type=gguf_type)
+                            shard_size=shard_size, verify=verify, gguf_type=gguf_type,
+                            check_data=check_data)
     except SafetensorsError as exc:
         raise ExportRefused(exc.message, fix="the file is damaged or truncated: restore it, or "
                             "export another checkpoint") from None
 
 
-def _refuse_in_memory_merge(checkpoint: Path) -> None:
+def _in_memory_merge(checkpoint: Path, base: Path, check_data: Path | None) -> tuple[str, ...]:
     """An adapter trained on an in-memory merge records the plain base: merged into it, the
     export would verify (it equals base + adapter) and still be the wrong model. The lineage
-    proves the pitfall from its siblings' weights; export refuses with the lineage's fix."""
+    proves the pitfall from a saved merge's weights (refused, with the lineage's fix), or can
+    only doubt it (several hand-made adapters on one base, one after another): then the
+    export says so (the warnings returned), and with `check_data` the data decides
+    (`provenance`): trained on the chain is refused, on the base goes ahead saying why."""
     if not (checkpoint / ADAPTER_CONFIG).is_file():
-        return
+        return () if check_data is None else (
+            f"--check-data: {checkpoint} is not an adapter; nothing to decide",)
     from graftline.engine.lineage import scan
 
     lineage = scan([checkpoint.parent])
@@ -259,12 +269,32 @@ def _refuse_in_memory_merge(checkpoint: Path) -> None:
     found = node.in_memory_merge if node is not None else None
     if found is not None and found.certainty == "proven":
         raise ExportRefused(found.message, path=checkpoint, fix=found.fix)
+    if found is None:
+        return () if check_data is None else (
+            "--check-data: no doubt about this adapter's base (no other hand-made adapter "
+            "was written on it before); nothing to decide",)
+    if check_data is None or not found.chain:
+        return (f"{found.message} Fix: {found.fix}",)
+    from graftline.engine.export.provenance import DataCheckError, check_adapter
+
+    try:
+        verdict = check_adapter(checkpoint, base, [Path(p) for p in found.chain], check_data)
+    except DataCheckError as exc:
+        raise ExportRefused(f"--check-data {check_data}: {exc.message}", fix=exc.fix) from None
+    if verdict.verdict == "chain":
+        raise ExportRefused(verdict.describe(), path=checkpoint, fix=(
+            "export the chain: export each earlier adapter in turn, point this adapter's "
+            "base_model_name_or_path at that export, then export it; or retrain it on a saved "
+            "merge"))
+    if verdict.verdict == "base":
+        return (f"checked with {check_data}: {verdict.describe()}",)
+    return (f"checked with {check_data}: {verdict.describe()}. Fix: {found.fix}",)
 
 
 def _plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
                  formats: tuple[str, ...] | list[str] = ("safetensors",), force: bool = False,
                  shard_size: int | str | None = None, verify: bool = True,
-                 gguf_type: str | None = None) -> ExportPlan:
+                 gguf_type: str | None = None, check_data: Path | None = None) -> ExportPlan:
     """Everything the export will do, decided from headers and configs; writes nothing.
 
     `shard_size` (bytes or e.g. "5GB") repacks the output into files of at most that size;
@@ -296,7 +326,7 @@ def _plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
         gguf_type = None
 
     chain = resolve_chain(Path(checkpoint))
-    _refuse_in_memory_merge(Path(checkpoint))
+    warnings = _in_memory_merge(Path(checkpoint), chain.base, check_data)
     out = Path(out).expanduser().absolute()
     _check_target(out, chain, force)
 
@@ -330,7 +360,7 @@ def _plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
         adapter_plan=adapter, tokenizer_source=tokenizer_source,
         generation_source=generation_source, gguf_converter=converter,
         checkpoint_manifest=chain.manifest, gguf_type=gguf_type,
-        tokenizer_reference=tokenizer_reference)
+        tokenizer_reference=tokenizer_reference, warnings=warnings)
 
 
 def _clear_previous(out: Path) -> None:
@@ -389,7 +419,7 @@ def _manifest(plan: ExportPlan) -> manifest_io.Manifest:
         metrics=dict(source.metrics) if source else {},
         evaluation=dict(source.evaluation) if source else {},
         dtype=plan.dtype, formats=list(plan.formats), source_base=str(plan.base),
-        untied_embeddings=plan.untie)
+        untied_embeddings=plan.untie, warnings=list(plan.warnings))
 
 
 class _Reporter:
@@ -482,6 +512,8 @@ def run_export(plan: ExportPlan, progress: Callable[[ExportProgress], None] | No
                       bytes=record.bytes)
             for problem in problems:
                 sink.emit("warning", stage, message=problem)
+    # where it went, so `graftline lineage` shows it under its source wherever `out` is
+    export_index.record(out, plan.checkpoint, record.id)
     report(ExportProgress("done", total, total, message="done"), force_event=True)
     files = tuple(sorted(p.name for p in out.iterdir() if p.is_file()))
     return ExportResult(out, record, verification, files, record.bytes,

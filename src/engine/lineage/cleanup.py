@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import difflib
 import os
 import secrets
 import stat
@@ -145,7 +146,8 @@ class CleanupResult:
 
 
 def plan_cleanup(lineage: Lineage, rules: Sequence[KeepRule], *,
-                 own_run: str | None = None) -> CleanupPlan:
+                 own_run: str | None = None,
+                 delete_exports: Sequence[KeepRule] = ()) -> CleanupPlan:
     """Plan a cleanup of `lineage`'s roots keeping what `rules` select. Pure and O(nodes+edges).
 
     Raises CleanupError, with "did you mean", when any rule selects nothing (an id, path, glob,
@@ -153,6 +155,10 @@ def plan_cleanup(lineage: Lineage, rules: Sequence[KeepRule], *,
     into "delete everything", so such a plan deletes nothing at all.
     `own_run` is the run directory of the engine asking, between two of its stages: its
     checkpoints are not in use then, so they are not refused as a running run's.
+
+    An export (a model shipped out of the chain) is never deleted by keep rules: it stays
+    protected unless one of `delete_exports` (the same words as `--keep`: an id, a path, a
+    name or a glob) names it; such a word that names no export refuses the plan too.
     """
     if not rules:
         raise CleanupError("say what to keep: --keep final, --keep last:2, an id, a path or a glob")
@@ -174,7 +180,11 @@ def plan_cleanup(lineage: Lineage, rules: Sequence[KeepRule], *,
         if node.running and node.key not in keep and not between_own_stages:
             refused[node.key] = f"run {node.run} is running: its files are not touched"
 
-    protected = _protected(lineage, candidates, keep, refused)
+    doomed_exports = _named_exports(delete_exports, candidates, lineage, keep)
+    shipped = {n.key: [_SHIPPED.format(name=_short(n))] for n in candidates
+               if n.kind == "export" and n.key not in doomed_exports and n.key not in keep
+               and n.key not in refused}
+    protected = _protected(lineage, candidates, keep, refused, shipped)
 
     stays = set(keep) | set(protected) | set(refused)
     delete = [n for n in candidates if n.key not in stays]
@@ -204,14 +214,49 @@ def plan_cleanup(lineage: Lineage, rules: Sequence[KeepRule], *,
     )
 
 
+_SHIPPED_TAIL = "cleanup never deletes one unless it is named (--delete-export)"
+_SHIPPED = "{name} is an export (a shipped model): " + _SHIPPED_TAIL
+
+
+def _named_exports(words: Sequence[KeepRule], candidates: Sequence[Node], lineage: Lineage,
+                   keep: Mapping[str, object]) -> set[str]:
+    """The exports `words` name for deletion; CleanupError when a word names none, or names one
+    a keep word keeps (asked both ways: nothing is decided for the user)."""
+    exports = [n for n in candidates if n.kind == "export"]
+    named: set[str] = set()
+    for word in words:
+        if word.kind in ("final", "last", "best"):
+            raise CleanupError(f"--delete-export {word.text!r}: name the export (an id, a path, "
+                               "its name or a glob), not a policy. Nothing was deleted")
+        found = select(word, exports, lineage)
+        if not found:
+            words_known = sorted({w for n in exports
+                                  for w in (n.id, n.name, *relative_paths(n, lineage))})
+            guess = difflib.get_close_matches(word.value, words_known, n=3, cutoff=0.5)
+            hint = f"did you mean {' or '.join(guess)}? " if guess else ""
+            known = ", ".join(sorted(relative_paths(n, lineage)[0] if relative_paths(n, lineage)
+                                     else n.id for n in exports)[:8]) or "none"
+            raise CleanupError(f"--delete-export {word.text!r} names no export under "
+                               f"{', '.join(lineage.roots)}; {hint}exports there: {known}. "
+                               "Nothing was deleted")
+        both = [k for k in found if k in keep]
+        if both:
+            raise CleanupError(f"--delete-export {word.text!r} names "
+                               f"{_short(lineage.node(both[0]))}, which a --keep word keeps: "
+                               "say one or the other. Nothing was deleted")
+        named.update(found)
+    return named
+
+
 def _protected(lineage: Lineage, candidates: Sequence[Node], keep: Mapping[str, object],
-               refused: Mapping[str, str]) -> dict[str, list[str]]:
+               refused: Mapping[str, str],
+               shipped: Mapping[str, list[str]] | None = None) -> dict[str, list[str]]:
     """What must stay because something that stays needs it, with up to three reasons each.
 
     One breadth-first pass from everything that stays: the first path that reaches a node
     gives its reason.
     """
-    protected: dict[str, list[str]] = {}
+    protected: dict[str, list[str]] = {k: list(v) for k, v in (shipped or {}).items()}
     # A checkpoint made elsewhere that a run's stage started from (`from` a path): not a run's
     # to delete, whatever is kept; it stays with what it needs.
     for node in candidates:
@@ -310,8 +355,14 @@ def format_plan(plan: CleanupPlan, lineage: Lineage) -> str:
     lines = [f"Cleanup plan for {', '.join(plan.roots)}  (keep: {' '.join(plan.rules)})", ""]
     lines.append(f"Kept, as you asked ({len(plan.keep)}):")
     lines += [f"  {label(k)}  ← kept by {', '.join(why)}" for k, why in plan.keep.items()]
-    lines.append(f"Protected, needed by what you keep ({len(plan.protected)}):")
-    lines += [f"  {label(k)}  — protected: {'; '.join(why)}" for k, why in plan.protected.items()]
+    shipped = {k for k, why in plan.protected.items()
+               if lineage.node(k).kind == "export" and why and why[0].endswith(_SHIPPED_TAIL)}
+    needed = {k: why for k, why in plan.protected.items() if k not in shipped}
+    lines.append(f"Protected, needed by what you keep ({len(needed)}):")
+    lines += [f"  {label(k)}  — protected: {'; '.join(why)}" for k, why in needed.items()]
+    if shipped:
+        lines.append(f"Exports, never deleted unless named with --delete-export ({len(shipped)}):")
+        lines += [f"  {label(k)}" for k in sorted(shipped)]
     if plan.refused:
         lines.append(f"Refused ({len(plan.refused)}):")
         lines += [f"  {label(k)}  — {why}" for k, why in plan.refused.items()]

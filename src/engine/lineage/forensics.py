@@ -9,6 +9,9 @@ merged by hand, or an adapter trained on an in-memory merge, records nothing tru
   pitfall on each adapter after the first;
 - `flag_in_memory_merges`: an adapter whose config names a base that had been merged before the
   adapter was written probably belongs on the merge (suspected, not proven);
+- `flag_unsaved_chains`: several hand-made adapters on one recorded base, written one after
+  another, may each sit on an in-memory merge of the ones before; nothing on disk can tell, so
+  each after the first says so (unproven) with the fix and `--check-data`;
 - `infer_continued`: TRL's frozen `ref/` copy, bit-identical to the adapter a stage continued
   (`continued_from`, inferred).
 
@@ -43,7 +46,7 @@ from graftline.engine.lineage.model import Edge, InMemoryMerge
 if TYPE_CHECKING:
     from graftline.engine.lineage.reader import Draft
 
-__all__ = ["flag_in_memory_merges", "infer_continued", "infer_merges"]
+__all__ = ["flag_in_memory_merges", "flag_unsaved_chains", "infer_continued", "infer_merges"]
 
 # config.json keys that differ between a model and its merge without meaning anything.
 _VOLATILE_CONFIG = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache"}
@@ -167,6 +170,54 @@ def flag_in_memory_merges(drafts: dict[str, Draft], edges: list[Edge]) -> None:
             "suspected", message, f"load it on {merge.path}, or point its "
             "base_model_name_or_path at that merge"))
         edges.append(Edge(adapter.key, merge.key, "trained_on", "inferred"))
+
+def flag_unsaved_chains(drafts: dict[str, Draft], edges: list[Edge]) -> None:
+    """The merge nobody saved: several hand-made adapters record one base and were written one
+    after another. If each was trained on `merge_and_unload()` of the ones before it (seed
+    workflow 002: a topic per adapter, nothing merged saved), every one names the plain base
+    and no file on disk differs from a correctly made sibling; only data can tell
+    (`export.provenance`, `--check-data`). So each adapter after the first says it cannot be
+    proven, with the fix. Adapters already proven or suspected keep that finding."""
+    on: dict[str, list[Draft]] = {}
+    for edge in edges:
+        if edge.relation != "trained_on" or edge.source != "config":
+            continue
+        child = drafts[edge.child]
+        if child.kind != "adapter" or child.manifest is not None or not child.path \
+                or child.fields.get("run_dir"):
+            continue  # graftline's own adapters record the model they really trained on
+        on.setdefault(edge.parent, []).append(child)
+    for parent, found in on.items():
+        unique = {d.key: d for d in found}.values()
+        adapters = sorted(unique, key=lambda d: (d.newest, d.path or ""))
+        if len(adapters) < 2:
+            continue
+        base = drafts[parent]
+        for i, adapter in enumerate(adapters[1:], start=1):
+            if adapter.fields.get("in_memory_merge") is not None:
+                continue
+            earlier = adapters[:i]
+            before = " + ".join(a.name for a in earlier)
+            message = (
+                f"CANNOT BE PROVEN: {len(adapters)} adapters without graftline manifests record "
+                f"{base.name} as their base and were written one after another ({before}, then "
+                f"{adapter.name}). If {adapter.name} was trained on {base.name} + {before} "
+                "merged in memory (merge_and_unload, nothing saved), PEFT recorded the plain "
+                f"base, and loaded on {base.name} alone (as export does) it is the wrong "
+                "model; its files look the same either way.")
+            word = os.path.relpath(adapter.path, adapter.root) if adapter.root and \
+                adapter.path else adapter.name
+            fix = (f"`graftline lineage ROOT --check-data DATA.jsonl --adapter {word}` decides "
+                   f"it from {adapter.name}'s data; if it was trained on the merge, export the "
+                   f"chain (export {earlier[0].name}; then for each of "
+                   f"{', '.join(a.name for a in [*earlier[1:], adapter])} in turn, point its "
+                   "base_model_name_or_path at the export before it and export it) or retrain "
+                   "it on a saved merge")
+            adapter.warnings.append(f"{message} Fix: {fix}")
+            adapter.fields["in_memory_merge"] = InMemoryMerge(
+                "unproven", message, fix, base=base.key,
+                chain=tuple(a.path for a in earlier if a.path))
+
 
 def infer_continued(drafts: dict[str, Draft], edges: list[Edge]) -> None:
     """`continued_from` from TRL's frozen reference: DPO on a PeftModel saves the adapter it

@@ -60,12 +60,13 @@ def is_stage_result(node: Node) -> bool:
 def _finals(nodes: Sequence[Node], lineage: Lineage) -> list[str]:
     """The last checkpoint of every chain: every stage result and full model or adapter that
     nothing else in the roots was made from (a leaf), plus every `final/` folder. Trainer
-    checkpoints are steps on the way, never a chain's end."""
+    checkpoints are steps on the way, never a chain's end; an export of a checkpoint leaves
+    that checkpoint the chain's end."""
     on_disk = {n.key for n in nodes if n.kind != "trainer"}
     made_from: set[str] = set()
     for node in nodes:
-        if node.kind == "trainer":
-            continue
+        if node.kind in ("trainer", "export"):
+            continue  # an export ships a chain's end; it does not continue the chain
         for edge in lineage.parents(node.key):
             if edge.parent in on_disk and edge.parent != node.key:
                 made_from.add(edge.parent)

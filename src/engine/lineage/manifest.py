@@ -93,6 +93,8 @@ class Manifest(BaseModel):
     formats: list[str] | None = None
     source_base: str | None = None
     untied_embeddings: bool | None = None
+    # what the export said when it was planned (e.g. the in-memory-merge doubt), kept with it
+    warnings: list[str] = Field(default_factory=list)
 
 
 def read(directory: Path) -> Manifest | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, get_args
 
 from graftline.engine.lineage.manifest import Kind, Manifest, Relation, Status
-from graftline.engine.lineage.model import LoraInfo
+from graftline.engine.lineage.model import ExportInfo, LoraInfo
 
 _KINDS = frozenset(get_args(Kind))
 _RELATIONS = frozenset(get_args(Relation))
@@ -40,6 +40,7 @@ class ManifestView:
     evaluation: dict[str, float] = field(default_factory=dict)
     status: str = "partial"
     created: str | None = None
+    export: ExportInfo | None = None  # kind export: formats, dtype, verification
 
 
 def view(data: Any) -> ManifestView | None:
@@ -64,6 +65,7 @@ def view(data: Any) -> ManifestView | None:
         parents=tuple(ParentRef(p.relation, p.path, p.id, p.foreign) for p in m.parents),
         base=m.base, stage=m.stage, run=m.run, lora=lora, metrics=dict(m.metrics),
         evaluation=dict(m.evaluation), status=m.status, created=m.created,
+        export=export_info(m.model_dump(mode="json")) if m.kind == "export" else None,
     )
 
 
@@ -113,4 +115,27 @@ def _fast(data: dict[str, Any]) -> ManifestView:
         lora=lora, metrics=_numbers(data.get("metrics")),
         evaluation=_numbers(data.get("evaluation")), status=status,
         created=_opt_str(data, "created"),
+        export=export_info(data) if kind == "export" else None,
+    )
+
+
+def export_info(data: dict[str, Any]) -> ExportInfo:
+    """An export's own record, read leniently: a field of an unexpected shape is left out
+    (shown as unknown), never a reason to drop the export from the lineage."""
+    checks = {c.get("name"): c for c in data.get("checks") or () if isinstance(c, dict)}
+    # the streaming export's logit check, or the plain export stage's (a bare base, no adapter)
+    logits = checks.get("export_logits") or checks.get("export_equal")
+    gguf = checks.get("gguf_tensors")
+    formats = data.get("formats")
+    words = data.get("warnings")
+    return ExportInfo(
+        formats=tuple(str(f) for f in formats) if isinstance(formats, list) and formats
+        else ("safetensors",),
+        dtype=data.get("dtype") if isinstance(data.get("dtype"), str) else None,
+        verified=None if logits is None else logits.get("status") == "pass",
+        verification=str(logits.get("message") or "") if logits is not None else "",
+        gguf=None if gguf is None else
+        f"{'verified' if gguf.get('status') == 'pass' else 'NOT verified'}: "
+        f"{gguf.get('message') or ''}".rstrip(": "),
+        warnings=tuple(str(w) for w in words) if isinstance(words, list) else (),
     )

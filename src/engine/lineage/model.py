@@ -46,11 +46,43 @@ class LoraInfo:
 
 @dataclass(frozen=True, slots=True)
 class InMemoryMerge:
-    """An adapter whose config names a base it was not trained on (a merge done in memory)."""
+    """An adapter whose config may name a base it was not trained on (a merge done in memory):
+    proven from a saved merge's weights, suspected from one written before it, or unproven
+    (several hand-made adapters on one base, one after another: nothing on disk can tell)."""
 
-    certainty: Literal["proven", "suspected"]
+    certainty: Literal["proven", "suspected", "unproven"]
     message: str
     fix: str
+    # unproven: the recorded base and the adapters written on it before this one, in order
+    # (what `--check-data` merges to decide it)
+    base: str | None = None
+    chain: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ExportInfo:
+    """What an export recorded about itself (its `graftline.json`): how it was written and
+    whether reloading it reproduced the model it came from."""
+
+    formats: tuple[str, ...] = ("safetensors",)
+    dtype: str | None = None
+    verified: bool | None = None  # None: no verification recorded (--no-verify, or cut short)
+    verification: str = ""  # the check's message, e.g. "max |logit diff| 2e-05 ≤ 0.001"
+    gguf: str | None = None  # the GGUF check's message, when one was written
+    warnings: tuple[str, ...] = ()  # what the export said when it was planned
+
+    def describe(self) -> str:
+        """One line: formats, dtype and the verdict."""
+        if self.verified is True:
+            verdict = "verified" + (f" ({self.verification})" if self.verification else "")
+        elif self.verified is False:
+            verdict = "NOT verified" + (f": {self.verification}" if self.verification else "")
+        else:
+            verdict = "no verification recorded"
+        parts = ["+".join(self.formats), self.dtype or "?", verdict]
+        if self.gguf:
+            parts.append(f"GGUF {self.gguf}")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +121,8 @@ class Node:
     # Made outside graftline, and these stages (`run/stage`) started from it (`from` a path):
     # never deleted by cleanup, it is not a run's to delete (docs/bring-your-own.md).
     started: tuple[str, ...] = ()
+    # kind == export: its formats and verification, read from its manifest
+    export: ExportInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)

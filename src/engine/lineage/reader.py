@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from graftline.engine.common import export_index
 from graftline.engine.common.checkpoint_files import (
     ADAPTER_CONFIG,
     ADAPTER_PICKLE,
@@ -112,8 +113,10 @@ class _Scanner:
             self._walk(root)
         for draft in list(self.drafts.values()):
             self._link(draft)
+        self._exports_elsewhere()
         forensics.infer_merges(self.drafts, self.edges)
         forensics.flag_in_memory_merges(self.drafts, self.edges)
+        forensics.flag_unsaved_chains(self.drafts, self.edges)
         forensics.infer_continued(self.drafts, self.edges)
         return self._freeze()
 
@@ -334,6 +337,19 @@ class _Scanner:
                 )
                 self.edges.append(Edge(path, named, "trained_on", "config"))
 
+    def _exports_elsewhere(self) -> None:
+        """Exports written outside the roots from a checkpoint inside them (the per-user export
+        index remembers each pair): shown as leaves of their source, never deleted (outside)."""
+        for entry in export_index.read_entries():
+            source, out = entry["source"], entry["out"]
+            if source not in self.drafts or out in self.drafts or self._in_roots(out):
+                continue
+            manifest = read_manifest(out)
+            if manifest is None or manifest.kind != "export" or manifest.id != entry["id"]:
+                continue  # gone, or another export written there since
+            key = self._existing(out)
+            self.edges.append(Edge(key, source, "exported_from", "manifest"))
+
     def _resolve(self, ref: str | None, where: str, ref_id: str | None) -> str:
         """The node key `ref` (a path or hub id named in `where`) points at; adds it if new.
 
@@ -476,6 +492,7 @@ class _Scanner:
                 in_memory_merge=f.get("in_memory_merge"),
                 removed_by=f.get("removed_by"),
                 started=tuple(dict.fromkeys(f.get("started", ()))),
+                export=draft.manifest.export if draft.manifest is not None else None,
             ))
         by_key = {n.key: n for n in nodes}
         # A checkpoint whose base is gone can no longer be loaded or exported: say so loudly.

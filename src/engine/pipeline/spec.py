@@ -103,6 +103,10 @@ class Train(Strict):
     scheduler: str = "cosine"
     weight_decay: float = Field(default=0.0, ge=0)
     logging_steps: int = Field(default=1, ge=1)
+    eval_steps: int | None = Field(
+        default=None, ge=1,
+        description="evaluate eval_data (when given) and sample the probes every N steps",
+    )
     gradient_checkpointing: bool = False
     # -- TRL knobs (docs/trackers.md): None/False = TRL's own default; checked by validate
     # against the installed config classes (pipeline/trl_knobs.py)

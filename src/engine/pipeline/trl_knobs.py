@@ -50,6 +50,7 @@ OWNED: dict[str, str] = {
     "lr_scheduler_kwargs": "train.lr_scheduler_kwargs",
     "weight_decay": "train.weight_decay",
     "logging_steps": "train.logging_steps",
+    "eval_steps": "train.eval_steps",
     "logging_first_step": "nothing: the checks read the first step's log",
     "gradient_checkpointing": "train.gradient_checkpointing",
     "max_steps": "train.max_steps",

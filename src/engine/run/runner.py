@@ -397,5 +397,10 @@ def _write_outputs(ctx: StageContext, outcome: StageOutcome, partial: mf.Manifes
         atomic.write_json(target / mf.METRICS, {"summary": metrics, "history": outcome.history})
         atomic.write_json(target / mf.EVALUATION, outcome.evaluation)
     done = mf.complete(target, found)
+    if outcome.kind == "export" and outcome.parents:
+        # where it went, for the lineage (the streaming export records its own)
+        from graftline.engine.common import export_index
+
+        export_index.record(target, Path(outcome.parents[0].path), done.id)
     ctx.sink.emit("checkpoint_saved", ctx.name, path=str(target), kind=outcome.kind, id=done.id,
                   bytes=done.bytes)

@@ -486,11 +486,13 @@ SAMPLE_CHARS = 160
 
 
 def fold_samples(stage: dict[str, Any], data: dict[str, Any]) -> None:
-    """A stage's probe answers from one `samples` event: the latest per moment (start, end),
-    bounded, so a week-long run's samples open as fast as its chart."""
+    """A stage's probe answers from one `samples` event: the latest per moment (start, eval:
+    the latest evaluation during training, end), bounded, so a week-long run's samples open as
+    fast as its chart."""
     when = str(data.get("when") or "end")
     rows = [{"prompt": str(r.get("prompt", ""))[:SAMPLE_CHARS],
-             "answer": str(r.get("answer", ""))[:SAMPLE_CHARS]}
+             "answer": str(r.get("answer", ""))[:SAMPLE_CHARS],
+             **({"expected": str(r["expected"])[:SAMPLE_CHARS]} if r.get("expected") else {})}
             for r in (data.get("samples") or [])[:SAMPLE_ROWS] if isinstance(r, dict)]
     kept = stage.get("samples")
     kept = dict(kept) if isinstance(kept, dict) else {}

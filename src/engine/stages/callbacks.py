@@ -122,3 +122,32 @@ def summarize(history: list[dict[str, Any]], summary: dict[str, float]) -> dict[
         out[f"{key}_start"] = sum(values[:window]) / len(values[:window])
         out[f"{key}_end"] = sum(values[-window:]) / len(values[-window:])
     return out
+
+
+class ProbeSamples(TrainerCallback):
+    """The probes' answers during training: at every evaluation (`eval_strategy` through
+    `train.eval_steps` or the `trl` table), and every `every` steps when the stage has no
+    eval data to evaluate. Once per step at most; never at the last step (the stage's end
+    samples are that)."""
+
+    def __init__(self, every: int | None, sample: Callable[[int], None]) -> None:
+        self.every, self.sample = every, sample
+        self.done: set[int] = set()
+
+    def _at(self, state: TrainerState) -> None:
+        step = state.global_step
+        if step in self.done or (state.max_steps and step >= state.max_steps):
+            return
+        self.done.add(step)
+        self.sample(step)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> Any:
+        strategy = getattr(args, "eval_strategy", "no")
+        if self.every and state.global_step % self.every == 0 \
+                and getattr(strategy, "value", strategy) == "no":
+            self._at(state)
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> Any:
+        self._at(state)

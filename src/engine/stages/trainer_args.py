@@ -48,6 +48,10 @@ def common_args(ctx: StageContext, train: spec.Train) -> dict[str, Any]:
     }
     if train.save_steps:
         args["save_steps"] = train.save_steps
+    if train.eval_steps and getattr(ctx.stage, "eval_data", None):
+        # evaluations during training; the probes are sampled at each (callbacks.ProbeSamples)
+        args["eval_strategy"] = "steps"
+        args["eval_steps"] = train.eval_steps
     if train.max_steps:
         args["max_steps"] = train.max_steps
     else:

@@ -22,12 +22,13 @@ from graftline.engine.common.tokenizer_files import save_tokenizer
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import spec
 from graftline.engine.stages import checks, resume, trl_compat
-from graftline.engine.stages.callbacks import StageCallback, summarize
+from graftline.engine.stages.callbacks import ProbeSamples, StageCallback, summarize
 from graftline.engine.stages.checkpoint_guard import guard_checkpoint_saves, save_when_space
 from graftline.engine.stages.common import (
     StageContext,
     StageOutcome,
     emit_samples,
+    expected_answers,
     lora_spec_from_config,
     probe_prompts,
     stage_dir,
@@ -158,8 +159,13 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
                 target_modules=kept.target_modules, use_rslora=kept.use_rslora,
                 use_dora=kept.use_dora), policy))
     probes = probe_prompts(ctx, rows, count=checks.MIN_PROBES, at_least=True)
+    expected = expected_answers(rows, probes)
     said_before = checks.generate(policy, tokenizer, probes, PROBE_TOKENS)
-    emit_samples(ctx, "start", probes, said_before)
+    emit_samples(ctx, "start", probes, said_before, expected=expected)
+    trainer.add_callback(ProbeSamples(
+        stage.train.eval_steps, lambda at: emit_samples(
+            ctx, "eval", probes, checks.generate(policy, tokenizer, probes, PROBE_TOKENS), at,
+            expected=expected)))
     end_of_turn = _EndOfTurn(rows, tokenizer)
     ended_before = end_of_turn.measure(policy)
     spent += time.perf_counter() - began
@@ -222,7 +228,7 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
     log.record(checks.no_stray_ref(out))
     log.record(checks.adapter_base(out, ctx.model_path()))
     said_after = checks.generate(policy, tokenizer, probes, PROBE_TOKENS)
-    emit_samples(ctx, "end", probes, said_after, outcome.steps)
+    emit_samples(ctx, "end", probes, said_after, outcome.steps, expected=expected)
     random_twin = checks.random_weights(ctx.base_path)
     log.record(checks.generation_sanity(said_before, said_after, probes, PROBE_TOKENS,
                                         gate=not random_twin))
