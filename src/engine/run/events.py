@@ -106,7 +106,7 @@ class EventWriteError(GraftlineError, OSError):
     the plain error from `os.write` keeps working."""
 
 
-ErrorCallback = Callable[[OSError, Event], None]
+ErrorCallback = Callable[[OSError, "Event | None"], None]  # None: a queued write failed
 
 
 class EventWriter:
@@ -315,7 +315,7 @@ class EventWriter:
 
     def _report(self, exc: OSError, event: Event | None) -> None:
         if self._on_error is not None:
-            self._on_error(exc, event)  # type: ignore[arg-type]
+            self._on_error(exc, event)
             return
         if event is None:
             return  # an fsync failure without a callback: nothing to undo, nothing queued
