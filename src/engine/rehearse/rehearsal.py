@@ -200,6 +200,21 @@ def derive(pf: PipelineFile, *, base: str, scratch: Path, steps: int = DEFAULT_S
                          "rehearsed in one process; the DDP/FSDP/DeepSpeed launch is not")
         stages.append(stage.model_copy(update=update))
 
+    head = _rehearsal_header(header, base, scratch, cuda, random_twin, notes)
+    defaults = pipeline.defaults
+    if _processes(defaults) > 1:  # [defaults] processes: every stage that inherits it
+        notes.append(f"[defaults] processes = {_processes(defaults)} is rehearsed in one process")
+        defaults = defaults.model_copy(update={"processes": 1})
+    derived = pipeline.model_copy(update={
+        "pipeline": header.model_copy(update=head), "stage": stages, "defaults": defaults,
+    })
+    return Derived(derived, tuple(samples.values()), tuple(notes))
+
+
+def _rehearsal_header(header: spec.Header, base: str, scratch: Path, cuda: bool,
+                      random_twin: bool, notes: list[str]) -> dict[str, Any]:
+    """What the rehearsal changes in `[pipeline]` (the twin, the scratch runs folder, what this
+    machine cannot rehearse), each change with its note."""
     if random_twin:
         notes.append(f"learning rates × {RANDOM_LR_SCALE} on the twin's random weights, so the "
                      "collapse check sees plumbing faults, not a random model tipping over")
@@ -223,14 +238,7 @@ def derive(pf: PipelineFile, *, base: str, scratch: Path, steps: int = DEFAULT_S
     if _processes(header) > 1:
         head["processes"] = 1
         notes.append(f"processes = {_processes(header)} (multi-GPU) is rehearsed in one process")
-    defaults = pipeline.defaults
-    if _processes(defaults) > 1:  # [defaults] processes: every stage that inherits it
-        notes.append(f"[defaults] processes = {_processes(defaults)} is rehearsed in one process")
-        defaults = defaults.model_copy(update={"processes": 1})
-    derived = pipeline.model_copy(update={
-        "pipeline": header.model_copy(update=head), "stage": stages, "defaults": defaults,
-    })
-    return Derived(derived, tuple(samples.values()), tuple(notes))
+    return head
 
 
 def _foreign_start(stage: spec.StageBase, notes: list[str]) -> dict[str, Any]:
