@@ -1,6 +1,6 @@
 """The graftline console: a Textual app over run directories.
 
-It reads runs through `graftline.engine.run.client` and the event log, and changes them only through
+It reads runs through `graftline.engine.run` and the event log, and changes them only through
 the control channel (stop/pause), the cleanup executor and the exporter — each behind a confirm.
 `q` detaches: the engine is a separate process session and keeps training.
 """

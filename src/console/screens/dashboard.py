@@ -316,10 +316,10 @@ class DashboardScreen(WorkerFailures, Screen[None]):
     @work(thread=True, group="control", exit_on_error=False)
     def _send(self, command: str) -> None:
         from graftline.engine.common import GraftlineError
-        from graftline.engine.run import client
+        from graftline.engine.run import send_command
 
         try:
-            reply = client.send_command(self.run_dir, command)
+            reply = send_command(self.run_dir, command)
         except GraftlineError as exc:  # the engine is gone or refused: its socket says which
             self.notify(f"{command} failed: {exc}", severity="error")  # thread-safe
             return

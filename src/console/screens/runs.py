@@ -123,7 +123,7 @@ class RunsScreen(WorkerFailures, Screen[None]):
     # -- reading (a worker thread) ------------------------------------------------------------
 
     def _row(self, info: RunInfo, now: float) -> Row:
-        from graftline.engine.run import client
+        from graftline.engine.run import run_details
 
         path = Path(info.path)
         cached = self._details.get(path)
@@ -131,7 +131,7 @@ class RunsScreen(WorkerFailures, Screen[None]):
         if cached is not None and not info.live:
             details = cached[1]
         else:
-            details = client.run_details(info, now)
+            details = run_details(info, now)
             self._details[path] = (now, details)
         progress = info.progress
         return Row(path, info.run_id, info.status, info.stage or "",
@@ -140,12 +140,12 @@ class RunsScreen(WorkerFailures, Screen[None]):
 
     @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
     def action_refresh(self) -> None:
-        from graftline.engine.run import client
+        from graftline.engine.run import known_runs
 
         now = time.time()
         try:
-            client.known_runs(self.runs_dir)  # the runs under this directory join the index
-            rows = [self._row(info, now) for info in client.known_runs()]
+            known_runs(self.runs_dir)  # the runs under this directory join the index
+            rows = [self._row(info, now) for info in known_runs()]
             problem = None
         except Exception as exc:  # a listing problem must not take the console down
             rows, problem = [], f"cannot list runs: {exc}"

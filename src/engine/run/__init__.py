@@ -29,12 +29,15 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.run import summary as summary
     from graftline.engine.run import summary_file as summary_file
     from graftline.engine.run import telemetry as telemetry
+    from graftline.engine.run.client import DISK_FULL as DISK_FULL
     from graftline.engine.run.client import (
         RunDetails as RunDetails,
     )
     from graftline.engine.run.client import (
         RunInfo as RunInfo,
     )
+    from graftline.engine.run.client import default_runs_dir as default_runs_dir
+    from graftline.engine.run.client import disk_full_advice as disk_full_advice
     from graftline.engine.run.client import (
         find_run as find_run,
     )
@@ -50,6 +53,7 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.run.client import (
         list_runs as list_runs,
     )
+    from graftline.engine.run.client import read_fold as read_fold
     from graftline.engine.run.client import (
         read_state as read_state,
     )
@@ -150,6 +154,10 @@ _EXPORTS = {
     "known_runs": "client",
     "run_details": "client",
     "RunDetails": "client",
+    "DISK_FULL": "client",
+    "default_runs_dir": "client",
+    "disk_full_advice": "client",
+    "read_fold": "client",
     "index": "index",
     "read_state": "client",
     "send_command": "client",

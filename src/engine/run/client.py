@@ -1,8 +1,9 @@
-"""The engine's public client API: everything the console and the CLI need to know about runs.
+"""Reading runs and talking to their engines: find, list, state, details, follow, control.
 
-The console imports this module (and the engine's pure planners: lineage, cleanup, export plans),
-never a trainer. Nothing here imports torch, transformers, trl or peft: attaching to a run costs
-a file read, not a model load.
+One door: the console and the CLI use these through `graftline.engine.run` (the area's surface,
+which also holds starting a run: `start_run`, `resume_run` from run/launch.py), never this module
+by name. Nothing here imports torch, transformers, trl or peft: attaching to a run costs a file
+read, not a model load.
 """
 
 from __future__ import annotations
@@ -31,18 +32,6 @@ from graftline.engine.run.events import (  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
     from graftline.engine.run.fold import RunFold, StageState
-
-# Starting a run needs the pipeline reader (pydantic, a third of a second to import); finding,
-# listing and following runs do not, so the launch functions are loaded on first use (PEP 562).
-_FROM_LAUNCH = ("LaunchError", "create_run", "resume_run", "start_run")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FROM_LAUNCH:
-        from graftline.engine.run import launch
-
-        return getattr(launch, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 RUNS_DIR_ENV = "GRAFTLINE_RUNS_DIR"
 
