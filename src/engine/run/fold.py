@@ -309,11 +309,17 @@ def _run_started(s: RunFold[Any], _name: str | None, data: dict[str, Any], _when
             continue
         view = s.stage(raw["name"])
         view.index = index
-        for key in ("kind", "action", "lora_r", "reference", "max_steps"):
-            if raw.get(key) is not None:
-                setattr(view, key, raw[key])
-        if raw.get("reference_label") is not None:
-            view.reference_short = raw["reference_label"]
+        _take_plan(view, raw, ("kind", "action", "lora_r", "reference", "max_steps"))
+
+
+def _take_plan(view: StageState, data: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """What the engine's plan says of a stage (run_started, stage_started): the keys given,
+    and its short reference label; a value the event leaves out keeps what was known."""
+    for key in keys:
+        if data.get(key) is not None:
+            setattr(view, key, data[key])
+    if data.get("reference_label") is not None:
+        view.reference_short = data["reference_label"]
 
 
 def _stage_started(s: RunFold[Any], name: str | None, data: dict[str, Any], when: Any) -> None:
@@ -322,11 +328,7 @@ def _stage_started(s: RunFold[Any], name: str | None, data: dict[str, Any], when
     view = s.stage(name)
     view.status = "running"
     view.started = when
-    for key in ("kind", "index", "max_steps", "action", "reference"):
-        if data.get(key) is not None:
-            setattr(view, key, data[key])
-    if data.get("reference_label") is not None:
-        view.reference_short = data["reference_label"]
+    _take_plan(view, data, ("kind", "index", "max_steps", "action", "reference"))
     view.world_size, view.processes, view.machine_rank = (  # scale-out
         data.get("world_size"), data.get("processes"), data.get("machine_rank"))
     view.failed_rank = None
