@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from graftline.engine.common.event_types import EventType
 from graftline.engine.pipeline import foreign, spec
 from graftline.engine.pipeline.file import PipelineFile
 from graftline.engine.pipeline.plan import StepPlan, build_plan
@@ -296,7 +297,7 @@ class RehearsalSink:
         self.cleanup_breaks: dict[str, tuple[str, str]] = {}  # stage → (message, fix)
         self.errors: list[tuple[str, str]] = []  # run-level errors (no stage)
 
-    def emit(self, type: str, stage: str | None = None, **data: Any) -> None:
+    def emit(self, type: EventType, stage: str | None = None, **data: Any) -> None:
         record = self.stages.get(stage or "")
         if type == "error":
             if record is None:

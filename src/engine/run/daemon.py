@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graftline.engine.common.control import RunControl
+from graftline.engine.common.event_types import EventType
 from graftline.engine.common.layout import LOCK, RunLayout
 from graftline.engine.common.units import human_bytes
 from graftline.engine.run import launch
@@ -60,7 +61,7 @@ class EngineSink:
         self.saw_run_finished = False
         self.telemetry: TelemetryThread | None = None  # started once the log has run_started
 
-    def emit(self, type: str, stage: str | None = None, **data: Any) -> object:
+    def emit(self, type: EventType, stage: str | None = None, **data: Any) -> object:
         if type == "warning" and data.get("disk_full") and self.disk is not None:
             # a checkpoint or a stage's output hit a full disk (common.disk_full): pause now,
             # the writer waits in wait_for_space until the watcher resumes the run
