@@ -224,43 +224,13 @@ def analyse_adapter(adapter: Path, base_tensors: dict[str, tuple[Path, TensorInf
         raise ExportRefused(f"{ADAPTER_SAFETENSORS} is missing ({other} found)", path=adapter,
                             fix="re-save the adapter with save_pretrained(safe_serialization=True)")
     headers, _meta = read_header(weights)
-    pairs, replacements = _sort_tensors(headers, weights)
 
-    deltas: dict[str, LoraDelta] = {}
-    for module, parts in sorted(pairs.items()):
-        if set(parts) != {"A", "B"}:
-            raise ExportRefused(f"module {module} has lora_{next(iter(parts))} without its pair",
-                                path=weights)
-        wrapped = _parameter_target(module, config, layout, base_tensors, weights)
-        if wrapped is not None:
-            for found in _parameter_deltas(wrapped, wrapped[0] in layout.transposed, parts,
-                                           headers, config, base_tensors, weights):
-                deltas[found.base_key] = found
-            continue
-        delta = _module_delta(module, parts, headers, config, layout, base_tensors, weights)
-        deltas[delta.base_key] = delta
+    r_default, alpha_default = int(config["r"]), float(config["lora_alpha"])
+    rank_pattern: dict[str, int] = config.get("rank_pattern") or {}
+    alpha_pattern: dict[str, float] = config.get("alpha_pattern") or {}
+    rslora = bool(config.get("use_rslora"))
+    fan_in_fan_out = bool(config.get("fan_in_fan_out"))
 
-    for target, key in replacements.items():
-        if target not in base_tensors and target != _untied_output(layout, base_tensors):
-            raise ExportRefused(f"the adapter saves {target}, which the base does not have",
-                                path=weights, fix="check that the adapter was trained on this base")
-        if headers[key].shape != _base_shape(target, base_tensors, layout):
-            raise ExportRefused(
-                f"the adapter's {target} has shape {list(headers[key].shape)} but the base's is "
-                f"{list(_base_shape(target, base_tensors, layout))} (a resized vocabulary?)",
-                path=weights, fix="export cannot resize embeddings; merge with PEFT instead")
-
-    if layout.tied and config.get("ensure_weight_tying") and _touches_embeddings(
-            layout, set(deltas) | set(replacements)):
-        raise ExportRefused("ensure_weight_tying shares the adapter between tied embeddings; "
-                            "export cannot reproduce that exactly", path=config_path)
-    return AdapterPlan(adapter, config, deltas, replacements, headers)
-
-
-def _sort_tensors(headers: dict[str, TensorInfo], weights: Path
-                  ) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
-    """The adapter's tensors as LoRA pairs per module ({"A": key, "B": key}) and whole tensors
-    it replaces (base name → key); anything else is refused."""
     pairs: dict[str, dict[str, str]] = {}
     replacements: dict[str, str] = {}
     for key in headers:
@@ -279,52 +249,69 @@ def _sort_tensors(headers: dict[str, TensorInfo], weights: Path
             raise ExportRefused(f"adapter tensor {key!r} is of a kind export cannot merge "
                                 "exactly", path=weights)
         replacements[target] = key
-    return pairs, replacements
 
+    deltas: dict[str, LoraDelta] = {}
+    for module, parts in sorted(pairs.items()):
+        if set(parts) != {"A", "B"}:
+            raise ExportRefused(f"module {module} has lora_{next(iter(parts))} without its pair",
+                                path=weights)
+        wrapped = _parameter_target(module, config, layout, base_tensors, weights)
+        if wrapped is not None:
+            for found in _parameter_deltas(wrapped, wrapped[0] in layout.transposed, parts,
+                                           headers, config, base_tensors, weights):
+                deltas[found.base_key] = found
+            continue
+        base_key = f"{module}.weight"
+        if base_key not in base_tensors and base_key != _untied_output(layout, base_tensors):
+            raise ExportRefused(
+                f"the adapter changes {base_key}, which the base does not store under that name",
+                path=weights, fix="check that the adapter was trained on this base")
+        a, b = headers[parts["A"]], headers[parts["B"]]
+        embedding = "lora_embedding" in parts["A"]
+        r = a.shape[0]
+        expected_r = int(rank_pattern.get(get_pattern_key(list(rank_pattern), module), r_default))
+        if r != expected_r:
+            raise ExportRefused(f"module {module}: lora_A has rank {r} but the config says "
+                                f"{expected_r}", path=weights)
+        alpha = float(alpha_pattern.get(get_pattern_key(list(alpha_pattern), module),
+                                        alpha_default))
+        scale = lora_scale(r, alpha, rslora)
+        module_type = layout.module_types.get(module, "")
+        base_shape = _base_shape(base_key, base_tensors, layout)
+        if embedding:
+            kind: Literal["linear", "linear_t", "embedding"] = "embedding"
+            delta_shape = (a.shape[1], b.shape[0])
+        elif fan_in_fan_out and (module_type == "Conv1D" or
+                                 (not module_type and base_shape == (a.shape[1], b.shape[0]))):
+            kind, delta_shape = "linear_t", (a.shape[1], b.shape[0])
+        elif module_type and module_type not in ("Linear", "Conv1D") and \
+                not module_type.endswith("Linear"):
+            raise ExportRefused(f"module {module} is a {module_type}; export merges LoRA on "
+                                "linear and embedding layers only", path=weights)
+        else:
+            kind, delta_shape = "linear", (b.shape[0], a.shape[1])
+        if b.shape[1] != r or delta_shape != base_shape:
+            raise ExportRefused(
+                f"module {module}: the adapter's delta has shape {list(delta_shape)} but the base "
+                f"weight is {list(base_shape)}", path=weights,
+                fix="check that the adapter was trained on this base")
+        deltas[base_key] = LoraDelta(base_key, parts["A"], parts["B"], r, scale, kind)
 
-def _module_delta(module: str, parts: dict[str, str], headers: dict[str, TensorInfo],
-                  config: dict[str, Any], layout: ModelLayout,
-                  base_tensors: dict[str, tuple[Path, TensorInfo]], weights: Path) -> LoraDelta:
-    """One module's LoRA pair as the delta it adds to its base weight: its rank and scale from
-    the config (rank and alpha patterns, rsLoRA), its layout, shapes checked."""
-    base_key = f"{module}.weight"
-    if base_key not in base_tensors and base_key != _untied_output(layout, base_tensors):
-        raise ExportRefused(
-            f"the adapter changes {base_key}, which the base does not store under that name",
-            path=weights, fix="check that the adapter was trained on this base")
-    rank_pattern: dict[str, int] = config.get("rank_pattern") or {}
-    alpha_pattern: dict[str, float] = config.get("alpha_pattern") or {}
-    a, b = headers[parts["A"]], headers[parts["B"]]
-    embedding = "lora_embedding" in parts["A"]
-    r = a.shape[0]
-    expected_r = int(rank_pattern.get(get_pattern_key(list(rank_pattern), module),
-                                      int(config["r"])))
-    if r != expected_r:
-        raise ExportRefused(f"module {module}: lora_A has rank {r} but the config says "
-                            f"{expected_r}", path=weights)
-    alpha = float(alpha_pattern.get(get_pattern_key(list(alpha_pattern), module),
-                                    float(config["lora_alpha"])))
-    scale = lora_scale(r, alpha, bool(config.get("use_rslora")))
-    module_type = layout.module_types.get(module, "")
-    base_shape = _base_shape(base_key, base_tensors, layout)
-    if embedding:
-        kind: Literal["linear", "linear_t", "embedding"] = "embedding"
-        delta_shape = (a.shape[1], b.shape[0])
-    elif bool(config.get("fan_in_fan_out")) and (module_type == "Conv1D" or (
-            not module_type and base_shape == (a.shape[1], b.shape[0]))):
-        kind, delta_shape = "linear_t", (a.shape[1], b.shape[0])
-    elif module_type and module_type not in ("Linear", "Conv1D") and \
-            not module_type.endswith("Linear"):
-        raise ExportRefused(f"module {module} is a {module_type}; export merges LoRA on "
-                            "linear and embedding layers only", path=weights)
-    else:
-        kind, delta_shape = "linear", (b.shape[0], a.shape[1])
-    if b.shape[1] != r or delta_shape != base_shape:
-        raise ExportRefused(
-            f"module {module}: the adapter's delta has shape {list(delta_shape)} but the base "
-            f"weight is {list(base_shape)}", path=weights,
-            fix="check that the adapter was trained on this base")
-    return LoraDelta(base_key, parts["A"], parts["B"], r, scale, kind)
+    for target, key in replacements.items():
+        if target not in base_tensors and target != _untied_output(layout, base_tensors):
+            raise ExportRefused(f"the adapter saves {target}, which the base does not have",
+                                path=weights, fix="check that the adapter was trained on this base")
+        if headers[key].shape != _base_shape(target, base_tensors, layout):
+            raise ExportRefused(
+                f"the adapter's {target} has shape {list(headers[key].shape)} but the base's is "
+                f"{list(_base_shape(target, base_tensors, layout))} (a resized vocabulary?)",
+                path=weights, fix="export cannot resize embeddings; merge with PEFT instead")
+
+    if layout.tied and config.get("ensure_weight_tying") and _touches_embeddings(
+            layout, set(deltas) | set(replacements)):
+        raise ExportRefused("ensure_weight_tying shares the adapter between tied embeddings; "
+                            "export cannot reproduce that exactly", path=config_path)
+    return AdapterPlan(adapter, config, deltas, replacements, headers)
 
 
 def _targets(config: dict[str, Any]) -> list[str]:

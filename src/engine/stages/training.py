@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -68,7 +67,8 @@ def _previous_sft_loss(ctx: StageContext) -> tuple[str, float | None] | None:
 
 def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
     stage, step = ctx.spec_as(spec.TrainingStage), ctx.step
-    log, spent = checks.CheckLog(ctx.name, ctx.sink), 0.0  # spent: seconds in checks
+    log = checks.CheckLog(ctx.name, ctx.sink)
+    spent = 0.0
     rows = stage_rows(ctx, stage, "data", ctx.kind, log)
     eval_rows = stage_rows(ctx, stage, "eval_data", ctx.kind, log) if stage.eval_data else None
     trl_compat.install()
@@ -94,8 +94,11 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
 
     callback = StageCallback(ctx.name, ctx.sink, ctx.control, ctx.global_step_offset,
                              on_first_log=first_log, on_begin=resumed)
-    trainer = _quiet_and_guarded(build(model, tokenizer, peft_config, rows, eval_rows, callback),
-                                 ctx)
+    trainer = build(model, tokenizer, peft_config, rows, eval_rows, callback)
+    # progress goes through the sink; the Trainer's own printer would flood engine.log
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    guard_checkpoint_saves(trainer, ctx)  # a full disk pauses the save, never fails the stage
     policy = trainer.accelerator.unwrap_model(trainer.model)
 
     began = time.perf_counter()
@@ -104,14 +107,37 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
     log.record(checks.adapters(policy, allowed_frozen=allowed))
     log.record(checks.trainable_fraction(policy))
     if step.action == "continue":
-        _check_config_kept(ctx, policy, log)
+        parent = mf.read(ctx.parent_dir())
+        if parent is not None and parent.lora is not None:
+            log.record(checks.lora_config_kept(parent.lora, policy))
+        elif step.foreign is not None and step.foreign.lora is not None:
+            kept = step.foreign.lora  # a foreign adapter: the shape its adapter_config records
+            log.record(checks.lora_config_kept(mf.LoraSpec(
+                r=kept.r, alpha=kept.lora_alpha, dropout=kept.dropout,
+                target_modules=kept.target_modules, use_rslora=kept.use_rslora,
+                use_dora=kept.use_dora), policy))
     probes = probe_prompts(ctx, rows, count=checks.MIN_PROBES, at_least=True)
     said_before = checks.generate(policy, tokenizer, probes, PROBE_TOKENS)
     emit_samples(ctx, "start", probes, said_before)
     spent += time.perf_counter() - began
 
-    # Set before the hooks, so a distributed rank's wrapper around `train` wraps this one.
-    final = _train_no_step_past_the_end(ctx, trainer, resumed)
+    final = resume.final_step(ctx.resume_from)
+    if final is not None and ctx.resume_from is not None:
+        # saved at the last step, then the engine died before the adapter save: training is
+        # over, and the Trainer resumed there would still train a step past max_steps. Set
+        # before the hooks, so a distributed rank's wrapper around `train` wraps this one.
+        checkpoint = ctx.resume_from
+
+        def finished() -> None:
+            resumed()
+            ctx.sink.emit("info", ctx.name, message=(
+                f"{checkpoint.name} holds step {final.global_step} of {final.max_steps}, the "
+                "stage's last: its training was complete when the engine stopped, so no step "
+                "is trained; its adapter goes on to the stage's save and checks"),
+                resumed_from=str(checkpoint), steps_trained=0, step=final.global_step,
+                max_steps=final.max_steps)
+
+        trainer.train = resume.no_step(trainer, checkpoint, after=finished)
     if ctx.hooks.before_train is not None:
         ctx.hooks.before_train(trainer)
     if ctx.resume_from is not None:
@@ -138,77 +164,6 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
         policy.delete_adapter(REFERENCE_ADAPTER)
     spent += time.perf_counter() - began
 
-    out = _save_adapter(ctx, policy, tokenizer)
-    spent += _checks_after_save(ctx, log, policy, tokenizer, out, probes, said_before,
-                                outcome.steps)
-
-    if eval_rows is not None:
-        outcome.evaluation = {k: float(v) for k, v in trainer.evaluate().items()
-                              if isinstance(v, int | float)}
-    return _recorded(outcome, ctx, policy, spent)
-
-
-def _quiet_and_guarded(trainer: Any, ctx: StageContext) -> Any:
-    # progress goes through the sink; the Trainer's own printer would flood engine.log
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    guard_checkpoint_saves(trainer, ctx)  # a full disk pauses the save, never fails the stage
-    return trainer
-
-
-def _checks_after_save(ctx: StageContext, log: checks.CheckLog, policy: Any, tokenizer: Any,
-                       out: Path, probes: Any, said_before: Any, steps: int) -> float:
-    """The saved adapter's checks and the probes' answers at the end; the seconds they took."""
-    began = time.perf_counter()
-    log.record(checks.no_stray_ref(out))
-    log.record(checks.adapter_base(out, ctx.model_path()))
-    said_after = checks.generate(policy, tokenizer, probes, PROBE_TOKENS)
-    emit_samples(ctx, "end", probes, said_after, steps)
-    log.record(checks.generation_sanity(said_before, said_after, probes, PROBE_TOKENS,
-                                        gate=not checks.random_weights(ctx.base_path)))
-    return time.perf_counter() - began
-
-
-def _check_config_kept(ctx: StageContext, policy: Any, log: checks.CheckLog) -> None:
-    """A continued adapter keeps its LoRA shape: its parent stage's manifest, or for a foreign
-    adapter the shape its adapter_config records."""
-    parent = mf.read(ctx.parent_dir())
-    if parent is not None and parent.lora is not None:
-        log.record(checks.lora_config_kept(parent.lora, policy))
-    elif ctx.step.foreign is not None and ctx.step.foreign.lora is not None:
-        kept = ctx.step.foreign.lora
-        log.record(checks.lora_config_kept(mf.LoraSpec(
-            r=kept.r, alpha=kept.lora_alpha, dropout=kept.dropout,
-            target_modules=kept.target_modules, use_rslora=kept.use_rslora,
-            use_dora=kept.use_dora), policy))
-
-
-def _train_no_step_past_the_end(ctx: StageContext, trainer: Any,
-                                resumed: Callable[[], None]) -> Any:
-    """A checkpoint saved at the stage's last step, then the engine died before the adapter
-    save: training is over, and the Trainer resumed there would still train a step past
-    max_steps. `trainer.train` then trains nothing. The final step's record, else None."""
-    final = resume.final_step(ctx.resume_from)
-    checkpoint = ctx.resume_from
-    if final is None or checkpoint is None:
-        return final
-
-    def finished() -> None:
-        resumed()
-        ctx.sink.emit("info", ctx.name, message=(
-            f"{checkpoint.name} holds step {final.global_step} of {final.max_steps}, the "
-            "stage's last: its training was complete when the engine stopped, so no step "
-            "is trained; its adapter goes on to the stage's save and checks"),
-            resumed_from=str(checkpoint), steps_trained=0, step=final.global_step,
-            max_steps=final.max_steps)
-
-    trainer.train = resume.no_step(trainer, checkpoint, after=finished)
-    return final
-
-
-def _save_adapter(ctx: StageContext, policy: Any, tokenizer: Any) -> Path:
-    """The trained adapter (without TRL's `ref`) and the tokenizer, into the stage directory;
-    a full disk pauses the save until there is space."""
     out = ctx.stage_dir
 
     def save() -> None:
@@ -219,15 +174,22 @@ def _save_adapter(ctx: StageContext, policy: Any, tokenizer: Any) -> Path:
                         if p.requires_grad)
     save_when_space(ctx, "the stage's adapter", out, adapter_bytes, save)
     ctx.sink.emit("info", ctx.name, message=f"adapter saved to {out}")
-    return out
 
+    began = time.perf_counter()
+    log.record(checks.no_stray_ref(out))
+    log.record(checks.adapter_base(out, ctx.model_path()))
+    said_after = checks.generate(policy, tokenizer, probes, PROBE_TOKENS)
+    emit_samples(ctx, "end", probes, said_after, outcome.steps)
+    log.record(checks.generation_sanity(said_before, said_after, probes, PROBE_TOKENS,
+                                        gate=not checks.random_weights(ctx.base_path)))
+    spent += time.perf_counter() - began
 
-def _recorded(outcome: StageOutcome, ctx: StageContext, policy: Any,
-              spent: float) -> StageOutcome:
-    """What the manifest records of a trained stage beside its metrics."""
+    if eval_rows is not None:
+        outcome.evaluation = {k: float(v) for k, v in trainer.evaluate().items()
+                              if isinstance(v, int | float)}
     outcome.lora = lora_spec_from_config(policy.peft_config[checks.ADAPTER])
     outcome.base = ctx.model_path()
     outcome.parents = training_parents(ctx)
     outcome.metrics["checks_seconds"] = spent
-    outcome.extra = {"action": ctx.step.action, "reference": ctx.step.reference}
+    outcome.extra = {"action": step.action, "reference": step.reference}
     return outcome
