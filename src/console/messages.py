@@ -25,8 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CleanupFinished", "ExportFinished", "ExportPlanned", "ExportProgress", "LineageScanned",
-    "OpenRun", "PipelineChecked", "RehearsalEnded", "RehearsalLine", "RehearsalStarted",
-    "RunsListed", "ShowLaunch", "ShowRuns", "WorkerFailures", "worker_failure",
+    "OpenRun", "RunsListed", "ShowLaunch", "ShowRuns", "WorkerFailures", "worker_failure",
 ]
 
 
@@ -72,26 +71,6 @@ class CleanupFinished(_Result):
     def __init__(self, message: str, failed: bool) -> None:
         super().__init__()
         self.message, self.failed = message, failed
-
-
-class PipelineChecked(_Result):
-    def __init__(self, report: Any) -> None:  # screens/launch.Report
-        super().__init__()
-        self.report = report
-
-
-class RehearsalStarted(_Result):
-    """The launch's rehearsal (a child process) has started."""
-
-
-class RehearsalLine(_Result):
-    def __init__(self, line: str, marks: list[str]) -> None:
-        super().__init__()
-        self.line, self.marks = line, marks  # what it does now; the stages it has done
-
-
-class RehearsalEnded(_Result):
-    """The launch's rehearsal has ended, passed or not."""
 
 
 class ExportPlanned(_Result):

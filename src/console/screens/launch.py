@@ -15,7 +15,7 @@ from typing import ClassVar
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
-from textual import on, work
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
@@ -24,15 +24,7 @@ from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
 from graftline.console.formats import human_bytes
-from graftline.console.messages import (
-    OpenRun,
-    PipelineChecked,
-    RehearsalEnded,
-    RehearsalLine,
-    RehearsalStarted,
-    ShowRuns,
-    WorkerFailures,
-)
+from graftline.console.messages import OpenRun, ShowRuns, WorkerFailures
 
 
 def pipeline_files(folder: Path) -> list[Path]:
@@ -239,11 +231,7 @@ class LaunchScreen(WorkerFailures, Screen[None]):
             report = check_file(path, self.folder)
         except Exception as exc:  # validate must never take the console down
             report = Report(path, False, Text(f"cannot check {path.name}: {exc}", style="red"))
-        self.post_message(PipelineChecked(report))
-
-    @on(PipelineChecked)
-    def _checked(self, message: PipelineChecked) -> None:
-        self._show(message.report)
+        self.app.call_from_thread(self._show, report)
 
     def _show(self, report: Report) -> None:
         self.report = report
@@ -269,24 +257,30 @@ class LaunchScreen(WorkerFailures, Screen[None]):
         self.notify(f"launching {report.file.name} in the background{first}…")
         self._launch(report.file, self.rehearse_first)
 
-    @work(thread=True, exclusive=True, group="launch", exit_on_error=False, description="launch")
+    @work(thread=True, exclusive=True, group="launch", exit_on_error=False)
     def _launch(self, path: Path, rehearse_first: bool) -> None:
-        """A failure to launch is told by `WorkerFailures` ("launch failed: …")."""
         from graftline.console.launcher import launch_background
 
         if rehearse_first:
             # in its own process: the console never holds a trainer, and a rehearsal's imports
             # and training stay out of the UI's memory; its progress arrives on stderr
-            self.post_message(RehearsalStarted())
+            self.app.call_from_thread(self._rehearsal_started)
             try:
                 done = self._rehearse(path)
             finally:
-                self.post_message(RehearsalEnded())
-            if done.returncode != 0:  # notify is thread-safe
-                self.notify(f"not launched: the rehearsal failed: {rehearsal_verdict(done)}",
-                            severity="error", timeout=30)
+                self.app.call_from_thread(self._rehearsal_ended)
+            if done.returncode != 0:
+                self.app.call_from_thread(
+                    self.notify, f"not launched: the rehearsal failed: {rehearsal_verdict(done)}",
+                    severity="error", timeout=30)
                 return
-        self.post_message(OpenRun(launch_background(path)))
+        try:
+            run_dir = launch_background(path)
+        except Exception as exc:
+            self.app.call_from_thread(self.notify, f"launch failed: {exc}", severity="error",
+                                      timeout=10)
+            return
+        self.post_message(OpenRun(run_dir))
 
     def _rehearse(self, path: Path) -> subprocess.CompletedProcess[str]:
         """`graftline rehearse --json PATH`, its progress shown line by line as it comes."""
@@ -308,16 +302,15 @@ class LaunchScreen(WorkerFailures, Screen[None]):
                 line = rehearsal_line(event, done_marks)
                 if line:
                     marks = list(done_marks)
-                    self.post_message(RehearsalLine(line, marks))
+                    self.app.call_from_thread(self._progress_event, line, marks)
             proc.wait()
             out.seek(0)
             stdout = out.read()
         return subprocess.CompletedProcess(command, proc.returncode, stdout, "\n".join(tail))
 
-    @on(RehearsalLine)
-    def _progress_event(self, message: RehearsalLine) -> None:
-        self._progress_done = message.marks
-        self._progress_show(message.line)
+    def _progress_event(self, line: str, marks: list[str]) -> None:
+        self._progress_done = marks
+        self._progress_show(line)
 
     def action_runs(self) -> None:
         self.post_message(ShowRuns())
@@ -389,13 +382,11 @@ class LaunchScreen(WorkerFailures, Screen[None]):
         if self._rehearsing_since is not None:
             self._progress_show()
 
-    @on(RehearsalStarted)
     def _rehearsal_started(self) -> None:
         self._rehearsing_since = time.monotonic()
         self._progress_done = []
         self._progress_show("starting: building the twin and sampling the data…")
 
-    @on(RehearsalEnded)
     def _rehearsal_ended(self) -> None:
         self._rehearsing_since = None
         self._progress_show()
