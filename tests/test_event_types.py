@@ -18,17 +18,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _doc_rows() -> dict[str, str]:
-    """`type` → the row's data cell, from the events table of docs/architecture.md."""
+    """`type` → the row's data cell, from the events table of docs/architecture.md, with the
+    note under the table on what events relayed from a process group's rank 0 add."""
     text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     section = text[text.index("## Events (`type` → `data` fields)"):]
     rows: dict[str, str] = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) < 2 or not cells[0].startswith("`"):
-            continue
-        for name in re.findall(r"`([a-z_]+)`", cells[0]):
-            rows[name] = cells[1]
-    return rows
+        if len(cells) >= 2 and cells[0].startswith("`"):
+            for name in re.findall(r"`([a-z_]+)`", cells[0]):
+                rows[name] = cells[1]
+    note = next(p for p in section.split("\n\n") if "relayed from a process group" in p)
+    said, _, extra = note.partition("also carries")
+    relayed = set(re.findall(r"`([a-z_]+)`", said))
+    return {name: row + (" " + extra if name in relayed else "") for name, row in rows.items()}
 
 
 def test_the_docs_table_names_every_type_and_every_field_of_its_record() -> None:
