@@ -34,8 +34,8 @@ from graftline.console.stage_view import (
     LogLine,
     Series,
     StageView,
-    Telemetry,
 )
+from graftline.engine.common import Telemetry, record_of
 from graftline.engine.run import EVAL_BOOKKEEPING, LATEST_SKIP, Event, RunFold
 
 if TYPE_CHECKING:
@@ -60,7 +60,6 @@ class RunModel:
         self.started: float | None = None  # time of the first event
         self.last_time: float | None = None
         self.series: dict[str, Series] = {}
-        self.telemetry = Telemetry()
         self.log: deque[LogLine] = deque(maxlen=LOG_LINES)
         self.engine_status: str | None = None  # what state.json says (see observe_engine)
         self.events_seen = 0
@@ -110,6 +109,12 @@ class RunModel:
     def rehearsal(self) -> dict[str, Any] | None:
         """The engine's rehearsal before stage 1 (status, stage, passed, seconds, message)."""
         return self.state.rehearsal
+
+    @property
+    def telemetry(self) -> Telemetry | None:
+        """The latest telemetry sample, typed; None before the first."""
+        data = self.state.telemetry
+        return None if data is None else record_of("telemetry", data)
 
     @property
     def stages(self) -> list[StageView]:
@@ -401,23 +406,6 @@ def _stage_finished(model: RunModel, event: Event) -> None:
     model._log(event, level, f"{view.name}: {view.status}{secs}{tail}")
 
 
-def _telemetry(model: RunModel, event: Event) -> None:
-    data = event.data
-    tel = model.telemetry
-    tel.seen = True
-    tel.gpus = data.get("gpus") or None
-    tel.gpu_reason = data.get("gpu_reason")
-    for key in ("proc_gpu_bytes", "rss", "ram_used", "ram_total", "disk_free", "forecast_bytes"):
-        if key in data:
-            setattr(tel, key, data[key])
-    if "cpu_percent" in data:
-        tel.cpu_percent = data["cpu_percent"]
-    # every sample says it afresh: one without `ranks` means no group runs now
-    ranks = data.get("ranks")
-    tel.ranks = [dict(r) for r in ranks if isinstance(r, dict)] if isinstance(ranks, list) \
-        else None
-
-
 def _run_finished(model: RunModel, event: Event) -> None:
     tail = f": {model.message}" if model.message else ""
     # a stop is the user's own request, not an error
@@ -496,7 +484,6 @@ _TOLD: dict[str, Callable[[RunModel, Event], None]] = {
     "warning": _warning,
     "error": _warning,
     "stage_finished": _stage_finished,
-    "telemetry": _telemetry,
     "run_finished": _run_finished,
     "info": _info,
     "rehearsal": _rehearsal,
@@ -518,10 +505,6 @@ def _load_summary(model: RunModel, summary: Summary, notices: list[str]) -> None
     model.started, model.last_time = summary.first_time, summary.last_time
     model.state = RunFold(StageView)
     model.state.load(summary.state.to_dict())
-    model.telemetry = Telemetry()
-    if summary.state.telemetry is not None:
-        _telemetry(model, Event(0, summary.last_time or 0.0, "telemetry", None,
-                                summary.state.telemetry))
     model.events_seen, model.last_seq = summary.events, summary.last_seq
     model.summary = summary
     _adopt_series(model, summary)

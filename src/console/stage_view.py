@@ -1,21 +1,21 @@
 """What the console shows of a run's parts: a stage (its row in the pipeline table, its checks
-and checkpoints), a log line, a metric's curve, a telemetry sample. A stage is the engine's
-`StageState` (engine/run/fold.py, the one fold of a run) with its display rules; the log line,
-curve and telemetry records are the console's own, filled by `run_view.RunModel`.
+and checkpoints), a log line, a metric's curve. A stage is the engine's `StageState`
+(engine/run/fold.py, the one fold of a run) with its display rules; the log line and curve
+records are the console's own, filled by `run_view.RunModel`. (A telemetry sample is the
+engine's typed record, engine/common/event_types.Telemetry.)
 """
 
 from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass
-from typing import Any
 
 from graftline.console.formats import evaluation_text, format_metric, short_metric
 from graftline.engine.run import EXPORTABLE, KEY_METRIC, TRAINING_KINDS, CheckState, StageState
 
 __all__ = [
     "DISPLAY_STATUSES", "EXPORTABLE", "KEY_METRIC", "STAGE_STATUSES", "TRAINING_KINDS",
-    "CheckState", "LogLine", "Series", "StageView", "Telemetry",
+    "CheckState", "LogLine", "Series", "StageView",
 ]
 
 STAGE_STATUSES = ("pending", "running", "complete", "failed", "stopped", "skipped")
@@ -88,19 +88,3 @@ class Series:
 
     def __len__(self) -> int:
         return len(self.values)
-
-
-@dataclass
-class Telemetry:
-    gpus: list[dict[str, Any]] | None = None
-    gpu_reason: str | None = None
-    proc_gpu_bytes: int | None = None
-    rss: int | None = None
-    ram_used: int | None = None
-    ram_total: int | None = None
-    cpu_percent: float | None = None
-    disk_free: int | None = None
-    forecast_bytes: int | None = None
-    seen: bool = False
-    # while a distributed stage runs: its ranks on this host (rank, pid, alive, rss, gpu_bytes)
-    ranks: list[dict[str, Any]] | None = None

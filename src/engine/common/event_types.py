@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args
 
-__all__ = ["EVENT_RECORDS", "EventType", "check", "fields_of"]
+__all__ = ["EVENT_RECORDS", "EventType", "Telemetry", "check", "fields_of", "record_of"]
 
 EventType = Literal[
     "run_started", "stage_started", "metrics", "checkpoint_saved", "check_result", "warning",
@@ -185,6 +185,14 @@ def fields_of(type: str) -> tuple[list[str], list[str]]:
             item.default_factory is dataclasses.MISSING
         (required if empty else optional).append(item.name)
     return required, optional
+
+
+def record_of(type: str, data: dict[str, Any]) -> Any:
+    """One event's `data` as its typed record (the keys its record names; an open record's
+    others are left out). TypeError when a field without a default is missing."""
+    record = EVENT_RECORDS[type]
+    names = {item.name for item in dataclasses.fields(record)}
+    return record(**{key: value for key, value in data.items() if key in names})
 
 
 def check(type: str, data: dict[str, Any]) -> list[str]:
