@@ -14,7 +14,7 @@ import pytest
 from stage_helpers import one_thread, pipeline, write_data  # noqa: F401
 
 from graftline.engine.run import state as runstate
-from graftline.engine.run.client import load_history
+from graftline.engine.run.client import read_fold
 from graftline.engine.run.events import EventWriter
 from graftline.engine.run.reconcile import reconcile
 from graftline.engine.run.runner import run_pipeline
@@ -66,10 +66,10 @@ def test_a_truncated_log_is_reconciled_with_state_and_manifests(tmp_path: Path,
     run_dir = tmp_path / "r"
     shutil.copytree(finished_run, run_dir, symlinks=True)
     _truncate_before(run_dir, "stage_finished", torn=torn)
-    history = load_history(run_dir)
+    fold = read_fold(run_dir)
     # what the log alone says: the stage still running, no end of the run
-    assert history.stages["a"].status == "running" and history.finished is None
-    view = reconcile(run_dir, history)
+    assert fold.stages["a"].status == "running" and fold.status == "running"
+    view = reconcile(run_dir, fold)
     assert view.status == "finished" and not view.live and view.log_status == "running"
     assert view.stages == {"a": "complete"}
     assert view.torn_tail is torn

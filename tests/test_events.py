@@ -8,7 +8,7 @@ import sys
 import threading
 from pathlib import Path
 
-from graftline.engine.run.client import load_history
+from graftline.engine.run.client import read_fold
 from graftline.engine.run.events import EVENTS, EventWriter, follow, read_events, read_raw
 
 WRITER = """
@@ -61,10 +61,11 @@ def test_a_crash_leftover_line_is_skipped_and_the_next_engine_continues_the_sequ
     text = (tmp_path / EVENTS).read_bytes().splitlines()
     rows = [json.loads(line) for line in text if line.endswith(b"}")]
     assert read_raw(tmp_path / EVENTS)[0] == rows
-    history = load_history(tmp_path)
-    assert [(r["data"]["global_step"], r["data"]["loss"]) for r in history.metrics] == \
-        [(1, 1.0), (2, 1.0), (3, 1.0), (4, 0.5)]
-    assert history.finished == {"status": "finished"}
+    assert [(r["data"]["global_step"], r["data"]["loss"]) for r in rows
+            if r["type"] == "metrics"] == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 0.5)]
+    fold = read_fold(tmp_path)
+    assert fold.status == "finished" and fold.message is None
+    assert fold.stages["a"].step == 4 and fold.stages["a"].latest["loss"] == 0.5
 
 
 def test_two_readers_following_a_live_writer_see_identical_sequences(tmp_path: Path) -> None:
@@ -92,26 +93,34 @@ def test_two_readers_following_a_live_writer_see_identical_sequences(tmp_path: P
     assert [s for s, _, _ in seen[0]] == list(range(1, count + 2))
 
 
-def test_history_folds_stages_checkpoints_and_follows_incrementally(tmp_path: Path) -> None:
+def test_the_fold_has_stages_checkpoints_and_follows_incrementally(tmp_path: Path) -> None:
+    from graftline.engine.run.summary import Summary
+
     with EventWriter(tmp_path) as writer:
         writer.emit("run_started", None, run="r", stages=[
             {"name": "a", "kind": "sft", "max_steps": 2}, {"name": "b", "kind": "sft"}])
         writer.emit("stage_started", "a", kind="sft", index=0, max_steps=2, global_step_offset=0)
         writer.emit("metrics", "a", step=1, global_step=1, loss=2.0)
         writer.emit("telemetry", "a", gpus=None, gpu=None, gpu_reason="no GPU", rss=1)
-    history = load_history(tmp_path)
-    assert history.stages["a"].status == "running" and history.stages["b"].status == "pending"
-    assert history.gpu_reason == "no GPU"
+    rows, offset = read_raw(tmp_path / EVENTS)
+    followed = Summary()  # a reader that folds the log as it grows
+    followed.extend(rows)
+    fold = followed.state
+    assert fold.stages["a"].status == "running" and fold.stages["b"].status == "pending"
+    assert fold.gpu_reason == "no GPU" and fold.stages["a"].latest == {"loss": 2.0}
     with EventWriter(tmp_path) as writer:
         writer.emit("metrics", "a", step=2, global_step=2, loss=1.0)
         writer.emit("checkpoint_saved", "a", path="stages/a", kind="adapter", id="x", bytes=10)
         writer.emit("stage_finished", "a", kind="sft", status="complete", seconds=1.0, metrics={})
-    load_history(tmp_path, history)
-    assert [(r["data"]["global_step"], r["data"]["loss"]) for r in history.metrics] == \
-        [(1, 2.0), (2, 1.0)]
-    assert history.stages["a"].status == "complete"
-    assert [c["data"]["id"] for c in history.checkpoints] == ["x"]
-    assert history.stages["a"].global_step_offset == 0
+    rows, offset = read_raw(tmp_path / EVENTS, offset)
+    followed.extend(rows)
+    steps, _low, _high, last = followed.points("loss")
+    assert list(zip(steps.tolist(), last.tolist(), strict=True)) == [(1, 2.0), (2, 1.0)]
+    assert fold.stages["a"].status == "complete" and fold.stages["a"].step == 2
+    assert [c["id"] for c in fold.stages["a"].checkpoints] == ["x"]
+    assert fold.stages["a"].global_step_offset == 0 and fold.current == "a"
+    # the whole log folded at once (through the engine's summary) says the same
+    assert read_fold(tmp_path).to_dict() == fold.to_dict()
 
 
 def test_iter_rows_streams_in_bounded_chunks_and_reports_a_torn_tail(tmp_path: Path) -> None:

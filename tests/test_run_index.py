@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from graftline.console.cli import app
 from graftline.engine.pipeline import file as pipeline_file
-from graftline.engine.run import client, index
+from graftline.engine.run import EVENTS, client, index, read_raw
 from graftline.engine.run import state as runstate
 from graftline.engine.run.launch import create_run
 
@@ -138,8 +138,8 @@ def test_ls_lists_every_known_run_with_location_duration_metric_and_disk(
     assert row.endswith(str(run_a.resolve()))
     assert "1h02m" in row  # started 1000.0, last heartbeat 3725 s later
     assert "finished" in row
-    history = client.load_history(run_a)
-    last = history.metrics[-1]["data"]
+    rows, _ = read_raw(run_a / EVENTS)
+    last = [row for row in rows if row["type"] == "metrics"][-1]["data"]
     key = "reward" if "reward" in last else "loss"
     assert f"{key} {last[key]:.4g}" in row
     assert client.disk_usage(run_a) > 0

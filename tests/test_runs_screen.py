@@ -93,3 +93,25 @@ async def test_an_empty_runs_screen_says_how_to_start(tmp_path: Path) -> None:
         assert "No runs yet" in text and "graftline demo" in text and "graftline init" in text
         await pilot.press("escape")
         assert isinstance(app.screen, LaunchScreen)
+
+
+async def test_a_failing_worker_is_told_once_with_what_it_was_doing(tmp_path: Path) -> None:
+    """Workers post their results as typed messages; what one raises ends in one place
+    (console/messages.WorkerFailures): a notification naming the task and the error."""
+    run_dir = _run(tmp_path / "runs", "alpha-1", 1000.0, 65)
+    app = GraftlineApp(run_dir, run_dir.parent, ascii_only=False)
+    async with app.run_test(size=WIDE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen), what="dashboard")
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        screen._resume()  # a synthetic run has no run.json: the engine refuses to resume it
+
+        def told() -> list[str]:
+            return [str(n.message) for n in app._notifications if "failed" in str(n.message)]
+
+        await wait_for(pilot, lambda: bool(told()), what="the failure notification")
+        await pilot.pause()
+        (text,) = told()
+        assert text.startswith(f"resume failed: {run_dir} is not a graftline run directory")
+        # the console stays up, on the same screen
+        assert app.screen is screen

@@ -58,8 +58,9 @@ async def test_samples_at_every_stage_in_log_summary_logs_and_console(
 
     # the summary keeps them per stage, so attaching never reads the whole log for them
     summary = open_summary(run_dir).summary
-    assert set(summary.stages["first"]["samples"]) == {"start", "end"}
-    assert summary.stages["second"]["samples"]["end"]["samples"] == samples[3]["data"]["samples"]
+    assert set(summary.state.stages["first"].samples) == {"start", "end"}
+    assert summary.state.stages["second"].samples["end"]["samples"] == \
+        samples[3]["data"]["samples"]
     model = RunModel()
     model.load_summary(summary)
     titles, probes, rows = sample_table(model)

@@ -83,7 +83,7 @@ def test_summary_equals_a_rebuild_after_kill_9_at_a_random_moment(tmp_path: Path
     events, _ = read_events(log)
     with EventWriter(tmp_path) as writer:
         assert writer.emit("run_finished", None, status="stopped").seq == events[-1].seq + 1
-    assert SF.open_summary(tmp_path, write_back=False).summary.status == "stopped"
+    assert SF.open_summary(tmp_path, write_back=False).summary.state.status == "stopped"
 
 
 def _small_run(run_dir: Path, steps: int = 300) -> None:

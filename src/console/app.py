@@ -1,6 +1,6 @@
 """The graftline console: a Textual app over run directories.
 
-It reads runs through `graftline.engine.run.client` and the event log, and changes them only through
+It reads runs through `graftline.engine.run` and the event log, and changes them only through
 the control channel (stop/pause), the cleanup executor and the exporter — each behind a confirm.
 `q` detaches: the engine is a separate process session and keeps training.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import ClassVar
 
+from textual import on
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -24,6 +25,7 @@ from textual.theme import Theme
 
 from graftline.console.config import save as save_config
 from graftline.console.config import saved_theme
+from graftline.console.messages import OpenRun, ShowLaunch, ShowRuns
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -156,6 +158,19 @@ class GraftlineApp(App[str | None]):
         self.run_dir = Path(run_dir)
         self.push_screen(self.dashboard(self.run_dir))
 
+    # what screens ask (console/messages.py): they bubble here, the app owns the screens
+    @on(OpenRun)
+    def _open_run(self, message: OpenRun) -> None:
+        self.attach(message.run_dir)
+
+    @on(ShowRuns)
+    def _show_runs(self) -> None:
+        self.action_runs()
+
+    @on(ShowLaunch)
+    def _show_launch(self) -> None:
+        self.action_launch()
+
     def action_runs(self) -> None:
         from graftline.console.screens.runs import RunsScreen
 
@@ -205,14 +220,15 @@ class GraftlineApp(App[str | None]):
                             self.action_cycle_theme)
         yield SystemCommand("Detach", "Leave the console; training keeps running",
                             self.action_detach)
-        dashboard = screen if hasattr(screen, "action_export") else None
-        if dashboard is not None:
+        from graftline.console.screens.dashboard import DashboardScreen
+
+        if isinstance(screen, DashboardScreen):
             yield SystemCommand("Export", "Export the selected stage's checkpoint",
-                                dashboard.action_export)
+                                screen.action_export)
             yield SystemCommand("Stop run…", "Stop the engine after a confirmation",
-                                dashboard.action_stop)  # type: ignore[attr-defined]
+                                screen.action_stop)
             yield SystemCommand("Next chart metric", "loss, margins, reward, KL, lr, grad norm",
-                                dashboard.action_next_metric)  # type: ignore[attr-defined]
+                                screen.action_next_metric)
 
 
 def run_console(run_dir: Path | None, runs_dir: Path, theme: str | None = None) -> None:

@@ -39,21 +39,23 @@ class EngineState:
     pid: int | None
     heartbeat: float | None
     message: str = ""
-    # paused for a full disk: how much to free and where, in words (client.disk_full_advice)
+    # paused for a full disk: how much to free and where, in words (engine.run.disk_full_advice)
     disk_full: str | None = None
 
 
 def read_engine_state(run_dir: Path) -> EngineState | None:
     """The client's view of the engine; None when its state cannot be read."""
     try:
-        from graftline.engine.run import client
+        from graftline.engine.run import read_state
 
-        info = client.read_state(run_dir)
+        info = read_state(run_dir)
     except Exception:  # state.json absent or unreadable: no engine state this poll
         return None
     advice = None
-    if info.status == "paused" and client.DISK_FULL in (info.message or ""):
-        advice = client.disk_full_advice(info.disk_full) if info.disk_full else info.message
+    from graftline.engine.run import DISK_FULL, disk_full_advice
+
+    if info.status == "paused" and DISK_FULL in (info.message or ""):
+        advice = disk_full_advice(info.disk_full) if info.disk_full else info.message
     return EngineState(status=info.status, pid=info.pid, heartbeat=info.heartbeat,
                        message=info.message or "", disk_full=advice)
 

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from graftline.engine.common import units
+from graftline.engine.common import human_bytes as _human_bytes
 
 __all__ = [
     "age",
@@ -35,7 +35,7 @@ _AGE_UNITS = (("d", 86400), ("h", 3600), ("m", 60))
 
 def human_bytes(value: float | None, unknown: str = "—") -> str:
     """A size in decimal units: `1.5 MB`; `unknown` when there is none."""
-    return units.human_bytes(value, unknown=unknown)
+    return _human_bytes(value, unknown=unknown)
 
 
 def human_seconds(value: float | None) -> str:

@@ -55,7 +55,9 @@ def rank_liveness(model: RunModel) -> RankLiveness | None:
     current = model.stage(model.current) if model.current else None
     if current is not None and live and (current.world_size or 0) > 1 \
             and current.failed_rank is None:
-        sampled = {int(r["rank"]): bool(r.get("alive")) for r in model.telemetry.ranks or []
+        sample = model.telemetry
+        sampled = {int(r["rank"]): bool(r.get("alive"))
+                   for r in (sample.ranks if sample is not None else None) or []
                    if isinstance(r.get("rank"), int)}
         if not sampled:
             # no sample of this group yet: its size, no verdict on its ranks

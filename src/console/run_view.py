@@ -1,8 +1,12 @@
-"""Fold a run's events into the console's view model: stages, curves, latest metrics, resources.
+"""The console's view model of a run: the engine's fold plus what only a screen needs.
 
-Pure and incremental: `RunModel.apply(events)` may be called with the whole history at once or
-with each new batch as the log grows, and gives the same model either way. No Textual, no I/O,
-so every rule about what the console shows is unit-tested without a terminal.
+The run itself (stages, status, boundaries, latest metrics, throughput) is folded by the
+engine's `RunFold` (engine/run/fold.py), the same fold the summary and the reconciler use;
+`RunModel` adds display: log lines, raw curve points between the summary's downsamples, the
+telemetry record, ETA and the final model. Pure and incremental: `RunModel.apply(events)` may be
+called with the whole history at once or with each new batch as the log grows, and gives the
+same model either way. No Textual, no I/O, so every rule about what the console shows is
+unit-tested without a terminal.
 
 The records it fills (a stage, a log line, a curve, a telemetry sample) are
 `console/stage_view.py`'s; a distributed stage's ranks, `console/ranks.py`'s; how numbers,
@@ -15,7 +19,7 @@ points cost 16 MB and the chart reads them without copying (numpy `frombuffer`).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from graftline.console.formats import (
@@ -27,13 +31,12 @@ from graftline.console.formats import (
 from graftline.console.stage_view import (
     KEY_METRIC,
     TRAINING_KINDS,
-    CheckView,
     LogLine,
     Series,
     StageView,
-    Telemetry,
 )
-from graftline.engine.run import Event, fold_rehearsal, fold_samples
+from graftline.engine.common import Telemetry, record_of
+from graftline.engine.run import EVAL_BOOKKEEPING, LATEST_SKIP, Event, RunFold
 
 if TYPE_CHECKING:
     from graftline.engine.run import Summary
@@ -44,8 +47,6 @@ CHART_METRICS: tuple[str, ...] = (
     "learning_rate", "grad_norm",
 )
 LOG_LINES = 500
-# Keys a trainer's evaluation logs carry beside the metric itself: bookkeeping, not results.
-EVAL_BOOKKEEPING = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
 
 ENDED = ("finished", "failed", "stopped", "crashed")
 
@@ -54,30 +55,76 @@ class RunModel:
     """Everything the dashboard shows, folded from events. Mutated only through `apply`."""
 
     def __init__(self) -> None:
-        self.run: str | None = None
-        self.pipeline: str | None = None
-        self.backend: str | None = None
-        self.status: str = "waiting"  # waiting | running | finished | failed | stopped
-        self.message: str | None = None
-        self.started: float | None = None
+        # The run itself (stages, status, boundaries, throughput …): the engine's one fold.
+        self.state: RunFold[StageView] = RunFold(StageView)
+        self.started: float | None = None  # time of the first event
         self.last_time: float | None = None
-        self.finished_time: float | None = None
-        self.stages: list[StageView] = []
-        self._by_name: dict[str, StageView] = {}
-        self.current: str | None = None
         self.series: dict[str, Series] = {}
-        self.boundaries: list[tuple[int, str]] = []  # (global step where a stage starts, name)
-        self.throughput: dict[str, float] = {}
-        self.telemetry = Telemetry()
         self.log: deque[LogLine] = deque(maxlen=LOG_LINES)
-        self.resumes = 0
         self.engine_status: str | None = None  # what state.json says (see observe_engine)
         self.events_seen = 0
         self.last_seq = 0
         self.version = 0  # bumped on every apply that changed something
         self.summary: Summary | None = None  # set by load_summary (the follower's, bounded)
-        # the engine's rehearsal before stage 1 (status, stage, passed, seconds, message, fix)
-        self.rehearsal: dict[str, Any] | None = None
+
+    # -- the fold's answers, as the widgets ask them ------------------------------------------
+
+    @property
+    def run(self) -> str | None:
+        return self.state.run.get("run")
+
+    @property
+    def pipeline(self) -> str | None:
+        return self.state.run.get("pipeline")
+
+    @property
+    def backend(self) -> str | None:
+        return self.state.run.get("backend")
+
+    @property
+    def status(self) -> str:  # waiting | running | finished | failed | stopped
+        return self.state.status
+
+    @property
+    def message(self) -> str | None:
+        return self.state.message
+
+    @property
+    def finished_time(self) -> float | None:
+        return self.state.finished_time
+
+    @property
+    def current(self) -> str | None:
+        return self.state.current
+
+    @property
+    def resumes(self) -> int:
+        return self.state.resumes
+
+    @property
+    def throughput(self) -> dict[str, float]:
+        return self.state.throughput
+
+    @property
+    def rehearsal(self) -> dict[str, Any] | None:
+        """The engine's rehearsal before stage 1 (status, stage, passed, seconds, message)."""
+        return self.state.rehearsal
+
+    @property
+    def telemetry(self) -> Telemetry | None:
+        """The latest telemetry sample, typed; None before the first."""
+        data = self.state.telemetry
+        return None if data is None else record_of("telemetry", data)
+
+    @property
+    def stages(self) -> list[StageView]:
+        return list(self.state.stages.values())
+
+    @property
+    def boundaries(self) -> list[tuple[int, str]]:
+        """(global step where a training stage starts, its name): the chart's dividers."""
+        return [(step, name) for step, name, kind in self.state.boundaries
+                if kind in TRAINING_KINDS]
 
     # -- folding ---------------------------------------------------------------------------
 
@@ -88,26 +135,23 @@ class RunModel:
                 continue  # a re-read of what we already folded (e.g. after a reader restart)
             self.last_seq = event.seq or self.last_seq
             self.events_seen += 1
-            handler = _HANDLERS.get(event.type)
             if self.started is None:
                 self.started = event.time
             self.last_time = event.time
-            if handler is not None:
-                handler(self, event)
+            if event.type == "metrics":
+                _metrics(self, event)
+            else:
+                self.state.apply(event.type, event.stage, event.data, event.time)
+                told = _TOLD.get(event.type)
+                if told is not None:
+                    told(self, event)
             changed = True
         if changed:
             self.version += 1
         return changed
 
-    def stage(self, name: str | None, kind: str = "?") -> StageView | None:
-        if name is None:
-            return None
-        view = self._by_name.get(name)
-        if view is None:
-            view = StageView(name=name, kind=kind, index=len(self.stages))
-            self.stages.append(view)
-            self._by_name[name] = view
-        return view
+    def stage(self, name: str | None) -> StageView | None:
+        return self.state.stages.get(name) if name is not None else None
 
     def _log(self, event: Event, level: str, text: str) -> None:
         since = event.time - self.started if self.started is not None else 0.0
@@ -127,7 +171,7 @@ class RunModel:
 
     @property
     def current_stage(self) -> StageView | None:
-        return self._by_name.get(self.current) if self.current else None
+        return self.stage(self.current)
 
     def default_metric(self) -> str:
         """Live: the current stage's key metric. Ended: loss, the one curve spanning stages."""
@@ -208,8 +252,8 @@ class RunModel:
         took = self.seconds_per_stage(stage.kind)
         if took is None:
             return None
-        if stage.status == "running" and stage.started_time is not None and self.last_time:
-            return max(0.0, took - (self.last_time - stage.started_time))
+        if stage.status == "running" and stage.started is not None and self.last_time:
+            return max(0.0, took - (self.last_time - stage.started))
         return took
 
     def final_checkpoint(self) -> tuple[StageView, dict[str, Any]] | None:
@@ -277,104 +321,52 @@ class RunModel:
         return sum(m * p for m, p in steps) / whole
 
 
-# -- event handlers ------------------------------------------------------------------------
+# -- what each event tells the log (the fold itself is the engine's RunFold) ------------------
 
 
 def _run_started(model: RunModel, event: Event) -> None:
-    data = event.data
-    model.run = data.get("run") or model.run
-    model.pipeline = data.get("pipeline") or model.pipeline
-    model.backend = data.get("backend") or model.backend
-    model.status = "running"
-    model.finished_time = None
-    for index, raw in enumerate(data.get("stages") or []):
-        view = model.stage(raw.get("name"), raw.get("kind", "?"))
-        if view is None:
-            continue
-        view.kind = raw.get("kind", view.kind)
-        view.index = index
-        view.action = raw.get("action", view.action)
-        view.lora_r = raw.get("lora_r", view.lora_r)
-        view.reference = raw.get("reference", view.reference)
-        view.reference_short = raw.get("reference_label", view.reference_short)
-        view.max_steps = raw.get("max_steps", view.max_steps)
-    if data.get("resumed"):
-        model.resumes += 1
-        model.message = None
-    resumed = " (resumed)" if data.get("resumed") else ""
+    resumed = " (resumed)" if event.data.get("resumed") else ""
     model._log(event, "info", f"run {model.run or ''} started on {model.backend or '?'}{resumed}")
 
 
 def _stage_started(model: RunModel, event: Event) -> None:
-    data = event.data
-    view = model.stage(event.stage, data.get("kind", "?"))
+    view = model.stage(event.stage)
     if view is None:
         return
-    view.kind = data.get("kind", view.kind)
-    view.status = "running"
-    view.max_steps = data.get("max_steps", view.max_steps)
-    view.global_step_offset = int(data.get("global_step_offset") or 0)
-    view.action = data.get("action", view.action)
-    view.reference = data.get("reference", view.reference)
-    view.reference_short = data.get("reference_label", view.reference_short)
-    view.resumed = bool(data.get("resumed_from"))
-    view.started_time = event.time
-    view.started_step = view.step if view.resumed else 0
-    view.seconds = None
-    view.world_size, view.processes, view.machine_rank = (
-        data.get("world_size"), data.get("processes"), data.get("machine_rank"))
-    view.failed_rank = None
-    model.current = view.name
-    if view.kind in TRAINING_KINDS and not any(n == view.name for _, n in model.boundaries):
-        model.boundaries.append((view.global_step_offset, view.name))
     again = f" (resumed from step {view.step})" if view.resumed else ""
     model._log(event, "info", f"{view.name}: {view.kind} started{again}")
 
 
+RATES = ("tokens_per_s", "steps_per_s", "eta_s")
+
+
 def _metrics(model: RunModel, event: Event) -> None:
+    """A metric row: the fold's stage state, then the console's own raw curve points and an
+    evaluation's log line."""
     data = event.data
+    global_step = model.state.add_metrics([(event.stage, data)])[0]
     view = model.stage(event.stage)
-    global_step = data.get("global_step")
-    if view is not None:
-        if view.status == "pending":
-            view.status = "running"
-        step = data.get("step")
-        if isinstance(step, int | float):
-            view.step = int(step)
-        if data.get("max_steps"):
-            view.max_steps = int(data["max_steps"])
-        if global_step is None and isinstance(step, int | float):
-            global_step = view.global_step_offset + step
     evals = {k: float(v) for k, v in data.items() if k.startswith("eval_")
              and k not in EVAL_BOOKKEEPING and isinstance(v, int | float)
              and not isinstance(v, bool)}
     if evals and view is not None:
-        view.eval_latest.update(evals)
         shown = ", ".join(f"{k} {format_metric(v)}" for k, v in evals.items())
         model._log(event, "info", f"{view.name}: evaluation at step {view.step}: {shown}")
+    if global_step is None:
+        return
     for key, value in data.items():
         if not isinstance(value, int | float) or isinstance(value, bool):
             continue
-        if key in ("step", "global_step", "max_steps", "epoch") or key in EVAL_BOOKKEEPING:
+        if key in LATEST_SKIP or key in RATES:
             continue
-        if evals and key in ("steps_per_s", "eta_s", "tokens_per_s"):
-            continue  # an evaluation's log line carries no training rate
-        if key in ("tokens_per_s", "steps_per_s"):
-            model.throughput[key] = float(value)
-        if view is not None:
-            view.latest[key] = float(value)
-        if global_step is not None and key not in ("tokens_per_s", "steps_per_s", "eta_s"):
-            series = model.series.get(key)
-            if series is None:
-                series = model.series[key] = Series()
-            series.append(float(global_step), float(value))
+        series = model.series.get(key)
+        if series is None:
+            series = model.series[key] = Series()
+        series.append(float(global_step), float(value))
 
 
 def _checkpoint_saved(model: RunModel, event: Event) -> None:
     data = event.data
-    view = model.stage(event.stage)
-    if view is not None:
-        view.checkpoints.append(dict(data))
     if data.get("kind") != "trainer":
         size = _bytes(data.get("bytes"))
         # the manifest's `bytes`: every file under the stage directory (Trainer checkpoints
@@ -384,45 +376,26 @@ def _checkpoint_saved(model: RunModel, event: Event) -> None:
 
 
 def _check_result(model: RunModel, event: Event) -> None:
-    data = event.data
-    check = CheckView(str(data.get("name", "?")), str(data.get("status", "?")),
-                      str(data.get("message", "")))
-    view = model.stage(event.stage)
-    if view is not None:
-        view.checks = [c for c in view.checks if c.name != check.name] + [check]
-    if check.status != "pass":
-        level = "error" if check.status == "fail" else "warning"
-        model._log(event, level, f"check {check.name}: {check.message}")
+    status = str(event.data.get("status", "?"))
+    if status != "pass":
+        level = "error" if status == "fail" else "warning"
+        model._log(event, level, f"check {event.data.get('name', '?')}: "
+                                 f"{event.data.get('message', '')}")
 
 
 def _warning(model: RunModel, event: Event) -> None:
     fix = event.data.get("fix")
-    failed = event.data.get("failed_rank")
-    view = model.stage(event.stage) if isinstance(failed, int) else None
-    if view is not None:
-        view.failed_rank = failed
     text = str(event.data.get("message", "")) + (f" — fix: {fix}" if fix else "")
     model._log(event, "warning" if event.type == "warning" else "error", text)
 
 
 def _stage_finished(model: RunModel, event: Event) -> None:
-    data = event.data
-    view = model.stage(event.stage, data.get("kind", "?"))
+    view = model.stage(event.stage)
     if view is None:
         return
-    status = str(data.get("status", "complete"))
-    if status == "skipped":
-        # the engine skips only stages a resume found complete: it ran before, keep its results
-        view.status, view.done_earlier = "skipped", True
+    if view.status == "skipped":
         model._log(event, "info", f"{view.name}: done earlier (kept from before the resume)")
         return
-    view.status = status
-    view.done_earlier = False
-    view.seconds = data.get("seconds")
-    view.summary = dict(data.get("metrics") or {})
-    view.evaluation = dict(data.get("evaluation") or {})
-    if view.status == "complete" and view.max_steps:
-        view.step = max(view.step, view.max_steps)
     secs = f" in {view.seconds:.0f}s" if isinstance(view.seconds, int | float) else ""
     if view.status == "stopped":
         model._log(event, "info", f"{view.name}: stopped at step {view.step} on request{secs}")
@@ -433,31 +406,7 @@ def _stage_finished(model: RunModel, event: Event) -> None:
     model._log(event, level, f"{view.name}: {view.status}{secs}{tail}")
 
 
-def _telemetry(model: RunModel, event: Event) -> None:
-    data = event.data
-    tel = model.telemetry
-    tel.seen = True
-    tel.gpus = data.get("gpus") or None
-    tel.gpu_reason = data.get("gpu_reason")
-    for key in ("proc_gpu_bytes", "rss", "ram_used", "ram_total", "disk_free", "forecast_bytes"):
-        if key in data:
-            setattr(tel, key, data[key])
-    if "cpu_percent" in data:
-        tel.cpu_percent = data["cpu_percent"]
-    # every sample says it afresh: one without `ranks` means no group runs now
-    ranks = data.get("ranks")
-    tel.ranks = [dict(r) for r in ranks if isinstance(r, dict)] if isinstance(ranks, list) \
-        else None
-
-
 def _run_finished(model: RunModel, event: Event) -> None:
-    model.status = str(event.data.get("status", "finished"))
-    model.message = event.data.get("message")
-    model.finished_time = event.time
-    model.current = None
-    for view in model.stages:
-        if view.status == "running":
-            view.status = "stopped" if model.status == "stopped" else "failed"
     tail = f": {model.message}" if model.message else ""
     # a stop is the user's own request, not an error
     model._log(event, "error" if model.status == "failed" else "info",
@@ -466,7 +415,6 @@ def _run_finished(model: RunModel, event: Event) -> None:
 
 def _rehearsal(model: RunModel, event: Event) -> None:
     data = event.data
-    model.rehearsal = fold_rehearsal(model.rehearsal, data)
     phase = data.get("phase")
     if phase == "started":
         model._log(event, "info", str(data.get("message") or "rehearsing on a tiny twin"))
@@ -479,7 +427,7 @@ def _rehearsal(model: RunModel, event: Event) -> None:
         model._log(event, level, f"rehearsal: {data.get('name')} ({data.get('kind')}) "
                                  f"{data.get('status')}{took}")
     elif phase == "finished":
-        view = model.rehearsal
+        view = model.rehearsal or {}
         secs = view.get("seconds")
         took = f" in {secs:.0f}s" if isinstance(secs, int | float) else ""
         if view.get("status") == "passed":
@@ -487,14 +435,6 @@ def _rehearsal(model: RunModel, event: Event) -> None:
         elif view.get("status") == "stopped":
             model._log(event, "info", "rehearsal stopped on request")
         # a failure: the `error` event that follows says it, with its fix
-
-
-def _samples(model: RunModel, event: Event) -> None:
-    view = model.stage(event.stage)
-    if view is not None:
-        holder: dict[str, Any] = {"samples": view.samples}
-        fold_samples(holder, event.data)
-        view.samples = holder["samples"]
 
 
 def sample_table(model: RunModel) -> tuple[list[str], list[str], list[list[tuple[str, bool]]]]:
@@ -554,20 +494,17 @@ def _info(model: RunModel, event: Event) -> None:
         model._log(event, "info", str(message))
 
 
-_HANDLERS = {
+_TOLD: dict[str, Callable[[RunModel, Event], None]] = {
     "run_started": _run_started,
     "stage_started": _stage_started,
-    "metrics": _metrics,
     "checkpoint_saved": _checkpoint_saved,
     "check_result": _check_result,
     "warning": _warning,
     "error": _warning,
     "stage_finished": _stage_finished,
-    "telemetry": _telemetry,
     "run_finished": _run_finished,
     "info": _info,
     "rehearsal": _rehearsal,
-    "samples": _samples,
 }
 
 
@@ -583,45 +520,10 @@ def _load_summary(model: RunModel, summary: Summary, notices: list[str]) -> None
     model.log.extend(told.log)
     since = (summary.last_time or 0.0) - (summary.first_time or 0.0)
     model.log.extend(LogLine(since, "warning", None, text) for text in notices)
-    run = summary.run
-    model.run, model.pipeline, model.backend = run.get("run"), run.get("pipeline"), \
-        run.get("backend")
-    model.status, model.message = summary.status, summary.message
-    model.resumes = summary.resumes
     model.started, model.last_time = summary.first_time, summary.last_time
-    model.finished_time = summary.finished_time
-    model.stages, model._by_name = [], {}
-    for raw in summary.stages.values():
-        view = model.stage(raw["name"], raw.get("kind") or "?")
-        assert view is not None
-        for key in ("index", "action", "lora_r", "reference", "max_steps", "status",
-                    "seconds", "resumed", "started_step", "done_earlier",
-                    "world_size", "processes", "machine_rank", "failed_rank"):
-            if raw.get(key) is not None:
-                setattr(view, key, raw[key])
-        view.reference_short = raw.get("reference_label")
-        view.started_time = raw.get("started")
-        view.step = int(raw.get("step") or 0)
-        view.global_step_offset = int(raw.get("global_step_offset") or 0)
-        view.latest = {k: float(v) for k, v in (raw.get("latest") or {}).items()}
-        view.eval_latest = {k: v for k, v in view.latest.items()
-                            if k.startswith("eval_") and k not in EVAL_BOOKKEEPING}
-        view.summary = dict(raw.get("summary") or {})
-        view.evaluation = dict(raw.get("evaluation") or {})
-        view.checks = [CheckView(str(name), str(c.get("status")), str(c.get("message") or ""))
-                       for name, c in (raw.get("checks") or {}).items()]
-        view.checkpoints = [dict(c) for c in raw.get("checkpoints") or []]
-        view.samples = dict(raw.get("samples") or {})
-    model.current = summary.current
-    model.boundaries = [(int(step), name) for step, name, kind in summary.boundaries
-                        if kind in TRAINING_KINDS]
-    model.throughput = dict(summary.throughput)
-    model.telemetry = Telemetry()
-    if summary.telemetry is not None:
-        _telemetry(model, Event(0, summary.last_time or 0.0, "telemetry", None,
-                                summary.telemetry))
+    model.state = RunFold(StageView)
+    model.state.load(summary.state.to_dict())
     model.events_seen, model.last_seq = summary.events, summary.last_seq
-    model.rehearsal = dict(summary.rehearsal) if summary.rehearsal else None
     model.summary = summary
     _adopt_series(model, summary)
     model.version += 1

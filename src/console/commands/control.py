@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from graftline.console.commands.shared import RUN_HELP, RUNS_DIR_HELP, find_or_exit
-from graftline.engine.run import client
+from graftline.engine.run import ControlError, read_state, send_command
 
 __all__ = ["pause", "register", "stop"]
 
@@ -24,16 +24,16 @@ def stop(
 ) -> None:
     """Stop a run gracefully: the engine saves a checkpoint, then stops (resumable)."""
     run_dir = find_or_exit(run, runs_dir)
-    info = client.read_state(run_dir)
+    info = read_state(run_dir)
     if not info.live:
         hint = "" if info.status == "finished" else \
             f"; `graftline resume {run_dir.name}` continues it"
         typer.echo(f"run {run_dir.name} is not running ({info.status}){hint}")
         return
     try:
-        reply = client.send_command(run_dir, "stop")
+        reply = send_command(run_dir, "stop")
         typer.echo(f"stop requested: {run_dir.name} is {reply.get('status', 'stopping')}")
-    except client.ControlError as exc:
+    except ControlError as exc:
         # the socket can be gone while the process lives (e.g. wedged): SIGTERM is the same
         # graceful stop. Never signal pid 0 or below: that is a whole process group.
         if not info.pid or info.pid <= 0:
@@ -50,7 +50,7 @@ def stop(
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        info = client.read_state(run_dir)
+        info = read_state(run_dir)
         if not info.live:
             typer.echo(f"run {run_dir.name}: {info.status}")
             return
@@ -65,13 +65,13 @@ def pause(
 ) -> None:
     """Pause a run at the next step boundary (`graftline resume RUN` continues it)."""
     run_dir = find_or_exit(run, runs_dir)
-    info = client.read_state(run_dir)
+    info = read_state(run_dir)
     if not info.live:
         typer.echo(f"run {run_dir.name} is not running ({info.status}); nothing to pause")
         raise typer.Exit(1)
     try:
-        reply = client.send_command(run_dir, "pause")
-    except client.ControlError as exc:
+        reply = send_command(run_dir, "pause")
+    except ControlError as exc:
         typer.echo(f"graftline: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"run {run_dir.name}: {reply.get('status')}; continue it with "

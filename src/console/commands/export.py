@@ -4,6 +4,7 @@ write a complete model directory and verify it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -16,6 +17,9 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+
+if TYPE_CHECKING:
+    from graftline.engine.export import ExportPlan, ExportResult
 
 FORMAT_HELP = ("Extra format: gguf (llama.cpp's converter, graftline[gguf]) or ollama (a "
                "Modelfile). Repeatable.")
@@ -56,12 +60,7 @@ def export(
     base + adapter. Exit status: 0 verified, 1 verification or format failed, 2 refused.
     """
     # Imported here so `graftline --help` stays fast (this pulls in torch).
-    from graftline.engine.export import (
-        ExportProgress,
-        ExportRefused,
-        plan_export,
-        run_export,
-    )
+    from graftline.engine.export import ExportRefused, plan_export
 
     console = Console()
     err = Console(stderr=True)
@@ -81,23 +80,7 @@ def export(
         console.print(f"[{style}]{escape(line)}[/]" if style else escape(line), highlight=False,
                       soft_wrap=True)
 
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-               TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("merging", total=plan.total_bytes)
-
-        def show(update: ExportProgress) -> None:
-            label = {"merge": f"merging {update.shard or ''}", "files": "writing config/tokenizer",
-                     "verify": "verifying", "formats": update.message,
-                     "done": "done"}[update.phase]
-            bar.update(task, completed=update.done_bytes, description=label)
-
-        try:
-            result = run_export(plan, progress=show)
-        except ExportRefused as exc:
-            err.print(f"[red]✗ export refused[/red]: {escape(str(exc))}", highlight=False)
-            raise typer.Exit(2) from None
-
+    result = _run_with_progress(plan, console, err)
     verification = result.verification
     if verification is None:
         console.print("[yellow]! not verified[/yellow] (--no-verify)", highlight=False)
@@ -119,6 +102,28 @@ def export(
                   f": {len(result.files)} files, {result.bytes / 1e6:.1f} MB in "
                   f"{result.seconds:.1f} s", highlight=False, soft_wrap=True)
     raise typer.Exit(0 if result.ok else 1)
+
+
+def _run_with_progress(plan: ExportPlan, console: Console, err: Console) -> ExportResult:
+    """Run the planned export under a byte progress bar; a late refusal exits with status 2."""
+    from graftline.engine.export import ExportProgress, ExportRefused, run_export
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+               TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("merging", total=plan.total_bytes)
+
+        def show(update: ExportProgress) -> None:
+            label = {"merge": f"merging {update.shard or ''}", "files": "writing config/tokenizer",
+                     "verify": "verifying", "formats": update.message,
+                     "done": "done"}[update.phase]
+            bar.update(task, completed=update.done_bytes, description=label)
+
+        try:
+            return run_export(plan, progress=show)
+        except ExportRefused as exc:
+            err.print(f"[red]✗ export refused[/red]: {escape(str(exc))}", highlight=False)
+            raise typer.Exit(2) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -143,15 +143,15 @@ def starter(file: Path, base: str, flow: str) -> str:
 
 def write_toy_data(directory: Path) -> list[Path]:
     """Small toy datasets for a starter on toy:addition; existing files are kept."""
-    from graftline.engine.toy import files, tasks
+    from graftline.engine.toy import eval_rows, grpo_rows, preference_rows, sft_rows, write_jsonl
 
     directory.mkdir(parents=True, exist_ok=True)
-    wanted = {"sft.jsonl": tasks.sft_rows(2000, 1), "eval.jsonl": tasks.eval_rows(),
-              "prefs.jsonl": tasks.preference_rows(1000, 2), "grpo.jsonl": tasks.grpo_rows(500, 3)}
+    wanted = {"sft.jsonl": sft_rows(2000, 1), "eval.jsonl": eval_rows(),
+              "prefs.jsonl": preference_rows(1000, 2), "grpo.jsonl": grpo_rows(500, 3)}
     written = []
     for name, rows in wanted.items():
         if not (directory / name).exists():
-            written.append(files.write_jsonl(directory / name, rows))
+            written.append(write_jsonl(directory / name, rows))
     return written
 
 

@@ -161,7 +161,7 @@ def lineage_command(
 def _check_data(lineage: Lineage, data: Path, word: str | None) -> Any:
     """Run the data check (`export.provenance`) on the flagged adapter `word` names (or the
     only one); a refusal with the fix when there is none or it is ambiguous."""
-    from graftline.engine.common.errors import GraftlineError
+    from graftline.engine.common import GraftlineError
 
     flagged = [n for n in lineage.nodes if n.in_memory_merge is not None
                and n.in_memory_merge.certainty == "unproven" and n.in_memory_merge.chain]

@@ -19,7 +19,7 @@ import typer
 
 from graftline.console.commands.shared import RUNS_DIR_HELP, find_or_exit
 from graftline.console.formats import human_bytes
-from graftline.engine.run import Event, client, events, iter_rows, torn_tail
+from graftline.engine.run import EVENTS, Event, events, follow_run, iter_rows, torn_tail
 
 __all__ = ["describe_event", "describe_rehearsal", "format_event", "logs", "register", "show_logs"]
 
@@ -230,7 +230,7 @@ def show_logs(run_dir: Path, *, follow: bool, as_json: bool = False, telemetry: 
     only = only or Filter()
     show_telemetry = telemetry or "telemetry" in only.kinds
     printer = _Printer(as_json=as_json, telemetry=show_telemetry)
-    path = run_dir / client.EVENTS
+    path = run_dir / EVENTS
     offset = seek_time(path, only.since) if only.since is not None else 0
     for rows, end, _line in iter_rows(path, offset):
         batch = []
@@ -250,7 +250,7 @@ def show_logs(run_dir: Path, *, follow: bool, as_json: bool = False, telemetry: 
                        "(a writer killed mid-line, or one writing it now)", err=True)
         return
     try:
-        for batch in client.follow_run(run_dir, offset):
+        for batch in follow_run(run_dir, offset):
             printer.show([event for event in batch if only.keep(event)])
     except KeyboardInterrupt:
         pass  # leaving the log leaves the run running

@@ -1,5 +1,5 @@
 """`graftline run / resume / attach / ls`, and the bare `graftline`: start, continue, find and
-watch background runs. Everything goes through `graftline.engine.run.client`; nothing here loads
+watch background runs. Everything goes through `graftline.engine.run`; nothing here loads
 a model."""
 
 from __future__ import annotations
@@ -27,9 +27,18 @@ from graftline.console.formats import age, duration
 from graftline.engine.common import human_bytes
 from graftline.engine.run import (
     MACHINE_RANK_ENV,
+    ControlError,
+    LaunchError,
     MachineRankConflict,
-    client,
+    RunInfo,
+    default_runs_dir,
+    known_runs,
     machine_rank_for_resume,
+    read_state,
+    resume_run,
+    run_details,
+    send_command,
+    start_run,
 )
 
 __all__ = ["attach", "ls", "open_home", "register", "resume", "run"]
@@ -63,12 +72,12 @@ def _attach_hint(run_dir: Path) -> str:
             f"  where:   {run_dir.resolve()}")
 
 
-def _wait_started(run_dir: Path, timeout: float = 20.0) -> client.RunInfo:
+def _wait_started(run_dir: Path, timeout: float = 20.0) -> RunInfo:
     """Until the engine has written its pid (or died trying)."""
     deadline = time.monotonic() + timeout
-    info = client.read_state(run_dir)
+    info = read_state(run_dir)
     while time.monotonic() < deadline:
-        info = client.read_state(run_dir)
+        info = read_state(run_dir)
         if info.pid is not None or info.status not in ("starting", "unknown"):
             return info
         time.sleep(0.1)
@@ -99,8 +108,8 @@ def run(
         # the engine inherits it and overrides the file's machine_rank (run/distributed.py)
         os.environ["GRAFTLINE_MACHINE_RANK"] = str(machine_rank)
     try:
-        run_dir = client.start_run(file, runs_dir, rehearse=rehearse)
-    except client.LaunchError as exc:
+        run_dir = start_run(file, runs_dir, rehearse=rehearse)
+    except LaunchError as exc:
         typer.echo(f"graftline: not started: {exc}", err=True)
         for problem in exc.problems:
             typer.echo(str(problem), err=True)
@@ -139,7 +148,7 @@ def ls(runs_dir: Path | None = typer.Option(None, "--runs-dir", help=RUNS_DIR_HE
     """List every run you started, from any directory, newest first: status, stage, progress,
     duration, final metric, disk use and where it lives."""
     root = resolve_runs_dir(runs_dir)
-    runs = client.known_runs(root)
+    runs = known_runs(root)
     if not runs:
         where = f"under {root}" if root is not None else "yet"
         typer.echo(f"no runs {where}. Start one with `graftline demo` or `graftline run FILE`; "
@@ -148,7 +157,7 @@ def ls(runs_dir: Path | None = typer.Option(None, "--runs-dir", help=RUNS_DIR_HE
         return
     rows = []
     for info in runs:
-        details = client.run_details(info)
+        details = run_details(info)
         progress = "-" if info.progress is None else f"{info.progress:.0%}"
         rows.append((info.run_id, info.status, info.stage or "-", progress,
                      duration(details.duration), details.metric or "-",
@@ -197,7 +206,7 @@ def resume(
     if rank is not None:
         # the engine inherits it (run/distributed.py), as for `graftline run --machine-rank`
         os.environ[MACHINE_RANK_ENV] = str(rank)
-    info = client.read_state(run_dir)
+    info = read_state(run_dir)
     advice = disk_full_lines(info)
     if advice and info.disk_full and \
             int(info.disk_full.get("free_bytes") or 0) < int(info.disk_full.get("need_bytes") or 0):
@@ -209,15 +218,15 @@ def resume(
         raise typer.Exit(1)
     if info.status == "paused":
         try:
-            reply = client.send_command(run_dir, "resume")
-        except client.ControlError as exc:
+            reply = send_command(run_dir, "resume")
+        except ControlError as exc:
             typer.echo(f"graftline: {exc}", err=True)
             raise typer.Exit(1) from None
         typer.echo(f"run {run_dir.name} un-paused: {reply.get('status')}")
         return
     try:
-        pid = client.resume_run(run_dir)
-    except client.LaunchError as exc:
+        pid = resume_run(run_dir)
+    except LaunchError as exc:
         typer.echo(f"graftline: {exc}", err=True)
         if exc.fix:
             typer.echo(f"  fix: {exc.fix}", err=True)
@@ -229,7 +238,7 @@ def resume(
 
 def open_home(theme: str | None = None) -> None:
     """`graftline` with no arguments: the runs screen, or the launch screen when there is no run."""
-    runs_dir = client.default_runs_dir().resolve()
+    runs_dir = default_runs_dir().resolve()
     if not interactive():
         typer.echo("graftline: no terminal; try `graftline --help` or `graftline ls`.")
         return

@@ -16,9 +16,11 @@ from graftline.engine.pipeline import (
     PipelineFile,
     Plan,
     Problem,
+    any_distributed,
     describe_default,
+    detect_env,
+    launch_lines,
     plan_of,
-    scaleout,
     validate_file,
 )
 
@@ -195,9 +197,9 @@ def _plan_table(the_plan: Plan) -> Table:
 def _launch_lines(pf: PipelineFile) -> dict[str, str]:
     """The exact command line of each stage with processes > 1 (docs/distributed.md)."""
     pipeline = pf.pipeline
-    if not scaleout.any_distributed(pipeline):
+    if not any_distributed(pipeline):
         return {}
-    return scaleout.launch_lines(pipeline, scaleout.detect_env(), search_dir=pf.directory)
+    return launch_lines(pipeline, detect_env(), search_dir=pf.directory)
 
 
 def register(app: typer.Typer) -> None:

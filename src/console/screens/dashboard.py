@@ -20,6 +20,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer
 
 from graftline.console.follower import Follower
+from graftline.console.messages import ShowRuns, WorkerFailures
 from graftline.console.screens.confirm import ConfirmModal
 from graftline.console.stage_view import EXPORTABLE, StageView
 from graftline.console.widgets.chart import MetricChart
@@ -38,7 +39,7 @@ class RunUpdated(Message):
     """The follower folded new events (coalesced: a few of these a second at most)."""
 
 
-class DashboardScreen(Screen[None]):
+class DashboardScreen(WorkerFailures, Screen[None]):
     # Textual declares these as (overridable) instance attributes, not ClassVars
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide"), (180, "-huge")]  # noqa: RUF012
     VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall"), (48, "-deep")]  # noqa: RUF012
@@ -195,7 +196,7 @@ class DashboardScreen(Screen[None]):
                                            ascii_only=self.ascii_only))
 
     def action_runs(self) -> None:
-        self.app.action_runs()  # type: ignore[attr-defined]
+        self.post_message(ShowRuns())
 
     def _path(self, saved: dict[str, object]) -> Path:
         path = Path(str(saved["path"]))
@@ -285,20 +286,15 @@ class DashboardScreen(Screen[None]):
             "A new engine continues from the last complete checkpoint, with optimizer state; "
             "stages done earlier are kept.", confirm_label="Resume"), answered)
 
-    @work(thread=True, group="control", exit_on_error=False)
+    @work(thread=True, group="control", exit_on_error=False, description="resume")
     def _resume(self) -> None:
+        """A failure is told by `WorkerFailures` ("resume failed: …" with its fix)."""
         from graftline.console.reaper import reap_later
-        from graftline.engine.common import GraftlineError
         from graftline.engine.run import resume_run
 
-        try:
-            pid = resume_run(self.run_dir)
-        except (GraftlineError, OSError) as exc:
-            self.app.call_from_thread(self.notify, f"resume failed: {exc}", severity="error",
-                                      timeout=10)
-            return
+        pid = resume_run(self.run_dir)
         reap_later(pid)
-        self.app.call_from_thread(self.notify, f"resumed: engine pid {pid}")
+        self.notify(f"resumed: engine pid {pid}")  # notify is thread-safe
 
     def action_stop(self) -> None:
         if self.follower.model.run_status() in ("finished", "failed", "stopped", "crashed"):
@@ -320,13 +316,13 @@ class DashboardScreen(Screen[None]):
     @work(thread=True, group="control", exit_on_error=False)
     def _send(self, command: str) -> None:
         from graftline.engine.common import GraftlineError
-        from graftline.engine.run import client
+        from graftline.engine.run import send_command
 
         try:
-            reply = client.send_command(self.run_dir, command)
+            reply = send_command(self.run_dir, command)
         except GraftlineError as exc:  # the engine is gone or refused: its socket says which
-            self.app.call_from_thread(self.notify, f"{command} failed: {exc}", severity="error")
+            self.notify(f"{command} failed: {exc}", severity="error")  # thread-safe
             return
         ok = reply.get("ok", True) if isinstance(reply, dict) else True
         text = f"{command}: {reply.get('message', 'sent') if isinstance(reply, dict) else reply}"
-        self.app.call_from_thread(self.notify, text, severity="information" if ok else "error")
+        self.notify(text, severity="information" if ok else "error")

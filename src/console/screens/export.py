@@ -19,12 +19,19 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.text import Text
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Select, Static
+
+from graftline.console.messages import (
+    ExportFinished,
+    ExportPlanned,
+    ExportProgress,
+    WorkerFailures,
+)
 
 DTYPES = ("bfloat16", "float16", "float32")
 GGUF_TYPES = ("f16", "bf16", "q8_0", "f32")  # what llama.cpp's converter writes without a compiler
@@ -115,7 +122,7 @@ def free_target(base: Path, checkpoint: Path) -> Path:
     return base
 
 
-class ExportModal(ModalScreen[Path | None]):
+class ExportModal(WorkerFailures, ModalScreen[Path | None]):
     DEFAULT_CSS = """
     ExportModal { align: center middle; }
     ExportModal > Vertical {
@@ -273,7 +280,7 @@ class ExportModal(ModalScreen[Path | None]):
             done = subprocess.run(self._command("plan", options), capture_output=True,
                                   text=True, env=os.environ.copy(), timeout=600)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            self.app.call_from_thread(self._show_plan, None, f"cannot plan: {exc}", generation)
+            self.post_message(ExportPlanned(None, f"cannot plan: {exc}", generation))
             return
         events = [e for e in map(parse_worker_line, done.stdout.splitlines()) if e]
         plan = next((e for e in events if e["event"] == "plan"), None)
@@ -286,7 +293,11 @@ class ExportModal(ModalScreen[Path | None]):
             else:
                 tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
                 problem = f"the export planner failed: {tail}"
-        self.app.call_from_thread(self._show_plan, plan, problem, generation)
+        self.post_message(ExportPlanned(plan, problem, generation))
+
+    @on(ExportPlanned)
+    def _planned(self, message: ExportPlanned) -> None:
+        self._show_plan(message.plan, message.problem, message.generation)
 
     def _show_plan(self, plan: dict[str, Any] | None, problem: str | None,
                    generation: int | None = None) -> None:
@@ -341,7 +352,7 @@ class ExportModal(ModalScreen[Path | None]):
                 self._command("run", options), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True, env=os.environ.copy())
         except OSError as exc:
-            self.app.call_from_thread(self._done, None, f"cannot start the export: {exc}")
+            self.post_message(ExportFinished(None, f"cannot start the export: {exc}"))
             return
         process = self.process
         stdout, stderr = process.stdout, process.stderr
@@ -356,9 +367,9 @@ class ExportModal(ModalScreen[Path | None]):
             kind = event["event"]
             if kind == "progress":
                 self.progress_events += 1
-                self.app.call_from_thread(self._progress, str(event.get("phase", "")),
-                                          float(event.get("fraction") or 0.0),
-                                          str(event.get("message") or ""))
+                self.post_message(ExportProgress(str(event.get("phase", "")),
+                                                 float(event.get("fraction") or 0.0),
+                                                 str(event.get("message") or "")))
             elif kind == "done":
                 result = event
             elif kind in ("failed", "refused"):
@@ -369,14 +380,19 @@ class ExportModal(ModalScreen[Path | None]):
         if result is None and problem is None:
             tail = "".join(errors).strip().splitlines() or [f"exit status {process.returncode}"]
             problem = f"the export process died: {tail[-1]}"
-        self.app.call_from_thread(self._done, result, problem)
+        self.post_message(ExportFinished(result, problem))
 
-    def _progress(self, phase: str, fraction: float, message: str) -> None:
+    @on(ExportProgress)
+    def _progress(self, message: ExportProgress) -> None:
         if not self.is_attached:
             return
-        self.query_one(ProgressBar).update(progress=round(fraction * 100))
+        self.query_one(ProgressBar).update(progress=round(message.fraction * 100))
         self.query_one("#status", Static).update(
-            Text(f"{phase}: {message}" if message else phase))
+            Text(f"{message.phase}: {message.message}" if message.message else message.phase))
+
+    @on(ExportFinished)
+    def _finished(self, message: ExportFinished) -> None:
+        self._done(message.result, message.problem)
 
     def _done(self, result: dict[str, Any] | None, problem: str | None) -> None:
         self.running = False

@@ -20,6 +20,7 @@ from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
 from graftline.console.formats import human_bytes
+from graftline.console.messages import OpenRun, ShowRuns, WorkerFailures
 
 
 def pipeline_files(folder: Path) -> list[Path]:
@@ -106,7 +107,7 @@ def editor_command() -> list[str] | None:
     return shlex.split(editor) if editor else None
 
 
-class LaunchScreen(Screen[None]):
+class LaunchScreen(WorkerFailures, Screen[None]):
     BINDINGS: ClassVar = [
         Binding("L", "launch", "Launch"),
         Binding("R", "toggle_rehearse", "Rehearse first"),
@@ -217,10 +218,10 @@ class LaunchScreen(Screen[None]):
             self.app.call_from_thread(self.notify, f"launch failed: {exc}", severity="error",
                                       timeout=10)
             return
-        self.app.call_from_thread(self.app.attach, run_dir)  # type: ignore[attr-defined]
+        self.post_message(OpenRun(run_dir))
 
     def action_runs(self) -> None:
-        self.app.action_runs()  # type: ignore[attr-defined]
+        self.post_message(ShowRuns())
 
     # -- a starter file, and the user's editor --------------------------------------------------
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.text import Text
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
@@ -24,6 +24,7 @@ from textual.widgets.tree import TreeNode
 
 from graftline.console import cleanup_bridge
 from graftline.console.formats import format_metric, human_bytes
+from graftline.console.messages import CleanupFinished, LineageScanned, WorkerFailures
 from graftline.console.screens.confirm import ConfirmModal
 from graftline.engine.common import GraftlineError
 
@@ -47,7 +48,7 @@ def short_path(path: str | None, root: Path) -> str:
     return path
 
 
-class LineageScreen(Screen[None]):
+class LineageScreen(WorkerFailures, Screen[None]):
     BINDINGS: ClassVar = [
         Binding("escape", "back", "Back"),
         Binding("e", "export", "Export"),
@@ -110,7 +111,11 @@ class LineageScreen(Screen[None]):
             result, problem = lineage_api.scan([self.root]), None
         except (GraftlineError, OSError) as exc:
             result, problem = None, f"cannot scan {self.root.name}: {exc}"
-        self.app.call_from_thread(self._show_lineage, result, problem)
+        self.post_message(LineageScanned(result, problem))
+
+    @on(LineageScanned)
+    def _scanned(self, message: LineageScanned) -> None:
+        self._show_lineage(message.lineage, message.problem)
 
     def _show_lineage(self, lineage: Any, problem: str | None) -> None:
         self.lineage, self.problem = lineage, problem
@@ -330,14 +335,14 @@ class LineageScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="cleanup", exit_on_error=False)
     def _execute(self, plan: Any, lineage: Any) -> None:
         try:
-            message = cleanup_bridge.execute(plan, lineage)
-            severity = "information"
-        except (GraftlineError, OSError) as exc:
-            message, severity = f"cleanup failed: {exc}", "error"
-        self.app.call_from_thread(self._after_cleanup, message, severity)
+            self.post_message(CleanupFinished(cleanup_bridge.execute(plan, lineage), False))
+        except (GraftlineError, OSError) as exc:  # told, then the tree rescanned: it changed
+            self.post_message(CleanupFinished(f"cleanup failed: {exc}", True))
 
-    def _after_cleanup(self, message: str, severity: str) -> None:
-        self.notify(message, severity=severity, timeout=8)  # type: ignore[arg-type]
+    @on(CleanupFinished)
+    def _after_cleanup(self, message: CleanupFinished) -> None:
+        self.notify(message.message, severity="error" if message.failed else "information",
+                    timeout=8)
         self.plan = None
         self.keep = set()
         self.deleted += 1

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Static
 
 from graftline.console.formats import ago, duration, human_bytes
+from graftline.console.messages import OpenRun, RunsListed, ShowLaunch, WorkerFailures
 from graftline.engine.run import EVENTS
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def sort_rows(rows: list[Row], key: str) -> list[Row]:
     return sorted(rows, key=lambda r: -(r.started or 0))
 
 
-class RunsScreen(Screen[None]):
+class RunsScreen(WorkerFailures, Screen[None]):
     BINDINGS: ClassVar = [
         Binding("enter", "attach", "Attach", priority=True),
         Binding("n", "launch", "New run"),
@@ -122,7 +123,7 @@ class RunsScreen(Screen[None]):
     # -- reading (a worker thread) ------------------------------------------------------------
 
     def _row(self, info: RunInfo, now: float) -> Row:
-        from graftline.engine.run import client
+        from graftline.engine.run import run_details
 
         path = Path(info.path)
         cached = self._details.get(path)
@@ -130,7 +131,7 @@ class RunsScreen(Screen[None]):
         if cached is not None and not info.live:
             details = cached[1]
         else:
-            details = client.run_details(info, now)
+            details = run_details(info, now)
             self._details[path] = (now, details)
         progress = info.progress
         return Row(path, info.run_id, info.status, info.stage or "",
@@ -139,18 +140,22 @@ class RunsScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
     def action_refresh(self) -> None:
-        from graftline.engine.run import client
+        from graftline.engine.run import known_runs
 
         now = time.time()
         try:
-            client.known_runs(self.runs_dir)  # the runs under this directory join the index
-            rows = [self._row(info, now) for info in client.known_runs()]
+            known_runs(self.runs_dir)  # the runs under this directory join the index
+            rows = [self._row(info, now) for info in known_runs()]
             problem = None
         except Exception as exc:  # a listing problem must not take the console down
             rows, problem = [], f"cannot list runs: {exc}"
-        self.app.call_from_thread(self._show, rows, problem)
+        self.post_message(RunsListed(rows, problem))
 
     # -- showing ------------------------------------------------------------------------------
+
+    @on(RunsListed)
+    def _listed(self, message: RunsListed) -> None:
+        self._show(message.rows, message.problem)
 
     def _show(self, rows: list[Row], problem: str | None = None) -> None:
         self.rows = rows
@@ -216,10 +221,10 @@ class RunsScreen(Screen[None]):
         if not self.paths or table.cursor_row < 0:
             self.notify("No run selected.", severity="warning")
             return
-        self.app.attach(self.paths[table.cursor_row])  # type: ignore[attr-defined]
+        self.post_message(OpenRun(self.paths[table.cursor_row]))
 
     def action_launch(self) -> None:
-        self.app.action_launch()  # type: ignore[attr-defined]
+        self.post_message(ShowLaunch())
 
     def action_lineage(self) -> None:
         from graftline.console.screens.lineage import LineageScreen

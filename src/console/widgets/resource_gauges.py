@@ -6,8 +6,8 @@ from rich.text import Text
 
 from graftline.console.formats import gpu_reason_label, human_bytes
 from graftline.console.run_view import RunModel
-from graftline.console.stage_view import Telemetry
 from graftline.console.widgets.quiet_static import QuietStatic
+from graftline.engine.common import Telemetry
 
 
 def gauge(used: float | None, total: float | None, width: int, ascii_only: bool) -> Text:
@@ -47,8 +47,8 @@ class ResourceGauges(QuietStatic):
             line.append("  dead", style="bold red")
         return line
 
-    def render_telemetry(self, tel: Telemetry, *, live: bool = True) -> Text:
-        if not tel.seen:
+    def render_telemetry(self, tel: Telemetry | None, *, live: bool = True) -> Text:
+        if tel is None:
             return Text("no telemetry yet", style="dim")
         if not live:
             # the engine has exited: its last CPU and memory sample would read as current

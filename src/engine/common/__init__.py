@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.common import control as control
     from graftline.engine.common import disk as disk
     from graftline.engine.common import errors as errors
+    from graftline.engine.common import event_types as event_types
     from graftline.engine.common import lazy as lazy
     from graftline.engine.common import safetensors_header as safetensors_header
     from graftline.engine.common import sink as sink
@@ -28,6 +29,9 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     )
     from graftline.engine.common.control import RunControl as RunControl
     from graftline.engine.common.errors import GraftlineError as GraftlineError
+    from graftline.engine.common.event_types import EventType as EventType
+    from graftline.engine.common.event_types import Telemetry as Telemetry
+    from graftline.engine.common.event_types import record_of as record_of
     from graftline.engine.common.lazy import lazy_exports as lazy_exports
     from graftline.engine.common.sink import ListSink as ListSink
     from graftline.engine.common.sink import Sink as Sink
@@ -52,6 +56,10 @@ _EXPORTS = {
     "RunControl": "control",
     "lazy": "lazy",
     "lazy_exports": "lazy",
+    "event_types": "event_types",
+    "EventType": "event_types",
+    "Telemetry": "event_types",
+    "record_of": "event_types",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

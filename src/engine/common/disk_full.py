@@ -28,13 +28,14 @@ HEADROOM = 1 << 20  # what a resumed run needs at least: a few hundred events an
 def is_disk_full(exc: BaseException) -> bool:
     """ENOSPC/EDQUOT, also when wrapped (torch and safetensors re-raise as RuntimeError)."""
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in FULL:
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, OSError) and link.errno in FULL:
             return True
-        if any(words in str(exc) for words in FULL_WORDS):
+        if any(words in str(link) for words in FULL_WORDS):
             return True
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+        link = link.__cause__ or link.__context__
     return False
 
 

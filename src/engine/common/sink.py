@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from graftline.engine.common.event_types import EventType
+
 
 class Sink(Protocol):
-    def emit(self, type: str, stage: str | None = None, **data: Any) -> object: ...
+    def emit(self, type: EventType, stage: str | None = None, **data: Any) -> object: ...
 
 
 class ListSink:
@@ -18,7 +20,7 @@ class ListSink:
     def __init__(self) -> None:
         self.events: list[tuple[str, str | None, dict[str, Any]]] = []
 
-    def emit(self, type: str, stage: str | None = None, **data: Any) -> None:
+    def emit(self, type: EventType, stage: str | None = None, **data: Any) -> None:
         self.events.append((type, stage, data))
 
     def of_type(self, type: str) -> list[dict[str, Any]]:

@@ -100,8 +100,8 @@ def parse_keep(token: str) -> KeepRule:
             raise CleanupError(f"--keep {text!r}: name the metric, e.g. best:eval/accuracy")
         if mode not in ("", "min", "max"):
             raise CleanupError(f"--keep {text!r}: the direction is min or max, not {mode!r}")
-        chosen = mode or ("min" if "loss" in metric.lower() else "max")
-        return KeepRule("best", text, value=metric, mode=chosen)  # type: ignore[arg-type]
+        lower = mode == "min" or (not mode and "loss" in metric.lower())
+        return KeepRule("best", text, value=metric, mode="min" if lower else "max")
     if head == "id" and rest:
         return KeepRule("id", text, value=rest)
     if _GLOB & set(text):

@@ -42,6 +42,9 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.pipeline.problems import (
         did_you_mean as did_you_mean,
     )
+    from graftline.engine.pipeline.scaleout import any_distributed as any_distributed
+    from graftline.engine.pipeline.scaleout import detect_env as detect_env
+    from graftline.engine.pipeline.scaleout import launch_lines as launch_lines
     from graftline.engine.pipeline.validate import (
         plan_of as plan_of,
     )
@@ -72,6 +75,9 @@ _EXPORTS = {
     "rewards": "rewards",
     "modelinfo": "modelinfo",
     "scaleout": "scaleout",
+    "any_distributed": "scaleout",
+    "detect_env": "scaleout",
+    "launch_lines": "scaleout",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -519,23 +519,16 @@ def build_plan(
         by_name[stage.name] = step
 
     free = disk.free_bytes(runs_dir) if runs_dir is not None else None
-    notes = (
-        ()
-        if info is not None
-        else (
-            f"sizes unknown: no config.json for '{pipeline.pipeline.base}' on this machine "
-            "(a local path or the Hugging Face cache); nothing is downloaded",
-        )
-    ) + moe_target_notes(info, [s.lora for s in steps if s.lora is not None])
-    return Plan(
-        pipeline.pipeline.name,
-        pipeline.pipeline.base,
-        tuple(steps),
-        tuple(problems),
-        info,
-        free,
-        notes,
-    )
+    return Plan(pipeline.pipeline.name, pipeline.pipeline.base, tuple(steps), tuple(problems),
+                info, free, _size_notes(pipeline.pipeline.base, info, steps))
+
+
+def _size_notes(base: str, info: ModelInfo | None, steps: list[StepPlan]) -> tuple[str, ...]:
+    """What the plan could not size, and LoRA targets that miss a mixture's experts."""
+    unknown = () if info is not None else (
+        f"sizes unknown: no config.json for '{base}' on this machine (a local path or the "
+        "Hugging Face cache); nothing is downloaded",)
+    return unknown + moe_target_notes(info, [s.lora for s in steps if s.lora is not None])
 
 
 # What PEFT 0.21 with transformers 5.17 does with `target_modules = "all-linear"` on the

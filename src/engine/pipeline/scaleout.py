@@ -19,6 +19,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 from graftline.engine.pipeline import spec
 from graftline.engine.pipeline.problems import Problem
@@ -73,19 +74,20 @@ def scale_of(pipeline: spec.Pipeline, stage: spec.StageBase,
         return Scale()
     defaults = pipeline.defaults
 
-    def pick(name: str, fallback: object) -> object:
+    def pick(name: str, fallback: Any) -> Any:  # the spec's field types, checked by pydantic
         value = getattr(stage, name)
         if value is None:
             value = getattr(defaults, name)
         return fallback if value is None else value
 
     rank = machine_rank if machine_rank is not None else pick("machine_rank", 0)
-    return Scale(processes=int(pick("processes", 1)),  # type: ignore[call-overload]
+    port = pick("main_process_port", None)
+    return Scale(processes=int(pick("processes", 1)),
                  distributed=str(pick("distributed", "ddp")),
-                 num_machines=int(pick("num_machines", 1)),  # type: ignore[call-overload]
-                 machine_rank=int(rank),  # type: ignore[call-overload]
+                 num_machines=int(pick("num_machines", 1)),
+                 machine_rank=int(rank),
                  main_process_ip=str(pick("main_process_ip", "127.0.0.1")),
-                 main_process_port=pick("main_process_port", None))  # type: ignore[arg-type]
+                 main_process_port=None if port is None else int(port))
 
 
 def backend_for(requested: str, env: Env) -> str:
@@ -183,10 +185,9 @@ def problems(pipeline: spec.Pipeline, env: Env, *, file: str,
     backend = backend_for(header.backend, env)
 
     def add(stage: spec.StageBase, field: str, message: str, fix: str,
-            severity: str = "error") -> None:
+            severity: Literal["error", "warning"] = "error") -> None:
         line = line_of(stage.name, field) if callable(line_of) else None
-        found.append(Problem(message, file, line, stage.name, field, fix,
-                             severity=severity))  # type: ignore[arg-type]
+        found.append(Problem(message, file, line, stage.name, field, fix, severity=severity))
 
     for stage in pipeline.stage:
         scale = scale_of(pipeline, stage)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from graftline.engine.common.event_types import EventType
 from graftline.engine.pipeline import foreign, spec
 from graftline.engine.pipeline.file import PipelineFile
 from graftline.engine.pipeline.plan import StepPlan, build_plan
@@ -200,6 +201,21 @@ def derive(pf: PipelineFile, *, base: str, scratch: Path, steps: int = DEFAULT_S
                          "rehearsed in one process; the DDP/FSDP/DeepSpeed launch is not")
         stages.append(stage.model_copy(update=update))
 
+    head = _rehearsal_header(header, base, scratch, cuda, random_twin, notes)
+    defaults = pipeline.defaults
+    if _processes(defaults) > 1:  # [defaults] processes: every stage that inherits it
+        notes.append(f"[defaults] processes = {_processes(defaults)} is rehearsed in one process")
+        defaults = defaults.model_copy(update={"processes": 1})
+    derived = pipeline.model_copy(update={
+        "pipeline": header.model_copy(update=head), "stage": stages, "defaults": defaults,
+    })
+    return Derived(derived, tuple(samples.values()), tuple(notes))
+
+
+def _rehearsal_header(header: spec.Header, base: str, scratch: Path, cuda: bool,
+                      random_twin: bool, notes: list[str]) -> dict[str, Any]:
+    """What the rehearsal changes in `[pipeline]` (the twin, the scratch runs folder, what this
+    machine cannot rehearse), each change with its note."""
     if random_twin:
         notes.append(f"learning rates × {RANDOM_LR_SCALE} on the twin's random weights, so the "
                      "collapse check sees plumbing faults, not a random model tipping over")
@@ -223,14 +239,7 @@ def derive(pf: PipelineFile, *, base: str, scratch: Path, steps: int = DEFAULT_S
     if _processes(header) > 1:
         head["processes"] = 1
         notes.append(f"processes = {_processes(header)} (multi-GPU) is rehearsed in one process")
-    defaults = pipeline.defaults
-    if _processes(defaults) > 1:  # [defaults] processes: every stage that inherits it
-        notes.append(f"[defaults] processes = {_processes(defaults)} is rehearsed in one process")
-        defaults = defaults.model_copy(update={"processes": 1})
-    derived = pipeline.model_copy(update={
-        "pipeline": header.model_copy(update=head), "stage": stages, "defaults": defaults,
-    })
-    return Derived(derived, tuple(samples.values()), tuple(notes))
+    return head
 
 
 def _foreign_start(stage: spec.StageBase, notes: list[str]) -> dict[str, Any]:
@@ -288,7 +297,7 @@ class RehearsalSink:
         self.cleanup_breaks: dict[str, tuple[str, str]] = {}  # stage → (message, fix)
         self.errors: list[tuple[str, str]] = []  # run-level errors (no stage)
 
-    def emit(self, type: str, stage: str | None = None, **data: Any) -> None:
+    def emit(self, type: EventType, stage: str | None = None, **data: Any) -> None:
         record = self.stages.get(stage or "")
         if type == "error":
             if record is None:

@@ -2,8 +2,9 @@
 
 Modules: launch (create and spawn), daemon (the engine process), runner (stages in order),
 client (what a console or CLI reads and sends), state (state.json, liveness), control (the
-owner-only socket), events (events.jsonl), summary (events.summary.json: the fold; its series
-in summary_series, the file in summary_file), telemetry,
+owner-only socket), events (events.jsonl), fold (the run folded from its events: `RunFold`, the
+one fold the summary, the reconciler and the console share), summary (events.summary.json; its
+series in summary_series, the file in summary_file), telemetry,
 between_stages ([cleanup] between stages).
 """
 
@@ -28,12 +29,15 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.run import summary as summary
     from graftline.engine.run import summary_file as summary_file
     from graftline.engine.run import telemetry as telemetry
+    from graftline.engine.run.client import DISK_FULL as DISK_FULL
     from graftline.engine.run.client import (
         RunDetails as RunDetails,
     )
     from graftline.engine.run.client import (
         RunInfo as RunInfo,
     )
+    from graftline.engine.run.client import default_runs_dir as default_runs_dir
+    from graftline.engine.run.client import disk_full_advice as disk_full_advice
     from graftline.engine.run.client import (
         find_run as find_run,
     )
@@ -49,6 +53,7 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.run.client import (
         list_runs as list_runs,
     )
+    from graftline.engine.run.client import read_fold as read_fold
     from graftline.engine.run.client import (
         read_state as read_state,
     )
@@ -86,6 +91,14 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.run.events import (
         torn_tail as torn_tail,
     )
+    from graftline.engine.run.fold import EVAL_BOOKKEEPING as EVAL_BOOKKEEPING
+    from graftline.engine.run.fold import EXPORTABLE as EXPORTABLE
+    from graftline.engine.run.fold import KEY_METRIC as KEY_METRIC
+    from graftline.engine.run.fold import LATEST_SKIP as LATEST_SKIP
+    from graftline.engine.run.fold import TRAINING_KINDS as TRAINING_KINDS
+    from graftline.engine.run.fold import CheckState as CheckState
+    from graftline.engine.run.fold import RunFold as RunFold
+    from graftline.engine.run.fold import StageState as StageState
     from graftline.engine.run.group_io import (
         MACHINE_RANK_ENV as MACHINE_RANK_ENV,
     )
@@ -120,8 +133,6 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.run.state import StateKeeper as StateKeeper
     from graftline.engine.run.summary import SUMMARY as SUMMARY
     from graftline.engine.run.summary import Summary as Summary
-    from graftline.engine.run.summary import fold_rehearsal as fold_rehearsal
-    from graftline.engine.run.summary import fold_samples as fold_samples
     from graftline.engine.run.summary_file import open_summary as open_summary
 
 
@@ -143,6 +154,10 @@ _EXPORTS = {
     "known_runs": "client",
     "run_details": "client",
     "RunDetails": "client",
+    "DISK_FULL": "client",
+    "default_runs_dir": "client",
+    "disk_full_advice": "client",
+    "read_fold": "client",
     "index": "index",
     "read_state": "client",
     "send_command": "client",
@@ -162,8 +177,14 @@ _EXPORTS = {
     "Summary": "summary",
     "summary_file": "summary_file",
     "open_summary": "summary_file",
-    "fold_rehearsal": "summary",
-    "fold_samples": "summary",
+    "RunFold": "fold",
+    "StageState": "fold",
+    "CheckState": "fold",
+    "EXPORTABLE": "fold",
+    "EVAL_BOOKKEEPING": "fold",
+    "LATEST_SKIP": "fold",
+    "KEY_METRIC": "fold",
+    "TRAINING_KINDS": "fold",
     "rehearsal_phase": "rehearsal_phase",
     "state": "state",
     "RunState": "state",

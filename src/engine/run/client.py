@@ -1,8 +1,9 @@
-"""The engine's public client API: everything the console and the CLI need to know about runs.
+"""Reading runs and talking to their engines: find, list, state, details, follow, control.
 
-The console imports this module (and the engine's pure planners: lineage, cleanup, export plans),
-never a trainer. Nothing here imports torch, transformers, trl or peft: attaching to a run costs
-a file read, not a model load.
+One door: the console and the CLI use these through `graftline.engine.run` (the area's surface,
+which also holds starting a run: `start_run`, `resume_run` from run/launch.py), never this module
+by name. Nothing here imports torch, transformers, trl or peft: attaching to a run costs a file
+read, not a model load.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graftline.engine.common.liveness import lock_held
 from graftline.engine.run import control
@@ -29,17 +30,8 @@ from graftline.engine.run.events import (  # noqa: F401  (re-exported)
     read_raw,
 )
 
-# Starting a run needs the pipeline reader (pydantic, a third of a second to import); finding,
-# listing and following runs do not, so the launch functions are loaded on first use (PEP 562).
-_FROM_LAUNCH = ("LaunchError", "create_run", "resume_run", "start_run")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FROM_LAUNCH:
-        from graftline.engine.run import launch
-
-        return getattr(launch, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+if TYPE_CHECKING:
+    from graftline.engine.run.fold import RunFold, StageState
 
 RUNS_DIR_ENV = "GRAFTLINE_RUNS_DIR"
 
@@ -317,109 +309,9 @@ def follow_run(run_dir: Path, offset: int = 0, *, poll: float = 0.25,
         time.sleep(poll)
 
 
-# --- the history, ready for display -------------------------------------------------------------
+def read_fold(run_dir: Path) -> RunFold[StageState]:
+    """The run as its whole log tells it (run/fold.py), through the summary beside the log: a
+    week of history costs its summary and the log's tail, not the whole log."""
+    from graftline.engine.run.summary_file import open_summary
 
-@dataclass
-class StageView:
-    """One stage as the log tells it. Mutable: folded from events as they arrive."""
-
-    name: str
-    kind: str = ""
-    index: int | None = None
-    status: str = "pending"  # pending | running | complete | failed | stopped | skipped
-    max_steps: int | None = None
-    global_step_offset: int = 0
-    step: int | None = None
-    started: float | None = None
-    finished: float | None = None
-    seconds: float | None = None
-    action: str | None = None
-    reference: str | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
-    evaluation: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class History:
-    """Everything a run's log says, folded for display: stages, metric rows, checkpoints, checks,
-    warnings, the latest telemetry. `apply` folds further rows, so a follower keeps it current.
-    Metric rows are kept as the decoded dicts.
-    """
-
-    offset: int = 0
-    last_seq: int = 0
-    run: dict[str, Any] = field(default_factory=dict)
-    stages: dict[str, StageView] = field(default_factory=dict)
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    checkpoints: list[dict[str, Any]] = field(default_factory=list)
-    checks: list[dict[str, Any]] = field(default_factory=list)
-    log: list[dict[str, Any]] = field(default_factory=list)  # every event but metrics/telemetry
-    telemetry: dict[str, Any] | None = None
-    gpu_reason: str | None = None
-    finished: dict[str, Any] | None = None
-    resumes: int = 0
-
-    def apply(self, rows: list[dict[str, Any]]) -> None:
-        metrics = self.metrics
-        for row in rows:
-            kind = row.get("type")
-            if kind == "metrics":
-                metrics.append(row)
-                continue
-            if kind == "telemetry":
-                self.telemetry = row.get("data") or {}
-                if self.telemetry.get("gpu_reason"):
-                    self.gpu_reason = self.telemetry["gpu_reason"]
-                continue
-            self._apply_other(kind, row)
-        if rows:
-            self.last_seq = rows[-1].get("seq", self.last_seq)
-
-    def _apply_other(self, kind: str | None, row: dict[str, Any]) -> None:
-        data = row.get("data") or {}
-        name = row.get("stage")
-        self.log.append(row)
-        if kind == "run_started":
-            if self.run:
-                self.resumes += 1
-            self.run = data
-            self.finished = None
-            for index, stage in enumerate(data.get("stages") or []):
-                view = self.stages.setdefault(stage["name"], StageView(stage["name"]))
-                view.kind = stage.get("kind", view.kind)
-                view.index = index
-                view.max_steps = stage.get("max_steps", view.max_steps)
-                view.action = stage.get("action", view.action)
-                view.reference = stage.get("reference", view.reference)
-        elif kind == "stage_started" and name:
-            view = self.stages.setdefault(name, StageView(name))
-            view.status = "running"
-            view.started = row.get("time")
-            for key in ("kind", "index", "max_steps", "global_step_offset", "action", "reference"):
-                if data.get(key) is not None:
-                    setattr(view, key, data[key])
-        elif kind == "stage_finished" and name:
-            view = self.stages.setdefault(name, StageView(name))
-            view.status = data.get("status", "complete")
-            view.finished = row.get("time")
-            view.seconds = data.get("seconds")
-            view.summary = data.get("metrics") or {}
-            view.evaluation = data.get("evaluation") or {}
-        elif kind == "checkpoint_saved":
-            self.checkpoints.append(row)
-        elif kind == "check_result":
-            self.checks.append(row)
-        elif kind == "run_finished":
-            self.finished = data
-
-    @property
-    def warnings(self) -> list[dict[str, Any]]:
-        return [row for row in self.log if row.get("type") in ("warning", "error")]
-
-
-def load_history(run_dir: Path, history: History | None = None) -> History:
-    """The run's full history from its log (or what was added since `history` was loaded)."""
-    history = history or History()
-    rows, history.offset = read_raw(Path(run_dir) / EVENTS, history.offset)
-    history.apply(rows)
-    return history
+    return open_summary(Path(run_dir), tail=True, write_back=False).summary.state

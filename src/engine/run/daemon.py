@@ -21,9 +21,10 @@ import time
 import traceback
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graftline.engine.common.control import RunControl
+from graftline.engine.common.event_types import EventType
 from graftline.engine.common.layout import LOCK, RunLayout
 from graftline.engine.common.units import human_bytes
 from graftline.engine.run import launch
@@ -33,6 +34,10 @@ from graftline.engine.run.disk_pause import DiskPause, fix_for, say
 from graftline.engine.run.events import EventWriter
 from graftline.engine.run.state import RunState, StateKeeper
 from graftline.engine.run.telemetry import TelemetryThread, forecast_bytes
+
+if TYPE_CHECKING:
+    from graftline.engine.pipeline.file import PipelineFile
+    from graftline.engine.pipeline.plan import Plan
 
 EXIT_BUSY = 3
 EXIT_BAD_RUN = 2
@@ -56,7 +61,7 @@ class EngineSink:
         self.saw_run_finished = False
         self.telemetry: TelemetryThread | None = None  # started once the log has run_started
 
-    def emit(self, type: str, stage: str | None = None, **data: Any) -> object:
+    def emit(self, type: EventType, stage: str | None = None, **data: Any) -> object:
         if type == "warning" and data.get("disk_full") and self.disk is not None:
             # a checkpoint or a stage's output hit a full disk (common.disk_full): pause now,
             # the writer waits in wait_for_space until the watcher resumes the run
@@ -186,6 +191,69 @@ def _handler(control: RunControl, keeper: StateKeeper, writer: EventWriter,
     return handle
 
 
+def _pipeline_text(run_dir: Path, meta: dict[str, Any]) -> str | None:
+    """The run's copy of its pipeline file; None (and the run failed, saying why) when it no
+    longer matches the hash recorded at launch."""
+    text = (run_dir / launch.PIPELINE_COPY).read_text(encoding="utf-8")
+    if launch.sha256_text(text) == meta.get("sha256"):
+        return text
+    message = (f"{run_dir / launch.PIPELINE_COPY} no longer matches its hash; the run was "
+               "started from a different file. Start a new run instead.")
+    print(f"graftline: {message}", file=sys.stderr)
+    prior = runstate.read(run_dir)
+    if prior is not None:
+        runstate.write(run_dir, replace(prior, status="failed", message=message))
+    return None
+
+
+def _first_state(run_dir: Path, meta: dict[str, Any], pipeline: str, stages: int,
+                 resume: bool) -> RunState:
+    """state.json as this engine starts: a resume carries on the previous engine's counts."""
+    prior = runstate.read(run_dir)
+    pid, pid_started = runstate.this_process()
+    now = time.time()
+    carried = prior if resume else None
+    return RunState(
+        run_id=meta["run_id"], pipeline=pipeline, status="running", pid=pid,
+        pid_started=pid_started, started=(prior.started if prior and prior.started else now),
+        heartbeat=now, stages=stages, resumes=(carried.resumes + 1 if carried else 0),
+        stage=carried.stage if carried else None,
+        stage_index=carried.stage_index if carried else None,
+        global_step=carried.global_step if carried else None,
+        total_steps=prior.total_steps if prior else None,
+    )
+
+
+def _forecast_plan(pf: PipelineFile) -> Plan | None:
+    """The plan behind the disk forecast, or None: the forecast is advisory, training does not
+    depend on it."""
+    try:
+        from graftline.engine.pipeline.validate import plan_of
+
+        return plan_of(pf)
+    except Exception as exc:
+        print(f"graftline: no disk forecast: {exc}", flush=True)
+        return None
+
+
+def _drive(pf: PipelineFile, run_dir: Path, sink: EngineSink, control: RunControl,
+           keeper: StateKeeper, resume: bool) -> tuple[str, str]:
+    """The rehearsal (when the run asks for one) and the stages: (status, message)."""
+    from graftline.engine.run import rehearsal_phase
+    from graftline.engine.run.runner import run_pipeline
+
+    def rehearsal() -> tuple[str, str]:
+        keeper.update(stage=rehearsal_phase.NAME, message="rehearsing on a tiny twin")
+        outcome = rehearsal_phase.rehearse_first(run_dir, sink, control)
+        if outcome[0] == rehearsal_phase.PASSED:
+            keeper.update(stage=None, message="")
+        return outcome
+
+    first_phase = rehearsal if rehearsal_phase.wanted(run_dir, resume=resume) else None
+    result = run_pipeline(pf, run_dir, sink, control, resume=resume, rehearsal=first_phase)
+    return str(getattr(result, "status", "finished")), str(getattr(result, "message", "") or "")
+
+
 def run(run_dir: Path, *, resume: bool = False) -> int:
     from graftline.engine.pipeline import file as pipeline_file
 
@@ -196,31 +264,14 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
         print(f"graftline: another engine is already running {run_dir}", file=sys.stderr)
         return EXIT_BUSY
     meta = launch.read_meta(run_dir)
-    text = (run_dir / launch.PIPELINE_COPY).read_text(encoding="utf-8")
-    if launch.sha256_text(text) != meta.get("sha256"):
-        message = (f"{run_dir / launch.PIPELINE_COPY} no longer matches its hash; the run was "
-                   "started from a different file. Start a new run instead.")
-        print(f"graftline: {message}", file=sys.stderr)
-        prior = runstate.read(run_dir)
-        if prior is not None:
-            runstate.write(run_dir, replace(prior, status="failed", message=message))
+    text = _pipeline_text(run_dir, meta)
+    if text is None:
         return EXIT_BAD_RUN
     # Parsed under the original file's path: data paths stay relative to where the user wrote it.
     pf = pipeline_file.parse(text, meta["source"])
     names = [stage.name for stage in pf.pipeline.stage]
-
-    prior = runstate.read(run_dir)
-    pid, pid_started = runstate.this_process()
-    now = time.time()
-    state = RunState(
-        run_id=meta["run_id"], pipeline=pf.pipeline.pipeline.name, status="running", pid=pid,
-        pid_started=pid_started, started=(prior.started if prior and prior.started else now),
-        heartbeat=now, stages=len(names), resumes=(prior.resumes + 1 if resume and prior else 0),
-        stage=prior.stage if resume and prior else None,
-        stage_index=prior.stage_index if resume and prior else None,
-        global_step=prior.global_step if resume and prior else None,
-        total_steps=prior.total_steps if prior else None,
-    )
+    state = _first_state(run_dir, meta, pf.pipeline.pipeline.name, len(names), resume)
+    pid = state.pid
     keeper = StateKeeper(run_dir, state)
     keeper.update()
     keeper.start_heartbeat()
@@ -230,14 +281,7 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
     writer = EventWriter(run_dir, on_error=disk.on_write_error)
     disk.writer = writer
 
-    try:
-        from graftline.engine.pipeline.validate import plan_of
-
-        plan = plan_of(pf)
-    except Exception as exc:  # the forecast is advisory; training does not depend on it
-        print(f"graftline: no disk forecast: {exc}", flush=True)
-        plan = None
-    sink = EngineSink(writer, keeper, control, run_dir, plan, disk)
+    sink = EngineSink(writer, keeper, control, run_dir, _forecast_plan(pf), disk)
     if resume:
         sink.mark_done(_completed_stages(run_dir, names))
 
@@ -259,20 +303,7 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
         first = next((n for n in names if n not in sink.done), None)
         sink.check_disk(before=first)
         control.wait_while_paused()
-        from graftline.engine.run import rehearsal_phase
-        from graftline.engine.run.runner import run_pipeline
-
-        def rehearsal() -> tuple[str, str]:
-            keeper.update(stage=rehearsal_phase.NAME, message="rehearsing on a tiny twin")
-            outcome = rehearsal_phase.rehearse_first(run_dir, sink, control)
-            if outcome[0] == rehearsal_phase.PASSED:
-                keeper.update(stage=None, message="")
-            return outcome
-
-        first_phase = rehearsal if rehearsal_phase.wanted(run_dir, resume=resume) else None
-        result = run_pipeline(pf, run_dir, sink, control, resume=resume, rehearsal=first_phase)
-        status = str(getattr(result, "status", "finished"))
-        message = str(getattr(result, "message", "") or "")
+        status, message = _drive(pf, run_dir, sink, control, keeper, resume)
     except BaseException as exc:
         status, message = "failed", f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(OSError, ValueError):

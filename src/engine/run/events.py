@@ -24,9 +24,10 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from graftline.engine.common.errors import GraftlineError
+from graftline.engine.common.event_types import EventType  # the types, and their records
 from graftline.engine.common.layout import EVENTS
 from graftline.engine.run.summary import Summary, crc
 from graftline.engine.run.summary_file import first_line, open_summary, rebuild, save
@@ -38,22 +39,6 @@ CHUNK_BYTES = 8 << 20  # streaming readers read this much at a time
 # bytes, a few microseconds less per event, which pays for the summary's folding.
 _ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
-EventType = Literal[
-    "run_started",
-    "stage_started",
-    "metrics",
-    "checkpoint_saved",
-    "check_result",
-    "warning",
-    "error",
-    "stage_finished",
-    "telemetry",
-    "run_finished",
-    "progress",
-    "info",
-    "rehearsal",
-    "samples",
-]
 DURABLE: frozenset[str] = frozenset(
     {
         "run_started",
@@ -106,7 +91,7 @@ class EventWriteError(GraftlineError, OSError):
     the plain error from `os.write` keeps working."""
 
 
-ErrorCallback = Callable[[OSError, Event], None]
+ErrorCallback = Callable[[OSError, "Event | None"], None]  # None: a queued write failed
 
 
 class EventWriter:
@@ -166,7 +151,7 @@ class EventWriter:
         """Events waiting for the disk (a failed write); 0 in normal operation."""
         return len(self._pending)
 
-    def emit(self, type: str, stage: str | None = None, **data: Any) -> Event:
+    def emit(self, type: EventType, stage: str | None = None, **data: Any) -> Event:
         with self._lock:
             # The queue first (it may add a 'dropped' warning): seqs stay in file order.
             blocked = bool(self._pending) and not self._flush_pending()
@@ -315,7 +300,7 @@ class EventWriter:
 
     def _report(self, exc: OSError, event: Event | None) -> None:
         if self._on_error is not None:
-            self._on_error(exc, event)  # type: ignore[arg-type]
+            self._on_error(exc, event)
             return
         if event is None:
             return  # an fsync failure without a callback: nothing to undo, nothing queued

@@ -32,6 +32,7 @@ from typing import IO, Any
 
 from graftline.engine.common import atomic
 from graftline.engine.common.errors import GraftlineError
+from graftline.engine.common.event_types import EventType
 
 DIST = "dist"
 REQUEST = "request.json"
@@ -56,7 +57,7 @@ class FileSink:
         self._file = self.path.open("a", encoding="utf-8")
         self._lock = threading.Lock()
 
-    def emit(self, type: str, stage: str | None = None, **data: Any) -> None:
+    def emit(self, type: EventType, stage: str | None = None, **data: Any) -> None:
         line = json.dumps({"type": type, "stage": stage,
                            "data": {**data, "world_size": self.world_size}},
                           separators=(",", ":"), default=str)
@@ -68,7 +69,7 @@ class FileSink:
 class SilentSink:
     """Every rank but 0: the same stage code runs, nothing is reported."""
 
-    def emit(self, type: str, stage: str | None = None, **data: Any) -> None:
+    def emit(self, type: EventType, stage: str | None = None, **data: Any) -> None:
         return None
 
 

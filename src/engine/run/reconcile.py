@@ -6,11 +6,11 @@ RUNNING with an ETA, although `ls` (state.json) rightly said finished. The log i
 state.json and the manifests are the truth about the end. `reconcile` folds the three into what
 a reader should show, and says what the log is missing.
 
-The console calls it after loading (and after each follow batch while the run is not live):
+A reader calls it with the fold it already has (run/fold.py; or none, and the run's summary
+and log tail are read):
 
-    history = client.load_history(run_dir)
-    view = reconcile(run_dir, history)
-    # show view.status (not history.finished) and view.stages[name] for each stage; no ETA
+    view = reconcile(run_dir, fold)
+    # show view.status (not fold.status) and view.stages[name] for each stage; no ETA
     # unless view.live; list view.missing as notices when not view.consistent
 """
 
@@ -18,14 +18,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from graftline.engine.common.layout import EVENTS, RunLayout
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.run import state as runstate
-from graftline.engine.run.client import History, load_history, read_state
+from graftline.engine.run.client import read_fold, read_state
+from graftline.engine.run.fold import RunFold
 from graftline.engine.stages.common import completed_earlier
 
 DONE_STATUSES = ("complete", "skipped")
+ENDED = ("finished", "failed", "stopped")
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,8 @@ class Reconciliation:
         return self.status in runstate.LIVE
 
 
-def _stage_names(run_dir: Path, history: History) -> list[str]:
-    names = list(history.stages)
+def _stage_names(run_dir: Path, fold: RunFold[Any]) -> list[str]:
+    names = list(fold.stages)
     stages_dir = RunLayout(run_dir).stages
     if stages_dir.is_dir():
         names += sorted(p.name for p in stages_dir.iterdir()
@@ -77,29 +80,29 @@ def _ends_torn(path: Path) -> bool:
         return False
 
 
-def reconcile(run_dir: Path, history: History | None = None) -> Reconciliation:
+def reconcile(run_dir: Path, fold: RunFold[Any] | None = None) -> Reconciliation:
     """The run as state.json, the manifests and the log together say it is. Reads only small
-    files; pass the History the caller already loaded to avoid reading the log twice."""
+    files; pass the fold the caller already has to avoid reading the log again."""
     run_dir = Path(run_dir)
-    history = history if history is not None else load_history(run_dir)
+    fold = fold if fold is not None else read_fold(run_dir)
     info = read_state(run_dir)
-    log_status = (history.finished or {}).get("status") or ("running" if history.run else
-                                                           "unknown")
+    ended = fold.status in ENDED
+    log_status = fold.status if ended else ("running" if fold.run else "unknown")
     status = info.status if info.status != "unknown" else log_status
     live = status in runstate.LIVE
     missing: list[str] = []
     torn = _ends_torn(run_dir / EVENTS)
     if torn:
         missing.append("the log's last line is incomplete (skipped)")
-    if not live and history.finished is None:
+    if not live and not ended:
         missing.append(f"the log ends before the run's end: state.json says {status}"
                        + (f" ({info.message})" if info.message else ""))
-    elif history.finished is not None and log_status != status and not live:
+    elif ended and log_status != status and not live:
         missing.append(f"the log says {log_status}, state.json says {status}")
 
     stages: dict[str, str] = {}
-    for name in _stage_names(run_dir, history):
-        said = history.stages[name].status if name in history.stages else "pending"
+    for name in _stage_names(run_dir, fold):
+        said = fold.stages[name].status if name in fold.stages else "pending"
         disk = _on_disk(RunLayout(run_dir).stage(name))
         shown = said
         if disk == "complete" and said not in DONE_STATUSES:

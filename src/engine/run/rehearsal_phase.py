@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from graftline.engine.common import atomic
 from graftline.engine.common.control import RunControl
@@ -34,7 +34,7 @@ from graftline.engine.common.sink import Sink
 
 CHILD = "graftline.engine.rehearse.inside"
 PASSED, FAILED, STOPPED = "passed", "failed", "stopped"
-NAME = "rehearsal"  # the pipeline row's name, and `state.json`'s stage while it runs
+NAME: Final = "rehearsal"  # the pipeline row's name, and `state.json`'s stage while it runs
 
 
 def wanted(run_dir: Path, *, resume: bool) -> bool:

@@ -15,10 +15,10 @@ import json
 import shutil
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graftline.engine.backends.base import Backend, BackendError, select_backend
 from graftline.engine.common import atomic
@@ -42,6 +42,9 @@ from graftline.engine.run import between_stages as stage_cleanup
 from graftline.engine.stages import StageContext, StageHooks, StageOutcome, checks, runner_for
 from graftline.engine.stages.common import completed_earlier, stage_dir
 from graftline.engine.stages.trainer_args import TRAINER_DIR
+
+if TYPE_CHECKING:
+    from graftline.engine.pipeline.plan import StepPlan
 
 
 @dataclass(frozen=True)
@@ -180,8 +183,7 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     control = control or RunControl()
-    pipeline = pf.pipeline
-    header = pipeline.pipeline
+    pipeline, header = pf.pipeline, pf.pipeline.pipeline
     steps = resolve(pipeline, pf.directory)
     statuses: dict[str, str] = {}
 
@@ -189,39 +191,22 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
         backend = backend or select_backend(header.backend)
     except BackendError as exc:
         sink.emit("error", None, message=exc.message, fix=exc.fix)
-        sink.emit("run_finished", None, status="failed", message=exc.message)
-        return RunResult("failed", exc.message, run_dir)
+        return _ended(sink, RunResult("failed", exc.message, run_dir))
 
-    sink.emit("run_started", None, run=run_dir.name, pipeline=header.name,
-              stages=[{"name": s.name, "kind": s.kind, "action": s.action,
-                       "lora_r": s.lora.r if s.lora else None,
-                       "reference": s.reference,
-                       "reference_label": s.reference_label,
-                       "max_steps": _max_steps(s)} for s in steps],
-              backend=backend.name, resumed=resume)
+    _emit_run_started(sink, run_dir, header.name, steps, backend.name, resume)
     if rehearsal is not None:
         outcome, message = rehearsal()
         if outcome != "passed":
-            sink.emit("run_finished", None, status=outcome, message=message)
-            return RunResult(outcome, message, run_dir, statuses)
+            return _ended(sink, RunResult(outcome, message, run_dir, statuses))
     try:
         base_path = base_model_path(pf)
     except Exception as exc:  # the base could not be built or found
         message = f"cannot resolve the base model '{header.base}': {exc}"
         sink.emit("error", None, message=message, fix="check [pipeline] base")
-        sink.emit("run_finished", None, status="failed", message=message)
-        return RunResult("failed", message, run_dir)
+        return _ended(sink, RunResult("failed", message, run_dir))
 
     one_thread_for_tiny_models(base_path)
-    probes = tuple(header.probes)
-    if not probes:  # every stage asks the same questions: the first stage's first prompts
-        from graftline.engine.pipeline.probes import default_probes
-
-        try:
-            probes = tuple(default_probes(pipeline, pf.directory))
-        except Exception as exc:  # a data problem is the stage's to report, with its fix
-            sink.emit("info", None, message=f"no default probes from the first stage's data "
-                                            f"({type(exc).__name__}); each stage asks its own")
+    probes = _probes(pf, sink)
     stage_cleanup.finish_interrupted(run_dir, sink)
     from transformers import set_seed
 
@@ -239,10 +224,7 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
             sink.emit("run_finished", None, status="stopped", message="stopped before "
                       f"stage '{step.name}'")
             return RunResult("stopped", "stopped", run_dir, statuses)
-        resume_from = latest_trainer_checkpoint(directory) if resume else None
-        if resume:
-            _warn_half_written(sink, step.name, directory, resume_from)
-        _fresh_stage_dir(run_dir, directory, keep_trainer=resume_from is not None)
+        resume_from = _prepare_stage_dir(sink, run_dir, step.name, directory, resume)
         set_seed(header.seed + index)
         ctx = StageContext(
             stage=step.stage, step=step, index=index, run_dir=run_dir, run_id=run_dir.name,
@@ -253,37 +235,86 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
             report_to=tuple(header.report_to),
             pipeline_name=header.name,
         )
-        sink.emit("stage_started", step.name, kind=step.kind, index=index,
-                  max_steps=_max_steps(step), global_step_offset=offset, action=step.action,
-                  reference=step.reference, reference_label=step.reference_label,
-                  resumed_from=str(resume_from) if resume_from else None,
-                  **_scale_fields(pf, step.stage, run_dir))
-        # an export is the user's, written outside the run: the user's umask, not the run's 077
-        with umask(user_umask()) if step.kind == "export" else contextlib.nullcontext():
-            result = _run_stage_scaled(ctx, pf)
-            while result.status == "retry":  # a full disk paused it; space is back
-                ctx = replace(ctx, resume_from=latest_trainer_checkpoint(directory)
-                              if step.kind in ("sft", "dpo", "grpo") else None)
-                result = _run_stage_scaled(ctx, pf)
-        if step.kind == "export" and (run_dir.stat().st_mode & 0o077) == 0:
-            # its record inside a private run stays private (the export itself is elsewhere)
-            for child in directory.iterdir() if directory.is_dir() else ():
-                make_private(child)
+        result = _run_one(pf, ctx, directory)
         statuses[step.name] = result.status
         if result.status == "failed":
-            sink.emit("run_finished", None, status="failed", message=result.message)
-            return RunResult("failed", result.message, run_dir, statuses, step.name)
+            return _ended(sink, RunResult("failed", result.message, run_dir, statuses,
+                                          step.name))
         if result.status == "stopped":
-            message = f"stopped during '{step.name}'; `graftline resume` continues from its " \
-                      "last Trainer checkpoint"
-            sink.emit("run_finished", None, status="stopped", message=message)
-            return RunResult("stopped", message, run_dir, statuses, step.name)
+            return _ended(sink, RunResult("stopped", f"stopped during '{step.name}'; `graftline "
+                                          "resume` continues from its last Trainer checkpoint",
+                                          run_dir, statuses, step.name))
         offset += result.steps
         if pipeline.cleanup is not None and stage_cleanup.applies_after(pipeline.cleanup,
                                                                          step.name):
             stage_cleanup.clean_after(step.name, pipeline.cleanup, steps, run_dir, sink)
     sink.emit("run_finished", None, status="finished", message=f"{len(steps)} stages done")
     return RunResult("finished", "finished", run_dir, statuses)
+
+
+def _ended(sink: Sink, result: RunResult) -> RunResult:
+    """The run ends here: its `run_finished` event says what the result says."""
+    sink.emit("run_finished", None, status=result.status, message=result.message)
+    return result
+
+
+def _emit_run_started(sink: Sink, run_dir: Path, pipeline: str, steps: Sequence[StepPlan],
+                      backend: str, resume: bool) -> None:
+    sink.emit("run_started", None, run=run_dir.name, pipeline=pipeline,
+              stages=[{"name": s.name, "kind": s.kind, "action": s.action,
+                       "lora_r": s.lora.r if s.lora else None,
+                       "reference": s.reference,
+                       "reference_label": s.reference_label,
+                       "max_steps": _max_steps(s)} for s in steps],
+              backend=backend, resumed=resume)
+
+
+def _probes(pf: PipelineFile, sink: Sink) -> tuple[str, ...]:
+    """The prompts every stage's samples answer: the file's, else the first stage's first."""
+    probes = tuple(pf.pipeline.pipeline.probes)
+    if not probes:  # every stage asks the same questions: the first stage's first prompts
+        from graftline.engine.pipeline.probes import default_probes
+
+        try:
+            probes = tuple(default_probes(pf.pipeline, pf.directory))
+        except Exception as exc:  # a data problem is the stage's to report, with its fix
+            sink.emit("info", None, message=f"no default probes from the first stage's data "
+                                            f"({type(exc).__name__}); each stage asks its own")
+    return probes
+
+
+def _prepare_stage_dir(sink: Sink, run_dir: Path, name: str, directory: Path,
+                       resume: bool) -> Path | None:
+    """A fresh stage directory; on resume, one that keeps its Trainer checkpoints, the newest
+    of which (returned) the stage continues from."""
+    resume_from = latest_trainer_checkpoint(directory) if resume else None
+    if resume:
+        _warn_half_written(sink, name, directory, resume_from)
+    _fresh_stage_dir(run_dir, directory, keep_trainer=resume_from is not None)
+    return resume_from
+
+
+def _run_one(pf: PipelineFile, ctx: StageContext, directory: Path) -> StageResult:
+    """One stage from `stage_started` to its result, retried after a full-disk pause."""
+    step, run_dir, resume_from = ctx.step, ctx.run_dir, ctx.resume_from
+    ctx.sink.emit("stage_started", step.name, kind=step.kind, index=ctx.index,
+                  max_steps=_max_steps(step), global_step_offset=ctx.global_step_offset,
+                  action=step.action, reference=step.reference,
+                  reference_label=step.reference_label,
+                  resumed_from=str(resume_from) if resume_from else None,
+                  **_scale_fields(pf, step.stage, run_dir))
+    # an export is the user's, written outside the run: the user's umask, not the run's 077
+    with umask(user_umask()) if step.kind == "export" else contextlib.nullcontext():
+        result = _run_stage_scaled(ctx, pf)
+        while result.status == "retry":  # a full disk paused it; space is back
+            ctx = replace(ctx, resume_from=latest_trainer_checkpoint(directory)
+                          if step.kind in ("sft", "dpo", "grpo") else None)
+            result = _run_stage_scaled(ctx, pf)
+    if step.kind == "export" and (run_dir.stat().st_mode & 0o077) == 0:
+        # its record inside a private run stays private (the export itself is elsewhere)
+        for child in directory.iterdir() if directory.is_dir() else ():
+            make_private(child)
+    return result
 
 
 @dataclass(frozen=True)

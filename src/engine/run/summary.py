@@ -17,7 +17,9 @@ What the summary holds (bounded, about 1 MB at most whatever the run's length):
   ending at `offset`, which a reader checks before it trusts the file (run/summary_file.py:
   save, load, verify, rebuild, `open_summary`).
 
-This module is the fold: events in, `Summary` out, and the summary as JSON.
+This module is the summary: events in, `Summary` out, and the summary as JSON. The run itself
+(stages, status, boundaries, telemetry) is folded by run/fold.py's `RunFold`, the one fold every
+reader shares; the summary adds what it keeps of the log and the curves.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from operator import methodcaller
 from typing import Any
 
 from graftline.engine.common.layout import SUMMARY
+from graftline.engine.run.fold import RunFold, StageState, is_evaluation
 from graftline.engine.run.summary_series import (
     BUCKET_BUDGET,
     MIN_TOP,
@@ -42,38 +45,22 @@ from graftline.engine.run.summary_series import (
     SeriesSummary,
 )
 
-__all__ = ["BUCKET_BUDGET", "LOG_ROWS", "SUMMARY", "SeriesSummary", "Summary", "crc",
-           "fold_rehearsal", "fold_samples"]
+__all__ = ["BUCKET_BUDGET", "LOG_ROWS", "SUMMARY", "SeriesSummary", "Summary", "crc"]
 
 VERSION = 1
 SERIES_MAX = 1_000  # series beyond this are counted, not summarised
 LOG_ROWS = 200
 ROW_BYTES = 1_000  # a log row longer than this keeps its message only, cut
-CHECKPOINTS_KEPT = 8  # trainer checkpoints per stage (a week of them stays bounded)
-CHECKS_KEPT = 64  # per stage, by name
 # Metric events held before they are sorted into series: few, because every held dict is one
 # more object for Python's garbage collector to walk (measured: the larger cost, not the sort).
 PENDING_ROWS = 256
 NOT_SERIES = frozenset({"step", "global_step", "max_steps", "epoch", "tokens_per_s",
                         "steps_per_s", "eta_s"})
-THROUGHPUT = ("tokens_per_s", "steps_per_s")
 NOT_LOGGED = frozenset({"metrics", "telemetry", "progress", "samples"})
-TRAINING_KINDS = frozenset({"sft", "dpo", "grpo"})
 SUMMARY_BYTES_MAX = 1 << 20
 
 
 # -- the whole run ----------------------------------------------------------------------------
-
-
-def _stage_dict(name: str) -> dict[str, Any]:
-    return {"name": name, "kind": "?", "index": None, "status": "pending", "max_steps": None,
-            "global_step_offset": 0, "step": 0, "started": None, "finished": None,
-            "seconds": None, "action": None, "reference": None, "reference_label": None,
-            "lora_r": None, "resumed": False, "started_step": 0, "done_earlier": False,
-            # scale-out (run/distributed.py): the group, and the rank that ended it
-            "world_size": None, "processes": None, "machine_rank": None, "failed_rank": None,
-            "latest": {},
-            "summary": {}, "evaluation": {}, "checks": {}, "checkpoints": []}
 
 
 _PLAIN = frozenset({float, int})
@@ -81,14 +68,6 @@ _PLAIN = frozenset({float, int})
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-LATEST_SKIP = frozenset({"step", "global_step", "max_steps", "epoch"})
-
-
-def _clean_latest(latest: dict[str, Any]) -> dict[str, float]:
-    return {key: float(value) for key, value in latest.items()
-            if key not in LATEST_SKIP and _number(value)}
 
 
 def _bounded_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +78,10 @@ def _bounded_row(row: dict[str, Any]) -> dict[str, Any]:
     message = str(data.get("message", ""))[: ROW_BYTES // 2]
     return {"seq": row.get("seq"), "time": row.get("time"), "type": row.get("type"),
             "stage": row.get("stage"), "data": {"message": message, "cut": True}}
+
+
+def _new_state() -> RunFold[StageState]:
+    return RunFold(StageState)
 
 
 @dataclass
@@ -113,22 +96,11 @@ class Summary:
     counts: dict[str, int] = field(default_factory=dict)
     first_time: float | None = None
     last_time: float | None = None
-    run: dict[str, Any] = field(default_factory=dict)
-    resumes: int = 0
-    status: str = "waiting"  # waiting | running | finished | failed | stopped
-    message: str | None = None
-    finished_time: float | None = None
-    current: str | None = None
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
-    boundaries: list[list[Any]] = field(default_factory=list)  # [global step, stage, kind]
-    telemetry: dict[str, Any] | None = None
-    gpu_reason: str | None = None
-    throughput: dict[str, float] = field(default_factory=dict)
+    # the run itself: stages, status, boundaries, telemetry … (the one fold, run/fold.py)
+    state: RunFold[StageState] = field(default_factory=_new_state)
     log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=LOG_ROWS))
     series: dict[str, SeriesSummary] = field(default_factory=dict)
     dropped_points: int = 0  # points of series beyond SERIES_MAX
-    # the engine's rehearsal before stage 1 (run/rehearsal_phase.py): status, stage, done, …
-    rehearsal: dict[str, Any] | None = None
     _pending_rows: list[tuple[Any, dict[str, Any], Any, Any]] = field(default_factory=list)
 
     # -- folding --------------------------------------------------------------------------
@@ -152,27 +124,14 @@ class Summary:
             if self.first_time is None:
                 self.first_time = when
             self.last_time = when
-        if kind == "telemetry":
-            self.telemetry = data
-            if data.get("gpu_reason"):
-                self.gpu_reason = data["gpu_reason"]
-            return
         if kind not in NOT_LOGGED:
             self.log.append(_bounded_row(row))
-        handler = _HANDLERS.get(kind)
-        if handler is not None:
-            handler(self, row.get("stage"), data, when)
+        stage = row.get("stage")
+        self.state.apply(kind, stage if isinstance(stage, str) else None, data, when)
 
     def extend(self, rows: Iterable[dict[str, Any]]) -> None:
         for row in rows:
             self.add(row)
-
-    def stage(self, name: str) -> dict[str, Any]:
-        view = self.stages.get(name)
-        if view is None:
-            view = self.stages[name] = _stage_dict(name)
-            view["index"] = len(self.stages) - 1
-        return view
 
     def add_metrics(self, name: Any, data: dict[str, Any], seq: Any, when: Any) -> None:
         """The hot path, one call per training step: a list append. The rows are sorted into
@@ -196,44 +155,13 @@ class Summary:
             if self.first_time is None:
                 self.first_time = times[0]
             self.last_time = times[-1]
-        stages = self.stages
-        points: list[tuple[Any, dict[str, Any]]] = []
-        seen: Any = object()
-        view: dict[str, Any] | None = None
-        touched: dict[int, dict[str, Any]] = {}
         for name, data, seq, when in rows:
-            if "eval_loss" in data or "eval_runtime" in data:
+            if is_evaluation(data):
                 # an evaluation is a log line too (rare: a dict lookup per row, no scan)
                 self.log.append(_bounded_row({"seq": seq, "time": when, "type": "metrics",
                                               "stage": name, "data": data}))
-            if name is not seen:  # consecutive rows share their stage
-                seen = name
-                view = stages.get(name) if isinstance(name, str) else None
-                if view is None and isinstance(name, str):
-                    view = self.stage(name)
-            x = data.get("global_step")
-            if view is not None:
-                if view["status"] == "pending":
-                    view["status"] = "running"
-                step: Any = data.get("step")
-                if type(step) is int or _number(step):
-                    view["step"] = int(step)
-                    if x is None:
-                        x = view["global_step_offset"] + step
-                if data.get("max_steps"):
-                    view["max_steps"] = data["max_steps"]
-                view["latest"].update(data)  # cleaned below, once per batch
-                touched[id(view)] = view
-            if x is not None and (type(x) is int or _number(x)):
-                points.append((x, data))
-        for view in touched.values():  # latest: the last value of every numeric metric
-            view["latest"] = _clean_latest(view["latest"])
-        for key in THROUGHPUT:
-            for row in reversed(rows):
-                value = row[1].get(key)
-                if value is not None and _number(value):
-                    self.throughput[key] = float(value)
-                    break
+        steps = self.state.add_metrics([(name, data) for name, data, _seq, _when in rows])
+        points = [(x, row[1]) for x, row in zip(steps, rows, strict=True) if x is not None]
         if not points:
             return
         datas = [data for _x, data in points]
@@ -316,13 +244,9 @@ class Summary:
             "version": VERSION, "offset": self.offset, "head_crc": self.head_crc,
             "tail_crc": self.tail_crc, "last_seq": self.last_seq, "events": self.events,
             "counts": self.counts, "first_time": self.first_time, "last_time": self.last_time,
-            "run": self.run, "resumes": self.resumes, "status": self.status,
-            "message": self.message, "finished_time": self.finished_time,
-            "current": self.current, "stages": self.stages, "boundaries": self.boundaries,
-            "telemetry": self.telemetry, "gpu_reason": self.gpu_reason,
-            "throughput": self.throughput, "log": list(self.log),
+            **self.state.to_dict(), "log": list(self.log),
             "series": {key: line.to_dict() for key, line in self.series.items()},
-            "dropped_points": self.dropped_points, "rehearsal": self.rehearsal,
+            "dropped_points": self.dropped_points,
         }
 
     def to_json(self) -> str:
@@ -338,190 +262,13 @@ class Summary:
             tail_crc=raw.get("tail_crc"), last_seq=int(raw.get("last_seq", 0)),
             events=int(raw.get("events", 0)), counts=dict(raw.get("counts") or {}),
             first_time=raw.get("first_time"), last_time=raw.get("last_time"),
-            run=dict(raw.get("run") or {}), resumes=int(raw.get("resumes", 0)),
-            status=str(raw.get("status", "waiting")), message=raw.get("message"),
-            finished_time=raw.get("finished_time"), current=raw.get("current"),
-            stages={str(k): dict(v) for k, v in (raw.get("stages") or {}).items()},
-            boundaries=[list(b) for b in raw.get("boundaries") or []],
-            telemetry=raw.get("telemetry"), gpu_reason=raw.get("gpu_reason"),
-            throughput=dict(raw.get("throughput") or {}),
             series={str(k): SeriesSummary.from_dict(v)
                     for k, v in (raw.get("series") or {}).items()},
             dropped_points=int(raw.get("dropped_points", 0)),
-            rehearsal=raw.get("rehearsal") if isinstance(raw.get("rehearsal"), dict) else None,
         )
+        summary.state.load(raw)
         summary.log.extend(raw.get("log") or [])
         return summary
-
-
-# -- event handlers (everything but metrics and telemetry) ----------------------------------
-
-
-def _run_started(s: Summary, _name: Any, data: dict[str, Any], _when: Any) -> None:
-    if s.run:
-        s.resumes += 1
-    s.run = data
-    s.status = "running"
-    s.message = None
-    s.finished_time = None
-    for index, raw in enumerate(data.get("stages") or []):
-        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-            continue
-        view = s.stage(raw["name"])
-        view["index"] = index
-        for key in ("kind", "action", "lora_r", "reference", "reference_label", "max_steps"):
-            if raw.get(key) is not None:
-                view[key] = raw[key]
-
-
-def _stage_started(s: Summary, name: Any, data: dict[str, Any], when: Any) -> None:
-    if not isinstance(name, str):
-        return
-    view = s.stage(name)
-    view["status"] = "running"
-    view["started"] = when
-    for key in ("kind", "index", "max_steps", "action", "reference", "reference_label"):
-        if data.get(key) is not None:
-            view[key] = data[key]
-    for key in ("world_size", "processes", "machine_rank"):  # scale-out
-        view[key] = data.get(key)
-    view["failed_rank"] = None
-    view["resumed"] = bool(data.get("resumed_from"))
-    view["started_step"] = int(view.get("step") or 0) if view["resumed"] else 0
-    view["seconds"] = None
-    offset = data.get("global_step_offset")
-    view["global_step_offset"] = int(offset) if isinstance(offset, int | float) else 0
-    s.current = name
-    if not any(b[1] == name for b in s.boundaries):
-        s.boundaries.append([view["global_step_offset"], name, view["kind"]])
-
-
-def _checkpoint_saved(s: Summary, name: Any, data: dict[str, Any], _when: Any) -> None:
-    if isinstance(name, str):
-        kept = s.stage(name)["checkpoints"]
-        kept.append(data)
-        # Every adapter/merged/export checkpoint stays (the export key needs them; a stage has
-        # a few), trainer checkpoints only the last CHECKPOINTS_KEPT (a week saves thousands).
-        trainer = [i for i, c in enumerate(kept) if isinstance(c, dict)
-                   and c.get("kind") == "trainer"]
-        if len(trainer) > CHECKPOINTS_KEPT or len(kept) > 4 * CHECKPOINTS_KEPT:
-            del kept[trainer[0] if trainer else 0]
-
-
-def _check_result(s: Summary, name: Any, data: dict[str, Any], _when: Any) -> None:
-    if not isinstance(name, str):
-        return
-    checks = s.stage(name)["checks"]
-    key = str(data.get("name", "?"))
-    checks.pop(key, None)  # re-insert: the dict's order is the order of the latest results
-    checks[key] = {"status": data.get("status"), "message": data.get("message")}
-    while len(checks) > CHECKS_KEPT:
-        checks.pop(next(iter(checks)))
-
-
-def _stage_finished(s: Summary, name: Any, data: dict[str, Any], when: Any) -> None:
-    if not isinstance(name, str):
-        return
-    view = s.stage(name)
-    if data.get("kind") is not None:
-        view["kind"] = data["kind"]
-    if data.get("status") == "skipped":
-        # the engine skips only stages a resume found complete: it ran before, keep its results
-        view["status"], view["done_earlier"] = "skipped", True
-        return
-    view["done_earlier"] = False
-    view["status"] = str(data.get("status", "complete"))
-    view["finished"] = when
-    view["seconds"] = data.get("seconds")
-    view["summary"] = data.get("metrics") or {}
-    view["evaluation"] = data.get("evaluation") or {}
-    if view["status"] == "complete" and isinstance(view["max_steps"], int):
-        view["step"] = max(view["step"] or 0, view["max_steps"])
-
-
-def _error(s: Summary, name: Any, data: dict[str, Any], _when: Any) -> None:
-    # scale-out (run/distributed.py): the rank whose death ended a stage's process group
-    if isinstance(name, str) and isinstance(data.get("failed_rank"), int):
-        s.stage(name)["failed_rank"] = data["failed_rank"]
-
-
-def _run_finished(s: Summary, _name: Any, data: dict[str, Any], when: Any) -> None:
-    s.status = str(data.get("status", "finished"))
-    s.message = data.get("message")
-    s.finished_time = when
-    s.current = None
-    for view in s.stages.values():
-        if view["status"] == "running":
-            view["status"] = "stopped" if s.status == "stopped" else "failed"
-
-
-def fold_rehearsal(view: dict[str, Any] | None, data: dict[str, Any]) -> dict[str, Any]:
-    """The rehearsal row from one `rehearsal` event: `status` (running, passed, failed,
-    stopped), the twin stage it is on, how many passed, its seconds, message and fix. The
-    console folds live events with the same function."""
-    view = dict(view or {"status": "running", "stage": None, "passed": 0, "seconds": None,
-                         "message": "", "fix": ""})
-    phase = data.get("phase")
-    if phase == "started":
-        view.update(status="running", stage=None, passed=0, seconds=None, message="", fix="")
-    elif phase == "stage":
-        view["stage"] = data.get("name")
-        if data.get("status") == "passed":
-            view["passed"] = int(view.get("passed") or 0) + 1
-    elif phase == "finished":
-        view.update(status=str(data.get("status") or ("passed" if data.get("ok") else "failed")),
-                    stage=None, seconds=data.get("seconds"),
-                    message=str(data.get("message") or ""), fix=str(data.get("fix") or ""))
-        stages = data.get("stages")
-        if isinstance(stages, list):
-            view["passed"] = sum(1 for st in stages if isinstance(st, dict)
-                                 and st.get("status") == "passed")
-            view["failed_stage"] = next((st.get("name") for st in stages if isinstance(st, dict)
-                                         and st.get("status") == "failed"), None)
-    return view
-
-
-SAMPLE_ROWS = 8  # probes kept per stage and moment (the engine sends no more)
-SAMPLE_CHARS = 160
-
-
-def fold_samples(stage: dict[str, Any], data: dict[str, Any]) -> None:
-    """A stage's probe answers from one `samples` event: the latest per moment (start, eval:
-    the latest evaluation during training, end), bounded, so a week-long run's samples open as
-    fast as its chart."""
-    when = str(data.get("when") or "end")
-    rows = [{"prompt": str(r.get("prompt", ""))[:SAMPLE_CHARS],
-             "answer": str(r.get("answer", ""))[:SAMPLE_CHARS],
-             **({"expected": str(r["expected"])[:SAMPLE_CHARS]} if r.get("expected") else {})}
-            for r in (data.get("samples") or [])[:SAMPLE_ROWS] if isinstance(r, dict)]
-    kept = stage.get("samples")
-    kept = dict(kept) if isinstance(kept, dict) else {}
-    kept[when] = {"global_step": data.get("global_step"), "samples": rows}
-    stage["samples"] = kept
-
-
-def _samples(s: Summary, name: Any, data: dict[str, Any], _when: Any) -> None:
-    if isinstance(name, str):
-        fold_samples(s.stage(name), data)
-
-
-def _rehearsal(s: Summary, _name: Any, data: dict[str, Any], _when: Any) -> None:
-    s.rehearsal = fold_rehearsal(s.rehearsal, data)
-
-
-_HANDLERS = {
-    "rehearsal": _rehearsal,
-    "samples": _samples,
-    "run_started": _run_started,
-    "stage_started": _stage_started,
-    "checkpoint_saved": _checkpoint_saved,
-    "check_result": _check_result,
-    "stage_finished": _stage_finished,
-    "run_finished": _run_finished,
-    "error": _error,
-}
-
-
 
 
 def crc(line: bytes | None) -> int | None:

@@ -207,6 +207,5 @@ def forecast_bytes(plan: Plan, remaining: Iterable[str]) -> int | None:
     when the model cannot be sized."""
     todo = set(remaining)
     sizes = [step.bytes for step in plan.steps if step.name in todo]
-    if any(size is None for size in sizes):
-        return None
-    return sum(sizes)  # type: ignore[arg-type]
+    known = [size for size in sizes if size is not None]
+    return sum(known) if len(known) == len(sizes) else None

@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -39,14 +39,15 @@ class StageFailed(GraftlineError):
         super().__init__(f"stage '{stage}' failed: {seen}", fix, text=". ".join(parts))
 
 
-def verdict(name: str, status: str, message: str, *, cause: str = "", fix: str = "",
+def verdict(name: str, status: Literal["pass", "warn", "fail"], message: str, *,
+            cause: str = "", fix: str = "",
             **data: Any) -> CheckResult:
     """A check's result, its cause and fix among the data the console and the manifest show."""
     if cause:
         data["cause"] = cause
     if fix:
         data["fix"] = fix
-    return CheckResult(name=name, status=status, message=message, data=data)  # type: ignore[arg-type]
+    return CheckResult(name=name, status=status, message=message, data=data)
 
 
 class CheckLog:

@@ -13,7 +13,36 @@ tokenizer, files (the example datasets), measure (seeds on this machine:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from graftline.engine.common.lazy import lazy_exports
+
+if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at run time)
+    from graftline.engine.toy import files as files
+    from graftline.engine.toy import measure as measure
+    from graftline.engine.toy import model as model
+    from graftline.engine.toy import pinned_math as pinned_math
+    from graftline.engine.toy import recipe as recipe
+    from graftline.engine.toy import shipped as shipped
+    from graftline.engine.toy import tasks as tasks
+    from graftline.engine.toy import tokenizer as tokenizer
+    from graftline.engine.toy.files import write_jsonl as write_jsonl
+    from graftline.engine.toy.model import accuracy as accuracy
+    from graftline.engine.toy.model import build_base as build_base
+    from graftline.engine.toy.model import resolve_base as resolve_base
+    from graftline.engine.toy.pinned_math import pin_math as pin_math
+    from graftline.engine.toy.recipe import BaseRecord as BaseRecord
+    from graftline.engine.toy.recipe import Fallback as Fallback
+    from graftline.engine.toy.recipe import ToyBaseTooWeak as ToyBaseTooWeak
+    from graftline.engine.toy.recipe import ToyRecipe as ToyRecipe
+    from graftline.engine.toy.recipe import default_recipe as default_recipe
+    from graftline.engine.toy.recipe import describe_base as describe_base
+    from graftline.engine.toy.recipe import read_record as read_record
+    from graftline.engine.toy.tasks import eval_rows as eval_rows
+    from graftline.engine.toy.tasks import grpo_rows as grpo_rows
+    from graftline.engine.toy.tasks import preference_rows as preference_rows
+    from graftline.engine.toy.tasks import sft_rows as sft_rows
+
 
 _EXPORTS = {
     "recipe": "recipe",
@@ -35,6 +64,12 @@ _EXPORTS = {
     "pinned_math": "pinned_math",
     "pin_math": "pinned_math",
     "shipped": "shipped",
+    # the starter's toy data (`graftline init`)
+    "sft_rows": "tasks",
+    "preference_rows": "tasks",
+    "grpo_rows": "tasks",
+    "eval_rows": "tasks",
+    "write_jsonl": "files",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

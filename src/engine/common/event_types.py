@@ -1,0 +1,207 @@
+"""The event log's schema: one typed record per event type, the names the emitters may use.
+
+`EventType` is the type of `Sink.emit`'s first argument, so mypy refuses an event type no record
+describes. Each record is the `data` of its type: fields without a default are always there,
+those with one may be left out, and an `OPEN` record carries more keys than it names (a
+trainer's logged metrics, a telemetry sample's devices, a rehearsal phase's own fields).
+`check(type, data)` says what a row lacks or has too many of; the table of events in
+docs/architecture.md is checked against these records (tests/test_event_types.py), and so is
+every row of the recorded and synthetic runs the tests ship.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, get_args
+
+__all__ = ["EVENT_RECORDS", "EventType", "Telemetry", "check", "fields_of", "record_of"]
+
+EventType = Literal[
+    "run_started", "stage_started", "metrics", "checkpoint_saved", "check_result", "warning",
+    "error", "stage_finished", "telemetry", "run_finished", "samples", "rehearsal", "info",
+    "progress",
+]
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run: str
+    pipeline: str
+    stages: list[dict[str, Any]]  # {name, kind, action, lora_r, reference, reference_label,
+    backend: str  #                  max_steps} per stage, in file order
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class StageStarted:
+    kind: str
+    index: int
+    max_steps: int | None
+    global_step_offset: int
+    action: str | None
+    reference: str | None
+    reference_label: str | None = None
+    resumed_from: str | None = None  # the Trainer checkpoint a resumed stage continues from
+    # scale-out (run/distributed.py): the stage's process group
+    world_size: int | None = None
+    processes: int | None = None
+    num_machines: int | None = None
+    machine_rank: int | None = None
+    distributed: str | None = None
+    launcher: str | None = None
+
+
+@dataclass(frozen=True)
+class Metrics:
+    OPEN: ClassVar[bool] = True  # and the trainer's logged keys (loss, learning_rate, …)
+    step: int
+    global_step: int | None = None
+    max_steps: int | None = None
+    epoch: float | None = None
+    tokens_per_s: float | None = None
+    steps_per_s: float | None = None
+    eta_s: float | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    path: str
+    kind: str  # adapter, merged, combined, export, trainer
+    id: str
+    bytes: int | None
+    world_size: int | None = None  # relayed from a process group's rank 0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: str  # pass, warn, fail
+    message: str
+    data: dict[str, Any] | None = None
+    world_size: int | None = None  # relayed from a process group's rank 0
+
+
+@dataclass(frozen=True)
+class Warning:
+    OPEN: ClassVar[bool] = True  # a resume's `resumed_from`, a full disk's report, …
+    message: str
+    fix: str | None = None
+
+
+@dataclass(frozen=True)
+class Error:
+    OPEN: ClassVar[bool] = True  # a distributed stage's `failed_rank`, `failed_exitcode`, …
+    message: str
+    fix: str | None = None
+
+
+@dataclass(frozen=True)
+class StageFinished:
+    kind: str
+    status: str  # complete, failed, stopped, skipped
+    seconds: float | None
+    metrics: dict[str, Any]  # the stage's summary
+    evaluation: dict[str, Any] | None = None
+    # a stage on a process group: its size, this host's machine rank, the rank and exit code
+    # that ended it, and what the group's end says
+    world_size: int | None = None
+    machine_rank: int | None = None
+    failed_rank: int | None = None
+    failed_exitcode: int | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    OPEN: ClassVar[bool] = True  # per-device and per-rank fields as the machine has them
+    gpus: list[dict[str, Any]] | None = None
+    gpu: Any = None
+    gpu_reason: str | None = None
+    proc_gpu_bytes: int | None = None
+    rss: int | None = None
+    ram_used: int | None = None
+    ram_total: int | None = None
+    cpu_percent: float | None = None
+    disk_free: int | None = None
+    forecast_bytes: int | None = None
+    ranks: list[dict[str, Any]] | None = None
+    ranks_alive: int | None = None
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    status: str  # finished, failed, stopped
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Samples:
+    when: str  # start, end
+    kind: str
+    global_step: int | None
+    samples: list[dict[str, str]]  # [{prompt, answer}]
+    world_size: int | None = None  # relayed from a process group's rank 0
+
+
+@dataclass(frozen=True)
+class Rehearsal:
+    OPEN: ClassVar[bool] = True  # each phase's own fields (docs/run-directory.md)
+    phase: str  # started, twin, stage, cleanup, finished
+
+
+@dataclass(frozen=True)
+class Info:
+    OPEN: ClassVar[bool] = True  # e.g. a cleanup's `cleanup`, `removed`, `freed`
+    message: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    OPEN: ClassVar[bool] = True
+    task: str  # export
+    phase: str
+    fraction: float
+    message: str | None = None
+
+
+EVENT_RECORDS: dict[str, type] = {
+    "run_started": RunStarted, "stage_started": StageStarted, "metrics": Metrics,
+    "checkpoint_saved": CheckpointSaved, "check_result": CheckResult, "warning": Warning,
+    "error": Error, "stage_finished": StageFinished, "telemetry": Telemetry,
+    "run_finished": RunFinished, "samples": Samples, "rehearsal": Rehearsal, "info": Info,
+    "progress": Progress,
+}
+assert set(EVENT_RECORDS) == set(get_args(EventType))
+
+
+def fields_of(type: str) -> tuple[list[str], list[str]]:
+    """(required, optional) field names of an event type's record."""
+    record = EVENT_RECORDS[type]
+    required: list[str] = []
+    optional: list[str] = []
+    for item in dataclasses.fields(record):
+        empty = item.default is dataclasses.MISSING and \
+            item.default_factory is dataclasses.MISSING
+        (required if empty else optional).append(item.name)
+    return required, optional
+
+
+def record_of(type: str, data: dict[str, Any]) -> Any:
+    """One event's `data` as its typed record (the keys its record names; an open record's
+    others are left out). TypeError when a field without a default is missing."""
+    record = EVENT_RECORDS[type]
+    names = {item.name for item in dataclasses.fields(record)}
+    return record(**{key: value for key, value in data.items() if key in names})
+
+
+def check(type: str, data: dict[str, Any]) -> list[str]:
+    """What one event's `data` lacks or has too many of, against its record; [] when it fits."""
+    if type not in EVENT_RECORDS:
+        return [f"unknown event type {type!r}"]
+    required, optional = fields_of(type)
+    problems = [f"{type}: no `{name}`" for name in required if name not in data]
+    if not getattr(EVENT_RECORDS[type], "OPEN", False):
+        named = {*required, *optional}
+        problems += [f"{type}: `{key}` is not in its record" for key in data if key not in named]
+    return problems

@@ -1,0 +1,64 @@
+"""The event log's schema: one typed record per event type (engine/common/event_types.py), the
+table of events in docs/architecture.md checked against the records, and every row of the runs
+the tests ship checked against its record."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from graftline.engine.common.event_types import EVENT_RECORDS, check, fields_of
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+from synthetic_run import write_synthetic_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _doc_rows() -> dict[str, str]:
+    """`type` → the row's data cell, from the events table of docs/architecture.md, with the
+    note under the table on what events relayed from a process group's rank 0 add."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = text[text.index("## Events (`type` → `data` fields)"):]
+    rows: dict[str, str] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].startswith("`"):
+            for name in re.findall(r"`([a-z_]+)`", cells[0]):
+                rows[name] = cells[1]
+    note = next(p for p in section.split("\n\n") if "relayed from a process group" in p)
+    said, _, extra = note.partition("also carries")
+    relayed = set(re.findall(r"`([a-z_]+)`", said))
+    return {name: row + (" " + extra if name in relayed else "") for name, row in rows.items()}
+
+
+def test_the_docs_table_names_every_type_and_every_field_of_its_record() -> None:
+    rows = _doc_rows()
+    assert sorted(rows) == sorted(EVENT_RECORDS)
+    for kind, row in rows.items():
+        required, optional = fields_of(kind)
+        missing = [name for name in required + optional if f"`{name}`" not in row]
+        assert not missing, f"{kind}: the docs' row does not name {missing}"
+
+
+def test_every_row_of_the_shipped_runs_fits_its_record(tmp_path: Path) -> None:
+    logs = sorted((ROOT / "tests" / "fixtures" / "recorded_runs").glob("*/events.jsonl"))
+    logs.append(write_synthetic_run(tmp_path / "synthetic", steps_per_stage=4) / "events.jsonl")
+    seen: set[str] = set()
+    for log in logs:
+        for line in log.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            seen.add(row["type"])
+            assert check(row["type"], row["data"]) == [], (log.name, row)
+    assert {"run_started", "stage_started", "metrics", "check_result", "stage_finished",
+            "checkpoint_saved", "telemetry", "run_finished"} <= seen
+
+
+def test_check_names_what_a_row_lacks_and_what_a_closed_record_does_not_know() -> None:
+    assert check("run_finished", {"status": "finished", "message": None}) == []
+    assert check("run_finished", {"message": "x", "colour": "red"}) == [
+        "run_finished: no `status`", "run_finished: `colour` is not in its record"]
+    assert check("metrics", {"step": 1, "loss": 0.5}) == []  # open: the trainer's own keys
+    assert check("lunch", {}) == ["unknown event type 'lunch'"]
