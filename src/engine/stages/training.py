@@ -103,73 +103,67 @@ class _EndOfTurn:
                                   rows=len(self.rows))
 
 
-def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
-    stage, step = ctx.spec_as(spec.TrainingStage), ctx.step
-    log = checks.CheckLog(ctx.name, ctx.sink)
-    spent = 0.0
-    rows = stage_rows(ctx, stage, "data", ctx.kind, log)
-    eval_rows = stage_rows(ctx, stage, "eval_data", ctx.kind, log) if stage.eval_data else None
-    trl_compat.install()
-    # progress reaches the console through the sink; bars would only fill engine.log
-    datasets.disable_progress_bars()
-    model, tokenizer, peft_config = start_model(ctx)
-    previous = _previous_sft_loss(ctx)
+class _ChecksClock:
+    """The seconds the stage spends in its own checks (`checks_seconds` in its metrics): `with
+    clock:` around each stretch of checking."""
 
-    def first_log(logs: dict[str, Any]) -> None:
-        nonlocal spent
-        began = time.perf_counter()
-        if ctx.kind in ("dpo", "grpo") and ctx.resume_from is None:
-            log.record(checks.reference_start(ctx.kind, logs, step.reference))
-        if previous is not None and ctx.resume_from is None:
-            log.record(checks.loss_continuity(previous[0], previous[1], logs.get("loss")))
-        spent += time.perf_counter() - began
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._began = 0.0
 
-    def resumed() -> None:
-        # after the Trainer's own checkpoint load, before the first step: a resume that would
-        # train from anything but the checkpoint's weights stops here
-        if ctx.resume_from is not None:
-            log.record(resume.resumed_weights(policy, ctx.resume_from))
+    def __enter__(self) -> _ChecksClock:
+        self._began = time.perf_counter()
+        return self
 
-    callback = StageCallback(ctx.name, ctx.sink, ctx.control, ctx.global_step_offset,
-                             on_first_log=first_log, on_begin=resumed)
-    # a continued adapter is a PeftModel already: TRL may use its head (and add `ref`) in __init__
-    trl_compat.token_rows_for_trl(model)
-    trl_compat.ref_copies_token_rows(model)
-    trainer = build(model, tokenizer, peft_config, rows, eval_rows, callback)
-    # progress goes through the sink; the Trainer's own printer would flood engine.log
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    guard_checkpoint_saves(trainer, ctx)  # a full disk pauses the save, never fails the stage
-    policy = trainer.accelerator.unwrap_model(trainer.model)
-    trl_compat.token_rows_for_trl(policy)  # a new adapter: TRL wrapped the model just now
+    def __exit__(self, *exc: object) -> None:
+        self.seconds += time.perf_counter() - self._began
 
-    began = time.perf_counter()
-    allowed = (REFERENCE_ADAPTER,) if ctx.kind in ("dpo", "grpo") else ()
+
+class _Probes:
+    """The stage's probe prompts and what the policy answers them: at the start (kept for the
+    collapse check), at every evaluation, and at the end, each as a `samples` event."""
+
+    def __init__(self, ctx: StageContext, rows: Any, policy: Any, tokenizer: Any) -> None:
+        self.ctx, self.policy, self.tokenizer = ctx, policy, tokenizer
+        self.prompts = probe_prompts(ctx, rows, count=checks.MIN_PROBES, at_least=True)
+        self.expected = expected_answers(rows, self.prompts)
+        self.said_before = self.answers()
+        self.emit("start", self.said_before)
+
+    def answers(self) -> Any:
+        return checks.generate(self.policy, self.tokenizer, self.prompts, PROBE_TOKENS)
+
+    def emit(self, when: str, said: Any, step: int | None = None) -> None:
+        emit_samples(self.ctx, when, self.prompts, said, step, expected=self.expected)
+
+    def at_eval(self, step: int) -> None:
+        self.emit("eval", self.answers(), step)
+
+
+def _checks_before_training(ctx: StageContext, policy: Any, log: checks.CheckLog,
+                            allowed: tuple[str, ...]) -> Any:
+    """The adapter checks on the wrapped policy before its first step; the base's fingerprint,
+    for `base_unchanged` after training."""
     before = checks.fingerprint(policy)
     log.record(checks.adapters(policy, allowed_frozen=allowed))
     log.record(checks.trainable_fraction(policy))
-    if step.action == "continue":
+    if ctx.step.action == "continue":
         parent = mf.read(ctx.parent_dir())
         if parent is not None and parent.lora is not None:
             log.record(checks.lora_config_kept(parent.lora, policy))
-        elif step.foreign is not None and step.foreign.lora is not None:
-            kept = step.foreign.lora  # a foreign adapter: the shape its adapter_config records
+        elif ctx.step.foreign is not None and ctx.step.foreign.lora is not None:
+            kept = ctx.step.foreign.lora  # a foreign adapter: the shape its adapter_config records
             log.record(checks.lora_config_kept(mf.LoraSpec(
                 r=kept.r, alpha=kept.lora_alpha, dropout=kept.dropout,
                 target_modules=kept.target_modules, use_rslora=kept.use_rslora,
                 use_dora=kept.use_dora), policy))
-    probes = probe_prompts(ctx, rows, count=checks.MIN_PROBES, at_least=True)
-    expected = expected_answers(rows, probes)
-    said_before = checks.generate(policy, tokenizer, probes, PROBE_TOKENS)
-    emit_samples(ctx, "start", probes, said_before, expected=expected)
-    trainer.add_callback(ProbeSamples(
-        stage.train.eval_steps, lambda at: emit_samples(
-            ctx, "eval", probes, checks.generate(policy, tokenizer, probes, PROBE_TOKENS), at,
-            expected=expected)))
-    end_of_turn = _EndOfTurn(rows, tokenizer)
-    ended_before = end_of_turn.measure(policy)
-    spent += time.perf_counter() - began
+    return before
 
+
+def _train(ctx: StageContext, trainer: Any, policy: Any, resumed: Callable[[], None]
+           ) -> resume.CheckpointSteps | None:
+    """`trainer.train`, resumed from the stage's Trainer checkpoint when there is one. Returns
+    that checkpoint's steps when it was saved at the stage's last step (no step is trained)."""
     final = resume.final_step(ctx.resume_from)
     if final is not None and ctx.resume_from is not None:
         # saved at the last step, then the engine died before the adapter save: training is
@@ -193,7 +187,80 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
         # the Trainer skips the root adapter when the checkpoint has a ref/ subfolder
         resume.restore_policy(policy, ctx.resume_from)
     trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
+    return final if ctx.resume_from is not None else None
 
+
+def _save_adapter(ctx: StageContext, policy: Any, tokenizer: Any) -> None:
+    """The `default` adapter and the tokenizer into the stage's folder, waiting out a full
+    disk."""
+    out = ctx.stage_dir
+
+    def save() -> None:
+        policy.save_pretrained(str(out), selected_adapters=[checks.ADAPTER])
+        save_tokenizer(tokenizer, out)
+
+    adapter_bytes = sum(p.numel() * p.element_size() for p in policy.parameters()
+                        if p.requires_grad)
+    save_when_space(ctx, "the stage's adapter", out, adapter_bytes, save)
+    ctx.sink.emit("info", ctx.name, message=f"adapter saved to {out}")
+
+
+def _build_trainer(ctx: StageContext, build: BuildTrainer, args: tuple[Any, Any, Any, Any, Any,
+                   StageCallback]) -> tuple[Any, Any]:
+    """The stage's Trainer from `build(*args)`, quiet and guarded, and the policy it trains."""
+    model = args[0]
+    # a continued adapter is a PeftModel already: TRL may use its head (and add `ref`) in __init__
+    trl_compat.token_rows_for_trl(model)
+    trl_compat.ref_copies_token_rows(model)
+    trainer = build(*args)
+    # progress goes through the sink; the Trainer's own printer would flood engine.log
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    guard_checkpoint_saves(trainer, ctx)  # a full disk pauses the save, never fails the stage
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    trl_compat.token_rows_for_trl(policy)  # a new adapter: TRL wrapped the model just now
+    return trainer, policy
+
+
+def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
+    stage, step = ctx.spec_as(spec.TrainingStage), ctx.step
+    log = checks.CheckLog(ctx.name, ctx.sink)
+    clock = _ChecksClock()
+    rows = stage_rows(ctx, stage, "data", ctx.kind, log)
+    eval_rows = stage_rows(ctx, stage, "eval_data", ctx.kind, log) if stage.eval_data else None
+    trl_compat.install()
+    # progress reaches the console through the sink; bars would only fill engine.log
+    datasets.disable_progress_bars()
+    model, tokenizer, peft_config = start_model(ctx)
+    previous = _previous_sft_loss(ctx)
+
+    def first_log(logs: dict[str, Any]) -> None:
+        with clock:
+            if ctx.kind in ("dpo", "grpo") and ctx.resume_from is None:
+                log.record(checks.reference_start(ctx.kind, logs, step.reference))
+            if previous is not None and ctx.resume_from is None:
+                log.record(checks.loss_continuity(previous[0], previous[1], logs.get("loss")))
+
+    def resumed() -> None:
+        # after the Trainer's own checkpoint load, before the first step: a resume that would
+        # train from anything but the checkpoint's weights stops here
+        if ctx.resume_from is not None:
+            log.record(resume.resumed_weights(policy, ctx.resume_from))
+
+    callback = StageCallback(ctx.name, ctx.sink, ctx.control, ctx.global_step_offset,
+                             on_first_log=first_log, on_begin=resumed)
+    trainer, policy = _build_trainer(ctx, build, (model, tokenizer, peft_config, rows,
+                                                  eval_rows, callback))
+
+    allowed = (REFERENCE_ADAPTER,) if ctx.kind in ("dpo", "grpo") else ()
+    with clock:
+        before = _checks_before_training(ctx, policy, log, allowed)
+        probes = _Probes(ctx, rows, policy, tokenizer)
+        trainer.add_callback(ProbeSamples(stage.train.eval_steps, probes.at_eval))
+        end_of_turn = _EndOfTurn(rows, tokenizer)
+        ended_before = end_of_turn.measure(policy)
+
+    final = _train(ctx, trainer, policy, resumed)
     history = callback.history
     if final is not None and ctx.resume_from is not None:
         history = resume.logged_history(ctx.resume_from, ctx.global_step_offset)
@@ -206,35 +273,22 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
         outcome.status = "stopped"
         return outcome
 
-    began = time.perf_counter()
-    log.record(checks.base_unchanged(before, checks.fingerprint(policy)))
-    log.record(checks.adapters(policy, allowed_frozen=allowed))
-    if REFERENCE_ADAPTER in getattr(policy, "peft_config", {}):
-        policy.delete_adapter(REFERENCE_ADAPTER)
-    spent += time.perf_counter() - began
-
-    out = ctx.stage_dir
-
-    def save() -> None:
-        policy.save_pretrained(str(out), selected_adapters=[checks.ADAPTER])
-        save_tokenizer(tokenizer, out)
-
-    adapter_bytes = sum(p.numel() * p.element_size() for p in policy.parameters()
-                        if p.requires_grad)
-    save_when_space(ctx, "the stage's adapter", out, adapter_bytes, save)
-    ctx.sink.emit("info", ctx.name, message=f"adapter saved to {out}")
-
-    began = time.perf_counter()
-    log.record(checks.no_stray_ref(out))
-    log.record(checks.adapter_base(out, ctx.model_path()))
-    said_after = checks.generate(policy, tokenizer, probes, PROBE_TOKENS)
-    emit_samples(ctx, "end", probes, said_after, outcome.steps, expected=expected)
-    random_twin = checks.random_weights(ctx.base_path)
-    log.record(checks.generation_sanity(said_before, said_after, probes, PROBE_TOKENS,
-                                        gate=not random_twin))
-    log.record(end_of_turn.check(ended_before, end_of_turn.measure(policy), policy,
-                                 judge=not random_twin))
-    spent += time.perf_counter() - began
+    with clock:
+        log.record(checks.base_unchanged(before, checks.fingerprint(policy)))
+        log.record(checks.adapters(policy, allowed_frozen=allowed))
+        if REFERENCE_ADAPTER in getattr(policy, "peft_config", {}):
+            policy.delete_adapter(REFERENCE_ADAPTER)
+    _save_adapter(ctx, policy, tokenizer)
+    with clock:
+        log.record(checks.no_stray_ref(ctx.stage_dir))
+        log.record(checks.adapter_base(ctx.stage_dir, ctx.model_path()))
+        said_after = probes.answers()
+        probes.emit("end", said_after, outcome.steps)
+        random_twin = checks.random_weights(ctx.base_path)
+        log.record(checks.generation_sanity(probes.said_before, said_after, probes.prompts,
+                                            PROBE_TOKENS, gate=not random_twin))
+        log.record(end_of_turn.check(ended_before, end_of_turn.measure(policy), policy,
+                                     judge=not random_twin))
 
     if eval_rows is not None:
         outcome.evaluation = {k: float(v) for k, v in trainer.evaluate().items()
@@ -242,6 +296,6 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
     outcome.lora = lora_spec_from_config(policy.peft_config[checks.ADAPTER])
     outcome.base = ctx.model_path()
     outcome.parents = training_parents(ctx)
-    outcome.metrics["checks_seconds"] = spent
+    outcome.metrics["checks_seconds"] = clock.seconds
     outcome.extra = {"action": step.action, "reference": step.reference}
     return outcome
