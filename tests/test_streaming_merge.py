@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import save_file
 
 from graftline.engine.export import merge as streaming_merge
-from graftline.engine.export.merge import LoraDelta, TensorJob, merged_tensor
+from graftline.engine.export.adapter_plan import LoraDelta
+from graftline.engine.export.merge import TensorJob, merged_tensor
 from graftline.engine.export.ordered_io import OrderedIO
 from graftline.engine.export.safetensors import TensorInfo, read_header, read_tensor
 

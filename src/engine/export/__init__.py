@@ -2,8 +2,9 @@
 written as a complete model directory and verified.
 
 Modules: writer (plan_export, run_export), worker (an export in its own process, reporting
-JSON lines: what the console runs), chain (the adapter chain to merge), merge (the
-streaming per-tensor merge), safetensors (header and tensor reads), ordered_io (the writer
+JSON lines: what the console runs), chain (the adapter chain to merge), adapter_plan
+(what each adapter tensor changes in its base, refused where inexact), merge (the streaming
+per-tensor merge), safetensors (header and tensor reads), ordered_io (the writer
 thread), verify (reload and compare logits), formats (which formats can run here), gguf_convert
 (llama.cpp's converter in its own process), gguf_verify (the GGUF read back, tensor by tensor),
 ollama (the Modelfile), card (the model card), provenance (`--check-data`: which model a

@@ -33,6 +33,13 @@ from graftline.engine.common.checkpoint_files import (
 )
 from graftline.engine.common.sink import Sink
 from graftline.engine.common.tokenizer_files import TOKENIZER_FILES
+from graftline.engine.export.adapter_plan import (
+    AdapterPlan,
+    analyse_adapter,
+    base_headers,
+    model_layout,
+    must_untie,
+)
 from graftline.engine.export.chain import (
     Chain,
     ExportRefused,
@@ -43,12 +50,7 @@ from graftline.engine.export.chain import (
 )
 from graftline.engine.export.merge import (
     EXPORT_DTYPES,
-    AdapterPlan,
     OutShard,
-    analyse_adapter,
-    base_headers,
-    model_layout,
-    must_untie,
     plan_tensors,
     write_shards,
 )
