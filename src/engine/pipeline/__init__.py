@@ -1,7 +1,8 @@
 """graftline.engine.pipeline: the pipeline file, read, validated and planned before anything trains.
 
 Modules: spec (pydantic models), file (TOML, foreach, defaults, line numbers), validate, plan,
-modelinfo (sizes from config.json), datasets, rewards, problems (Problem, did_you_mean).
+plan_words (the plan in words), modelinfo (sizes from config.json), datasets, rewards, problems
+(Problem, did_you_mean).
 """
 
 from __future__ import annotations
