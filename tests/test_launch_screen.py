@@ -75,3 +75,28 @@ async def test_e_without_an_editor_says_how_to_set_one(tmp_path: Path,
         await wait_for(pilot, lambda: app.screen.report is not None, what="the starter")
         await pilot.press("e")
         assert any("$EDITOR" in n.message for n in app._notifications)
+
+
+@pytest.mark.asyncio
+async def test_a_launch_that_fails_is_told_once_with_its_problems(tmp_path: Path) -> None:
+    """The file broke after its check (its data went away): the launch worker's error reaches
+    the one failure handler (`WorkerFailures`) as a notification naming the problem, and the
+    launch screen stays."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    app = GraftlineApp(None, tmp_path / "runs", ascii_only=False, launch_dir=folder)
+    async with app.run_test(size=WIDE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, LaunchScreen), what="launch")
+        screen = app.screen
+        await pilot.press("i")
+        await wait_for(pilot, lambda: screen.report is not None and screen.report.ok,
+                       what="a valid starter")
+        for data in (folder / "data").iterdir():
+            data.unlink()
+        await pilot.press("L")
+        await wait_for(pilot, lambda: any("launch failed:" in str(n.message)
+                                          for n in app._notifications), what="the failure")
+        failed = [str(n.message) for n in app._notifications if "launch failed:" in str(n.message)]
+        assert len(failed) == 1 and "has problems" in failed[0] and "sft.jsonl" in failed[0]
+        assert app.screen is screen
+        assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -20,8 +20,10 @@ def launch_background(pipeline: Path, *, rehearse: bool = False) -> Path:
     try:
         run_dir = start_run(Path(pipeline), rehearse=rehearse)
     except LaunchError as exc:
+        # the first problems under the message, the fix kept: the launch screen's failure
+        # handler (`WorkerFailures`) prints both
         details = "\n".join(str(p) for p in exc.problems[:5])
-        raise RuntimeError(f"{exc}\n{details}".strip()) from None
+        raise LaunchError(f"{exc}\n{details}".strip(), exc.problems, exc.fix) from None
     for pid in engine_children() - before:  # the engine is our child until we exit: reap it
         reap_later(pid)
     return run_dir

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CleanupFinished", "ExportFinished", "ExportPlanned", "ExportProgress", "LineageScanned",
-    "OpenRun", "RunsListed", "ShowLaunch", "ShowRuns", "WorkerFailures", "worker_failure",
+    "OpenRun", "PipelineChecked", "RunsListed", "ShowLaunch", "ShowRuns", "WorkerFailures",
+    "worker_failure",
 ]
 
 
@@ -71,6 +72,15 @@ class CleanupFinished(_Result):
     def __init__(self, message: str, failed: bool) -> None:
         super().__init__()
         self.message, self.failed = message, failed
+
+
+class PipelineChecked(_Result):
+    """The launch screen's report on a pipeline file: its validation and plan, or why neither
+    could be read (`screens.launch.Report`)."""
+
+    def __init__(self, report: Any) -> None:
+        super().__init__()
+        self.report = report
 
 
 class ExportPlanned(_Result):

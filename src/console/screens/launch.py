@@ -11,7 +11,7 @@ from typing import ClassVar
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
@@ -20,7 +20,7 @@ from textual.widgets import Footer, OptionList, Static
 from textual.widgets.option_list import Option
 
 from graftline.console.formats import human_bytes
-from graftline.console.messages import OpenRun, ShowRuns, WorkerFailures
+from graftline.console.messages import OpenRun, PipelineChecked, ShowRuns, WorkerFailures
 
 
 def pipeline_files(folder: Path) -> list[Path]:
@@ -177,8 +177,13 @@ class LaunchScreen(WorkerFailures, Screen[None]):
         try:
             report = check_file(path, self.folder)
         except Exception as exc:  # validate must never take the console down
+            # shown in place of the report: the file, not the console, is what failed
             report = Report(path, False, Text(f"cannot check {path.name}: {exc}", style="red"))
-        self.app.call_from_thread(self._show, report)
+        self.post_message(PipelineChecked(report))
+
+    @on(PipelineChecked)
+    def _checked(self, message: PipelineChecked) -> None:
+        self._show(message.report)
 
     def _show(self, report: Report) -> None:
         self.report = report
@@ -205,20 +210,16 @@ class LaunchScreen(WorkerFailures, Screen[None]):
         self.notify(f"launching {report.file.name} in the background{first}")
         self._launch(report.file, self.rehearse_first)
 
-    @work(thread=True, exclusive=True, group="launch", exit_on_error=False)
+    @work(thread=True, exclusive=True, group="launch", exit_on_error=False,
+          description="launch")
     def _launch(self, path: Path, rehearse_first: bool) -> None:
         """Start the run the way `graftline run -d` does and attach at once: the rehearsal is
         the engine's first phase (a `rehearsal` row on the dashboard, its report in the log;
-        a failed one ends the run before stage 1 with the fix), never a wait here."""
+        a failed one ends the run before stage 1 with the fix), never a wait here. A launch
+        that raises is told by `WorkerFailures` ("launch failed: …", with its fix)."""
         from graftline.console.launcher import launch_background
 
-        try:
-            run_dir = launch_background(path, rehearse=rehearse_first)
-        except Exception as exc:
-            self.app.call_from_thread(self.notify, f"launch failed: {exc}", severity="error",
-                                      timeout=10)
-            return
-        self.post_message(OpenRun(run_dir))
+        self.post_message(OpenRun(launch_background(path, rehearse=rehearse_first)))
 
     def action_runs(self) -> None:
         self.post_message(ShowRuns())
