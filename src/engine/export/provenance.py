@@ -19,21 +19,27 @@ per-topic tree (tests/test_lineage_unsaved_merge.py), a second topic's adapter t
 first topic's in-memory merge lowered the plain base's loss more than the merge's (the base
 had more to learn: the chat format the first topic had already taught), so gains named the
 wrong model while the losses with the adapter named the right one for both adapters.
+
+`in_memory_merge` is the export's use of it: refuse what the lineage proves or the data
+decides against, warn where only doubt is left.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from graftline.engine.common.checkpoint_files import ADAPTER_CONFIG
 from graftline.engine.common.errors import GraftlineError
+from graftline.engine.export.chain import ExportRefused
 
 __all__ = ["MARGIN", "DataCheckError", "DataVerdict", "batches", "check_adapter", "decide",
-           "read_rows"]
+           "in_memory_merge", "read_rows"]
 
 MARGIN = 0.05  # the losses must differ by 5% of the lower one (and by 0.01 nats)
 MAX_ROWS = 64  # enough rows to tell, few enough to run on a CPU in seconds
@@ -241,3 +247,43 @@ def check_adapter(adapter: Path, base: Path, chain: Sequence[Path], data: Path) 
     rows = sum(int(b["input_ids"].shape[0]) for b in measured_on)
     return DataVerdict(str(adapter), str(base), tuple(str(c) for c in chain), rows,
                        *losses, verdict)
+
+
+# -- the export's question: an adapter on an in-memory merge? ---------------------------------
+
+
+def in_memory_merge(checkpoint: Path, base: Path, check_data: Path | None) -> tuple[str, ...]:
+    """An adapter trained on an in-memory merge records the plain base: merged into it, the
+    export would verify (it equals base + adapter) and still be the wrong model. The lineage
+    proves the pitfall from a saved merge's weights (refused, with the lineage's fix), or can
+    only doubt it (several hand-made adapters on one base, one after another): then the
+    export says so (the warnings returned), and with `check_data` the data decides
+    (`check_adapter`): trained on the chain is refused, on the base goes ahead saying why."""
+    if not (checkpoint / ADAPTER_CONFIG).is_file():
+        return () if check_data is None else (
+            f"--check-data: {checkpoint} is not an adapter; nothing to decide",)
+    from graftline.engine.lineage import scan
+
+    lineage = scan([checkpoint.parent])
+    node = lineage.get(os.path.realpath(checkpoint))
+    found = node.in_memory_merge if node is not None else None
+    if found is not None and found.certainty == "proven":
+        raise ExportRefused(found.message, path=checkpoint, fix=found.fix)
+    if found is None:
+        return () if check_data is None else (
+            "--check-data: no doubt about this adapter's base (no other hand-made adapter "
+            "was written on it before); nothing to decide",)
+    if check_data is None or not found.chain:
+        return (f"{found.message} Fix: {found.fix}",)
+    try:
+        verdict = check_adapter(checkpoint, base, [Path(p) for p in found.chain], check_data)
+    except DataCheckError as exc:
+        raise ExportRefused(f"--check-data {check_data}: {exc.message}", fix=exc.fix) from None
+    if verdict.verdict == "chain":
+        raise ExportRefused(verdict.describe(), path=checkpoint, fix=(
+            "export the chain: export each earlier adapter in turn, point this adapter's "
+            "base_model_name_or_path at that export, then export it; or retrain it on a saved "
+            "merge"))
+    if verdict.verdict == "base":
+        return (f"checked with {check_data}: {verdict.describe()}",)
+    return (f"checked with {check_data}: {verdict.describe()}. Fix: {found.fix}",)

@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 from graftline.engine.common import export_index
 from graftline.engine.common.checkpoint_files import (
-    ADAPTER_CONFIG,
     MODEL_CONFIG,
     MODEL_SAFETENSORS_INDEX,
     MODEL_SHARDS_GLOB,
@@ -254,45 +253,6 @@ def plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
                             "export another checkpoint") from None
 
 
-def _in_memory_merge(checkpoint: Path, base: Path, check_data: Path | None) -> tuple[str, ...]:
-    """An adapter trained on an in-memory merge records the plain base: merged into it, the
-    export would verify (it equals base + adapter) and still be the wrong model. The lineage
-    proves the pitfall from a saved merge's weights (refused, with the lineage's fix), or can
-    only doubt it (several hand-made adapters on one base, one after another): then the
-    export says so (the warnings returned), and with `check_data` the data decides
-    (`provenance`): trained on the chain is refused, on the base goes ahead saying why."""
-    if not (checkpoint / ADAPTER_CONFIG).is_file():
-        return () if check_data is None else (
-            f"--check-data: {checkpoint} is not an adapter; nothing to decide",)
-    from graftline.engine.lineage import scan
-
-    lineage = scan([checkpoint.parent])
-    node = lineage.get(os.path.realpath(checkpoint))
-    found = node.in_memory_merge if node is not None else None
-    if found is not None and found.certainty == "proven":
-        raise ExportRefused(found.message, path=checkpoint, fix=found.fix)
-    if found is None:
-        return () if check_data is None else (
-            "--check-data: no doubt about this adapter's base (no other hand-made adapter "
-            "was written on it before); nothing to decide",)
-    if check_data is None or not found.chain:
-        return (f"{found.message} Fix: {found.fix}",)
-    from graftline.engine.export.provenance import DataCheckError, check_adapter
-
-    try:
-        verdict = check_adapter(checkpoint, base, [Path(p) for p in found.chain], check_data)
-    except DataCheckError as exc:
-        raise ExportRefused(f"--check-data {check_data}: {exc.message}", fix=exc.fix) from None
-    if verdict.verdict == "chain":
-        raise ExportRefused(verdict.describe(), path=checkpoint, fix=(
-            "export the chain: export each earlier adapter in turn, point this adapter's "
-            "base_model_name_or_path at that export, then export it; or retrain it on a saved "
-            "merge"))
-    if verdict.verdict == "base":
-        return (f"checked with {check_data}: {verdict.describe()}",)
-    return (f"checked with {check_data}: {verdict.describe()}. Fix: {found.fix}",)
-
-
 def _plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
                  formats: tuple[str, ...] | list[str] = ("safetensors",), force: bool = False,
                  shard_size: int | str | None = None, verify: bool = True,
@@ -328,7 +288,9 @@ def _plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
         gguf_type = None
 
     chain = resolve_chain(Path(checkpoint))
-    warnings = _in_memory_merge(Path(checkpoint), chain.base, check_data)
+    from graftline.engine.export.provenance import in_memory_merge
+
+    warnings = in_memory_merge(Path(checkpoint), chain.base, check_data)
     out = Path(out).expanduser().absolute()
     _check_target(out, chain, force)
 
