@@ -62,3 +62,55 @@ def test_check_names_what_a_row_lacks_and_what_a_closed_record_does_not_know() -
         "run_finished: no `status`", "run_finished: `colour` is not in its record"]
     assert check("metrics", {"step": 1, "loss": 0.5}) == []  # open: the trainer's own keys
     assert check("lunch", {}) == ["unknown event type 'lunch'"]
+
+
+def _emit_sites() -> list[tuple[str, int, str, list[str], bool]]:
+    """Every `….emit("type", stage, field=…)` call in src/ whose type is a literal (or a module
+    constant bound to one): (file, line, type, keyword names, whether it also passes **data).
+    The relays that forward another event's own type and data (`emit(type, …, **data)`) are
+    not calls a person spells, so they are left out."""
+    import ast
+
+    sites: list[tuple[str, int, str, list[str], bool]] = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        constants = {target.id: node.value.value for node in tree.body
+                     if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+                     and isinstance(node.value.value, str)
+                     for target in node.targets if isinstance(target, ast.Name)}
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "emit" and node.args):
+                continue
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                kind = first.value
+            elif isinstance(first, ast.Name) and first.id in constants:
+                kind = constants[first.id]
+            else:
+                continue
+            sites.append((str(path.relative_to(ROOT)), node.lineno, kind,
+                          [k.arg for k in node.keywords if k.arg is not None],
+                          any(k.arg is None for k in node.keywords)))
+    return sites
+
+
+def test_every_emit_in_the_source_spells_its_records_fields() -> None:
+    """A misspelled field at an emit site fails here, without running the path that emits it:
+    a closed record refuses a keyword it does not name, and a call that passes no `**data`
+    must name every field its record always has."""
+    sites = _emit_sites()
+    assert len(sites) > 50  # the walk found the engine's emits, not nothing
+    problems = []
+    for where, line, kind, names, spread in sites:
+        if kind not in EVENT_RECORDS:
+            problems.append(f"{where}:{line}: unknown event type {kind!r}")
+            continue
+        required, optional = fields_of(kind)
+        if not getattr(EVENT_RECORDS[kind], "OPEN", False):
+            problems += [f"{where}:{line}: {kind} has no field `{name}`" for name in names
+                         if name not in {*required, *optional}]
+        if not spread:
+            problems += [f"{where}:{line}: {kind} without `{name}`" for name in required
+                         if name not in names]
+    assert not problems, "\n".join(problems)

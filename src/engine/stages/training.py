@@ -128,16 +128,16 @@ class _Probes:
         self.prompts = probe_prompts(ctx, rows, count=checks.MIN_PROBES, at_least=True)
         self.expected = expected_answers(rows, self.prompts)
         self.said_before = self.answers()
-        self.emit("start", self.said_before)
+        self.send("start", self.said_before)
 
     def answers(self) -> Any:
         return checks.generate(self.policy, self.tokenizer, self.prompts, PROBE_TOKENS)
 
-    def emit(self, when: str, said: Any, step: int | None = None) -> None:
+    def send(self, when: str, said: Any, step: int | None = None) -> None:
         emit_samples(self.ctx, when, self.prompts, said, step, expected=self.expected)
 
     def at_eval(self, step: int) -> None:
-        self.emit("eval", self.answers(), step)
+        self.send("eval", self.answers(), step)
 
 
 def _checks_before_training(ctx: StageContext, policy: Any, log: checks.CheckLog,
@@ -283,7 +283,7 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
         log.record(checks.no_stray_ref(ctx.stage_dir))
         log.record(checks.adapter_base(ctx.stage_dir, ctx.model_path()))
         said_after = probes.answers()
-        probes.emit("end", said_after, outcome.steps)
+        probes.send("end", said_after, outcome.steps)
         random_twin = checks.random_weights(ctx.base_path)
         log.record(checks.generation_sanity(probes.said_before, said_after, probes.prompts,
                                             PROBE_TOKENS, gate=not random_twin))
