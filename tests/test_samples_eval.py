@@ -56,7 +56,7 @@ async def test_samples_at_every_evaluation_with_the_expected_answer(
         assert rows and all(r["expected"] == answers[r["prompt"]] for r in rows)
 
     summary = open_summary(run_dir).summary
-    kept = summary.stages["sft"]["samples"]
+    kept = summary.state.stages["sft"].samples
     assert set(kept) == {"start", "eval", "end"} and kept["eval"]["global_step"] == 4
 
     printed = CliRunner().invoke(app, ["logs", run_dir.name, "--kind", "samples"])
