@@ -28,6 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_DISABLED", "true")
+# every event a test emits (in process or in an engine it starts) fits its typed record
+os.environ.setdefault("GRAFTLINE_CHECK_EVENTS", "1")
 # The per-user run index and the console's config file live in a directory of this test session,
 # never in the real user's ~/.local/state or ~/.config (engines started by tests inherit it).
 _SESSION_HOME = tempfile.mkdtemp(prefix="graftline-tests-")

@@ -9,7 +9,17 @@ import re
 import sys
 from pathlib import Path
 
-from graftline.engine.common.event_types import EVENT_RECORDS, check, fields_of
+import pytest
+
+from graftline.engine.common.event_types import (
+    CHECK_EVENTS,
+    EVENT_RECORDS,
+    EventFieldsError,
+    check,
+    fields_of,
+)
+from graftline.engine.common.sink import ListSink
+from graftline.engine.run.events import EventWriter
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from synthetic_run import write_synthetic_run
@@ -114,3 +124,26 @@ def test_every_emit_in_the_source_spells_its_records_fields() -> None:
             problems += [f"{where}:{line}: {kind} without `{name}`" for name in required
                          if name not in names]
     assert not problems, "\n".join(problems)
+
+
+def test_an_emit_that_builds_a_wrong_field_fails_while_checking(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite checks every emitted row (conftest sets GRAFTLINE_CHECK_EVENTS=1): the event
+    log's writer and the in-memory sink refuse a misspelled field before it is written, naming
+    the field and the record; a live run (the variable unset) writes the row as given."""
+    assert EVENT_RECORDS  # the records this checks against
+    monkeypatch.setenv(CHECK_EVENTS, "1")
+    wrong = {"kind": "sft", "status": "complete", "secs": 1.0, "metrics": {}}
+    (tmp_path / "checked").mkdir()
+    (tmp_path / "live").mkdir()
+    for sink in (ListSink(), EventWriter(tmp_path / "checked", summary=False)):
+        with pytest.raises(EventFieldsError) as raised:
+            sink.emit("stage_finished", "s1", **wrong)
+        assert "`secs` is not in its record" in str(raised.value)
+        assert "no `seconds`" in str(raised.value) and "event_types.py" in raised.value.fix
+    written = tmp_path / "checked" / "events.jsonl"
+    assert not written.exists() or written.read_text() == ""
+    monkeypatch.delenv(CHECK_EVENTS)
+    EventWriter(tmp_path / "live", summary=False).emit("stage_finished", "s1", **wrong)
+    row = json.loads((tmp_path / "live" / "events.jsonl").read_text())
+    assert row["data"]["secs"] == 1.0

@@ -6,16 +6,27 @@ those with one may be left out, and an `OPEN` record carries more keys than it n
 trainer's logged metrics, a telemetry sample's devices, a rehearsal phase's own fields).
 `check(type, data)` says what a row lacks or has too many of; the table of events in
 docs/architecture.md is checked against these records (tests/test_event_types.py), and so is
-every row of the recorded and synthetic runs the tests ship.
+every row of the recorded and synthetic runs the tests ship, and every emit in src/ that spells
+its fields. `require(type, data)`, called by the event log's writer and the in-memory sink,
+raises on a row that does not fit when `GRAFTLINE_CHECK_EVENTS=1` (the test suite sets it, so
+an emit that builds its fields at run time is checked on every path the tests run); a live run
+never checks, so it never dies of its own log.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args
 
-__all__ = ["EVENT_RECORDS", "EventType", "Telemetry", "check", "fields_of", "record_of"]
+from graftline.engine.common.errors import GraftlineError
+
+__all__ = ["CHECK_EVENTS", "EVENT_RECORDS", "EventFieldsError", "EventType", "Telemetry", "check",
+           "fields_of", "record_of", "require"]
+
+CHECK_EVENTS = "GRAFTLINE_CHECK_EVENTS"  # "1": every emitted row is checked against its record
 
 EventType = Literal[
     "run_started", "stage_started", "metrics", "checkpoint_saved", "check_result", "warning",
@@ -177,14 +188,19 @@ assert set(EVENT_RECORDS) == set(get_args(EventType))
 
 def fields_of(type: str) -> tuple[list[str], list[str]]:
     """(required, optional) field names of an event type's record."""
-    record = EVENT_RECORDS[type]
+    required, optional = _fields(type)
+    return list(required), list(optional)
+
+
+@functools.cache
+def _fields(type: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     required: list[str] = []
     optional: list[str] = []
-    for item in dataclasses.fields(record):
+    for item in dataclasses.fields(EVENT_RECORDS[type]):
         empty = item.default is dataclasses.MISSING and \
             item.default_factory is dataclasses.MISSING
         (required if empty else optional).append(item.name)
-    return required, optional
+    return tuple(required), tuple(optional)
 
 
 def record_of(type: str, data: dict[str, Any]) -> Any:
@@ -199,9 +215,26 @@ def check(type: str, data: dict[str, Any]) -> list[str]:
     """What one event's `data` lacks or has too many of, against its record; [] when it fits."""
     if type not in EVENT_RECORDS:
         return [f"unknown event type {type!r}"]
-    required, optional = fields_of(type)
+    required, optional = _fields(type)
     problems = [f"{type}: no `{name}`" for name in required if name not in data]
     if not getattr(EVENT_RECORDS[type], "OPEN", False):
         named = {*required, *optional}
         problems += [f"{type}: `{key}` is not in its record" for key in data if key not in named]
     return problems
+
+
+class EventFieldsError(GraftlineError):
+    """An emitted event whose data does not fit its record (raised only while checking)."""
+
+
+def require(type: str, data: dict[str, Any]) -> None:
+    """With `GRAFTLINE_CHECK_EVENTS=1`, raise `EventFieldsError` for a row `check` faults;
+    nothing otherwise (one environment lookup: the metrics path stays cheap)."""
+    if os.environ.get(CHECK_EVENTS) != "1":
+        return
+    problems = check(type, data)
+    if problems:
+        raise EventFieldsError(
+            "; ".join(problems), fix="spell the field as the event's record in "
+            "engine/common/event_types.py names it, or add it there and to the events table in "
+            "docs/architecture.md")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from graftline.engine.common.event_types import EventType
+from graftline.engine.common.event_types import EventType, require
 
 
 class Sink(Protocol):
@@ -21,6 +21,7 @@ class ListSink:
         self.events: list[tuple[str, str | None, dict[str, Any]]] = []
 
     def emit(self, type: EventType, stage: str | None = None, **data: Any) -> None:
+        require(type, data)  # a misspelled field fails the test that emitted it
         self.events.append((type, stage, data))
 
     def of_type(self, type: str) -> list[dict[str, Any]]:

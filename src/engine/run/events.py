@@ -27,7 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from graftline.engine.common.errors import GraftlineError
-from graftline.engine.common.event_types import EventType  # the types, and their records
+from graftline.engine.common.event_types import (  # the types, and their records
+    EventType,
+    require,
+)
 from graftline.engine.common.layout import EVENTS
 from graftline.engine.run.summary import Summary, crc
 from graftline.engine.run.summary_file import first_line, open_summary, rebuild, save
@@ -152,6 +155,7 @@ class EventWriter:
         return len(self._pending)
 
     def emit(self, type: EventType, stage: str | None = None, **data: Any) -> Event:
+        require(type, data)  # checked under GRAFTLINE_CHECK_EVENTS=1 (the tests), else nothing
         with self._lock:
             # The queue first (it may add a 'dropped' warning): seqs stay in file order.
             blocked = bool(self._pending) and not self._flush_pending()
