@@ -15,10 +15,6 @@ LLAMA_CPP_DIFFERS: dict[tuple[str, str], frozenset[str]] = {
     # pinned converter does not write; llama.cpp assumes Gemma 3's 5 local : 1 global)
     ("gemma3", "f32"): frozenset({"logits"}),
     ("gemma3", "q8_0"): frozenset({"logits"}),
-    # the tokenizer: transformers 5's class for phi3 adds BOS to plain text where the GGUF
-    # does not, and strips the newline after a special token where llama.cpp keeps it
-    ("phi3", "f32"): frozenset({"tokenization"}),
-    ("phi3", "q8_0"): frozenset({"tokenization"}),
     # only the character-level stand-in (the twin's BPE is refused before conversion):
     # transformers 5 reads a qwen2 folder's tokenizer as Qwen2's BPE, not as the file says
     ("qwen2", "f32"): frozenset({"tokenization"}),

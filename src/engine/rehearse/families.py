@@ -51,7 +51,9 @@ from graftline.engine.toy import tasks
 from graftline.engine.toy.recipe import cache_root
 
 BUILD_VERSION = 2
-SPM_VERSION = 3  # 3: SentencePiece BPE, byte fallback, Gemma without a dummy prefix
+# 4: SentencePiece BPE, byte fallback, Gemma without a dummy prefix, Phi-3's rstrip tokens,
+# add_bos_token said in tokenizer_config.json
+SPM_VERSION = 4
 RECORD = "family_twin.json"
 PAD_MULTIPLE = 64
 # The Qwen2 / Llama-3 / o200k shape of byte-level BPE pre-tokenization (one digit per piece, as
@@ -276,7 +278,11 @@ def _wrap(spec: Family, core: Any, folder: Path) -> None:
     from tokenizers import AddedToken, processors
     from transformers import PreTrainedTokenizerFast
 
-    core.add_special_tokens([AddedToken(t, special=True, normalized=False)
+    # Phi-3's template tokens swallow the white space after them (rstrip), as in the published
+    # tokenizer and as llama.cpp treats phi3's special tokens; BOS, UNK and EOS do not
+    plain = {spec.bos, spec.unk, spec.eos, spec.pad}
+    core.add_special_tokens([AddedToken(t, special=True, normalized=False,
+                                        rstrip=spec.model_type == "phi3" and t not in plain)
                              for t in spec.all_specials])
     if spec.add_bos and spec.bos:
         bos_id = core.token_to_id(spec.bos)
@@ -290,6 +296,13 @@ def _wrap(spec: Family, core: Any, folder: Path) -> None:
     tokenizer.chat_template = spec.template
     tokenizer.padding_side = "right"
     tokenizer.save_pretrained(str(folder))
+    if spec.tokenizer == "spm":
+        # said in the file, as published SentencePiece tokenizers say it: the GGUF converter
+        # reads it (without it llama.cpp adds BOS to every SentencePiece text)
+        config_path = folder / "tokenizer_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config.update(add_bos_token=spec.add_bos, add_eos_token=False)
+        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------- the model
