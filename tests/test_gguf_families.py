@@ -264,3 +264,15 @@ def test_without_the_runtime_the_report_says_not_run_and_the_tensors_stand(
     report = gguf_report(found.tensors["q8_0"], ran)
     assert report["passed"] is True and report["tensors_passed"] is True
     assert report["message"].endswith(f"not run: {NOT_INSTALLED}")
+
+
+def test_a_phi3_export_is_named_so_llama_cpp_strips_after_its_special_tokens() -> None:
+    """llama.cpp gives phi3's special tokens Phi-3's rstrip only when general.name says phi3:
+    an export named otherwise gets "-phi3" (the family matrix's CLI export, named "gguf-f32",
+    runs alike in llama.cpp because of it)."""
+    from graftline.engine.export.gguf_convert import runtime_name
+
+    assert runtime_name(build_family("phi3"), "my-bot") == "my-bot-phi3"
+    assert runtime_name(build_family("phi3"), "Phi-3-mini-ft") == "Phi-3-mini-ft"
+    assert runtime_name(build_family("mistral"), "my-bot") == "my-bot"
+    assert runtime_name(build_family("phi3"), None) is None

@@ -227,6 +227,22 @@ def convert_many(converter: Converter, jobs: list[tuple[Path, Path, str]]
     return found
 
 
+def runtime_name(model_dir: Path, name: str | None) -> str | None:
+    """The GGUF's `general.name`, which llama.cpp reads as more than a label: a phi3 model's
+    special tokens swallow the white space after them (rstrip, as Phi-3's tokenizer says) only
+    when that name contains "phi3" or "phi-3" (llama-vocab.cpp). So a phi3 export whose
+    tokenizer has rstrip tokens gets "-phi3" appended to a name that lacks it; without it,
+    llama.cpp tokenizes every chat differently from the tokenizer (gguf_run finds that)."""
+    if name is None or any(k in name.lower() for k in ("phi3", "phi-3")):
+        return name
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    spec_path = model_dir / "tokenizer.json"
+    if config.get("model_type") != "phi3" or not spec_path.is_file():
+        return name
+    added = json.loads(spec_path.read_text(encoding="utf-8")).get("added_tokens", [])
+    return f"{name}-phi3" if any(t.get("special") and t.get("rstrip") for t in added) else name
+
+
 def quantize(binary: Path, source: Path, out_file: Path, gguf_type: str) -> Path:
     """`llama-quantize SOURCE OUT TYPE`."""
     partial = out_file.with_name(out_file.name + ".partial")
@@ -250,6 +266,7 @@ def write_gguf(model_dir: Path, gguf_type: str, *, converter: Converter | None =
         raise GgufError(reason or "llama.cpp's converter is not installed",
                         fix=f"run `{INSTALL_COMMAND}`")
     preflight(converter, model_dir)
+    name = runtime_name(model_dir, name)
     target = model_dir / gguf_filename(gguf_type)
     if gguf_type in CONVERTER_TYPES:
         return convert(converter, model_dir, target, gguf_type, name=name)
