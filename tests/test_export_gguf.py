@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from go_template import read_modelfile
+from go_template import render as render_go
 from stage_helpers import pipeline, write_data
 from transformers import AutoTokenizer
 
@@ -77,9 +78,16 @@ def test_export_stage_writes_a_verified_q8_0_gguf_and_its_modelfile(run: Path) -
     assert kinds == {"Q8_0", "F32"}  # matrices quantized, norms kept in f32 by the converter
     assert all(0 < t["ratio"] <= 1 for t in report["tensors"] if t["ggml_type"] == "Q8_0")
     assert report["worst"]["ratio"] == max(t["ratio"] for t in report["tensors"])
+    # and llama.cpp ran it: logits within q8_0's derived bound, tokenizer, specials, template
+    runtime = report["runtime"]
+    assert runtime["status"] == "passed", runtime["differences"]
+    assert runtime["reference_drift"] > 0 and runtime["max_abs_diff"] <= runtime["bound"]
+    assert runtime["chat_template_equal"] and all(t["equal"] for t in runtime["tokenization"])
+    assert runtime["special_tokens"]["bos"] == {"hf": 1, "llama_cpp": 1}
     record = manifest_io.read(out)
     assert record is not None and record.status == "complete"
     assert any(c.name == "gguf_tensors" and c.status == "pass" for c in record.checks)
+    assert any(c.name == "gguf_runtime" and c.status == "pass" for c in record.checks)
     assert "FROM ./model-q8_0.gguf" in (out / "Modelfile").read_text()
     events = read_events(run / "runs" / "r1" / "events.jsonl")[0]
     checks = [e for e in events if e.type == "check_result" and e.data["name"] == "gguf_tensors"]
@@ -95,6 +103,9 @@ def test_f32_gguf_is_bit_exact_after_undoing_the_qk_permutation(run: Path,
     check = result.gguf_verification
     assert check is not None and check["passed"] and "bit-exact" in check["message"]
     assert check["worst"]["ratio"] == 0.0 and check["tensor_count"] == 30
+    runtime = check["runtime"]
+    assert runtime["status"] == "passed" and runtime["reference_drift"] == 0.0
+    assert runtime["max_abs_diff"] <= runtime["bound"] == 1e-4 * runtime["logit_scale"]
 
     # The permutation is real: the stored q rows are not the merged q rows, unpermuted they are.
     from safetensors.numpy import load_file
@@ -120,7 +131,7 @@ def test_cli_exports_f16_gguf_and_prints_the_worst_tensor(run: Path, tmp_path: P
     report = json.loads((out / "gguf_verification.json").read_text())
     # which tensor is worst depends on the weights (the base's, this CPU's training): the one
     # printed is the one the report names
-    assert "GGUF verified" in done.stdout
+    assert "GGUF verified" in done.stdout and "GGUF runs in llama.cpp" in done.stdout
     assert f"worst {report['worst']['name']}" in done.stdout
     assert report["passed"] and report["metadata"]["file_type"] == "MOSTLY_F16"
     f16 = [t for t in report["tensors"] if t["ggml_type"] == "F16"]
@@ -219,101 +230,7 @@ def test_bf16_gguf_is_within_half_an_ulp(run: Path, tmp_path: Path) -> None:
     check = result.gguf_verification
     assert check is not None and check["metadata"]["file_type"] == "MOSTLY_BF16"
     assert 0 < check["worst"]["ratio"] <= 1 and check["worst"]["ggml_type"] == "BF16"
-
-
-# A Go text/template interpreter for the constructs graftline's TEMPLATE uses: literal text,
-# {{ .Content }}, {{ range .Messages }}, {{ if eq .Role "x" }} / else if / else, {{ end }},
-# {{ "literal" }}. Ollama renders with Go's text/template; no Go toolchain is installed here.
-ACTION = re.compile(r"{{-?\s*(.*?)\s*-?}}", re.S)
-
-
-def render_go(template: str, messages: list[dict[str, str]]) -> str:
-    tokens: list[tuple[str, str]] = []
-    position = 0
-    for match in ACTION.finditer(template):
-        tokens.append(("text", template[position:match.start()]))
-        tokens.append(("action", match.group(1)))
-        position = match.end()
-    tokens.append(("text", template[position:]))
-
-    def block(index: int, scope: dict[str, str] | None) -> tuple[str, int, str]:
-        """Render from index until an unmatched else/end; returns (text, index, stopper)."""
-        out = ""
-        while index < len(tokens):
-            kind, value = tokens[index]
-            index += 1
-            if kind == "text":
-                out += value
-            elif value.startswith('"'):
-                out += json.loads(value)
-            elif value == ".Content":
-                assert scope is not None
-                out += scope["content"]
-            elif value == "range .Messages":
-                start = index
-                for message in messages:
-                    text, index, stopper = block(start, message)
-                    assert stopper == "end"
-                    out += text
-                if not messages:
-                    index = skip(start)
-            elif value.startswith("if "):
-                text, index = branch(value[3:], index, scope)
-                out += text
-            elif value == "end" or value.startswith("else"):
-                return out, index, value
-            else:
-                raise AssertionError(f"unsupported action {value!r}")
-        return out, index, ""
-
-    def test(condition: str, scope: dict[str, str] | None) -> bool:
-        match = re.fullmatch(r'eq \.Role "(\w+)"', condition)
-        assert match and scope is not None, condition
-        return scope["role"] == match.group(1)
-
-    def branch(condition: str, index: int, scope: dict[str, str] | None) -> tuple[str, int]:
-        taken = test(condition, scope)
-        text, index, stopper = block(index, scope)
-        result = text if taken else ""
-        while stopper != "end":
-            rest = stopper[len("else"):].strip()
-            if rest.startswith("if "):
-                if taken:
-                    index = skip_chain(index)
-                    return result, index
-                return branch(rest[3:], index, scope)
-            text, index, stopper = block(index, scope)
-            result = result if taken else text
-        return result, index
-
-    def skip(index: int) -> int:
-        depth = 0
-        while True:
-            kind, value = tokens[index]
-            index += 1
-            if kind == "action" and (value.startswith(("if ", "range "))):
-                depth += 1
-            elif kind == "action" and value == "end":
-                if depth == 0:
-                    return index
-                depth -= 1
-
-    def skip_chain(index: int) -> int:
-        return skip(index)
-
-    text, _, stopper = block(0, None)
-    assert stopper == ""
-    return text
-
-
-def modelfile_template(path: Path) -> tuple[str, list[str], str]:
-    text = path.read_text()
-    template = re.search(r'TEMPLATE """(.*?)"""', text, re.S)
-    assert template is not None, text
-    stops = [json.loads(v) for v in re.findall(r"^PARAMETER stop (.+)$", text, re.M)]
-    source = re.search(r"^FROM (.+)$", text, re.M)
-    assert source is not None
-    return template.group(1), stops, source.group(1)
+    assert check["runtime"]["status"] == "passed", check["runtime"]["differences"]
 
 
 CONVERSATIONS = [
@@ -330,7 +247,9 @@ def test_modelfile_template_renders_like_the_chat_template(run: Path,
                                                            conversation) -> None:
     out = run / "export-q8"
     tokenizer = AutoTokenizer.from_pretrained(out)
-    template, stops, source = modelfile_template(out / "Modelfile")
+    read = read_modelfile(out / "Modelfile")
+    template, stops, source = read.template, list(read.stops), read.source
+    assert template is not None
     assert (out / source).is_file() and source.endswith(".gguf")
     adds_bos = json.loads((out / "gguf_verification.json").read_text())["metadata"][
         "add_bos_token"]

@@ -23,6 +23,7 @@ from family_helpers import (
     tokenizer_bytes,
     write_chain,
 )
+from gguf_known import LLAMA_CPP_DIFFERS
 
 from graftline.engine.rehearse.families import FAMILIES, build_family, family
 
@@ -83,6 +84,9 @@ def test_family_runs_the_demo_chain_exports_exactly_and_converts(name: str,
         assert "GGUF refused before conversion" in printed and spec.model_type in printed
         assert not list(out.glob("*.gguf"))
         return
+    if (name, "f32") in LLAMA_CPP_DIFFERS:  # converted, tensors verified, llama.cpp differs
+        assert done.returncode == 1 and "GGUF failed in llama.cpp" in printed, printed[-3000:]
+        return
     assert done.returncode == 0, printed[-3000:]
     report = json.loads((out / "gguf_verification.json").read_text())
     assert report["passed"] and report["gguf_type"] == "f32", report["message"]
@@ -110,7 +114,14 @@ def _char_tokenizer_copy(base: Path, out: Path) -> Path:
     for path in out.iterdir():
         if path.name.startswith(("tokenizer", "special_tokens", "chat_template")):
             path.unlink()
-    build_tokenizer().save_pretrained(str(out))
+    tokenizer = build_tokenizer()
+    tokenizer.save_pretrained(str(out))
+    # the twin's end-of-turn ids name its own tokenizer's tokens: the character-level one's
+    # EOS ends a turn now (the GGUF's run in llama.cpp checks that it ends a generation)
+    generation = json.loads((out / "generation_config.json").read_text())
+    generation.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=[tokenizer.eos_token_id],
+                      pad_token_id=tokenizer.pad_token_id)
+    (out / "generation_config.json").write_text(json.dumps(generation))
     return out
 
 
@@ -149,9 +160,13 @@ def test_experts_and_padded_embeddings_convert_and_verify(name: str, tmp_path: P
         assert {"gate_up_proj", "down_proj"} <= set(config["target_parameters"])
     plan = plan_export(adapter, tmp_path / "out", dtype="float32", gguf_type="f32")
     result = run_export(plan)
-    assert result.ok, result.problems
-    assert result.gguf_verification is not None and result.gguf_verification["passed"], \
-        result.gguf_verification
+    assert result.gguf_verification is not None
+    if (name, "f32") in LLAMA_CPP_DIFFERS:  # tensors verified; llama.cpp runs it differently
+        assert result.gguf_verification["tensors_passed"], result.gguf_verification
+        assert any("GGUF failed in llama.cpp" in p for p in result.problems), result.problems
+    else:
+        assert result.ok, result.problems
+        assert result.gguf_verification["passed"], result.gguf_verification
 
     ids = torch.tensor([[1, 20, 30, 14, 40, 7, 9, 12]])
     with torch.no_grad():

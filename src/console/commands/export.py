@@ -93,9 +93,16 @@ def export(
         err.print(f"[red]✗ verification failed[/red]: {escape(verification['message'])}",
                   highlight=False, soft_wrap=True)
     gguf = result.gguf_verification
-    if gguf is not None and gguf["passed"]:
-        console.print(f"[green]✓ GGUF verified[/green]: {escape(gguf['message'])}",
+    if gguf is not None and gguf["tensors_passed"]:
+        console.print(f"[green]✓ GGUF verified[/green]: {escape(gguf['tensors_message'])}",
                       highlight=False, soft_wrap=True)
+    runtime = None if gguf is None else gguf["runtime"]
+    if runtime is not None and runtime["status"] == "passed":
+        console.print(f"[green]✓ GGUF runs in llama.cpp[/green]: "
+                      f"{escape(runtime['message'])}", highlight=False, soft_wrap=True)
+    elif runtime is not None and runtime["status"] == "not_run":
+        console.print(f"[yellow]! GGUF {escape(runtime['message'])}[/yellow]; its tensors "
+                      "are verified", highlight=False, soft_wrap=True)
     for problem in result.problems[1 if verification and not verification["passed"] else 0:]:
         err.print(f"[red]✗[/red] {escape(problem)}", highlight=False, soft_wrap=True)
     console.print(f"{'[green]✓[/green]' if result.ok else '[red]✗[/red]'} {escape(str(result.out))}"

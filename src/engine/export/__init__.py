@@ -7,8 +7,9 @@ JSON lines: what the console runs), chain (the adapter chain to merge), adapter_
 per-tensor merge), safetensors (header and tensor reads), ordered_io (the writer
 thread), verify (reload and compare logits), formats (which formats can run here), gguf_convert
 (llama.cpp's converter in its own process), gguf_verify (the GGUF read back, tensor by tensor),
-ollama (the Modelfile), card (the model card), provenance (`--check-data`: which model a
-hand-made adapter was trained on, decided from its loss on data).
+gguf_run (the GGUF run in llama.cpp, in a child process: gguf_llama), ollama (the Modelfile),
+card (the model card), provenance (`--check-data`: which model a hand-made adapter was trained
+on, decided from its loss on data).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.export import chain as chain
     from graftline.engine.export import formats as formats
     from graftline.engine.export import gguf_convert as gguf_convert
+    from graftline.engine.export import gguf_run as gguf_run
     from graftline.engine.export import gguf_verify as gguf_verify
     from graftline.engine.export import merge as merge
     from graftline.engine.export import ollama as ollama
@@ -85,6 +87,7 @@ _EXPORTS = {
     "GGUF_TYPES": "gguf_convert",
     "gguf_convert": "gguf_convert",
     "gguf_verify": "gguf_verify",
+    "gguf_run": "gguf_run",
     "verify_gguf": "gguf_verify",
     "ollama": "ollama",
     "card": "card",

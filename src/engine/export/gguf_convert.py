@@ -21,6 +21,7 @@ PATH; graftline then converts to f32 first and quantizes that.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -187,6 +188,61 @@ def convert(converter: Converter, model_dir: Path, out_file: Path, outtype: str,
     return out_file
 
 
+def convert_many(converter: Converter, jobs: list[tuple[Path, Path, str]]
+                 ) -> list[Path | GgufError]:
+    """Several (model_dir, out_file, outtype) conversions in one converter process (its
+    imports cost seconds, a small model's conversion a fraction of one): each job's file, or
+    the GgufError that says why it failed. No preflight: callers run `preflight` first."""
+    with tempfile.TemporaryDirectory(prefix="graftline-gguf-") as scratch:
+        jobs_file = Path(scratch) / "jobs.json"
+        argvs = []
+        for model_dir, out_file, outtype in jobs:
+            if outtype not in CONVERTER_TYPES:
+                raise GgufError(f"the converter writes {', '.join(CONVERTER_TYPES)}, "
+                                f"not {outtype!r}")
+            partial = out_file.with_name(out_file.name + ".partial")
+            argvs.append([str(model_dir.absolute()), "--outfile", str(partial.absolute()),
+                          "--outtype", outtype])
+        jobs_file.write_text(json.dumps(argvs), encoding="utf-8")
+        done = subprocess.run([sys.executable, str(DRIVER), "--batch", str(jobs_file)],
+                              capture_output=True, text=True, check=False,
+                              env=_environment(converter), cwd=str(converter.script.parent))
+        results_file = jobs_file.with_name(jobs_file.name + ".results.json")
+        results = (json.loads(results_file.read_text(encoding="utf-8"))
+                   if results_file.is_file() else [])
+    found: list[Path | GgufError] = []
+    for index, (_model_dir, out_file, outtype) in enumerate(jobs):
+        partial = out_file.with_name(out_file.name + ".partial")
+        result = results[index] if index < len(results) else {
+            "ok": False, "error": (done.stderr or done.stdout)[-3000:]}
+        if result["ok"] and partial.is_file():
+            partial.replace(out_file)
+            found.append(out_file)
+        else:
+            partial.unlink(missing_ok=True)
+            found.append(GgufError(
+                f"GGUF conversion failed ({converter.describe()}, outtype {outtype}):\n"
+                f"{result['error']}", fix="see the converter's message above; the "
+                                          "safetensors export itself is complete"))
+    return found
+
+
+def runtime_name(model_dir: Path, name: str | None) -> str | None:
+    """The GGUF's `general.name`, which llama.cpp reads as more than a label: a phi3 model's
+    special tokens swallow the white space after them (rstrip, as Phi-3's tokenizer says) only
+    when that name contains "phi3" or "phi-3" (llama-vocab.cpp). So a phi3 export whose
+    tokenizer has rstrip tokens gets "-phi3" appended to a name that lacks it; without it,
+    llama.cpp tokenizes every chat differently from the tokenizer (gguf_run finds that)."""
+    if name is None or any(k in name.lower() for k in ("phi3", "phi-3")):
+        return name
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    spec_path = model_dir / "tokenizer.json"
+    if config.get("model_type") != "phi3" or not spec_path.is_file():
+        return name
+    added = json.loads(spec_path.read_text(encoding="utf-8")).get("added_tokens", [])
+    return f"{name}-phi3" if any(t.get("special") and t.get("rstrip") for t in added) else name
+
+
 def quantize(binary: Path, source: Path, out_file: Path, gguf_type: str) -> Path:
     """`llama-quantize SOURCE OUT TYPE`."""
     partial = out_file.with_name(out_file.name + ".partial")
@@ -210,6 +266,7 @@ def write_gguf(model_dir: Path, gguf_type: str, *, converter: Converter | None =
         raise GgufError(reason or "llama.cpp's converter is not installed",
                         fix=f"run `{INSTALL_COMMAND}`")
     preflight(converter, model_dir)
+    name = runtime_name(model_dir, name)
     target = model_dir / gguf_filename(gguf_type)
     if gguf_type in CONVERTER_TYPES:
         return convert(converter, model_dir, target, gguf_type, name=name)
@@ -249,7 +306,6 @@ def tokenizer_kind(model_dir: Path) -> str:
     """"bpe" (byte-level BPE: the converter's hash-checked GPT-2 path), "llama-bpe" (BPE with
     byte fallback, the llama HF path), "sentencepiece", or the tokenizer.json model type in lower
     case ("wordlevel": graftline's driver converts a character-level one)."""
-    import json
 
     path = model_dir / "tokenizer.json"
     spec = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -268,7 +324,6 @@ def preflight(converter: Converter, model_dir: Path) -> None:
     has no class for, or a BPE tokenizer whose pre-tokenizer it does not recognise (it would die
     with a traceback in get_vocab_base_pre). Names the family, the reason and the fix."""
     import hashlib
-    import json
 
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     family = str(config.get("model_type", "?"))

