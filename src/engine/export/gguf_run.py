@@ -276,8 +276,36 @@ def run_gguf(path: Path, model_dir: Path, gguf_type: str) -> RuntimeCheck:
                             seconds=time.monotonic() - started)
     want, drift = reference_logits(model_dir, inputs, gguf_type)
     differences: list[Difference] = []
+    diff, bound, scale, agree = _compare_logits(answer, got, want, drift, tokenizer, gguf_type,
+                                                differences)
+    rows = _compare_tokenization(answer, texts, tokenizer, differences)
+    special = _compare_special(answer, ends, tokenizer, differences)
+    same_template = _compare_template(answer, tokenizer, differences)
 
-    # logits: the first n_vocab columns (the converter may drop the embedding's padding rows)
+    tokenized = sum(1 for row in rows if row["equal"])
+    if differences:
+        status: Literal["passed", "failed"] = "failed"
+        message = "llama.cpp differs: " + "; ".join(d.detail for d in differences[:3]) + (
+            f" (+{len(differences) - 3} more)" if len(differences) > 3 else "")
+    else:
+        status = "passed"
+        gate = (f"≤ {bound:.3g}" if bound is not None else "(not bounded for this type)")
+        message = (f"llama.cpp runs it: max |logit diff| {diff:.3g} {gate}, top-1 "
+                   f"{agree:.1%}; {tokenized}/{len(rows)} texts tokenized alike; special "
+                   f"tokens and chat template equal")
+    return RuntimeCheck(status, message, gguf_type, answer["runtime"], diff, bound,
+                        bound_rule(gguf_type), scale, drift, agree, tuple(rows), special,
+                        same_template, tuple(differences), time.monotonic() - started)
+
+
+def _compare_logits(answer: dict[str, Any], got: list[Any], want: list[Any],
+                    drift: float | None, tokenizer: Any, gguf_type: str,
+                    differences: list[Difference]
+                    ) -> tuple[float, float | None, float, float]:
+    """(max |diff|, bound, logit scale, top-1 agreement) over the first n_vocab columns (the
+    converter may drop the embedding's padding rows)."""
+    import numpy as np
+
     n_vocab = int(answer["n_vocab"])
     hf_vocab = int(want[0].shape[-1])
     if n_vocab > hf_vocab or n_vocab < len(tokenizer):
@@ -298,8 +326,11 @@ def run_gguf(path: Path, model_dir: Path, gguf_type: str) -> RuntimeCheck:
             "logits", f"max |logit diff| {diff:.3g} exceeds the {gguf_type} bound {bound:.3g} "
                       f"(worst on probe {worst}); the reference's own {gguf_type} drift is "
                       f"{drift:.3g}", bound, diff))
+    return diff, bound, scale, agree
 
-    # tokenization
+
+def _compare_tokenization(answer: dict[str, Any], texts: list[dict[str, Any]], tokenizer: Any,
+                          differences: list[Difference]) -> list[dict[str, Any]]:
     rows = []
     for item, ids in zip(texts, answer["tokens"], strict=True):
         hf = list(tokenizer(item["text"], add_special_tokens=item["add_special"])["input_ids"])
@@ -311,8 +342,12 @@ def run_gguf(path: Path, model_dir: Path, gguf_type: str) -> RuntimeCheck:
             differences.append(Difference(
                 "tokenization", f"llama.cpp tokenizes {item['text'][:60]!r} differently "
                                 f"from the HF tokenizer from token {first}", hf, ids))
+    return rows
 
-    # special tokens
+
+def _compare_special(answer: dict[str, Any], ends: list[int], tokenizer: Any,
+                     differences: list[Difference]) -> dict[str, Any]:
+    """BOS/EOS ids, and whether every end-of-turn id ends a generation in llama.cpp."""
     special: dict[str, Any] = {}
     for role in ("bos", "eos"):
         hf_id = getattr(tokenizer, f"{role}_token_id", None)
@@ -333,8 +368,11 @@ def run_gguf(path: Path, model_dir: Path, gguf_type: str) -> RuntimeCheck:
                 "end_of_turn", f"{token!r} (id {token_id}, an end-of-turn token in "
                                "generation_config.json) does not end a generation in llama.cpp",
                 True, False))
+    return special
 
-    # chat template
+
+def _compare_template(answer: dict[str, Any], tokenizer: Any,
+                      differences: list[Difference]) -> bool | None:
     template = getattr(tokenizer, "chat_template", None)
     same_template = None if not template else answer["chat_template"] == template
     if same_template is False:
@@ -342,21 +380,7 @@ def run_gguf(path: Path, model_dir: Path, gguf_type: str) -> RuntimeCheck:
             "chat_template", "tokenizer.chat_template as llama.cpp reads it is missing"
             if answer["chat_template"] is None else "tokenizer.chat_template as llama.cpp "
             "reads it differs from the tokenizer's", template, answer["chat_template"]))
-
-    tokenized = sum(1 for row in rows if row["equal"])
-    if differences:
-        status: Literal["passed", "failed"] = "failed"
-        message = "llama.cpp differs: " + "; ".join(d.detail for d in differences[:3]) + (
-            f" (+{len(differences) - 3} more)" if len(differences) > 3 else "")
-    else:
-        status = "passed"
-        gate = (f"≤ {bound:.3g}" if bound is not None else "(not bounded for this type)")
-        message = (f"llama.cpp runs it: max |logit diff| {diff:.3g} {gate}, top-1 "
-                   f"{agree:.1%}; {tokenized}/{len(rows)} texts tokenized alike; special "
-                   f"tokens and chat template equal")
-    return RuntimeCheck(status, message, gguf_type, answer["runtime"], diff, bound,
-                        bound_rule(gguf_type), scale, drift, agree, tuple(rows), special,
-                        same_template, tuple(differences), time.monotonic() - started)
+    return same_template
 
 
 def gguf_report(tensors: GgufVerification, ran: RuntimeCheck) -> dict[str, Any]:
