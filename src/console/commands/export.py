@@ -82,6 +82,18 @@ def export(
 
     result = _run_with_progress(plan, console, err)
     verification = result.verification
+    _print_verification(result, console, err)
+    for problem in result.problems[1 if verification and not verification["passed"] else 0:]:
+        err.print(f"[red]✗[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+    console.print(f"{'[green]✓[/green]' if result.ok else '[red]✗[/red]'} {escape(str(result.out))}"
+                  f": {len(result.files)} files, {result.bytes / 1e6:.1f} MB in "
+                  f"{result.seconds:.1f} s", highlight=False, soft_wrap=True)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def _print_verification(result: ExportResult, console: Console, err: Console) -> None:
+    """The export's logits check, the GGUF's tensors and its run in llama.cpp, in words."""
+    verification = result.verification
     if verification is None:
         console.print("[yellow]! not verified[/yellow] (--no-verify)", highlight=False)
     elif verification["passed"]:
@@ -103,12 +115,6 @@ def export(
     elif runtime is not None and runtime["status"] == "not_run":
         console.print(f"[yellow]! GGUF {escape(runtime['message'])}[/yellow]; its tensors "
                       "are verified", highlight=False, soft_wrap=True)
-    for problem in result.problems[1 if verification and not verification["passed"] else 0:]:
-        err.print(f"[red]✗[/red] {escape(problem)}", highlight=False, soft_wrap=True)
-    console.print(f"{'[green]✓[/green]' if result.ok else '[red]✗[/red]'} {escape(str(result.out))}"
-                  f": {len(result.files)} files, {result.bytes / 1e6:.1f} MB in "
-                  f"{result.seconds:.1f} s", highlight=False, soft_wrap=True)
-    raise typer.Exit(0 if result.ok else 1)
 
 
 def _run_with_progress(plan: ExportPlan, console: Console, err: Console) -> ExportResult:

@@ -453,22 +453,7 @@ def run_export(plan: ExportPlan, progress: Callable[[ExportProgress], None] | No
         if sink is not None:
             sink.emit("error", stage, message=f"export to {out} failed: {exc}")
         raise
-    checks = [] if verification is None else [manifest_io.CheckResult(
-        name="export_logits", status="pass" if verification["passed"] else "fail",
-        message=verification["message"], stage=stage,
-        data={k: verification[k] for k in ("max_abs_diff", "tolerance", "top1_agreement",
-                                           "generation_matches")})]
-    if gguf_check is not None:
-        checks.append(manifest_io.CheckResult(
-            name="gguf_tensors", status="pass" if gguf_check["tensors_passed"] else "fail",
-            message=gguf_check["tensors_message"], stage=stage,
-            data={"gguf_type": gguf_check["gguf_type"], "worst": gguf_check["worst"]}))
-        runtime = gguf_check["runtime"]
-        checks.append(manifest_io.CheckResult(
-            name="gguf_runtime", status=_RUNTIME_STATUS[runtime["status"]],
-            message=runtime["message"], stage=stage,
-            data={k: runtime[k] for k in ("gguf_type", "runtime", "max_abs_diff", "bound",
-                                          "differences")}))
+    checks = _check_records(verification, gguf_check, stage)
     record = record.model_copy(update={"checks": checks, "verification": verification,
                                        "problems": problems})
     if verification is not None and not verification["passed"]:
@@ -491,6 +476,28 @@ def run_export(plan: ExportPlan, progress: Callable[[ExportProgress], None] | No
     files = tuple(sorted(p.name for p in out.iterdir() if p.is_file()))
     return ExportResult(out, record, verification, files, record.bytes,
                         time.monotonic() - started, tuple(problems), gguf_check)
+
+
+def _check_records(verification: dict[str, Any] | None, gguf_check: dict[str, Any] | None,
+                   stage: str | None) -> list[manifest_io.CheckResult]:
+    """The export's checks as the manifest keeps them: logits, and the GGUF's tensors and run."""
+    checks = [] if verification is None else [manifest_io.CheckResult(
+        name="export_logits", status="pass" if verification["passed"] else "fail",
+        message=verification["message"], stage=stage,
+        data={k: verification[k] for k in ("max_abs_diff", "tolerance", "top1_agreement",
+                                           "generation_matches")})]
+    if gguf_check is not None:
+        checks.append(manifest_io.CheckResult(
+            name="gguf_tensors", status="pass" if gguf_check["tensors_passed"] else "fail",
+            message=gguf_check["tensors_message"], stage=stage,
+            data={"gguf_type": gguf_check["gguf_type"], "worst": gguf_check["worst"]}))
+        runtime = gguf_check["runtime"]
+        checks.append(manifest_io.CheckResult(
+            name="gguf_runtime", status=_RUNTIME_STATUS[runtime["status"]],
+            message=runtime["message"], stage=stage,
+            data={k: runtime[k] for k in ("gguf_type", "runtime", "max_abs_diff", "bound",
+                                          "differences")}))
+    return checks
 
 
 def _verify(plan: ExportPlan, report: _Reporter, sink: Sink | None,
