@@ -1,7 +1,7 @@
 """Attaching to a long run, and what logging (with the summary) costs the engine per event.
 
     .venv/bin/python benchmarks/attach.py [--sizes 10000,1000000,10000000] [--cache DIR]
-                                          [--engine-events 30000] [--load-history N]
+                                          [--engine-events 30000]
 
 1. The engine's cost per event: `EventWriter.emit` now (one write() per line, plus folding the
    event into the summary and replacing `events.summary.json` every 2 s and at stage
@@ -18,8 +18,6 @@
    time from the process's first line to the first full frame (the dashboard drawn with every
    event folded: the last event in the log tail, the chart drawn) and the process's peak RSS.
    Targets: first frame at 10M / first frame at 10k <= 2; peak RSS at 10M <= 250 MB.
-3. (`--load-history N`) the older measure: `client.load_history` of a whole N-event log vs a
-   `json.loads` per line (this one reads everything: it is what `attach` no longer does).
 """
 
 from __future__ import annotations
@@ -274,45 +272,12 @@ def attach(run_dir: Path, events: int, repeat: int) -> tuple[float, float]:
     return best, rss
 
 
-# -- 3. the older whole-log measure -----------------------------------------------------------
-
-
-def load_history_ratio(n: int) -> tuple[float, float]:
-    from graftline.engine.run.client import load_history
-
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp)
-        engine_run(EventWriter(run_dir), n)
-        path = run_dir / EVENTS
-
-        def plain() -> None:
-            with path.open("rb") as handle:
-                [json.loads(line) for line in handle]
-
-        def client() -> None:
-            history = load_history(run_dir)
-            for key in ("loss", "learning_rate"):  # the two curves a chart would draw
-                [(row["data"].get("global_step"), row["data"][key]) for row in history.metrics
-                 if key in row["data"]]
-
-        base = mine = math.inf
-        for _ in range(3):
-            start = time.perf_counter()
-            plain()
-            base = min(base, time.perf_counter() - start)
-            start = time.perf_counter()
-            client()
-            mine = min(mine, time.perf_counter() - start)
-    return base, mine
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10000,1000000,10000000")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/graftline-attach-bench"))
     parser.add_argument("--engine-events", type=int, default=30_000)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--load-history", type=int, default=0)
     args = parser.parse_args()
 
     if args.engine_events:
@@ -342,10 +307,6 @@ def main() -> None:
               f"{results[large][0] / results[small][0]:.2f}  (target <= 2)")
         print(f"console peak RSS at {large:,} events: {results[large][1]:.0f} MB "
               f"(target <= 250)")
-    if args.load_history:
-        base, mine = load_history_ratio(args.load_history)
-        print(f"client.load_history of {args.load_history:,} events: {mine * 1000:.0f} ms vs "
-              f"json.loads per line {base * 1000:.0f} ms, ratio {mine / base:.2f}")
 
 
 if __name__ == "__main__":

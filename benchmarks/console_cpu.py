@@ -87,9 +87,8 @@ async def chart_redraw(points: int, repeats: int = 20) -> tuple[float, float]:
 
     model = RunModel()
     model.status = "running"
-    model.stages.append(StageView("sft", "sft", 0, max_steps=points, status="running"))
-    model.current = "sft"
-    model._by_name["sft"] = model.stages[0]
+    model.state.stages["sft"] = StageView("sft", "sft", 0, max_steps=points, status="running")
+    model.state.current = "sft"
     steps = np.arange(1, points + 1, dtype=np.float64)
     values = 2 * np.exp(-steps / (points / 5)) + 0.3 + 0.05 * np.sin(steps / 7)
     series = Series()

@@ -695,17 +695,17 @@ def step4(ctx: Ctx, runs: list[Path]) -> dict[str, Any]:
     """The client API's latest telemetry of a finished run, and the console's GPU gauges."""
     import asyncio
 
-    from graftline.engine.run.client import load_history
+    from graftline.engine.run import read_fold
 
     ctx.budget("4")  # quick: a few seconds of Pilot
     if not runs:
         return {"skipped": "no run directory from step 1"}
     run_dir = runs[0]
     result: dict[str, Any] = {"run_dir": str(run_dir)}
-    history = load_history(run_dir)
+    fold = read_fold(run_dir)
     rows = [json.loads(line) for line in (run_dir / "events.jsonl").open()]
     latest = [r for r in rows if r.get("type") == "telemetry"]
-    result["client"] = {"stages": {name: view.status for name, view in history.stages.items()},
+    result["client"] = {"stages": {name: view.status for name, view in fold.stages.items()},
                         "latest_telemetry": latest[-1]["data"] if latest else None}
     try:
         result["console"] = asyncio.run(_console_screen(run_dir, ctx.out))
