@@ -4,6 +4,7 @@ PEFT applying the same chain for the reference logits."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -153,3 +154,23 @@ def probe_ids(folder: Path) -> torch.Tensor:
                       add_special_tokens=False)["input_ids"] for p in PROBES]
     width = min(len(r) for r in rows)
     return torch.tensor([r[:width] for r in rows])
+
+
+def char_level_copy(base: Path, out: Path) -> Path:
+    """The twin with graftline's character-level tokenizer, which the converter takes for any
+    architecture (graftline's driver): the way to convert and run the families whose twin
+    tokenizer the pinned converter refuses, and a generation config whose end of turn is that
+    tokenizer's EOS (the GGUF's run in llama.cpp checks that it ends a generation)."""
+    from graftline.engine.toy.tokenizer import build_tokenizer
+
+    shutil.copytree(base, out)
+    for path in out.iterdir():
+        if path.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            path.unlink()
+    tokenizer = build_tokenizer()
+    tokenizer.save_pretrained(str(out))
+    generation = json.loads((out / "generation_config.json").read_text())
+    generation.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=[tokenizer.eos_token_id],
+                      pad_token_id=tokenizer.pad_token_id)
+    (out / "generation_config.json").write_text(json.dumps(generation))
+    return out

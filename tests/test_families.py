@@ -15,6 +15,7 @@ import pytest
 import torch
 from family_helpers import (
     TRAINED,
+    char_level_copy,
     cli,
     model_logits,
     peft_chain_logits,
@@ -104,27 +105,6 @@ def test_family_runs_the_demo_chain_exports_exactly_and_converts(name: str,
     print(f"{name}: GGUF q8_0: {result.gguf_verification['message']}")
 
 
-def _char_tokenizer_copy(base: Path, out: Path) -> Path:
-    """The twin with graftline's character-level tokenizer, which the converter takes for any
-    architecture (graftline's driver): the way to convert the families whose twin tokenizer the
-    pinned converter refuses, so their tensors are verified too."""
-    from graftline.engine.toy.tokenizer import build_tokenizer
-
-    shutil.copytree(base, out)
-    for path in out.iterdir():
-        if path.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            path.unlink()
-    tokenizer = build_tokenizer()
-    tokenizer.save_pretrained(str(out))
-    # the twin's end-of-turn ids name its own tokenizer's tokens: the character-level one's
-    # EOS ends a turn now (the GGUF's run in llama.cpp checks that it ends a generation)
-    generation = json.loads((out / "generation_config.json").read_text())
-    generation.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=[tokenizer.eos_token_id],
-                      pad_token_id=tokenizer.pad_token_id)
-    (out / "generation_config.json").write_text(json.dumps(generation))
-    return out
-
-
 @torch.no_grad()
 def _random_adapter(base: Path, out: Path) -> Path:
     """An all-linear adapter with random (non-zero) weights: every targeted tensor merges."""
@@ -153,7 +133,7 @@ def test_experts_and_padded_embeddings_convert_and_verify(name: str, tmp_path: P
 
     from graftline.engine.export.writer import plan_export, run_export
 
-    base = _char_tokenizer_copy(build_family(name), tmp_path / "base")
+    base = char_level_copy(build_family(name), tmp_path / "base")
     adapter = _random_adapter(base, tmp_path / "adapter")
     config = json.loads((adapter / "adapter_config.json").read_text())
     if name == "qwen3_moe":  # PEFT reaches the experts as parameters (target_parameters)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from family_helpers import char_level_copy
 from gguf_known import LLAMA_CPP_DIFFERS
 from go_template import read_modelfile
 from go_template import render as render_go
@@ -53,24 +54,6 @@ class Converted:
     files: dict[str, Path]
     tensors: dict[str, GgufVerification]
     runtime: dict[str, RuntimeCheck]
-
-
-def char_level_copy(base: Path, out: Path) -> Path:
-    """The twin with graftline's character-level tokenizer (the converter takes it for any
-    architecture) and a generation config whose end of turn is that tokenizer's EOS."""
-    from graftline.engine.toy.tokenizer import build_tokenizer
-
-    shutil.copytree(base, out)
-    for path in out.iterdir():
-        if path.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            path.unlink()
-    tokenizer = build_tokenizer()
-    tokenizer.save_pretrained(str(out))
-    generation = json.loads((out / "generation_config.json").read_text())
-    generation.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=[tokenizer.eos_token_id],
-                      pad_token_id=tokenizer.pad_token_id)
-    (out / "generation_config.json").write_text(json.dumps(generation))
-    return out
 
 
 @pytest.fixture(scope="module")

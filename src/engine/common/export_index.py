@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from graftline.engine.common import atomic
-from graftline.engine.common.run_index import state_dir
+from graftline.engine.common.run_index import read_owned_list, state_dir
 
 __all__ = ["EXPORTS", "index_path", "read_entries", "record"]
 
@@ -36,18 +36,8 @@ def index_path() -> Path:
 
 def read_entries() -> list[dict[str, str]]:
     """Every recorded export as {"out", "source", "id"} (read only; never raises)."""
-    path = index_path()
-    try:
-        if path.stat().st_uid != os.getuid():
-            return []  # someone else's file where ours should be: not trusted
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    entries = raw.get("exports") if isinstance(raw, dict) else None
-    if not isinstance(entries, list):
-        return []
-    return [e for e in entries if isinstance(e, dict)
-            and all(isinstance(e.get(k), str) for k in ("out", "source", "id"))]
+    return [e for e in read_owned_list(index_path(), "exports")
+            if all(isinstance(e.get(k), str) for k in ("out", "source", "id"))]
 
 
 def _holds(entry: dict[str, str]) -> bool:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from graftline.engine.common.layout import RunLayout
 
 __all__ = ["INDEX", "STATE_DIR_ENV", "alive", "index_path", "indexed_runs", "read_entries",
-           "state_dir"]
+           "read_owned_list", "state_dir"]
 
 STATE_DIR_ENV = "GRAFTLINE_STATE_DIR"
 INDEX = "runs.json"
@@ -35,20 +36,23 @@ def index_path() -> Path:
     return state_dir() / INDEX
 
 
-def read_entries() -> list[dict]:
-    path = index_path()
+def read_owned_list(path: Path, key: str) -> list[dict[str, Any]]:
+    """The dicts listed under `key` in a per-user index file (the run index, the export index);
+    [] when it is missing, unreadable, or someone else's file where ours should be (never
+    trusted). Never raises."""
     try:
-        info = path.stat()
-        if info.st_uid != os.getuid():
-            return []  # someone else's file where ours should be: not trusted
+        if path.stat().st_uid != os.getuid():
+            return []
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
-    runs = raw.get("runs") if isinstance(raw, dict) else None
-    if not isinstance(runs, list):
-        return []
-    return [entry for entry in runs
-            if isinstance(entry, dict) and isinstance(entry.get("path"), str)]
+    listed = raw.get(key) if isinstance(raw, dict) else None
+    return [e for e in listed if isinstance(e, dict)] if isinstance(listed, list) else []
+
+
+def read_entries() -> list[dict]:
+    return [entry for entry in read_owned_list(index_path(), "runs")
+            if isinstance(entry.get("path"), str)]
 
 
 def alive(entry: dict) -> bool:
