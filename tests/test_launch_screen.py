@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from console_support import screen_text, wait_for
@@ -13,6 +14,17 @@ from graftline.console.app import GraftlineApp
 from graftline.console.screens.launch import LaunchScreen
 
 WIDE = (120, 40)
+
+
+async def _valid_starter(pilot: Any, app: GraftlineApp) -> LaunchScreen:
+    """The launch screen after `i` wrote the starter pipeline and its check passed."""
+    await wait_for(pilot, lambda: isinstance(app.screen, LaunchScreen), what="launch")
+    screen = app.screen
+    assert isinstance(screen, LaunchScreen)
+    await pilot.press("i")
+    await wait_for(pilot, lambda: screen.report is not None and screen.report.ok,
+                   what="a valid starter")
+    return screen
 
 
 @pytest.mark.asyncio
@@ -48,11 +60,7 @@ async def test_e_opens_the_editor_and_revalidates(tmp_path: Path,
     monkeypatch.setenv("EDITOR", str(editor))
     app = GraftlineApp(None, tmp_path / "runs", ascii_only=False, launch_dir=folder)
     async with app.run_test(size=WIDE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, LaunchScreen), what="launch")
-        screen = app.screen
-        await pilot.press("i")
-        await wait_for(pilot, lambda: screen.report is not None and screen.report.ok,
-                       what="a valid starter")
+        screen = await _valid_starter(pilot, app)
         checks = screen.checks
         await pilot.press("e")
         await wait_for(pilot, lambda: screen.checks > checks, what="the re-check")
@@ -86,11 +94,7 @@ async def test_a_launch_that_fails_is_told_once_with_its_problems(tmp_path: Path
     folder.mkdir()
     app = GraftlineApp(None, tmp_path / "runs", ascii_only=False, launch_dir=folder)
     async with app.run_test(size=WIDE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, LaunchScreen), what="launch")
-        screen = app.screen
-        await pilot.press("i")
-        await wait_for(pilot, lambda: screen.report is not None and screen.report.ok,
-                       what="a valid starter")
+        screen = await _valid_starter(pilot, app)
         for data in (folder / "data").iterdir():
             data.unlink()
         await pilot.press("L")
