@@ -77,7 +77,7 @@ kind = "export"
 from = "grpo"
 out = "exports/{name}"
 dtype = "float32"
-"""
+{export_extra}"""
 TRAINED = ("sft", "merged", "sft_r16", "ipo", "grpo")
 
 
@@ -85,13 +85,15 @@ def _jsonl(path: Path, rows: Any) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def write_chain(directory: Path, name: str, base: Path) -> Path:
+def write_chain(directory: Path, name: str, base: Path, *, export_extra: str = "") -> Path:
+    """The chain as a pipeline file; `export_extra` adds lines to its export stage."""
     directory.mkdir(parents=True, exist_ok=True)
     _jsonl(directory / "sft.jsonl", tasks.sft_rows(400, 1))
     _jsonl(directory / "prefs.jsonl", tasks.preference_rows(200, 2))
     _jsonl(directory / "grpo.jsonl", tasks.grpo_rows(200, 3))
     path = directory / "p.toml"
-    path.write_text(CHAIN.format(name=name, base=base, probes=json.dumps(PROBES)))
+    path.write_text(CHAIN.format(name=name, base=base, probes=json.dumps(PROBES),
+                                 export_extra=export_extra))
     return path
 
 

@@ -1,6 +1,6 @@
 """The family matrix: tiny pre-trained twins of nine families through the real `graftline run`
 (its default rehearsal first), the export checked against plain PEFT applying the same chain,
-and GGUF f32/q8_0 converted and verified, or refused before conversion with a reason.
+and the export stage's own GGUF f32 (+ Ollama Modelfile) verified where the family converts.
 
 Twins are built once and cached (graftline.engine.rehearse.families, a few seconds each).
 """
@@ -16,7 +16,6 @@ import torch
 from family_helpers import (
     TRAINED,
     char_level_copy,
-    cli,
     model_logits,
     peft_chain_logits,
     probe_ids,
@@ -31,6 +30,17 @@ from graftline.engine.rehearse.families import FAMILIES, build_family, family
 EXPORT_BOUND = 1e-5  # max |logit diff| of the export against plain PEFT's chain, float32
 
 
+# The chain's own export stage writes the GGUF where the pinned converter takes the family's
+# tokenizer and llama.cpp runs it like transformers: the engine converts and verifies it in the
+# process that trained the chain. The refusals (a BPE the converter does not know) and q8_0 of
+# every family are tested in test_gguf_families.py, on each twin, in one converter process.
+GGUF_STAGE = 'gguf_type = "f32"\nformats = ["safetensors", "gguf", "ollama"]\n'
+
+
+def _gguf_in_chain(name: str) -> bool:
+    return family(name).tokenizer == "spm" and (name, "f32") not in LLAMA_CPP_DIFFERS
+
+
 @pytest.mark.slow
 @pytest.mark.spread
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -38,7 +48,9 @@ def test_family_runs_the_demo_chain_exports_exactly_and_converts(name: str,
                                                                  tmp_path: Path) -> None:
     spec = family(name)
     base = build_family(name)
-    run_dir, rows, _said = run_detached(write_chain(tmp_path, name, base))
+    gguf = _gguf_in_chain(name)
+    pipeline = write_chain(tmp_path, name, base, export_extra=GGUF_STAGE if gguf else "")
+    run_dir, rows, _said = run_detached(pipeline)
     finished = [r for r in rows if r["type"] == "run_finished"][-1]["data"]
     log = (run_dir / "engine.log").read_text()[-3000:]
     assert finished["status"] == "finished", (finished, log)
@@ -70,39 +82,18 @@ def test_family_runs_the_demo_chain_exports_exactly_and_converts(name: str,
     print(f"\n{name}: export vs plain PEFT chain max |logit diff| {diff:.2e}; engine check: "
           f"{verification['message']}")
     assert diff <= EXPORT_BOUND, diff
+    if not gguf:
+        assert not list(export.glob("*.gguf"))
+        return
 
-    # GGUF: verified tensor by tensor where the pinned converter knows the tokenizer, refused
-    # before conversion (family, reason, fix) where it does not; safetensors delivered either way.
-    # f32 through the CLI, q8_0 through the same engine call in this process (no second start)
-    out = tmp_path / "gguf-f32"
-    done = cli("export", str(stages / "grpo"), "--out", str(out), "--dtype", "float32",
-               "--gguf-type", "f32", "--format", "ollama", cwd=tmp_path)
-    printed = done.stdout + done.stderr
-    assert (out / "model.safetensors").is_file() and (out / "verification.json").is_file()
-    assert "Traceback" not in printed
-    if spec.tokenizer != "spm":
-        assert done.returncode == 1
-        assert "GGUF refused before conversion" in printed and spec.model_type in printed
-        assert not list(out.glob("*.gguf"))
-        return
-    if (name, "f32") in LLAMA_CPP_DIFFERS:  # converted, tensors verified, llama.cpp differs
-        assert done.returncode == 1 and "GGUF failed in llama.cpp" in printed, printed[-3000:]
-        return
-    assert done.returncode == 0, printed[-3000:]
-    report = json.loads((out / "gguf_verification.json").read_text())
+    # GGUF f32 of the trained chain, verified tensor by tensor and run in llama.cpp by the stage
+    report = json.loads((export / "gguf_verification.json").read_text())
     assert report["passed"] and report["gguf_type"] == "f32", report["message"]
     print(f"{name}: GGUF f32: {report['message']}")
     # Ollama: the Modelfile loads the verified GGUF and stops at the family's end-of-turn token
-    modelfile = (out / "Modelfile").read_text()
+    modelfile = (export / "Modelfile").read_text()
     assert "FROM ./model-f32.gguf" in modelfile
     assert f'PARAMETER stop "{spec.end_of_turn}"' in modelfile, modelfile
-    from graftline.engine.export.writer import plan_export, run_export
-
-    result = run_export(plan_export(stages / "grpo", tmp_path / "gguf-q8_0", dtype="float32",
-                                    gguf_type="q8_0"))
-    assert result.ok and result.gguf_verification is not None, result.problems
-    assert result.gguf_verification["passed"], result.gguf_verification["message"]
-    print(f"{name}: GGUF q8_0: {result.gguf_verification['message']}")
 
 
 @torch.no_grad()
