@@ -60,7 +60,7 @@ def base_model_path(pf: PipelineFile) -> str:
     """What the run loads as the pipeline's base: the toy base's directory (built on first use),
     a local folder found by the one resolver of a recorded base, or the name as written (a hub
     id)."""
-    from graftline.engine.toy.model import resolve_base as built_toy_base
+    from graftline.engine.toy.model import built_toy_base
 
     base = pf.pipeline.pipeline.base
     resolved = built_toy_base(base)
