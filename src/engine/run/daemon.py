@@ -157,7 +157,7 @@ def _lock(run_dir: Path, wait: float = 0.0) -> int | None:
 
 
 def _completed_stages(run_dir: Path, names: list[str]) -> list[str]:
-    from graftline.engine.stages.common import completed_earlier
+    from graftline.engine.stages.context import completed_earlier
 
     layout = RunLayout(run_dir)
     return [name for name in names if completed_earlier(layout.stage(name)) is not None]

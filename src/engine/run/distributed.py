@@ -28,7 +28,7 @@ from graftline.engine.common.layout import DONE
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import scaleout
 from graftline.engine.run import group_io
-from graftline.engine.stages.common import StageContext
+from graftline.engine.stages.context import StageContext
 
 POLL_S = 0.2
 MACHINE_RANK_ENV = group_io.MACHINE_RANK_ENV  # the per-host override for multi-node runs

@@ -40,7 +40,7 @@ from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline.file import PipelineFile
 from graftline.engine.run import between_stages as stage_cleanup
 from graftline.engine.stages import StageContext, StageHooks, StageOutcome, checks, runner_for
-from graftline.engine.stages.common import completed_earlier, stage_dir
+from graftline.engine.stages.context import completed_earlier, stage_dir
 from graftline.engine.stages.trainer_args import TRAINER_DIR
 
 if TYPE_CHECKING:
