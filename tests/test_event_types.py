@@ -13,6 +13,7 @@ import pytest
 
 from graftline.engine.common.event_types import (
     CHECK_EVENTS,
+    EVENT_PARTS,
     EVENT_RECORDS,
     EventFieldsError,
     check,
@@ -123,6 +124,18 @@ def test_every_emit_in_the_source_spells_its_records_fields() -> None:
         if not spread:
             problems += [f"{where}:{line}: {kind} without `{name}`" for name in required
                          if name not in names]
+    assert not problems, "\n".join(problems)
+
+
+def test_every_typed_part_an_emit_spreads_names_only_its_records_fields() -> None:
+    """The fields an emit site builds apart (`emit(…, **part)`) are TypedDicts, so mypy checks
+    their names where they are built; each of those names must be a field of every record the
+    part is spread into."""
+    assert EVENT_PARTS
+    problems = [f"{part.__name__}: {kind} has no field `{name}`"
+                for part, kinds in EVENT_PARTS.items() for kind in kinds
+                for name in part.__annotations__
+                if name not in {*fields_of(kind)[0], *fields_of(kind)[1]}]
     assert not problems, "\n".join(problems)
 
 

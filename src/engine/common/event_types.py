@@ -19,12 +19,13 @@ import dataclasses
 import functools
 import os
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, TypedDict, get_args
 
 from graftline.engine.common.errors import GraftlineError
 
-__all__ = ["CHECK_EVENTS", "EVENT_RECORDS", "EventFieldsError", "EventType", "Telemetry", "check",
-           "fields_of", "record_of", "require"]
+__all__ = ["CHECK_EVENTS", "EVENT_PARTS", "EVENT_RECORDS", "EventFieldsError", "EventType",
+           "FailedRank", "ProcessGroupStart", "Telemetry", "check", "fields_of", "record_of",
+           "require"]
 
 CHECK_EVENTS = "GRAFTLINE_CHECK_EVENTS"  # "1": every emitted row is checked against its record
 
@@ -102,9 +103,12 @@ class Warning:
 
 @dataclass(frozen=True)
 class Error:
-    OPEN: ClassVar[bool] = True  # a distributed stage's `failed_rank`, `failed_exitcode`, …
+    OPEN: ClassVar[bool] = True  # a process group's `world_size`, `exit_code`, …
     message: str
     fix: str | None = None
+    # a distributed stage's: the rank that ended its group first, and its exit code
+    failed_rank: int | None = None
+    failed_exitcode: int | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,33 @@ EVENT_RECORDS: dict[str, type] = {
     "progress": Progress,
 }
 assert set(EVENT_RECORDS) == set(get_args(EventType))
+
+
+# Fields an emit site builds apart and spreads into the call (`emit(…, **part)`): typed, so mypy
+# checks their names where they are built; EVENT_PARTS says which records each belongs to
+# (tests/test_event_types.py checks every key against them). A part leaves out what does not
+# apply, so the row is the same as before: a one-process stage has no `world_size` at all.
+class ProcessGroupStart(TypedDict, total=False):
+    """What a distributed stage's `stage_started` adds: the group's size, this host's
+    processes and machine rank (the console's rank liveness reads them)."""
+
+    world_size: int
+    processes: int
+    machine_rank: int
+
+
+class FailedRank(TypedDict, total=False):
+    """The rank that ended a process group first, and its exit code, on the group's `error` and
+    `stage_finished`."""
+
+    failed_rank: int
+    failed_exitcode: int
+
+
+EVENT_PARTS: dict[type, tuple[str, ...]] = {
+    ProcessGroupStart: ("stage_started",),
+    FailedRank: ("error", "stage_finished"),
+}
 
 
 def fields_of(type: str) -> tuple[list[str], list[str]]:

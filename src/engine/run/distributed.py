@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from graftline.engine.common import atomic
+from graftline.engine.common.event_types import FailedRank
 from graftline.engine.common.layout import DONE
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import scaleout
@@ -210,8 +211,8 @@ def _group_failed(ctx: StageContext, scale: scaleout.Scale, code: int | None,
                + ("" if result is not None else " before rank 0 finished the stage"))
     fix = (f"see engine.log for the rank and its error; if it was killed or crashed, "
            f"`graftline resume {ctx.run_id}` continues from the stage's last Trainer checkpoint")
-    lost = ({"failed_rank": failure.rank, "failed_exitcode": failure.exitcode}
-            if failure is not None else {})
+    lost: FailedRank = ({"failed_rank": failure.rank, "failed_exitcode": failure.exitcode}
+                        if failure is not None else {})
     ctx.sink.emit("error", ctx.name, message=message, fix=fix, world_size=scale.world_size,
                   exit_code=code, **lost)
     _mark_failed(ctx)

@@ -32,6 +32,7 @@ from graftline.engine.common.checkpoint_files import (
 )
 from graftline.engine.common.control import RunControl
 from graftline.engine.common.disk_full import is_disk_full, wait_for_space
+from graftline.engine.common.event_types import ProcessGroupStart
 from graftline.engine.common.layout import DONE
 from graftline.engine.common.private import make_private, umask, user_umask
 from graftline.engine.common.safetensors_header import whole_header
@@ -324,7 +325,7 @@ class StageResult:
     steps: int = 0
 
 
-def _scale_fields(pf: PipelineFile, stage: Any, run_dir: Path) -> dict[str, Any]:
+def _scale_fields(pf: PipelineFile, stage: Any, run_dir: Path) -> ProcessGroupStart:
     """`world_size` (and this host's `processes` and `machine_rank`, which say the console which
     ranks run here) on a distributed stage's `stage_started`; nothing for one process."""
     from graftline.engine.run import distributed
