@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from graftline.engine.common.event_types import Samples
+from graftline.engine.common.sink import emit_record
 from graftline.engine.stages.context import StageContext
 
 
@@ -50,8 +52,8 @@ def emit_samples(ctx: StageContext, when: str, probes: list[str], said: list[Any
         if expected and expected.get(str(p)):
             row["expected"] = expected[str(p)][:SAMPLE_CHARS]
         rows.append(row)
-    ctx.sink.emit("samples", ctx.name, when=when, kind=ctx.kind, samples=rows,
-                  global_step=ctx.global_step_offset + (step or 0))
+    emit_record(ctx.sink, ctx.name, Samples(
+        when=when, kind=ctx.kind, samples=rows, global_step=ctx.global_step_offset + (step or 0)))
 
 
 def _answer_text(value: Any) -> str:
