@@ -217,7 +217,7 @@ def test_a_killed_cleanup_is_reported_and_finished_next_time(tmp_path: Path) -> 
     else:
         pytest.skip("could not interrupt the cleanup on this machine")
 
-    job = cleanup.pending(root)
+    job = cleanup.pending_cleanup(root)
     assert job is not None and job.done and job.remaining
     assert lineage.scan([root]).journals == (str(root.resolve()),)
     with pytest.raises(cleanup.CleanupError, match="interrupted"):
@@ -227,11 +227,11 @@ def test_a_killed_cleanup_is_reported_and_finished_next_time(tmp_path: Path) -> 
     runner = CliRunner()
     dry = runner.invoke(app, ["cleanup", str(root), "--keep", "keep-me"])
     assert dry.exit_code == 0 and "was interrupted" in " ".join(dry.output.split())
-    assert cleanup.pending(root) is not None
+    assert cleanup.pending_cleanup(root) is not None
     done = runner.invoke(app, ["cleanup", str(root), "--keep", "keep-me", "--yes"])
     assert done.exit_code == 0, done.output
     assert f"Cleanup {job.cleanup} finished" in " ".join(done.output.split())
-    assert cleanup.pending(root) is None
+    assert cleanup.pending_cleanup(root) is None
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["keep-me"]
     assert canary.read_text() == "keep" and list(canary.parent.iterdir()) == [canary]
     from graftline.engine.lineage.journal import read_history

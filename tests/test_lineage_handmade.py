@@ -190,7 +190,7 @@ def test_cleanup_keeps_what_kept_adapters_need(tree: Path) -> None:
     # The history remembers what went, and the journal is gone.
     assert cleanup.removed_by(tree / "adapters" / "a2") == f"cleanup {result.cleanup} at " + \
         cleanup_history_time(tree, result.cleanup)
-    assert cleanup.pending(tree) is None
+    assert cleanup.pending_cleanup(tree) is None
 
 
 def cleanup_history_time(root: Path, cleanup_id: str) -> str:

@@ -141,7 +141,8 @@ class GraftlineApp(App[str | None]):
     def home_screen(self) -> Screen[None]:
         if self.run_dir is not None:
             return self.dashboard(self.run_dir)
-        from graftline.console.screens.runs import RunsScreen, has_runs
+        from graftline.console.screens.runs import RunsScreen
+        from graftline.engine.run import has_runs
 
         if has_runs(self.runs_dir):
             return RunsScreen(self.runs_dir)

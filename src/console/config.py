@@ -34,7 +34,7 @@ def load() -> dict[str, Any]:
 
 def save(**changes: str | int | float | bool) -> bool:
     """Merge `changes` into the file (top-level scalars only), atomically; False on failure."""
-    from graftline.engine.common import atomic
+    from graftline.engine.common import atomic_write_text
 
     values = {k: v for k, v in load().items() if isinstance(v, (str, int, float, bool))}
     values.update(changes)
@@ -43,7 +43,7 @@ def save(**changes: str | int | float | bool) -> bool:
     path = config_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(path, "# graftline console settings\n" + "\n".join(lines) + "\n")
+        atomic_write_text(path, "# graftline console settings\n" + "\n".join(lines) + "\n")
     except OSError:
         return False
     return True

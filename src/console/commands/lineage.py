@@ -16,7 +16,6 @@ from rich.tree import Tree
 from graftline.engine import lineage as lineage_api
 from graftline.engine.common import human_bytes
 from graftline.engine.lineage import Lineage, Node
-from graftline.engine.lineage import cleanup as cleanup_api
 
 _KIND_STYLE = {
     "base": "bold blue", "merged": "bold magenta", "adapter": "green", "combined": "green",
@@ -222,13 +221,13 @@ def cleanup_command(
                    err=True)
         raise typer.Exit(2)
     try:
-        rules = [cleanup_api.parse_keep(token) for token in keep]
-        doomed = [cleanup_api.parse_keep(token) for token in delete_export]
-    except cleanup_api.CleanupError as exc:
+        rules = [lineage_api.parse_keep(token) for token in keep]
+        doomed = [lineage_api.parse_keep(token) for token in delete_export]
+    except lineage_api.CleanupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     lineage = _scan_or_exit([root])
-    interrupted = cleanup_api.pending(real_root)
+    interrupted = lineage_api.pending_cleanup(real_root)
     if interrupted is not None:
         console.print(
             f"[bold yellow]Cleanup {interrupted.cleanup} (started {interrupted.started}) was "
@@ -236,18 +235,18 @@ def cleanup_command(
             "directories not yet removed."
         )
         if yes:
-            result = cleanup_api.finish_pending(real_root)
+            result = lineage_api.finish_pending(real_root)
             if result is not None:
                 _print_result(console, result)
             lineage = _scan_or_exit([root])
         else:
             console.print("It is finished first when you run this again with --yes.")
     try:
-        plan = cleanup_api.plan_cleanup(lineage, rules, delete_exports=doomed)
-    except cleanup_api.CleanupError as exc:
+        plan = lineage_api.plan_cleanup(lineage, rules, delete_exports=doomed)
+    except lineage_api.CleanupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    console.print(escape(cleanup_api.format_plan(plan, lineage)), highlight=False)
+    console.print(escape(lineage_api.format_plan(plan, lineage)), highlight=False)
     if not plan.delete:
         console.print("Nothing to delete.")
         return
@@ -255,10 +254,10 @@ def cleanup_command(
     if not go:
         console.print("Dry run: nothing deleted. Add --yes to delete.")
         return
-    _print_result(console, cleanup_api.execute(plan, lineage))
+    _print_result(console, lineage_api.execute(plan, lineage))
 
 
-def _print_result(console: Console, result: cleanup_api.CleanupResult) -> None:
+def _print_result(console: Console, result: lineage_api.CleanupResult) -> None:
     verb = "finished" if result.resumed else "done"
     console.print(f"Cleanup {result.cleanup} {verb}: removed {len(result.removed)} directories, "
                   f"freed {human_bytes(result.bytes_freed)}.")

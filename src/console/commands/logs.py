@@ -19,7 +19,8 @@ import typer
 
 from graftline.console.commands.shared import RUNS_DIR_HELP, find_or_exit
 from graftline.console.formats import human_bytes
-from graftline.engine.run import EVENTS, Event, events, follow_run, iter_rows, torn_tail
+from graftline.engine.common import EventType
+from graftline.engine.run import EVENTS, Event, follow_run, iter_rows, torn_tail
 
 __all__ = ["describe_event", "describe_rehearsal", "format_event", "logs", "register", "show_logs"]
 
@@ -163,7 +164,7 @@ class _Printer:
         sys.stdout.flush()
 
 
-KINDS: tuple[str, ...] = get_args(events.EventType)
+KINDS: tuple[str, ...] = get_args(EventType)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 

@@ -69,9 +69,9 @@ class ExportedModel:
 
     @classmethod
     def read(cls, directory: Path) -> ExportedModel | None:
-        from graftline.engine.lineage import manifest
+        from graftline.engine.lineage import read_manifest
 
-        found = manifest.read(Path(directory))
+        found = read_manifest(Path(directory))
         if found is None or found.kind != "export":
             return None
         check = next((c for c in found.checks if c.name == "export_logits"), None)
@@ -82,9 +82,9 @@ class ExportedModel:
     @property
     def source(self) -> Path | None:
         """The checkpoint it was exported from, when that is still on disk."""
-        from graftline.engine.lineage import manifest
+        from graftline.engine.lineage import read_manifest
 
-        found = manifest.read(self.path)
+        found = read_manifest(self.path)
         for parent in found.parents if found is not None else []:
             if parent.relation == "exported_from" and Path(parent.path).is_dir():
                 return Path(parent.path)

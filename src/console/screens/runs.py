@@ -16,7 +16,6 @@ from textual.widgets import DataTable, Footer, Input, Static
 
 from graftline.console.formats import ago, duration, human_bytes
 from graftline.console.messages import OpenRun, RunsListed, ShowLaunch, WorkerFailures
-from graftline.engine.run import EVENTS
 
 if TYPE_CHECKING:
     from graftline.engine.run import RunDetails, RunInfo
@@ -26,18 +25,6 @@ SORTS = ("newest", "name", "status", "duration", "disk")
 EMPTY = ("No runs yet. Press n to pick a pipeline file and launch it, or in a shell run "
          "`graftline demo` (a tiny offline model, minutes on a CPU) or `graftline init` "
          "(a commented starter pipeline).")
-
-
-def has_runs(runs_dir: Path) -> bool:
-    """Whether there is any run to list: under `runs_dir`, or in the per-user run index."""
-    try:
-        if any((child / EVENTS).is_file() for child in Path(runs_dir).iterdir()):
-            return True
-    except OSError:
-        pass
-    from graftline.engine.run import index
-
-    return bool(index.known())
 
 
 @dataclass(frozen=True)

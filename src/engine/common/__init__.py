@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.common import safetensors_header as safetensors_header
     from graftline.engine.common import sink as sink
     from graftline.engine.common import units as units
+    from graftline.engine.common.atomic import write_text as atomic_write_text  # noqa: F401
     from graftline.engine.common.checkpoint_files import (
         FolderFiles as FolderFiles,
     )
@@ -42,6 +43,7 @@ _EXPORTS = {
     "errors": "errors",
     "GraftlineError": "errors",
     "atomic": "atomic",
+    "atomic_write_text": "atomic:write_text",
     "checkpoint_files": "checkpoint_files",
     "FolderFiles": "checkpoint_files",
     "folder_files": "checkpoint_files",

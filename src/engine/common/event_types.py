@@ -11,6 +11,13 @@ its fields. `require(type, data)`, called by the event log's writer and the in-m
 raises on a row that does not fit when `GRAFTLINE_CHECK_EVENTS=1` (the test suite sets it, so
 an emit that builds its fields at run time is checked on every path the tests run); a live run
 never checks, so it never dies of its own log.
+
+A closed record's emit site builds the record itself (`sink.emit_record(sink, stage,
+StageFinished(...))`), so mypy checks every field's name and type where the event is made;
+`event_of` turns it into the row: every field, except a `SPARSE` one (only where it applies: a
+process group's, a relay's) while it is None, so the row is what the keyword call wrote. The
+open records (metrics, warnings, errors, info, telemetry, rehearsal, progress) carry keys no
+record names, and are emitted with keywords.
 """
 
 from __future__ import annotations
@@ -19,12 +26,17 @@ import dataclasses
 import functools
 import os
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypedDict, cast, get_args
 
 from graftline.engine.common.errors import GraftlineError
 
-__all__ = ["CHECK_EVENTS", "EVENT_RECORDS", "EventFieldsError", "EventType", "Telemetry", "check",
-           "fields_of", "record_of", "require"]
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+__all__ = ["CHECK_EVENTS", "EVENT_PARTS", "EVENT_RECORDS", "CheckpointSaved", "EventFieldsError",
+           "EventType", "FailedRank", "ProcessGroupStart", "RunFinished", "RunStarted", "Samples",
+           "StageFinished", "StageStarted", "Telemetry", "check", "event_of", "fields_of",
+           "record_of", "require"]
 
 CHECK_EVENTS = "GRAFTLINE_CHECK_EVENTS"  # "1": every emitted row is checked against its record
 
@@ -46,6 +58,8 @@ class RunStarted:
 
 @dataclass(frozen=True)
 class StageStarted:
+    SPARSE: ClassVar[frozenset[str]] = frozenset(
+        {"world_size", "processes", "num_machines", "machine_rank", "distributed", "launcher"})
     kind: str
     index: int
     max_steps: int | None
@@ -77,6 +91,7 @@ class Metrics:
 
 @dataclass(frozen=True)
 class CheckpointSaved:
+    SPARSE: ClassVar[frozenset[str]] = frozenset({"world_size"})
     path: str
     kind: str  # adapter, merged, combined, export, trainer
     id: str
@@ -86,6 +101,7 @@ class CheckpointSaved:
 
 @dataclass(frozen=True)
 class CheckResult:
+    SPARSE: ClassVar[frozenset[str]] = frozenset({"world_size"})
     name: str
     status: str  # pass, warn, fail
     message: str
@@ -102,13 +118,18 @@ class Warning:
 
 @dataclass(frozen=True)
 class Error:
-    OPEN: ClassVar[bool] = True  # a distributed stage's `failed_rank`, `failed_exitcode`, …
+    OPEN: ClassVar[bool] = True  # a process group's `world_size`, `exit_code`, …
     message: str
     fix: str | None = None
+    # a distributed stage's: the rank that ended its group first, and its exit code
+    failed_rank: int | None = None
+    failed_exitcode: int | None = None
 
 
 @dataclass(frozen=True)
 class StageFinished:
+    SPARSE: ClassVar[frozenset[str]] = frozenset(
+        {"world_size", "machine_rank", "failed_rank", "failed_exitcode", "message"})
     kind: str
     status: str  # complete, failed, stopped, skipped
     seconds: float | None
@@ -148,10 +169,11 @@ class RunFinished:
 
 @dataclass(frozen=True)
 class Samples:
-    when: str  # start, end
+    SPARSE: ClassVar[frozenset[str]] = frozenset({"world_size"})
+    when: str  # start, eval, end
     kind: str
+    samples: list[dict[str, str]]  # [{prompt, answer, expected?}]
     global_step: int | None
-    samples: list[dict[str, str]]  # [{prompt, answer}]
     world_size: int | None = None  # relayed from a process group's rank 0
 
 
@@ -186,6 +208,33 @@ EVENT_RECORDS: dict[str, type] = {
 assert set(EVENT_RECORDS) == set(get_args(EventType))
 
 
+# Fields an emit site builds apart and spreads into the call (`emit(…, **part)`): typed, so mypy
+# checks their names where they are built; EVENT_PARTS says which records each belongs to
+# (tests/test_event_types.py checks every key against them). A part leaves out what does not
+# apply, so the row is the same as before: a one-process stage has no `world_size` at all.
+class ProcessGroupStart(TypedDict, total=False):
+    """What a distributed stage's `stage_started` adds: the group's size, this host's
+    processes and machine rank (the console's rank liveness reads them)."""
+
+    world_size: int
+    processes: int
+    machine_rank: int
+
+
+class FailedRank(TypedDict, total=False):
+    """The rank that ended a process group first, and its exit code, on the group's `error` and
+    `stage_finished`."""
+
+    failed_rank: int
+    failed_exitcode: int
+
+
+EVENT_PARTS: dict[type, tuple[str, ...]] = {
+    ProcessGroupStart: ("stage_started",),
+    FailedRank: ("error", "stage_finished"),
+}
+
+
 def fields_of(type: str) -> tuple[list[str], list[str]]:
     """(required, optional) field names of an event type's record."""
     required, optional = _fields(type)
@@ -201,6 +250,19 @@ def _fields(type: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
             item.default_factory is dataclasses.MISSING
         (required if empty else optional).append(item.name)
     return tuple(required), tuple(optional)
+
+
+_TYPE_OF: dict[type, str] = {record: name for name, record in EVENT_RECORDS.items()}
+
+
+def event_of(record: DataclassInstance) -> tuple[EventType, dict[str, Any]]:
+    """A record as its event's type and row data: every field, except a `SPARSE` one left at
+    None (it applies only on some rows: a process group's, a relay's). The values are the
+    record's own objects, not copies."""
+    sparse: frozenset[str] = getattr(record, "SPARSE", frozenset())
+    data = {item.name: getattr(record, item.name) for item in dataclasses.fields(record)
+            if not (item.name in sparse and getattr(record, item.name) is None)}
+    return cast(EventType, _TYPE_OF[type(record)]), data
 
 
 def record_of(type: str, data: dict[str, Any]) -> Any:

@@ -36,6 +36,9 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
         CleanupPlan as CleanupPlan,
     )
     from graftline.engine.lineage.cleanup import (
+        CleanupResult as CleanupResult,
+    )
+    from graftline.engine.lineage.cleanup import (
         KeepRule as KeepRule,
     )
     from graftline.engine.lineage.cleanup import (
@@ -45,10 +48,16 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
         execute as execute,
     )
     from graftline.engine.lineage.cleanup import (
+        finish_pending as finish_pending,
+    )
+    from graftline.engine.lineage.cleanup import (
         format_plan as format_plan,
     )
     from graftline.engine.lineage.cleanup import (
         parse_keep as parse_keep,
+    )
+    from graftline.engine.lineage.cleanup import (
+        pending_cleanup as pending_cleanup,
     )
     from graftline.engine.lineage.cleanup import (
         plan_cleanup as plan_cleanup,
@@ -60,6 +69,7 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
         removed_by as removed_by,
     )
     from graftline.engine.lineage.manifest import Manifest as Manifest
+    from graftline.engine.lineage.manifest import read as read_manifest  # noqa: F401
     from graftline.engine.lineage.model import (
         NEEDED_RELATIONS as NEEDED_RELATIONS,
     )
@@ -113,6 +123,9 @@ _EXPORTS = {
     "cleanup": "cleanup",
     "CleanupError": "cleanup",
     "CleanupPlan": "cleanup",
+    "CleanupResult": "cleanup",
+    "finish_pending": "cleanup",
+    "pending_cleanup": "cleanup",
     "KeepRule": "cleanup",
     "parse_keep": "cleanup",
     "plan_cleanup": "cleanup",
@@ -123,6 +136,7 @@ _EXPORTS = {
     "resolve_base": "resolve",
     "manifest": "manifest",
     "Manifest": "manifest",
+    "read_manifest": "manifest:read",
     "manifest_view": "manifest_view",
 }
 __all__ = sorted(_EXPORTS)

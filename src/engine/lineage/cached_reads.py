@@ -16,7 +16,7 @@ from graftline.engine.common.safetensors_header import Header, whole_header
 from graftline.engine.lineage.manifest import MANIFEST
 from graftline.engine.lineage.manifest_view import ManifestView, view
 
-__all__ = ["cached_by_stat", "is_number", "read_entry", "read_json", "read_manifest",
+__all__ = ["cached_by_stat", "is_number", "read_entry", "read_json", "read_manifest_view",
            "safetensors_header"]
 
 T = TypeVar("T")
@@ -76,7 +76,7 @@ def _read_small(path: str, size: int, flags: int) -> bytes | str:
         return raw
 
 
-def read_manifest(path: str) -> ManifestView | None:
+def read_manifest_view(path: str) -> ManifestView | None:
     return view(read_json(os.path.join(path, MANIFEST)))
 
 

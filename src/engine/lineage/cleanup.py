@@ -51,7 +51,7 @@ __all__ = [
     "finish_pending",
     "format_plan",
     "parse_keep",
-    "pending",
+    "pending_cleanup",
     "plan_cleanup",
     "removed_by",
 ]
@@ -388,7 +388,7 @@ def format_plan(plan: CleanupPlan, lineage: Lineage) -> str:
 # -- executing -----------------------------------------------------------------------------------
 
 
-def pending(root: Path) -> PendingCleanup | None:
+def pending_cleanup(root: Path) -> PendingCleanup | None:
     """The cleanup a crash interrupted in `root`, if any (its journal is still there)."""
     return read_journal(Path(os.path.realpath(root)))
 

@@ -41,7 +41,7 @@ from graftline.engine.lineage import journal as cleanup_journal
 from graftline.engine.lineage.cached_reads import (
     read_entry,
     read_json,
-    read_manifest,
+    read_manifest_view,
     safetensors_header,
 )
 from graftline.engine.lineage.checkpoint_metrics import metrics_beside, trainer_metrics
@@ -344,7 +344,7 @@ class _Scanner:
             source, out = entry["source"], entry["out"]
             if source not in self.drafts or out in self.drafts or self._in_roots(out):
                 continue
-            manifest = read_manifest(out)
+            manifest = read_manifest_view(out)
             if manifest is None or manifest.kind != "export" or manifest.id != entry["id"]:
                 continue  # gone, or another export written there since
             key = self._existing(out)
@@ -415,7 +415,7 @@ class _Scanner:
         except OSError:
             pass
         kind = "base"
-        manifest = read_manifest(path)
+        manifest = read_manifest_view(path)
         config = read_json(os.path.join(path, ADAPTER_CONFIG)) if manifest is None else None
         if manifest is not None:
             kind = manifest.kind

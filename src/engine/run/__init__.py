@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.run.client import (
         follow_run as follow_run,
     )
+    from graftline.engine.run.client import has_runs as has_runs
     from graftline.engine.run.client import (
         known_runs as known_runs,
     )
@@ -152,6 +153,7 @@ _EXPORTS = {
     "list_runs": "client",
     "latest_run": "client",
     "known_runs": "client",
+    "has_runs": "client",
     "run_details": "client",
     "RunDetails": "client",
     "DISK_FULL": "client",

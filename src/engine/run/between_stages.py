@@ -23,7 +23,7 @@ def needed_dirs(steps: list[StepPlan], run_dir: Path) -> dict[str, dict[Path, st
     """Stage → {checkpoint directory it reads: why}. Pure: what a cleanup must leave for later
     stages (graftline's cleanup protects what *kept* checkpoints need, not what stages that have
     not run yet will read)."""
-    from graftline.engine.stages.common import stage_dir
+    from graftline.engine.stages.context import stage_dir
 
     by_name = {s.name: s for s in steps}
     needs: dict[str, dict[Path, str]] = {}

@@ -160,6 +160,16 @@ def known_runs(runs_dir: Path | None = None) -> list[RunInfo]:
     return _newest_first([read_state(path) for path in paths])
 
 
+def has_runs(runs_dir: Path) -> bool:
+    """Whether there is any run to list: under `runs_dir`, or in the per-user run index."""
+    try:
+        if any((child / EVENTS).is_file() for child in Path(runs_dir).iterdir()):
+            return True
+    except OSError:
+        pass
+    return bool(run_index.known())
+
+
 def latest_run(runs_dir: Path | None = None) -> Path | None:
     runs = known_runs(runs_dir)
     return runs[0].path if runs else None

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graftline.engine.common.control import RunControl
-from graftline.engine.common.event_types import EventType
+from graftline.engine.common.event_types import EventType, RunFinished
 from graftline.engine.common.layout import LOCK, RunLayout
+from graftline.engine.common.sink import emit_record
 from graftline.engine.common.units import human_bytes
 from graftline.engine.run import launch
 from graftline.engine.run import state as runstate
@@ -157,7 +158,7 @@ def _lock(run_dir: Path, wait: float = 0.0) -> int | None:
 
 
 def _completed_stages(run_dir: Path, names: list[str]) -> list[str]:
-    from graftline.engine.stages.common import completed_earlier
+    from graftline.engine.stages.context import completed_earlier
 
     layout = RunLayout(run_dir)
     return [name for name in names if completed_earlier(layout.stage(name)) is not None]
@@ -318,7 +319,7 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
     if status not in ("finished", "failed", "stopped"):
         status = "stopped" if control.stop.is_set() else "finished"
     if not sink.saw_run_finished:
-        writer.emit("run_finished", None, status=status, message=message)
+        emit_record(writer, None, RunFinished(status=status, message=message))
     disk.drain()  # the last events and state.json on disk before we exit, space permitting
     keeper.update(status=status, message=message)
     writer.close()

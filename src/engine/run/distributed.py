@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from graftline.engine.common import atomic
+from graftline.engine.common.event_types import FailedRank, StageFinished
 from graftline.engine.common.layout import DONE
+from graftline.engine.common.sink import emit_record
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import scaleout
 from graftline.engine.run import group_io
-from graftline.engine.stages.common import StageContext
+from graftline.engine.stages.context import StageContext
 
 POLL_S = 0.2
 MACHINE_RANK_ENV = group_io.MACHINE_RANK_ENV  # the per-host override for multi-node runs
@@ -187,10 +189,9 @@ def _lent_processes_done(ctx: StageContext, scale: scaleout.Scale,
     atomic.write_json(ctx.stage_dir / DONE, {
         "stage": ctx.name, "kind": ctx.kind, "status": "complete", "steps": 0,
         "seconds": seconds, "machine_rank": scale.machine_rank, "note": note})
-    ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="complete",
-                  seconds=seconds, metrics={}, evaluation={},
-                  world_size=scale.world_size, machine_rank=scale.machine_rank,
-                  message=note)
+    emit_record(ctx.sink, ctx.name, StageFinished(
+        kind=ctx.kind, status="complete", seconds=seconds, metrics={}, evaluation={},
+        world_size=scale.world_size, machine_rank=scale.machine_rank, message=note))
     return "complete", "", 0
 
 
@@ -210,15 +211,15 @@ def _group_failed(ctx: StageContext, scale: scaleout.Scale, code: int | None,
                + ("" if result is not None else " before rank 0 finished the stage"))
     fix = (f"see engine.log for the rank and its error; if it was killed or crashed, "
            f"`graftline resume {ctx.run_id}` continues from the stage's last Trainer checkpoint")
-    lost = ({"failed_rank": failure.rank, "failed_exitcode": failure.exitcode}
-            if failure is not None else {})
+    lost: FailedRank = ({"failed_rank": failure.rank, "failed_exitcode": failure.exitcode}
+                        if failure is not None else {})
     ctx.sink.emit("error", ctx.name, message=message, fix=fix, world_size=scale.world_size,
                   exit_code=code, **lost)
     _mark_failed(ctx)
     if not finished_seen:
-        ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="failed",
-                      seconds=time.perf_counter() - began, metrics={}, evaluation={},
-                      world_size=scale.world_size, **lost)
+        emit_record(ctx.sink, ctx.name, StageFinished(
+            kind=ctx.kind, status="failed", seconds=time.perf_counter() - began, metrics={},
+            evaluation={}, world_size=scale.world_size, **lost))
     return "failed", message, 0
 
 
@@ -238,8 +239,9 @@ def _after_a_full_disk(ctx: StageContext, said: str, began: float,
     ctx.sink.emit("error", ctx.name, message=message, fix="free space on the runs volume, then "
                   f"`graftline resume {ctx.run_id}` continues from the last Trainer checkpoint")
     _mark_failed(ctx)
-    ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="failed",
-                  seconds=time.perf_counter() - began, metrics={}, evaluation={})
+    emit_record(ctx.sink, ctx.name, StageFinished(
+        kind=ctx.kind, status="failed", seconds=time.perf_counter() - began, metrics={},
+        evaluation={}))
     return "failed", message, 0
 
 

@@ -25,7 +25,7 @@ from graftline.engine.lineage import manifest as mf
 from graftline.engine.run import state as runstate
 from graftline.engine.run.client import read_fold, read_state
 from graftline.engine.run.fold import RunFold
-from graftline.engine.stages.common import completed_earlier
+from graftline.engine.stages.context import completed_earlier
 
 DONE_STATUSES = ("complete", "skipped")
 ENDED = ("finished", "failed", "stopped")

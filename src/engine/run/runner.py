@@ -32,15 +32,23 @@ from graftline.engine.common.checkpoint_files import (
 )
 from graftline.engine.common.control import RunControl
 from graftline.engine.common.disk_full import is_disk_full, wait_for_space
+from graftline.engine.common.event_types import (
+    CheckpointSaved,
+    ProcessGroupStart,
+    RunFinished,
+    RunStarted,
+    StageFinished,
+    StageStarted,
+)
 from graftline.engine.common.layout import DONE
 from graftline.engine.common.private import make_private, umask, user_umask
 from graftline.engine.common.safetensors_header import whole_header
-from graftline.engine.common.sink import Sink
+from graftline.engine.common.sink import Sink, emit_record
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline.file import PipelineFile
 from graftline.engine.run import between_stages as stage_cleanup
 from graftline.engine.stages import StageContext, StageHooks, StageOutcome, checks, runner_for
-from graftline.engine.stages.common import completed_earlier, stage_dir
+from graftline.engine.stages.context import completed_earlier, stage_dir
 from graftline.engine.stages.trainer_args import TRAINER_DIR
 
 if TYPE_CHECKING:
@@ -60,7 +68,7 @@ def base_model_path(pf: PipelineFile) -> str:
     """What the run loads as the pipeline's base: the toy base's directory (built on first use),
     a local folder found by the one resolver of a recorded base, or the name as written (a hub
     id)."""
-    from graftline.engine.toy.model import resolve_base as built_toy_base
+    from graftline.engine.toy.model import built_toy_base
 
     base = pf.pipeline.pipeline.base
     resolved = built_toy_base(base)
@@ -216,13 +224,13 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
         done = completed_earlier(directory) if resume else None
         if done is not None:
             statuses[step.name] = "skipped"
-            sink.emit("stage_finished", step.name, kind=step.kind, status="skipped", seconds=0.0,
-                      metrics={}, evaluation={})
+            emit_record(sink, step.name, StageFinished(
+                kind=step.kind, status="skipped", seconds=0.0, metrics={}, evaluation={}))
             offset += done["steps"]
             continue
         if control.stop.is_set():
-            sink.emit("run_finished", None, status="stopped", message="stopped before "
-                      f"stage '{step.name}'")
+            emit_record(sink, None, RunFinished(
+                status="stopped", message=f"stopped before stage '{step.name}'"))
             return RunResult("stopped", "stopped", run_dir, statuses)
         resume_from = _prepare_stage_dir(sink, run_dir, step.name, directory, resume)
         set_seed(header.seed + index)
@@ -248,25 +256,26 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
         if pipeline.cleanup is not None and stage_cleanup.applies_after(pipeline.cleanup,
                                                                          step.name):
             stage_cleanup.clean_after(step.name, pipeline.cleanup, steps, run_dir, sink)
-    sink.emit("run_finished", None, status="finished", message=f"{len(steps)} stages done")
+    emit_record(sink, None, RunFinished(status="finished", message=f"{len(steps)} stages done"))
     return RunResult("finished", "finished", run_dir, statuses)
 
 
 def _ended(sink: Sink, result: RunResult) -> RunResult:
     """The run ends here: its `run_finished` event says what the result says."""
-    sink.emit("run_finished", None, status=result.status, message=result.message)
+    emit_record(sink, None, RunFinished(status=result.status, message=result.message))
     return result
 
 
 def _emit_run_started(sink: Sink, run_dir: Path, pipeline: str, steps: Sequence[StepPlan],
                       backend: str, resume: bool) -> None:
-    sink.emit("run_started", None, run=run_dir.name, pipeline=pipeline,
-              stages=[{"name": s.name, "kind": s.kind, "action": s.action,
-                       "lora_r": s.lora.r if s.lora else None,
-                       "reference": s.reference,
-                       "reference_label": s.reference_label,
-                       "max_steps": _max_steps(s)} for s in steps],
-              backend=backend, resumed=resume)
+    emit_record(sink, None, RunStarted(
+        run=run_dir.name, pipeline=pipeline,
+        stages=[{"name": s.name, "kind": s.kind, "action": s.action,
+                 "lora_r": s.lora.r if s.lora else None,
+                 "reference": s.reference,
+                 "reference_label": s.reference_label,
+                 "max_steps": _max_steps(s)} for s in steps],
+        backend=backend, resumed=resume))
 
 
 def _probes(pf: PipelineFile, sink: Sink) -> tuple[str, ...]:
@@ -297,12 +306,12 @@ def _prepare_stage_dir(sink: Sink, run_dir: Path, name: str, directory: Path,
 def _run_one(pf: PipelineFile, ctx: StageContext, directory: Path) -> StageResult:
     """One stage from `stage_started` to its result, retried after a full-disk pause."""
     step, run_dir, resume_from = ctx.step, ctx.run_dir, ctx.resume_from
-    ctx.sink.emit("stage_started", step.name, kind=step.kind, index=ctx.index,
-                  max_steps=_max_steps(step), global_step_offset=ctx.global_step_offset,
-                  action=step.action, reference=step.reference,
-                  reference_label=step.reference_label,
-                  resumed_from=str(resume_from) if resume_from else None,
-                  **_scale_fields(pf, step.stage, run_dir))
+    emit_record(ctx.sink, step.name, StageStarted(
+        kind=step.kind, index=ctx.index, max_steps=_max_steps(step),
+        global_step_offset=ctx.global_step_offset, action=step.action,
+        reference=step.reference, reference_label=step.reference_label,
+        resumed_from=str(resume_from) if resume_from else None,
+        **_scale_fields(pf, step.stage, run_dir)))
     # an export is the user's, written outside the run: the user's umask, not the run's 077
     with umask(user_umask()) if step.kind == "export" else contextlib.nullcontext():
         result = _run_stage_scaled(ctx, pf)
@@ -324,7 +333,7 @@ class StageResult:
     steps: int = 0
 
 
-def _scale_fields(pf: PipelineFile, stage: Any, run_dir: Path) -> dict[str, Any]:
+def _scale_fields(pf: PipelineFile, stage: Any, run_dir: Path) -> ProcessGroupStart:
     """`world_size` (and this host's `processes` and `machine_rank`, which say the console which
     ranks run here) on a distributed stage's `stage_started`; nothing for one process."""
     from graftline.engine.run import distributed
@@ -384,12 +393,14 @@ def run_stage_here(ctx: StageContext) -> StageResult:
                        "see engine.log for the traceback", began)
     seconds = time.perf_counter() - began
     if outcome.status == "stopped":
-        ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="stopped",
-                      seconds=seconds, metrics=outcome.metrics, evaluation={})
+        emit_record(ctx.sink, ctx.name, StageFinished(
+            kind=ctx.kind, status="stopped", seconds=seconds, metrics=outcome.metrics,
+            evaluation={}))
         return StageResult("stopped", steps=outcome.steps)
     _write_outputs(ctx, outcome, partial, seconds)
-    ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="complete", seconds=seconds,
-                  metrics=outcome.metrics, evaluation=outcome.evaluation)
+    emit_record(ctx.sink, ctx.name, StageFinished(
+        kind=ctx.kind, status="complete", seconds=seconds, metrics=outcome.metrics,
+        evaluation=outcome.evaluation))
     return StageResult("complete", steps=outcome.steps)
 
 
@@ -398,8 +409,9 @@ def _failed(ctx: StageContext, partial: mf.Manifest | None, message: str, fix: s
     ctx.sink.emit("error", ctx.name, message=message, fix=fix)
     if partial is not None and ctx.stage_dir.is_dir():
         mf.write(ctx.stage_dir, partial.model_copy(update={"status": "failed"}))
-    ctx.sink.emit("stage_finished", ctx.name, kind=ctx.kind, status="failed",
-                  seconds=time.perf_counter() - began, metrics={}, evaluation={})
+    emit_record(ctx.sink, ctx.name, StageFinished(
+        kind=ctx.kind, status="failed", seconds=time.perf_counter() - began, metrics={},
+        evaluation={}))
     return StageResult("failed", message)
 
 
@@ -433,5 +445,5 @@ def _write_outputs(ctx: StageContext, outcome: StageOutcome, partial: mf.Manifes
         from graftline.engine.common import export_index
 
         export_index.record(target, Path(outcome.parents[0].path), done.id)
-    ctx.sink.emit("checkpoint_saved", ctx.name, path=str(target), kind=outcome.kind, id=done.id,
-                  bytes=done.bytes)
+    emit_record(ctx.sink, ctx.name, CheckpointSaved(
+        path=str(target), kind=outcome.kind, id=done.id, bytes=done.bytes))

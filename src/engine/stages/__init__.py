@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from graftline.engine.stages.common import StageContext, StageHooks, StageOutcome
+from graftline.engine.stages.context import StageContext, StageHooks, StageOutcome
 
 
 def runner_for(kind: str) -> Callable[[StageContext], StageOutcome]:

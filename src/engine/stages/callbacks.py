@@ -17,7 +17,8 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from graftline.engine.common.checkpoint_files import checkpoint_name, directory_bytes
 from graftline.engine.common.control import RunControl
-from graftline.engine.common.sink import Sink
+from graftline.engine.common.event_types import CheckpointSaved
+from graftline.engine.common.sink import Sink, emit_record
 
 SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second",
                 "train_loss", "total_flos")
@@ -97,8 +98,9 @@ class StageCallback(TrainerCallback):
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                 **kwargs: Any) -> Any:
         path = Path(str(args.output_dir)) / checkpoint_name(state.global_step)
-        self.sink.emit("checkpoint_saved", self.stage, path=str(path), kind="trainer",
-                       id=f"{self.stage}@{state.global_step}", bytes=_bytes(path))
+        emit_record(self.sink, self.stage, CheckpointSaved(
+            path=str(path), kind="trainer", id=f"{self.stage}@{state.global_step}",
+            bytes=_bytes(path)))
 
 
 def _bytes(path: Path) -> int:

@@ -25,7 +25,7 @@ from graftline.engine.common.checkpoint_files import (
     directory_bytes,
 )
 from graftline.engine.common.disk_full import is_disk_full, wait_for_space
-from graftline.engine.stages.common import StageContext
+from graftline.engine.stages.context import StageContext
 
 
 def guard_checkpoint_saves(trainer: Any, ctx: StageContext) -> None:

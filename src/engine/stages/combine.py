@@ -23,15 +23,9 @@ from graftline.engine.common.tokenizer_files import save_tokenizer
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import spec
 from graftline.engine.stages import checks
-from graftline.engine.stages.common import (
-    StageContext,
-    StageOutcome,
-    foreign_ref,
-    load_full,
-    lora_spec_from_config,
-    parent_ref,
-    stage_dir,
-)
+from graftline.engine.stages.context import StageContext, StageOutcome, stage_dir
+from graftline.engine.stages.loading import load_full
+from graftline.engine.stages.parents import foreign_ref, lora_spec_from_config, parent_ref
 
 
 @dataclass(frozen=True)
@@ -64,7 +58,7 @@ def _sources(ctx: StageContext, stage: spec.CombineStage) -> list[_Source]:
                                      f"{foreign.path} is gone (no {ADAPTER_CONFIG})",
                                      "it was moved or deleted after validate",
                                      "restore the folder, or point the entry at where it is now")
-        # the model a `from = path` stage would load it on (stages.common.load_foreign)
+        # the model a `from = path` stage would load it on (stages.loading.load_foreign)
         on = ctx.base_path if stage.base_from == "pipeline" else \
             (foreign.base_path or foreign.base_ref)
         found.append(_Source(f"adapters[{part.index}] ({foreign.path})", Path(foreign.path),

@@ -11,7 +11,7 @@ from typing import Any
 
 from graftline.engine.pipeline import spec
 from graftline.engine.stages.callbacks import StageCallback
-from graftline.engine.stages.common import StageContext, StageOutcome
+from graftline.engine.stages.context import StageContext, StageOutcome
 from graftline.engine.stages.tracking import line_up
 from graftline.engine.stages.trainer_args import common_args, config_args, max_prompt_args
 from graftline.engine.stages.training import run_training

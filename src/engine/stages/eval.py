@@ -10,8 +10,9 @@ import torch
 from graftline.engine.pipeline import spec
 from graftline.engine.pipeline.rewards import completion_text
 from graftline.engine.stages import checks
-from graftline.engine.stages.common import StageContext, StageOutcome, load_checkpoint_model
+from graftline.engine.stages.context import StageContext, StageOutcome
 from graftline.engine.stages.generate import complete, prompt_text
+from graftline.engine.stages.loading import load_checkpoint_model
 from graftline.engine.stages.stage_data import stage_rows
 
 BATCH = 64

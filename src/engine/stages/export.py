@@ -16,15 +16,11 @@ from graftline.engine.common.tokenizer_files import save_tokenizer
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import spec
 from graftline.engine.stages import checks
-from graftline.engine.stages.common import (
-    StageContext,
-    StageOutcome,
-    load_checkpoint_model,
-    load_full,
-    parent_ref,
-    probe_prompts,
-)
+from graftline.engine.stages.context import StageContext, StageOutcome
+from graftline.engine.stages.loading import load_checkpoint_model, load_full
 from graftline.engine.stages.merge import DTYPES
+from graftline.engine.stages.parents import parent_ref
+from graftline.engine.stages.samples import probe_prompts
 
 
 def plain_export(ctx: StageContext, out: Path) -> StageOutcome:

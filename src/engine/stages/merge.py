@@ -11,14 +11,10 @@ import torch
 
 from graftline.engine.pipeline import spec
 from graftline.engine.stages import checks
-from graftline.engine.stages.common import (
-    StageContext,
-    StageOutcome,
-    load_checkpoint_model,
-    load_full,
-    parent_ref,
-    probe_prompts,
-)
+from graftline.engine.stages.context import StageContext, StageOutcome
+from graftline.engine.stages.loading import load_checkpoint_model, load_full
+from graftline.engine.stages.parents import parent_ref
+from graftline.engine.stages.samples import probe_prompts
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -9,7 +9,7 @@ from typing import Any
 from graftline.engine.lineage.manifest import CheckResult
 from graftline.engine.pipeline.stage_rows import load_for_stage
 from graftline.engine.stages.checks import CheckLog
-from graftline.engine.stages.common import StageContext
+from graftline.engine.stages.context import StageContext
 
 BAD_ROWS = "bad_rows"
 

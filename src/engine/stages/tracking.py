@@ -28,7 +28,7 @@ from transformers.integrations.integration_utils import (
 )
 
 from graftline.engine.stages import resume
-from graftline.engine.stages.common import StageContext
+from graftline.engine.stages.context import StageContext
 
 TENSORBOARD_DIR = "tensorboard"
 # every event a TrainerCallback can receive

@@ -13,7 +13,7 @@ from typing import Any
 from graftline.engine.common.layout import KEEP_CHECKPOINTS, TRAINER_DIR
 from graftline.engine.pipeline import spec
 from graftline.engine.stages.checks import StageFailed
-from graftline.engine.stages.common import StageContext
+from graftline.engine.stages.context import StageContext
 
 
 def common_args(ctx: StageContext, train: spec.Train) -> dict[str, Any]:

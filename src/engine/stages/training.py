@@ -24,21 +24,14 @@ from graftline.engine.pipeline import spec
 from graftline.engine.stages import checks, resume, trl_compat
 from graftline.engine.stages.callbacks import ProbeSamples, StageCallback, summarize
 from graftline.engine.stages.checkpoint_guard import guard_checkpoint_saves, save_when_space
-from graftline.engine.stages.common import (
-    StageContext,
-    StageOutcome,
-    emit_samples,
-    expected_answers,
-    lora_spec_from_config,
-    probe_prompts,
-    stage_dir,
-    training_parents,
-)
+from graftline.engine.stages.context import StageContext, StageOutcome, stage_dir
 from graftline.engine.stages.eval import (
     answered_rows,
     end_of_turn_probability,
     end_of_turn_targets,
 )
+from graftline.engine.stages.parents import lora_spec_from_config, training_parents
+from graftline.engine.stages.samples import emit_samples, expected_answers, probe_prompts
 from graftline.engine.stages.stage_data import stage_rows
 
 BuildTrainer = Callable[[Any, Any, Any, Any, Any, StageCallback], Any]

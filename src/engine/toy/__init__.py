@@ -2,7 +2,7 @@
 
     build_base()        # the cached base: the shipped bytes copied in, or built and self-checked
     describe_base()     # one line on it from its record, without importing torch
-    resolve_base(name)  # `toy:addition` → the base's directory; anything else unchanged
+    built_toy_base(name)  # `toy:addition` → the base's directory; anything else unchanged
 
 Modules: recipe (ToyRecipe, Fallback, the record; no torch), model (building and asking the
 model), shipped (the bases that ship as package data, bases/<key>/, and how they are rebuilt),
@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.toy.files import write_jsonl as write_jsonl
     from graftline.engine.toy.model import accuracy as accuracy
     from graftline.engine.toy.model import build_base as build_base
-    from graftline.engine.toy.model import resolve_base as resolve_base
+    from graftline.engine.toy.model import built_toy_base as built_toy_base
     from graftline.engine.toy.pinned_math import pin_math as pin_math
     from graftline.engine.toy.recipe import BaseRecord as BaseRecord
     from graftline.engine.toy.recipe import Fallback as Fallback
@@ -56,7 +56,7 @@ _EXPORTS = {
     "model": "model",
     "accuracy": "model",
     "build_base": "model",
-    "resolve_base": "model",
+    "built_toy_base": "model",
     "tasks": "tasks",
     "tokenizer": "tokenizer",
     "files": "files",

@@ -298,9 +298,10 @@ def _write_record(directory: Path, record: BaseRecord) -> None:
     partial.replace(directory / RECORD)
 
 
-def resolve_base(base: str, *, cache: Path | None = None) -> str:
-    """`toy:addition` (optionally `toy:addition?tied=1`) names the built-in tiny model; anything
-    else is returned unchanged (a local path or a hub id)."""
+def built_toy_base(base: str, *, cache: Path | None = None) -> str:
+    """`toy:addition` (optionally `toy:addition?tied=1`) names the built-in tiny model: its
+    directory, built (or copied from the shipped bytes) on first use; anything else is returned
+    unchanged (a local path or a hub id: `lineage.resolve_base` resolves those)."""
     if not base.startswith(TOY_SCHEME):
         return base
     recipe = default_recipe(tied="tied=1" in base)
@@ -368,5 +369,15 @@ def accuracy(
     return right / len(sums)
 
 
-__all__ = ["ASSISTANT", "USER", "ToyRecipe", "accuracy", "answer", "build_base", "cache_root",
-           "pretrain", "pretrain_checked", "resolve_base"]
+__all__ = [
+    "ASSISTANT",
+    "USER",
+    "ToyRecipe",
+    "accuracy",
+    "answer",
+    "build_base",
+    "built_toy_base",
+    "cache_root",
+    "pretrain",
+    "pretrain_checked",
+]
