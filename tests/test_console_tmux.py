@@ -95,6 +95,34 @@ def test_demo_in_tmux_detach_keeps_training(tmp_path: Path, toy_base: Path) -> N
         info = client.read_state(run_dir)
         assert info.status == "finished", (run_dir / "engine.log").read_text()[-3000:]
         assert (tmp_path / "export" / "config.json").is_file()
+
+        # back on the finished run: the Samples view (`a`) and the export key (`e`), as a
+        # terminal shows them
+        tmux("kill-session", "-t", session)
+        tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40",
+             "-e", "TERM=screen-256color", "-e", "GRAFTLINE_ASCII=0",
+             f"{sys.executable} {script} attach {run_dir.name} --runs-dir {run_dir.parent} "
+             "--theme low; sleep 600")
+        wait_screen(session, "FINISHED", timeout=90)
+        tmux("send-keys", "-t", session, "a")
+        screen = wait_screen(session, "samples: what the model answers", timeout=30)
+        header = next(line.split() for line in screen.splitlines()
+                      if line.split()[:1] == ["probe"])
+        # probes down; before the first stage, then each training stage across
+        assert header[-5:] == ["before", "sft", "sft_r16", "ipo", "grpo"], screen
+        for probe in ("12+34", "55+27", "90+19"):
+            assert probe in screen
+        tmux("send-keys", "-t", session, "Escape")
+        wait_screen(session, "FINISHED", timeout=30)
+        # `e` shows what the export stage shipped and offers a new directory, never a refusal
+        tmux("send-keys", "-t", session, "e")
+        screen = wait_screen(session, "already exported", timeout=120)
+        text = " ".join(screen.split())
+        assert "verified" in text and "float32" in text, screen
+        assert "export-2" in text, screen  # the new directory it offers
+        assert "would contain" not in text and "overwrite" not in text, screen
+        tmux("send-keys", "-t", session, "Escape")
+        tmux("send-keys", "-t", session, "q")
     finally:
         for run_dir in (tmp_path / "runs").glob("demo-*"):
             if client.read_state(run_dir).live:  # a failed assertion must not leave it training
