@@ -4,6 +4,8 @@ engine keeps training and finishes on its own."""
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import re
 import shutil
 import subprocess
@@ -110,8 +112,23 @@ def test_demo_in_tmux_detach_keeps_training(tmp_path: Path, toy_base: Path) -> N
                       if line.split()[:1] == ["probe"])
         # probes down; before the first stage, then each training stage across
         assert header[-5:] == ["before", "sft", "sft_r16", "ipo", "grpo"], screen
+        # each answer as the log has it, `*` where it differs from the column before
+        said: dict[tuple[str, str], dict[str, str]] = {}
+        for line in (run_dir / "events.jsonl").read_text().splitlines():
+            event = json.loads(line)
+            if event["type"] == "samples":
+                said[event["stage"], event["data"]["when"]] = {
+                    r["prompt"]: r["answer"] for r in event["data"]["samples"]}
+        columns = [said["sft", "start"]] + [said[stage, "end"]
+                                            for stage in ("sft", "sft_r16", "ipo", "grpo")]
         for probe in ("12+34", "55+27", "90+19"):
-            assert probe in screen
+            row = next(line for line in screen.splitlines() if line.split()[:1] == [probe])
+            answers = [column[probe] for column in columns]
+            for before, after in itertools.pairwise(answers):
+                if after != before:
+                    assert f"* {after}" in row, (probe, answers, row)
+            if len(set(answers)) == 1:
+                assert "*" not in row, (probe, answers, row)
         tmux("send-keys", "-t", session, "Escape")
         wait_screen(session, "FINISHED", timeout=30)
         # `e` shows what the export stage shipped and offers a new directory, never a refusal
