@@ -8,7 +8,9 @@ healthy counterpart, which must pass: stacked adapters, a LoRA never applied, a 
 base weights changed (the embedding, and the family's own last MLP or experts tensor), an adapter
 trained on a model merged in memory, a collapse to the end token or to one repeated token, and
 DPO's reference silently the base instead of the policy at the start (TRL's own first step).
-Plus the merge stage's check: an adapter not unloaded, a merge in a lossy dtype.
+Plus the other checks the engine calls on an adapter or a merge: a continued adapter whose LoRA
+shape changed, TRL's `ref` copy saved beside the adapter, a merge not unloaded or in a lossy
+dtype.
 
 Each family's adapter is real: a LoRA on all linear layers, trained for a few steps on the
 family's own chat format (one per family, reused by every test). The whole file costs seconds a
@@ -29,6 +31,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from stage_helpers import one_thread  # noqa: F401
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from graftline.engine.lineage.manifest import LoraSpec
 from graftline.engine.rehearse.families import FAMILIES, build_family
 from graftline.engine.stages import checks
 from graftline.engine.toy import tasks
@@ -139,6 +142,13 @@ def test_adapter_faults_are_caught_and_a_continued_or_new_adapter_passes(
     frozen = checks.adapters(PeftModel.from_pretrained(twin.fresh(), str(twin.adapter)))
     assert frozen.status == "fail" and frozen.message.startswith("frozen adapter")
     assert "is_trainable=True" in frozen.data["fix"]
+
+    # continued with the shape its parent was saved with, or with another one
+    saved = LoraSpec(r=LORA["r"], alpha=LORA["lora_alpha"])
+    assert checks.lora_config_kept(saved, twin.with_adapter()).status == "pass"
+    other = get_peft_model(twin.fresh(), LoraConfig(**{**LORA, "r": 8, "lora_alpha": 16}))
+    changed = checks.lora_config_kept(saved, other)
+    assert changed.status == "fail" and "r=8" in changed.message, changed.message
 
 
 # ---------------------------------------------------------------- base weights
@@ -269,6 +279,13 @@ def test_a_wrong_dpo_reference_is_caught_at_the_first_step(name: str,
     trainer.train()
     healthy = checks.reference_start("dpo", first[0], "sft")
     assert healthy.status == "pass", healthy.message
+    # saved with every adapter, TRL's `ref` copy lands beside `default`; saved as the engine
+    # saves (`default` only), it does not
+    trainer.model.save_pretrained(str(tmp_path / "all"))
+    stray = checks.no_stray_ref(tmp_path / "all")
+    assert stray.status == "fail" and "ref" in stray.message, stray.message
+    trainer.model.save_pretrained(str(tmp_path / "one"), selected_adapters=[checks.ADAPTER])
+    assert checks.no_stray_ref(tmp_path / "one").status == "pass"
 
     # the fault: the same trainer with its `ref` copy gone, from the first step again
     trainer.model.delete_adapter(checks.REFERENCE_ADAPTER)
