@@ -75,6 +75,7 @@ class Tmux:
 
     def __init__(self, socket: str) -> None:
         self.socket = socket
+        self.socket_path: Path | None = None  # known once the server runs
 
     def __call__(self, *args: str) -> str:
         assert TMUX is not None
@@ -85,6 +86,7 @@ class Tmux:
         """A 120×40 session running `command` in `cwd`; the pane's pid (its session leader)."""
         self("new-session", "-d", "-s", session, "-x", "120", "-y", "40", "-c", str(cwd),
              command)
+        self.socket_path = Path(self("display-message", "-p", "#{socket_path}").strip())
         return int(self("list-panes", "-t", session, "-F", "#{pane_pid}").split()[0])
 
     def screen(self, session: str) -> str:
@@ -110,6 +112,8 @@ def tmux(tmp_path: Path) -> Iterator[Tmux]:
     finally:
         with contextlib.suppress(subprocess.CalledProcessError):
             server("kill-server")
+        if server.socket_path is not None:  # the server leaves its socket file behind
+            server.socket_path.unlink(missing_ok=True)
 
 
 def _gone(pid: int, timeout: float) -> bool:
