@@ -4,6 +4,8 @@ engine keeps training and finishes on its own."""
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import re
 import shutil
 import subprocess
@@ -95,6 +97,49 @@ def test_demo_in_tmux_detach_keeps_training(tmp_path: Path, toy_base: Path) -> N
         info = client.read_state(run_dir)
         assert info.status == "finished", (run_dir / "engine.log").read_text()[-3000:]
         assert (tmp_path / "export" / "config.json").is_file()
+
+        # back on the finished run: the Samples view (`a`) and the export key (`e`), as a
+        # terminal shows them
+        tmux("kill-session", "-t", session)
+        tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40",
+             "-e", "TERM=screen-256color", "-e", "GRAFTLINE_ASCII=0",
+             f"{sys.executable} {script} attach {run_dir.name} --runs-dir {run_dir.parent} "
+             "--theme low; sleep 600")
+        wait_screen(session, "FINISHED", timeout=90)
+        tmux("send-keys", "-t", session, "a")
+        screen = wait_screen(session, "samples: what the model answers", timeout=30)
+        header = next(line.split() for line in screen.splitlines()
+                      if line.split()[:1] == ["probe"])
+        # probes down; before the first stage, then each training stage across
+        assert header[-5:] == ["before", "sft", "sft_r16", "ipo", "grpo"], screen
+        # each answer as the log has it, `*` where it differs from the column before
+        said: dict[tuple[str, str], dict[str, str]] = {}
+        for line in (run_dir / "events.jsonl").read_text().splitlines():
+            event = json.loads(line)
+            if event["type"] == "samples":
+                said[event["stage"], event["data"]["when"]] = {
+                    r["prompt"]: r["answer"] for r in event["data"]["samples"]}
+        columns = [said["sft", "start"]] + [said[stage, "end"]
+                                            for stage in ("sft", "sft_r16", "ipo", "grpo")]
+        for probe in ("12+34", "55+27", "90+19"):
+            row = next(line for line in screen.splitlines() if line.split()[:1] == [probe])
+            answers = [column[probe] for column in columns]
+            for before, after in itertools.pairwise(answers):
+                if after != before:
+                    assert f"* {after}" in row, (probe, answers, row)
+            if len(set(answers)) == 1:
+                assert "*" not in row, (probe, answers, row)
+        tmux("send-keys", "-t", session, "Escape")
+        wait_screen(session, "FINISHED", timeout=30)
+        # `e` shows what the export stage shipped and offers a new directory, never a refusal
+        tmux("send-keys", "-t", session, "e")
+        screen = wait_screen(session, "already exported", timeout=120)
+        text = " ".join(screen.split())
+        assert "verified" in text and "float32" in text, screen
+        assert "export-2" in text, screen  # the new directory it offers
+        assert "would contain" not in text and "overwrite" not in text, screen
+        tmux("send-keys", "-t", session, "Escape")
+        tmux("send-keys", "-t", session, "q")
     finally:
         for run_dir in (tmp_path / "runs").glob("demo-*"):
             if client.read_state(run_dir).live:  # a failed assertion must not leave it training

@@ -183,3 +183,43 @@ def test_the_export_index_is_owner_only_and_forgets_exports_that_are_gone(
     (first / "graftline.json").write_text(json.dumps({"id": "another", "kind": "export"}))
     assert export_index.record(second, tmp_path / "src", "id-b")  # rewrites: prunes the stale
     assert [e["id"] for e in export_index.read_entries()] == ["id-b"]
+
+
+def test_an_export_stage_of_a_bare_base_is_a_verified_leaf_of_that_base(
+        toy_base: Path, tmp_path: Path) -> None:
+    """A hand-made tree holding only the user's base model; a pipeline whose one stage exports
+    that base (no adapter: the plain export stage) to a folder outside the tree. The export is
+    indexed where it went, so the tree's lineage shows it as a verified leaf of the base."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from graftline.console.cli import app
+    from graftline.engine.common.sink import ListSink
+    from graftline.engine.pipeline.file import load
+    from graftline.engine.run.runner import run_pipeline
+
+    tree = tmp_path / "tree"
+    base = tree / "my-base"
+    shutil.copytree(toy_base, base)
+    out = tmp_path / "shipped" / "base-f32"
+    path = tmp_path / "ship.toml"
+    path.write_text(f'[pipeline]\nname = "ship"\nbase = "{base}"\nruns_dir = "runs"\n'
+                    f'[[stage]]\nname = "export"\nkind = "export"\nout = "{out}"\n'
+                    'dtype = "float32"\n')
+    result = run_pipeline(load(path), tmp_path / "runs" / "ship", ListSink())
+    assert result.status == "finished", result.message
+
+    lineage = scan([tree])
+    node = lineage.node(str(out.resolve()))
+    assert node.kind == "export" and node.in_roots is False
+    assert Edge(node.key, str(base.resolve()), "exported_from", "manifest") \
+        in lineage.parents(node.key)
+    assert not lineage.children(node.key)  # a leaf
+    assert node.export is not None and node.export.verified is True
+    assert "logit" in node.export.verification  # the plain export's export_equal check
+
+    shown = CliRunner().invoke(app, ["lineage", str(tree)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert str(out) in text and "verified" in text and "exported_from" in text
