@@ -107,9 +107,16 @@ def test_family_gguf_f32_and_q8_0_verified_and_run_in_llama_cpp(
         assert found.model_dir.name.endswith("-chars")
     else:
         assert found.refusal is None and found.model_dir == build_family(name)
+    config = json.loads((found.model_dir / "config.json").read_text())
+    # the model's own sliding/full layers, written for llama.cpp (gguf_driver): a 2-layer
+    # [sliding, full] Gemma 3 is not the 5 : 1 pattern llama.cpp otherwise assumes
+    layers = ([kind == "sliding_attention" for kind in config["layer_types"]]
+              if config.get("sliding_window") and "sliding_attention" in
+              config.get("layer_types", []) else None)
     for gguf_type in TYPES:
         tensors, ran = found.tensors[gguf_type], found.runtime[gguf_type]
         assert tensors.passed, tensors.message
+        assert tensors.metadata["sliding_window_pattern"] == layers
         known = LLAMA_CPP_DIFFERS.get((name, gguf_type), frozenset())
         print(f"\n{name} {gguf_type}: {tensors.message}; {ran.message}")
         assert {d.what for d in ran.differences} == known, [(d.what, d.detail)
@@ -259,3 +266,56 @@ def test_a_phi3_export_is_named_so_llama_cpp_strips_after_its_special_tokens() -
     assert runtime_name(build_family("phi3"), "Phi-3-mini-ft") == "Phi-3-mini-ft"
     assert runtime_name(build_family("mistral"), "my-bot") == "my-bot"
     assert runtime_name(build_family("phi3"), None) is None
+
+
+# What llama.cpp derives instead of reading (gguf_limits): each changed the twin's logits by
+# more than 1.5 on a logit scale of 10 when converted anyway (query_pre_attn_scalar 24 against
+# head_dim 16), or stops the pinned converter (the soft-caps).
+MISCONFIGURED = [
+    ("gemma2", {"query_pre_attn_scalar": 24}, "query_pre_attn_scalar"),
+    ("gemma2", {"attn_logit_softcapping": None}, "attn_logit_softcapping"),
+    ("gemma2", {"final_logit_softcapping": None}, "final_logit_softcapping"),
+    ("gemma3", {"query_pre_attn_scalar": 24}, "query_pre_attn_scalar"),
+    ("gemma3", {"attn_logit_softcapping": 50.0}, "attn_logit_softcapping"),
+]
+
+
+@pytest.mark.parametrize(("name", "change", "field"), MISCONFIGURED)
+def test_a_gemma_config_llama_cpp_would_run_differently_is_refused_before_conversion(
+        name: str, change: dict[str, object], field: str, tmp_path: Path) -> None:
+    converter = find_converter()
+    assert converter is not None, "run `make setup`"
+    config = json.loads((build_family(name) / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(GgufError) as refused:
+        preflight(converter, tmp_path)
+    said = refused.value.message
+    assert said.startswith("GGUF refused before conversion") and name in said and field in said
+    assert "safetensors export is complete" in said and "safetensors" in refused.value.fix
+
+
+def test_the_published_gemma_shapes_are_not_refused() -> None:
+    """llama.cpp's own rule: 1/sqrt(hidden/heads) for the 46-layer Gemma 2 and the 62-layer
+    Gemma 3 (27B, query_pre_attn_scalar 144 and 168), 1/sqrt(head_dim) otherwise."""
+    from graftline.engine.export.gguf_limits import runtime_limit
+
+    gemma2 = {"model_type": "gemma2", "attn_logit_softcapping": 50.0,
+              "final_logit_softcapping": 30.0}
+    gemma3 = {"model_type": "gemma3_text", "attn_logit_softcapping": None}
+    published = [
+        {**gemma2, "num_hidden_layers": 26, "hidden_size": 2304, "num_attention_heads": 8,
+         "head_dim": 256, "query_pre_attn_scalar": 256},
+        {**gemma2, "num_hidden_layers": 46, "hidden_size": 4608, "num_attention_heads": 32,
+         "head_dim": 128, "query_pre_attn_scalar": 144},
+        {**gemma3, "num_hidden_layers": 26, "hidden_size": 1152, "num_attention_heads": 4,
+         "head_dim": 256, "query_pre_attn_scalar": 256},
+        {"model_type": "gemma3", "text_config": {
+            **gemma3, "num_hidden_layers": 62, "hidden_size": 5376, "num_attention_heads": 32,
+            "head_dim": 128, "query_pre_attn_scalar": 168}},
+    ]
+    assert [runtime_limit(config) for config in published] == [None] * len(published)
+    # the same 27B shape at another depth runs with 1/sqrt(head_dim): refused
+    shallower = {**published[1], "num_hidden_layers": 30}
+    limit = runtime_limit(shallower)
+    assert limit is not None and limit.field == "query_pre_attn_scalar"
+    assert "1/sqrt(head_dim = 128)" in limit.reason

