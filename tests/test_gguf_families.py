@@ -309,9 +309,9 @@ def test_the_published_gemma_shapes_are_not_refused() -> None:
          "head_dim": 128, "query_pre_attn_scalar": 144},
         {**gemma3, "num_hidden_layers": 26, "hidden_size": 1152, "num_attention_heads": 4,
          "head_dim": 256, "query_pre_attn_scalar": 256},
-        {"model_type": "gemma3", "text_config": {
-            **gemma3, "num_hidden_layers": 62, "hidden_size": 5376, "num_attention_heads": 32,
-            "head_dim": 128, "query_pre_attn_scalar": 168}},
+        # gemma-3-27b-it's published config.json (multimodal wrapper, defaults left out)
+        json.loads((Path(__file__).parent / "fixtures" / "real_configs" / "gemma-3-27b-it"
+                    / "config.json").read_text()),
     ]
     assert [runtime_limit(config) for config in published] == [None] * len(published)
     # the same 27B shape at another depth runs with 1/sqrt(head_dim): refused
@@ -319,3 +319,17 @@ def test_the_published_gemma_shapes_are_not_refused() -> None:
     limit = runtime_limit(shallower)
     assert limit is not None and limit.field == "query_pre_attn_scalar"
     assert "1/sqrt(head_dim = 128)" in limit.reason
+
+
+def test_a_type_without_a_derived_bound_says_its_logits_are_not_gated(
+        converted: dict[str, Converted]) -> None:
+    """K-quants (llama-quantize's types; no llama-quantize here, so mistral's f32 file stands in
+    under the q4_k_m name): everything but the logits is checked, the logits are reported and
+    the message and rule say they are not gated."""
+    found = converted["mistral"]
+    ran = run_gguf(found.files["f32"], found.model_dir, "q4_k_m")
+    assert ran.passed and ran.bound is None and ran.reference_drift is None
+    assert ran.max_abs_diff is not None and ran.top1_agreement is not None
+    assert "logits not gated for q4_k_m" in ran.message
+    assert ran.bound_rule.startswith("q4_k_m: logits not gated")
+    assert ran.tokenization and all(row["equal"] for row in ran.tokenization)

@@ -66,6 +66,11 @@ def write_char_vocab(model, spec: dict) -> None:
     by_id = {i: t for t, i in vocab.items()}
     unk = spec["model"].get("unk_token")
     size = int(model.hparams.get("vocab_size", len(by_id)))
+    if any(cls.__name__ == "Gemma3Model" for cls in type(model).__mro__):
+        # Gemma 3's converter keeps only as many embedding rows as tokenizer.json names
+        # (its vocab plus its added tokens, counted apart): the token list must be as long,
+        # or llama.cpp refuses the file (token_embd has fewer rows than tokens)
+        size = min(size, len(vocab) + len(spec.get("added_tokens", [])))
     tokens: list[str] = []
     types: list[int] = []
     for i in range(size):
