@@ -5,16 +5,19 @@
 PYTHONPATH, so `import gguf` here is the converter's own bundled copy and never PyPI's `gguf`
 that graftline's verifier uses (the two packages install files under the same `gguf/` name).
 
-The converter is used unchanged except for one addition: a vocabulary path for character-level
-tokenizers (a `tokenizers` WordLevel model whose pre-tokenizer splits every character, like
-graftline's toy tokenizer). llama.cpp has no WordLevel tokenizer, and the converter tries, in
-order, sentencepiece (`tokenizer.model`), the llama HF BPE vocab and GPT-2 BPE, whose
-pre-tokenizer hash check refuses such a vocabulary ("BPE pre-tokenizer was not recognized").
-A one-character-per-token vocabulary is exactly an SPM ("llama") vocabulary with no pieces to
-merge: llama.cpp's SPM tokenizer starts from single UTF-8 characters and merges only pairs whose
-concatenation is a token, so every in-vocabulary character stays one token. Spaces are written
-as U+2581 as SPM requires, no space prefix is added, and BOS/EOS are added exactly when the HF
-tokenizer adds them. Every other tokenizer goes through the converter's own `set_vocab`.
+The converter is used unchanged except for three additions: the SentencePiece path's added
+tokens where transformers 5 keeps them (`added_tokens_v5`); the model's own sliding/full layer
+pattern where the converter writes none (`sliding_window_layers`); and a vocabulary path for
+character-level tokenizers (a `tokenizers` WordLevel model whose pre-tokenizer splits every
+character, like graftline's toy tokenizer). llama.cpp has no WordLevel tokenizer, and the
+converter tries, in order, sentencepiece (`tokenizer.model`), the llama HF BPE vocab and GPT-2
+BPE, whose pre-tokenizer hash check refuses such a vocabulary ("BPE pre-tokenizer was not
+recognized"). A one-character-per-token vocabulary is exactly an SPM ("llama") vocabulary with
+no pieces to merge: llama.cpp's SPM tokenizer starts from single UTF-8 characters and merges
+only pairs whose concatenation is a token, so every in-vocabulary character stays one token.
+Spaces are written as U+2581 as SPM requires, no space prefix is added, and BOS/EOS are added
+exactly when the HF tokenizer adds them. Every other tokenizer goes through the converter's own
+`set_vocab`.
 
 Usage: python gguf_driver.py MODEL_DIR --outfile FILE --outtype f32|f16|bf16|q8_0
        python gguf_driver.py --batch JOBS.json   (a JSON list of such argument lists)
