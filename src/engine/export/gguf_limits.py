@@ -78,7 +78,8 @@ def runtime_limit(config: dict[str, Any]) -> RuntimeLimit | None:
             "has no attention soft-capping (the pinned converter stops on it)", fix)
     layers = int(text.get("num_hidden_layers") or 0)
     if layers == _HIDDEN_PER_HEAD_SCALE_LAYERS[family]:
-        used = float(text["hidden_size"]) / float(text["num_attention_heads"])
+        # an integer division in llama.cpp (uint32 / uint32)
+        used = float(int(text["hidden_size"]) // int(text["num_attention_heads"]))
         rule = f"hidden_size / num_attention_heads = {used:g} (a {layers}-layer {family})"
     else:
         used = float(value("head_dim"))
