@@ -80,6 +80,10 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Converted]:
         # beside the cached twin is not ours to write: the files go to this module's folder
         jobs += [(model_dir, root / name / gguf_filename(t), t) for t in TYPES]
         (root / name).mkdir()
+    # K-quant blocks need rows of 256: the twins are 64 wide. One wider, untrained copy of the
+    # mistral twin's architecture, converted in the same converter process
+    wide = _wide_copy(build_family("mistral"), root / WIDE)
+    jobs.append((wide, root / WIDE / gguf_filename("f32"), "f32"))
     written = iter(convert_many(converter, jobs))
     found: dict[str, Converted] = {}
     for name, (refusal, model_dir) in plans.items():
@@ -91,7 +95,34 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Converted]:
             tensors[gguf_type] = verify_gguf(result, model_dir, gguf_type)
             runtime[gguf_type] = run_gguf(result, model_dir, gguf_type)
         found[name] = Converted(name, refusal, model_dir, files, tensors, runtime)
+    wide_f32 = next(written)
+    assert isinstance(wide_f32, Path), wide_f32
+    found[WIDE] = Converted(WIDE, None, wide, {"f32": wide_f32}, {}, {})
     return found
+
+
+WIDE = "mistral-wide"
+
+
+def _wide_copy(base: Path, out: Path) -> Path:
+    """The twin's architecture and tokenizer at 256 wide (intermediate 512), random weights
+    (seeded): a model whose matrices take K-quant blocks."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    shutil.copytree(base, out)
+    config = json.loads((out / "config.json").read_text())
+    model_type = config.pop("model_type")
+    for key in ("architectures", "transformers_version", "dtype"):
+        config.pop(key, None)
+    config.update(hidden_size=256, intermediate_size=512, head_dim=64, initializer_range=0.05)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config),
+                                             dtype=torch.float32)
+    for stale in out.glob("*.safetensors"):
+        stale.unlink()
+    model.save_pretrained(out)
+    return out
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -321,26 +352,46 @@ def test_the_published_gemma_shapes_are_not_refused() -> None:
     assert "1/sqrt(head_dim = 128)" in limit.reason
 
 
-def test_a_k_quant_made_by_the_runtime_is_verified_run_and_says_its_logits_are_not_gated(
-        converted: dict[str, Converted], tmp_path: Path) -> None:
-    """q4_k_m by llama.cpp's own quantizer (the runtime's `llama_model_quantize`, no
-    llama-quantize binary here) from mistral's f32 file: tensors within their RMS bounds,
-    everything but the logits checked in llama.cpp, the logits reported and said not gated.
-    (The twin is 64 wide, not a multiple of 256: llama.cpp falls back to Q5_0/Q8_0 blocks for
-    its matrices, as it does for any such tensor.)"""
+@pytest.mark.parametrize(("name", "blocks"), [
+    (WIDE, {"Q4_K", "Q6_K"}),  # K-quant blocks, their inputs rounded to Q8_K
+    ("mistral", {"Q5_0", "Q8_0"}),  # 64 wide: llama.cpp's fallback blocks
+])
+def test_a_k_quant_made_by_the_runtime_is_verified_and_run_within_a_bound_from_its_own_matrices(
+        name: str, blocks: set[str], converted: dict[str, Converted], tmp_path: Path) -> None:
+    """q4_k_m by llama.cpp's own quantizer (the runtime's `llama_model_quantize`; no
+    llama-quantize binary here) from an f32 file: tensors within their RMS bounds, and in
+    llama.cpp within twice the drift of the HF export run with the file's own dequantized
+    matrices and each matmul input rounded as llama.cpp's dot product for that type does."""
     import gguf
 
     from graftline.engine.export.gguf_convert import quantize_in_runtime, unavailable_reason
 
     assert unavailable_reason("q4_k_m") is None
-    found = converted["mistral"]
+    found = converted[name]
     path = quantize_in_runtime(found.files["f32"], tmp_path / "model-q4_k_m.gguf", "q4_k_m")
     types = {t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
-    assert types - {"F32"} and types <= {"F32", "Q5_0", "Q8_0", "Q4_K", "Q6_K"}, types
+    assert types - {"F32"} == blocks, types
     tensors = verify_gguf(path, found.model_dir, "q4_k_m")
     assert tensors.passed, tensors.message
     ran = run_gguf(path, found.model_dir, "q4_k_m")
-    print(f"\nmistral q4_k_m: {tensors.message}; {ran.message}")
+    print(f"\n{name} q4_k_m: {tensors.message}; {ran.message}")
+    assert ran.passed, ran.message
+    assert ran.bound is not None and ran.reference_drift is not None and ran.reference_drift > 0
+    assert ran.max_abs_diff is not None and ran.max_abs_diff <= ran.bound
+    assert "the file's own dequantized matrices" in ran.bound_rule
+    assert ran.tokenization and all(row["equal"] for row in ran.tokenization)
+
+
+def test_a_k_quant_whose_experts_cannot_be_put_back_says_its_logits_are_not_gated(
+        converted: dict[str, Converted], tmp_path: Path) -> None:
+    """qwen3_moe's experts are stacked in the file (one tensor per projection, not one per
+    expert as the checkpoint stores them): no drift from the file's matrices, so the logits are
+    reported, said not gated, and everything else is checked."""
+    from graftline.engine.export.gguf_convert import quantize_in_runtime
+
+    found = converted["qwen3_moe"]
+    path = quantize_in_runtime(found.files["f32"], tmp_path / "model-q4_k_m.gguf", "q4_k_m")
+    ran = run_gguf(path, found.model_dir, "q4_k_m")
     assert ran.passed and ran.bound is None and ran.reference_drift is None
     assert ran.max_abs_diff is not None and ran.top1_agreement is not None
     assert "logits not gated for q4_k_m" in ran.message

@@ -26,9 +26,11 @@ included), and llama.cpp may differ by up to twice that reference drift, or by `
 of the logit scale (max(1, max |logit|)), whichever is larger: the floor is the float32
 safetensors tolerance, and all an F32 file without GELU gets (its drift is zero). The reference
 runs transformers' eager attention: SDPA, the default, silently drops Gemma 2's attention
-soft-capping, which llama.cpp applies. Types llama-quantize writes (K-quants, Q4/Q5) are run and
-checked for everything but the logits: their rounding is not modelled, so their logit
-difference and top-1 agreement are reported, not gated, and the message says so.
+soft-capping, which llama.cpp applies. For the types llama.cpp's quantizer writes (K-quants,
+Q4/Q5) the drift is measured with the file's own matrices (dequantized, put back into the HF
+export) and each matmul input rounded to that weight type's dot-product format (Q8_K, Q8_0,
+Q8_1, F16: ggml's `vec_dot_type`); where the file's rounded matrices cannot be put back one to
+one (stacked or split experts) the logits are reported, not gated, and the message says so.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ RELATIVE_FLOOR = 1e-4
 DRIFT_FACTOR = 2.0
 BOUNDED_TYPES = ("f32", "f16", "bf16", "q8_0")
 Q8_BLOCK = 32
+QK_K = 256
 CHILD_TIMEOUT_S = 3600.0
 IMPORT_FAILED = 3  # gguf_llama's exit status when llama_cpp is there but does not import
 
@@ -107,11 +110,20 @@ def runtime_missing() -> str | None:
     return NOT_INSTALLED if found is None else None
 
 
-def bound_rule(gguf_type: str) -> str:
+def bound_rule(gguf_type: str, from_file: bool = True) -> str:
+    """The logit bound in words. For llama-quantize's types the bound is derived from the
+    file's own matrices (`from_file`); where they cannot be put back into the HF model one to
+    one (experts stacked or split), the logits are not gated."""
+    if gguf_type not in BOUNDED_TYPES and not from_file:
+        return (f"{gguf_type}: logits not gated (the file's rounded matrices include experts "
+                "that cannot be put back into the HF model one to one, so no bound is "
+                "derived): max |logit diff| and top-1 agreement are reported; tokenization, "
+                "special tokens, end-of-turn and chat template are checked")
     if gguf_type not in BOUNDED_TYPES:
-        return (f"{gguf_type}: logits not gated (lossy by design; its rounding is not modelled, "
-                "so no bound is derived): max |logit diff| and top-1 agreement are reported; "
-                "tokenization, special tokens, end-of-turn and chat template are checked")
+        return (f"max |logit diff| <= max({RELATIVE_FLOOR:g} * max(1, max|logit|), "
+                f"{DRIFT_FACTOR:g} * the HF export's own drift with the file's own dequantized "
+                "matrices and each matmul input rounded as llama.cpp's dot product for that "
+                "matrix's type rounds it (Q8_0, Q8_1, Q8_K, F16))")
     if gguf_type == "f32":
         return (f"max |logit diff| <= max({RELATIVE_FLOOR:g} * max(1, max|logit|), "
                 f"{DRIFT_FACTOR:g} * the HF export's own drift with GELU in float16, as ggml "
@@ -134,6 +146,25 @@ def _q8_0(x: Any) -> Any:
     return (torch.round(blocks * inverse) * stored).reshape(x.shape).to(x.dtype)
 
 
+def _q8_k(x: Any) -> Any:
+    """ggml's Q8_K round trip along the last dimension (quantize_row_q8_K_ref: blocks of 256,
+    values round(x * 127 / max|block|), the scale kept in float32): the input format of every
+    K-quant dot product."""
+    import torch
+
+    blocks = x.float().reshape(*x.shape[:-1], -1, QK_K)
+    scale = blocks.abs().amax(dim=-1, keepdim=True) / 127.0
+    inverse = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
+    return (torch.round(blocks * inverse) * scale).reshape(x.shape).to(x.dtype)
+
+
+# The format ggml's CPU dot product rounds a matmul's input to, per weight type
+# (ggml-cpu.c type_traits_cpu[type].vec_dot_type); Q8_1 rounds values as Q8_0 does.
+DOT_INPUT = {"F16": "f16", "BF16": "bf16", "Q4_0": "q8_0", "Q5_0": "q8_0", "Q8_0": "q8_0",
+             "Q4_1": "q8_0", "Q5_1": "q8_0", "IQ4_NL": "q8_0", "Q2_K": "q8_k", "Q3_K": "q8_k",
+             "Q4_K": "q8_k", "Q5_K": "q8_k", "Q6_K": "q8_k"}
+
+
 def rounder(gguf_type: str, last_dim: int) -> Any:
     """How llama.cpp rounds a matrix (and that matmul's input) of this type, as a function."""
     import torch
@@ -147,14 +178,19 @@ def rounder(gguf_type: str, last_dim: int) -> Any:
         return through(torch.bfloat16)
     if gguf_type == "q8_0":
         return _q8_0
+    if gguf_type == "q8_k":
+        return _q8_k
     return None
 
 
-def reference_logits(model_dir: Path, inputs: list[Any],
-                     gguf_type: str) -> tuple[list[Any], float | None]:
+def reference_logits(model_dir: Path, inputs: list[Any], gguf_type: str,
+                     matrices: dict[str, tuple[str, Any]] | None = None
+                     ) -> tuple[list[Any], float | None]:
     """The HF export's float32 logits on `inputs`, and how far they move with its matrices and
     matmul inputs rounded for `gguf_type` and GELU in float16 (0.0 for f32 without GELU, None
-    where no rounding is modelled)."""
+    where no rounding is modelled). For llama-quantize's types the matrices are the file's own
+    (`matrices`: HF name -> (GGML type, dequantized values), `gguf_verify.file_matrices`), each
+    matmul's input rounded as that type's dot product rounds it."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -191,8 +227,50 @@ def reference_logits(model_dir: Path, inputs: list[Any],
                 for ids, ref in zip(inputs, logits, strict=True))
             for hook in hooks:
                 hook.remove()
+        elif matrices is not None:
+            drift = _file_drift(model, inputs, logits, matrices)
     del model
     return logits, drift
+
+
+def _file_drift(model: Any, inputs: list[Any], logits: list[Any],
+                matrices: dict[str, tuple[str, Any]]) -> float | None:
+    """How far the logits move with the file's own matrices put in and every matmul input
+    rounded for its weight's type (and GELU in float16); None when a matrix has no place in
+    the model or its type's dot product is not modelled."""
+    import torch
+
+    params = dict(model.named_parameters())
+    kinds: dict[int, str] = {}  # id(parameter) -> GGML type
+    for name, (kind, values) in matrices.items():
+        parameter = params.get(name)
+        if parameter is None or kind not in DOT_INPUT:
+            return None
+        if tuple(values.shape[1:]) != tuple(parameter.shape[1:]) or (
+                values.shape[0] > parameter.shape[0]):
+            return None
+        kinds[id(parameter)] = kind
+    hooks = []
+    half = rounder("f16", 0)
+    for module in model.modules():
+        weight_kind = kinds.get(id(getattr(module, "weight", None)))
+        if isinstance(module, torch.nn.Linear) and weight_kind is not None:
+            round_input = rounder(DOT_INPUT[weight_kind], module.in_features)
+            hooks.append(module.register_forward_pre_hook(
+                lambda _m, args, r=round_input: (r(args[0]), *args[1:])))
+        elif "GELU" in type(module).__name__:
+            hooks.append(module.register_forward_pre_hook(
+                lambda _m, args: (half(args[0]), *args[1:])))
+            hooks.append(module.register_forward_hook(lambda _m, _args, result: half(result)))
+    for name, (_, values) in matrices.items():
+        # a padding row the converter dropped keeps its value: llama.cpp has no such token
+        params[name][: values.shape[0]] = torch.from_numpy(values).to(params[name].dtype)
+    try:
+        return max(float((model(input_ids=ids).logits[0].float() - ref).abs().max())
+                   for ids, ref in zip(inputs, logits, strict=True))
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 # ---------------------------------------------------------------- the run
@@ -283,7 +361,14 @@ def run_gguf(path: Path, model_dir: Path, gguf_type: str) -> RuntimeCheck:
         return RuntimeCheck("failed", failure, gguf_type, bound_rule=bound_rule(gguf_type),
                             differences=(Difference(what, failure),),
                             seconds=time.monotonic() - started)
-    want, drift = reference_logits(model_dir, inputs, gguf_type)
+    matrices = None
+    if gguf_type not in BOUNDED_TYPES:  # llama-quantize's: the file's own matrices, if they fit
+        from graftline.engine.export.gguf_verify import file_matrices
+
+        found, apart = file_matrices(Path(path), model_dir)
+        matrices = None if apart else found
+    want, drift = reference_logits(model_dir, inputs, gguf_type, matrices)
+    rule = bound_rule(gguf_type, from_file=drift is not None)
     differences: list[Difference] = []
     diff, bound, scale, agree = _compare_logits(answer, got, want, drift, tokenizer, gguf_type,
                                                 differences)
@@ -305,7 +390,7 @@ def run_gguf(path: Path, model_dir: Path, gguf_type: str) -> RuntimeCheck:
         message = (f"llama.cpp runs it: {logits}; {tokenized}/{len(rows)} texts tokenized "
                    f"alike; special tokens and chat template equal")
     return RuntimeCheck(status, message, gguf_type, answer["runtime"], diff, bound,
-                        bound_rule(gguf_type), scale, drift, agree, tuple(rows), special,
+                        rule, scale, drift, agree, tuple(rows), special,
                         same_template, tuple(differences), time.monotonic() - started)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,48 +290,21 @@ def verify_gguf(path: Path, model_dir: Path, gguf_type: str) -> GgufVerification
     except StopIteration:
         problems.append(f"architecture {arch!r} is unknown to this gguf package")
         return _result(path, gguf_type, problems, [], metadata)
-    names = gguf.get_tensor_name_map(arch_enum, int(text["num_hidden_layers"]))
-    n_head = int(text["num_attention_heads"])
-    n_kv = int(text.get("num_key_value_heads") or n_head)
     stored = {t.name: t for t in reader.tensors}
     checks: list[TensorCheck] = []
     seen: set[str] = set()
-    for source, hf_name, want_of in expected_tensors(arch, _merged_tensors(model_dir)):
-        target = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if target is not None and target not in stored and f"{target}.weight" in stored:
-            target = f"{target}.weight"
-        if target is None or target not in stored:
-            problems.append(f"{source}: missing from the GGUF"
-                            + (f" (expected as {target})" if target else ""))
-            continue
-        seen.add(target)
-        tensor = stored[target]
-        kind = tensor.tensor_type.name
-        got = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type),
-                         dtype=np.float32)
-        want = want_of()
-        declared = tuple(int(s) for s in reversed(list(tensor.shape)))
-        note = ""
-        if (target in EMBEDDINGS and want.ndim == 2 and declared[0] < want.shape[0]
-                and len(tokenizer) <= declared[0] and declared[1:] == want.shape[1:]):
-            # the converter writes one row per token: rows past the tokenizer's vocabulary
-            # (the embedding's padding) are dropped; the kept rows are verified
-            note = f"{want.shape[0] - declared[0]} padding row(s) past the vocabulary dropped"
-            want = want[: declared[0]]
-        if got.size == want.size:
-            got = got.reshape(want.shape)
-        if arch in PERMUTED and source.endswith(("q_proj.weight", "q_proj.bias")):
-            got = unpermute(got, n_head)
-        elif arch in PERMUTED and source.endswith(("k_proj.weight", "k_proj.bias")):
-            got = unpermute(got, n_kv)
-        check = compare(target, source, kind, got, want)
-        if declared != tuple(want.shape):
-            check = TensorCheck(target, source, kind, check.shape, check.max_abs_err,
-                                float("inf"), False, f"GGUF shape {declared} != {want.shape}")
-        elif note:
+    for pair in _pairs(reader, model_dir, arch_enum, str(arch), text, len(tokenizer), problems):
+        seen.add(pair.target)
+        kind = pair.tensor.tensor_type.name
+        check = compare(pair.target, pair.source, kind, pair.got, pair.want)
+        if pair.declared != tuple(pair.want.shape):
+            check = TensorCheck(pair.target, pair.source, kind, check.shape, check.max_abs_err,
+                                float("inf"), False,
+                                f"GGUF shape {pair.declared} != {pair.want.shape}")
+        elif pair.note:
             check = TensorCheck(check.name, check.source, check.ggml_type, check.shape,
                                 check.max_abs_err, check.ratio, check.passed,
-                                "; ".join(d for d in (note, check.detail) if d))
+                                "; ".join(d for d in (pair.note, check.detail) if d))
         checks.append(check)
     extra = sorted(set(stored) - seen)
     if extra:
@@ -344,6 +317,86 @@ def verify_gguf(path: Path, model_dir: Path, gguf_type: str) -> GgufVerification
                             + (f"; {check.detail}" if check.detail else ""))
     metadata["tensor_count"] = len(stored)
     return _result(path, gguf_type, problems, checks, metadata)
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """One GGUF tensor, dequantized into the HF layout, beside the merged weight it holds."""
+
+    source: str  # the HF name (or a label for stacked experts)
+    target: str  # the GGUF name
+    tensor: Any  # gguf's ReaderTensor
+    got: np.ndarray
+    want: np.ndarray
+    declared: tuple[int, ...]
+    note: str
+
+
+def _pairs(reader: Any, model_dir: Path, arch_enum: Any, arch: str, text: dict[str, Any],
+           n_tokens: int, problems: list[str]) -> Iterator[_Pair]:
+    """Every merged weight's GGUF tensor, dequantized, with the converter's rewrites undone
+    (a missing one is a problem said in `problems`)."""
+    import gguf
+
+    names = gguf.get_tensor_name_map(arch_enum, int(text["num_hidden_layers"]))
+    n_head = int(text["num_attention_heads"])
+    n_kv = int(text.get("num_key_value_heads") or n_head)
+    stored = {t.name: t for t in reader.tensors}
+    for source, hf_name, want_of in expected_tensors(arch, _merged_tensors(model_dir)):
+        target = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if target is not None and target not in stored and f"{target}.weight" in stored:
+            target = f"{target}.weight"
+        if target is None or target not in stored:
+            problems.append(f"{source}: missing from the GGUF"
+                            + (f" (expected as {target})" if target else ""))
+            continue
+        tensor = stored[target]
+        got = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type),
+                         dtype=np.float32)
+        want = want_of()
+        declared = tuple(int(s) for s in reversed(list(tensor.shape)))
+        note = ""
+        if (target in EMBEDDINGS and want.ndim == 2 and declared[0] < want.shape[0]
+                and n_tokens <= declared[0] and declared[1:] == want.shape[1:]):
+            # the converter writes one row per token: rows past the tokenizer's vocabulary
+            # (the embedding's padding) are dropped; the kept rows are verified
+            note = f"{want.shape[0] - declared[0]} padding row(s) past the vocabulary dropped"
+            want = want[: declared[0]]
+        if got.size == want.size:
+            got = got.reshape(want.shape)
+        if arch in PERMUTED and source.endswith(("q_proj.weight", "q_proj.bias")):
+            got = unpermute(got, n_head)
+        elif arch in PERMUTED and source.endswith(("k_proj.weight", "k_proj.bias")):
+            got = unpermute(got, n_kv)
+        yield _Pair(source, target, tensor, got, want, declared, note)
+
+
+def file_matrices(path: Path, model_dir: Path) -> tuple[dict[str, tuple[str, np.ndarray]],
+                                                        list[str]]:
+    """The matrices llama.cpp multiplies with, in the HF layout: HF name -> (GGML type, the
+    file's dequantized values) for every rounded (not F32) tensor of two or more dimensions
+    that is one merged weight (a dropped padding row stays missing: fewer rows); and the GGUF
+    names of rounded tensors that are not one merged weight (stacked or split experts), which
+    a caller cannot put back into the HF model one to one."""
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    config = json.loads((model_dir / MODEL_CONFIG).read_text(encoding="utf-8"))
+    text = config.get("text_config", config)
+    arch = str(_field(reader, "general.architecture"))
+    arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    found: dict[str, tuple[str, np.ndarray]] = {}
+    apart: list[str] = []
+    for pair in _pairs(reader, model_dir, arch_enum, arch, text, 0, []):
+        kind = pair.tensor.tensor_type.name
+        if kind == "F32" or pair.got.ndim < 2:
+            continue
+        if pair.got.shape[1:] != pair.want.shape[1:] or "{" in pair.source or (
+                arch == "gpt-oss" and ".mlp.experts." in pair.source):
+            apart.append(pair.target)
+            continue
+        found[pair.source] = (kind, pair.got)
+    return found, apart
 
 
 Expected = tuple[str, str, Callable[[], np.ndarray]]
