@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -184,13 +185,13 @@ def rounder(gguf_type: str, last_dim: int) -> Any:
 
 
 def reference_logits(model_dir: Path, inputs: list[Any], gguf_type: str,
-                     matrices: dict[str, tuple[str, Any]] | None = None
+                     matrices: Iterable[tuple[str, str, Any]] | None = None
                      ) -> tuple[list[Any], float | None]:
     """The HF export's float32 logits on `inputs`, and how far they move with its matrices and
     matmul inputs rounded for `gguf_type` and GELU in float16 (0.0 for f32 without GELU, None
     where no rounding is modelled). For llama-quantize's types the matrices are the file's own
-    (`matrices`: HF name -> (GGML type, dequantized values), `gguf_verify.file_matrices`), each
-    matmul's input rounded as that type's dot product rounds it."""
+    (`matrices`: (HF name, GGML type, dequantized values or None), `gguf_verify.file_matrices`),
+    each matmul's input rounded as that type's dot product rounds it."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -234,21 +235,23 @@ def reference_logits(model_dir: Path, inputs: list[Any], gguf_type: str,
 
 
 def _file_drift(model: Any, inputs: list[Any], logits: list[Any],
-                matrices: dict[str, tuple[str, Any]]) -> float | None:
-    """How far the logits move with the file's own matrices put in and every matmul input
-    rounded for its weight's type (and GELU in float16); None when a matrix has no place in
-    the model or its type's dot product is not modelled."""
+                matrices: Iterable[tuple[str, str, Any]]) -> float | None:
+    """How far the logits move with the file's own matrices put in (one at a time) and every
+    matmul input rounded for its weight's type (and GELU in float16); None when a matrix has
+    no place in the model or its type's dot product is not modelled (the model is then left
+    half changed: the caller discards it)."""
     import torch
 
     params = dict(model.named_parameters())
     kinds: dict[int, str] = {}  # id(parameter) -> GGML type
-    for name, (kind, values) in matrices.items():
+    for name, kind, values in matrices:
         parameter = params.get(name)
-        if parameter is None or kind not in DOT_INPUT:
-            return None
-        if tuple(values.shape[1:]) != tuple(parameter.shape[1:]) or (
+        if values is None or parameter is None or kind not in DOT_INPUT or tuple(
+                values.shape[1:]) != tuple(parameter.shape[1:]) or (
                 values.shape[0] > parameter.shape[0]):
             return None
+        # a padding row the converter dropped keeps its value: llama.cpp has no such token
+        parameter[: values.shape[0]] = torch.from_numpy(values).to(parameter.dtype)
         kinds[id(parameter)] = kind
     hooks = []
     half = rounder("f16", 0)
@@ -262,9 +265,6 @@ def _file_drift(model: Any, inputs: list[Any], logits: list[Any],
             hooks.append(module.register_forward_pre_hook(
                 lambda _m, args: (half(args[0]), *args[1:])))
             hooks.append(module.register_forward_hook(lambda _m, _args, result: half(result)))
-    for name, (_, values) in matrices.items():
-        # a padding row the converter dropped keeps its value: llama.cpp has no such token
-        params[name][: values.shape[0]] = torch.from_numpy(values).to(params[name].dtype)
     try:
         return max(float((model(input_ids=ids).logits[0].float() - ref).abs().max())
                    for ids, ref in zip(inputs, logits, strict=True))
@@ -365,8 +365,7 @@ def run_gguf(path: Path, model_dir: Path, gguf_type: str) -> RuntimeCheck:
     if gguf_type not in BOUNDED_TYPES:  # llama-quantize's: the file's own matrices, if they fit
         from graftline.engine.export.gguf_verify import file_matrices
 
-        found, apart = file_matrices(Path(path), model_dir)
-        matrices = None if apart else found
+        matrices = file_matrices(Path(path), model_dir)
     want, drift = reference_logits(model_dir, inputs, gguf_type, matrices)
     rule = bound_rule(gguf_type, from_file=drift is not None)
     differences: list[Difference] = []

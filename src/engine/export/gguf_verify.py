@@ -13,7 +13,7 @@ Bounds, element by element (w = merged weight in float32, e = |gguf − w|):
   BF16  e ≤ 2⁻⁸·|w| + 2⁻¹³³             the same for bfloat16's 8-bit significand
   Q8_0  e ≤ d·(½ + 127·2⁻¹¹ + 10⁻⁴)     d = max|block of 32|/127: half a quantisation step
             + 127·2⁻²⁵                  plus the float16 rounding of the block's scale
-Other llama-quantize types (K-quants, Q4_0, …) are lossy by design: their bound is on the
+Other types of llama.cpp's quantizer (K-quants, Q4_0, …) are lossy by design: their bound is on the
 tensor's relative RMS error (see RMS_BOUNDS), a check that the tensor is the right one and was
 quantized, not that each value is near.
 """
@@ -371,13 +371,12 @@ def _pairs(reader: Any, model_dir: Path, arch_enum: Any, arch: str, text: dict[s
         yield _Pair(source, target, tensor, got, want, declared, note)
 
 
-def file_matrices(path: Path, model_dir: Path) -> tuple[dict[str, tuple[str, np.ndarray]],
-                                                        list[str]]:
-    """The matrices llama.cpp multiplies with, in the HF layout: HF name -> (GGML type, the
-    file's dequantized values) for every rounded (not F32) tensor of two or more dimensions
-    that is one merged weight (a dropped padding row stays missing: fewer rows); and the GGUF
-    names of rounded tensors that are not one merged weight (stacked or split experts), which
-    a caller cannot put back into the HF model one to one."""
+def file_matrices(path: Path, model_dir: Path) -> Iterator[tuple[str, str, np.ndarray | None]]:
+    """The matrices llama.cpp multiplies with, in the HF layout, one at a time (a model's worth
+    of float32 is never held twice): (HF name, GGML type, the file's dequantized values) for
+    every rounded (not F32) tensor of two or more dimensions; values None for one that is not
+    one merged weight (experts stacked or split), which cannot be put back one to one. A
+    dropped padding row stays missing: fewer rows."""
     import gguf
 
     reader = gguf.GGUFReader(path)
@@ -385,18 +384,13 @@ def file_matrices(path: Path, model_dir: Path) -> tuple[dict[str, tuple[str, np.
     text = config.get("text_config", config)
     arch = str(_field(reader, "general.architecture"))
     arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
-    found: dict[str, tuple[str, np.ndarray]] = {}
-    apart: list[str] = []
     for pair in _pairs(reader, model_dir, arch_enum, arch, text, 0, []):
         kind = pair.tensor.tensor_type.name
         if kind == "F32" or pair.got.ndim < 2:
             continue
-        if pair.got.shape[1:] != pair.want.shape[1:] or "{" in pair.source or (
-                arch == "gpt-oss" and ".mlp.experts." in pair.source):
-            apart.append(pair.target)
-            continue
-        found[pair.source] = (kind, pair.got)
-    return found, apart
+        apart = pair.got.shape[1:] != pair.want.shape[1:] or "{" in pair.source or (
+            arch == "gpt-oss" and ".mlp.experts." in pair.source)
+        yield pair.source, kind, None if apart else pair.got
 
 
 Expected = tuple[str, str, Callable[[], np.ndarray]]
