@@ -80,6 +80,10 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Converted]:
         # beside the cached twin is not ours to write: the files go to this module's folder
         jobs += [(model_dir, root / name / gguf_filename(t), t) for t in TYPES]
         (root / name).mkdir()
+    # K-quant blocks need rows of 256: the twins are 64 wide. One wider, untrained copy of the
+    # mistral twin's architecture, converted in the same converter process
+    wide = _wide_copy(build_family("mistral"), root / WIDE)
+    jobs.append((wide, root / WIDE / gguf_filename("f32"), "f32"))
     written = iter(convert_many(converter, jobs))
     found: dict[str, Converted] = {}
     for name, (refusal, model_dir) in plans.items():
@@ -91,7 +95,34 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Converted]:
             tensors[gguf_type] = verify_gguf(result, model_dir, gguf_type)
             runtime[gguf_type] = run_gguf(result, model_dir, gguf_type)
         found[name] = Converted(name, refusal, model_dir, files, tensors, runtime)
+    wide_f32 = next(written)
+    assert isinstance(wide_f32, Path), wide_f32
+    found[WIDE] = Converted(WIDE, None, wide, {"f32": wide_f32}, {}, {})
     return found
+
+
+WIDE = "mistral-wide"
+
+
+def _wide_copy(base: Path, out: Path) -> Path:
+    """The twin's architecture and tokenizer at 256 wide (intermediate 512), random weights
+    (seeded): a model whose matrices take K-quant blocks."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    shutil.copytree(base, out)
+    config = json.loads((out / "config.json").read_text())
+    model_type = config.pop("model_type")
+    for key in ("architectures", "transformers_version", "dtype"):
+        config.pop(key, None)
+    config.update(hidden_size=256, intermediate_size=512, head_dim=64, initializer_range=0.05)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config),
+                                             dtype=torch.float32)
+    for stale in out.glob("*.safetensors"):
+        stale.unlink()
+    model.save_pretrained(out)
+    return out
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -107,9 +138,16 @@ def test_family_gguf_f32_and_q8_0_verified_and_run_in_llama_cpp(
         assert found.model_dir.name.endswith("-chars")
     else:
         assert found.refusal is None and found.model_dir == build_family(name)
+    config = json.loads((found.model_dir / "config.json").read_text())
+    # the model's own sliding/full layers, written for llama.cpp (gguf_driver): a 2-layer
+    # [sliding, full] Gemma 3 is not the 5 : 1 pattern llama.cpp otherwise assumes
+    layers = ([kind == "sliding_attention" for kind in config["layer_types"]]
+              if config.get("sliding_window") and "sliding_attention" in
+              config.get("layer_types", []) else None)
     for gguf_type in TYPES:
         tensors, ran = found.tensors[gguf_type], found.runtime[gguf_type]
         assert tensors.passed, tensors.message
+        assert tensors.metadata["sliding_window_pattern"] == layers
         known = LLAMA_CPP_DIFFERS.get((name, gguf_type), frozenset())
         print(f"\n{name} {gguf_type}: {tensors.message}; {ran.message}")
         assert {d.what for d in ran.differences} == known, [(d.what, d.detail)
@@ -259,3 +297,103 @@ def test_a_phi3_export_is_named_so_llama_cpp_strips_after_its_special_tokens() -
     assert runtime_name(build_family("phi3"), "Phi-3-mini-ft") == "Phi-3-mini-ft"
     assert runtime_name(build_family("mistral"), "my-bot") == "my-bot"
     assert runtime_name(build_family("phi3"), None) is None
+
+
+# What llama.cpp derives instead of reading (gguf_limits): each changed the twin's logits by
+# more than 1.5 on a logit scale of 10 when converted anyway (query_pre_attn_scalar 24 against
+# head_dim 16), or stops the pinned converter (the soft-caps).
+MISCONFIGURED = [
+    ("gemma2", {"query_pre_attn_scalar": 24}, "query_pre_attn_scalar"),
+    ("gemma2", {"attn_logit_softcapping": None}, "attn_logit_softcapping"),
+    ("gemma2", {"final_logit_softcapping": None}, "final_logit_softcapping"),
+    ("gemma3", {"query_pre_attn_scalar": 24}, "query_pre_attn_scalar"),
+    ("gemma3", {"attn_logit_softcapping": 50.0}, "attn_logit_softcapping"),
+]
+
+
+@pytest.mark.parametrize(("name", "change", "field"), MISCONFIGURED)
+def test_a_gemma_config_llama_cpp_would_run_differently_is_refused_before_conversion(
+        name: str, change: dict[str, object], field: str, tmp_path: Path) -> None:
+    converter = find_converter()
+    assert converter is not None, "run `make setup`"
+    config = json.loads((build_family(name) / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(GgufError) as refused:
+        preflight(converter, tmp_path)
+    said = refused.value.message
+    assert said.startswith("GGUF refused before conversion") and name in said and field in said
+    assert "safetensors export is complete" in said and "safetensors" in refused.value.fix
+
+
+def test_the_published_gemma_shapes_are_not_refused() -> None:
+    """llama.cpp's own rule: 1/sqrt(hidden/heads) for the 46-layer Gemma 2 and the 62-layer
+    Gemma 3 (27B, query_pre_attn_scalar 144 and 168), 1/sqrt(head_dim) otherwise."""
+    from graftline.engine.export.gguf_limits import runtime_limit
+
+    gemma2 = {"model_type": "gemma2", "attn_logit_softcapping": 50.0,
+              "final_logit_softcapping": 30.0}
+    gemma3 = {"model_type": "gemma3_text", "attn_logit_softcapping": None}
+    published = [
+        {**gemma2, "num_hidden_layers": 26, "hidden_size": 2304, "num_attention_heads": 8,
+         "head_dim": 256, "query_pre_attn_scalar": 256},
+        {**gemma2, "num_hidden_layers": 46, "hidden_size": 4608, "num_attention_heads": 32,
+         "head_dim": 128, "query_pre_attn_scalar": 144},
+        {**gemma3, "num_hidden_layers": 26, "hidden_size": 1152, "num_attention_heads": 4,
+         "head_dim": 256, "query_pre_attn_scalar": 256},
+        # gemma-3-27b-it's published config.json (multimodal wrapper, defaults left out)
+        json.loads((Path(__file__).parent / "fixtures" / "real_configs" / "gemma-3-27b-it"
+                    / "config.json").read_text()),
+    ]
+    assert [runtime_limit(config) for config in published] == [None] * len(published)
+    # the same 27B shape at another depth runs with 1/sqrt(head_dim): refused
+    shallower = {**published[1], "num_hidden_layers": 30}
+    limit = runtime_limit(shallower)
+    assert limit is not None and limit.field == "query_pre_attn_scalar"
+    assert "1/sqrt(head_dim = 128)" in limit.reason
+
+
+@pytest.mark.parametrize(("name", "blocks"), [
+    (WIDE, {"Q4_K", "Q6_K"}),  # K-quant blocks, their inputs rounded to Q8_K
+    ("mistral", {"Q5_0", "Q8_0"}),  # 64 wide: llama.cpp's fallback blocks
+])
+def test_a_k_quant_made_by_the_runtime_is_verified_and_run_within_a_bound_from_its_own_matrices(
+        name: str, blocks: set[str], converted: dict[str, Converted], tmp_path: Path) -> None:
+    """q4_k_m by llama.cpp's own quantizer (the runtime's `llama_model_quantize`; no
+    llama-quantize binary here) from an f32 file: tensors within their RMS bounds, and in
+    llama.cpp within twice the drift of the HF export run with the file's own dequantized
+    matrices and each matmul input rounded as llama.cpp's dot product for that type does."""
+    import gguf
+
+    from graftline.engine.export.gguf_convert import quantize_in_runtime, unavailable_reason
+
+    assert unavailable_reason("q4_k_m") is None
+    found = converted[name]
+    path = quantize_in_runtime(found.files["f32"], tmp_path / "model-q4_k_m.gguf", "q4_k_m")
+    types = {t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    assert types - {"F32"} == blocks, types
+    tensors = verify_gguf(path, found.model_dir, "q4_k_m")
+    assert tensors.passed, tensors.message
+    ran = run_gguf(path, found.model_dir, "q4_k_m")
+    print(f"\n{name} q4_k_m: {tensors.message}; {ran.message}")
+    assert ran.passed, ran.message
+    assert ran.bound is not None and ran.reference_drift is not None and ran.reference_drift > 0
+    assert ran.max_abs_diff is not None and ran.max_abs_diff <= ran.bound
+    assert "the file's own dequantized matrices" in ran.bound_rule
+    assert ran.tokenization and all(row["equal"] for row in ran.tokenization)
+
+
+def test_a_k_quant_whose_experts_cannot_be_put_back_says_its_logits_are_not_gated(
+        converted: dict[str, Converted], tmp_path: Path) -> None:
+    """qwen3_moe's experts are stacked in the file (one tensor per projection, not one per
+    expert as the checkpoint stores them): no drift from the file's matrices, so the logits are
+    reported, said not gated, and everything else is checked."""
+    from graftline.engine.export.gguf_convert import quantize_in_runtime
+
+    found = converted["qwen3_moe"]
+    path = quantize_in_runtime(found.files["f32"], tmp_path / "model-q4_k_m.gguf", "q4_k_m")
+    ran = run_gguf(path, found.model_dir, "q4_k_m")
+    assert ran.passed and ran.bound is None and ran.reference_drift is None
+    assert ran.max_abs_diff is not None and ran.top1_agreement is not None
+    assert "logits not gated for q4_k_m" in ran.message
+    assert ran.bound_rule.startswith("q4_k_m: logits not gated")
+    assert ran.tokenization and all(row["equal"] for row in ran.tokenization)

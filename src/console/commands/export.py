@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 FORMAT_HELP = ("Extra format: gguf (llama.cpp's converter, graftline[gguf]) or ollama (a "
                "Modelfile). Repeatable.")
 GGUF_TYPE_HELP = ("GGUF type: f32, f16, bf16 or q8_0 (written by the converter), or a K-quant "
-                  "such as q4_k_m (needs llama-quantize: GRAFTLINE_LLAMA_QUANTIZE). Implies "
+                  "such as q4_k_m (llama.cpp's quantizer, from graftline[gguf] or "
+                  "GRAFTLINE_LLAMA_QUANTIZE). Implies "
                   "--format gguf; default: follows --dtype.")
 
 

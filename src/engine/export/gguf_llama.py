@@ -76,21 +76,43 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def quantize(source: Path, target: Path, gguf_type: str) -> int:
+    """llama.cpp's own quantizer (`llama_model_quantize`, what `llama-quantize` calls) from
+    the runtime's library: `source` (an F32 GGUF) to `target` in `gguf_type` (q4_k_m, …),
+    with llama-quantize's defaults (its per-tensor type mix and fallbacks). 0 on success."""
+    import ctypes
+
+    import llama_cpp
+
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{gguf_type.upper()}", None)
+    if ftype is None:
+        print(f"llama-cpp-python has no file type {gguf_type!r}", file=sys.stderr)
+        return 2
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = min(4, os.cpu_count() or 1)
+    return int(llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(),
+                                              ctypes.byref(params)))
+
+
 IMPORT_FAILED = 3  # the exit status that says llama_cpp is there but does not import
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print("usage: python -m graftline.engine.export.gguf_llama REQUEST.json",
+    if not (len(args) == 1 or (len(args) == 4 and args[0] == "--quantize")):
+        print("usage: python -m graftline.engine.export.gguf_llama REQUEST.json\n"
+              "       python -m graftline.engine.export.gguf_llama --quantize F32.gguf OUT TYPE",
               file=sys.stderr)
         return 2
-    request = json.loads(Path(args[0]).read_text(encoding="utf-8"))
     try:
         import llama_cpp  # noqa: F401
     except ImportError as exc:  # a dependency missing (diskcache, say): not the file's fault
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return IMPORT_FAILED
+    if args[0] == "--quantize":
+        return quantize(Path(args[1]), Path(args[2]), args[3])
+    request = json.loads(Path(args[0]).read_text(encoding="utf-8"))
     result = run(request)
     (Path(request["out"]) / "result.json").write_text(json.dumps(result), encoding="utf-8")
     return 0

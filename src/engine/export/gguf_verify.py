@@ -13,7 +13,7 @@ Bounds, element by element (w = merged weight in float32, e = |gguf − w|):
   BF16  e ≤ 2⁻⁸·|w| + 2⁻¹³³             the same for bfloat16's 8-bit significand
   Q8_0  e ≤ d·(½ + 127·2⁻¹¹ + 10⁻⁴)     d = max|block of 32|/127: half a quantisation step
             + 127·2⁻²⁵                  plus the float16 rounding of the block's scale
-Other llama-quantize types (K-quants, Q4_0, …) are lossy by design: their bound is on the
+Other types of llama.cpp's quantizer (K-quants, Q4_0, …) are lossy by design: their bound is on the
 tensor's relative RMS error (see RMS_BOUNDS), a check that the tensor is the right one and was
 quantized, not that each value is near.
 """
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,6 +203,8 @@ def _check_metadata(reader: Any, config: dict[str, Any], gguf_type: str, tokeniz
         elif want is not None and value is None and key != "attention.head_count_kv":
             problems.append(f"{arch}.{key} is missing")
 
+    layers = _check_layer_pattern(reader, arch, text, problems)
+
     tokens = _field(reader, "tokenizer.ggml.tokens") or []
     vocab_size = int(text.get("vocab_size") or len(tokenizer))
     if len(tokens) != vocab_size and not len(tokenizer) <= len(tokens) < vocab_size:
@@ -237,7 +239,39 @@ def _check_metadata(reader: Any, config: dict[str, Any], gguf_type: str, tokeniz
                        "chat_template": template is not None,
                        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
                        "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
-                       "add_bos_token": _field(reader, "tokenizer.ggml.add_bos_token")}
+                       "add_bos_token": _field(reader, "tokenizer.ggml.add_bos_token"),
+                       "sliding_window_pattern": layers}
+
+
+ATTENTION_KINDS = {"sliding_attention": True, "full_attention": False}
+
+
+def _check_layer_pattern(reader: Any, arch: Any, text: dict[str, Any],
+                         problems: list[str]) -> list[bool] | None:
+    """The file's per-layer sliding/full pattern (`{arch}.attention.sliding_window_pattern`,
+    true = sliding) against config.json's `layer_types`, where the file has a sliding window.
+    A file without it runs in llama.cpp with the family's assumed pattern (Gemma 3: 5 sliding :
+    1 full), which is wrong for any other `layer_types`: the mask and the RoPE base of the
+    layers that differ (gguf_driver writes it; a 2-layer Gemma 3 [sliding, full] measured
+    max |logit diff| 1.5 on a logit scale of 10 without it)."""
+    pattern = _field(reader, f"{arch}.attention.sliding_window_pattern")
+    layer_types = text.get("layer_types")
+    if not _field(reader, f"{arch}.attention.sliding_window") or not isinstance(
+            layer_types, list) or any(kind not in ATTENTION_KINDS for kind in layer_types):
+        return None if pattern is None or isinstance(pattern, int) else list(pattern)
+    want = [ATTENTION_KINDS[kind] for kind in layer_types]
+    if pattern is None:
+        if len(set(want)) > 1:
+            problems.append(f"{arch}.attention.sliding_window_pattern is missing: llama.cpp "
+                            f"would assume its own pattern for config.json's layer_types")
+        return None
+    if isinstance(pattern, int):  # a period, as a newer converter may write: not judged here
+        return None
+    got = [bool(v) for v in pattern]
+    if got != want:
+        problems.append(f"{arch}.attention.sliding_window_pattern is {pattern}, config.json's "
+                        f"layer_types say {want} (true = sliding)")
+    return got
 
 
 def verify_gguf(path: Path, model_dir: Path, gguf_type: str) -> GgufVerification:
@@ -256,48 +290,21 @@ def verify_gguf(path: Path, model_dir: Path, gguf_type: str) -> GgufVerification
     except StopIteration:
         problems.append(f"architecture {arch!r} is unknown to this gguf package")
         return _result(path, gguf_type, problems, [], metadata)
-    names = gguf.get_tensor_name_map(arch_enum, int(text["num_hidden_layers"]))
-    n_head = int(text["num_attention_heads"])
-    n_kv = int(text.get("num_key_value_heads") or n_head)
     stored = {t.name: t for t in reader.tensors}
     checks: list[TensorCheck] = []
     seen: set[str] = set()
-    for source, hf_name, want_of in expected_tensors(arch, _merged_tensors(model_dir)):
-        target = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if target is not None and target not in stored and f"{target}.weight" in stored:
-            target = f"{target}.weight"
-        if target is None or target not in stored:
-            problems.append(f"{source}: missing from the GGUF"
-                            + (f" (expected as {target})" if target else ""))
-            continue
-        seen.add(target)
-        tensor = stored[target]
-        kind = tensor.tensor_type.name
-        got = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type),
-                         dtype=np.float32)
-        want = want_of()
-        declared = tuple(int(s) for s in reversed(list(tensor.shape)))
-        note = ""
-        if (target in EMBEDDINGS and want.ndim == 2 and declared[0] < want.shape[0]
-                and len(tokenizer) <= declared[0] and declared[1:] == want.shape[1:]):
-            # the converter writes one row per token: rows past the tokenizer's vocabulary
-            # (the embedding's padding) are dropped; the kept rows are verified
-            note = f"{want.shape[0] - declared[0]} padding row(s) past the vocabulary dropped"
-            want = want[: declared[0]]
-        if got.size == want.size:
-            got = got.reshape(want.shape)
-        if arch in PERMUTED and source.endswith(("q_proj.weight", "q_proj.bias")):
-            got = unpermute(got, n_head)
-        elif arch in PERMUTED and source.endswith(("k_proj.weight", "k_proj.bias")):
-            got = unpermute(got, n_kv)
-        check = compare(target, source, kind, got, want)
-        if declared != tuple(want.shape):
-            check = TensorCheck(target, source, kind, check.shape, check.max_abs_err,
-                                float("inf"), False, f"GGUF shape {declared} != {want.shape}")
-        elif note:
+    for pair in _pairs(reader, model_dir, arch_enum, str(arch), text, len(tokenizer), problems):
+        seen.add(pair.target)
+        kind = pair.tensor.tensor_type.name
+        check = compare(pair.target, pair.source, kind, pair.got, pair.want)
+        if pair.declared != tuple(pair.want.shape):
+            check = TensorCheck(pair.target, pair.source, kind, check.shape, check.max_abs_err,
+                                float("inf"), False,
+                                f"GGUF shape {pair.declared} != {pair.want.shape}")
+        elif pair.note:
             check = TensorCheck(check.name, check.source, check.ggml_type, check.shape,
                                 check.max_abs_err, check.ratio, check.passed,
-                                "; ".join(d for d in (note, check.detail) if d))
+                                "; ".join(d for d in (pair.note, check.detail) if d))
         checks.append(check)
     extra = sorted(set(stored) - seen)
     if extra:
@@ -310,6 +317,80 @@ def verify_gguf(path: Path, model_dir: Path, gguf_type: str) -> GgufVerification
                             + (f"; {check.detail}" if check.detail else ""))
     metadata["tensor_count"] = len(stored)
     return _result(path, gguf_type, problems, checks, metadata)
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """One GGUF tensor, dequantized into the HF layout, beside the merged weight it holds."""
+
+    source: str  # the HF name (or a label for stacked experts)
+    target: str  # the GGUF name
+    tensor: Any  # gguf's ReaderTensor
+    got: np.ndarray
+    want: np.ndarray
+    declared: tuple[int, ...]
+    note: str
+
+
+def _pairs(reader: Any, model_dir: Path, arch_enum: Any, arch: str, text: dict[str, Any],
+           n_tokens: int, problems: list[str]) -> Iterator[_Pair]:
+    """Every merged weight's GGUF tensor, dequantized, with the converter's rewrites undone
+    (a missing one is a problem said in `problems`)."""
+    import gguf
+
+    names = gguf.get_tensor_name_map(arch_enum, int(text["num_hidden_layers"]))
+    n_head = int(text["num_attention_heads"])
+    n_kv = int(text.get("num_key_value_heads") or n_head)
+    stored = {t.name: t for t in reader.tensors}
+    for source, hf_name, want_of in expected_tensors(arch, _merged_tensors(model_dir)):
+        target = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if target is not None and target not in stored and f"{target}.weight" in stored:
+            target = f"{target}.weight"
+        if target is None or target not in stored:
+            problems.append(f"{source}: missing from the GGUF"
+                            + (f" (expected as {target})" if target else ""))
+            continue
+        tensor = stored[target]
+        got = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type),
+                         dtype=np.float32)
+        want = want_of()
+        declared = tuple(int(s) for s in reversed(list(tensor.shape)))
+        note = ""
+        if (target in EMBEDDINGS and want.ndim == 2 and declared[0] < want.shape[0]
+                and n_tokens <= declared[0] and declared[1:] == want.shape[1:]):
+            # the converter writes one row per token: rows past the tokenizer's vocabulary
+            # (the embedding's padding) are dropped; the kept rows are verified
+            note = f"{want.shape[0] - declared[0]} padding row(s) past the vocabulary dropped"
+            want = want[: declared[0]]
+        if got.size == want.size:
+            got = got.reshape(want.shape)
+        if arch in PERMUTED and source.endswith(("q_proj.weight", "q_proj.bias")):
+            got = unpermute(got, n_head)
+        elif arch in PERMUTED and source.endswith(("k_proj.weight", "k_proj.bias")):
+            got = unpermute(got, n_kv)
+        yield _Pair(source, target, tensor, got, want, declared, note)
+
+
+def file_matrices(path: Path, model_dir: Path) -> Iterator[tuple[str, str, np.ndarray | None]]:
+    """The matrices llama.cpp multiplies with, in the HF layout, one at a time (a model's worth
+    of float32 is never held twice): (HF name, GGML type, the file's dequantized values) for
+    every rounded (not F32) tensor of two or more dimensions; values None for one that is not
+    one merged weight (experts stacked or split), which cannot be put back one to one. A
+    dropped padding row stays missing: fewer rows."""
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    config = json.loads((model_dir / MODEL_CONFIG).read_text(encoding="utf-8"))
+    text = config.get("text_config", config)
+    arch = str(_field(reader, "general.architecture"))
+    arch_enum = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    for pair in _pairs(reader, model_dir, arch_enum, arch, text, 0, []):
+        kind = pair.tensor.tensor_type.name
+        if kind == "F32" or pair.got.ndim < 2:
+            continue
+        apart = pair.got.shape[1:] != pair.want.shape[1:] or "{" in pair.source or (
+            arch == "gpt-oss" and ".mlp.experts." in pair.source)
+        yield pair.source, kind, None if apart else pair.got
 
 
 Expected = tuple[str, str, Callable[[], np.ndarray]]

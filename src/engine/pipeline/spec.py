@@ -247,7 +247,7 @@ class ExportStage(StageBase):
     formats: list[ExportFormat] = Field(default_factory=_safetensors_only)
     shard_size: str = "5GB"
     force: bool = False
-    # GGUF type (implies the gguf format); K-quants need llama.cpp's llama-quantize
+    # GGUF type (implies the gguf format); K-quants by llama.cpp's quantizer (the runtime's)
     gguf_type: Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q2_k",
                        "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m",
                        "q6_k"] | None = None
