@@ -508,8 +508,10 @@ def rehearse(path: Path | str | PipelineFile, *, steps: int = DEFAULT_STEPS, kee
                  f"each dataset sampled to at most {SAMPLE_ROWS} rows (every row of the full "
                  "file scanned for empty required fields); "
                  f"{steps} steps per training stage",
-                 "the twin's weights are random: the checks test the plumbing (adapters, "
-                 "references, merges, saves), not the model's quality"]
+                 ("the twin's weights are random: " if twin.source == "config" else
+                  f"{steps} steps a stage say nothing about quality: ")
+                 + "the checks test the plumbing (adapters, references, merges, saves); the "
+                 "quality checks (collapse, end of turn) report without failing a stage"]
         twin_pf = PipelineFile(path=pf.path, text=pf.text, pipeline=derived.pipeline,
                                origins=pf.origins, blocks=pf.blocks)
         (scratch / "rehearsal.json").write_text(
@@ -549,7 +551,8 @@ def _run(pf: PipelineFile, scratch: Path, findings: list[Finding],
         runnable = pf.__class__(path=pf.path, text=pf.text, origins=pf.origins,
                                 blocks=pf.blocks, pipeline=pipeline.model_copy(
                                     update={"stage": list(pipeline.stage[:first_bad])}))
-        run_pipeline(runnable, sink.run_dir, sink)
+        # a few steps a stage: the plumbing checks gate, the quality checks only report
+        run_pipeline(runnable, sink.run_dir, sink, judge_quality=False)
         run_errors = sink.errors
     reports = []
     for step in steps:

@@ -181,11 +181,13 @@ def _max_steps(step: Any) -> int | None:
 def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunControl | None = None,
                  *, resume: bool = False, backend: Backend | None = None,
                  hooks: Mapping[str, StageHooks] | None = None,
-                 rehearsal: Callable[[], tuple[str, str]] | None = None) -> RunResult:
+                 rehearsal: Callable[[], tuple[str, str]] | None = None,
+                 judge_quality: bool = True) -> RunResult:
     """Run every stage in file order. Never raises for a stage's failure: it is reported through
     the sink (`error`, `stage_finished` failed, `run_finished` failed) and in the result.
     `rehearsal` runs first, after `run_started` (run/rehearsal_phase.py): anything but
-    `passed` ends the run before stage 1."""
+    `passed` ends the run before stage 1. `judge_quality` False: the quality checks (collapse,
+    end of turn) report without failing a stage, as for a rehearsal's few steps a stage."""
     from graftline.engine.pipeline.plan import resolve
 
     run_dir = Path(run_dir)
@@ -241,7 +243,7 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
             global_step_offset=offset, resume_from=resume_from, search_dir=pf.directory,
             hooks=(hooks or {}).get(step.name, StageHooks()),
             report_to=tuple(header.report_to),
-            pipeline_name=header.name,
+            pipeline_name=header.name, judge_quality=judge_quality,
         )
         result = _run_one(pf, ctx, directory)
         statuses[step.name] = result.status

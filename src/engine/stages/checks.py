@@ -22,7 +22,7 @@ from graftline.engine.common.sink import Sink
 from graftline.engine.lineage.manifest import CheckResult, LoraSpec
 
 ADAPTER = "default"
-MERGE_TOLERANCE = 1e-4
+MERGE_TOLERANCE = 1e-4  # max |logit diff| per unit of logit scale, float32 merges
 START_TOLERANCE = 0.05
 FINGERPRINT_SAMPLES = 4096
 
@@ -400,7 +400,8 @@ def generation_sanity(before: list[Generation], after: list[Generation], probes:
                       max_new_tokens: int = 12, *, gate: bool = True) -> CheckResult:
     """Collapse = most probes degenerate now, and a margin of them newly so (see
     COLLAPSE_NEW_SHARE): a fail. Fewer newly degenerate probes are a warning band. With `gate`
-    False (a random-weight twin) a collapse is reported as a warning: quality is noise there."""
+    False (a random-weight twin, a rehearsal) a collapse is reported as a warning: quality is
+    noise there."""
     bad_after = [degenerate(g, max_new_tokens) for g in after]
     bad_before = [degenerate(g, max_new_tokens) for g in before]
     samples = {p: g.text for p, g in zip(probes, after, strict=False)}
@@ -424,7 +425,8 @@ def generation_sanity(before: list[Generation], after: list[Generation], probes:
                "the stage")
         if not gate:
             return verdict("generation_sanity", "warn",
-                           f"{message} — on a random-weight twin: reported, not gated",
+                           f"{message} — reported, not gated (a random-weight twin, or a "
+                           "rehearsal's few steps a stage)",
                            cause=cause, **data)
         return verdict("generation_sanity", "fail", message, cause=cause, fix=fix, **data)
     if n_after * 2 > total and newly:
@@ -452,7 +454,8 @@ def end_of_turn(before: float | None, after: float | None, token: str, *, traine
                 judge: bool = True, rows: int = 0) -> CheckResult:
     """P(end-of-turn | prompt + expected answer), teacher-forced, at the stage's start and end.
     Low after the stage is a warning, never a failure (the stage's adapter is sound; the model
-    does not stop); on a random-weight twin (`judge` False) it is only reported."""
+    does not stop); on a random-weight twin or in a rehearsal (`judge` False) it is only
+    reported."""
     if after is None:
         return verdict("end_of_turn", "pass", "not measured: no chat rows with an expected "
                        "answer in the stage's data", rows=0)
@@ -461,8 +464,8 @@ def end_of_turn(before: float | None, after: float | None, token: str, *, traine
     was = f"{before:.2f} at the start" if before is not None else "not measured at the start"
     said = f"P({token} | prompt + expected answer) {after:.2f} after the stage ({was})"
     if not judge:
-        return verdict("end_of_turn", "pass", f"{said} — on a random-weight twin: reported, not "
-                       "judged", **data)
+        return verdict("end_of_turn", "pass", f"{said} — reported, not judged (a random-weight "
+                       "twin, or a rehearsal's few steps a stage)", **data)
     if after >= END_OF_TURN_LOW:
         return verdict("end_of_turn", "pass", said, **data)
     how = "it was already low at the start" if before is None or before < END_OF_TURN_LOW \
@@ -489,20 +492,28 @@ def end_of_turn(before: float | None, after: float | None, token: str, *, traine
 def merge_equal(merged: Any, expected_logits: torch.Tensor, input_ids: torch.Tensor,
                 *, tolerance: float = MERGE_TOLERANCE, name: str = "merge_equal") -> CheckResult:
     """After a merge: no leftover peft_config, and the merged model's logits equal the adapter
-    model's (computed before merging, in fp32)."""
+    model's (computed before merging, in fp32) within `tolerance` per unit of logit scale
+    (max(1, max |adapter logit|)), the rule the export's verification uses: float32 rounding
+    grows with the logits, and a position whose hidden state has a small norm amplifies it
+    (2.4e-4 on logits of 11.6 for a correct float32 merge of one toy base)."""
     if hasattr(merged, "peft_config"):
         return verdict(name, "fail", "the merged model still has a peft_config",
                        cause="the adapter was not merged and unloaded (merge_and_unload)",
                        fix="call merge_and_unload() and save the returned model")
+    expected = expected_logits.float().cpu()
     got = merged(input_ids=input_ids.to(merged.device)).logits.float().cpu()
-    diff = float((got - expected_logits.float().cpu()).abs().max())
-    if not diff <= tolerance:
+    diff = float((got - expected).abs().max())
+    scale = max(1.0, float(expected.abs().max()))
+    allowed = tolerance * scale
+    if not diff <= allowed:
         return verdict(name, "fail",
-                       f"merged logits differ from the adapter's by {diff:.2e} (> {tolerance})",
+                       f"merged logits differ from the adapter's by {diff:.2e} (> {allowed:.1e}:"
+                       f" {tolerance} per unit of logit scale {scale:.3g})",
                        cause="the merge was done in a lossy dtype or into a quantized base",
-                       fix="merge in float32 into the full-precision base", max_abs_diff=diff)
-    return verdict(name, "pass", f"merged logits = adapter logits (max |Δ| {diff:.1e})",
-                   max_abs_diff=diff)
+                       fix="merge in float32 into the full-precision base", max_abs_diff=diff,
+                       tolerance=allowed)
+    return verdict(name, "pass", f"merged logits = adapter logits (max |Δ| {diff:.1e}, "
+                   f"≤ {allowed:.1e})", max_abs_diff=diff, tolerance=allowed)
 
 
 @torch.no_grad()

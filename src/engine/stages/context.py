@@ -49,6 +49,8 @@ class StageContext:
     hooks: StageHooks = StageHooks()
     report_to: tuple[str, ...] = ()  # [pipeline] report_to: trackers (stages/tracking.py)
     pipeline_name: str = ""  # [pipeline] name: the trackers' project
+    # False in a rehearsal: a few steps a stage say nothing about quality (checks report only)
+    judge_quality: bool = True
 
     @property
     def name(self) -> str:

@@ -277,11 +277,11 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
         log.record(checks.adapter_base(ctx.stage_dir, ctx.model_path()))
         said_after = probes.answers()
         probes.send("end", said_after, outcome.steps)
-        random_twin = checks.random_weights(ctx.base_path)
+        judge = ctx.judge_quality and not checks.random_weights(ctx.base_path)
         log.record(checks.generation_sanity(probes.said_before, said_after, probes.prompts,
-                                            PROBE_TOKENS, gate=not random_twin))
+                                            PROBE_TOKENS, gate=judge))
         log.record(end_of_turn.check(ended_before, end_of_turn.measure(policy), policy,
-                                     judge=not random_twin))
+                                     judge=judge))
 
     if eval_rows is not None:
         outcome.evaluation = {k: float(v) for k, v in trainer.evaluate().items()
