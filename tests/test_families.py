@@ -248,3 +248,22 @@ def test_collapse_needs_a_margin_of_newly_degenerate_probes_and_random_twins_onl
     assert not random_weights(build_family("qwen3"))
     # the rehearsal's twin keeps the base's tokenizer files byte for byte
     assert tokenizer_bytes(Path(twin.base)) == tokenizer_bytes(build_family("qwen3"))
+
+
+def test_soft_capped_attention_is_trained_as_inference_computes_it() -> None:
+    """Gemma 2 caps its attention logits; transformers' default attention (SDPA) silently drops
+    the cap, so the backend loads such a model with eager attention, as inference runs it."""
+    from transformers import AutoModelForCausalLM
+
+    from graftline.engine.backends.hf import HFBackend
+
+    base = build_family("gemma2")
+    model, _tokenizer = HFBackend().load_model(base)
+    assert model.config._attn_implementation == "eager"
+    sdpa = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32,
+                                                attn_implementation="sdpa")
+    ids = probe_ids(base)
+    with torch.no_grad():  # the cap changes this twin's logits: the choice is not cosmetic
+        assert float((model(input_ids=ids).logits - sdpa(input_ids=ids).logits).abs().max()) > 0
+    plain, _tokenizer = HFBackend().load_model(build_family("llama"))
+    assert plain.config._attn_implementation != "eager"  # uncapped families keep the default

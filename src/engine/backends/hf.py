@@ -38,6 +38,21 @@ def _no_cpu_repacking(model: Any) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def attention_for(path: str | Path) -> dict[str, str]:
+    """Eager attention for a model whose attention logits are soft-capped (Gemma 2): SDPA, the
+    default, silently drops the cap (transformers 5.x), so training would fit a function that
+    inference (eager, llama.cpp, vLLM) does not compute. Everything else keeps the default."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError):
+        return {}
+    capped = getattr(config, "attn_logit_softcapping", None) or getattr(
+        getattr(config, "text_config", None), "attn_logit_softcapping", None)
+    return {"attn_implementation": "eager"} if capped else {}
+
+
 class HFBackend(Backend):
     name = "hf"
 
@@ -45,7 +60,8 @@ class HFBackend(Backend):
                    dtype: torch.dtype | None = None, max_length: int = 2048) -> tuple[Any, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        kwargs: dict[str, Any] = {"dtype": dtype or torch.float32}
+        kwargs: dict[str, Any] = {"dtype": dtype or torch.float32,
+                                  **attention_for(path)}
         quant = _quantization_config(quantization)
         if quant is not None:
             kwargs["quantization_config"] = quant
