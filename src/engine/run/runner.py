@@ -183,11 +183,9 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
                  hooks: Mapping[str, StageHooks] | None = None,
                  rehearsal: Callable[[], tuple[str, str]] | None = None,
                  judge_quality: bool = True) -> RunResult:
-    """Run every stage in file order. Never raises for a stage's failure: it is reported through
-    the sink (`error`, `stage_finished` failed, `run_finished` failed) and in the result.
-    `rehearsal` runs first, after `run_started` (run/rehearsal_phase.py): anything but
-    `passed` ends the run before stage 1. `judge_quality` False: the quality checks (collapse,
-    end of turn) report without failing a stage, as for a rehearsal's few steps a stage."""
+    """Run every stage in file order; a stage's failure goes to the sink and the result, never
+    raised. `rehearsal` runs first (run/rehearsal_phase.py): anything but `passed` ends the run
+    before stage 1. `judge_quality` False: quality checks report only (a rehearsal's steps)."""
     from graftline.engine.pipeline.plan import resolve
 
     run_dir = Path(run_dir)
