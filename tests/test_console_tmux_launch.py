@@ -26,48 +26,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from gated_run import wait_ended, write_gated_run
 
 from graftline.engine.run import client
 
 TMUX = shutil.which("tmux")
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install -y tmux)"),
 ]
-
-REWARD = '''
-import os
-import time
-from pathlib import Path
-
-HERE = Path(__file__).parent
-
-
-def score(prompts, completions, **kwargs):
-    """Scores at once in the console's session; elsewhere waits until `gate` exists."""
-    if os.getsid(0) != int((HERE / "launcher.sid").read_text()):
-        (HERE / f"called-in-{os.getsid(0)}").touch()
-        while not (HERE / "gate").exists():
-            time.sleep(0.05)
-    return [0.0 for _ in completions]
-'''
-
-PIPELINE = """
-[pipeline]
-name = "launched"
-base = "toy:addition"
-runs_dir = "runs"
-[[stage]]
-name = "rl"
-kind = "grpo"
-data = "grpo.jsonl"
-reward = ["gate_reward:score"]
-num_generations = 2
-max_completion_length = 4
-train = { max_steps = 2, batch_size = 2, logging_steps = 1 }
-"""
 
 
 class Tmux:
@@ -127,24 +95,11 @@ def _gone(pid: int, timeout: float) -> bool:
     return False
 
 
-def _wait_ended(run_dir: Path, timeout: float = 600) -> client.RunInfo:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = client.read_state(run_dir)
-        if info.status in ("finished", "failed", "stopped", "crashed"):
-            return info
-        time.sleep(0.5)
-    raise AssertionError(f"the run never ended:\n{(run_dir / 'engine.log').read_text()[-3000:]}")
-
-
 def test_L_launches_detached_and_closing_the_tmux_session_cannot_stop_the_run(
         tmp_path: Path, toy_base: Path, tmux: Tmux) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    rows = (EXAMPLES / "grpo.jsonl").read_text().splitlines()[:40]
-    (work / "grpo.jsonl").write_text("\n".join(rows) + "\n")
-    (work / "gate_reward.py").write_text(REWARD)
-    (work / "p.toml").write_text(PIPELINE)
+    write_gated_run(work, name="launched")
     console = f"{sys.executable} -m graftline --theme low"
     env = "TERM=screen-256color GRAFTLINE_ASCII=0"
     # the pane's shell leads its session; the console takes its place (exec), keeping that sid
@@ -174,7 +129,7 @@ def test_L_launches_detached_and_closing_the_tmux_session_cannot_stop_the_run(
         assert client.read_state(run_dir).live, "closing the terminal stopped the engine"
         (work / "gate").touch()  # only now can the engine's rehearsal score anything
 
-        info = _wait_ended(run_dir)
+        info = wait_ended(run_dir)
         assert info.status == "finished", (run_dir / "engine.log").read_text()[-3000:]
         events = [json.loads(line) for line in (run_dir / client.EVENTS).read_text().splitlines()
                   if line.strip()]

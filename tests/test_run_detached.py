@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from console_support import screen_text, wait_for
+from gated_run import RAISE, REWARD, WAIT, wait_ended, write_gated_run
 from typer.testing import CliRunner
 
 from graftline.console.app import GraftlineApp
@@ -30,49 +31,9 @@ from graftline.console.screens.dashboard import DashboardScreen
 from graftline.console.widgets.pipeline_table import PipelineTable
 from graftline.engine.run import client
 
-REWARD = '''
-import os
-import time
-from pathlib import Path
-
-HERE = Path(__file__).parent
-
-
-def score(prompts, completions, **kwargs):
-    """Scores at once in the launching session; elsewhere {mode} until `gate` exists."""
-    if os.getsid(0) != int((HERE / "launcher.sid").read_text()):
-        (HERE / f"called-in-{{os.getsid(0)}}").touch()
-        {body}
-    return [0.0 for _ in completions]
-'''
-WAIT = 'while not (HERE / "gate").exists():\n            time.sleep(0.05)'
-RAISE = 'raise ValueError("cannot score this completion")'
-
-PIPELINE = """
-[pipeline]
-name = "detached"
-base = "toy:addition"
-runs_dir = "runs"
-[[stage]]
-name = "rl"
-kind = "grpo"
-data = "grpo.jsonl"
-reward = ["gate_reward:score"]
-num_generations = 2
-max_completion_length = 4
-train = { max_steps = 2, batch_size = 2, logging_steps = 1 }
-"""
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
-
 
 def _pipeline(tmp_path: Path, body: str, mode: str) -> Path:
-    rows = (EXAMPLES / "grpo.jsonl").read_text().splitlines()[:40]
-    (tmp_path / "grpo.jsonl").write_text("\n".join(rows) + "\n")
-    (tmp_path / "gate_reward.py").write_text(REWARD.format(body=body, mode=mode))
-    path = tmp_path / "p.toml"
-    path.write_text(PIPELINE)
-    return path
+    return write_gated_run(tmp_path, name="detached", body=body, mode=mode)
 
 
 def _events(run_dir: Path) -> list[dict]:
@@ -80,17 +41,6 @@ def _events(run_dir: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _wait_ended(run_dir: Path, timeout: float = 600) -> client.RunInfo:
-    """Until the engine has ended (a guard against a hang, not a measurement)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = client.read_state(run_dir)
-        if info.status in ("finished", "failed", "stopped", "crashed"):
-            return info
-        time.sleep(0.5)
-    raise AssertionError(f"the run never ended:\n{(run_dir / 'engine.log').read_text()[-3000:]}")
 
 
 def _stop(run_dir: Path) -> None:
@@ -124,7 +74,7 @@ def test_run_detach_returns_before_the_rehearsal_and_a_sighup_cannot_stop_it(
         (run_dir,) = (tmp_path / "runs").glob("detached-*")
         (tmp_path / "gate").touch()  # only now can the engine's rehearsal score anything
 
-        info = _wait_ended(run_dir)
+        info = wait_ended(run_dir)
         assert info.status == "finished", (run_dir / "engine.log").read_text()[-3000:]
         events = _events(run_dir)
         kinds = [(e["type"], e["data"].get("phase")) for e in events]
@@ -159,7 +109,7 @@ async def test_a_failed_rehearsal_ends_the_run_before_stage_one_with_the_report_
     assert result.exit_code == 0, result.output
     (run_dir,) = (tmp_path / "runs").glob("detached-*")
     try:
-        info = _wait_ended(run_dir)
+        info = wait_ended(run_dir)
     finally:
         _stop(run_dir)
     assert info.status == "failed"
@@ -200,7 +150,7 @@ def test_no_rehearse_starts_stage_one_without_a_rehearsal(tmp_path: Path,
     assert "--kind rehearsal" not in result.output
     (run_dir,) = (tmp_path / "runs").glob("detached-*")
     try:
-        info = _wait_ended(run_dir)
+        info = wait_ended(run_dir)
     finally:
         _stop(run_dir)
     assert info.status == "finished", (run_dir / "engine.log").read_text()[-3000:]
