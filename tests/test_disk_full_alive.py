@@ -3,18 +3,21 @@
 A real engine trains on a 4 MiB tmpfs (tests/test_disk_full.py's fixture); the test fills it,
 the engine pauses, and its heartbeat in state.json can no longer be written. Once that heartbeat
 is older than the crash threshold (the state file alone now reads `crashed`), `graftline ls`,
-`graftline resume` and the console must still say what is true: paused for a full disk, how much
-to free and where; `resume` starts nothing. Then the space comes back and the run finishes.
+`graftline resume` and the console (under Pilot, and attached in a real terminal: tmux) must still
+say what is true: paused for a full disk, how much to free and where; `resume` starts nothing.
+Then the space comes back and the run finishes.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from console_support import screen_text, wait_for
 from test_disk_full import _assert_finished_whole, _fill, _start, _types, _wait, tiny_fs
+from tmux_support import TMUX, Tmux, tmux
 from typer.testing import CliRunner
 
 from graftline.console.app import GraftlineApp
@@ -24,13 +27,13 @@ from graftline.engine.common.liveness import STALE_AFTER
 from graftline.engine.run import client
 from graftline.engine.run import state as runstate
 
-__all__ = ["tiny_fs"]  # the fixture, used by name
+__all__ = ["tiny_fs", "tmux"]  # the fixtures, used by name
 
 
 @pytest.mark.slow
 @pytest.mark.asyncio
 async def test_a_paused_for_disk_engine_with_a_stale_heartbeat_is_alive_not_crashed(
-        tmp_path: Path, tiny_fs: Path, toy_base: Path) -> None:
+        tmp_path: Path, tiny_fs: Path, toy_base: Path, tmux: Tmux) -> None:
     runs = tiny_fs / "runs"
     run_dir, proc, log = _start(tmp_path, runs, max_steps=40, save_steps=20)
     try:
@@ -72,6 +75,12 @@ async def test_a_paused_for_disk_engine_with_a_stale_heartbeat_is_alive_not_cras
             text = screen_text(console)
             assert "PAUSED" in text and "disk full: free " in text, text
             assert "CRASHED" not in text and "engine not running" not in text
+        if TMUX is not None:  # and as a terminal shows it: `graftline attach` in tmux
+            tmux.start("attached", f"env TERM=screen-256color {sys.executable} -m graftline "
+                       f"attach {run_dir.name} --runs-dir {runs}", tmp_path)
+            shown = tmux.wait("attached", "disk full: free ", timeout=120)
+            assert "PAUSED" in shown and "CRASHED" not in shown, shown
+            tmux("kill-server")
 
         ballast.unlink()
         _assert_finished_whole(run_dir, proc, log)
