@@ -258,7 +258,7 @@ def test_end_of_turn_verdicts_say_low_from_the_start_dropped_or_fine() -> None:
     trained = end_of_turn(0.02, 0.2, "<|eot_id|>", trained=True, rows=8)
     assert trained.status == "warn" and "more steps" in trained.data["fix"]
     assert end_of_turn(0.5, 0.97, "<|end|>", trained=False, rows=8).status == "pass"
-    # a random-weight twin: reported, never judged; nothing to measure: said so
+    # in a rehearsal: reported, never judged; nothing to measure: said so
     twin = end_of_turn(0.01, 0.01, "<|end|>", trained=False, judge=False, rows=8)
     assert twin.status == "pass" and "not judged" in twin.message
     assert "not measured" in end_of_turn(None, None, "<|end|>", trained=False).message

@@ -19,7 +19,6 @@ from typing import Any
 from graftline.engine.common.errors import GraftlineError
 from graftline.engine.common.tokenizer_files import save_tokenizer
 from graftline.engine.pipeline.modelinfo import config_path
-from graftline.engine.stages.checks import RANDOM_TWIN_MARKER
 
 TOY_BASE = "toy:addition"
 LAYERS = 2
@@ -243,9 +242,6 @@ def _from_config(found: Path, out: Path, seed: int) -> Twin:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
     save_tokenizer(tokenizer, out)
-    # the stages' quality checks (collapse) report on random weights without gating
-    (out / RANDOM_TWIN_MARKER).write_text(json.dumps({"random_weights": True,
-                                                      "config_from": str(found)}) + "\n")
     return Twin(
         base=str(out.resolve()), source="config", model_type=model_type,
         experts=_experts(config), params=sum(p.numel() for p in model.parameters()),

@@ -382,26 +382,14 @@ COLLAPSE_MIN_NEW = 2
 # What a stage's collapse check judges on: at least this many probes (the pipeline's, topped up
 # with prompts from the stage's own data).
 MIN_PROBES = 8
-# Beside a twin built with random weights (the rehearsal's): its quality checks report, and only
-# its plumbing checks gate.
-RANDOM_TWIN_MARKER = "graftline_twin.json"
-
-
-def random_weights(base_path: str | Path) -> bool:
-    """Whether the run's base is a twin with random weights (the rehearsal marks it)."""
-    marker = Path(str(base_path)) / RANDOM_TWIN_MARKER
-    try:
-        return bool(json.loads(marker.read_text()).get("random_weights"))
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def generation_sanity(before: list[Generation], after: list[Generation], probes: Sequence[str],
                       max_new_tokens: int = 12, *, gate: bool = True) -> CheckResult:
     """Collapse = most probes degenerate now, and a margin of them newly so (see
     COLLAPSE_NEW_SHARE): a fail. Fewer newly degenerate probes are a warning band. With `gate`
-    False (a random-weight twin, a rehearsal) a collapse is reported as a warning: quality is
-    noise there."""
+    False (a rehearsal's few steps, often on a random-weight twin) a collapse is reported as a
+    warning: quality is noise there."""
     bad_after = [degenerate(g, max_new_tokens) for g in after]
     bad_before = [degenerate(g, max_new_tokens) for g in before]
     samples = {p: g.text for p, g in zip(probes, after, strict=False)}
@@ -425,8 +413,7 @@ def generation_sanity(before: list[Generation], after: list[Generation], probes:
                "the stage")
         if not gate:
             return verdict("generation_sanity", "warn",
-                           f"{message} — reported, not gated (a random-weight twin, or a "
-                           "rehearsal's few steps a stage)",
+                           f"{message} — reported, not gated (a rehearsal's few steps a stage)",
                            cause=cause, **data)
         return verdict("generation_sanity", "fail", message, cause=cause, fix=fix, **data)
     if n_after * 2 > total and newly:
@@ -454,7 +441,7 @@ def end_of_turn(before: float | None, after: float | None, token: str, *, traine
                 judge: bool = True, rows: int = 0) -> CheckResult:
     """P(end-of-turn | prompt + expected answer), teacher-forced, at the stage's start and end.
     Low after the stage is a warning, never a failure (the stage's adapter is sound; the model
-    does not stop); on a random-weight twin or in a rehearsal (`judge` False) it is only
+    does not stop); in a rehearsal (`judge` False: a few steps, often on random weights) it is only
     reported."""
     if after is None:
         return verdict("end_of_turn", "pass", "not measured: no chat rows with an expected "
@@ -464,8 +451,8 @@ def end_of_turn(before: float | None, after: float | None, token: str, *, traine
     was = f"{before:.2f} at the start" if before is not None else "not measured at the start"
     said = f"P({token} | prompt + expected answer) {after:.2f} after the stage ({was})"
     if not judge:
-        return verdict("end_of_turn", "pass", f"{said} — reported, not judged (a random-weight "
-                       "twin, or a rehearsal's few steps a stage)", **data)
+        return verdict("end_of_turn", "pass", f"{said} — reported, not judged (a rehearsal's few "
+                       "steps a stage)", **data)
     if after >= END_OF_TURN_LOW:
         return verdict("end_of_turn", "pass", said, **data)
     how = "it was already low at the start" if before is None or before < END_OF_TURN_LOW \

@@ -49,7 +49,8 @@ class StageContext:
     hooks: StageHooks = StageHooks()
     report_to: tuple[str, ...] = ()  # [pipeline] report_to: trackers (stages/tracking.py)
     pipeline_name: str = ""  # [pipeline] name: the trackers' project
-    # False in a rehearsal: a few steps a stage say nothing about quality (checks report only)
+    # False in a rehearsal (a few steps a stage, often on random weights): the quality checks
+    # (collapse, end of turn) report only; the plumbing checks gate as always
     judge_quality: bool = True
 
     @property

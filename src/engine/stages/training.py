@@ -277,11 +277,10 @@ def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
         log.record(checks.adapter_base(ctx.stage_dir, ctx.model_path()))
         said_after = probes.answers()
         probes.send("end", said_after, outcome.steps)
-        judge = ctx.judge_quality and not checks.random_weights(ctx.base_path)
         log.record(checks.generation_sanity(probes.said_before, said_after, probes.prompts,
-                                            PROBE_TOKENS, gate=judge))
+                                            PROBE_TOKENS, gate=ctx.judge_quality))
         log.record(end_of_turn.check(ended_before, end_of_turn.measure(policy), policy,
-                                     judge=judge))
+                                     judge=ctx.judge_quality))
 
     if eval_rows is not None:
         outcome.evaluation = {k: float(v) for k, v in trainer.evaluate().items()
