@@ -6,21 +6,19 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import re
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from tmux_support import NO_TMUX, TMUX, Tmux, tmux
 
 REPO = Path(__file__).resolve().parents[1]
-TMUX = shutil.which("tmux")
+__all__ = ["tmux"]  # the fixture, used by name
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install -y tmux)"),
+    pytest.mark.skipif(TMUX is None, reason=NO_TMUX),
 ]
 
 # The CLI with `demo` registered; works before and after cli.py wires the command in.
@@ -48,38 +46,18 @@ def small_demo(tmp_path: Path) -> Path:
     return path
 
 
-def tmux(*args: str) -> str:
-    return subprocess.run([TMUX, *args], capture_output=True, text=True, check=True).stdout
-
-
-def capture(session: str) -> str:
-    return tmux("capture-pane", "-p", "-t", session)
-
-
-def wait_screen(session: str, pattern: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    screen = ""
-    while time.monotonic() < deadline:
-        screen = capture(session)
-        if re.search(pattern, screen):
-            return screen
-        time.sleep(0.5)
-    raise AssertionError(f"{pattern!r} never appeared; the screen was:\n{screen}")
-
-
-def test_demo_in_tmux_detach_keeps_training(tmp_path: Path, toy_base: Path) -> None:
+def test_demo_in_tmux_detach_keeps_training(tmp_path: Path, toy_base: Path,
+                                             tmux: Tmux) -> None:
     from graftline.engine.run import client
 
     pipeline = small_demo(tmp_path)
     script = tmp_path / "cli.py"
     script.write_text(CLI)
-    session = f"graftline-test-{tmp_path.name}"[:60]
-    command = (f"{sys.executable} {script} demo --pipeline {pipeline} --theme low; "
-               "echo CONSOLE-EXITED; sleep 600")
-    tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40",
-         "-e", "TERM=screen-256color", "-e", "GRAFTLINE_ASCII=0", command)
+    session, env = "demo", "env TERM=screen-256color GRAFTLINE_ASCII=0"
+    tmux.start(session, f"{env} {sys.executable} {script} demo --pipeline {pipeline} --theme low;"
+               " echo CONSOLE-EXITED; sleep 600", tmp_path)
     try:
-        screen = wait_screen(session, r"loss\s+(latest\s+)?\d+\.\d+", timeout=240)
+        screen = tmux.wait(session, r"loss\s+(latest\s+)?\d+\.\d+", timeout=240)
         for stage in ("sft", "merged", "sft_r16", "ipo", "grpo", "export"):
             assert stage in screen
         assert "RUNNING" in screen
@@ -87,7 +65,7 @@ def test_demo_in_tmux_detach_keeps_training(tmp_path: Path, toy_base: Path) -> N
         assert len(runs) == 1
         run_dir = runs[0]
         tmux("send-keys", "-t", session, "q")
-        screen = wait_screen(session, "CONSOLE-EXITED", timeout=30)
+        screen = tmux.wait(session, "CONSOLE-EXITED", timeout=30)
         assert "training keeps running" in screen
         info = client.read_state(run_dir)
         assert info.live, f"the engine stopped when the console quit: {info}"
@@ -101,13 +79,11 @@ def test_demo_in_tmux_detach_keeps_training(tmp_path: Path, toy_base: Path) -> N
         # back on the finished run: the Samples view (`a`) and the export key (`e`), as a
         # terminal shows them
         tmux("kill-session", "-t", session)
-        tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40",
-             "-e", "TERM=screen-256color", "-e", "GRAFTLINE_ASCII=0",
-             f"{sys.executable} {script} attach {run_dir.name} --runs-dir {run_dir.parent} "
-             "--theme low; sleep 600")
-        wait_screen(session, "FINISHED", timeout=90)
+        tmux.start(session, f"{env} {sys.executable} {script} attach {run_dir.name} "
+                   f"--runs-dir {run_dir.parent} --theme low; sleep 600", tmp_path)
+        tmux.wait(session, "FINISHED", timeout=90)
         tmux("send-keys", "-t", session, "a")
-        screen = wait_screen(session, "samples: what the model answers", timeout=30)
+        screen = tmux.wait(session, "samples: what the model answers", timeout=30)
         header = next(line.split() for line in screen.splitlines()
                       if line.split()[:1] == ["probe"])
         # probes down; before the first stage, then each training stage across
@@ -130,10 +106,10 @@ def test_demo_in_tmux_detach_keeps_training(tmp_path: Path, toy_base: Path) -> N
             if len(set(answers)) == 1:
                 assert "*" not in row, (probe, answers, row)
         tmux("send-keys", "-t", session, "Escape")
-        wait_screen(session, "FINISHED", timeout=30)
+        tmux.wait(session, "FINISHED", timeout=30)
         # `e` shows what the export stage shipped and offers a new directory, never a refusal
         tmux("send-keys", "-t", session, "e")
-        screen = wait_screen(session, "already exported", timeout=120)
+        screen = tmux.wait(session, "already exported", timeout=120)
         text = " ".join(screen.split())
         assert "verified" in text and "float32" in text, screen
         assert "export-2" in text, screen  # the new directory it offers
@@ -145,4 +121,3 @@ def test_demo_in_tmux_detach_keeps_training(tmp_path: Path, toy_base: Path) -> N
             if client.read_state(run_dir).live:  # a failed assertion must not leave it training
                 with contextlib.suppress(Exception):
                     client.send_command(run_dir, "stop")
-        subprocess.run([TMUX, "kill-session", "-t", session], capture_output=True, check=False)

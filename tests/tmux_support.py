@@ -1,6 +1,6 @@
 """A tmux server of a test's own (`-L`): its panes inherit the test's environment (its run
 index, offline settings) and nothing of another tmux server. For the console as a terminal
-shows it (tests/test_console_tmux_launch.py, tests/test_disk_full_alive.py)."""
+shows it (tests/test_console_tmux.py, test_console_tmux_launch.py, test_disk_full_alive.py)."""
 
 from __future__ import annotations
 
