@@ -37,7 +37,7 @@ name = "sft"
 kind = "sft"
 data = "sft.jsonl"
 lora = {{ r = 8, alpha = 16 }}
-train = {{ max_steps = 30, lr = 3e-3, save_steps = 30 }}
+train = {{ max_steps = 12, lr = 3e-3, save_steps = 12 }}
 
 [[stage]]
 name = "merged"
@@ -49,7 +49,7 @@ kind = "sft"
 adapter = "new"
 data = "sft.jsonl"
 lora = {{ r = 16, alpha = 32 }}
-train = {{ max_steps = 15, lr = 2e-3, save_steps = 15 }}
+train = {{ max_steps = 6, lr = 2e-3, save_steps = 6 }}
 
 [[stage]]
 name = "ipo"
@@ -59,7 +59,7 @@ beta = 0.5
 adapter = "continue"
 precompute_ref = true
 data = "prefs.jsonl"
-train = {{ max_steps = 8, lr = 1e-3, batch_size = 8, save_steps = 8 }}
+train = {{ max_steps = 4, lr = 1e-3, batch_size = 8, save_steps = 4 }}
 
 [[stage]]
 name = "grpo"
@@ -69,7 +69,7 @@ data = "grpo.jsonl"
 reward = ["exact_match"]
 num_generations = 4
 max_completion_length = 6
-train = {{ max_steps = 6, lr = 5e-4, batch_size = 8, save_steps = 6 }}
+train = {{ max_steps = 4, lr = 5e-4, batch_size = 8, save_steps = 4 }}
 
 [[stage]]
 name = "export"
@@ -102,9 +102,12 @@ def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProc
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def run_detached(pipeline: Path, timeout: float = 900) -> tuple[Path, list[dict], str]:
-    """`graftline run FILE --detach` (its default rehearsal first), then wait for the engine."""
-    started = cli("run", pipeline.name, "--detach", cwd=pipeline.parent)
+def run_detached(pipeline: Path, timeout: float = 900, *,
+                 rehearse: bool = True) -> tuple[Path, list[dict], str]:
+    """`graftline run FILE --detach` (its default rehearsal first, unless `rehearse` is False),
+    then wait for the engine."""
+    flags = ("--detach",) if rehearse else ("--detach", "--no-rehearse")
+    started = cli("run", pipeline.name, *flags, cwd=pipeline.parent)
     assert started.returncode == 0, started.stdout[-4000:] + started.stderr[-4000:]
     runs = pipeline.parent / "runs"
     run_dir = max(runs.iterdir(), key=lambda p: p.stat().st_mtime)

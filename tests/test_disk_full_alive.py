@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from graftline.console.app import GraftlineApp
 from graftline.console.cli import app
 from graftline.console.screens.dashboard import DashboardScreen
-from graftline.engine.common.liveness import STALE_AFTER
+from graftline.engine.common.liveness import stale_after
 from graftline.engine.run import client
 from graftline.engine.run import state as runstate
 
@@ -33,7 +33,11 @@ __all__ = ["tiny_fs", "tmux"]  # the fixtures, used by name
 @pytest.mark.slow
 @pytest.mark.asyncio
 async def test_a_paused_for_disk_engine_with_a_stale_heartbeat_is_alive_not_crashed(
-        tmp_path: Path, tiny_fs: Path, toy_base: Path, tmux: Tmux) -> None:
+        tmp_path: Path, tiny_fs: Path, toy_base: Path, tmux: Tmux,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # every reader here (ls, resume, the console, attach in tmux) calls a heartbeat stale after
+    # 6 s, not 30: the engine's heartbeat (every 2 s) stays well inside that while it can write
+    monkeypatch.setenv("GRAFTLINE_STALE_AFTER", "6")
     runs = tiny_fs / "runs"
     run_dir, proc, log = _start(tmp_path, runs, max_steps=40, save_steps=20)
     try:
@@ -44,7 +48,7 @@ async def test_a_paused_for_disk_engine_with_a_stale_heartbeat_is_alive_not_cras
         # the heartbeat cannot reach the full disk: wait until the file alone reads `crashed`
         def stale() -> bool:
             state = runstate.read(run_dir)
-            return state is not None and time.time() - (state.heartbeat or 0) > STALE_AFTER + 1
+            return state is not None and time.time() - (state.heartbeat or 0) > stale_after() + 1
         _wait(stale, proc, log, timeout=240)
         state = runstate.read(run_dir)
         assert state is not None and runstate.effective_status(state) == "crashed"

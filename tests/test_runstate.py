@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from graftline.engine.run import client
 from graftline.engine.run import state as runstate
 from graftline.engine.run.state import RunState, StateKeeper
@@ -55,6 +57,24 @@ def test_dead_pid_reused_pid_and_stale_heartbeat_read_crashed(tmp_path: Path) ->
     runstate.write(tmp_path, RunState("r", "p", status="finished", pid=pid, pid_started=started))
     info = client.read_state(tmp_path)
     assert info.status == "finished" and info.progress == 1.0
+
+
+def test_the_reader_sets_how_old_a_heartbeat_may_be(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    me, my_start = runstate.this_process()
+
+    def status(age: float) -> str:
+        runstate.write(tmp_path, RunState("r", "p", status="running", pid=me,
+                                          pid_started=my_start, heartbeat=time.time() - age))
+        return client.read_state(tmp_path).status
+
+    assert status(runstate.STALE_AFTER - 3) == "running"
+    monkeypatch.setenv("GRAFTLINE_STALE_AFTER", "10")
+    assert status(8) == "running" and status(12) == "crashed"
+    monkeypatch.setenv("GRAFTLINE_STALE_AFTER", "1")  # never below 5 s: two heartbeats missed
+    assert status(3) == "running"
+    monkeypatch.setenv("GRAFTLINE_STALE_AFTER", "soon")  # not a number: the default
+    assert status(runstate.STALE_AFTER - 3) == "running"
 
 
 def test_list_runs_newest_first_and_skips_symlinks(tmp_path: Path) -> None:

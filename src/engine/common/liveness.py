@@ -21,12 +21,22 @@ import psutil
 from graftline.engine.common.layout import RunLayout
 
 __all__ = ["LIVE", "STALE_AFTER", "effective_status", "is_live", "lock_held",
-           "process_alive"]
+           "process_alive", "stale_after"]
 
 LIVE = frozenset({"starting", "running", "paused", "stopping"})
 # Generous: a heartbeat thread can be starved for a while by a busy GIL or a swapping machine,
 # and calling a live run crashed is worse than noticing a dead one a little late.
 STALE_AFTER = 30.0
+
+
+def stale_after() -> float:
+    """Seconds without a heartbeat after which a live-looking run reads crashed: `STALE_AFTER`,
+    or `GRAFTLINE_STALE_AFTER` where set (read on every call: it is the reader's setting, and the
+    engine's heartbeat, every 2 s, must stay well inside it). Never below 5 s."""
+    try:
+        return max(5.0, float(os.environ.get("GRAFTLINE_STALE_AFTER", STALE_AFTER)))
+    except ValueError:
+        return STALE_AFTER
 
 
 def process_alive(pid: int | None, started: float | None) -> bool:
@@ -68,7 +78,7 @@ def effective_status(status: str, *, pid: int | None, pid_started: float | None,
     if status not in LIVE:
         return status
     now = time.time() if now is None else now
-    if heartbeat is not None and now - heartbeat > STALE_AFTER:
+    if heartbeat is not None and now - heartbeat > stale_after():
         return "crashed"
     if pid is None:
         # created by the launcher, engine not yet up: only the heartbeat (the creation time)
