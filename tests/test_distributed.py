@@ -140,44 +140,6 @@ def _steps(rows: list[dict], since: int = 0) -> list[int]:
     return [r["data"]["step"] for r in rows[since:] if r["type"] == "metrics"]
 
 
-def test_two_process_sft_in_the_engine_equals_one_process(root: Path) -> None:
-    run_dir = launch.start_run(_pipeline(root, processes=2, batch=4, steps=6))
-    rows = _wait(run_dir, "the run's end", _finished)
-    assert _finished(rows) == "finished", (run_dir / launch.ENGINE_LOG).read_text()[-3000:]
-    stage_rows = [r for r in rows if r["stage"] == "sft" and r["type"] != "telemetry"]
-    launched = [r for r in stage_rows if r["type"] == "info" and "launch" in r["data"]]
-    assert len(launched) == 1 and "torch.distributed.run" in launched[0]["data"]["launch"]
-    # rank 0 alone reports: every step once, every check once, one adapter checkpoint
-    assert _steps(rows) == [1, 2, 3, 4, 5, 6]
-    for row in stage_rows:  # the stage's events; the engine's own notes need none
-        assert row["data"].get("world_size") == 2 or row["type"] == "info", row
-    names = [r["data"]["name"] for r in stage_rows if r["type"] == "check_result"]
-    assert names.count("generation_sanity") == 1 and names.count("adapter_base") == 1
-    assert all(r["data"]["status"] == "pass" for r in stage_rows if r["type"] == "check_result")
-    saved = [r["data"] for r in stage_rows if r["type"] == "checkpoint_saved"]
-    assert [s["kind"] for s in saved] == ["adapter"]
-    found = mf.read(run_dir / "stages" / "sft")
-    assert found is not None and found.status == "complete" and found.checks
-    losses = [r["data"]["loss"] for r in rows if r["type"] == "metrics"]
-    assert sum(losses[-3:]) / 3 < losses[0]
-    _no_ranks_left(run_dir)
-
-    # the same global batch in one process, in this test, on this machine
-    base = pipeline_file.load(_pipeline(root, processes=1, batch=8, steps=6, name="one.toml"))
-    torch.set_num_threads(1)
-    sink = ListSink()
-    alone = run_pipeline(base, root / "runs" / "alone", sink)
-    assert alone.status == "finished"
-    one_losses = [m["loss"] for m in sink.of_type("metrics")]
-    assert not any("world_size" in m for m in sink.of_type("metrics"))
-    assert max(abs(a - b) for a, b in zip(losses, one_losses, strict=True)) < 1e-3
-    two = load_file(str(run_dir / "stages" / "sft" / "adapter_model.safetensors"))
-    one = load_file(str(root / "runs" / "alone" / "stages" / "sft" /
-                        "adapter_model.safetensors"))
-    assert two.keys() == one.keys()
-    assert max((two[k] - one[k]).abs().max().item() for k in two) < TOLERANCE
-
-
 def _console_shows(run_dir: Path, *wanted: str) -> str:
     """The console (Textual Pilot, the real app attached to the run) once its screen holds every
     `wanted` text; the screen's text."""
@@ -336,8 +298,8 @@ def _stage_metric(rows: list[dict], stage: str, key: str) -> list[float]:
 
 def test_sft_dpo_grpo_chain_on_two_processes(root: Path) -> None:
     """sft → dpo (continuing the SFT adapter, precomputed reference) → grpo, every stage on two
-    processes in a run started by the real engine. DPO equals one process of the same global
-    batch; GRPO cannot: each rank samples its own completions with its own generator, so the
+    processes in a run started by the real engine. SFT and DPO equal one process of the same
+    global batch; GRPO cannot: each rank samples its own completions with its own generator, so the
     group's completions are not the ones a single process would draw (asserted: it ran on the
     group, and the reward rose)."""
     write = lambda name, rows: (root / name).write_text(  # noqa: E731
@@ -351,11 +313,23 @@ def test_sft_dpo_grpo_chain_on_two_processes(root: Path) -> None:
         launched = [r for r in rows if r["stage"] == stage and r["type"] == "info"
                     and "launch" in r["data"]]
         assert len(launched) == 1 and launched[0]["data"]["world_size"] == 2, stage
+        assert "torch.distributed.run" in launched[0]["data"]["launch"], stage
         steps = [r["data"]["step"] for r in rows if r["type"] == "metrics" and r["stage"] == stage]
         assert steps == sorted(set(steps)) and len(steps) == {"sft": 6, "dpo": 8, "grpo": 10}[stage]
         found = mf.read(run_dir / "stages" / stage)
         assert found is not None and found.status == "complete", stage
         assert all(c.status != "fail" for c in found.checks), (stage, found.checks)
+    # rank 0 alone reports: every step once, every check once, one adapter checkpoint
+    sft = [r for r in rows if r["stage"] == "sft" and r["type"] != "telemetry"]
+    assert _steps(sft) == [1, 2, 3, 4, 5, 6]
+    for row in sft:  # the stage's events; the engine's own notes need none
+        assert row["data"].get("world_size") == 2 or row["type"] == "info", row
+    names = [r["data"]["name"] for r in sft if r["type"] == "check_result"]
+    assert names.count("generation_sanity") == 1 and names.count("adapter_base") == 1
+    assert all(r["data"]["status"] == "pass" for r in sft if r["type"] == "check_result")
+    assert [r["data"]["kind"] for r in sft if r["type"] == "checkpoint_saved"] == ["adapter"]
+    sft_loss = _stage_metric(rows, "sft", "loss")
+    assert sum(sft_loss[-3:]) / 3 < sft_loss[0]
     dpo = mf.read(run_dir / "stages" / "dpo")
     assert dpo is not None and dpo.parents[0].relation == "continued_from"
     # per-rank heartbeat in telemetry: both ranks alive, their own pids and memory
@@ -378,18 +352,21 @@ def test_sft_dpo_grpo_chain_on_two_processes(root: Path) -> None:
         assert any(not before[k].equal(after[k]) for k in before)
     _no_ranks_left(run_dir)
 
-    # sft → dpo in one process with the same global batch, in this test, on this machine
+    # sft → dpo in one process with the same global batch, in this test, on this machine: the
+    # group's losses and adapters are the single process's, stage by stage
     torch.set_num_threads(1)
     sink = ListSink()
     one = pipeline_file.load(_chain(root, "one.toml", processes=1, batch=8, grpo=False))
     assert run_pipeline(one, root / "runs" / "alone", sink).status == "finished"
-    one_loss = [d["loss"] for t, stage, d in sink.events if t == "metrics" and stage == "dpo"]
-    assert max(abs(a - b) for a, b in zip(dpo_loss, one_loss, strict=True)) < 1e-3
-    two = load_file(str(run_dir / "stages" / "dpo" / "adapter_model.safetensors"))
-    alone = load_file(str(root / "runs" / "alone" / "stages" / "dpo" /
-                          "adapter_model.safetensors"))
-    assert two.keys() == alone.keys()
-    assert max((two[k] - alone[k]).abs().max().item() for k in two) < TOLERANCE
+    assert not any("world_size" in m for m in sink.of_type("metrics"))
+    for stage, losses in (("sft", sft_loss), ("dpo", dpo_loss)):
+        one_loss = [d["loss"] for t, at, d in sink.events if t == "metrics" and at == stage]
+        assert max(abs(a - b) for a, b in zip(losses, one_loss, strict=True)) < 1e-3, stage
+        two = load_file(str(run_dir / "stages" / stage / "adapter_model.safetensors"))
+        alone = load_file(str(root / "runs" / "alone" / "stages" / stage /
+                              "adapter_model.safetensors"))
+        assert two.keys() == alone.keys()
+        assert max((two[k] - alone[k]).abs().max().item() for k in two) < TOLERANCE, stage
 
 
 def _free_port() -> int:
