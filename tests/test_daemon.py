@@ -132,9 +132,11 @@ def _assert_manifests_truthful(run_dir: Path) -> None:
 
 def test_engine_survives_sighup_of_the_session_that_started_it(pipeline: Path) -> None:
     # A throwaway session stands in for the SSH login: `graftline run --detach`, then it lingers
-    # like a shell would, and the whole session gets SIGHUP (the terminal closing).
+    # like a shell would, and the whole session gets SIGHUP (the terminal closing). No rehearsal:
+    # a rehearsing engine's survival of the same is test_console_tmux_launch's.
     session = subprocess.Popen(
-        ["bash", "-c", f"{shlex.join(GRAFTLINE)} run p.toml --detach && exec sleep 600"],
+        ["bash", "-c",
+         f"{shlex.join(GRAFTLINE)} run p.toml --detach --no-rehearse && exec sleep 600"],
         cwd=pipeline.parent, start_new_session=True, stdout=subprocess.PIPE, text=True,
         stdin=subprocess.DEVNULL)
     runs = pipeline.parent / "runs"
