@@ -88,9 +88,11 @@ def _jsonl(path: Path, rows: Any) -> None:
 def write_chain(directory: Path, name: str, base: Path, *, export_extra: str = "") -> Path:
     """The chain as a pipeline file; `export_extra` adds lines to its export stage."""
     directory.mkdir(parents=True, exist_ok=True)
-    _jsonl(directory / "sft.jsonl", tasks.sft_rows(400, 1))
-    _jsonl(directory / "prefs.jsonl", tasks.preference_rows(200, 2))
-    _jsonl(directory / "grpo.jsonl", tasks.grpo_rows(200, 3))
+    # the rows the chain's steps reach (12 × 16, 4 × 8, 4 × 8): TRL tokenizes every row, and the
+    # precomputed IPO reference scores every row, before the first step
+    _jsonl(directory / "sft.jsonl", tasks.sft_rows(192, 1))
+    _jsonl(directory / "prefs.jsonl", tasks.preference_rows(32, 2))
+    _jsonl(directory / "grpo.jsonl", tasks.grpo_rows(64, 3))
     path = directory / "p.toml"
     path.write_text(CHAIN.format(name=name, base=base, probes=json.dumps(PROBES),
                                  export_extra=export_extra))
