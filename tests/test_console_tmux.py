@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from data_support import copy_example_data
 from tmux_support import NO_TMUX, TMUX, Tmux, tmux
+
+from graftline.engine.pipeline.file import load
 
 REPO = Path(__file__).resolve().parents[1]
 __all__ = ["tmux"]  # the fixture, used by name
@@ -33,16 +36,18 @@ CLI = (
 
 
 def small_demo(tmp_path: Path) -> Path:
-    """examples/demo.toml with fewer steps, its runs and export under tmp_path."""
+    """examples/demo.toml with fewer steps, its data (cut to what those steps reach), runs and
+    export under tmp_path."""
     text = (REPO / "examples" / "demo.toml").read_text()
     for old, new in (("max_steps = 300", "max_steps = 30"), ("max_steps = 100", "max_steps = 12"),
                      ("max_steps = 60", "max_steps = 6"), ("max_steps = 120", "max_steps = 4"),
                      ('runs_dir = "../runs"', f'runs_dir = "{tmp_path / "runs"}"'),
-                     ('out = "../runs/exports/demo"', f'out = "{tmp_path / "export"}"'),
-                     ('"data/', f'"{REPO / "examples" / "data"}/')):
+                     ('out = "../runs/exports/demo"', f'out = "{tmp_path / "export"}"')):
+        assert old in text, old
         text = text.replace(old, new)
     path = tmp_path / "demo.toml"
     path.write_text(text)
+    copy_example_data(load(path), tmp_path)
     return path
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from data_support import copy_example_data
 
 from graftline.engine.common.sink import ListSink
 from graftline.engine.lineage import manifest as mf
@@ -23,7 +23,6 @@ from graftline.engine.run.runner import RunResult, run_pipeline
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
-EVAL_ROWS = 128  # an SFT stage's eval loss on this many held-out rows
 
 
 def _copy_example(name: str, tmp_path: Path, edit: dict[str, str] | None = None, *,
@@ -40,33 +39,8 @@ def _copy_example(name: str, tmp_path: Path, edit: dict[str, str] | None = None,
     path = tmp_path / f"{name}.toml"
     path.write_text(text)
     pf = load(path)
-    _copy_data(pf, tmp_path)
+    copy_example_data(pf, tmp_path)
     return pf
-
-
-def _copy_data(pf: PipelineFile, tmp_path: Path) -> None:
-    """The example's data, each file cut to the rows its stages can reach at these steps: TRL
-    tokenizes a whole dataset, and DPO's precomputed reference scores every row, before the first
-    step, so rows no step reaches only cost time (the examples' own files are sized for their
-    full steps)."""
-    rows: dict[str, int] = {}
-    for stage in pf.pipeline.stage:
-        train = getattr(stage, "train", None)
-        data, limit = getattr(stage, "data", None), getattr(stage, "limit", None)
-        if isinstance(data, str) and not data.startswith("@"):
-            reach = (train.max_steps * train.batch_size * train.grad_accum if train is not None
-                     else limit or 10**9)
-            rows[data] = max(rows.get(data, 0), reach)
-        eval_data = getattr(stage, "eval_data", None)
-        if isinstance(eval_data, str):
-            rows[eval_data] = max(rows.get(eval_data, 0), EVAL_ROWS)
-    shutil.copytree(REPO / "examples" / "data", tmp_path / "data")
-    for name, keep in rows.items():
-        copy = tmp_path / name
-        if not copy.is_file():  # a file the test writes itself
-            continue
-        lines = copy.read_text().splitlines(keepends=True)
-        copy.write_text("".join(lines[:keep]))
 
 
 def _run(pf: PipelineFile, tmp_path: Path) -> tuple[RunResult, ListSink, Path]:
