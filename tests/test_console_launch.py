@@ -4,18 +4,19 @@ under the console once it has exited."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import psutil
 import pytest
 from console_support import screen_text, wait_for
+from data_support import copy_example_data
 
 from graftline.console.app import GraftlineApp
 from graftline.console.screens.dashboard import DashboardScreen
 from graftline.console.screens.launch import LaunchScreen
 from graftline.console.widgets.log_tail import LogTail
 from graftline.console.widgets.pipeline_table import PipelineTable
+from graftline.engine.pipeline.file import load
 
 pytestmark = pytest.mark.asyncio
 REPO = Path(__file__).resolve().parents[1]
@@ -54,10 +55,9 @@ def zombies() -> list[psutil.Process]:
 async def test_launch_from_console_follows_to_the_end_and_reaps_the_engine(
         tmp_path: Path, toy_base: Path) -> None:
     folder = tmp_path / "work"
-    (folder / "data").mkdir(parents=True)
-    for name in ("sft.jsonl", "eval.jsonl"):
-        shutil.copy(REPO / "examples" / "data" / name, folder / "data" / name)
+    folder.mkdir()
     (folder / "tiny.toml").write_text(PIPELINE)
+    copy_example_data(load(folder / "tiny.toml"), folder)
     runs = tmp_path / "runs"
     app = GraftlineApp(None, runs, ascii_only=False, launch_dir=folder)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -126,9 +126,9 @@ async def test_stop_then_resume_from_the_console_with_a_real_engine(
     """s stops a real run (logged as the user's request, not an error); R resumes it: the
     stage done before shows "done earlier", the stopped one continues from its checkpoint."""
     folder = tmp_path / "work"
-    (folder / "data").mkdir(parents=True)
-    shutil.copy(REPO / "examples" / "data" / "sft.jsonl", folder / "data" / "sft.jsonl")
+    folder.mkdir()
     (folder / "stop.toml").write_text(TWO_STAGES)
+    copy_example_data(load(folder / "stop.toml"), folder)
     app = GraftlineApp(None, tmp_path / "runs", ascii_only=False, launch_dir=folder)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, LaunchScreen)
