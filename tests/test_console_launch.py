@@ -19,7 +19,6 @@ from graftline.console.widgets.pipeline_table import PipelineTable
 from graftline.engine.pipeline.file import load
 
 pytestmark = pytest.mark.asyncio
-REPO = Path(__file__).resolve().parents[1]
 
 PIPELINE = """[pipeline]
 name = "tiny"
