@@ -402,7 +402,7 @@ def build_random_model(out: Path, *, device: str, shrink: bool, seed: int = 0) -
 
 def demo_pipeline(work: Path, backend: str, steps: int | None) -> Path:
     """examples/ copied into `work` (its relative runs_dir and export paths land there), with
-    the backend set and, for a smoke run, every max_steps cut."""
+    the backend set and, for a smoke run, every max_steps and the data cut."""
     examples = work / "examples"
     shutil.copytree(REPO / "examples", examples, ignore=shutil.ignore_patterns("runs"))
     path = examples / "demo.toml"
@@ -413,6 +413,12 @@ def demo_pipeline(work: Path, backend: str, steps: int | None) -> Path:
     if steps is not None:  # a cap: the demo's save_steps stay (a save past the end never runs)
         text = re.sub(r"max_steps = (\d+)", lambda m: f"max_steps = {min(int(m[1]), steps)}",
                       text)
+        # and its data cut to the rows the capped steps can reach: TRL tokenizes every row, and
+        # DPO's precomputed reference scores every row, before the first step
+        reach = steps * max(int(b) for b in re.findall(r"batch_size = (\d+)", text))
+        for data in (examples / "data").glob("*.jsonl"):
+            lines = data.read_text(encoding="utf-8").splitlines(keepends=True)
+            data.write_text("".join(lines[:reach]), encoding="utf-8")
     path.write_text(text, encoding="utf-8")
     return path
 
