@@ -425,8 +425,16 @@ def demo_pipeline(work: Path, backend: str, steps: int | None) -> Path:
 
 def big_pipeline(work: Path, name: str, base: Path, backend: str, kinds: tuple[str, ...],
                  sizes: Sizes, quantization: str = "none") -> Path:
-    """SFT (+ GRPO or DPO, + export) on the random 1B-shaped base, the toy data."""
-    data = REPO / "examples" / "data"
+    """SFT (+ GRPO or DPO, + export) on the random 1B-shaped base, the toy data cut to the rows
+    the steps reach (TRL tokenizes, and DPO's precomputed reference scores, every row before the
+    first step: rows no step reaches would only add to the stage's time)."""
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    reach = sizes.batch * max(sizes.big_sft_steps, sizes.big_grpo_steps, sizes.big_dpo_steps)
+    for name_ in ("sft.jsonl", "grpo.jsonl", "prefs.jsonl"):
+        lines = (REPO / "examples" / "data" / name_).read_text(encoding="utf-8").splitlines(
+            keepends=True)
+        (data / name_).write_text("".join(lines[:reach]), encoding="utf-8")
     stages = [f"""
 [[stage]]
 name = "sft"
