@@ -24,7 +24,7 @@ from textual.widgets import Checkbox, Input, Select, Tree
 from graftline.console.app import GraftlineApp
 from graftline.console.screens.confirm import ConfirmModal
 from graftline.console.screens.dashboard import DashboardScreen
-from graftline.console.screens.export import ExportModal
+from graftline.console.screens.export import ExportedModel, ExportModal
 from graftline.console.screens.help import HelpScreen
 from graftline.console.screens.launch import LaunchScreen
 from graftline.console.screens.lineage import LineageScreen
@@ -334,7 +334,9 @@ async def test_export_key_on_attach_exports_the_final_model(recorded: Path,
                                                             tmp_path: Path) -> None:
     """Freshly attached, cursor untouched: `e` takes the pipeline's final model (the last
     adapter of the chain), shows the chain that will be merged and the absolute target; the
-    export runs in a child process that reports progress, and the result is verified."""
+    export runs in the dialog's worker process, which reports progress. Closed while it runs,
+    the dialog lets the export finish in the background: the console is told, the worker ends
+    and is reaped, and the export is verified."""
     app = make_app(recorded, recorded.parent)
     async with app.run_test(size=WIDE) as pilot:
         await loaded_dashboard(pilot)
@@ -348,10 +350,22 @@ async def test_export_key_on_attach_exports_the_final_model(recorded: Path,
         assert Path(target).is_absolute() and target == str(recorded.parent / "exports" / "ipo")
         assert modal.plan["out"] == target
         out = tmp_path / "exported"
-        await _run_export(pilot, modal, out)
-        assert "verified" in screen_text(app)
-        assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
-        await _close_export(pilot, modal)
+        await _replan(pilot, modal, out)
+        await pilot.press("ctrl+e")
+        await wait_for(pilot, lambda: modal.progress_events > 0, timeout=60,
+                       what="the export's first progress")
+        workers = export_workers()
+        await pilot.press("escape")
+        assert not isinstance(app.screen, ExportModal) and modal.running
+        notes = lambda: [n.message for n in app._notifications]  # noqa: E731
+        assert any("keeps running in the background" in n for n in notes())
+        await wait_for(pilot, lambda: f"export finished: {out}" in notes(), timeout=150,
+                       what="the console to be told the export finished")
+        await wait_for(pilot, lambda: not unreaped(workers), timeout=30,
+                       what="the export worker to end and be reaped")
+    assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
+    exported = ExportedModel.read(out)
+    assert exported is not None and exported.verified is True, exported
 
 
 async def test_export_dialog_offers_gguf_when_it_can_and_says_why_when_not(
@@ -370,6 +384,7 @@ async def test_export_dialog_offers_gguf_when_it_can_and_says_why_when_not(
         assert modal.options()["gguf_type"] == "q8_0"
         out = tmp_path / "exported"
         await _run_export(pilot, modal, out, timeout=200)
+        assert "verified" in screen_text(app)
         written = list(out.glob("*.gguf"))
         assert [p.name for p in written] == ["model-q8_0.gguf"]
         assert json.loads((out / "gguf_verification.json").read_text())["passed"]

@@ -30,8 +30,9 @@ class ExportWorkerLink:
     """A `serve` export worker: `start`, `send` request lines, `close`.
 
     `on_event(event)` gets each protocol event (a dict with `event` and `id`), and
-    `on_exit(link, problem)` is told when the worker ended without being asked to; both are
-    called from the link's reader thread.
+    `on_exit(link, problem)` is told when the worker ended without being asked to (or, closed
+    without `terminate` to finish an export, ended with a failure status); both are called
+    from the link's reader thread.
     """
 
     def __init__(self, on_event: Callable[[dict[str, Any]], None],
@@ -40,6 +41,7 @@ class ExportWorkerLink:
         self.process: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
         self._closing = False
+        self._terminated = False
         self._stderr: deque[str] = deque(maxlen=STDERR_LINES)
         self._reader: threading.Thread | None = None
 
@@ -94,6 +96,7 @@ class ExportWorkerLink:
                 with contextlib.suppress(OSError, ValueError):
                     process.stdin.close()
             if terminate and process.returncode is None:
+                self._terminated = True
                 with contextlib.suppress(OSError):
                     process.terminate()
 
@@ -108,7 +111,7 @@ class ExportWorkerLink:
                 self._on_event(event)
         code = process.wait()  # reaped here, however it ended
         drain.join(timeout=5)
-        if not self._closing:
+        if not self._closing or (code != 0 and not self._terminated):
             self._on_exit(self, self._why(code))
 
     def _why(self, code: int) -> str:

@@ -12,6 +12,7 @@ written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -111,6 +112,13 @@ class ExportedModel:
                 "  other formats or another dtype go into a new directory (the target below)")
 
 
+def _outcome(result: dict[str, Any] | None, problem: str | None) -> tuple[str, bool]:
+    """An export's end in one line, for a notification, and whether it succeeded."""
+    ok = result is not None and bool(result.get("ok"))
+    where = result.get("out") if result else problem
+    return f"export {'finished' if ok else 'failed'}: {where or ''}", ok
+
+
 def free_target(base: Path, checkpoint: Path) -> Path:
     """`base`, or `base-2`, `base-3` …: the first that does not exist (or is empty) and neither
     holds nor lies inside the checkpoint."""
@@ -175,6 +183,8 @@ class ExportModal(WorkerFailures, ModalScreen[Path | None]):
         self._link_lock = threading.Lock()
         self._worker_closed = False
         self._run_id: int | None = None
+        self._run_pending = False  # a run was asked for and its outcome not yet read
+        self._console_app: Any = None  # told the outcome of an export whose dialog is gone
         self._plan_generation = 0
         self._plan_lock = threading.Lock()
 
@@ -219,6 +229,7 @@ class ExportModal(WorkerFailures, ModalScreen[Path | None]):
                 yield Button("Export (ctrl+e)", id="start", variant="primary")
 
     def on_mount(self) -> None:
+        self._console_app = self.app
         self.query_one("#plan-box").border_title = "merge chain and output"
         self._offer_formats()
         target = self.query_one("#out", Input)
@@ -299,7 +310,7 @@ class ExportModal(WorkerFailures, ModalScreen[Path | None]):
                             gguf_type=options.get("gguf_type"))
         with self._link_lock:
             for _attempt in range(2):  # a worker that died unseen is replaced once
-                if self._worker_closed:
+                if self._worker_closed and action == "plan":
                     return "the dialog is closed"
                 if self._link is None or not self._link.alive:
                     link = ExportWorkerLink(self._worker_event, self._worker_exited)
@@ -310,6 +321,8 @@ class ExportModal(WorkerFailures, ModalScreen[Path | None]):
                     self._link = link
                 try:
                     self._link.send(line)
+                    if self._worker_closed:  # closed between ctrl+e and here: exports, then ends
+                        self._link.close(terminate=False)
                     return None
                 except (OSError, ValueError):
                     self._link.close(terminate=True)
@@ -330,9 +343,9 @@ class ExportModal(WorkerFailures, ModalScreen[Path | None]):
                                                  float(event.get("fraction") or 0.0),
                                                  str(event.get("message") or "")))
             elif kind == "done":
-                self.post_message(ExportFinished(event, None))
+                self._finish(event, None)
             elif problem is not None:
-                self.post_message(ExportFinished(None, problem))
+                self._finish(None, problem)
         elif kind == "plan":
             self.post_message(ExportPlanned(event, None, request_id))
         elif problem is not None:
@@ -343,12 +356,22 @@ class ExportModal(WorkerFailures, ModalScreen[Path | None]):
         the next plan or export starts a fresh one."""
         if link is not self._link:
             return  # one already replaced
-        if self.running:
-            self.post_message(ExportFinished(None, problem))
-        else:
+        if self._run_pending:
+            self._finish(None, problem)
+        elif not self._worker_closed:
             self.post_message(ExportPlanned(
                 None, f"{problem}\nchange an option to plan again in a new worker",
                 self._plan_generation))
+
+    def _finish(self, result: dict[str, Any] | None, problem: str | None) -> None:
+        """The export's outcome (the reader thread): to the dialog, or, once it is closed, to
+        the console as a notification, as closing it while the export ran promised."""
+        self._run_pending = False
+        if self._worker_closed or not self.post_message(ExportFinished(result, problem)):
+            text, ok = _outcome(result, problem)
+            with contextlib.suppress(RuntimeError):  # the console itself has quit
+                self._console_app.notify(text, severity="information" if ok else "error",
+                                         timeout=10)
 
     def _close_worker(self) -> None:
         """End the dialog's worker: at once when it only plans; after the export under way
@@ -412,9 +435,10 @@ class ExportModal(WorkerFailures, ModalScreen[Path | None]):
     def _export(self, options: dict[str, Any]) -> None:
         """The export, asked of the worker that planned it (the reader thread reports)."""
         self._run_id = request_id = self._next_id()
+        self._run_pending = True
         problem = self._send("run", options, request_id)
         if problem is not None:
-            self.post_message(ExportFinished(None, f"cannot start the export: {problem}"))
+            self._finish(None, f"cannot start the export: {problem}")
 
     @on(ExportProgress)
     def _progress(self, message: ExportProgress) -> None:
@@ -434,9 +458,8 @@ class ExportModal(WorkerFailures, ModalScreen[Path | None]):
         self.finished += 1
         ok = result is not None and bool(result.get("ok"))
         if not self.is_attached:  # the modal was closed while the export ran
-            where = result.get("out") if result else problem
-            self.app.notify(f"export {'finished' if ok else 'failed'}: {where or ''}",
-                            severity="information" if ok else "error", timeout=10)
+            told, ok = _outcome(result, problem)
+            self.app.notify(told, severity="information" if ok else "error", timeout=10)
             return
         status = self.query_one("#status", Static)
         if result is None:
