@@ -326,7 +326,8 @@ class ExportModal(WorkerFailures, ModalScreen[Path | None]):
                     return None
                 except (OSError, ValueError):
                     self._link.close(terminate=True)
-            return "the export worker stopped as soon as it started (see the console's log)"
+            return ("the export worker stopped as soon as it started — fix: run `python -m "
+                    "graftline.engine.export.worker serve` in a shell to see why")
 
     def _worker_event(self, event: dict[str, Any]) -> None:
         """An answer from the worker (its reader thread): progress and the end of the export,
