@@ -79,3 +79,30 @@ def finished_run(folder: Path, pipeline: str, sft_rows: int = 40) -> Path:
     assert client.read_state(run_dir).status == "finished", \
         (run_dir / "engine.log").read_text()[-3000:]
     return run_dir
+
+
+EXPORT_WORKER = "graftline.engine.export.worker"
+
+
+def export_workers() -> set[int]:
+    """Pids of the export worker processes running under this process, which is the console's
+    under Pilot (a zombie's command line cannot be read: see `unreaped`)."""
+    import psutil
+
+    found: set[int] = set()
+    for child in psutil.Process().children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE \
+                    and EXPORT_WORKER in " ".join(child.cmdline()):
+                found.add(child.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def unreaped(pids: set[int]) -> set[int]:
+    """Those of `pids` still this process's children: running, or exited and not waited for
+    (`<defunct>`)."""
+    import psutil
+
+    return pids & {child.pid for child in psutil.Process().children()}

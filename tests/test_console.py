@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from console_support import install_recorded_run, recorded_meta, screen_text, wait_for
+from console_support import (
+    export_workers,
+    install_recorded_run,
+    recorded_meta,
+    screen_text,
+    unreaped,
+    wait_for,
+)
 from textual.widgets import Checkbox, Input, Select, Tree
 
 from graftline.console.app import GraftlineApp
 from graftline.console.screens.confirm import ConfirmModal
 from graftline.console.screens.dashboard import DashboardScreen
-from graftline.console.screens.export import ExportModal
+from graftline.console.screens.export import ExportedModel, ExportModal
 from graftline.console.screens.help import HelpScreen
 from graftline.console.screens.launch import LaunchScreen
 from graftline.console.screens.lineage import LineageScreen
@@ -219,24 +229,44 @@ async def test_lineage_plan_cleanup_cancel_then_confirm(recorded: Path) -> None:
 
 
 async def _open_export(pilot: Any) -> ExportModal:
-    """`e`, and the export dialog once it has planned."""
+    """`e`, and the export dialog once it has planned, in the one worker process it started."""
     await pilot.press("e")
     await wait_for(pilot, lambda: isinstance(pilot.app.screen, ExportModal)
                    and pilot.app.screen.planned > 0, timeout=60, what="the export plan")
-    return pilot.app.screen
+    modal = pilot.app.screen
+    assert modal.process is not None and modal.process.pid in export_workers()
+    return modal
+
+
+async def _replan(pilot: Any, modal: ExportModal, out: Path) -> None:
+    modal.query_one("#out", Input).value = str(out)
+    await wait_for(pilot, lambda: modal.plan is not None and modal.plan["out"] == str(out),
+                   timeout=60, what="the re-plan")
 
 
 async def _run_export(pilot: Any, modal: ExportModal, out: Path, timeout: float = 150) -> None:
     """Point the dialog at `out`, wait for the re-plan, export, and wait for the verified result,
-    which a child process wrote while reporting progress, and which was reaped."""
-    modal.query_one("#out", Input).value = str(out)
-    await wait_for(pilot, lambda: modal.plan is not None and modal.plan["out"] == str(out),
-                   timeout=60, what="the re-plan")
+    which the dialog's one worker process wrote (the one that planned) while reporting
+    progress."""
+    worker = modal.process
+    assert worker is not None
+    await _replan(pilot, modal, out)
     await pilot.press("ctrl+e")
     await wait_for(pilot, lambda: modal.finished > 0, timeout=timeout, what="the export")
     assert modal.result is not None and modal.result["ok"], screen_text(pilot.app)
-    assert modal.progress_events > 0 and modal.process is not None
-    assert modal.process.returncode == 0
+    assert modal.progress_events > 0
+    assert modal.process is worker and worker.poll() is None  # it serves on
+    assert export_workers() == {worker.pid}
+
+
+async def _close_export(pilot: Any, modal: ExportModal) -> None:
+    """Close the dialog: its worker ends and is reaped (no `<defunct>` left under the console)."""
+    workers = export_workers()
+    assert modal.process is not None and workers == {modal.process.pid}
+    await pilot.press("escape")
+    await wait_for(pilot, lambda: not unreaped(workers), timeout=30,
+                   what="the export worker to end and be reaped")
+    assert not isinstance(pilot.app.screen, ExportModal)
 
 
 async def test_export_from_lineage_plans_the_selected_checkpoint(recorded: Path) -> None:
@@ -254,26 +284,59 @@ async def test_export_from_lineage_plans_the_selected_checkpoint(recorded: Path)
         assert modal.plan is not None, screen_text(app)
         text = screen_text(app)
         assert "merged" in text and "ipo" in text  # the chain that will be applied
-        await pilot.press("escape")
+        await _close_export(pilot, modal)
         assert isinstance(app.screen, LineageScreen)
 
 
-async def test_export_key_on_dashboard_opens_the_modal(recorded: Path) -> None:
+async def test_export_dialog_replans_in_one_worker_and_leaves_none_behind(
+        recorded: Path, tmp_path: Path) -> None:
+    """`e` on the stage under the cursor. Every re-plan (target, dtype, a refused target) goes
+    to the one worker process the dialog started; a worker that dies is said so and replaced by
+    the next plan; closing the dialog ends the worker and reaps it."""
     app = make_app(recorded, recorded.parent)
     async with app.run_test(size=WIDE) as pilot:
         screen = await loaded_dashboard(pilot)
         await pilot.press("down", "down", "down")
         assert screen.selected_stage == "ipo"
-        assert (await _open_export(pilot)).checkpoint.name == "ipo"
-        await pilot.press("escape")
+        modal = await _open_export(pilot)
+        assert modal.checkpoint.name == "ipo"
+        worker = modal.process
+        assert worker is not None and "serve" in worker.args
+        assert export_workers() == {worker.pid}
+        for n in (1, 2):
+            await _replan(pilot, modal, tmp_path / f"out-{n}")
+            assert export_workers() == {worker.pid}
+        planned = modal.planned
+        modal.query_one("#dtype", Select).value = "float32"
+        await wait_for(pilot, lambda: modal.planned > planned, what="the dtype's plan")
+        planned = modal.planned
+        modal.query_one("#out", Input).value = str(modal.checkpoint)  # the checkpoint itself
+        await wait_for(pilot, lambda: modal.planned > planned and modal.plan is None,
+                       what="the refusal")
+        assert modal.query_one("#start").disabled
+        assert export_workers() == {worker.pid}  # a refusal is an answer, not a crash
+
+        os.kill(worker.pid, signal.SIGKILL)
+        await wait_for(pilot, lambda: "export worker stopped" in screen_text(app),
+                       what="the dialog to say its worker died")
+        assert "SIGKILL" in screen_text(app) and modal.plan is None
+        assert not unreaped({worker.pid}) and not export_workers()
+        await _replan(pilot, modal, tmp_path / "out-3")  # the next plan starts a fresh worker
+        assert modal.process is not None and modal.process is not worker
+        assert export_workers() == {modal.process.pid}
+
+        await _close_export(pilot, modal)
         assert isinstance(app.screen, DashboardScreen)
+        assert not any((tmp_path / f"out-{n}").exists() for n in (1, 2, 3))  # plans write nothing
 
 
 async def test_export_key_on_attach_exports_the_final_model(recorded: Path,
                                                             tmp_path: Path) -> None:
     """Freshly attached, cursor untouched: `e` takes the pipeline's final model (the last
     adapter of the chain), shows the chain that will be merged and the absolute target; the
-    export runs in a child process that reports progress, and the result is verified."""
+    export runs in the dialog's worker process, which reports progress. Closed while it runs,
+    the dialog lets the export finish in the background: the console is told, the worker ends
+    and is reaped, and the export is verified."""
     app = make_app(recorded, recorded.parent)
     async with app.run_test(size=WIDE) as pilot:
         await loaded_dashboard(pilot)
@@ -287,9 +350,22 @@ async def test_export_key_on_attach_exports_the_final_model(recorded: Path,
         assert Path(target).is_absolute() and target == str(recorded.parent / "exports" / "ipo")
         assert modal.plan["out"] == target
         out = tmp_path / "exported"
-        await _run_export(pilot, modal, out)
-        assert "verified" in screen_text(app)
-        assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
+        await _replan(pilot, modal, out)
+        await pilot.press("ctrl+e")
+        await wait_for(pilot, lambda: modal.progress_events > 0, timeout=60,
+                       what="the export's first progress")
+        workers = export_workers()
+        await pilot.press("escape")
+        assert not isinstance(app.screen, ExportModal) and modal.running
+        notes = lambda: [n.message for n in app._notifications]  # noqa: E731
+        assert any("keeps running in the background" in n for n in notes())
+        await wait_for(pilot, lambda: f"export finished: {out}" in notes(), timeout=150,
+                       what="the console to be told the export finished")
+        await wait_for(pilot, lambda: not unreaped(workers), timeout=30,
+                       what="the export worker to end and be reaped")
+    assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
+    exported = ExportedModel.read(out)
+    assert exported is not None and exported.verified is True, exported
 
 
 async def test_export_dialog_offers_gguf_when_it_can_and_says_why_when_not(
@@ -308,9 +384,11 @@ async def test_export_dialog_offers_gguf_when_it_can_and_says_why_when_not(
         assert modal.options()["gguf_type"] == "q8_0"
         out = tmp_path / "exported"
         await _run_export(pilot, modal, out, timeout=200)
+        assert "verified" in screen_text(app)
         written = list(out.glob("*.gguf"))
         assert [p.name for p in written] == ["model-q8_0.gguf"]
         assert json.loads((out / "gguf_verification.json").read_text())["passed"]
+        workers = export_workers()
 
     monkeypatch.setenv("GRAFTLINE_GGUF_CONVERTER", str(tmp_path / "no-converter"))
     app = make_app(recorded, recorded.parent)
@@ -319,6 +397,12 @@ async def test_export_dialog_offers_gguf_when_it_can_and_says_why_when_not(
         modal = await _open_export(pilot)
         assert modal.query_one("#fmt-gguf", Checkbox).disabled
         assert "gguf: unavailable" in screen_text(app)
+        workers |= export_workers()
+    # the console quit twice with the dialog open: each worker ended with it, reaped
+    deadline = time.monotonic() + 30
+    while unreaped(workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not unreaped(workers) and not export_workers()
 
 
 async def test_runs_screen_lists_and_attaches(recorded: Path) -> None:

@@ -84,8 +84,11 @@ class PipelineChecked(_Result):
 
 
 class ExportPlanned(_Result):
+    """A plan (or why there is none) answering plan request `generation`; None: not an answer
+    to one request (the worker could not read it, or stopped), shown whatever was asked since."""
+
     def __init__(self, plan: dict[str, Any] | None, problem: str | None,
-                 generation: int) -> None:
+                 generation: int | None) -> None:
         super().__init__()
         self.plan, self.problem, self.generation = plan, problem, generation
 

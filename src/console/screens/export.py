@@ -1,22 +1,24 @@
 """`e`: export a checkpoint. Target, dtype, formats, the merge chain; progress; verification.
 
 Both the plan (`plan_export`: reads headers and configs, refuses bad targets before a byte is
-written) and the export (`run_export`) run in a child process,
-`python -m graftline.engine.export.worker`, which reports JSON lines (plan, progress, done)
-that a worker thread here reads: torch, peft and the weights never enter the console's
-process, as the launch screen's rehearsal never does. Paths are shown whole (absolute): the
-user must see exactly where gigabytes will be written.
+written) and the export (`run_export`) run in one child process per dialog,
+`python -m graftline.engine.export.worker serve` (`console/export_link.py`): started when the
+dialog opens, asked for a new plan whenever an option changes and for the export on ctrl+e,
+ended and reaped when the dialog closes. It pays for torch and transformers once; torch, peft
+and the weights never enter the console's process, as the launch screen's rehearsal never
+does. Paths are shown whole (absolute): the user must see exactly where gigabytes will be
+written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
 from textual import on, work
@@ -26,6 +28,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Select, Static
 
+from graftline.console.export_link import ExportWorkerLink
 from graftline.console.messages import (
     ExportFinished,
     ExportPlanned,
@@ -33,10 +36,13 @@ from graftline.console.messages import (
     WorkerFailures,
 )
 
+if TYPE_CHECKING:
+    import subprocess
+
 DTYPES = ("bfloat16", "float16", "float32")
 GGUF_TYPES = ("f16", "bf16", "q8_0", "f32")  # what llama.cpp's converter writes without a compiler
 OPTIONAL_FORMATS = ("gguf", "ollama")
-REPLAN_DELAY = 0.3  # seconds of quiet typing before a new plan process starts
+REPLAN_DELAY = 0.3  # seconds of quiet typing before a new plan is asked for
 
 
 def display_path(path: Path | str) -> str:
@@ -106,6 +112,13 @@ class ExportedModel:
                 "  other formats or another dtype go into a new directory (the target below)")
 
 
+def _outcome(result: dict[str, Any] | None, problem: str | None) -> tuple[str, bool]:
+    """An export's end in one line, for a notification, and whether it succeeded."""
+    ok = result is not None and bool(result.get("ok"))
+    where = result.get("out") if result else problem
+    return f"export {'finished' if ok else 'failed'}: {where or ''}", ok
+
+
 def free_target(base: Path, checkpoint: Path) -> Path:
     """`base`, or `base-2`, `base-3` …: the first that does not exist (or is empty) and neither
     holds nor lies inside the checkpoint."""
@@ -164,9 +177,21 @@ class ExportModal(WorkerFailures, ModalScreen[Path | None]):
         self.planned = 0  # plans shown (tests wait on these)
         self.finished = 0
         self.progress_events = 0  # progress lines read from the export process
-        self.process: subprocess.Popen[str] | None = None
+        # the dialog's export worker (one process, started by the first plan) and the ids of
+        # its requests: plans are numbered by generation, an answer to an older one is dropped
+        self._link: ExportWorkerLink | None = None
+        self._link_lock = threading.Lock()
+        self._worker_closed = False
+        self._run_id: int | None = None
+        self._run_pending = False  # a run was asked for and its outcome not yet read
+        self._console_app: Any = None  # told the outcome of an export whose dialog is gone
         self._plan_generation = 0
         self._plan_lock = threading.Lock()
+
+    @property
+    def process(self) -> subprocess.Popen[str] | None:
+        """The dialog's export worker process (the latest, if one died), once started."""
+        return self._link.process if self._link is not None else None
 
     def default_out(self) -> Path:
         """A target the export will not refuse: a new directory, never the checkpoint, never
@@ -204,6 +229,7 @@ class ExportModal(WorkerFailures, ModalScreen[Path | None]):
                 yield Button("Export (ctrl+e)", id="start", variant="primary")
 
     def on_mount(self) -> None:
+        self._console_app = self.app
         self.query_one("#plan-box").border_title = "merge chain and output"
         self._offer_formats()
         target = self.query_one("#out", Input)
@@ -257,43 +283,108 @@ class ExportModal(WorkerFailures, ModalScreen[Path | None]):
 
     def _replan(self) -> None:
         if not self.running and self.is_mounted:
-            with self._plan_lock:
-                self._plan_generation += 1
-                generation = self._plan_generation
-            self._plan(self.options(), generation)
+            self._plan(self.options(), self._next_id())
 
-    def _command(self, action: str, options: dict[str, Any]) -> list[str]:
-        from graftline.engine.export import worker_command
-
-        return worker_command(action, self.checkpoint, options["out"], dtype=options["dtype"],
-                              formats=tuple(options["formats"]),
-                              gguf_type=options.get("gguf_type"))
+    def _next_id(self) -> int:
+        with self._plan_lock:
+            self._plan_generation += 1
+            return self._plan_generation
 
     @work(thread=True, group="export-plan", exit_on_error=False)
     def _plan(self, options: dict[str, Any], generation: int) -> None:
         time.sleep(REPLAN_DELAY if self.planned else 0)
         if generation != self._plan_generation:
             return  # the user kept typing: a newer plan is on its way
-        from graftline.engine.export import parse_worker_line
+        problem = self._send("plan", options, generation)
+        if problem is not None:
+            self.post_message(ExportPlanned(None, problem, generation))
 
-        try:
-            done = subprocess.run(self._command("plan", options), capture_output=True,
-                                  text=True, env=os.environ.copy(), timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            self.post_message(ExportPlanned(None, f"cannot plan: {exc}", generation))
-            return
-        events = [e for e in map(parse_worker_line, done.stdout.splitlines()) if e]
-        plan = next((e for e in events if e["event"] == "plan"), None)
-        refused = next((e for e in events if e["event"] == "refused"), None)
+    def _send(self, action: str, options: dict[str, Any], request_id: int) -> str | None:
+        """Send one request to the dialog's worker, starting it (again) if it is not running;
+        what went wrong, or None. Called from thread workers: starting a process never blocks
+        the UI."""
+        from graftline.engine.export import request_line
+
+        line = request_line(action, self.checkpoint, options["out"], request_id=request_id,
+                            dtype=options["dtype"], formats=tuple(options["formats"]),
+                            gguf_type=options.get("gguf_type"))
+        with self._link_lock:
+            for _attempt in range(2):  # a worker that died unseen is replaced once
+                if self._worker_closed and action == "plan":
+                    return "the dialog is closed"
+                if self._link is None or not self._link.alive:
+                    link = ExportWorkerLink(self._worker_event, self._worker_exited)
+                    try:
+                        link.start()
+                    except OSError as exc:
+                        return f"cannot start the export worker: {exc}"
+                    self._link = link
+                try:
+                    self._link.send(line)
+                    if self._worker_closed:  # closed between ctrl+e and here: exports, then ends
+                        self._link.close(terminate=False)
+                    return None
+                except (OSError, ValueError):
+                    self._link.close(terminate=True)
+            return ("the export worker stopped as soon as it started — fix: run `python -m "
+                    "graftline.engine.export.worker serve` in a shell to see why")
+
+    def _worker_event(self, event: dict[str, Any]) -> None:
+        """An answer from the worker (its reader thread): progress and the end of the export,
+        or a plan, which `_show_plan` drops when a newer one was asked for."""
+        kind, request_id = event["event"], event.get("id")
         problem = None
-        if plan is None:
-            if refused is not None:
-                fix = f" — fix: {refused['fix']}" if refused.get("fix") else ""
-                problem = f"{refused['message']}{fix}"
-            else:
-                tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-                problem = f"the export planner failed: {tail}"
-        self.post_message(ExportPlanned(plan, problem, generation))
+        if kind in ("failed", "refused"):
+            fix = f" — fix: {event['fix']}" if event.get("fix") else ""
+            problem = f"{event.get('message', kind)}{fix}"
+        if request_id is not None and request_id == self._run_id:
+            if kind == "progress":
+                self.progress_events += 1
+                self.post_message(ExportProgress(str(event.get("phase", "")),
+                                                 float(event.get("fraction") or 0.0),
+                                                 str(event.get("message") or "")))
+            elif kind == "done":
+                self._finish(event, None)
+            elif problem is not None:
+                self._finish(None, problem)
+        elif kind == "plan":
+            self.post_message(ExportPlanned(event, None, request_id))
+        elif problem is not None:
+            self.post_message(ExportPlanned(None, problem, request_id))
+
+    def _worker_exited(self, link: ExportWorkerLink, problem: str) -> None:
+        """The worker ended unasked (its reader thread, after reaping it): the dialog says so;
+        the next plan or export starts a fresh one."""
+        if link is not self._link:
+            return  # one already replaced
+        if self._run_pending:
+            self._finish(None, problem)
+        elif not self._worker_closed:
+            self.post_message(ExportPlanned(
+                None, f"{problem}\nchange an option to plan again in a new worker",
+                self._plan_generation))
+
+    def _finish(self, result: dict[str, Any] | None, problem: str | None) -> None:
+        """The export's outcome (the reader thread): to the dialog, or, once it is closed, to
+        the console as a notification, as closing it while the export ran promised."""
+        self._run_pending = False
+        if self._worker_closed or not self.post_message(ExportFinished(result, problem)):
+            text, ok = _outcome(result, problem)
+            with contextlib.suppress(RuntimeError):  # the console itself has quit
+                self._console_app.notify(text, severity="information" if ok else "error",
+                                         timeout=10)
+
+    def _close_worker(self) -> None:
+        """End the dialog's worker: at once when it only plans; after the export under way
+        when one runs (it finishes in the background). Reaped by its link either way."""
+        with self._link_lock:
+            self._worker_closed = True  # no plan thread starts another one after this
+            link = self._link
+        if link is not None:
+            link.close(terminate=not self.running)
+
+    def on_unmount(self) -> None:
+        self._close_worker()
 
     @on(ExportPlanned)
     def _planned(self, message: ExportPlanned) -> None:
@@ -338,49 +429,17 @@ class ExportModal(WorkerFailures, ModalScreen[Path | None]):
             return
         self.running = True
         self.query_one("#start", Button).disabled = True
-        self.query_one("#status", Static).update("starting the export process…")
+        self.query_one("#status", Static).update("exporting…")
         self._export(self.options())
 
     @work(thread=True, exclusive=True, group="export", exit_on_error=False)
     def _export(self, options: dict[str, Any]) -> None:
-        from graftline.engine.export import parse_worker_line
-
-        result: dict[str, Any] | None = None
-        problem: str | None = None
-        try:
-            self.process = subprocess.Popen(
-                self._command("run", options), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True, env=os.environ.copy())
-        except OSError as exc:
-            self.post_message(ExportFinished(None, f"cannot start the export: {exc}"))
-            return
-        process = self.process
-        stdout, stderr = process.stdout, process.stderr
-        assert stdout is not None and stderr is not None
-        errors: list[str] = []
-        drain = threading.Thread(target=lambda: errors.extend(stderr), daemon=True)
-        drain.start()  # a chatty library must never block the child on a full stderr pipe
-        for line in stdout:
-            event = parse_worker_line(line)
-            if event is None:
-                continue
-            kind = event["event"]
-            if kind == "progress":
-                self.progress_events += 1
-                self.post_message(ExportProgress(str(event.get("phase", "")),
-                                                 float(event.get("fraction") or 0.0),
-                                                 str(event.get("message") or "")))
-            elif kind == "done":
-                result = event
-            elif kind in ("failed", "refused"):
-                fix = f" — fix: {event['fix']}" if event.get("fix") else ""
-                problem = f"{event.get('message', kind)}{fix}"
-        process.wait()  # reaped here: no <defunct> export process under the console
-        drain.join(timeout=5)
-        if result is None and problem is None:
-            tail = "".join(errors).strip().splitlines() or [f"exit status {process.returncode}"]
-            problem = f"the export process died: {tail[-1]}"
-        self.post_message(ExportFinished(result, problem))
+        """The export, asked of the worker that planned it (the reader thread reports)."""
+        self._run_id = request_id = self._next_id()
+        self._run_pending = True
+        problem = self._send("run", options, request_id)
+        if problem is not None:
+            self._finish(None, f"cannot start the export: {problem}")
 
     @on(ExportProgress)
     def _progress(self, message: ExportProgress) -> None:
@@ -400,9 +459,8 @@ class ExportModal(WorkerFailures, ModalScreen[Path | None]):
         self.finished += 1
         ok = result is not None and bool(result.get("ok"))
         if not self.is_attached:  # the modal was closed while the export ran
-            where = result.get("out") if result else problem
-            self.app.notify(f"export {'finished' if ok else 'failed'}: {where or ''}",
-                            severity="information" if ok else "error", timeout=10)
+            told, ok = _outcome(result, problem)
+            self.app.notify(told, severity="information" if ok else "error", timeout=10)
             return
         status = self.query_one("#status", Static)
         if result is None:
@@ -428,4 +486,5 @@ class ExportModal(WorkerFailures, ModalScreen[Path | None]):
             self.notify("The export keeps running in the background; you will be told when "
                         "it is done.")
         out = self.result.get("out") if isinstance(self.result, dict) else None
+        self._close_worker()
         self.dismiss(Path(out) if out else None)

@@ -1,10 +1,10 @@
 """graftline.engine.export: a checkpoint's adapter chain merged into its full-precision base,
 written as a complete model directory and verified.
 
-Modules: writer (plan_export, run_export), worker (an export in its own process, reporting
-JSON lines: what the console runs), chain (the adapter chain to merge), adapter_plan
-(what each adapter tensor changes in its base, refused where inexact), merge (the streaming
-per-tensor merge), safetensors (header and tensor reads), ordered_io (the writer
+Modules: writer (plan_export, run_export), worker (an export in its own process, reporting JSON
+lines: one `serve` process per console export dialog), chain (the adapter chain to merge),
+adapter_plan (what each adapter tensor changes in its base, refused where inexact), merge (the
+streaming per-tensor merge), safetensors (header and tensor reads), ordered_io (the writer
 thread), verify (reload and compare logits), formats (which formats can run here), gguf_convert
 (llama.cpp's converter in its own process), gguf_verify (the GGUF read back, tensor by tensor),
 gguf_run (the GGUF run in llama.cpp, in a child process: gguf_llama), ollama (the Modelfile),
@@ -40,6 +40,12 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.export.provenance import check_adapter as check_adapter
     from graftline.engine.export.worker import (
         parse_worker_line as parse_worker_line,
+    )
+    from graftline.engine.export.worker import (
+        request_line as request_line,
+    )
+    from graftline.engine.export.worker import (
+        serve_command as serve_command,
     )
     from graftline.engine.export.worker import (
         worker_command as worker_command,
@@ -94,6 +100,8 @@ _EXPORTS = {
     "worker": "worker",
     "worker_command": "worker",
     "parse_worker_line": "worker",
+    "serve_command": "worker",
+    "request_line": "worker",
     "provenance": "provenance",
     "check_adapter": "provenance",
 }
