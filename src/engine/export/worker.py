@@ -53,6 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from graftline.engine.common.errors import GraftlineError
+
 __all__ = ["MODULE", "WorkerRequest", "main", "parse_worker_line", "read_request",
            "request_line", "serve", "serve_command", "worker_command"]
 
@@ -122,14 +124,14 @@ class WorkerRequest:
     id: Any = None
 
 
-class RequestRefused(Exception):
+class RequestRefused(GraftlineError):
     """A `serve` request line that cannot be read: the field at fault (None: the line itself),
     what is wrong, and the fix. Answered as a `refused` event, never raised out of `serve`."""
 
     def __init__(self, field: str | None, message: str, fix: str, request_id: Any = None
                  ) -> None:
-        super().__init__(message)
-        self.field, self.message, self.fix, self.request_id = field, message, fix, request_id
+        super().__init__(message, fix)
+        self.field, self.request_id = field, request_id
 
 
 def read_request(line: str) -> WorkerRequest:
@@ -198,7 +200,6 @@ def _failed(emit: Emit, exc: Exception) -> None:
 def handle(request: WorkerRequest, emit: Emit) -> int:
     """Plan (and for `run`, export) one request, told through `emit`; the exit status a
     one-shot worker ends with (0 ok, 1 failed, 2 refused)."""
-    from graftline.engine.common.errors import GraftlineError
     from graftline.engine.export.writer import ExportProgress, plan_export, run_export
 
     try:
