@@ -1,7 +1,7 @@
 """graftline.engine.common: small pieces every area uses: the error root, atomic writes, units,
 checkpoint file names (and what a folder holds, its Trainer checkpoints, its size, its LoRA
-scaling), the one safetensors header reader, disk space, the metrics sink, run-control flags
-and lazy public surfaces.
+scaling), the one safetensors header reader, disk space, the metrics sink, run-control flags,
+lazy public surfaces, and the stdout of a child that speaks JSON lines (protocol_stdout).
 """
 
 from __future__ import annotations

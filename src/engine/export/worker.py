@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from graftline.engine.common.errors import GraftlineError
+from graftline.engine.common.protocol_stdout import protocol_stdout
 
 __all__ = ["MODULE", "WorkerRequest", "main", "parse_worker_line", "read_request",
            "request_line", "serve", "serve_command", "worker_command"]
@@ -248,17 +249,6 @@ def _emitter(stream: TextIO, **always: Any) -> Emit:
     return emit
 
 
-def _protocol_stream() -> TextIO:
-    """The real stdout, for protocol lines alone; file descriptor 1 and `sys.stdout` become
-    stderr, so what libraries print (Python's print, C's printf, a child process's output)
-    never lands between two events."""
-    sys.stdout.flush()
-    protocol = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return protocol
-
-
 def serve(requests: TextIO, stream: TextIO) -> int:
     """Answer `requests` (one JSON object a line) on `stream` until end-of-file; see the module
     docstring. Returns 0: a bad request is answered, never fatal."""
@@ -309,7 +299,7 @@ def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
         parser.error("serve takes no CHECKPOINT or OUT: it reads requests on stdin")
     if args.action != "serve" and args.out is None:
         parser.error(f"{args.action} needs CHECKPOINT and OUT")
-    out_stream = stream or _protocol_stream()
+    out_stream = stream or protocol_stdout()
     if args.action == "serve":
         return serve(sys.stdin, out_stream)
     request = WorkerRequest(action=args.action, checkpoint=args.checkpoint, out=args.out,

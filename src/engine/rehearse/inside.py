@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from graftline.engine.common.layout import PIPELINE_COPY, RUN_META
+from graftline.engine.common.protocol_stdout import protocol_stdout
 
 REPORT = "report"
 PROGRESS = ("twin", "stage_started", "stage_finished", "cleanup")
@@ -78,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     _die_with_parent(int(args[1]) if len(args) > 1 else 0)
-    # the JSON lines on a private copy of stdout; whatever a library prints goes to stderr
-    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)
-    return 0 if rehearse_run(Path(args[0]), out) else 1
+    return 0 if rehearse_run(Path(args[0]), protocol_stdout()) else 1
 
 
 if __name__ == "__main__":
