@@ -68,7 +68,7 @@ def test_family_runs_the_demo_chain_exports_exactly_and_converts(name: str,
     base = build_family(name)
     gguf = _gguf_in_chain(name)
     pipeline = write_chain(tmp_path, name, base, export_extra=GGUF_STAGE if gguf else "")
-    run_dir, rows, _said = run_detached(pipeline, rehearse=False)
+    run_dir, rows, _said = run_detached(pipeline)
     finished = [r for r in rows if r["type"] == "run_finished"][-1]["data"]
     log = (run_dir / "engine.log").read_text()[-3000:]
     assert finished["status"] == "finished", (finished, log)
