@@ -144,3 +144,38 @@ def test_rehearsal_runs_distributed_stages_in_one_process(tmp_path: Path) -> Non
     stage = derived.pipeline.stage[0]
     assert not scaleout.scale_of(derived.pipeline, stage).distributed_run
     assert any("rehearsed in one process" in note for note in derived.notes)
+
+
+LAUNCH_PROBE = """
+import sys
+from pathlib import Path
+from graftline.engine.common.sink import ListSink
+from graftline.engine.pipeline import file as pipeline_file
+from graftline.engine.run import distributed, runner
+
+def launch(ctx, scale, text, path):  # the group's launch, where the engine's own work ends
+    heavy = ("transformers", "peft", "trl", "datasets", "bitsandbytes")
+    print(scale.world_size, " ".join(m for m in heavy if m in sys.modules) or "-")
+    return "failed", "not launched here", 0
+
+distributed.run_stage = launch
+runner.run_pipeline(pipeline_file.load(Path(sys.argv[1])), Path(sys.argv[2]), ListSink())
+"""
+
+
+def test_an_engine_that_only_launches_groups_imports_no_trainer_stack(
+        tmp_path: Path, toy_base: Path) -> None:
+    """The engine of a process-group stage hands the training to its ranks, each of which loads
+    the stack itself: it reaches the launch without transformers, PEFT or TRL (~4 s of CPU, and
+    the group's start, sooner)."""
+    import subprocess
+    import sys
+
+    pf = _pipeline(tmp_path, header_extra='probes = ["12+34"]', defaults="processes = 2")
+    (tmp_path / "data.jsonl").write_text('{"prompt": "1+1=", "completion": "2"}\n')
+    out = subprocess.run([sys.executable, "-c", LAUNCH_PROBE, str(pf.path), str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    world, heavy = out.stdout.split()
+    assert world == "2"
+    assert heavy == "-", f"the engine imported {heavy} before launching its group"

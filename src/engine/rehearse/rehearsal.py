@@ -448,7 +448,7 @@ def preflight(pf: PipelineFile, derived: Derived, tokenizer: Any) -> list[Findin
 def _load_tokenizer(base: str) -> Any:
     from transformers import AutoTokenizer
 
-    from graftline.engine.toy.model import built_toy_base
+    from graftline.engine.toy.named import built_toy_base
 
     tokenizer = AutoTokenizer.from_pretrained(built_toy_base(base), local_files_only=True)
     if tokenizer.pad_token is None:

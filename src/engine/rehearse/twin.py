@@ -160,7 +160,7 @@ def _experts(config: Any) -> int:
 
 
 def _toy(base: str, notes: tuple[str, ...]) -> Twin:
-    from graftline.engine.toy.model import built_toy_base
+    from graftline.engine.toy.named import built_toy_base
 
     built_toy_base(base)  # build (or find) the cached toy model now, so its time is the twin's
     return Twin(base=base, source="toy", model_type="llama", tokenizer="toy", notes=notes)

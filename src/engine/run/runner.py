@@ -68,7 +68,7 @@ def base_model_path(pf: PipelineFile) -> str:
     """What the run loads as the pipeline's base: the toy base's directory (built on first use),
     a local folder found by the one resolver of a recorded base, or the name as written (a hub
     id)."""
-    from graftline.engine.toy.model import built_toy_base
+    from graftline.engine.toy.named import built_toy_base
 
     base = pf.pipeline.pipeline.base
     resolved = built_toy_base(base)
@@ -216,8 +216,6 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
     one_thread_for_tiny_models(base_path)
     probes = _probes(pf, sink)
     stage_cleanup.finish_interrupted(run_dir, sink)
-    from transformers import set_seed
-
     offset = 0
     for index, step in enumerate(steps):
         directory = stage_dir(run_dir, step.name)
@@ -233,7 +231,7 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
                 status="stopped", message=f"stopped before stage '{step.name}'"))
             return RunResult("stopped", "stopped", run_dir, statuses)
         resume_from = _prepare_stage_dir(sink, run_dir, step.name, directory, resume)
-        set_seed(header.seed + index)
+        _seed_here(pf, step, run_dir, header.seed + index)
         ctx = StageContext(
             stage=step.stage, step=step, index=index, run_dir=run_dir, run_id=run_dir.name,
             base_path=base_path, backend=backend, sink=sink, control=control,
@@ -258,6 +256,19 @@ def run_pipeline(pf: PipelineFile, run_dir: Path, sink: Sink, control: RunContro
             stage_cleanup.clean_after(step.name, pipeline.cleanup, steps, run_dir, sink)
     emit_record(sink, None, RunFinished(status="finished", message=f"{len(steps)} stages done"))
     return RunResult("finished", "finished", run_dir, statuses)
+
+
+def _seed_here(pf: PipelineFile, step: StepPlan, run_dir: Path, seed: int) -> None:
+    """Seed a stage that trains in this process. A process group's ranks seed themselves
+    (run/rank_main.py), so an engine that only launches groups never imports transformers' trainer
+    stack (its `set_seed` pulls in PEFT and bitsandbytes): the first group starts ~4 s sooner."""
+    from graftline.engine.run import distributed
+
+    if distributed.scale_for(pf.pipeline, step.stage, run_dir).distributed_run:
+        return
+    from transformers import set_seed
+
+    set_seed(seed)
 
 
 def _ended(sink: Sink, result: RunResult) -> RunResult:

@@ -4,7 +4,8 @@
     describe_base()     # one line on it from its record, without importing torch
     built_toy_base(name)  # `toy:addition` → the base's directory; anything else unchanged
 
-Modules: recipe (ToyRecipe, Fallback, the record; no torch), model (building and asking the
+Modules: recipe (ToyRecipe, Fallback, the record; no torch), named (`toy:addition` → its
+directory; no torch once the base is cached), model (building and asking the
 model), shipped (the bases that ship as package data, bases/<key>/, and how they are rebuilt),
 pinned_math (the CPU math path for graftline's own training), tasks (the addition task),
 tokenizer, files (the example datasets), measure (seeds on this machine:
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.toy import files as files
     from graftline.engine.toy import measure as measure
     from graftline.engine.toy import model as model
+    from graftline.engine.toy import named as named
     from graftline.engine.toy import pinned_math as pinned_math
     from graftline.engine.toy import recipe as recipe
     from graftline.engine.toy import shipped as shipped
@@ -29,7 +31,7 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.toy.files import write_jsonl as write_jsonl
     from graftline.engine.toy.model import accuracy as accuracy
     from graftline.engine.toy.model import build_base as build_base
-    from graftline.engine.toy.model import built_toy_base as built_toy_base
+    from graftline.engine.toy.named import built_toy_base as built_toy_base
     from graftline.engine.toy.pinned_math import pin_math as pin_math
     from graftline.engine.toy.recipe import BaseRecord as BaseRecord
     from graftline.engine.toy.recipe import Fallback as Fallback
@@ -54,9 +56,10 @@ _EXPORTS = {
     "describe_base": "recipe",
     "read_record": "recipe",
     "model": "model",
+    "named": "named",
     "accuracy": "model",
     "build_base": "model",
-    "built_toy_base": "model",
+    "built_toy_base": "named",
     "tasks": "tasks",
     "tokenizer": "tokenizer",
     "files": "files",

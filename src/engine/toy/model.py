@@ -12,7 +12,6 @@ import json
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -39,8 +38,6 @@ from graftline.engine.toy.recipe import (
 )
 from graftline.engine.toy.shipped import SHIPPED_ROOT, install, shipped_dir
 from graftline.engine.toy.tokenizer import ASSISTANT, END, USER, build_tokenizer
-
-TOY_SCHEME = "toy:"
 
 
 def model_config(
@@ -298,21 +295,6 @@ def _write_record(directory: Path, record: BaseRecord) -> None:
     partial.replace(directory / RECORD)
 
 
-def built_toy_base(base: str, *, cache: Path | None = None) -> str:
-    """`toy:addition` (optionally `toy:addition?tied=1`) names the built-in tiny model: its
-    directory, built (or copied from the shipped bytes) on first use; anything else is returned
-    unchanged (a local path or a hub id: `lineage.resolve_base` resolves those)."""
-    if not base.startswith(TOY_SCHEME):
-        return base
-    recipe = default_recipe(tied="tied=1" in base)
-    return str(build_base(recipe, cache=cache, log=_to_stderr))
-
-
-def _to_stderr(line: str) -> None:
-    # the engine's stderr is its engine.log: a first build's attempts are seen there
-    print(line, file=sys.stderr, flush=True)
-
-
 def chat_prompt(tokenizer: PreTrainedTokenizerFast, question: str) -> str:
     return str(tokenizer.apply_chat_template(
         tasks.user(question), tokenize=False, add_generation_prompt=True
@@ -376,7 +358,6 @@ __all__ = [
     "accuracy",
     "answer",
     "build_base",
-    "built_toy_base",
     "cache_root",
     "pretrain",
     "pretrain_checked",
