@@ -304,8 +304,10 @@ def test_sft_dpo_grpo_chain_on_two_processes(root: Path) -> None:
     group, and the reward rose)."""
     write = lambda name, rows: (root / name).write_text(  # noqa: E731
         "".join(json.dumps(r) + "\n" for r in rows))
-    write("pref.jsonl", preference_rows(200, 3))
-    write("grpo.jsonl", grpo_rows(200, 4))
+    # the rows the steps reach (DPO: 8 × 4; GRPO: 10 × 8 completions, 4 a prompt), with room:
+    # DPO's precomputed reference scores every row before step 1, in both runs below
+    write("pref.jsonl", preference_rows(48, 3))
+    write("grpo.jsonl", grpo_rows(48, 4))
     run_dir = launch.start_run(_chain(root, "chain.toml", processes=2, batch=4, grpo=True))
     rows = _wait(run_dir, "the run's end", _finished, timeout=1200)
     assert _finished(rows) == "finished", (run_dir / launch.ENGINE_LOG).read_text()[-3000:]
