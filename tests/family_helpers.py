@@ -1,23 +1,18 @@
-"""Helpers for the family matrix: the demo-like chain as a pipeline file, the real CLI, and plain
-PEFT applying the same chain for the reference logits."""
+"""Helpers for the family matrix: the demo-like chain as a pipeline file, the engine's pipeline
+runner on it, and plain PEFT applying the same chain for the reference logits."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from graftline.engine.common.tokenizer_files import TOKENIZER_FILES
-from graftline.engine.run.events import EVENTS, read_raw
 from graftline.engine.toy import tasks
 
-GRAFTLINE = [sys.executable, "-c", "from graftline.console.cli import main; main()"]
 PROBES = ["12+34", "55+27", "90+19", "23+45"]
 
 CHAIN = """
@@ -99,26 +94,17 @@ def write_chain(directory: Path, name: str, base: Path, *, export_extra: str = "
     return path
 
 
-def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*GRAFTLINE, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+def run_in_process(pipeline: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """The engine's pipeline runner on `pipeline`, in this process, without a rehearsal: its run
+    directory and its events as the engine's event log holds them (`type`, `stage`, `data`)."""
+    from graftline.engine.common.sink import ListSink
+    from graftline.engine.pipeline import file as pipeline_file
+    from graftline.engine.run.runner import run_pipeline
 
-
-def run_detached(pipeline: Path, timeout: float = 900) -> tuple[Path, list[dict], str]:
-    """`graftline run FILE --detach --no-rehearse` (the matrix rehearses each family in the
-    test's own process), then wait for the engine."""
-    started = cli("run", pipeline.name, "--detach", "--no-rehearse", cwd=pipeline.parent)
-    assert started.returncode == 0, started.stdout[-4000:] + started.stderr[-4000:]
-    runs = pipeline.parent / "runs"
-    run_dir = max(runs.iterdir(), key=lambda p: p.stat().st_mtime)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = read_raw(run_dir / EVENTS)[0] if (run_dir / EVENTS).is_file() else []
-        if any(r["type"] == "run_finished" for r in rows):
-            return run_dir, rows, started.stdout
-        time.sleep(0.5)
-    raise AssertionError(f"the run in {run_dir} did not finish in {timeout} s:\n"
-                         + (run_dir / "engine.log").read_text()[-3000:])
+    run_dir = pipeline.parent / "runs" / "r1"  # the chain's runs_dir
+    sink = ListSink()
+    run_pipeline(pipeline_file.load(pipeline), run_dir, sink)
+    return run_dir, [{"type": t, "stage": stage, "data": data} for t, stage, data in sink.events]
 
 
 def tokenizer_bytes(folder: Path) -> dict[str, bytes]:

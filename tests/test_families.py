@@ -1,7 +1,7 @@
-"""The family matrix: tiny pre-trained twins of nine families through the real `graftline run`,
-the export checked against plain PEFT applying the same chain, and the export stage's own GGUF
-f32 (+ Ollama Modelfile) verified where the family converts; every family's chain rehearsed (on
-its published config, or on its twin).
+"""The family matrix: tiny pre-trained twins of nine families through the engine's pipeline
+runner (the stages `graftline run` runs), the export checked against plain PEFT applying the same
+chain, and the export stage's own GGUF f32 (+ Ollama Modelfile) verified where the family
+converts; every family's chain rehearsed (on its published config, or on its twin).
 
 Twins are built once and cached (graftline.engine.rehearse.families, a few seconds each).
 """
@@ -20,7 +20,7 @@ from family_helpers import (
     model_logits,
     peft_chain_logits,
     probe_ids,
-    run_detached,
+    run_in_process,
     tokenizer_bytes,
     write_chain,
 )
@@ -40,9 +40,9 @@ GGUF_STAGE = 'gguf_type = "f32"\nformats = ["safetensors", "gguf", "ollama"]\n'
 
 # Each family is rehearsed, in this process, with the same `rehearse` the engine's rehearsal
 # child runs: on its published config where fixtures/real_configs holds one (the twin builder
-# meets the real config), else on its own twin. The chain below runs without it (`--no-rehearse`):
-# the engine's rehearsal phase itself is family-blind plumbing, tested on the toy base
-# (test_run_detached, test_console_tmux_launch).
+# meets the real config), else on its own twin. The chain below runs without it: the engine's
+# rehearsal phase itself is family-blind plumbing, tested on the toy base (test_run_detached,
+# test_console_tmux_launch).
 REAL_CONFIGS = Path(__file__).parent / "fixtures" / "real_configs"
 
 
@@ -68,10 +68,14 @@ def test_family_runs_the_demo_chain_exports_exactly_and_converts(name: str,
     base = build_family(name)
     gguf = _gguf_in_chain(name)
     pipeline = write_chain(tmp_path, name, base, export_extra=GGUF_STAGE if gguf else "")
-    run_dir, rows, _said = run_detached(pipeline)
+    # The engine's own runner in this process, not a detached engine: the daemon around it
+    # (events file, state, control, rehearsal phase) is family-blind and tested on the toy base
+    # (test_run_detached, test_daemon, test_console_tmux*), and nine daemons each paid ~7 s of
+    # CPU importing torch, transformers, PEFT and TRL, which this process has already imported.
+    run_dir, rows = run_in_process(pipeline)
     finished = [r for r in rows if r["type"] == "run_finished"][-1]["data"]
-    log = (run_dir / "engine.log").read_text()[-3000:]
-    assert finished["status"] == "finished", (finished, log)
+    said = [r for r in rows if r["type"] in ("error", "stage_finished")]
+    assert finished["status"] == "finished", (finished, said)
     failed = [r["data"] for r in rows if r["type"] == "check_result"
               and r["data"]["status"] == "fail"]
     assert not failed
