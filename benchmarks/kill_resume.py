@@ -89,7 +89,9 @@ run_dir.mkdir(parents=True, exist_ok=True)
 with EventWriter(run_dir) as writer:
     result = run_pipeline(load(sys.argv[1]), run_dir, writer, resume=sys.argv[3] == "1")
 print(result.status, result.message)
-sys.exit(0 if result.status == "finished" else 1)
+# the run is on disk; the parent waits for this exit (common/quick_exit.py: no teardown)
+from graftline.engine.common.quick_exit import exit_now
+exit_now(0 if result.status == "finished" else 1)
 """
 
 

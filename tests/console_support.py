@@ -75,7 +75,7 @@ def finished_run(folder: Path, pipeline: str, sft_rows: int = 40) -> Path:
     deadline = time.monotonic() + 600
     while client.read_state(run_dir).live:
         assert time.monotonic() < deadline, (run_dir / "engine.log").read_text()[-3000:]
-        time.sleep(0.5)
+        time.sleep(0.1)
     assert client.read_state(run_dir).status == "finished", \
         (run_dir / "engine.log").read_text()[-3000:]
     return run_dir

@@ -63,5 +63,5 @@ def wait_ended(run_dir: Path, timeout: float = 600) -> client.RunInfo:
         info = client.read_state(run_dir)
         if info.status in ("finished", "failed", "stopped", "crashed"):
             return info
-        time.sleep(0.5)
+        time.sleep(0.1)
     raise AssertionError(f"the run never ended:\n{(run_dir / 'engine.log').read_text()[-3000:]}")

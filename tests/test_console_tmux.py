@@ -76,7 +76,7 @@ def test_demo_in_tmux_detach_keeps_training(tmp_path: Path, toy_base: Path,
         assert info.live, f"the engine stopped when the console quit: {info}"
         deadline = time.monotonic() + 600
         while client.read_state(run_dir).live and time.monotonic() < deadline:
-            time.sleep(2)
+            time.sleep(0.2)
         info = client.read_state(run_dir)
         assert info.status == "finished", (run_dir / "engine.log").read_text()[-3000:]
         assert (tmp_path / "export" / "config.json").is_file()

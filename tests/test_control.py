@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,32 @@ def test_garbage_request_gets_an_error_reply(tmp_path: Path) -> None:
         reply = sock.recv(4096)
         sock.close()
     assert b'"ok": false' in reply
+
+
+def test_an_unpause_wakes_the_paused_trainer_at_once(tmp_path: Path) -> None:
+    """`resume` over the socket lifts the pause the moment it is answered: the waiting trainer
+    is woken, not left to notice at its next poll (60 s here, so only a wake-up can pass)."""
+    import threading
+
+    flags = RunControl()
+    flags.paused.set()
+    waiter = threading.Thread(target=flags.wait_while_paused, kwargs={"poll": 60.0})
+    waiter.start()
+    with _server(tmp_path, flags):
+        waiter.join(timeout=0.3)
+        assert waiter.is_alive()  # paused: it waits
+        assert control.send(tmp_path, "resume")["paused"] is False
+        waiter.join(timeout=10)
+        assert not waiter.is_alive()
+
+
+def test_closing_the_server_ends_its_thread_at_once(tmp_path: Path) -> None:
+    """The engine's exit (and the run's lock with it) waits for this close: it must not sit out
+    the accept loop's timeout."""
+    server = _server(tmp_path, RunControl()).start()
+    assert control.send(tmp_path, "status")["ok"]
+    server._sock.settimeout(60.0)  # only a real wake-up ends accept() before join's timeout
+    time.sleep(0.6)  # the accept() under the old 0.5 s timeout has returned; now it waits 60 s
+    server.close()
+    assert server._thread is not None and not server._thread.is_alive()
+    assert not (tmp_path / control.SOCKET).exists()

@@ -196,11 +196,12 @@ def test_kill_resume_pause_stop_keep_one_curve_and_truthful_manifests(pipeline: 
     _wait(run_dir, "stage two", lambda rows: len(_global_steps(rows, "two")) >= 2)
     assert client.send_command(run_dir, "pause")["status"] == "paused"
     assert client.read_state(run_dir).status == "paused"
-    # the step in flight may finish; after that no step starts while paused
-    time.sleep(2)
+    # The step in flight may still log (the trainer holds at its next step end, at most one
+    # metrics row later); after that no step starts while paused. Unpaused, this engine logs
+    # dozens of steps in the 2 s watched here.
     paused_at = len(_global_steps(_rows(run_dir)))
-    time.sleep(3)
-    assert len(_global_steps(_rows(run_dir))) == paused_at
+    time.sleep(2)
+    assert len(_global_steps(_rows(run_dir))) <= paused_at + 1
     unpaused = _cli("resume", run_dir.name, "--runs-dir", "runs", cwd=cwd)
     assert "un-paused: running" in unpaused.stdout, unpaused.stdout + unpaused.stderr
     _wait(run_dir, "steps after un-pausing",

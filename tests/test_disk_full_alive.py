@@ -36,8 +36,9 @@ async def test_a_paused_for_disk_engine_with_a_stale_heartbeat_is_alive_not_cras
         tmp_path: Path, tiny_fs: Path, toy_base: Path, tmux: Tmux,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # every reader here (ls, resume, the console, attach in tmux) calls a heartbeat stale after
-    # 6 s, not 30: the engine's heartbeat (every 2 s) stays well inside that while it can write
-    monkeypatch.setenv("GRAFTLINE_STALE_AFTER", "6")
+    # 5 s (the least `stale_after` allows), not 30: the engine's heartbeat (every 2 s) stays
+    # inside that while it can write, and nothing here reads the run's liveness before the fill
+    monkeypatch.setenv("GRAFTLINE_STALE_AFTER", "5")
     runs = tiny_fs / "runs"
     run_dir, proc, log = _start(tmp_path, runs, max_steps=40, save_steps=20)
     try:
@@ -46,12 +47,13 @@ async def test_a_paused_for_disk_engine_with_a_stale_heartbeat_is_alive_not_cras
         _wait(lambda: "paused: disk full" in log.read_text(), proc, log)
 
         # the heartbeat cannot reach the full disk: wait until the file alone reads `crashed`
+        # (for good: the heartbeat only grows older while the disk stays full)
         def stale() -> bool:
             state = runstate.read(run_dir)
-            return state is not None and time.time() - (state.heartbeat or 0) > stale_after() + 1
+            return state is not None and runstate.effective_status(state) == "crashed"
         _wait(stale, proc, log, timeout=240)
         state = runstate.read(run_dir)
-        assert state is not None and runstate.effective_status(state) == "crashed"
+        assert state is not None and time.time() - (state.heartbeat or 0) > stale_after()
 
         info = client.read_state(run_dir)
         assert info.status == "paused", info

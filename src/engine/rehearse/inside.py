@@ -83,4 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # the report is written and flushed; the engine waits for this exit before stage 1, so
+    # skip the teardown of the training stack (common/quick_exit.py)
+    from graftline.engine.common.quick_exit import exit_now
+
+    exit_now(main())

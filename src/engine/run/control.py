@@ -134,6 +134,10 @@ class ControlServer:
     def close(self) -> None:
         self._closed.set()
         if self._sock is not None:
+            # wakes the thread blocked in accept() now (closing the fd alone does not, on
+            # Linux: it would sit out its 0.5 s timeout, and the engine's exit with it)
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
             self._sock.close()
         if self._thread is not None:
             self._thread.join(timeout=2)

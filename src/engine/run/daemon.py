@@ -342,4 +342,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # the run is over and on disk (state, events, lock released): skip the interpreter's
+    # teardown of the training stack (common/quick_exit.py), which a resume or a console
+    # reaping this process would otherwise wait for
+    from graftline.engine.common.quick_exit import exit_now
+
+    exit_now(main())
