@@ -40,6 +40,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 NAMES = list(FAMILIES)
 PROBES = ["12+34", "55+27", "90+19", "23+45", "61+8", "7+70", "33+33", "80+15"]
+# DPO's beta in the reference test: the rewards scale with it. With its frozen `ref` copy the
+# margin is zero at any beta; with `ref` gone it is beta × how far 8 steps moved the adapter from
+# the base, which at beta 0.5 came to 0.029 on gpt_oss's twin on the plain vector path, under the
+# check's 0.05. At 5 the fault stands well clear of the tolerance on any path.
+BETA = 5.0
 ADAPTER_STEPS = 8  # a few real optimizer steps: the adapter moves the model as training does
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear", "task_type": "CAUSAL_LM"}
 
@@ -269,7 +274,7 @@ def test_a_wrong_dpo_reference_is_caught_at_the_first_step(name: str,
             first.append(dict(logs or {}))
 
     config = DPOConfig(output_dir=str(tmp_path / "dpo"), max_steps=1, logging_steps=1,
-                       per_device_train_batch_size=4, learning_rate=1e-3, beta=0.5,
+                       per_device_train_batch_size=4, learning_rate=1e-3, beta=BETA,
                        loss_type=["sigmoid"], max_length=48, use_cpu=True, bf16=False,
                        gradient_checkpointing=False, report_to=[], save_strategy="no",
                        disable_tqdm=True, precompute_ref_log_probs=False)

@@ -25,11 +25,12 @@ from typing import NoReturn
 __all__ = ["exit_now"]
 
 
-def exit_now(code: int) -> NoReturn:
-    """Exit with `code` as a normal exit would, minus the interpreter's teardown."""
+def exit_now(code: int, *, join_threads: bool = True) -> NoReturn:
+    """Exit with `code` as a normal exit would, minus the interpreter's teardown.
+    `join_threads` False: leave at once, whatever non-daemon thread still runs (a rank)."""
     try:
         current = threading.current_thread()
-        for thread in threading.enumerate():
+        for thread in threading.enumerate() if join_threads else ():
             if thread is not current and not thread.daemon:
                 thread.join()  # as the interpreter's own shutdown does, before atexit
         atexit._run_exitfuncs()

@@ -10,7 +10,6 @@ evaluation, which is a collective) is over, so the save and the checks after it 
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import ctypes
 import json
@@ -24,6 +23,7 @@ from typing import Any, NoReturn
 
 from graftline.engine.common import atomic
 from graftline.engine.common.checkpoint_files import checkpoint_name, checkpoint_step
+from graftline.engine.common.quick_exit import exit_now
 from graftline.engine.run import group_io
 
 PR_SET_PDEATHSIG = 1
@@ -232,13 +232,7 @@ def leave(code: int) -> NoReturn:
     SIGABRT: measured about one exit in six, with or without `destroy_process_group()`. The
     launcher then ends rank 0 in the middle of its save and a finished stage is reported failed.
     Python's own exit work (atexit: trackers finishing their runs, logging) still runs."""
-    try:
-        atexit._run_exitfuncs()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(code)
+    exit_now(code, join_threads=False)
 
 
 def main(argv: list[str] | None = None) -> int:
