@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Literal
 
 from graftline.engine.common.checkpoint_files import MODEL_CONFIG
+from graftline.engine.toy.named import TOY_SCHEME
 
 __all__ = ["Resolved", "candidates", "looks_like_hub_id", "resolve_base"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
-TOY_SCHEME = "toy:"
 
 
 @dataclass(frozen=True)
