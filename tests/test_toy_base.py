@@ -26,6 +26,7 @@ from stage_helpers import one_thread  # noqa: F401
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from graftline.engine.common.errors import GraftlineError
+from graftline.engine.common.shipped_files import changed_files
 from graftline.engine.toy.model import accuracy, build_base
 from graftline.engine.toy.recipe import (
     RECORD,
@@ -34,7 +35,6 @@ from graftline.engine.toy.recipe import (
     ToyBaseTooWeak,
     ToyRecipe,
     base_dir,
-    changed_files,
     default_recipe,
     describe_base,
     read_record,
@@ -238,4 +238,4 @@ def test_a_cached_copy_that_changed_is_replaced_by_the_shipped_bytes(tmp_path: P
     assert build_base(recipe, cache=tmp_path) == target
     record = read_record(target)
     assert record is not None
-    assert changed_files(target, record) == []
+    assert changed_files(target, record.files) == []

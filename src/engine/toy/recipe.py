@@ -17,6 +17,7 @@ from pathlib import Path
 
 from graftline.engine.common.checkpoint_files import MODEL_CONFIG
 from graftline.engine.common.errors import GraftlineError
+from graftline.engine.common.shipped_files import changed_files
 
 # The vocabulary, as plain data: a planner sizes the toy base without importing tokenizers.
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -168,24 +169,9 @@ def verified(directory: Path, recipe: ToyRecipe) -> BaseRecord | None:
     record = read_record(directory)
     if record is None or record.key != recipe.key or record.accuracy < recipe.min_accuracy:
         return None
-    if record.files and changed_files(directory, record):
+    if record.files and changed_files(directory, record.files):
         return None  # a shipped base's copy that is no longer the shipped bytes
     return record
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def changed_files(directory: Path, record: BaseRecord) -> list[str]:
-    """The files of `record.files` that are missing from `directory` or differ from their
-    recorded sha256 (a few milliseconds for the toy's 1.4 MB)."""
-    changed = []
-    for name, digest in sorted(record.files.items()):
-        path = Path(directory) / name
-        if not path.is_file() or file_digest(path) != digest:
-            changed.append(name)
-    return changed
 
 
 def describe_base(recipe: ToyRecipe | None = None, cache: Path | None = None) -> str:
@@ -205,5 +191,5 @@ def describe_base(recipe: ToyRecipe | None = None, cache: Path | None = None) ->
 
 __all__ = ["RECORD", "SEED_ENV", "SHIPPED_ROOT", "TIED_TEST_RECIPE", "Attempt", "AttemptResult",
            "BaseRecord", "Fallback", "ToyBaseTooWeak", "ToyRecipe", "base_dir", "cache_root",
-           "changed_files", "default_recipe", "describe_base", "file_digest", "read_record",
+           "default_recipe", "describe_base", "read_record",
            "verified"]

@@ -13,7 +13,6 @@ recipe (another `GRAFTLINE_TOY_SEED`, a test's short recipe) is built as before.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
@@ -21,14 +20,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from graftline.engine.common.errors import GraftlineError
+from graftline.engine.common.shipped_files import changed_files, digests, install_checked
 from graftline.engine.toy.recipe import (
     RECORD,
     SHIPPED_ROOT,
     TIED_TEST_RECIPE,
     BaseRecord,
     ToyRecipe,
-    changed_files,
-    file_digest,
     read_record,
 )
 
@@ -54,7 +52,7 @@ def checked_record(directory: Path) -> BaseRecord:
     if record is None or record.origin != "shipped" or not record.files:
         raise ShippedBaseDamaged(f"{directory / RECORD} is missing or holds no file digests",
                                  "reinstall graftline (the shipped toy base is package data)")
-    changed = changed_files(directory, record)
+    changed = changed_files(directory, record.files)
     if changed:
         raise ShippedBaseDamaged(
             f"the shipped toy base {directory} differs from its record: "
@@ -65,23 +63,8 @@ def checked_record(directory: Path) -> BaseRecord:
 
 
 def install(source: Path, target: Path) -> Path:
-    """Copy a checked shipped base to `target` (inside the cache): staged beside it, checked
-    again there, then renamed into place, so a crash never leaves half a base."""
-    checked_record(source)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        for path in sorted(source.iterdir()):
-            if path.is_file() and not path.is_symlink():
-                shutil.copyfile(path, staging / path.name)
-        checked_record(staging)
-        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide it from the rest of the cache
-        staging.rename(target)
-    except OSError:
-        if not target.is_dir():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone after the rename; else a loser's copy
-    return target
+    """Copy a checked shipped base to `target` (inside the cache), checked again there."""
+    return install_checked(source, target, checked_record)
 
 
 def ship(recipe: ToyRecipe, root: Path = SHIPPED_ROOT) -> Path:
@@ -108,7 +91,7 @@ def ship(recipe: ToyRecipe, root: Path = SHIPPED_ROOT) -> Path:
         built_with = {"torch": torch.__version__, "threads": "1",
                       "cpu_capability": torch.backends.cpu.get_cpu_capability(), **pins}
         shipped = replace(record, origin="shipped", built_with=built_with,
-                          files={name: file_digest(out / name) for name in names})
+                          files=digests(out, names))
         (out / RECORD).write_text(shipped.to_json() + "\n")
     return out
 
