@@ -1,5 +1,5 @@
-"""What a non-editable install carries: the console's themes (outside the package) and the
-shipped toy bases (package data)."""
+"""What a non-editable install carries: the console's themes (outside the package), the shipped
+toy bases and the shipped family twins (package data)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,15 @@ def test_the_wheel_carries_the_themes(tmp_path: Path) -> None:
     for base in (p for p in SHIPPED_ROOT.iterdir() if p.is_dir()):
         wanted = [*checked_record(base).files, "toy_base.json"]
         assert all(f"graftline/engine/toy/bases/{base.name}/{n}" in names for n in wanted)
+    # and the shipped family twins
+    from graftline.engine.rehearse.families import RECORD, checked_twin
+    from graftline.engine.rehearse.families import SHIPPED_ROOT as TWINS
+
+    twins = [p for p in TWINS.iterdir() if p.is_dir()]
+    assert len(twins) == 9
+    for twin in twins:
+        wanted = [*checked_twin(twin)["files"], RECORD]
+        assert all(f"graftline/engine/rehearse/twins/{twin.name}/{n}" in names for n in wanted)
 
 
 def test_an_installed_console_finds_its_themes_under_the_prefix(

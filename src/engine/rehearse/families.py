@@ -19,6 +19,13 @@ a few seconds of full-parameter pre-training on the toy addition sums, in the pl
 the family's own chat format, so the template's tokens are learned and the checks see a model,
 not noise. The cache lives under `$GRAFTLINE_CACHE/families/<family>-<key>` (the key hashes the
 spec and the recipe), next to the toy base.
+
+The nine twins of the default recipe ship with graftline as package data (`twins/<family>-<key>/`,
+built once with the math pinned, as the toy base is: toy/shipped.py), so every machine checks its
+families on the same bytes and nothing is trained on first use: `build_family` copies the shipped
+twin into the cache, its files checked against the sha256 in its record. Another recipe is built.
+
+    python -m graftline.engine.rehearse.families    # rebuild the shipped twins (maintainers only)
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +46,7 @@ from typing import Any
 
 from graftline.engine.common.checkpoint_files import MODEL_CONFIG
 from graftline.engine.common.errors import GraftlineError
+from graftline.engine.common.shipped_files import changed_files, digests, install_checked
 from graftline.engine.rehearse.twin import (
     EXPERTS,
     EXPERTS_PER_TOKEN,
@@ -55,6 +64,7 @@ BUILD_VERSION = 2
 # add_bos_token said in tokenizer_config.json
 SPM_VERSION = 4
 RECORD = "family_twin.json"
+SHIPPED_ROOT = Path(__file__).resolve().with_name("twins")
 PAD_MULTIPLE = 64
 # The Qwen2 / Llama-3 / o200k shape of byte-level BPE pre-tokenization (one digit per piece, as
 # Qwen2's; transformers 5 rebuilds a qwen2 tokenizer with this regex whatever the file says).
@@ -185,6 +195,10 @@ class FamilyUnknown(GraftlineError):
     pass
 
 
+class ShippedTwinDamaged(GraftlineError):
+    """A shipped family twin's files differ from the sha256 its record holds."""
+
+
 def family(name: str) -> Family:
     if name not in FAMILIES:
         raise FamilyUnknown(f"no family twin '{name}'", f"one of: {', '.join(FAMILIES)}")
@@ -199,9 +213,13 @@ def key(spec: Family, recipe: TwinRecipe) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def twin_name(name: str, recipe: TwinRecipe | None = None) -> str:
+    """The twin's directory name, in the cache and where it ships: `<family>-<key>`."""
+    return f"{name}-{key(family(name), recipe or TwinRecipe())}"
+
+
 def twin_dir(name: str, recipe: TwinRecipe | None = None, cache: Path | None = None) -> Path:
-    spec = family(name)
-    return (cache or cache_root()) / "families" / f"{name}-{key(spec, recipe or TwinRecipe())}"
+    return (cache or cache_root()) / "families" / twin_name(name, recipe)
 
 
 # ---------------------------------------------------------------- tokenizers
@@ -400,29 +418,118 @@ def _lock(target: Path) -> Iterator[None]:
 
 
 def build_family(name: str, recipe: TwinRecipe | None = None, *,
-                 cache: Path | None = None) -> Path:
-    """The cached twin of family `name`, built the first time (a few seconds on one core)."""
+                 cache: Path | None = None, shipped: Path | None = SHIPPED_ROOT) -> Path:
+    """The cached twin of family `name`: copied from the twin that ships under `shipped` when
+    the recipe ships (checked against its record), else built the first time (a few seconds on
+    one core). None for `shipped` always builds."""
     recipe = recipe or TwinRecipe()
-    spec = family(name)
+    family(name)
     target = twin_dir(name, recipe, cache)
-    if (target / RECORD).is_file():
+    source = None if shipped is None else shipped / target.name
+    if source is not None and not (source / RECORD).is_file():
+        source = None  # this recipe does not ship
+    if _current(target, source):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with _lock(target):
-        if (target / RECORD).is_file():
+        if _current(target, source):  # made by whoever held the lock before us
             return target
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
-            record = _build(spec, recipe, staging)
-            (staging / RECORD).write_text(json.dumps(record, indent=2))
-            if target.exists():  # a half build without its record
-                shutil.rmtree(target)
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        if target.exists():  # a half build, or one built here before this recipe shipped
+            shutil.rmtree(target)
+        if source is not None:
+            install_checked(source, target, checked_twin)
+        else:
+            _build_into(family(name), recipe, target)
     assert (target / MODEL_CONFIG).is_file()
     return target
 
 
+def _current(target: Path, source: Path | None) -> bool:
+    """A finished twin in the cache that is, where the recipe ships, the shipped bytes."""
+    if not (target / RECORD).is_file():
+        return False
+    if source is None:
+        return True
+    files = read_record(source).get("files", {})
+    return read_record(target).get("files") == files and not changed_files(target, files)
+
+
+def _build_into(spec: Family, recipe: TwinRecipe, target: Path) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        record = _build(spec, recipe, staging)
+        (staging / RECORD).write_text(json.dumps(record, indent=2))  # last: a finished build
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def checked_twin(directory: Path) -> dict[str, Any]:
+    """The record of a shipped twin whose every file matches it; raises ShippedTwinDamaged."""
+    try:
+        record = read_record(directory)
+    except (OSError, ValueError):
+        record = {}
+    files = record.get("files")
+    if record.get("origin") != "shipped" or not files:
+        raise ShippedTwinDamaged(f"{directory / RECORD} is missing or holds no file digests",
+                                 "reinstall graftline (the family twins are package data)")
+    changed = changed_files(directory, files)
+    if changed:
+        raise ShippedTwinDamaged(
+            f"the shipped family twin {directory} differs from its record: "
+            f"{', '.join(changed)} (sha256 not as recorded)", "reinstall graftline")
+    return record
+
+
+def ship(root: Path = SHIPPED_ROOT) -> list[Path]:
+    """Build every family's twin of the default recipe with the math pinned (the toy base's
+    pins: toy/pinned_math.py) and write it under `root` with its files' digests."""
+    from graftline.engine.toy.pinned_math import pin_math
+
+    pins = pin_math()  # before torch is imported: it picks its kernels once
+    import torch
+
+    shipped = []
+    with tempfile.TemporaryDirectory() as cache:
+        for name in FAMILIES:
+            built = build_family(name, cache=Path(cache), shipped=None)
+            out = root / built.name
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            names = sorted(p.name for p in built.iterdir() if p.is_file() and p.name != RECORD)
+            for file_name in names:
+                shutil.copyfile(built / file_name, out / file_name)
+            record = {**read_record(built), "origin": "shipped",
+                      "built_with": {"torch": torch.__version__, "threads": "1",
+                                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                                     **pins},
+                      "files": digests(out, names)}
+            (out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+            shipped.append(out)
+    keep = {path.name for path in shipped}
+    for stale in root.iterdir():  # twins of recipes or specs that no longer ship
+        if stale.is_dir() and stale.name not in keep:
+            shutil.rmtree(stale)
+    return shipped
+
+
 def read_record(folder: Path) -> dict[str, Any]:
     return dict(json.loads((Path(folder) / RECORD).read_text()))
+
+
+def main() -> int:
+    for out in ship():
+        record = checked_twin(out)
+        print(f"shipped {out.name}: {record['params']:,} parameters, loss "
+              f"{record['first_loss']} → {record['final_loss']} in {record['steps']} steps")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = ["FAMILIES", "RECORD", "SHIPPED_ROOT", "Family", "FamilyUnknown", "ShippedTwinDamaged",
+           "TwinRecipe", "build_family", "checked_twin", "family", "key", "read_record", "ship",
+           "twin_dir", "twin_name"]
