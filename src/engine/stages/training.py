@@ -9,7 +9,6 @@ plus a peft_config is a ValueError, or a silent second adapter). After DPO/GRPO 
 
 from __future__ import annotations
 
-import gc
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,6 +18,7 @@ import datasets
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from graftline.engine.common.checkpoint_files import REFERENCE_ADAPTER
+from graftline.engine.common.heap import freeze_imported_heap
 from graftline.engine.common.tokenizer_files import save_tokenizer
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import spec
@@ -37,24 +37,6 @@ from graftline.engine.stages.stage_data import stage_rows
 
 BuildTrainer = Callable[[Any, Any, Any, Any, Any, StageCallback], Any]
 PROBE_TOKENS = 12
-_heap_frozen = False
-
-
-def freeze_imported_heap() -> None:
-    """Once per process, before a stage holds anything of its own: collect, then move every
-    object alive now (torch, transformers, trl, datasets: ~0.5 M objects, nearly all of them
-    module-level) out of the collector's reach with `gc.freeze()`. Every full collection after
-    that scans only what the stages made: accelerate collects at each `train()`'s start, the
-    export's check between its two models, and Python's own generation-2 passes. On the toy
-    chain those were ~0.4 s each, ~3 s of a 30 s run; frozen, ~0.06 s. What is frozen was alive
-    and stays alive (modules); a stage's model, data and trainer are made after this and are
-    collected as before."""
-    global _heap_frozen
-    if _heap_frozen:
-        return
-    _heap_frozen = True
-    gc.collect()
-    gc.freeze()
 
 
 def start_model(ctx: StageContext) -> tuple[Any, Any, Any]:
