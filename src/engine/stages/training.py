@@ -74,7 +74,9 @@ class _EndOfTurn:
         head = rows.select(range(min(len(rows), 8 * checks.END_OF_TURN_ROWS)))
         self.rows, self.answers = answered_rows(head, checks.END_OF_TURN_ROWS)
         self.tokenizer = tokenizer
-        _, ends = end_of_turn_targets(tokenizer, self.rows, self.answers)
+        # tokenized once: the rows and the tokenizer are the same at the start and the end
+        self.targets = end_of_turn_targets(tokenizer, self.rows, self.answers)
+        ends = self.targets[1]
         self.token_id = Counter(ends).most_common(1)[0][0] if ends else None
 
     def measure(self, model: Any) -> float | None:
@@ -82,7 +84,8 @@ class _EndOfTurn:
             return None
         was_training = model.training
         try:
-            return end_of_turn_probability(model, self.tokenizer, self.rows, self.answers)
+            return end_of_turn_probability(model, self.tokenizer, self.rows, self.answers,
+                                           targets=self.targets)
         finally:
             if was_training:
                 model.train()
