@@ -67,13 +67,18 @@ def completion_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> f
 
 @torch.no_grad()
 def end_of_turn_probability(model: Any, tokenizer: Any, rows: list[dict[str, Any]],
-                            answers: list[str | None]) -> float | None:
+                            answers: list[str | None], *,
+                            targets: tuple[list[list[int]], list[int]] | None = None
+                            ) -> float | None:
     """The mean probability of the chat template's end-of-turn token right after each row's
     expected answer, teacher-forced. A model that answers right but does not stop (its base never
     learned the template's end token, whose `lm_head` row no LoRA on the linear layers trains)
-    shows it here, where greedy exact match does not. None without chat rows to measure."""
+    shows it here, where greedy exact match does not. None without chat rows to measure.
+    `targets`: `end_of_turn_targets` of these rows, when the caller measures them more than once
+    (a training stage, before and after)."""
     model.eval()
-    prefixes, ends = end_of_turn_targets(tokenizer, rows, answers)
+    prefixes, ends = targets if targets is not None else end_of_turn_targets(tokenizer, rows,
+                                                                              answers)
     if not prefixes:
         return None
     total = 0.0

@@ -18,6 +18,7 @@ import datasets
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from graftline.engine.common.checkpoint_files import REFERENCE_ADAPTER
+from graftline.engine.common.heap import freeze_imported_heap
 from graftline.engine.common.tokenizer_files import save_tokenizer
 from graftline.engine.lineage import manifest as mf
 from graftline.engine.pipeline import spec
@@ -73,7 +74,9 @@ class _EndOfTurn:
         head = rows.select(range(min(len(rows), 8 * checks.END_OF_TURN_ROWS)))
         self.rows, self.answers = answered_rows(head, checks.END_OF_TURN_ROWS)
         self.tokenizer = tokenizer
-        _, ends = end_of_turn_targets(tokenizer, self.rows, self.answers)
+        # tokenized once: the rows and the tokenizer are the same at the start and the end
+        self.targets = end_of_turn_targets(tokenizer, self.rows, self.answers)
+        ends = self.targets[1]
         self.token_id = Counter(ends).most_common(1)[0][0] if ends else None
 
     def measure(self, model: Any) -> float | None:
@@ -81,7 +84,8 @@ class _EndOfTurn:
             return None
         was_training = model.training
         try:
-            return end_of_turn_probability(model, self.tokenizer, self.rows, self.answers)
+            return end_of_turn_probability(model, self.tokenizer, self.rows, self.answers,
+                                           targets=self.targets)
         finally:
             if was_training:
                 model.train()
@@ -217,13 +221,14 @@ def _build_trainer(ctx: StageContext, build: BuildTrainer, args: tuple[Any, Any,
 
 def run_training(ctx: StageContext, build: BuildTrainer) -> StageOutcome:
     stage, step = ctx.spec_as(spec.TrainingStage), ctx.step
+    trl_compat.install()
+    # progress reaches the console through the sink; bars would only fill engine.log
+    datasets.disable_progress_bars()
+    freeze_imported_heap()  # after trl's import, before the stage's rows and model
     log = checks.CheckLog(ctx.name, ctx.sink)
     clock = _ChecksClock()
     rows = stage_rows(ctx, stage, "data", ctx.kind, log)
     eval_rows = stage_rows(ctx, stage, "eval_data", ctx.kind, log) if stage.eval_data else None
-    trl_compat.install()
-    # progress reaches the console through the sink; bars would only fill engine.log
-    datasets.disable_progress_bars()
     model, tokenizer, peft_config = start_model(ctx)
     previous = _previous_sft_loss(ctx)
 
