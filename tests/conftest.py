@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from graftline.engine.common.heap import collect_less_often
 from graftline.engine.toy.pinned_math import pin_math
 
 # The suite's training takes the math path the shipped toy base was built on (AVX2 kernels in
 # ATen, MKL and oneDNN), whatever the CPU offers; set before torch is imported. A path the user
 # chose wins: `ATEN_CPU_CAPABILITY=default make test` runs the plain one (docs/reproducibility.md).
 pin_math()
-# Fewer young-generation collections while the stack imports and trains: importing it ran
-# ~1,350 collections (1.5 s of CPU); at these thresholds, a few dozen. The heap is frozen after
-# collection, below.
-gc.set_threshold(50_000, 20, 10)
+# Fewer young-generation collections while the stack imports and trains, as in the engine's
+# processes (common/heap.py); the heap is frozen after collection, below.
+collect_less_often()
 
 import torch  # noqa: E402
 

@@ -26,7 +26,7 @@ from graftline.console.commands import (
     runs,
     validate,
 )
-from graftline.engine.common import GraftlineError
+from graftline.engine.common import GraftlineError, collect_less_often
 
 # -- help that reads well -------------------------------------------------------------------------
 # Typer shows a type tag after every parameter (`--yes <bool>`, `{file} <path>`). A flag takes no
@@ -199,6 +199,7 @@ def main() -> None:
     from graftline.console.quiet import quiet_progress_bars
 
     quiet_progress_bars()
+    collect_less_often()  # `export`, `rehearse` and `run --foreground` import the training stack
     app()
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.common import disk as disk
     from graftline.engine.common import errors as errors
     from graftline.engine.common import event_types as event_types
+    from graftline.engine.common import heap as heap
     from graftline.engine.common import lazy as lazy
     from graftline.engine.common import safetensors_header as safetensors_header
     from graftline.engine.common import sink as sink
@@ -33,6 +34,7 @@ if TYPE_CHECKING:  # what mypy sees through the lazy surface (lazy_exports at ru
     from graftline.engine.common.event_types import EventType as EventType
     from graftline.engine.common.event_types import Telemetry as Telemetry
     from graftline.engine.common.event_types import record_of as record_of
+    from graftline.engine.common.heap import collect_less_often as collect_less_often
     from graftline.engine.common.lazy import lazy_exports as lazy_exports
     from graftline.engine.common.sink import ListSink as ListSink
     from graftline.engine.common.sink import Sink as Sink
@@ -62,6 +64,8 @@ _EXPORTS = {
     "EventType": "event_types",
     "Telemetry": "event_types",
     "record_of": "event_types",
+    "heap": "heap",
+    "collect_less_often": "heap",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

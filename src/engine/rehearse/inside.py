@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
+from graftline.engine.common.heap import collect_less_often
 from graftline.engine.common.layout import PIPELINE_COPY, RUN_META
 from graftline.engine.common.protocol_stdout import protocol_stdout
 
@@ -73,6 +74,7 @@ def rehearse_run(run_dir: Path, out: IO[str]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    collect_less_often()
     args = sys.argv[1:] if argv is None else argv
     if not args:
         print("usage: python -m graftline.engine.rehearse.inside RUN_DIR [ENGINE_PID]",

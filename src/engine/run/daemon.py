@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from graftline.engine.common.control import RunControl
 from graftline.engine.common.event_types import EventType, RunFinished
+from graftline.engine.common.heap import collect_less_often
 from graftline.engine.common.layout import LOCK, RunLayout
 from graftline.engine.common.sink import emit_record
 from graftline.engine.common.units import human_bytes
@@ -332,6 +333,7 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    collect_less_often()
     parser = argparse.ArgumentParser(prog="python -m graftline.engine.run.daemon",
                                      description="Run a prepared graftline run directory.")
     parser.add_argument("run_dir", type=Path)

@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 
 from graftline.engine.common import atomic
 from graftline.engine.common.checkpoint_files import checkpoint_name, checkpoint_step
+from graftline.engine.common.heap import collect_less_often
 from graftline.engine.common.quick_exit import exit_now
 from graftline.engine.run import group_io
 
@@ -236,6 +237,7 @@ def leave(code: int) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> int:
+    collect_less_often()
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m graftline.engine.run.rank_main REQUEST_JSON", file=sys.stderr)

@@ -1,0 +1,44 @@
+"""Every process that imports the training stack collects less often from its first line
+(common/heap.py): the engine, a rank, the export worker, the rehearsal child and the CLI; a
+program that only imports graftline keeps Python's own settings."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+
+from graftline.engine.common.heap import THRESHOLDS
+
+# each entry point's main, called as its `python -m` would be, with arguments that end it early
+ENTRY_POINTS = {
+    "graftline.engine.run.daemon": "main(['--help'])",
+    "graftline.engine.run.rank_main": "main([])",
+    "graftline.engine.export.worker": "main(['--help'])",
+    "graftline.engine.rehearse.inside": "main([])",
+    "graftline.console.cli": "sys.argv[1:] = ['--help']; main()",
+}
+
+
+def test_each_entry_point_sets_the_thresholds_first_and_an_import_does_not() -> None:
+    lines = ["import contextlib, gc, io, sys", "found = {}"]
+    for module, call in ENTRY_POINTS.items():
+        lines += [
+            f"import {module} as m",
+            "before = gc.get_threshold()",
+            "main = m.main",
+            "with contextlib.redirect_stdout(io.StringIO()), "
+            "contextlib.redirect_stderr(io.StringIO()), contextlib.suppress(SystemExit):",
+            f"    {call}",
+            f"found[{module!r}] = (before, gc.get_threshold())",
+            "gc.set_threshold(700, 10, 10)",  # Python's default, for the next module
+        ]
+    lines.append("print(repr(found))")
+    done = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    assert set(found) == set(ENTRY_POINTS)
+    for module, (before, after) in found.items():
+        assert before == (700, 10, 10), f"importing {module} changed the collector"
+        assert after == THRESHOLDS, module
