@@ -417,23 +417,12 @@ def preflight(pf: PipelineFile, derived: Derived, tokenizer: Any) -> list[Findin
     from graftline.engine.rehearse.preflight import reward_finding, template_finding
 
     findings: list[Finding] = []
-    loaded: dict[str, list[dict[str, Any]]] = {}
-
-    def rows_of(path: str | list[str] | None) -> list[dict[str, Any]]:
-        # each file read once: a GRPO stage's data is read for the template and the reward,
-        # and stages often share a file
-        if not isinstance(path, str):
-            return _rows(path)
-        if path not in loaded:
-            loaded[path] = _rows(path)
-        return loaded[path]
-
     for stage in derived.pipeline.stage:
         kind = stage.kind
         fields = [("prompts", "generate")] if kind == "generate" else \
             [("data", "eval" if kind == "eval" else kind), ("eval_data", "eval")]
         for fieldname, reading in fields:
-            rows = rows_of(getattr(stage, fieldname, None))
+            rows = _rows(getattr(stage, fieldname, None))
             if not rows or kind in ("merge", "combine", "export"):
                 continue
             found = template_finding(stage.name, fieldname, reading, tokenizer, rows,
@@ -443,7 +432,7 @@ def preflight(pf: PipelineFile, derived: Derived, tokenizer: Any) -> list[Findin
                 findings.append(found)
                 break
         if isinstance(stage, spec.GRPOStage):
-            rows = rows_of(stage.data)
+            rows = _rows(stage.data)
             for name in stage.reward:
                 try:
                     fn = resolve_reward(name, search_path=pf.directory)
