@@ -36,6 +36,18 @@ def changed_files(directory: Path, files: Mapping[str, str]) -> list[str]:
     return changed
 
 
+def copy_out(built: Path, out: Path, record: str) -> dict[str, str]:
+    """Replace the shipped directory `out` with the files of the fresh build `built` (all but
+    its record, which the caller writes last); their sha256 by name."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    names = sorted(p.name for p in built.iterdir() if p.is_file() and p.name != record)
+    for name in names:
+        shutil.copyfile(built / name, out / name)
+    return digests(out, names)
+
+
 def install_checked(source: Path, target: Path, check: Callable[[Path], object]) -> Path:
     """Copy the shipped directory `source` to `target` (inside the cache). `check` raises when
     a directory's files differ from its record; it runs on the source and again on the staged
@@ -57,4 +69,4 @@ def install_checked(source: Path, target: Path, check: Callable[[Path], object])
     return target
 
 
-__all__ = ["changed_files", "digests", "file_digest", "install_checked"]
+__all__ = ["changed_files", "copy_out", "digests", "file_digest", "install_checked"]

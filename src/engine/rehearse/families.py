@@ -46,7 +46,7 @@ from typing import Any
 
 from graftline.engine.common.checkpoint_files import MODEL_CONFIG
 from graftline.engine.common.errors import GraftlineError
-from graftline.engine.common.shipped_files import changed_files, digests, install_checked
+from graftline.engine.common.shipped_files import changed_files, copy_out, install_checked
 from graftline.engine.rehearse.twin import (
     EXPERTS,
     EXPERTS_PER_TOKEN,
@@ -485,27 +485,20 @@ def checked_twin(directory: Path) -> dict[str, Any]:
 def ship(root: Path = SHIPPED_ROOT) -> list[Path]:
     """Build every family's twin of the default recipe with the math pinned (the toy base's
     pins: toy/pinned_math.py) and write it under `root` with its files' digests."""
-    from graftline.engine.toy.pinned_math import pin_math
+    from graftline.engine.toy.pinned_math import built_with, pin_math
 
     pins = pin_math()  # before torch is imported: it picks its kernels once
     import torch
 
+    torch.set_num_threads(1)  # as `_build` trains: the record says so
     shipped = []
     with tempfile.TemporaryDirectory() as cache:
         for name in FAMILIES:
             built = build_family(name, cache=Path(cache), shipped=None)
             out = root / built.name
-            if out.exists():
-                shutil.rmtree(out)
-            out.mkdir(parents=True)
-            names = sorted(p.name for p in built.iterdir() if p.is_file() and p.name != RECORD)
-            for file_name in names:
-                shutil.copyfile(built / file_name, out / file_name)
-            record = {**read_record(built), "origin": "shipped",
-                      "built_with": {"torch": torch.__version__, "threads": "1",
-                                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                                     **pins},
-                      "files": digests(out, names)}
+            files = copy_out(built, out, RECORD)
+            record = {**read_record(built), "origin": "shipped", "built_with": built_with(pins),
+                      "files": files}
             (out / RECORD).write_text(json.dumps(record, indent=2) + "\n")
             shipped.append(out)
     keep = {path.name for path in shipped}

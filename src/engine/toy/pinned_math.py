@@ -46,4 +46,13 @@ def pin_math(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
     return {name: env[name] for name in PINNED_MATH if name in env}
 
 
-__all__ = ["PINNED_MATH", "cpu_has_avx2", "pin_math"]
+def built_with(pins: dict[str, str]) -> dict[str, str]:
+    """What a shipped model's record says of the math it was built with: torch, its threads,
+    the CPU path in use and the pins (`pin_math`'s answer). Imports torch."""
+    import torch
+
+    return {"torch": torch.__version__, "threads": str(torch.get_num_threads()),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), **pins}
+
+
+__all__ = ["PINNED_MATH", "built_with", "cpu_has_avx2", "pin_math"]

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from graftline.engine.common.errors import GraftlineError
-from graftline.engine.common.shipped_files import changed_files, digests, install_checked
+from graftline.engine.common.shipped_files import changed_files, copy_out, install_checked
 from graftline.engine.toy.recipe import (
     RECORD,
     SHIPPED_ROOT,
@@ -69,7 +69,7 @@ def install(source: Path, target: Path) -> Path:
 
 def ship(recipe: ToyRecipe, root: Path = SHIPPED_ROOT) -> Path:
     """Build `recipe` with the math pinned and write it under `root` with file digests."""
-    from graftline.engine.toy.pinned_math import pin_math
+    from graftline.engine.toy.pinned_math import built_with, pin_math
 
     pins = pin_math()
     import torch
@@ -82,16 +82,8 @@ def ship(recipe: ToyRecipe, root: Path = SHIPPED_ROOT) -> Path:
         record = read_record(built)
         assert record is not None
         out = root / recipe.key
-        if out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
-        names = sorted(p.name for p in built.iterdir() if p.is_file() and p.name != RECORD)
-        for name in names:
-            shutil.copyfile(built / name, out / name)
-        built_with = {"torch": torch.__version__, "threads": "1",
-                      "cpu_capability": torch.backends.cpu.get_cpu_capability(), **pins}
-        shipped = replace(record, origin="shipped", built_with=built_with,
-                          files=digests(out, names))
+        files = copy_out(built, out, RECORD)
+        shipped = replace(record, origin="shipped", built_with=built_with(pins), files=files)
         (out / RECORD).write_text(shipped.to_json() + "\n")
     return out
 
