@@ -207,7 +207,9 @@ def test_curriculum_checks_continuity_at_every_boundary(tmp_path: Path) -> None:
 
 
 def test_bootstrap_generates_the_next_stages_data(tmp_path: Path) -> None:
-    pf = _copy_example("bootstrap", tmp_path)
+    # half the example's steps: its generate stages still keep ~360 correct answers of 400 on
+    # both CPU paths (pinned AVX2 and plain); the test needs one
+    pf = _copy_example("bootstrap", tmp_path, steps=0.5)
     result, sink, run_dir = _run(pf, tmp_path)
     _finished(result, sink)
     stages = run_dir / "stages"
