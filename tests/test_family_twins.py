@@ -51,6 +51,10 @@ def test_a_twin_built_here_before_its_recipe_shipped_is_replaced(tmp_path: Path)
     assert build_family("qwen2", cache=tmp_path) == target
     assert read_record(target) == read_record(SHIPPED_ROOT / target.name)
     assert changed_files(target, read_record(target)["files"]) == []
+    # a torn record is no twin either
+    (target / RECORD).write_text('{"family": "qwe')
+    assert build_family("qwen2", cache=tmp_path) == target
+    assert read_record(target) == read_record(SHIPPED_ROOT / target.name)
 
 
 def test_a_damaged_shipped_twin_is_refused_and_the_cache_keeps_nothing(tmp_path: Path) -> None:

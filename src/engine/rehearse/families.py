@@ -423,7 +423,7 @@ def build_family(name: str, recipe: TwinRecipe | None = None, *,
     the recipe ships (checked against its record), else built the first time (a few seconds on
     one core). None for `shipped` always builds."""
     recipe = recipe or TwinRecipe()
-    family(name)
+    spec = family(name)
     target = twin_dir(name, recipe, cache)
     source = None if shipped is None else shipped / target.name
     if source is not None and not (source / RECORD).is_file():
@@ -439,7 +439,7 @@ def build_family(name: str, recipe: TwinRecipe | None = None, *,
         if source is not None:
             install_checked(source, target, checked_twin)
         else:
-            _build_into(family(name), recipe, target)
+            _build_into(spec, recipe, target)
     assert (target / MODEL_CONFIG).is_file()
     return target
 
@@ -451,7 +451,11 @@ def _current(target: Path, source: Path | None) -> bool:
     if source is None:
         return True
     files = read_record(source).get("files", {})
-    return read_record(target).get("files") == files and not changed_files(target, files)
+    try:
+        cached = read_record(target).get("files")
+    except ValueError:  # a torn or hand-edited record: the shipped copy replaces it
+        return False
+    return cached == files and not changed_files(target, files)
 
 
 def _build_into(spec: Family, recipe: TwinRecipe, target: Path) -> None:
