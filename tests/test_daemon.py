@@ -21,6 +21,7 @@ from graftline.engine.lineage import manifest
 from graftline.engine.run import client, control
 from graftline.engine.run import state as runstate
 from graftline.engine.run.events import EVENTS, read_raw
+from graftline.engine.run.stack_imports import KEPT_OUT
 from graftline.engine.toy.tasks import sft_rows
 
 pytestmark = pytest.mark.slow
@@ -152,6 +153,8 @@ def test_engine_survives_sighup_of_the_session_that_started_it(pipeline: Path) -
 
     rows = _wait(run_dir, "the end", _finished)  # …the engine is not
     assert rows[-1]["data"]["status"] == "finished", rows[-1]
+    # the toy run loads nothing through bitsandbytes: the engine never imported it
+    assert f"graftline: {KEPT_OUT}" in (run_dir / "engine.log").read_text()
     # the state is final by the time run_finished is in the log
     assert client.read_state(run_dir).status == "finished"
     for stage in ("one", "two"):

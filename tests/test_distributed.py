@@ -27,6 +27,7 @@ from graftline.engine.run import client, launch
 from graftline.engine.run import state as runstate
 from graftline.engine.run.events import EVENTS, read_raw
 from graftline.engine.run.runner import run_pipeline
+from graftline.engine.run.stack_imports import KEPT_OUT
 from graftline.engine.toy.tasks import grpo_rows, preference_rows, sft_rows
 
 # each test starts its own ranks on free ports: any worker may take any of them
@@ -310,7 +311,12 @@ def test_sft_dpo_grpo_chain_on_two_processes(root: Path) -> None:
     write("grpo.jsonl", grpo_rows(48, 4))
     run_dir = launch.start_run(_chain(root, "chain.toml", processes=2, batch=4, grpo=True))
     rows = _wait(run_dir, "the run's end", _finished, timeout=1200)
-    assert _finished(rows) == "finished", (run_dir / launch.ENGINE_LOG).read_text()[-3000:]
+    log = (run_dir / launch.ENGINE_LOG).read_text()
+    assert _finished(rows) == "finished", log[-3000:]
+    # nothing in the run loads bitsandbytes: the engine and every stage's rank 0 kept it out
+    # (run/stack_imports.py), and the stages trained without it
+    assert log.count(f"graftline: {KEPT_OUT}") == 1
+    assert log.count(f"graftline: rank 0: {KEPT_OUT}") == 3
     for stage in ("sft", "dpo", "grpo"):
         launched = [r for r in rows if r["stage"] == stage and r["type"] == "info"
                     and "launch" in r["data"]]

@@ -56,11 +56,15 @@ def report_dict(report: Any) -> dict[str, Any]:
 
 def rehearse_run(run_dir: Path, out: IO[str]) -> bool:
     from graftline.engine.pipeline.file import parse
-    from graftline.engine.rehearse.rehearsal import rehearse
+    from graftline.engine.run.stack_imports import keep_out_what_the_run_does_not_load
 
     run_dir = Path(run_dir).resolve()
     meta = json.loads((run_dir / RUN_META).read_text(encoding="utf-8"))
     pf = parse((run_dir / PIPELINE_COPY).read_text(encoding="utf-8"), meta["source"])
+    # the twins are full precision, built from the base's config without its quantization
+    keep_out_what_the_run_does_not_load(pf, bases=())
+
+    from graftline.engine.rehearse.rehearsal import rehearse
 
     def say(kind: str, stage: str | None, data: dict[str, Any]) -> None:
         if kind in PROGRESS:

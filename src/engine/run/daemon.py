@@ -29,7 +29,7 @@ from graftline.engine.common.heap import collect_less_often
 from graftline.engine.common.layout import LOCK, RunLayout
 from graftline.engine.common.sink import emit_record
 from graftline.engine.common.units import human_bytes
-from graftline.engine.run import launch
+from graftline.engine.run import launch, stack_imports
 from graftline.engine.run import state as runstate
 from graftline.engine.run.control import ControlServer
 from graftline.engine.run.disk_pause import DiskPause, fix_for, say
@@ -271,6 +271,8 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
         return EXIT_BAD_RUN
     # Parsed under the original file's path: data paths stay relative to where the user wrote it.
     pf = pipeline_file.parse(text, meta["source"])
+    if stack_imports.keep_out_what_the_run_does_not_load(pf):
+        say(f"graftline: {stack_imports.KEPT_OUT}")
     names = [stage.name for stage in pf.pipeline.stage]
     state = _first_state(run_dir, meta, pf.pipeline.pipeline.name, len(names), resume)
     pid = state.pid

@@ -173,20 +173,25 @@ def run(request_path: Path) -> int:
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
 
+    from graftline.engine.pipeline import file as pipeline_file
+    from graftline.engine.pipeline.plan import resolve
+    from graftline.engine.run.stack_imports import KEPT_OUT, keep_out_what_the_run_does_not_load
+
+    pf = pipeline_file.parse(request["pipeline_text"], request["pipeline_path"])
+    header = pf.pipeline.pipeline
+    step = next(s for s in resolve(pf.pipeline, pf.directory) if s.name == request["stage"])
+    if keep_out_what_the_run_does_not_load(pf, [step], [request["base_path"]]) and rank == 0:
+        print(f"graftline: rank 0: {KEPT_OUT}", file=sys.stderr, flush=True)
+
     from transformers import set_seed
 
     from graftline.engine.backends.base import select_backend
-    from graftline.engine.pipeline import file as pipeline_file
-    from graftline.engine.pipeline.plan import resolve
     from graftline.engine.run import runner
     from graftline.engine.stages import StageContext, runner_for, trl_compat
 
     trl_compat.install()  # the Triton log-prob stand-in, in every rank (FINDINGS.md)
     accept_indexed_cpu_locations()
     share_precomputed_reference(Path(request["work_dir"]))
-    pf = pipeline_file.parse(request["pipeline_text"], request["pipeline_path"])
-    header = pf.pipeline.pipeline
-    step = next(s for s in resolve(pf.pipeline, pf.directory) if s.name == request["stage"])
     work = Path(request["work_dir"])
     control = group_io.GroupControl(work / group_io.CONTROL, rank)
     runner.one_thread_for_tiny_models(request["base_path"])

@@ -1,0 +1,59 @@
+"""What an engine, a rank or a rehearsal keeps out of its imports, decided before it imports the
+training stack: bitsandbytes, when nothing the process runs loads it
+(pipeline/bitsandbytes_use.py says why, and what counts).
+
+Kept out the documented way, `sys.modules["bitsandbytes"] = None`: `importlib.util.find_spec`
+then answers None, so PEFT, transformers and accelerate see it as not installed, and an
+`import bitsandbytes` raises ModuleNotFoundError. The engine's log says so in one line, for
+whoever meets that error in their own code (a reward function that imports it).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from graftline.engine.pipeline.file import PipelineFile
+    from graftline.engine.pipeline.plan import StepPlan
+
+__all__ = ["KEPT_OUT", "keep_out_what_the_run_does_not_load"]
+
+# engine.log's line, after "graftline: " (the engine) or "graftline: rank 0: " (a group's)
+KEPT_OUT = ("bitsandbytes is not imported in this process: nothing in this run loads it (no "
+            "quantization, no bitsandbytes optimizer, a full-precision base)")
+
+
+def _run_base(pf: PipelineFile) -> str | None:
+    from graftline.engine.lineage.resolve import resolve_base
+
+    found = resolve_base(pf.pipeline.pipeline.base, pf.directory, use_cwd=False)
+    return found.path if found.path and Path(found.path).is_dir() else None
+
+
+def keep_out_what_the_run_does_not_load(pf: PipelineFile,
+                                        steps: Iterable[StepPlan] | None = None,
+                                        bases: Iterable[str | Path | None] | None = None
+                                        ) -> bool:
+    """Before the training stack's first import. `steps`: the ones this process runs (all of
+    the run's by default); `bases`: the folders they load (the run's base by default). True
+    when bitsandbytes was kept out. Anything that fails here keeps it: the run then reports its
+    own problem where it always did."""
+    if "bitsandbytes" in sys.modules:
+        return False
+    try:
+        from graftline.engine.pipeline.bitsandbytes_use import bitsandbytes_reason
+        from graftline.engine.pipeline.plan import resolve
+        from graftline.engine.pipeline.scaleout import detect_env
+
+        steps = resolve(pf.pipeline, pf.directory) if steps is None else steps
+        bases = [_run_base(pf)] if bases is None else bases
+        reason = bitsandbytes_reason(pf.pipeline, steps, bases, detect_env())
+    except Exception:  # in doubt, keep
+        return False
+    if reason is not None:
+        return False
+    sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
+    return True
