@@ -241,6 +241,9 @@ def _forecast_plan(pf: PipelineFile) -> Plan | None:
 def _drive(pf: PipelineFile, run_dir: Path, sink: EngineSink, control: RunControl,
            keeper: StateKeeper, resume: bool) -> tuple[str, str]:
     """The rehearsal (when the run asks for one) and the stages: (status, message)."""
+    # decided before the training stack's first import, which follows
+    if stack_imports.keep_out_what_the_run_does_not_load(pf):
+        say(f"graftline: {stack_imports.KEPT_OUT}")
     from graftline.engine.run import rehearsal_phase
     from graftline.engine.run.runner import run_pipeline
 
@@ -271,8 +274,6 @@ def run(run_dir: Path, *, resume: bool = False) -> int:
         return EXIT_BAD_RUN
     # Parsed under the original file's path: data paths stay relative to where the user wrote it.
     pf = pipeline_file.parse(text, meta["source"])
-    if stack_imports.keep_out_what_the_run_does_not_load(pf):
-        say(f"graftline: {stack_imports.KEPT_OUT}")
     names = [stage.name for stage in pf.pipeline.stage]
     state = _first_state(run_dir, meta, pf.pipeline.pipeline.name, len(names), resume)
     pid = state.pid

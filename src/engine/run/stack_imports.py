@@ -27,10 +27,12 @@ KEPT_OUT = ("bitsandbytes is not imported in this process: nothing in this run l
 
 
 def _run_base(pf: PipelineFile) -> str | None:
-    from graftline.engine.lineage.resolve import resolve_base
+    """The folder the run loads as its base, as the runner finds it (the toy base copied into
+    the cache on first use); None for a hub id, which may be anything."""
+    from graftline.engine.run.runner import base_model_path
 
-    found = resolve_base(pf.pipeline.pipeline.base, pf.directory, use_cwd=False)
-    return found.path if found.path and Path(found.path).is_dir() else None
+    found = base_model_path(pf)
+    return found if Path(found).is_dir() else None
 
 
 def keep_out_what_the_run_does_not_load(pf: PipelineFile,
