@@ -100,7 +100,11 @@ class HoldAtTheLastCheckpoint(EventWriter):
 
 
 with HoldAtTheLastCheckpoint(run_dir) as writer:
-    run_pipeline(load(sys.argv[1]), run_dir, writer)
+    pf = load(sys.argv[1])
+    # as the engine does, before the stack's first import (run/stack_imports.py)
+    from graftline.engine.run.stack_imports import keep_out_what_the_run_does_not_load
+    keep_out_what_the_run_does_not_load(pf)
+    run_pipeline(pf, run_dir, writer)
 """
 
 

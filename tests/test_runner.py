@@ -126,7 +126,11 @@ from graftline.engine.run.runner import run_pipeline
 run_dir = Path(sys.argv[2])
 run_dir.mkdir(parents=True, exist_ok=True)
 with EventWriter(run_dir) as writer:
-    run_pipeline(load(sys.argv[1]), run_dir, writer)
+    pf = load(sys.argv[1])
+    # as the engine does, before the stack's first import (run/stack_imports.py)
+    from graftline.engine.run.stack_imports import keep_out_what_the_run_does_not_load
+    keep_out_what_the_run_does_not_load(pf)
+    run_pipeline(pf, run_dir, writer)
 """
 
 
