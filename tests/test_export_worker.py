@@ -87,6 +87,16 @@ def test_serve_answers_each_request_in_order_and_outlives_bad_ones(
         assert "int3" in refused["message"] and refused["fix"]
         refused = ask(request_line("plan", tmp_path / "missing", tmp_path / "z", request_id=4))
         assert refused["event"] == "refused" and refused["id"] == 4 and refused["fix"]
+        # a chain whose base stores quantized weights: refused before anything loads a model
+        # (this worker has no bitsandbytes to load them with: export/worker.py)
+        merged = install_recorded_run(tmp_path / "quantized", toy_base) / "stages" / "merged"
+        config = json.loads((merged / "config.json").read_text())
+        config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+        (merged / "config.json").write_text(json.dumps(config))
+        refused = ask(request_line("run", merged.parent / "ipo", tmp_path / "q", request_id=6))
+        assert refused["event"] == "refused" and refused["id"] == 6
+        assert "stores quantized weights" in refused["message"] and "full-precision" in \
+            refused["fix"]
 
         plan = ask(request_line("plan", ipo, tmp_path / "again", request_id=5,
                                 dtype="float32", formats=["safetensors"]))
@@ -100,7 +110,7 @@ def test_serve_answers_each_request_in_order_and_outlives_bad_ones(
         worker.stderr.close()
         worker.stdout.close()
     assert worker.returncode == 0 and not rest.strip()
-    assert not any((tmp_path / name).exists() for name in ("exports", "x", "y", "z", "again"))
+    assert not any((tmp_path / name).exists() for name in ("exports", "x", "y", "z", "q", "again"))
 
 
 def test_parse_worker_line_ignores_what_is_not_an_event() -> None:

@@ -1,6 +1,7 @@
 """Every process that imports the training stack collects less often from its first line
 (common/heap.py): the engine, a rank, the export worker, the rehearsal child and the CLI; a
-program that only imports graftline keeps Python's own settings."""
+program that only imports graftline keeps Python's own settings. The export worker also keeps
+bitsandbytes out from its first line (common/optional_imports.py)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def test_each_entry_point_sets_the_thresholds_first_and_an_import_does_not() -> 
             "with contextlib.redirect_stdout(io.StringIO()), "
             "contextlib.redirect_stderr(io.StringIO()), contextlib.suppress(SystemExit):",
             f"    {call}",
-            f"found[{module!r}] = (before, gc.get_threshold())",
+            f"found[{module!r}] = (before, gc.get_threshold(), "
+            "sys.modules.pop('bitsandbytes', 'absent'))",
             "gc.set_threshold(700, 10, 10)",  # Python's default, for the next module
         ]
     lines.append("print(repr(found))")
@@ -39,6 +41,10 @@ def test_each_entry_point_sets_the_thresholds_first_and_an_import_does_not() -> 
     assert done.returncode == 0, done.stderr[-3000:]
     found = ast.literal_eval(done.stdout.strip().splitlines()[-1])
     assert set(found) == set(ENTRY_POINTS)
-    for module, (before, after) in found.items():
+    for module, (before, after, bitsandbytes) in found.items():
         assert before == (700, 10, 10), f"importing {module} changed the collector"
         assert after == THRESHOLDS, module
+        # the export worker keeps it out first thing (an export never loads quantized weights);
+        # the others decide from the run (run/stack_imports.py), and none imported it here
+        assert bitsandbytes == (None if module == "graftline.engine.export.worker"
+                                else "absent"), module

@@ -55,6 +55,7 @@ from typing import Any, TextIO
 
 from graftline.engine.common.errors import GraftlineError
 from graftline.engine.common.heap import collect_less_often
+from graftline.engine.common.optional_imports import keep_out_bitsandbytes
 from graftline.engine.common.protocol_stdout import protocol_stdout
 
 __all__ = ["MODULE", "WorkerRequest", "main", "parse_worker_line", "read_request",
@@ -289,6 +290,9 @@ def serve(requests: TextIO, stream: TextIO) -> int:
 
 def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
     collect_less_often()
+    # an export merges into full-precision weights only (a quantized base is refused before
+    # anything loads): bitsandbytes is never needed here
+    keep_out_bitsandbytes()
     parser = argparse.ArgumentParser(prog=MODULE, description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=(*ACTIONS, "serve"))
     parser.add_argument("checkpoint", type=Path, nargs="?")

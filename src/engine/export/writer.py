@@ -291,12 +291,8 @@ def _plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
         gguf_type = None
 
     chain = resolve_chain(Path(checkpoint))
-    from graftline.engine.export.provenance import in_memory_merge
-
-    warnings = in_memory_merge(Path(checkpoint), chain.base, check_data)
-    out = Path(out).expanduser().absolute()
-    _check_target(out, chain, force)
-
+    # refused before anything loads a model: an export never loads quantized weights, so its
+    # worker imports no bitsandbytes (worker.py)
     config = json.loads((chain.base / MODEL_CONFIG).read_text(encoding="utf-8"))
     if config.get("quantization_config"):
         raise ExportRefused(
@@ -304,6 +300,11 @@ def _plan_export(checkpoint: Path, out: Path, *, dtype: str = "bfloat16",
             "quantization error into the export", path=chain.checkpoint,
             fix="point the adapter (base_model_name_or_path / manifest base) at the original "
                 "full-precision model")
+    from graftline.engine.export.provenance import in_memory_merge
+
+    warnings = in_memory_merge(Path(checkpoint), chain.base, check_data)
+    out = Path(out).expanduser().absolute()
+    _check_target(out, chain, force)
     tensors = base_headers(chain.base)
     layout = model_layout(chain.base, config)
     adapter = analyse_adapter(chain.adapter, tensors, layout) if chain.adapter else None

@@ -1,11 +1,7 @@
 """Whether a run may load anything through bitsandbytes (pure: the run/ side acts on it).
 
-PEFT imports bitsandbytes whenever it is installed, and reads its 4-bit layer class before the
-first LoRA layer it makes (`peft.import_utils.is_bnb_4bit_available`). bitsandbytes' kernels,
-decorated with `torch.compile`, pull in torch's compiler stack: 2.3-2.5 s of CPU on 2 cores, a
-fifth of the training stack's import, in every engine and every rank of every stage (measured
-with `python -c "import peft, trl, datasets"` with and without). A lazy import does not help:
-that first LoRA layer imports it anyway.
+A process that imports PEFT pays 2.3-2.5 s of CPU for bitsandbytes whether it uses it or not
+(common/optional_imports.py); an engine and every rank of every stage import PEFT.
 
 Only these use it: a quantized load (`quantization`, or a base saved quantized), the unsloth
 backend (it imports bitsandbytes itself), an optimizer of bitsandbytes' (`adamw_8bit`,

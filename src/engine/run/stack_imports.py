@@ -1,11 +1,8 @@
 """What an engine, a rank or a rehearsal keeps out of its imports, decided before it imports the
 training stack: bitsandbytes, when nothing the process runs loads it
-(pipeline/bitsandbytes_use.py says why, and what counts).
-
-Kept out the documented way, `sys.modules["bitsandbytes"] = None`: `importlib.util.find_spec`
-then answers None, so PEFT, transformers and accelerate see it as not installed, and an
-`import bitsandbytes` raises ModuleNotFoundError. The engine's log says so in one line, for
-whoever meets that error in their own code (a reward function that imports it).
+(pipeline/bitsandbytes_use.py says why, and what counts; common/optional_imports.py how). The
+engine's log says so in one line, for whoever meets the ModuleNotFoundError in their own code (a
+reward function that imports bitsandbytes).
 """
 
 from __future__ import annotations
@@ -14,6 +11,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from graftline.engine.common.optional_imports import keep_out_bitsandbytes
 
 if TYPE_CHECKING:
     from graftline.engine.pipeline.file import PipelineFile
@@ -44,7 +43,7 @@ def keep_out_what_the_run_does_not_load(pf: PipelineFile,
     when bitsandbytes was kept out. Anything that fails here keeps it: the run then reports its
     own problem where it always did."""
     if "bitsandbytes" in sys.modules:
-        return False
+        return sys.modules["bitsandbytes"] is None
     try:
         from graftline.engine.pipeline.bitsandbytes_use import bitsandbytes_reason
         from graftline.engine.pipeline.plan import resolve
@@ -55,7 +54,4 @@ def keep_out_what_the_run_does_not_load(pf: PipelineFile,
         reason = bitsandbytes_reason(pf.pipeline, steps, bases, detect_env())
     except Exception:  # in doubt, keep
         return False
-    if reason is not None:
-        return False
-    sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
-    return True
+    return reason is None and keep_out_bitsandbytes()
