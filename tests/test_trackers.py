@@ -12,6 +12,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,13 @@ def test_tensorboard_after_a_crash_and_resume_keeps_one_curve(
 
     logged = scalars()
     assert [step for step, _ in logged][:4] == [1, 2, 3, 4]  # past checkpoint-3: trained again
+    # TensorBoard reads a run's event files in name order, and a name starts with its writer's
+    # start in whole seconds: the resumed writer must start in a later second than the crashed
+    # one, as a resumed engine (a new process, seconds later) always does. Resumed in this
+    # process at once, it can start in the same second, and then the pids order them.
+    crashed_file = next((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    while time.time() < int(crashed_file.name.split(".")[3]) + 1:
+        time.sleep(0.05)
 
     with EventWriter(run_dir) as writer:
         result = run_pipeline(pf, run_dir, writer, resume=True)
