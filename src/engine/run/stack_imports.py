@@ -25,13 +25,18 @@ KEPT_OUT = ("bitsandbytes is not imported in this process: nothing in this run l
             "quantization, no bitsandbytes optimizer, a full-precision base)")
 
 
-def _run_base(pf: PipelineFile) -> str | None:
-    """The folder the run loads as its base, as the runner finds it (the toy base copied into
-    the cache on first use); None for a hub id, which may be anything."""
+def _run_bases(pf: PipelineFile) -> list[str | None]:
+    """The run's base on this disk, as the runner finds it: a local folder, or None (a hub id,
+    which may be anything). Nothing to read for the toy base, which graftline ships or builds in
+    full precision (and which the runner copies into the cache after run_started, not here)."""
+    from graftline.engine.toy.named import TOY_SCHEME
+
+    if pf.pipeline.pipeline.base.startswith(TOY_SCHEME):
+        return []
     from graftline.engine.run.runner import base_model_path
 
     found = base_model_path(pf)
-    return found if Path(found).is_dir() else None
+    return [found if Path(found).is_dir() else None]
 
 
 def keep_out_what_the_run_does_not_load(pf: PipelineFile,
@@ -50,7 +55,7 @@ def keep_out_what_the_run_does_not_load(pf: PipelineFile,
         from graftline.engine.pipeline.scaleout import detect_env
 
         steps = resolve(pf.pipeline, pf.directory) if steps is None else steps
-        bases = [_run_base(pf)] if bases is None else bases
+        bases = _run_bases(pf) if bases is None else bases
         reason = bitsandbytes_reason(pf.pipeline, steps, bases, detect_env())
     except Exception:  # in doubt, keep
         return False
