@@ -87,8 +87,8 @@ def test_serve_answers_each_request_in_order_and_outlives_bad_ones(
         assert "int3" in refused["message"] and refused["fix"]
         refused = ask(request_line("plan", tmp_path / "missing", tmp_path / "z", request_id=4))
         assert refused["event"] == "refused" and refused["id"] == 4 and refused["fix"]
-        # a chain whose base stores quantized weights: refused before anything loads a model
-        # (this worker has no bitsandbytes to load them with: export/worker.py)
+        # a chain whose base stores quantized weights is refused by this worker, which has no
+        # bitsandbytes to load them with (export/worker.py), and it serves on
         merged = install_recorded_run(tmp_path / "quantized", toy_base) / "stages" / "merged"
         config = json.loads((merged / "config.json").read_text())
         config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}

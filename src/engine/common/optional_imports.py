@@ -2,8 +2,9 @@
 
 Only bitsandbytes, for now: PEFT imports it whenever it is installed and reads its 4-bit layer
 class before the first LoRA layer it makes, and its `torch.compile`-decorated kernels pull in
-torch's compiler stack, 2.3-2.5 s of CPU on 2 cores in every process that imports PEFT. Which
-processes may go without it: pipeline/bitsandbytes_use.py (a run's engine and ranks) and
+torch's compiler stack: ~2.3 s of CPU in every process that imports PEFT (on 2 cores, the
+stack's import took 11.5 s with it and 9.2 s without, medians of 5: benchmarks/stack_import.py).
+Which processes may go without it: pipeline/bitsandbytes_use.py (a run's engine and ranks) and
 export/worker.py (an export never loads quantized weights).
 
 Kept out the documented way, `sys.modules[name] = None`: `importlib.util.find_spec` then answers

@@ -1,6 +1,6 @@
 """Whether a run may load anything through bitsandbytes (pure: the run/ side acts on it).
 
-A process that imports PEFT pays 2.3-2.5 s of CPU for bitsandbytes whether it uses it or not
+A process that imports PEFT pays ~2.3 s of CPU for bitsandbytes whether it uses it or not
 (common/optional_imports.py); an engine and every rank of every stage import PEFT.
 
 Only these use it: a quantized load (`quantization`, or a base saved quantized), the unsloth
