@@ -278,3 +278,35 @@ def test_a_two_process_stage_on_a_full_disk_is_launched_again_once_space_is_back
     assert len(launches) == 2 and all(r["data"]["world_size"] == 2 for r in launches)
     steps = [r["data"]["step"] for r in _types(run_dir, "metrics") if "loss" in r["data"]]
     assert steps[-1] == 60 and set(steps) == set(range(1, 61))
+
+
+def test_the_engines_group_bookkeeping_waits_out_a_full_disk(tiny_fs: Path) -> None:
+    """While a group runs, the engine writes two small files beside rank 0's events: the offset
+    it has relayed and the ranks' control flags. On a full disk both are refused without raising
+    (the engine died there once, when rank 0's checkpoint had just filled the disk: the engine
+    must pause instead), the last written state stands, and both land once the space is back."""
+    from graftline.engine.run import group_io
+
+    work = tiny_fs / "group"
+    work.mkdir()
+    events, control = work / group_io.EVENTS, work / group_io.CONTROL
+    events.write_text('{"type": "metrics", "stage": "sft", "data": {"step": 1}}\n')
+    tail = group_io.EventTail(events)
+    tail.mark()
+    assert group_io.write_control(control, stop=False, paused=False, save_seq=0)
+
+    ballast = _fill(tiny_fs)
+    assert [row["data"]["step"] for row in tail.read()] == [1]
+    tail.mark()  # refused, and no exception
+    assert not group_io.write_control(control, stop=False, paused=True, save_seq=1)
+    # the mark still says offset 0: a kill now would relay step 1 again, never lose it
+    assert [row["data"]["step"] for row in group_io.EventTail.leftover(events)] == [1]
+    assert group_io.read_control(control) == (False, False, 0)
+    assert sorted(p.name for p in work.iterdir()) == sorted([events.name, control.name,
+                                                             group_io.RELAYED])
+
+    ballast.unlink()
+    tail.mark()
+    assert group_io.EventTail.leftover(events) == []
+    assert group_io.write_control(control, stop=False, paused=True, save_seq=1)
+    assert group_io.read_control(control) == (False, True, 1)

@@ -114,9 +114,8 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
         if control.take_save_request():
             save_seq += 1
         flags = (control.stop.is_set(), control.paused.is_set(), save_seq)
-        if flags != last:
-            group_io.write_control(control_path, stop=flags[0], paused=flags[1],
-                                   save_seq=flags[2])
+        if flags != last and group_io.write_control(control_path, stop=flags[0],
+                                                    paused=flags[1], save_seq=flags[2]):
             last = flags
         if flags[0] and stop_asked is None:
             stop_asked = time.monotonic()

@@ -114,13 +114,26 @@ class EventTail:
         return found
 
     def mark(self) -> None:
+        """A full disk (or any refused write) leaves the last mark standing, tried again at the
+        next call: the engine pauses for the space rather than dying in its bookkeeping, and a
+        kill meanwhile relays the batches since that mark twice, never loses one."""
         if self.offset != self._marked:
-            atomic.write_json(self.path.parent / RELAYED, {"offset": self.offset})
+            try:
+                atomic.write_json(self.path.parent / RELAYED, {"offset": self.offset})
+            except OSError:
+                return
             self._marked = self.offset
 
 
-def write_control(path: Path, *, stop: bool, paused: bool, save_seq: int) -> None:
-    atomic.write_json(path, {"stop": stop, "paused": paused, "save_seq": save_seq})
+def write_control(path: Path, *, stop: bool, paused: bool, save_seq: int) -> bool:
+    """Whether the ranks' control file now holds these flags. A full disk refuses the write and
+    the ranks keep the flags they last read (no file reads as "run on"): the caller writes again
+    at its next poll, and a stop it cannot write still ends the group by SIGTERM."""
+    try:
+        atomic.write_json(path, {"stop": stop, "paused": paused, "save_seq": save_seq})
+    except OSError:
+        return False
+    return True
 
 
 def read_control(path: Path) -> tuple[bool, bool, int]:
