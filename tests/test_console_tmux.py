@@ -82,10 +82,13 @@ def test_demo_in_tmux_detach_keeps_training(tmp_path: Path, toy_base: Path,
         assert (tmp_path / "export" / "config.json").is_file()
 
         # back on the finished run: the Samples view (`a`) and the export key (`e`), as a
-        # terminal shows them
-        tmux("kill-session", "-t", session)
-        tmux.start(session, f"{env} {sys.executable} {script} attach {run_dir.name} "
+        # terminal shows them. The new session opens before the old one closes: tmux's server
+        # exits with its last session, and a session asked for while it exits is refused
+        # ("server exited unexpectedly", met once in a full run).
+        tmux.start("finished", f"{env} {sys.executable} {script} attach {run_dir.name} "
                    f"--runs-dir {run_dir.parent} --theme low; sleep 600", tmp_path)
+        tmux("kill-session", "-t", session)
+        session = "finished"
         tmux.wait(session, "FINISHED", timeout=90)
         tmux("send-keys", "-t", session, "a")
         screen = tmux.wait(session, "samples: what the model answers", timeout=30)
