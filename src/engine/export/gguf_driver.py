@@ -195,7 +195,7 @@ def install(module) -> None:
 
 def main() -> None:
     # The converter imports torch and transformers: as in the engine's processes, fewer young
-    # collections while they load (~12% of a small model's conversion, common/heap.py).
+    # collections while they load (~12% of a small model's conversion CPU; common/heap.py).
     from graftline.engine.common.heap import collect_less_often
 
     collect_less_often()

@@ -84,6 +84,7 @@ def run_stage(ctx: StageContext, scale: scaleout.Scale, pipeline_text: str,
         group_io.record_machine(ctx.run_dir, scale.machine_rank, scale.num_machines)
     control_path = work / group_io.CONTROL
     save_seq = 0
+    # a refusal (full disk) is harmless here: the fresh work dir has no file, which reads the same
     group_io.write_control(control_path, stop=False, paused=False, save_seq=save_seq)
     proc = _launch(ctx, scale, request)
     assert proc.stderr is not None
