@@ -186,6 +186,49 @@ cleanup.execute(plan, lin)
 """
 
 
+# Dies by SIGKILL at the worst moment for the history: the third directory is gone, its history
+# line not yet written (the last window a crash can hit between a removal and its record).
+_CRASH_BEFORE_HISTORY = """
+import os, signal, sys
+from graftline.engine import lineage
+from graftline.engine.lineage import cleanup, journal
+real = journal.append_line
+def append_line(path, record):
+    if path.name == journal.HISTORY and len(journal.read_history(path.parent)) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(path, record)
+journal.append_line = append_line
+lin = lineage.scan([sys.argv[1]])
+cleanup.execute(cleanup.plan_cleanup(lin, [cleanup.parse_keep("keep-me")]), lin)
+"""
+
+
+def test_a_directory_removed_just_before_a_crash_is_in_the_history(tmp_path: Path) -> None:
+    from graftline.engine.lineage.journal import read_history
+
+    root = tmp_path / "runs"
+    _many_dirs(root, 5, 2)
+    (root / "keep-me").mkdir()
+    (root / "keep-me" / "adapter_config.json").write_text('{"base_model_name_or_path": "o/m"}')
+    child = subprocess.run([sys.executable, "-c", _CRASH_BEFORE_HISTORY, str(root)], timeout=120)
+    assert child.returncode == -signal.SIGKILL
+    job = cleanup.pending_cleanup(root)
+    assert job is not None and len(job.done) == 2
+    (lost,) = job.begun - job.done  # the directory the crash cut short of its record
+    assert not Path(lost).exists() and len(read_history(root)) == 2
+    # something else removes a planned directory meanwhile: not this cleanup's to record
+    other = next(e["path"] for e in job.remaining if e["path"] != lost)
+    shutil.rmtree(other)
+
+    result = cleanup.finish_pending(root)
+    assert result is not None and result.resumed and lost in result.removed
+    history = read_history(root)
+    assert lost in history and history[lost].cleanup == job.cleanup
+    assert other not in history and other not in result.removed
+    assert sorted(history) == sorted(set(e["path"] for e in job.entries) - {other})
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == ["keep-me"]
+
+
 def test_a_killed_cleanup_is_reported_and_finished_next_time(tmp_path: Path) -> None:
     root = tmp_path / "runs"
     journal = root / ".graftline-cleanup.journal.jsonl"

@@ -125,7 +125,19 @@ from graftline.engine.pipeline.file import load
 from graftline.engine.run.runner import run_pipeline
 run_dir = Path(sys.argv[2])
 run_dir.mkdir(parents=True, exist_ok=True)
-with EventWriter(run_dir) as writer:
+
+
+# waits for the kill once checkpoint-8 is saved: a fast machine ran past it (and rotated it
+# away) between two of the test's looks
+class HoldAfterCheckpoint8(EventWriter):
+    def emit(self, type, stage=None, **data):
+        event = super().emit(type, stage, **data)
+        if type == "checkpoint_saved" and str(data.get("path")).endswith("checkpoint-8"):
+            threading.Event().wait()
+        return event
+
+
+with HoldAfterCheckpoint8(run_dir) as writer:
     pf = load(sys.argv[1])
     # as the engine does, before the stack's first import (run/stack_imports.py)
     from graftline.engine.run.stack_imports import keep_out_what_the_run_does_not_load

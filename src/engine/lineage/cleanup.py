@@ -443,7 +443,8 @@ def finish_pending(root: Path, *, own_run: str | None = None) -> CleanupResult |
             continue
         entries.append(entry)
     result = _run(root, (str(root),), job.cleanup, entries, job.done, resumed=True,
-                  already_skipped=skipped, journal_exists=True, own_run=own_run)
+                  already_skipped=skipped, journal_exists=True, own_run=own_run,
+                  begun=job.begun)
     return result
 
 
@@ -458,6 +459,7 @@ def _run(
     already_skipped: Sequence[tuple[str, str]] = (),
     journal_exists: bool = False,
     own_run: str | None = None,
+    begun: frozenset[str] = frozenset(),
 ) -> CleanupResult:
     journal = root / cleanup_journal.JOURNAL
     history = root / cleanup_journal.HISTORY
@@ -475,16 +477,22 @@ def _run(
         run_dir = entry.get("run_dir")
         between_own_stages = own_run is not None and run_dir == own_run
         why = _unsafe(path, roots, None if between_own_stages else run_dir)
+        # gone, and begun here: this cleanup removed it before a crash cut the history line short
+        removed_before_crash = why == "gone" and path in begun
         if why is None:
+            cleanup_journal.append_line(journal, {"type": "removing", "path": path})
             freed += _remove_own(path, set(entry.get("leave", ())))
             _prune_empty_parents(path, roots)
-            removed.append(path)
-            cleanup_journal.append_line(history, {
-                "cleanup": cleanup_id, "time": now, "path": path, "id": entry["id"],
-                "kind": entry["kind"], "bytes": entry["bytes"],
-            })
-        elif why != "gone":
-            skipped.append((path, why))
+        elif not removed_before_crash:
+            if why != "gone":  # gone and never begun here: removed some other way, not by us
+                skipped.append((path, why))
+            cleanup_journal.append_line(journal, {"type": "done", "path": path})
+            continue
+        removed.append(path)
+        cleanup_journal.append_line(history, {
+            "cleanup": cleanup_id, "time": now, "path": path, "id": entry["id"],
+            "kind": entry["kind"], "bytes": entry["bytes"],
+        })
         cleanup_journal.append_line(journal, {"type": "done", "path": path})
     journal.unlink()
     return CleanupResult(cleanup_id, tuple(removed), tuple(skipped), freed, resumed)

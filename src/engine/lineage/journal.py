@@ -4,6 +4,11 @@ Both are append-only JSON lines, fsynced per line, so a crash mid-cleanup leaves
 says exactly which directories were finished; the next cleanup reports and finishes the rest.
 The history outlives the journal: it lets a later "broken" message say which cleanup removed a
 base (`removed_by`).
+
+Per directory the journal says `removing` before the first file goes and `done` after the
+history has it. A crash between the two leaves a directory half or wholly gone that the journal
+names as begun: finishing the cleanup records it in the history either way, so no removal the
+cleanup made goes unrecorded.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class PendingCleanup:
     started: str
     entries: tuple[dict[str, Any], ...]  # every planned deletion, as journaled
     done: frozenset[str]  # paths already removed
+    begun: frozenset[str] = frozenset()  # paths whose removal had started (`removing`)
 
     @property
     def remaining(self) -> tuple[dict[str, Any], ...]:
@@ -90,13 +96,17 @@ def read_journal(root: Path) -> PendingCleanup | None:
     head = records[0]
     if head.get("type") != "plan":
         return None
-    done = frozenset(r["path"] for r in records[1:] if r.get("type") == "done" and "path" in r)
+
+    def paths(kind: str) -> frozenset[str]:
+        return frozenset(r["path"] for r in records[1:] if r.get("type") == kind and "path" in r)
+
     return PendingCleanup(
         root=str(root),
         cleanup=head.get("cleanup", "?"),
         started=head.get("time", "?"),
         entries=tuple(head.get("entries", ())),
-        done=done,
+        done=paths("done"),
+        begun=paths("removing"),
     )
 
 
