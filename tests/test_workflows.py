@@ -43,10 +43,15 @@ def _copy_example(name: str, tmp_path: Path, edit: dict[str, str] | None = None,
     return pf
 
 
-def _run(pf: PipelineFile, tmp_path: Path) -> tuple[RunResult, ListSink, Path]:
+def _run(pf: PipelineFile, tmp_path: Path, *,
+         judge_quality: bool = False) -> tuple[RunResult, ListSink, Path]:
+    """The run, its quality checks reporting only unless `judge_quality`: at a fraction of its
+    steps an example's DPO can collapse one base that passes the self-check and not another
+    (seed 2's: 5 of 8 probes empty after 10 steps at 2e-3, none after 40), and what these tests
+    check is the rest. Every other check still gates; the collapse gate has its own tests."""
     sink = ListSink()
     run_dir = tmp_path / "runs" / pf.pipeline.pipeline.name
-    result = run_pipeline(pf, run_dir, sink)
+    result = run_pipeline(pf, run_dir, sink, judge_quality=judge_quality)
     return result, sink, run_dir
 
 
@@ -183,7 +188,7 @@ def test_per_topic_collapse_stops_the_run_at_that_topic(tmp_path: Path) -> None:
         if topic == "low":
             rows = [{**r, "chosen": [{"role": "assistant", "content": ""}]} for r in rows]
         (planted / f"{topic}_prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result, _sink, run_dir = _run(pf, tmp_path)
+    result, _sink, run_dir = _run(pf, tmp_path, judge_quality=True)
     assert result.status == "failed"
     assert result.failed_stage == "dpo_low"
     assert "collapse" in result.message.lower()
