@@ -47,8 +47,9 @@ def _run(pf: PipelineFile, tmp_path: Path, *,
          judge_quality: bool = False) -> tuple[RunResult, ListSink, Path]:
     """The run, its quality checks reporting only unless `judge_quality`: at a fraction of its
     steps an example's DPO can collapse one base that passes the self-check and not another
-    (seed 2's: 5 of 8 probes empty after 10 steps at 2e-3, none after 40), and what these tests
-    check is the rest. Every other check still gates; the collapse gate has its own tests."""
+    (seed 2's: 5 of 8 probes empty after 10 steps at 2e-3, only the 1 empty before it after 40),
+    and what these tests check is the rest. Every other check still gates; the collapse gate
+    has its own tests."""
     sink = ListSink()
     run_dir = tmp_path / "runs" / pf.pipeline.pipeline.name
     result = run_pipeline(pf, run_dir, sink, judge_quality=judge_quality)

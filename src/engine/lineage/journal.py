@@ -46,7 +46,7 @@ class PendingCleanup:
     cleanup: str
     started: str
     entries: tuple[dict[str, Any], ...]  # every planned deletion, as journaled
-    done: frozenset[str]  # paths already removed
+    done: frozenset[str]  # paths finished: removed and recorded, skipped, or found gone
     begun: frozenset[str] = frozenset()  # paths whose removal had started (`removing`)
 
     @property
